@@ -1,0 +1,153 @@
+"""The byte-level BPE tokenizer for Chinese + English: pre-tokenization, special tokens, training, saving.
+
+Choices, and why:
+
+* Byte-level alphabet (256 symbols) and no normaliser inside the tokenizer, so that
+  `decode(encode(x)) == x` for every Unicode string. NFKC would fold the full-width punctuation that
+  Chinese text uses on purpose (，→ ,) and even NFC recomposes accents, so either would make the
+  tokenizer lossy. If a corpus needs normalising, do it as an explicit data-preparation step; the shared
+  corpus is already cleaned (see its SOURCES.md), so Shuangyu does not normalise by default.
+* Pre-tokenization (`PRETOKENIZE_PATTERN`) cuts text into pieces that merges never cross:
+  - runs of Han characters stay whole, so BPE can learn multi-character words (中国, 人工智能); Chinese
+    has no spaces, so a run is a clause and merges are learned inside it;
+  - other letters (Latin, Cyrillic, kana, ... with combining marks) form words that may carry one
+    leading space, as in GPT-2, so ` the` is one token; Han and Latin never merge with each other
+    (`iPhone手机` -> `iPhone` | `手机`), which would waste vocabulary on accidental neighbours;
+  - English contractions ('s 't 're 've 'm 'll 'd) split off the word;
+  - every digit is its own piece (as in LLaMA and Qwen): numbers get one consistent spelling, which
+    small models learn arithmetic and dates from far more easily than from arbitrary digit chunks;
+  - punctuation and symbols (ASCII and CJK, emoji) group apart from letters, with an optional leading
+    space, and may absorb the newlines that follow them;
+  - newlines group together; runs of spaces leave their last space to the next word (GPT-2's rule).
+* Special tokens `<|endoftext|>` (document separator, also BOS/EOS), `<|pad|>`, and reserved chat tokens
+  `<|im_start|>`, `<|im_end|>`. The saved tokenizer sets `split_special_tokens=True`: their text inside
+  ordinary input is encoded as plain text, so user data can never inject them; pass
+  `split_special_tokens=False` to a call (or add the ids) when you want them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, *CHAT_TOKENS)
+BYTE_ALPHABET_SIZE = 256
+MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
+
+PRETOKENIZE_PATTERN = "|".join(
+    [
+        r"'(?i:[sdmt]|ll|ve|re)",  # English contractions
+        r"\p{Han}+",  # Chinese: whole runs, so words can form inside them
+        r" ?[^\s\p{Han}\p{N}\p{P}\p{S}\p{C}]+",  # other letters and marks, one leading space allowed
+        r"\p{N}",  # one digit at a time
+        r" ?[\p{P}\p{S}]+[\r\n]*",  # punctuation and symbols, with the newlines after them
+        r"\s*[\r\n]+",  # newlines
+        r"\s+(?!\S)",  # spaces that do not precede a word
+        r"\s+",
+    ]
+)
+
+
+def build_tokenizer() -> Tokenizer:
+    """An untrained byte-level BPE tokenizer with Shuangyu's pre-tokenization."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def gpt2_baseline_tokenizer() -> Tokenizer:
+    """A plain byte-level BPE with GPT-2's pre-tokenizer: the baseline the benchmark compares against."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train(
+    texts: Iterable[str] | Iterator[list[str]],
+    vocab_size: int,
+    min_frequency: int = 2,
+    max_token_length: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    show_progress: bool = True,
+) -> Tokenizer:
+    """Train BPE merges from a stream of texts (or batches of texts); memory holds only the counts."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} is below the byte alphabet plus special tokens ({MIN_VOCAB_SIZE})")
+    tok = tokenizer or build_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=max_token_length,
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def to_transformers(tok: Tokenizer):
+    """Wrap a trained tokenizer so `save_pretrained` writes a folder `AutoTokenizer` loads as fast."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens=list(CHAT_TOKENS),
+        split_special_tokens=True,
+        clean_up_tokenization_spaces=False,  # the default cleanup edits spaces and breaks losslessness
+    )
+
+
+@dataclass
+class Compression:
+    docs: int
+    chars: int
+    bytes: int
+    tokens: int
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.chars / max(self.tokens, 1)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes / max(self.tokens, 1)
+
+    def as_dict(self) -> dict:
+        return {
+            "docs": self.docs,
+            "chars": self.chars,
+            "bytes": self.bytes,
+            "tokens": self.tokens,
+            "chars_per_token": round(self.chars_per_token, 4),
+            "bytes_per_token": round(self.bytes_per_token, 4),
+        }
+
+
+def measure_compression(tok: Tokenizer, docs: list[str], batch_size: int = 256) -> Compression:
+    """Characters and UTF-8 bytes per token over documents, encoded in batches (no special tokens)."""
+    tokens = 0
+    for i in range(0, len(docs), batch_size):
+        tokens += sum(len(e.ids) for e in tok.encode_batch(docs[i : i + batch_size], add_special_tokens=False))
+    return Compression(
+        docs=len(docs),
+        chars=sum(len(d) for d in docs),
+        bytes=sum(len(d.encode("utf-8")) for d in docs),
+        tokens=tokens,
+    )

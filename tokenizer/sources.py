@@ -1,0 +1,385 @@
+"""Text sources: how users name them, and how documents are read from them.
+
+One way of naming sources serves every tool that reads raw text (the tokenizer trainer, the data
+pipeline):
+
+    [NAME=]GLOB[,GLOB...][:WEIGHT]      local files, e.g.  zh=corpus/zh/*.jsonl:0.5
+    [NAME=]DATASET[:CONFIG][:WEIGHT]    a Hub dataset (or a local dataset folder), streamed
+
+A trailing `:WEIGHT` is a positive number; NAME labels the source in reports (default: the spec).
+Files may be `.txt` (a document per line, or per file), `.jsonl`/`.json` (field `text_column`) or
+`.parquet`, each optionally gzip-compressed (`.gz`).
+
+The file readers are written by hand rather than through `datasets.load_dataset(..., streaming=True)`
+because users need errors that name the file and line (bad UTF-8, a line that is not JSON, a missing
+field) and a way to skip bad lines and count them; the Hub path does use `datasets`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import math
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+_NAME_RE = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
+
+
+SHORTFALL_OK = 0.98  # a sampled source may end this close below its byte budget
+
+
+class SourceError(ValueError):
+    """Bad input named by the user: the message names the file or flag and what to do."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    weight: float | None = None
+    patterns: tuple[str, ...] = ()  # local files
+    dataset: str | None = None  # Hub dataset name or local dataset folder
+    config: str | None = None
+
+    @property
+    def is_dataset(self) -> bool:
+        return self.dataset is not None
+
+
+def _split_weight(spec: str, flag: str) -> tuple[str, float | None]:
+    head, sep, tail = spec.rpartition(":")
+    if not sep:
+        return spec, None
+    try:
+        weight = float(tail)
+    except ValueError:
+        return spec, None
+    if not math.isfinite(weight) or weight <= 0:
+        raise SourceError(f"{flag} {spec!r}: weight {tail!r} must be a positive number")
+    return head, weight
+
+
+def _split_name(spec: str) -> tuple[str | None, str]:
+    match = _NAME_RE.match(spec)
+    return (match.group(1), match.group(2)) if match else (None, spec)
+
+
+def parse_file_source(spec: str, flag: str = "--files") -> SourceSpec:
+    name, rest = _split_name(spec)
+    rest, weight = _split_weight(rest, flag)
+    patterns = tuple(p for p in rest.split(",") if p)
+    if not patterns:
+        raise SourceError(f"{flag} {spec!r}: no path or glob given")
+    return SourceSpec(name=name or rest, weight=weight, patterns=patterns)
+
+
+def parse_dataset_source(spec: str, flag: str = "--dataset") -> SourceSpec:
+    name, rest = _split_name(spec)
+    rest, weight = _split_weight(rest, flag)
+    dataset, _, config = rest.partition(":")
+    if not dataset:
+        raise SourceError(f"{flag} {spec!r}: no dataset name given")
+    return SourceSpec(name=name or rest, weight=weight, dataset=dataset, config=config or None)
+
+
+def check_weights(sources: list[SourceSpec]) -> None:
+    weighted = [s.weight is not None for s in sources]
+    if any(weighted) and not all(weighted):
+        missing = ", ".join(s.name for s in sources if s.weight is None)
+        raise SourceError(f"give a :WEIGHT to every source or to none (missing on: {missing})")
+    names = [s.name for s in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SourceError(f"source names must be unique, repeated: {', '.join(dupes)} (label them NAME=...)")
+
+
+def file_kind(path: str | Path) -> tuple[str, bool]:
+    """('.jsonl', True) for data.jsonl.gz; raises for an unsupported type."""
+    name = str(path).lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    for suffix in TEXT_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix, gz
+    raise SourceError(f"{path}: unsupported file type; use {', '.join(TEXT_SUFFIXES)} (optionally .gz)")
+
+
+def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), flag: str = "--files") -> list[Path]:
+    """Expand a source's globs to a sorted, de-duplicated file list; every glob must match a file."""
+    found: dict[str, Path] = {}
+    for pattern in spec.patterns:
+        expanded = os.path.expanduser(pattern)
+        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
+        matches = [m for m in matches if os.path.isfile(m) and not any(fnmatch(m, ex) for ex in exclude)]
+        if not matches:
+            raise SourceError(f"{flag} {pattern!r}: no file matches (after --exclude)")
+        for match in matches:
+            file_kind(match)
+            found.setdefault(os.path.realpath(match), Path(match))
+    return sorted(found.values())
+
+
+@dataclass
+class ReadStats:
+    """What reading a source saw; shared by all files of the source."""
+
+    docs: int = 0
+    bytes: int = 0
+    skipped_lines: int = 0
+    passes: int = 0  # passes begun over the source (more than 1: upsampled to meet its weight)
+    files: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    text_column: str = "text"
+    document_per_file: bool = False
+    on_decode_error: str = "error"  # or "skip"
+
+
+def _open_binary(path: Path, gz: bool):
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int, opts: ReadOptions, stats: ReadStats) -> str | None:
+    try:
+        # utf-8-sig on the first line drops a byte-order mark that some editors write
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        if opts.on_decode_error == "skip":
+            stats.skipped_lines += 1
+            return None
+        raise SourceError(
+            f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+            "fix the file or pass --on_decode_error skip"
+        ) from None
+
+
+def _decode_whole(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = data.count(b"\n", 0, err.start) + 1
+        raise SourceError(f"{path}:{lineno}: not valid UTF-8 ({err.reason}); fix the file") from None
+
+
+def _text_field(record: object, path: Path, where: str, column: str) -> str | None:
+    if not isinstance(record, dict):
+        raise SourceError(f"{where}: expected a JSON object with field {column!r}, got {type(record).__name__}")
+    if column not in record:
+        fields = ", ".join(map(str, record)) or "none"
+        raise SourceError(f"{where}: no field {column!r} (fields: {fields}); set --text_column")
+    value = record[column]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SourceError(f"{where}: field {column!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def iter_file_documents(
+    path: Path, opts: ReadOptions, stats: ReadStats, keep=lambda: True
+) -> Iterator[str]:
+    """Yield the documents of one file, lazily. `keep()` is asked before a line is decoded or parsed, so
+    that sampling a small share of a large file skips most of the work (skipped lines are not checked)."""
+    suffix, gz = file_kind(path)
+    stats.files.add(str(path))
+    if suffix == ".parquet":
+        yield from _iter_parquet(path, opts, keep)
+        return
+    with _open_binary(path, gz) as fh:
+        if opts.document_per_file and suffix == ".txt":
+            if keep():
+                text = _decode_whole(fh.read(), path)
+                if text:
+                    yield text
+            return
+        if suffix == ".json":
+            head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+            fh.seek(0)
+            if head.startswith(b"["):  # a JSON array of records: must be parsed whole
+                yield from _iter_json_array(path, fh.read(), opts, keep)
+                return
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip() or not keep():
+                continue
+            line = _decode_line(raw, path, lineno, opts, stats)
+            if line is None:
+                continue
+            if suffix == ".txt":
+                text = line.rstrip("\r\n")
+            else:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    if opts.on_decode_error == "skip":
+                        stats.skipped_lines += 1
+                        continue
+                    raise SourceError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
+                text = _text_field(record, path, f"{path}:{lineno}", opts.text_column)
+            if text:
+                yield text
+
+
+def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, keep) -> Iterator[str]:
+    try:
+        records = json.loads(_decode_whole(data, path))
+    except json.JSONDecodeError as err:
+        raise SourceError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    for i, record in enumerate(records):
+        if keep():
+            text = _text_field(record, path, f"{path}: record {i}", opts.text_column)
+            if text:
+                yield text
+
+
+def _iter_parquet(path: Path, opts: ReadOptions, keep) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a file that is not parquet
+        raise SourceError(f"{path}: not a readable parquet file ({err})") from None
+    names = pf.schema_arrow.names
+    if opts.text_column not in names:
+        raise SourceError(f"{path}: no column {opts.text_column!r} (columns: {', '.join(names)}); set --text_column")
+    for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_column]):
+        for text in batch.column(0).to_pylist():
+            if keep() and text:
+                yield text
+
+
+def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed: int) -> Iterator[str]:
+    """Stream a Hub dataset (or a local dataset folder) through `datasets`, shuffled with a buffer."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.dataset, spec.config, split=split, streaming=True)
+    except Exception as err:  # datasets raises many types (connection, missing config, missing split)
+        raise SourceError(f"--dataset {spec.dataset!r}: could not open it ({type(err).__name__}: {err})") from None
+    ds = ds.shuffle(seed=seed, buffer_size=10_000)
+    for i, record in enumerate(ds):
+        text = _text_field(record, Path(spec.dataset), f"--dataset {spec.dataset}: row {i}", opts.text_column)
+        if text:
+            yield text
+
+
+def estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int = 1 << 20) -> int:
+    """Text bytes in a file, estimated from its first ~1 MB: JSON keys, escapes and compression make the
+    size on disk a poor guide, and a poor guide means sampling rates that miss the byte budget."""
+    suffix, gz = file_kind(path)
+    size = path.stat().st_size
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if opts.text_column not in names:
+            return size
+        col = names.index(opts.text_column)
+        return sum(meta.row_group(r).column(col).total_uncompressed_size for r in range(meta.num_row_groups))
+    if suffix == ".json" or (opts.document_per_file and suffix == ".txt"):
+        return int(size * (3.0 if gz else 1.0))
+    with open(path, "rb") as raw:
+        fh = gzip.GzipFile(fileobj=raw) if gz else raw
+        text_bytes = consumed = 0
+        for raw_line in fh:
+            consumed += len(raw_line)
+            try:
+                line = raw_line.decode("utf-8")
+                text = line if suffix == ".txt" else json.loads(line).get(opts.text_column) if raw_line.strip() else ""
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                text = ""  # bad lines are reported when the file is read for real
+            text_bytes += len(text.encode("utf-8")) if isinstance(text, str) else 0
+            if consumed >= probe_bytes:
+                break
+        on_disk = raw.tell() if gz else consumed
+    return int(size * text_bytes / max(on_disk, 1))
+
+
+@dataclass
+class SourcePlan:
+    """How much to take from one source, and at which sampling rate."""
+
+    spec: SourceSpec
+    files: list[Path]
+    estimated_bytes: int | None  # None: unknown (a streamed dataset)
+    budget: float  # bytes of text to take; math.inf: all of it, once
+
+
+def plan_mixture(
+    sources: list[SourceSpec], files: list[list[Path]], max_bytes: int | None, opts: ReadOptions = ReadOptions()
+) -> list[SourcePlan]:
+    """Split the byte budget over sources.
+
+    Without weights every source keeps its natural share (scaled down to `max_bytes`). With weights the
+    mix is honoured in bytes: the total is `max_bytes`, or else the largest total that needs no source
+    to be repeated; a source smaller than its share is read again (upsampled) so that one language
+    cannot crowd the other out.
+    """
+    check_weights(sources)
+    estimates = [None if s.is_dataset else sum(estimated_text_bytes(p, opts) for p in f) for s, f in zip(sources, files, strict=True)]
+    weighted = sources[0].weight is not None
+    unknown = [s.name for s, e in zip(sources, estimates, strict=True) if e is None]
+    if weighted:
+        total_w = sum(s.weight for s in sources)
+        shares = [s.weight / total_w for s in sources]
+        if max_bytes is None:
+            if unknown:
+                raise SourceError(f"set --max_bytes: the size of {', '.join(unknown)} is unknown, so weights need a total")
+            max_bytes = min(e / w for e, w in zip(estimates, shares, strict=True))
+        budgets = [max_bytes * w for w in shares]
+    elif unknown and len(sources) > 1:
+        raise SourceError("with a --dataset among several sources, give every source a :WEIGHT and set --max_bytes")
+    elif unknown:
+        budgets = [float(max_bytes) if max_bytes else math.inf]
+    else:
+        total = sum(estimates)
+        scale = 1.0 if max_bytes is None or total == 0 else min(1.0, max_bytes / total)
+        budgets = [e * scale if scale < 1.0 else math.inf for e in estimates]
+    return [SourcePlan(s, f, e, b) for s, f, e, b in zip(sources, files, estimates, budgets, strict=True)]
+
+
+def sample_source(
+    plan: SourcePlan, opts: ReadOptions, stats: ReadStats, seed: int, split: str = "train"
+) -> Iterator[str]:
+    """Yield documents of one source until its byte budget is met, sampling documents at a rate planned
+    from the source's size, and passing over the source again if it is smaller than its budget."""
+    rng = random.Random(f"{seed}:{plan.spec.name}")
+    budget = plan.budget
+    passes = 0
+    while stats.bytes < budget:
+        stats.passes += 1
+        remaining = budget - stats.bytes
+        size = plan.estimated_bytes
+        # aim 2% high: sampling is random, and a short first pass would need a whole second pass
+        rate = 1.0 if size is None or math.isinf(budget) else min(1.0, 1.02 * remaining / max(size, 1))
+        keep = (lambda: True) if rate >= 1.0 else (lambda r=rate: rng.random() < r)
+        before = stats.bytes
+        if plan.spec.is_dataset:
+            docs = iter_dataset_documents(plan.spec, split, opts, seed + passes)
+        else:
+            order = list(plan.files)
+            rng.shuffle(order)
+            docs = (doc for path in order for doc in iter_file_documents(path, opts, stats, keep))
+        for doc in docs:
+            stats.docs += 1
+            stats.bytes += len(doc.encode("utf-8"))
+            yield doc
+            if stats.bytes >= budget:
+                return
+        passes += 1
+        if stats.bytes == before and (rate >= 1.0 or math.isinf(budget)):
+            raise SourceError(f"source {plan.spec.name!r} holds no text (check the files and --text_column)")
+        if math.isinf(budget) or stats.bytes >= SHORTFALL_OK * budget:
+            return  # close enough: a second pass for the last few percent would only add repeats
+        # a whole pass tells the source's real size: plan the next pass on it
+        plan.estimated_bytes = max(1, int((stats.bytes - before) / rate))

@@ -185,9 +185,7 @@ def _text_field(record: object, path: Path, where: str, column: str) -> str | No
     return value
 
 
-def iter_file_documents(
-    path: Path, opts: ReadOptions, stats: ReadStats, keep=lambda: True
-) -> Iterator[str]:
+def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=lambda: True) -> Iterator[str]:
     """Yield the documents of one file, lazily. `keep()` is asked before a line is decoded or parsed, so
     that sampling a small share of a large file skips most of the work (skipped lines are not checked)."""
     suffix, gz = file_kind(path)
@@ -272,6 +270,17 @@ def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed
             yield text
 
 
+def _probe_text(raw_line: bytes, suffix: str, column: str) -> str:
+    try:
+        line = raw_line.decode("utf-8")
+        if suffix == ".txt":
+            return line
+        text = json.loads(line).get(column) if line.strip() else ""
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return ""  # bad lines are reported when the file is read for real
+    return text if isinstance(text, str) else ""
+
+
 def estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int = 1 << 20) -> int:
     """Text bytes in a file, estimated from its first ~1 MB: JSON keys, escapes and compression make the
     size on disk a poor guide, and a poor guide means sampling rates that miss the byte budget."""
@@ -293,12 +302,7 @@ def estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int = 1 << 
         text_bytes = consumed = 0
         for raw_line in fh:
             consumed += len(raw_line)
-            try:
-                line = raw_line.decode("utf-8")
-                text = line if suffix == ".txt" else json.loads(line).get(opts.text_column) if raw_line.strip() else ""
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                text = ""  # bad lines are reported when the file is read for real
-            text_bytes += len(text.encode("utf-8")) if isinstance(text, str) else 0
+            text_bytes += len(_probe_text(raw_line, suffix, opts.text_column).encode("utf-8"))
             if consumed >= probe_bytes:
                 break
         on_disk = raw.tell() if gz else consumed
@@ -326,7 +330,10 @@ def plan_mixture(
     cannot crowd the other out.
     """
     check_weights(sources)
-    estimates = [None if s.is_dataset else sum(estimated_text_bytes(p, opts) for p in f) for s, f in zip(sources, files, strict=True)]
+    estimates = [
+        None if s.is_dataset else sum(estimated_text_bytes(p, opts) for p in f)
+        for s, f in zip(sources, files, strict=True)
+    ]
     weighted = sources[0].weight is not None
     unknown = [s.name for s, e in zip(sources, estimates, strict=True) if e is None]
     if weighted:
@@ -334,7 +341,9 @@ def plan_mixture(
         shares = [s.weight / total_w for s in sources]
         if max_bytes is None:
             if unknown:
-                raise SourceError(f"set --max_bytes: the size of {', '.join(unknown)} is unknown, so weights need a total")
+                raise SourceError(
+                    f"set --max_bytes: the size of {', '.join(unknown)} is unknown, so weights need a total"
+                )
             max_bytes = min(e / w for e, w in zip(estimates, shares, strict=True))
         budgets = [max_bytes * w for w in shares]
     elif unknown and len(sources) > 1:

@@ -166,7 +166,10 @@ def _mb(n: float) -> str:
 
 def format_report(report: dict) -> str:
     w = max([8, *(len(s["name"]) for s in report["sources"]), *map(len, report["validation"])])
-    lines = ["", f"{'source':<{w}} {'files':>5} {'docs':>9} {'text read':>12} {'share':>6} {'passes':>6} {'skipped':>7}"]
+    lines = [
+        "",
+        f"{'source':<{w}} {'files':>5} {'docs':>9} {'text read':>12} {'share':>6} {'passes':>6} {'skipped':>7}",
+    ]
     total = sum(s["bytes"] for s in report["sources"]) or 1
     for s in report["sources"]:
         files = s["files"] if s["files"] is not None else "-"
@@ -183,7 +186,10 @@ def format_report(report: dict) -> str:
         f"peak memory  {report['peak_memory_mb']:,.0f} MB (resident)",
     ]
     if report["validation"]:
-        lines += ["", f"{'held-out':<{w}} {'docs':>6} {'text':>11} {'tokens':>11} {'chars/token':>12} {'bytes/token':>12}"]
+        lines += [
+            "",
+            f"{'held-out':<{w}} {'docs':>6} {'text':>11} {'tokens':>11} {'chars/token':>12} {'bytes/token':>12}",
+        ]
         for lang, c in report["validation"].items():
             lines.append(
                 f"{lang:<{w}} {c['docs']:>6,} {_mb(c['bytes']):>11} {c['tokens']:>11,} "

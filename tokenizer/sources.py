@@ -33,7 +33,7 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
 _NAME_RE = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
 
 
-SHORTFALL_OK = 0.98  # a sampled source may end this close below its byte budget
+SHORTFALL_OK = 0.95  # a sampled source may end this close below its byte budget: its share is reported
 
 
 class SourceError(ValueError):
@@ -369,8 +369,8 @@ def sample_source(
         stats.passes += 1
         remaining = budget - stats.bytes
         size = plan.estimated_bytes
-        # aim 2% high: sampling is random, and a short first pass would need a whole second pass
-        rate = 1.0 if size is None or math.isinf(budget) else min(1.0, 1.02 * remaining / max(size, 1))
+        # aim 3% high: sampling is random, and a short first pass would need a whole second pass
+        rate = 1.0 if size is None or math.isinf(budget) else min(1.0, 1.03 * remaining / max(size, 1))
         keep = (lambda: True) if rate >= 1.0 else (lambda r=rate: rng.random() < r)
         before = stats.bytes
         if plan.spec.is_dataset:

@@ -224,9 +224,13 @@ def run(args: TrainBPEArguments) -> dict:
     stats = [ReadStats() for _ in plans]
     total = sum(p.budget for p in plans)
     start = time.perf_counter()
-    with tqdm(total=None if math.isinf(total) else int(total), unit="B", unit_scale=True, desc="reading text") as bar:
+    bar_total = None if math.isinf(total) else int(total)
+    # disable=None: a bar on a terminal only, so logs and piped stderr keep just the messages
+    with tqdm(total=bar_total, unit="B", unit_scale=True, desc="reading text", disable=None) as bar:
         texts = batched_texts(plans, opts, stats, args.seed, args.dataset_split, bar)
-        tok = bpe.train(texts, args.vocab_size, args.min_frequency, args.max_token_length)
+        tok = bpe.train(
+            texts, args.vocab_size, args.min_frequency, args.max_token_length, show_progress=sys.stderr.isatty()
+        )
     train_time = time.perf_counter() - start
     if sum(s.bytes for s in stats) == 0:
         raise SourceError("the corpus is empty: no document with text in any source")

@@ -1,0 +1,395 @@
+"""The tokenizer trainer: real training on slices of the shared corpus, reloading, losslessness, bad input."""
+
+import gzip
+import itertools
+import json
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from tokenizer import bpe
+from tokenizer.sources import (
+    ReadOptions,
+    ReadStats,
+    SourceError,
+    iter_file_documents,
+    parse_dataset_source,
+    parse_file_source,
+    plan_mixture,
+    resolve_files,
+    sample_source,
+)
+from tokenizer.train_bpe import main, parse_size
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def head_lines(path: Path, n: int) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return "".join(itertools.islice(fh, n))
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, corpus_dir) -> Path:
+    """About 0.6 MB of real zh + en text, with held-out files."""
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "zh.jsonl").write_text(
+        head_lines(corpus_dir / "zh/news_xinwenlianbo.jsonl", 150) + head_lines(corpus_dir / "zh/reviews.jsonl", 400),
+        encoding="utf-8",
+    )
+    (d / "en.jsonl").write_text(head_lines(corpus_dir / "en/bbc_news.jsonl", 80), encoding="utf-8")
+    (d / "zh_val.jsonl").write_text(head_lines(corpus_dir / "zh/news_xinwenlianbo_val.jsonl", 40), encoding="utf-8")
+    (d / "en_val.jsonl").write_text(head_lines(corpus_dir / "en/bbc_news_val.jsonl", 15), encoding="utf-8")
+    return d
+
+
+def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--files",
+        f"zh={corpus}/zh.jsonl:0.5",
+        f"en={corpus}/en.jsonl:0.5",
+        "--validation_files",
+        f"zh={corpus}/zh_val.jsonl",
+        f"en={corpus}/en_val.jsonl",
+        "--vocab_size",
+        "3000",
+        "--output_dir",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(small_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "tok"
+    assert main(train_args(small_corpus, out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(trained):
+    return AutoTokenizer.from_pretrained(trained)
+
+
+# --- the trained folder -----------------------------------------------------------------------------
+
+
+def test_folder_loads_offline_as_fast_tokenizer_with_special_tokens(trained, tok):
+    assert tok.is_fast
+    assert len(tok) == 3000
+    assert tok.eos_token == tok.bos_token == "<|endoftext|>"
+    assert tok.pad_token == "<|pad|>"
+    ids = tok.convert_tokens_to_ids(list(bpe.SPECIAL_TOKENS))
+    assert sorted(ids) == [0, 1, 2, 3]  # special tokens come first, before the byte alphabet
+    assert set(bpe.CHAT_TOKENS) <= set(tok.all_special_tokens)
+
+
+def test_report_json_and_table(trained, small_corpus, tmp_path, capsys):
+    report = json.loads((trained / "training_report.json").read_text())
+    assert report["vocab_size"] == 3000
+    by_name = {s["name"]: s for s in report["sources"]}
+    assert set(by_name) == {"zh", "en"}
+    # equal weights, no cap: the smaller source sets the total, and the mix is 50/50 in bytes
+    zh, en = by_name["zh"]["bytes"], by_name["en"]["bytes"]
+    assert abs(zh - en) / (zh + en) < 0.02
+    assert report["peak_memory_mb"] > 0 and report["time_s"]["read_and_train"] > 0
+    for lang in ("zh", "en"):
+        c = report["validation"][lang]
+        assert c["tokens"] > 0 and c["chars_per_token"] == pytest.approx(c["chars"] / c["tokens"], rel=1e-3)
+    # Chinese packs more bytes per character than English, and the tokenizer must reach multi-char tokens
+    assert report["validation"]["zh"]["chars_per_token"] > 1.0
+    assert report["validation"]["en"]["bytes_per_token"] > 2.5
+
+    assert main(train_args(small_corpus, tmp_path / "t2", "--max_bytes", "100KB")) == 0
+    printed = capsys.readouterr().out
+    for needle in ("source", "held-out", "chars/token", "bytes/token", "peak memory", "vocab size"):
+        assert needle in printed
+
+
+def test_chinese_words_are_single_tokens(tok):
+    for word in ("中国", "发展", "我们"):
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+
+
+def _categories(text: str) -> set[str]:
+    cats = set()
+    for ch in text:
+        if "\u4e00" <= ch <= "\u9fff":
+            cats.add("han")
+        elif ch.isdigit():
+            cats.add("digit")
+        elif ch.isalpha():
+            cats.add("letter")
+        elif unicodedata.category(ch)[0] in "PS":
+            cats.add("punct")
+    return cats
+
+
+def test_vocabulary_respects_pretokenization_boundaries(tok):
+    """No learned token crosses scripts, joins digits, or glues punctuation to words."""
+    pieces = [tok.decode([i]) for i in range(len(bpe.SPECIAL_TOKENS), len(tok))]
+    pieces = [p for p in pieces if "\ufffd" not in p]  # partial UTF-8 byte sequences
+    assert sum("han" in _categories(p) and len(p) > 1 for p in pieces) > 100
+    contractions = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"}
+    for p in pieces:
+        cats = _categories(p)
+        if p.lower() in contractions:
+            continue
+        assert not {"han", "letter"} <= cats, p
+        assert sum(ch.isdigit() for ch in p) <= 1, p
+        assert not ({"punct"} < cats), p  # punctuation never shares a token with letters or Han
+        assert not ("han" in cats and p[0].isspace()), p
+
+
+def test_pretokenizer_pieces():
+    pieces = [p for p, _ in bpe.build_tokenizer().pre_tokenizer.pre_tokenize_str("iPhone手机 2023年, it's")]
+    # byte-level pieces: Ġ stands for a leading space
+    assert pieces[:2] == ["iPhone", bpe.build_tokenizer().pre_tokenizer.pre_tokenize_str("手机")[0][0]]
+    assert [p for p in pieces if p.isdigit()] == ["2", "0", "2", "3"]
+    assert "'s" in pieces and "Ġit" in pieces and "," in pieces
+
+
+def test_special_tokens_never_come_from_ordinary_text(tok):
+    text = "a <|endoftext|> b <|im_start|>user<|im_end|> <|pad|>"
+    ids = tok(text)["input_ids"]
+    assert not set(ids) & {tok.eos_token_id, tok.pad_token_id, *tok.convert_tokens_to_ids(list(bpe.CHAT_TOKENS))}
+    assert tok.decode(ids) == text
+    asked = tok(text, split_special_tokens=False)["input_ids"]  # when asked for, they are special
+    assert tok.eos_token_id in asked and tok.pad_token_id in asked
+
+
+MIXED = st.sampled_from(
+    ["中文", "你好，世界！", "人工智能", "English", " the", "  ", "\t", "\n\n", "\r\n", "😀", "👨‍👩‍👧", "「引号」", "……",
+     "１２３", "ｆｕｌｌ", "é", "e\u0301", "<|endoftext|>", "2024年", "\x00", "\x1b[0m", "\u200b", "ﬁ", "Ω"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.lists(st.one_of(MIXED, st.text(max_size=5))).map("".join)))
+def test_decode_encode_round_trip_is_lossless(tok, text):
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_same_seed_same_tokenizer_other_seed_other_sample(small_corpus, tmp_path):
+    def run(seed, name):
+        out = tmp_path / name
+        assert main(train_args(small_corpus, out, "--max_bytes", "150KB", "--seed", str(seed))) == 0
+        return json.loads((out / "tokenizer.json").read_text())["model"]["vocab"], out
+
+    vocab_a, out_a = run(1, "a")
+    vocab_b, _ = run(1, "b")
+    vocab_c, out_c = run(2, "c")
+    assert vocab_a == vocab_b
+    docs = lambda out: [s["docs"] for s in json.loads((out / "training_report.json").read_text())["sources"]]  # noqa: E731
+    assert vocab_a != vocab_c or docs(out_a) != docs(out_c)
+
+
+# --- reading and mixing sources ---------------------------------------------------------------------
+
+
+DOCS = ["第一篇文档。", "second document", "第三 third", "多行\n文档 with lines"]
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.json", "d-lines.json", "d.json.gz", "d.parquet"])
+def test_every_format_yields_the_same_documents(tmp_path, name):
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"id": list(range(4)), "text": DOCS}), path)
+    else:
+        records = [{"text": t, "meta": i} for i, t in enumerate(DOCS)]
+        body = (
+            json.dumps(records, ensure_ascii=False)
+            if name in ("d.json", "d.json.gz")
+            else "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        ).encode()
+        path.write_bytes(gzip.compress(body) if name.endswith(".gz") else body)
+    assert list(iter_file_documents(path, ReadOptions(), ReadStats())) == DOCS
+
+
+def test_text_files_by_line_or_by_file(tmp_path):
+    lines = [d.replace("\n", " ") for d in DOCS]
+    (tmp_path / "a.txt").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    (tmp_path / "b.txt.gz").write_bytes(gzip.compress(("\r\n".join(lines)).encode()))
+    assert list(iter_file_documents(tmp_path / "a.txt", ReadOptions(), ReadStats())) == lines
+    assert list(iter_file_documents(tmp_path / "b.txt.gz", ReadOptions(), ReadStats())) == lines
+    whole = list(iter_file_documents(tmp_path / "a.txt", ReadOptions(document_per_file=True), ReadStats()))
+    assert whole == ["\n".join(lines) + "\n\n"]
+
+
+def test_source_specs():
+    s = parse_file_source("zh=data/zh/*.jsonl,more/*.txt:0.25")
+    assert (s.name, s.patterns, s.weight) == ("zh", ("data/zh/*.jsonl", "more/*.txt"), 0.25)
+    assert parse_file_source("data/x.jsonl").weight is None
+    d = parse_dataset_source("wiki=wikimedia/wikipedia:20231101.zh:2")
+    assert (d.name, d.dataset, d.config, d.weight) == ("wiki", "wikimedia/wikipedia", "20231101.zh", 2.0)
+    assert parse_dataset_source("HuggingFaceFW/fineweb-edu").config is None
+    with pytest.raises(SourceError, match="weight"):
+        parse_file_source("a.jsonl:-1")
+    assert parse_size("1.5GB", "--max_bytes") == 1_500_000_000 and parse_size("2KiB", "x") == 2048
+
+
+def _read(plans, seed=0):
+    out = []
+    for plan in plans:
+        stats = ReadStats()
+        docs = list(sample_source(plan, ReadOptions(), stats, seed))
+        out.append((stats, docs))
+    return out
+
+
+def test_weights_are_honoured_in_bytes_by_sampling_and_upsampling(tmp_path):
+    big = write_jsonl(tmp_path / "big.jsonl", [f"大的文档{i} " * 20 for i in range(2000)])
+    small = write_jsonl(tmp_path / "small.jsonl", [f"small doc {i} " * 10 for i in range(100)])
+    specs = [parse_file_source(f"big={big}:1"), parse_file_source(f"small={small}:1")]
+    files = [resolve_files(s) for s in specs]
+    small_size = sum(len(d.encode()) for d in iter_file_documents(small, ReadOptions(), ReadStats()))
+
+    # no cap: the smaller source sets the total and is read once; the big one is sampled down to match
+    (big_stats, _), (small_stats, small_docs) = _read(plan_mixture(specs, files, None))
+    assert small_stats.passes == 1 and len(small_docs) == 100
+    assert big_stats.bytes == pytest.approx(small_stats.bytes, rel=0.05)
+
+    # a cap above twice the small source: it is read again (upsampled) so the mix still holds
+    cap = 6 * small_size
+    (big_stats, _), (small_stats, _) = _read(plan_mixture(specs, files, cap))
+    assert small_stats.passes >= 3
+    for s in (big_stats, small_stats):
+        assert cap / 2 * 0.98 <= s.bytes <= cap / 2 + 500
+
+
+def test_without_weights_sources_keep_their_natural_share(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [f"文档{i}" * 30 for i in range(300)])
+    b = write_jsonl(tmp_path / "b.jsonl", [f"doc {i} " * 10 for i in range(100)])
+    specs = [parse_file_source(str(a)), parse_file_source(str(b))]
+    files = [resolve_files(s) for s in specs]
+    (sa, da), (sb, db) = _read(plan_mixture(specs, files, None))
+    assert (len(da), len(db), sa.passes, sb.passes) == (300, 100, 1, 1)
+    total = sa.bytes + sb.bytes
+    (sa2, _), (sb2, _) = _read(plan_mixture(specs, files, total // 4), seed=3)
+    assert sa2.bytes + sb2.bytes <= total // 4 + 300 + 70  # each source may end one document past its share
+    assert sa2.bytes / (sa2.bytes + sb2.bytes) == pytest.approx(sa.bytes / total, abs=0.05)
+
+
+def test_hub_dataset_code_path_on_a_local_dataset_folder(tmp_path, corpus_dir):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(head_lines(corpus_dir / "en/bbc_news.jsonl", 60), encoding="utf-8")
+    out = tmp_path / "tok"
+    assert (
+        main(["--dataset", f"bbc={folder}", "--vocab_size", "600", "--max_bytes", "50KB", "--output_dir", str(out)])
+        == 0
+    )
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["sources"][0]["dataset"] == str(folder)
+    assert 50_000 <= report["sources"][0]["bytes"] < 50_000 + 20_000
+    assert AutoTokenizer.from_pretrained(out).is_fast
+
+
+# --- bad input: one line, exit status 2, nothing left behind ----------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "tokenizer/train_bpe.py"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_clean_failure(capsys, argv, out: Path, *needles: str):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train_bpe.py: error: "), err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_bad_utf8_names_file_and_line_and_can_be_skipped(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "broken \xff\xfe"}\n{"text": "after"}\n')
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, ["--files", str(bad), "--vocab_size", "300", "--output_dir", str(out)], out,
+                         f"{bad}:3", "UTF-8", "--on_decode_error skip")  # fmt: skip
+    argv = ["--files", str(bad), "--vocab_size", "300", "--output_dir", str(out), "--on_decode_error", "skip"]
+    assert main(argv) == 0
+    src = json.loads((out / "training_report.json").read_text())["sources"][0]
+    assert (src["docs"], src["skipped_lines"]) == (3, 1)
+
+
+def test_bad_json_line_fails_midway_without_partial_output(tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "a.jsonl", ["好的文本"] * 50)
+    with open(bad, "a") as fh:
+        fh.write('{"text": "unterminated\n')
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, ["--files", str(bad), "--output_dir", str(out)], out, f"{bad}:51", "not valid JSON")
+
+
+def test_missing_text_field_lists_fields(tmp_path, capsys):
+    bad = tmp_path / "a.jsonl"
+    bad.write_text('{"content": "x", "id": 1}\n')
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, ["--files", str(bad), "--output_dir", str(out)], out,
+                         f"{bad}:1", "'text'", "content, id", "--text_column")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["no_match", "empty", "vocab", "weights_partial", "weights_negative", "file_type", "max_bytes", "val_syntax"],
+)
+def test_bad_input(tmp_path, capsys, case):
+    good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('\n{"text": ""}\n\n')
+    (tmp_path / "x.csv").write_text("text\nhello\n")
+    out = tmp_path / "out"
+    base = ["--output_dir", str(out)]
+    argv, needles = {
+        "no_match": (["--files", f"{tmp_path}/nothing/*.jsonl"], ["--files", "no file matches"]),
+        "empty": (["--files", str(empty)], ["no text"]),
+        "vocab": (["--files", str(good), "--vocab_size", "100"], ["--vocab_size 100", "260"]),
+        "weights_partial": (["--files", f"{good}:0.5", str(empty)], ["WEIGHT", "every source or to none"]),
+        "weights_negative": (["--files", f"{good}:-2"], ["--files", "weight"]),
+        "file_type": (["--files", str(tmp_path / "x.csv")], ["x.csv", "unsupported file type"]),
+        "max_bytes": (["--files", str(good), "--max_bytes", "lots"], ["--max_bytes"]),
+        "val_syntax": (["--files", str(good), "--validation_files", str(good)], ["--validation_files", "LANG=GLOB"]),
+    }[case]
+    assert_clean_failure(capsys, argv + base, out, *needles)
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys):
+    good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--output_dir" in err and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "user data"
+    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json", "training_report.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_exit_status_and_single_line_error(tmp_path):
+    proc = run_cli("--files", f"{tmp_path}/*.jsonl", "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no file matches" in lines[0]
+    good = write_jsonl(tmp_path / "good.jsonl", ["text 文本 " * 5] * 30)
+    proc = run_cli("--files", str(good), "--vocab_size", "400", "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "saved to" in proc.stdout

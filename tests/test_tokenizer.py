@@ -100,7 +100,7 @@ def test_report_json_and_table(trained, small_corpus, tmp_path, capsys):
     assert report["vocab_size"] == 3000
     by_name = {s["name"]: s for s in report["sources"]}
     assert set(by_name) == {"zh", "en"}
-    # equal weights, no cap: the smaller source sets the total, and the mix is 50/50 in bytes
+    # equal weights: the mix is 50/50 in bytes (the smaller source repeated as needed)
     zh, en = by_name["zh"]["bytes"], by_name["en"]["bytes"]
     assert abs(zh - en) / (zh + en) < 0.02
     assert report["peak_memory_mb"] > 0 and report["time_s"]["read_and_train"] > 0
@@ -258,17 +258,29 @@ def test_weights_are_honoured_in_bytes_by_sampling_and_upsampling(tmp_path):
     files = [resolve_files(s) for s in specs]
     small_size = sum(len(d.encode()) for d in iter_file_documents(small, ReadOptions(), ReadStats()))
 
-    # no cap: the smaller source sets the total and is read once; the big one is sampled down to match
-    (big_stats, _), (small_stats, small_docs) = _read(plan_mixture(specs, files, None))
-    assert small_stats.passes == 1 and len(small_docs) == 100
-    assert big_stats.bytes == pytest.approx(small_stats.bytes, rel=0.05)
+    big_size = sum(len(d.encode()) for d in iter_file_documents(big, ReadOptions(), ReadStats()))
 
-    # a cap above twice the small source: it is read again (upsampled) so the mix still holds
+    # no cap: the whole corpus's size, split 1:1; the big source is sampled down, the small one repeated
+    (big_stats, _), (small_stats, small_docs) = _read(plan_mixture(specs, files, None))
+    assert small_stats.passes >= 5 and len(set(small_docs)) == 100
+    half = (big_size + small_size) / 2
+    for s in (big_stats, small_stats):
+        assert 0.95 * half <= s.bytes <= half + 500
+
+    # a cap below the corpus: each source gets half of the cap
     cap = 6 * small_size
     (big_stats, _), (small_stats, _) = _read(plan_mixture(specs, files, cap))
-    assert small_stats.passes >= 3
+    assert small_stats.passes == 3
     for s in (big_stats, small_stats):
-        assert cap / 2 * 0.98 <= s.bytes <= cap / 2 + 500
+        assert cap / 2 * 0.95 <= s.bytes <= cap / 2 + 500
+
+
+def test_max_bytes_all_reads_every_document_once(tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", [f"文本 text {i}" for i in range(40)])
+    out = tmp_path / "out"
+    assert main(["--files", str(good), "--vocab_size", "300", "--max_bytes", "all", "--output_dir", str(out)]) == 0
+    src = json.loads((out / "training_report.json").read_text())["sources"][0]
+    assert (src["docs"], src["passes"]) == (40, 1)
 
 
 def test_without_weights_sources_keep_their_natural_share(tmp_path):

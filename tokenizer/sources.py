@@ -324,36 +324,37 @@ def plan_mixture(
 ) -> list[SourcePlan]:
     """Split the byte budget over sources.
 
-    Without weights every source keeps its natural share (scaled down to `max_bytes`). With weights the
-    mix is honoured in bytes: the total is `max_bytes`, or else the largest total that needs no source
-    to be repeated; a source smaller than its share is read again (upsampled) so that one language
-    cannot crowd the other out.
+    The total is the corpus size, capped at `max_bytes` (None: no cap). Without weights every source
+    keeps its natural share of it. With weights each source gets its weight's share of the total, in
+    bytes of text: a larger source is sampled down, a smaller one is read again (upsampled), so that one
+    language cannot crowd the other out. A source of unknown size (a streamed dataset) needs weights
+    and a cap whenever it is mixed with others.
     """
     check_weights(sources)
     estimates = [
         None if s.is_dataset else sum(estimated_text_bytes(p, opts) for p in f)
         for s, f in zip(sources, files, strict=True)
     ]
-    weighted = sources[0].weight is not None
     unknown = [s.name for s, e in zip(sources, estimates, strict=True) if e is None]
-    if weighted:
-        total_w = sum(s.weight for s in sources)
-        shares = [s.weight / total_w for s in sources]
-        if max_bytes is None:
-            if unknown:
-                raise SourceError(
-                    f"set --max_bytes: the size of {', '.join(unknown)} is unknown, so weights need a total"
-                )
-            max_bytes = min(e / w for e, w in zip(estimates, shares, strict=True))
-        budgets = [max_bytes * w for w in shares]
-    elif unknown and len(sources) > 1:
-        raise SourceError("with a --dataset among several sources, give every source a :WEIGHT and set --max_bytes")
-    elif unknown:
-        budgets = [float(max_bytes) if max_bytes else math.inf]
+    if unknown and len(sources) > 1 and (sources[0].weight is None or max_bytes is None):
+        raise SourceError(
+            f"the size of {', '.join(unknown)} is unknown: to mix it with other sources give every source"
+            " a :WEIGHT and set --max_bytes"
+        )
+    cap = math.inf if max_bytes is None else float(max_bytes)
+    if unknown:
+        total = cap
     else:
-        total = sum(estimates)
-        scale = 1.0 if max_bytes is None or total == 0 else min(1.0, max_bytes / total)
-        budgets = [e * scale if scale < 1.0 else math.inf for e in estimates]
+        total = min(cap, float(sum(estimates)))
+    if sources[0].weight is not None:
+        weight_sum = sum(s.weight for s in sources)
+        budgets = [total * s.weight / weight_sum for s in sources]
+    elif unknown:
+        budgets = [total]
+    elif total >= sum(estimates):
+        budgets = [math.inf] * len(sources)  # everything, once
+    else:
+        budgets = [total * e / max(sum(estimates), 1) for e in estimates]
     return [SourcePlan(s, f, e, b) for s, f, e, b in zip(sources, files, estimates, budgets, strict=True)]
 
 

@@ -65,9 +65,12 @@ class TrainBPEArguments:
         default_factory=list,
         metadata={"help": "Held-out text for the compression report, per language: LANG=GLOB[,GLOB...]."},
     )
-    max_bytes: str | None = field(
-        default=None,
-        metadata={"help": "Cap on sampled training text, e.g. 200MB or 2GB (default: all of it, mix permitting)."},
+    # The BPE trainer keeps every distinct pre-token with its pair positions: about 40 bytes of memory per
+    # byte of mostly-Chinese text (whose Han runs are rarely repeated), so the default cap keeps a run
+    # near 10 GB whatever the corpus size. Raise it if you have the memory; `all` lifts the cap.
+    max_bytes: str = field(
+        default="256MB",
+        metadata={"help": "Cap on sampled training text, e.g. 200MB, 2GB, or 'all' (memory: ~40x the text)."},
     )
     validation_max_bytes: str = field(default="16MB", metadata={"help": "Cap on held-out text per language."})
     vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size, special tokens included."})
@@ -121,7 +124,7 @@ def validate(args: TrainBPEArguments):
         raise SourceError("no training text: give --files and/or --dataset")
     check_weights(specs)
     files = [[] if s.is_dataset else resolve_files(s, args.exclude) for s in specs]
-    max_bytes = parse_size(args.max_bytes, "--max_bytes") if args.max_bytes else None
+    max_bytes = None if args.max_bytes.strip().lower() == "all" else parse_size(args.max_bytes, "--max_bytes")
     plans = plan_mixture(specs, files, max_bytes, read_options(args))
     validation = {}
     for item in args.validation_files:

@@ -1,0 +1,176 @@
+"""The optimizer plugin: Muon's update against a float64 reference, AdamW parity, one object, data parallel."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from training.optim import MuonAdamW, build_optimizer, muon_lr_scale, newton_schulz, parameter_groups
+
+REPO = Path(__file__).resolve().parent.parent
+A, B, C = 3.4445, -4.7750, 2.0315
+
+
+def reference_newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The quintic iteration X <- aX + b(XX^T)X + c(XX^T)^2 X in float64, always on the wide side."""
+    x = g.double()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm()
+    for _ in range(steps):
+        m = x @ x.T
+        x = A * x + B * (m @ x) + C * (m @ m @ x)
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (32, 64), (48, 48), (3, 200)])
+def test_newton_schulz_matches_float64_reference(shape):
+    # a matrix whose singular values spread over 1.5 decades
+    k, gen = min(shape), torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], k, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], k, generator=gen))
+    g = u @ torch.diag(torch.logspace(0, -1.5, k)) @ v.T
+    ours = newton_schulz(g)
+    assert ours.dtype == torch.float32 and ours.shape == g.shape
+    torch.testing.assert_close(ours.double(), reference_newton_schulz(g), atol=2e-5, rtol=1e-4)
+    # it orthogonalises: the singular values land in a band around 1 (0.68 to 1.13 for this iteration)
+    s = torch.linalg.svdvals(ours.double())
+    assert s.min() > 0.6 and s.max() < 1.2, s
+
+
+def tiny_llama(seed=0, tie=False):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                         tie_word_embeddings=tie)  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def test_parameter_groups_by_role():
+    model = tiny_llama()
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = parameter_groups(model, "muon", weight_decay=0.1)
+    by_alg = [(g["algorithm"], g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in groups]
+    muon, io, vectors = by_alg
+    assert muon[:2] == ("muon", 0.1) and len(muon[2]) == 2 * 7  # q k v o gate up down, per layer
+    assert all(".layers." in n and n.endswith("proj.weight") for n in muon[2])
+    assert io == ("adamw", 0.1, ["lm_head.weight", "model.embed_tokens.weight"])
+    assert vectors[:2] == ("adamw", 0.0) and all("norm" in n for n in vectors[2])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    tied = parameter_groups(tiny_llama(tie=True), "muon", 0.1)
+    assert [len(g["params"]) for g in tied] == [14, 1, 5]
+    adamw = parameter_groups(model, "adamw", 0.1)
+    assert [g["algorithm"] for g in adamw] == ["adamw", "adamw"] and [len(g["params"]) for g in adamw] == [16, 5]
+    with pytest.raises(ValueError, match="--optimizer"):
+        parameter_groups(model, "sgd", 0.1)
+
+
+def test_muon_step_matches_float64_reference():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(24, 40))
+    w0 = w.detach().double().clone()
+    lr, wd, mom = 0.01, 0.1, 0.95
+    opt = MuonAdamW([{"params": [w], "algorithm": "muon"}], lr=lr, weight_decay=wd, momentum=mom)
+    grads = [torch.randn(24, 40) for _ in range(3)]
+    buf = torch.zeros(24, 40, dtype=torch.float64)
+    ref = w0.clone()
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        g64 = g.double()
+        buf = mom * buf + (1 - mom) * g64
+        nesterov = (1 - mom) * g64 + mom * buf
+        ref = ref * (1 - lr * wd) - lr * 0.2 * math.sqrt(40) * reference_newton_schulz(nesterov)
+    torch.testing.assert_close(w.detach().double(), ref, atol=1e-5, rtol=1e-5)
+    assert muon_lr_scale(torch.Size([24, 40]), "original") == 1.0
+    assert muon_lr_scale(torch.Size([96, 24]), "original") == 2.0
+
+
+def test_adamw_groups_step_exactly_like_torch_adamw():
+    ours_model, ref_model = tiny_llama(), tiny_llama()
+    ours = build_optimizer(ours_model, "adamw", lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW(parameter_groups(ref_model, "adamw", 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    batch = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(3))
+    for _ in range(3):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            model(input_ids=batch, labels=batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(ours_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
+def train_steps(model, opt, steps, seed, scheduler=None):
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        batch = torch.randint(0, 50, (2, 12), generator=gen)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        if scheduler:
+            scheduler.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def test_one_object_for_schedulers_and_checkpoints(tmp_path):
+    model = tiny_llama()
+    opt = build_optimizer(model, "muon", lr=0.02)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    train_steps(model, opt, 2, seed=1, scheduler=sched)
+    assert {g["lr"] for g in opt.param_groups} == {0.02 * 0.25}  # the schedule reached Muon and AdamW groups
+    # both algorithms' state is in the one state_dict
+    kinds = {frozenset(s) for s in opt.state_dict()["state"].values()}
+    assert frozenset({"momentum_buffer"}) in kinds and frozenset({"step", "exp_avg", "exp_avg_sq"}) in kinds
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "ck.pt")
+    expected = train_steps(model, opt, 3, seed=2, scheduler=sched)
+
+    ck = torch.load(tmp_path / "ck.pt")
+    resumed = tiny_llama(seed=7)
+    resumed.load_state_dict(ck["model"])
+    opt2 = build_optimizer(resumed, "muon", lr=0.02)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 0.5**step)
+    opt2.load_state_dict(ck["opt"])
+    sched2.load_state_dict(ck["sched"])
+    assert train_steps(resumed, opt2, 3, seed=2, scheduler=sched2) == expected
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+
+
+def test_muon_rejects_non_matrices():
+    with pytest.raises(ValueError, match="2-D"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "algorithm": "muon"}])
+    with pytest.raises(ValueError, match="muon_scale"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3, 3))], "algorithm": "muon"}], muon_scale="x")
+
+
+def run_ddp_script(out: Path, processes: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--num_processes", str(processes)]  # fmt: skip
+    # accelerate starts several CPU processes through its torchrun path (`--multi_gpu`); gloo carries them
+    launch += ["--multi_gpu"] if processes > 1 else ["--cpu"]
+    proc = subprocess.run([*launch, str(REPO / "tests/scripts/ddp_muon.py"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_muon_under_data_parallel_matches_one_process_and_spreads_the_work(tmp_path):
+    one = run_ddp_script(tmp_path / "one.json", 1)
+    two = run_ddp_script(tmp_path / "two.json", 2)
+    assert one["ns_calls_per_rank"] == [42]  # 14 matrices x 3 steps, all on the one rank
+    assert two["ns_calls_per_rank"] == [21, 21]  # spread evenly, each matrix orthogonalised once
+    for name, value in one["params"].items():
+        # Muon's matrices agree tightly; AdamW divides by sqrt(v), which magnifies the rounding of
+        # all-reduced gradients for rarely seen tokens' embedding rows
+        atol = 2e-5 if name.endswith("proj.weight") else 1e-4
+        torch.testing.assert_close(torch.tensor(two["params"][name]), torch.tensor(value), atol=atol, rtol=1e-4)

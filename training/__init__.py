@@ -1,0 +1,1 @@
+"""The pieces train_clm.py is built from: data, optimizers, schedules, checkpoints, metrics."""

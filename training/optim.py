@@ -1,0 +1,231 @@
+"""Optimizers: AdamW, or Muon for the hidden weight matrices with AdamW for everything else, in one object.
+
+`--optimizer muon` puts the 2-D weight matrices inside the transformer blocks under Muon (momentum with
+Nesterov, then an approximate orthogonalisation by Newton-Schulz iterations) and the embeddings, the
+output head, norms and biases under AdamW. Both live in one `torch.optim.Optimizer`, so
+`accelerator.prepare`, LR schedulers, gradient clipping and `save_state`/`load_state` treat it as one.
+
+Why not `torch.optim.Muon` alone: it takes only 2-D parameters (so it cannot hold the AdamW groups), and
+under data parallelism every rank would orthogonalise every matrix, and under FSDP2 each rank would
+orthogonalise its own shard, which is a different (wrong) update. `MuonAdamW` runs the AdamW groups
+through `torch.optim.AdamW` itself and writes only the Muon step, which spreads the Newton-Schulz work
+over ranks (each matrix is orthogonalised whole, by one rank, and the results are gathered).
+
+Muon's update is scaled so that AdamW's learning rate and weight decay carry over
+(`muon_scale="match_rms_adamw"`: 0.2 * sqrt(max(rows, cols)), which gives the update the RMS of a typical
+AdamW update); `"original"` is Keller Jordan's sqrt(max(1, rows / cols)), for learning rates tuned
+for Muon itself (around 0.02).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from itertools import groupby
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# Quintic Newton-Schulz coefficients (Keller Jordan): a steep slope at zero, so 5 steps suffice; the
+# result is U S' V^T with S' roughly in [0.7, 1.2] rather than exactly U V^T, which trains as well.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+MUON_SCALES = ("match_rms_adamw", "original")
+
+
+def newton_schulz(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise a 2-D matrix. bf16 on GPUs (fast, and accurate enough for an update
+    direction); fp32 elsewhere, where bf16 matmuls are slow and the fp32 result is reproducible."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrix.to(torch.bfloat16 if matrix.is_cuda else torch.float32)
+    transposed = x.size(0) > x.size(1)
+    if transposed:  # iterate on the smaller Gram matrix
+        x = x.mT
+    x = x / (x.norm() + eps)  # spectral norm <= Frobenius norm <= 1, inside the iteration's basin
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if transposed:
+        x = x.mT
+    return x.to(matrix.dtype)
+
+
+def muon_lr_scale(shape: torch.Size, muon_scale: str) -> float:
+    rows, cols = shape[0], shape[1]
+    if muon_scale == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    if muon_scale == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    raise ValueError(f"muon_scale {muon_scale!r}: choose one of {', '.join(MUON_SCALES)}")
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+def _orthogonalize_spread(updates: list[torch.Tensor], steps: int, group=None) -> list[torch.Tensor]:
+    """Newton-Schulz for every matrix, the work spread over ranks: matrices of one shape are taken
+    `world_size` at a time, each rank orthogonalises one, and an all-gather hands every rank all results."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        return [newton_schulz(u, steps) for u in updates]
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    results: list[torch.Tensor | None] = [None] * len(updates)
+    order = sorted(range(len(updates)), key=lambda i: (tuple(updates[i].shape), i))
+    for _, same_shape in groupby(order, key=lambda i: tuple(updates[i].shape)):
+        same_shape = list(same_shape)
+        for start in range(0, len(same_shape), world):
+            chunk = same_shape[start : start + world]
+            mine = (
+                newton_schulz(updates[chunk[rank]], steps) if rank < len(chunk) else torch.zeros_like(updates[chunk[0]])
+            )
+            gathered = [torch.empty_like(mine) for _ in range(world)]
+            dist.all_gather(gathered, mine.contiguous(), group=group)
+            for index, result in zip(chunk, gathered, strict=False):
+                results[index] = result
+    return results
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimizer over param groups tagged `algorithm="muon"` or `algorithm="adamw"`.
+
+    AdamW groups are stepped by a `torch.optim.AdamW` that shares this optimizer's group dicts and state,
+    so schedulers, clipping and checkpoints see a single optimizer.
+    """
+
+    def __init__(
+        self,
+        param_groups: Iterable[dict],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        muon_scale: str = "match_rms_adamw",
+    ):
+        if muon_scale not in MUON_SCALES:
+            raise ValueError(f"muon_scale {muon_scale!r}: choose one of {', '.join(MUON_SCALES)}")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            eps=eps,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            muon_scale=muon_scale,
+            algorithm="adamw",
+        )
+        super().__init__(list(param_groups), defaults)
+        for group in self.param_groups:
+            if group["algorithm"] not in ("muon", "adamw"):
+                raise ValueError(f"param group algorithm {group['algorithm']!r}: use 'muon' or 'adamw'")
+            if group["algorithm"] == "muon" and any(p.ndim != 2 for p in group["params"]):
+                raise ValueError("Muon param groups may hold only 2-D weight matrices")
+        self._link_adamw()
+
+    def _link_adamw(self) -> None:
+        groups = [g for g in self.param_groups if g["algorithm"] == "adamw"]
+        self._adamw = torch.optim.AdamW(groups, foreach=None) if groups else None
+        if self._adamw is not None:
+            self._adamw.state = self.state  # one state dict: checkpoints hold both algorithms' state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link_adamw()  # loading replaced the group dicts and the state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._adamw is not None:
+            self._adamw.step()
+        for group in self.param_groups:
+            if group["algorithm"] == "muon":
+                self._muon_step(group)
+        return loss
+
+    def _muon_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        updates = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.grad)
+            buf = state["momentum_buffer"]
+            buf.lerp_(p.grad, 1 - group["momentum"])
+            updates.append(p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
+        # FSDP2 shards a matrix over ranks; Muon must orthogonalise the whole matrix, never a shard
+        full = [u.full_tensor() if _is_dtensor(u) else u for u in updates]
+        mesh_group = None
+        if _is_dtensor(updates[0]):
+            mesh_group = updates[0].device_mesh.get_group()
+        orthogonal = _orthogonalize_spread(full, group["ns_steps"], mesh_group)
+        for p, u, o in zip(params, updates, orthogonal, strict=True):
+            if _is_dtensor(u):
+                from torch.distributed.tensor import distribute_tensor
+
+                o = distribute_tensor(o, u.device_mesh, u.placements, src_data_rank=None)
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(o, alpha=-group["lr"] * muon_lr_scale(p.shape, group["muon_scale"]))
+
+
+def parameter_groups(model: nn.Module, optimizer: str, weight_decay: float) -> list[dict]:
+    """Split a causal LM's parameters by role, through the standard HF accessors only.
+
+    muon:  2-D weight matrices inside the blocks (everything 2-D but the token embedding and the head)
+    adamw: embeddings and head (with weight decay), then norms and biases (without)
+    """
+    io = {
+        id(p)
+        for module in (model.get_input_embeddings(), model.get_output_embeddings())
+        if module is not None
+        for p in module.parameters()
+    }
+    matrices, io_weights, vectors = [], [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2:
+            vectors.append(p)
+        elif id(p) in io:
+            io_weights.append(p)
+        else:
+            matrices.append(p)
+    if optimizer == "muon":
+        groups = [
+            {"params": matrices, "algorithm": "muon", "weight_decay": weight_decay},
+            {"params": io_weights, "algorithm": "adamw", "weight_decay": weight_decay},
+        ]
+    elif optimizer == "adamw":
+        groups = [{"params": matrices + io_weights, "algorithm": "adamw", "weight_decay": weight_decay}]
+    else:
+        raise ValueError(f"--optimizer {optimizer!r}: choose adamw or muon")
+    groups.append({"params": vectors, "algorithm": "adamw", "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    momentum: float = 0.95,
+    muon_scale: str = "match_rms_adamw",
+) -> MuonAdamW:
+    return MuonAdamW(
+        parameter_groups(model, optimizer, weight_decay),
+        lr=lr,
+        weight_decay=weight_decay,
+        betas=betas,
+        eps=eps,
+        momentum=momentum,
+        muon_scale=muon_scale,
+    )

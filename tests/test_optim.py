@@ -152,25 +152,46 @@ def test_muon_rejects_non_matrices():
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3, 3))], "algorithm": "muon"}], muon_scale="x")
 
 
-def run_ddp_script(out: Path, processes: int) -> dict:
+def run_parallel_script(out: Path, processes: int, fsdp2: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--num_processes", str(processes)]  # fmt: skip
-    # accelerate starts several CPU processes through its torchrun path (`--multi_gpu`); gloo carries them
-    launch += ["--multi_gpu"] if processes > 1 else ["--cpu"]
-    proc = subprocess.run([*launch, str(REPO / "tests/scripts/ddp_muon.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    script = [str(REPO / "tests/scripts/muon_parallel.py"), str(out)]
+    if fsdp2:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *script, "--fsdp2"]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(processes)]  # fmt: skip
+        # accelerate starts several CPU processes through its torchrun path (`--multi_gpu`); gloo carries them
+        cmd += ["--multi_gpu"] if processes > 1 else ["--cpu"]
+        cmd += script
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
-def test_muon_under_data_parallel_matches_one_process_and_spreads_the_work(tmp_path):
-    one = run_ddp_script(tmp_path / "one.json", 1)
-    two = run_ddp_script(tmp_path / "two.json", 2)
-    assert one["ns_calls_per_rank"] == [42]  # 14 matrices x 3 steps, all on the one rank
-    assert two["ns_calls_per_rank"] == [21, 21]  # spread evenly, each matrix orthogonalised once
-    for name, value in one["params"].items():
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    result = run_parallel_script(tmp_path_factory.mktemp("one") / "one.json", 1)
+    assert result["ns_calls_per_rank"] == [42]  # 14 matrices x 3 steps, all on the one rank
+    return result
+
+
+def assert_same_params(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
         # Muon's matrices agree tightly; AdamW divides by sqrt(v), which magnifies the rounding of
         # all-reduced gradients for rarely seen tokens' embedding rows
         atol = 2e-5 if name.endswith("proj.weight") else 1e-4
-        torch.testing.assert_close(torch.tensor(two["params"][name]), torch.tensor(value), atol=atol, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(got[name]), torch.tensor(value), atol=atol, rtol=1e-4)
+
+
+def test_muon_under_data_parallel_matches_one_process_and_spreads_the_work(tmp_path, one_process):
+    two = run_parallel_script(tmp_path / "two.json", 2)
+    assert two["ns_calls_per_rank"] == [21, 21]  # spread evenly, each matrix orthogonalised once
+    assert_same_params(two["params"], one_process["params"])
+
+
+def test_muon_under_fsdp2_orthogonalises_whole_matrices(tmp_path, one_process):
+    """Each rank holds half of every matrix; orthogonalising shards would give a different update."""
+    two = run_parallel_script(tmp_path / "fsdp2.json", 2, fsdp2=True)
+    assert two["ns_calls_per_rank"] == [21, 21]
+    assert_same_params(two["params"], one_process["params"])

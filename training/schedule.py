@@ -1,0 +1,34 @@
+"""Learning-rate schedules, by name, through transformers' schedulers (no hand-written LR curves)."""
+
+from __future__ import annotations
+
+from transformers import get_scheduler
+
+SCHEDULES = ("cosine", "warmup_stable_decay", "linear", "constant_with_warmup")
+
+
+def build_scheduler(
+    optimizer,
+    name: str,
+    warmup_steps: int,
+    max_steps: int,
+    min_lr_ratio: float = 0.1,
+    decay_fraction: float = 0.2,
+):
+    """`cosine`: linear warmup, then a half cosine down to `min_lr_ratio` of the peak.
+    `warmup_stable_decay`: warmup, a constant stretch, then a cosine decay over the last `decay_fraction`
+    of the steps (so a run can be extended from any point of the stable stretch)."""
+    if name == "cosine":
+        return get_scheduler("cosine_with_min_lr", optimizer, warmup_steps, max_steps, {"min_lr_rate": min_lr_ratio})
+    if name == "warmup_stable_decay":
+        decay = max(1, round(decay_fraction * max_steps))
+        return get_scheduler(
+            "warmup_stable_decay",
+            optimizer,
+            warmup_steps,
+            max_steps,
+            {"num_decay_steps": decay, "min_lr_ratio": min_lr_ratio},
+        )
+    if name in ("linear", "constant_with_warmup"):
+        return get_scheduler(name, optimizer, warmup_steps, max_steps)
+    raise ValueError(f"--lr_scheduler_type {name!r}: choose one of {', '.join(SCHEDULES)}")

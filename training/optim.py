@@ -229,3 +229,22 @@ def build_optimizer(
         momentum=momentum,
         muon_scale=muon_scale,
     )
+
+
+def clip_and_step(accelerator, model: nn.Module, optimizer, max_grad_norm: float) -> tuple[torch.Tensor, bool]:
+    """Clip the global gradient norm and step, unless the gradients are not finite. Returns the norm and
+    whether the update counts as good. Reading the norm is one host sync per optimizer step: the skip needs it.
+
+    Under fp16 the loss scaler owns overflow: it skips the step and lowers the scale, so the optimizer
+    always steps, and only an overflow at a scale already below 1 counts as bad."""
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+    finite = bool(torch.isfinite(grad_norm))
+    if accelerator.scaler is not None:
+        optimizer.step()
+        good = finite or accelerator.scaler.get_scale() >= 1.0
+    else:
+        if finite:
+            optimizer.step()
+        good = finite
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, good

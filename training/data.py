@@ -883,8 +883,9 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     """Blocks of `block_size` tokens packed on the fly from streamed datasets, mixed in tokens.
 
     Each source is opened with `datasets.load_dataset(..., streaming=True)` (a Hub dataset, a local
-    dataset folder, or --files through datasets' json/text/parquet builders), split per rank and per
-    DataLoader worker with `split_dataset_by_node`, shuffled with a seeded buffer and tokenised with a
+    dataset folder, or --files through datasets' json/text/parquet builders), split per rank with
+    `split_dataset_by_node` (and per DataLoader worker by datasets itself, so give it at least as many
+    shards as workers), shuffled with a seeded buffer and tokenised with a
     batched `map`. `datasets.interleave_datasets` mixes by documents, not tokens, so the mix is done here:
     the next document always comes from the source furthest below its share of tokens. Without
     `max_tokens` the stream ends when a source runs out (no source is repeated, as in `prepare`); with it,
@@ -959,11 +960,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             epoch += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        # split by rank here; inside a DataLoader worker, datasets itself splits each rank's shards by worker
         info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        node, nodes = self.rank * workers + worker, self.world_size * workers
-        limit = None if self.max_tokens is None else self.max_tokens // nodes
-        streams = [self._documents(i, node, nodes) for i in range(len(self.sources))]
+        workers = info.num_workers if info else 1
+        limit = None if self.max_tokens is None else self.max_tokens // (self.world_size * workers)
+        streams = [self._documents(i, self.rank, self.world_size) for i in range(len(self.sources))]
         taken = [0] * len(streams)
         buffer: list[int] = []
         while limit is None or sum(taken) < limit:

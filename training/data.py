@@ -49,6 +49,7 @@ from tokenizer.sources import (
     SourceError,
     SourceSpec,
     check_weights,
+    estimated_text_bytes,
     iter_dataset_documents,
     iter_file_documents,
     parse_dataset_source,
@@ -239,17 +240,36 @@ def cache_key(args: PrepareArguments, inputs: Inputs, tokenizer_sha: str) -> str
 def _read_documents(inputs: list, opts: ReadOptions, split: str, seed: int, stats: list[ReadStats]):
     """Rows {text, source} for `Dataset.from_generator`. It runs in this process (no num_proc) so that
     errors keep their file:line message and skipped lines are counted; tokenising is the costly part and
-    that runs on many processes."""
+    that runs on many processes.
+
+    Local sources are interleaved in proportion to their (estimated) text size: `map(num_proc=N)` gives each
+    process a contiguous 1/N of the rows, and source after source would hand one process all the short
+    Chinese reviews and another all the long English books. Datasets (size unknown) come last."""
+    sized, streamed = [], []
     for index, (spec, files) in enumerate(inputs):
-        st = stats[index]
         if spec.is_dataset:
-            docs = iter_dataset_documents(spec, split, opts, seed)
+            streamed.append((index, iter_dataset_documents(spec, split, opts, seed)))
         else:
-            docs = (doc for path in files for doc in iter_file_documents(path, opts, st))
+            docs = (doc for path in files for doc in iter_file_documents(path, opts, stats[index]))
+            sized.append([0.0, index, docs, max(1, sum(estimated_text_bytes(p, opts) for p in files))])
+    while sized:
+        entry = min(sized)  # the source least far through its files
+        _, index, docs, size = entry
+        doc = next(docs, None)
+        if doc is None:
+            sized.remove(entry)
+            continue
+        yield _count(doc, index, stats[index])
+        entry[0] = stats[index].bytes / size
+    for index, docs in streamed:
         for doc in docs:
-            st.docs += 1
-            st.bytes += len(doc.encode("utf-8"))
-            yield {"text": doc, "source": index}
+            yield _count(doc, index, stats[index])
+
+
+def _count(doc: str, index: int, st: ReadStats) -> dict:
+    st.docs += 1
+    st.bytes += len(doc.encode("utf-8"))
+    return {"text": doc, "source": index}
 
 
 def held_out(text: str, seed: int, fraction: float) -> bool:

@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -281,18 +282,33 @@ def held_out(text: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2.0**64
 
 
-def tokenize_documents(batch: dict, tokenizer, eos_token_id: int, seed: int, fraction: float, first_validation: int):
-    """`datasets.map` function: token ids of each document with the end-of-text id appended, and whether
-    the document is held out. The id is appended rather than the text `<|endoftext|>`, which the tokenizer
-    (split_special_tokens=True) would encode as plain characters."""
-    encodings = tokenizer.backend_tokenizer.encode_batch(batch["text"], add_special_tokens=False)
-    return {
-        "input_ids": [enc.ids + [eos_token_id] for enc in encodings],
-        "held_out": [
-            src >= first_validation or held_out(text, seed, fraction)
-            for text, src in zip(batch["text"], batch["source"], strict=True)
-        ],
-    }
+def tokenize_documents(
+    batch, tokenizer, eos_token_id: int, seed: int, fraction: float, first_validation: int, dtype: str
+):
+    """`datasets.map` function over Arrow batches: token ids of each document with the end-of-text id
+    appended, and whether the document is held out. The id is appended rather than the text
+    `<|endoftext|>`, which the tokenizer (split_special_tokens=True) would encode as plain characters.
+    Returns an Arrow table built from one flat numpy array: letting Arrow convert Python lists of ints to
+    uint16 costs a third of the tokenising time."""
+    import pyarrow as pa
+
+    texts = batch.column("text").to_pylist()
+    sources = batch.column("source").to_pylist()
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(enc.ids) + 1 for enc in encodings), dtype=np.int32, count=len(encodings))
+    offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(
+        chain.from_iterable(chain(enc.ids, (eos_token_id,)) for enc in encodings), dtype=dtype, count=int(offsets[-1])
+    )
+    held = [src >= first_validation or held_out(text, seed, fraction) for text, src in zip(texts, sources, strict=True)]
+    return pa.table(
+        {
+            "source": batch.column("source"),
+            "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+            "held_out": pa.array(held, type=pa.bool_()),
+        }
+    )
 
 
 def _unwrap_source_error(err: BaseException) -> SourceError | None:
@@ -594,7 +610,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
             raise source_error from None
         read_time = time.perf_counter() - start
         fraction = 0.0 if inputs.validation else args.validation_fraction
-        tokenized = texts.map(
+        tokenized = texts.with_format("arrow").map(
             tokenize_documents,
             batched=True,
             batch_size=1000,
@@ -606,6 +622,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
                 "seed": args.seed,
                 "fraction": fraction,
                 "first_validation": len(inputs.sources),
+                "dtype": dtype.name,
             },
             features=datasets.Features(
                 {

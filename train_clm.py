@@ -19,12 +19,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import TorchDynamoPlugin, set_seed
 from tqdm.auto import tqdm
-from training.data import PrepareArguments, PreparedData, load_tokenizer, prepare
 
 import modeling  # noqa: F401  (registers the Shuangyu classes with the Auto classes)
 from tokenizer.sources import SourceError
 from training import checkpoint as ckpt
 from training.args import ArgumentError, parse_args, total_steps
+from training.data import PrepareArguments, PreparedData, load_tokenizer, prepare
 from training.evaluation import evaluate, generate_samples, token_byte_lengths
 from training.metrics import Throughput, device_peak_flops, flops_per_token
 from training.optim import build_optimizer, clip_and_step

@@ -1,5 +1,7 @@
-"""Shared test settings: offline Hub access, and where ../shared lives."""
+"""Shared test settings and fixtures: offline Hub access, the shared corpus, small real tokenizers."""
 
+import itertools
+import json
 import os
 from pathlib import Path
 
@@ -12,11 +14,62 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SHUANGYU_SHARED", REPO.parent / "shared"))
+SHARED_CORPUS = SHARED / "data" / "corpus"
 
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    path = SHARED / "data" / "corpus"
-    if not path.is_dir():
-        pytest.fail(f"shared corpus not found at {path}: set SHUANGYU_SHARED to the shared/ folder")
-    return path
+    if not SHARED_CORPUS.is_dir():
+        pytest.fail(f"shared corpus not found at {SHARED_CORPUS}: set SHUANGYU_SHARED to the shared/ folder")
+    return SHARED_CORPUS
+
+
+def _slice_corpus(src: Path, dst: Path, max_bytes: int) -> Path:
+    """The first documents of a shared corpus file, up to about max_bytes of text."""
+    size = 0
+    with open(src, encoding="utf-8") as fin, open(dst, "w", encoding="utf-8") as fout:
+        for line in fin:
+            fout.write(line)
+            size += len(json.loads(line)["text"].encode("utf-8"))
+            if size >= max_bytes:
+                break
+    return dst
+
+
+@pytest.fixture(scope="session")
+def data_corpus_slices(tmp_path_factory, corpus_dir) -> dict[str, Path]:
+    """Slices of the shared corpus (zh reviews and news, en reviews and news), ~100-150 KB of text each."""
+    root = tmp_path_factory.mktemp("corpus")
+    picks = {
+        "zh_reviews": ("zh/reviews.jsonl", 150_000),
+        "zh_news": ("zh/news_xinwenlianbo.jsonl", 100_000),
+        "en_reviews": ("en/imdb_reviews-00.jsonl", 150_000),
+        "en_news": ("en/bbc_news.jsonl", 100_000),
+    }
+    return {name: _slice_corpus(corpus_dir / rel, root / f"{name}.jsonl", size) for name, (rel, size) in picks.items()}
+
+
+def _train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
+    from tokenizer import bpe
+
+    def texts():
+        for path in files:
+            with open(path, encoding="utf-8") as fh:
+                for line in itertools.islice(fh, 2000):
+                    yield json.loads(line)["text"]
+
+    tok = bpe.train(texts(), vocab_size, show_progress=False)
+    bpe.to_transformers(tok).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_tokenizer_dir(tmp_path_factory, data_corpus_slices) -> Path:
+    """A real Shuangyu tokenizer (vocab 2000) trained on the corpus slices."""
+    return _train_tokenizer(list(data_corpus_slices.values()), 2000, tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def data_other_tokenizer_dir(tmp_path_factory, data_corpus_slices) -> Path:
+    """A second, different tokenizer (vocab 400), for mismatch tests."""
+    return _train_tokenizer([data_corpus_slices["en_news"]], 400, tmp_path_factory.mktemp("tokenizer_other"))

@@ -143,6 +143,7 @@ class ReadOptions:
     text_column: str = "text"
     document_per_file: bool = False
     on_decode_error: str = "error"  # or "skip"
+    skip_flag: str = "--on_decode_error skip"  # the calling tool's flag that skips bad lines, named in errors
 
 
 def _open_binary(path: Path, gz: bool):
@@ -159,7 +160,7 @@ def _decode_line(raw: bytes, path: Path, lineno: int, opts: ReadOptions, stats: 
             return None
         raise SourceError(
             f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
-            "fix the file or pass --on_decode_error skip"
+            f"fix the file or pass {opts.skip_flag}"
         ) from None
 
 
@@ -221,7 +222,9 @@ def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=la
                     if opts.on_decode_error == "skip":
                         stats.skipped_lines += 1
                         continue
-                    raise SourceError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
+                    raise SourceError(
+                        f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line, or pass {opts.skip_flag}"
+                    ) from None
                 text = _text_field(record, path, f"{path}:{lineno}", opts.text_column)
             if text:
                 yield text

@@ -1,0 +1,139 @@
+"""Bad input to `python -m training.data prepare`: a one-line error naming the file or flag, exit 2, no cache."""
+
+import json
+
+import pytest
+
+from training import data as D
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def run_cli(capsys, tmp_path, tokenizer_dir, *flags, out="out"):
+    argv = ["prepare", "--tokenizer_name", str(tokenizer_dir), "--output_dir", str(tmp_path / out), "--num_proc", "1"]
+    code = D.main([*argv, *map(str, flags)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, tmp_path, *needles, out="out"):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith(D.PROG)]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / out).exists()  # nothing half-written
+    assert not list(tmp_path.glob(f".{out}.*"))
+
+
+def good_docs(n=200):
+    return [{"text": f"Line {i}: 一些中文和 some English words for packing."} for i in range(n)]
+
+
+def test_missing_text_column_lists_the_columns(capsys, tmp_path, data_tokenizer_dir):
+    src = write_jsonl(tmp_path / "c.jsonl", [{"content": "hello", "id": 1}])
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src)
+    assert_one_line_error(code, err, tmp_path, f"{src}:1", "'text'", "content, id", "--text_column")
+
+
+def test_missing_parquet_column_lists_the_columns(capsys, tmp_path, data_tokenizer_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["a", "b"], "lang": ["en", "en"]}), tmp_path / "p.parquet")
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", tmp_path / "p.parquet")
+    assert_one_line_error(code, err, tmp_path, "p.parquet", "columns: body, lang", "--text_column")
+
+
+def test_corrupt_jsonl_line_names_file_and_line(capsys, tmp_path, data_tokenizer_dir):
+    src = tmp_path / "bad.jsonl"
+    lines = [json.dumps(d) for d in good_docs()]
+    lines.insert(7, '{"text": "broken')  # line 8
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert_one_line_error(code, err, tmp_path, f"{src}:8", "not valid JSON", "--skip_bad_lines")
+
+    # --skip_bad_lines: skipped, counted, reported
+    code, out, _ = run_cli(
+        capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16", "--skip_bad_lines"
+    )
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / D.MANIFEST).read_text())
+    assert manifest["skipped_lines"] == 1 and manifest["sources"][0]["docs"] == 200
+    assert "skipped" in out
+
+
+def test_bad_utf8_names_the_skip_flag(capsys, tmp_path, data_tokenizer_dir):
+    src = tmp_path / "latin1.jsonl"
+    src.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src)
+    assert_one_line_error(code, err, tmp_path, f"{src}:2", "UTF-8", "--skip_bad_lines")
+
+
+def test_fewer_tokens_than_one_block(capsys, tmp_path, data_tokenizer_dir):
+    src = write_jsonl(tmp_path / "tiny.jsonl", [{"text": "too short"}])
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "4096")
+    assert_one_line_error(code, err, tmp_path, "fewer than one block", "--block_size 4096")
+
+
+def test_tokenizer_mismatch_with_existing_cache(capsys, tmp_path, data_tokenizer_dir, data_other_tokenizer_dir):
+    src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
+    code, _, _ = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert code == 0
+    before = (tmp_path / "out" / D.MANIFEST).read_text()
+
+    code, _, err = run_cli(capsys, tmp_path, data_other_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--output_dir" in err and "another tokenizer" in err and "vocab 2,000" in err and "--overwrite" in err
+    assert (tmp_path / "out" / D.MANIFEST).read_text() == before  # the existing cache is untouched
+
+    # the training side: loading the blocks with another tokenizer, or into a model with a smaller vocabulary
+    from transformers import AutoTokenizer
+
+    with pytest.raises(D.SourceError, match="prepared with tokenizer .* not this one"):
+        D.PreparedData.load(tmp_path / "out", AutoTokenizer.from_pretrained(str(data_other_tokenizer_dir)))
+    data = D.PreparedData.load(tmp_path / "out", AutoTokenizer.from_pretrained(str(data_tokenizer_dir)))
+    with pytest.raises(D.SourceError, match="vocab_size to at least 2,000"):
+        data.check_vocab_size(1000)
+    data.check_vocab_size(2048)
+
+
+def test_files_and_flags_checked_before_reading(capsys, tmp_path, data_tokenizer_dir):
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", tmp_path / "nothing*.jsonl")
+    assert_one_line_error(code, err, tmp_path, "--files", "no file matches")
+    code, _, err = run_cli(capsys, tmp_path, tmp_path / "no_tokenizer", "--files", tmp_path / "x.jsonl")
+    assert_one_line_error(code, err, tmp_path, "--files")  # files are checked first
+    src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
+    code, _, err = run_cli(capsys, tmp_path, tmp_path / "no_tokenizer", "--files", src)
+    assert_one_line_error(code, err, tmp_path, "--tokenizer_name", "no_tokenizer")
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", f"a={src}:1", f"b={src}")
+    assert_one_line_error(code, err, tmp_path, "WEIGHT", "b")
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "1")
+    assert_one_line_error(code, err, tmp_path, "--block_size")
+
+
+def test_output_dir_that_is_not_a_cache_is_not_replaced(capsys, tmp_path, data_tokenizer_dir):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert code == 2 and "--overwrite" in err
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_a_failure_keeps_the_previous_cache(capsys, tmp_path, data_tokenizer_dir, monkeypatch):
+    src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
+    assert run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")[0] == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(D, "write_packed", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "32")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert not list(tmp_path.glob(".out.*"))

@@ -1,0 +1,209 @@
+"""prepare: packing, end-of-text, token-weighted mixing, validation split, cache reuse and invalidation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from training import data as D
+
+
+def write_jsonl(path, texts, column="text"):
+    path.write_text("".join(json.dumps({column: t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def prepare(tmp_path, tokenizer_dir, name="out", **kwargs):
+    kwargs.setdefault("num_proc", 1)
+    args = D.PrepareArguments(output_dir=str(tmp_path / name), tokenizer_name=str(tokenizer_dir), **kwargs)
+    return D.prepare(args, show_progress=False)
+
+
+def flat(data, split="train"):
+    m = data.manifest
+    return np.fromfile(data.path / (D.TRAIN_FILE if split == "train" else D.VALIDATION_FILE), dtype=m["dtype"])
+
+
+def split_docs(tokens, eos):
+    """Documents (as tuples of ids, EOS included) that lie whole in a token stream."""
+    ends = np.flatnonzero(tokens == eos)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [tuple(tokens[s : e + 1].tolist()) for s, e in zip(starts, ends, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def tok(data_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(str(data_tokenizer_dir))
+
+
+def test_every_document_is_packed_once_and_ends_with_eos(tmp_path, data_tokenizer_dir, tok):
+    # texts that contain the special token's text: it must be encoded as plain characters, not as EOS
+    texts = [f"第{i}篇文章：今天天气很好。 Document number {i} says hello <|endoftext|> world." for i in range(300)]
+    src = write_jsonl(tmp_path / "docs.jsonl", texts)
+    data = prepare(tmp_path, data_tokenizer_dir, files=[str(src)], block_size=64, validation_fraction=0.0)
+    m = data.manifest
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert m["dtype"] == "uint16" and m["tokenizer"]["eos_token_id"] == eos
+    expected = {tuple(tok(t, add_special_tokens=False)["input_ids"] + [eos]) for t in texts}
+    assert all(eos not in ids[:-1] for ids in expected)  # text "<|endoftext|>" never became the EOS id
+    tokens = flat(data)
+    assert tokens.size == m["train"]["blocks"] * 64 and m["train"]["blocks"] > 10
+    total = sum(len(d) for d in expected)
+    assert m["train"]["tokens"] + m["train"]["tokens_dropped"] == total  # no padding, only the tail dropped
+    whole = split_docs(tokens, eos)
+    assert len(whole) == len(set(whole)) and set(whole) <= expected
+    assert len(whole) >= len(expected) - 1  # all but the document cut by the dropped tail
+    # documents are shuffled, not in file order
+    assert whole[:20] != [tuple(tok(t, add_special_tokens=False)["input_ids"] + [eos]) for t in texts[:20]]
+
+
+def test_mixture_is_honoured_in_tokens_and_reported(tmp_path, data_tokenizer_dir, data_corpus_slices):
+    files = [
+        f"zh={data_corpus_slices['zh_reviews']},{data_corpus_slices['zh_news']}:0.7",
+        f"en={data_corpus_slices['en_reviews']}:0.3",
+    ]
+    data = prepare(tmp_path, data_tokenizer_dir, files=files, block_size=128)
+    zh, en = data.manifest["sources"]
+    assert zh["share_asked"] == pytest.approx(0.7) and en["share_asked"] == pytest.approx(0.3)
+    assert zh["share"] == pytest.approx(0.7, abs=0.005) and en["share"] == pytest.approx(0.3, abs=0.005)
+    # the total is the largest that repeats no source: one of them is taken whole, once
+    assert min(s["tokens_available"] - s["tokens_taken"] for s in (zh, en)) <= 0
+    assert zh["passes"] == en["passes"] == 1
+    assert (
+        data.manifest["train"]["tokens"] + data.manifest["train"]["tokens_dropped"]
+        == zh["tokens_taken"] + en["tokens_taken"]
+    )
+
+    # asking for more tokens than the small source has upsamples it, in whole extra passes
+    more = prepare(
+        tmp_path,
+        data_tokenizer_dir,
+        name="more",
+        files=files,
+        block_size=128,
+        max_tokens=str(3 * zh["tokens_available"]),
+    )
+    zh2, en2 = more.manifest["sources"]
+    assert en2["passes"] > 1 and zh2["passes"] > 1
+    assert zh2["share"] == pytest.approx(0.7, abs=0.005)
+
+
+def test_mix_documents_is_deterministic_and_exact():
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 3, 5000)
+    tokens = rng.integers(5, 50, 5000)
+    order, report = D.mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=7)
+    again, _ = D.mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=7)
+    other, _ = D.mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=8)
+    assert np.array_equal(order, again) and not np.array_equal(order, other)
+    taken = np.bincount(source[order], weights=tokens[order], minlength=3)
+    assert taken.sum() == pytest.approx(100_000, abs=150)  # each source overshoots by under one document
+    assert taken / taken.sum() == pytest.approx([0.5, 0.25, 0.25], abs=0.002)
+    assert [r["share"] for r in report] == pytest.approx([0.5, 0.25, 0.25], abs=0.002)
+    # without weights, every document once
+    order, _ = D.mix_documents(source, tokens, 3, None, None, seed=7)
+    assert sorted(order.tolist()) == list(range(5000))
+
+
+def test_validation_split_by_whole_documents_per_source(tmp_path, data_tokenizer_dir, tok, data_corpus_slices):
+    files = [f"zh={data_corpus_slices['zh_reviews']}", f"en={data_corpus_slices['en_reviews']}"]
+    a = prepare(tmp_path, data_tokenizer_dir, name="a", files=files, block_size=32, validation_fraction=0.05, seed=1)
+    b = prepare(tmp_path, data_tokenizer_dir, name="b", files=files, block_size=32, validation_fraction=0.05, seed=1)
+    c = prepare(tmp_path, data_tokenizer_dir, name="c", files=files, block_size=32, validation_fraction=0.05, seed=2)
+    eos = a.eos_token_id
+    val = a.manifest["validation"]
+    assert set(val) == {"zh", "en"} and all(v["docs"] > 5 and v["blocks"] > 0 for v in val.values())
+    assert np.array_equal(flat(a, "validation"), flat(b, "validation"))  # deterministic by seed
+    assert not np.array_equal(flat(a, "validation"), flat(c, "validation"))
+    # never overlapping train: no held-out document appears in the training stream
+    held = set(split_docs(flat(a, "validation"), eos))
+    train = set(split_docs(flat(a), eos))
+    assert held and not held & train
+    # each language's held-out blocks come from that language only
+    datasets = a.validation_datasets()
+    zh_text = tok.decode(datasets["zh"][0])
+    assert sum("\u4e00" <= ch <= "\u9fff" for ch in zh_text) > len(zh_text) / 3
+
+
+def test_explicit_validation_files(tmp_path, data_tokenizer_dir, data_corpus_slices):
+    data = prepare(
+        tmp_path,
+        data_tokenizer_dir,
+        files=[f"zh={data_corpus_slices['zh_reviews']}", f"en={data_corpus_slices['en_reviews']}"],
+        validation_files=[f"zh={data_corpus_slices['zh_news']}", f"en={data_corpus_slices['en_news']}"],
+        block_size=64,
+    )
+    m = data.manifest
+    assert all(s["validation_docs"] == 0 for s in m["sources"])  # nothing held out of the training sources
+    assert m["validation"]["zh"]["tokens"] > 0 and m["validation"]["en"]["tokens"] > 0
+    assert m["validation_rule"] == "files"
+
+
+def test_second_run_does_no_work_and_any_change_invalidates(
+    tmp_path, data_tokenizer_dir, data_other_tokenizer_dir, monkeypatch
+):
+    calls = []
+    real = D.tokenize_documents
+
+    def counting(batch, **kwargs):
+        calls.append(len(batch["text"]))
+        return real(batch, **kwargs)
+
+    monkeypatch.setattr(D, "tokenize_documents", counting)
+    zh = write_jsonl(tmp_path / "zh.jsonl", [f"这是第{i}个句子，用来测试缓存。" * 3 for i in range(200)])
+    en = write_jsonl(tmp_path / "en.jsonl", [f"This is sentence {i}, written to test the cache." for i in range(200)])
+    base = dict(files=[f"zh={zh}:0.5", f"en={en}:0.5"], block_size=32)
+
+    def run(**changes):
+        calls.clear()
+        data = prepare(tmp_path, changes.pop("tok", data_tokenizer_dir), **{**base, **changes})
+        return data, sum(calls)
+
+    first, n = run()
+    assert n == 400 and not first.reused
+    again, n = run()
+    assert n == 0 and again.reused and again.key == first.key
+    assert again.manifest == first.manifest
+
+    # each change rebuilds: content (size, mtime), weights, block size, tokenizer (with --overwrite)
+    with open(en, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "One more line."}) + "\n")
+    changed, n = run()
+    assert n == 401 and changed.key != first.key
+    st = os.stat(en)
+    os.utime(en, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, newer file
+    assert run()[1] == 401
+    assert run(files=[f"zh={zh}:0.6", f"en={en}:0.4"])[1] == 401
+    assert run(block_size=16)[1] == 401
+    assert run(seed=5)[1] == 401
+    other, n = run(tok=data_other_tokenizer_dir, overwrite=True)
+    assert n == 401 and other.manifest["tokenizer"]["vocab_size"] == 400
+    assert not list(tmp_path.glob(".out.*"))  # no temporary folders left behind
+
+
+def test_num_proc_2_gives_the_same_blocks(tmp_path, data_tokenizer_dir, data_corpus_slices):
+    files = [f"zh={data_corpus_slices['zh_news']}:1", f"en={data_corpus_slices['en_news']}:1"]
+    one = prepare(tmp_path, data_tokenizer_dir, name="one", files=files, block_size=64, num_proc=1)
+    two = prepare(tmp_path, data_tokenizer_dir, name="two", files=files, block_size=64, num_proc=2)
+    assert np.array_equal(flat(one), flat(two)) and np.array_equal(flat(one, "val"), flat(two, "val"))
+
+
+def test_token_dtype():
+    assert D.token_dtype(65536) == np.uint16
+    assert D.token_dtype(65537) == np.uint32
+    assert D.token_dtype(151_000) == np.uint32
+
+
+def test_gzip_and_txt_sources(tmp_path, data_tokenizer_dir):
+    import gzip
+
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt", encoding="utf-8") as fh:
+        for i in range(100):
+            fh.write(json.dumps({"body": f"压缩文件里的第{i}行。"}) + "\n")
+    (tmp_path / "b.txt").write_text("".join(f"plain text line {i}\n" for i in range(100)), encoding="utf-8")
+    data = prepare(tmp_path, data_tokenizer_dir, files=[f"gz={tmp_path}/*.jsonl.gz"], text_column="body", block_size=16)
+    assert data.manifest["sources"][0]["docs"] == 100
+    txt = prepare(tmp_path, data_tokenizer_dir, name="txt", files=[f"{tmp_path}/b.txt"], block_size=16)
+    assert txt.manifest["sources"][0]["docs"] == 100

@@ -494,6 +494,14 @@ class PreparedData:
             if v["blocks"] > 0
         }
 
+    def validation_loaders(self, batch_size: int) -> dict[str, torch.utils.data.DataLoader]:
+        """A DataLoader per validation source, in order, of `{"input_ids": [batch, block]}`; pass each to
+        `accelerator.prepare` to split it over processes."""
+        return {
+            name: torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_Collate(None))
+            for name, ds in self.validation_datasets().items()
+        }
+
     def train_loader(
         self,
         batch_size: int,

@@ -1,0 +1,187 @@
+"""train_clm.py end to end on CPU: training, exact resume, SIGTERM, 2 processes, loading the result, bad flags."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 16
+
+
+def env() -> dict:
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def common(data_tokenizer_dir, data_corpus_slices, tmp_path_factory) -> list[str]:
+    """Flags shared by every run: a real tokenizer and corpus slices, prepared once into a shared data_dir."""
+    s = data_corpus_slices
+    return [
+        "--tokenizer_name", str(data_tokenizer_dir),
+        "--train_files", f"zh={s['zh_reviews']}:0.5", f"en={s['en_reviews']}:0.5",
+        "--validation_files", f"zh={s['zh_news']}", f"en={s['en_news']}",
+        "--data_dir", str(tmp_path_factory.mktemp("data") / "prepared"),
+        "--model_config", "tiny", "--block_size", "64", "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2", "--warmup_steps", "2", "--report_to", "none", "--seed", "0",
+        "--logging_steps", "1", "--eval_steps", "8", "--eval_batches", "2", "--save_steps", "8",
+    ]  # fmt: skip
+
+
+def run(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    if processes == 1:
+        cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "accelerate_configs/cpu.yaml"), "--num_processes", str(processes),
+               str(REPO / "train_clm.py"), *args]  # fmt: skip
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {entry["step"]: entry["train/loss"] for entry in lines}
+
+
+@pytest.fixture(scope="module")
+def reference(common, tmp_path_factory) -> Path:
+    """An uninterrupted run of STEPS steps with Muon: the run every other one is compared with."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = run([*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_loss_falls_and_the_run_leaves_a_loadable_model(reference):
+    trace = losses(reference)
+    assert sorted(trace) == list(range(1, STEPS + 1))
+    assert trace[STEPS] < trace[1] - 0.5, trace
+    log = [json.loads(line) for line in (reference / "train_log.jsonl").read_text().splitlines()]
+    evals = [e for e in log if "eval/zh/bits_per_byte" in e]
+    assert [e["step"] for e in evals] == [8, 16]
+    assert evals[-1]["eval/en/loss"] < evals[0]["eval/en/loss"]
+    assert 0 < evals[-1]["eval/zh/bits_per_byte"] < 8 and "samples/zh" in evals[-1]
+    assert [p.name for p in sorted((reference / "checkpoints").iterdir())] == ["step-00000008", "step-00000016"]
+
+    # the final folder is a plain HF folder: it loads with AutoModelForCausalLM and generates
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(reference / "final", trust_remote_code=True)
+    tok = AutoTokenizer.from_pretrained(reference / "final")
+    ids = tok("今天天气", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (1, ids.shape[1] + 5)
+
+
+def test_adamw_also_trains(common, tmp_path):
+    out = tmp_path / "run"
+    proc = run([*common, "--optimizer", "adamw", "--max_steps", str(STEPS), "--output_dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trace = losses(out)
+    assert trace[STEPS] < trace[1] - 0.5, trace
+
+
+def test_resume_continues_step_for_step(common, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    shutil.rmtree(out / "checkpoints" / "step-00000016")  # as if the run had died after step 8's checkpoint
+    shutil.rmtree(out / "final")
+    proc = run([*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out),
+                "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert losses(out) == losses(reference)  # steps 9..16 retrained: bit for bit the same losses
+
+
+def test_sigterm_saves_and_resumes(common, reference, tmp_path):
+    out = tmp_path / "run"
+    args = [*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out)]
+    cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    stopped = max(losses(out))
+    assert stopped < STEPS, "the run ended before the signal arrived"
+    assert f"stopped by SIGTERM at step {stopped}" in output
+    assert (out / "checkpoints" / f"step-{stopped:08d}" / "checkpoint.json").is_file()
+    proc = run([*args, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(out) == losses(reference)
+
+
+def test_two_processes_match_one(common, reference, tmp_path):
+    out = tmp_path / "run"
+    # 2 processes x 2 rows = the reference's global batch of 4 rows, the same rows in the same steps
+    args = [*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out),
+            "--per_device_train_batch_size", "2"]  # fmt: skip
+    proc = run(args, processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, expected = losses(out), losses(reference)
+    assert got.keys() == expected.keys()
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=2e-4), step
+    from safetensors.torch import load_file
+
+    a = load_file(out / "final" / "model.safetensors")
+    b = load_file(reference / "final" / "model.safetensors")
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], atol=5e-4, rtol=1e-3)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):
+    out = tmp_path / "run"
+    proc = run([*common, "--optimizer", "adamw", "--learning_rate", "1e30", "--max_grad_norm", "0",
+                "--warmup_steps", "0", "--max_steps", "40", "--max_bad_steps", "3", "--output_dir", str(out)])  # fmt: skip
+    assert proc.returncode == 2
+    assert "update skipped" in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_clm.py: error: step ") and "3 non-finite steps in a row" in last
+
+
+@pytest.mark.parametrize("case", ["vocab", "block_size", "no_data", "other_run", "bad_config_key", "no_steps"])
+def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, case):
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"model_type": "shuangyu", "vocab_size": 100, "hidden_size": 32,
+                                 "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}))  # fmt: skip
+    yaml_file = tmp_path / "cfg.yaml"
+    yaml_file.write_text("learning_rat: 0.1\n")
+    out = ["--output_dir", str(tmp_path / "out"), "--max_steps", "2"]
+    tokenizer = common[: common.index("--train_files")]
+    args, needle = {
+        "vocab": ([*common, *out, "--model_config", str(small)], "vocab_size is 100"),
+        "block_size": ([*common, *out, "--block_size", "4096"], "--block_size 4096"),
+        "no_data": ([*tokenizer, *out, "--data_dir", str(tmp_path / "none")], "no training data"),
+        "other_run": ([*common, "--output_dir", str(reference), "--max_steps", "2"], "holds another run"),
+        "bad_config_key": ([*common, *out, "--config", str(yaml_file)], "unknown keys learning_rat"),
+        "no_steps": ([*common, "--output_dir", str(tmp_path / "out")], "--max_steps or --max_train_tokens"),
+    }[case]
+    start = time.time()
+    proc = run(args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_clm.py: error:") and needle in lines[0], lines
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    assert time.time() - start < 60  # before any heavy work
+
+
+def test_yaml_config_with_command_line_overrides(tmp_path):
+    from training.args import parse_args
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("learning_rate: 0.01\nmax_steps: 50\ntrain_files: ['a.jsonl:1']\noptimizer: muon\n")
+    model_args, data_args, train_args = parse_args(["--config", str(cfg), "--max_steps", "7"])
+    assert (train_args.learning_rate, train_args.max_steps, train_args.optimizer) == (0.01, 7, "muon")
+    assert data_args.train_files == ["a.jsonl:1"] and model_args.model_config == "tiny"

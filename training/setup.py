@@ -1,0 +1,237 @@
+"""Setting up a training run: precision, output folder, data, model, and the state a checkpoint carries.
+
+Everything train_clm.py needs besides the loop itself, so that tests reach it through training/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from training import checkpoint as ckpt
+from training.args import ArgumentError
+from training.data import PrepareArguments, PreparedData, prepare
+
+
+class TrainState:
+    """What a checkpoint needs besides model, optimizer, scheduler and data position."""
+
+    def __init__(self):
+        self.step, self.tokens, self.bad_in_a_row = 0, 0, 0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+    def advance(self, tokens: int, good: bool, max_bad: int, say=print) -> None:
+        """Count an optimizer step; a skipped (non-finite) one is reported, and too many in a row stop the run
+        (every process sees the same global gradient norm, so all stop together)."""
+        self.step += 1
+        self.tokens += tokens
+        self.bad_in_a_row = 0 if good else self.bad_in_a_row + 1
+        if not good:
+            say(f"step {self.step}: non-finite gradient norm, update skipped")
+        if self.bad_in_a_row >= max_bad:
+            raise ArgumentError(
+                f"step {self.step}: {self.bad_in_a_row} non-finite steps in a row, stopping (the last good "
+                "checkpoint is kept): lower --learning_rate or check the data"
+            )
+
+
+def check_run(model_args, data_args, train_args) -> tuple[Path, Path | None]:
+    """Flags that must be there, and the output folder, checked before anything starts."""
+    if not train_args.output_dir:
+        raise ArgumentError("give --output_dir")
+    if not model_args.tokenizer_name:
+        raise ArgumentError("give --tokenizer_name (a folder written by tokenizer/train_bpe.py)")
+    if not (train_args.max_steps or train_args.max_train_tokens):
+        raise ArgumentError("give --max_steps or --max_train_tokens")
+    out = Path(train_args.output_dir)
+    check_output_dir(out, train_args)
+    try:
+        resume_dir = ckpt.resolve_resume(out, train_args.resume_from_checkpoint)
+    except ValueError as err:
+        raise ArgumentError(str(err)) from None
+    return out, resume_dir
+
+
+def trackers(report_to: str):
+    if report_to == "none":
+        return None
+    return "all" if report_to == "all" else report_to.split(",")
+
+
+def write_run_args(out: Path, model_args, data_args, train_args, resumed_step: int) -> None:
+    """The run's arguments, next to its log; on a resume, log lines past the checkpoint are dropped
+    (those steps are about to be trained again)."""
+    from dataclasses import asdict
+
+    out.mkdir(parents=True, exist_ok=True)
+    args = {"model": asdict(model_args), "data": asdict(data_args), "train": asdict(train_args)}
+    (out / "run_args.json").write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n")
+    log = out / "train_log.jsonl"
+    if log.is_file():
+        lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+        log.write_text("".join(line + "\n" for line in lines))
+
+
+def mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16: Accelerate adds loss scaling
+
+
+def should_stop(stop: ckpt.StopRequest, accelerator, step: int, every: int) -> bool:
+    """Whether a signal asks to stop after this step. With several processes every rank must agree on the
+    step, or the next collective hangs: they vote every `every` steps (a collective, so not every step)."""
+    if accelerator.num_processes == 1:
+        return bool(stop.requested)
+    if step % every:
+        return False
+    flag = torch.tensor(float(bool(stop.requested)), device=accelerator.device)
+    if accelerator.reduce(flag, "max").item():
+        stop.requested = stop.requested or "another process's signal"
+        return True
+    return False
+
+
+def check_output_dir(out: Path, train_args) -> None:
+    """Refuse to train over another run unless resuming it or told to overwrite it."""
+    holds_run = ckpt.complete_checkpoints(out) or (out / "final").exists()
+    if not holds_run or train_args.resume_from_checkpoint:
+        return
+    if not train_args.overwrite_output_dir:
+        raise ArgumentError(
+            f"--output_dir {out} holds another run; pass --resume_from_checkpoint latest to continue it, "
+            "or --overwrite_output_dir to start over"
+        )
+
+
+def load_data(model_args, data_args, train_args, tokenizer, accelerator) -> PreparedData:
+    """Prepare (once, on the main process; a cache hit does no work) or open the token blocks."""
+    data_dir = data_args.data_dir or str(Path(train_args.output_dir) / "data")
+    if data_args.train_files or data_args.dataset_name:
+        if accelerator.is_main_process:
+            prepare(
+                PrepareArguments(
+                    output_dir=data_dir,
+                    tokenizer_name=model_args.tokenizer_name,
+                    files=data_args.train_files,
+                    dataset=data_args.dataset_name,
+                    exclude=data_args.exclude,
+                    text_column=data_args.text_column,
+                    validation_files=data_args.validation_files,
+                    block_size=data_args.block_size,
+                    num_proc=data_args.preprocessing_num_workers or 1,
+                    seed=train_args.seed,
+                ),
+                show_progress=accelerator.is_local_main_process,
+            )
+        accelerator.wait_for_everyone()
+    elif not (Path(data_dir) / "manifest.json").is_file():
+        raise ArgumentError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
+    return PreparedData.load(data_dir, tokenizer)
+
+
+def build_config(model_args, tokenizer, block_size: int):
+    """The model's config, checked against the tokenizer and block size before any heavy work."""
+    from transformers import AutoConfig
+
+    from modeling import PRESETS, ShuangyuConfig
+
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    elif model_args.model_config in PRESETS:
+        # round the vocabulary up to a multiple of 64: matrix units like aligned shapes
+        vocab = 64 * math.ceil(len(tokenizer) / 64)
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+        config = ShuangyuConfig.from_preset(model_args.model_config, vocab_size=vocab, **ids)
+    elif Path(model_args.model_config).exists():
+        try:
+            config = AutoConfig.from_pretrained(model_args.model_config, trust_remote_code=True)
+        except (OSError, ValueError) as err:
+            raise ArgumentError(f"--model_config {model_args.model_config}: {err}") from None
+    else:
+        raise ArgumentError(
+            f"--model_config {model_args.model_config!r}: not a preset ({', '.join(PRESETS)}) nor a config file"
+        )
+    if len(tokenizer) > config.vocab_size:
+        raise ArgumentError(
+            f"--tokenizer_name has {len(tokenizer):,} tokens but the model's vocab_size is {config.vocab_size:,}: "
+            "use a model config with a larger vocab_size"
+        )
+    if block_size > config.max_position_embeddings:
+        raise ArgumentError(
+            f"--block_size {block_size} is above the model's max_position_embeddings {config.max_position_embeddings}"
+        )
+    return config
+
+
+def build_model(model_args, config):
+    from transformers import AutoModelForCausalLM
+
+    from modeling import ShuangyuForCausalLM
+
+    kwargs = {"attn_implementation": model_args.attn_implementation}
+    if model_args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **kwargs)
+    else:
+        model = ShuangyuForCausalLM._from_config(config, **kwargs)
+    if model_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def save_model_folder(accelerator, model, tokenizer, path: Path) -> None:
+    """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer."""
+    state_dict = accelerator.get_state_dict(model)  # gathers a sharded model on every rank
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+
+
+def start_fresh(out: Path) -> None:
+    """--overwrite_output_dir: clear the previous run's checkpoints, final model and log (not the data)."""
+    import shutil
+
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out / "final", ignore_errors=True)
+    (out / "train_log.jsonl").unlink(missing_ok=True)
+
+
+def publish_final(out: Path) -> Path:
+    """Copy the last checkpoint's HF folder to OUTPUT_DIR/final (through a temporary name)."""
+    import shutil
+
+    final, tmp = out / "final", out / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt.complete_checkpoints(out)[-1][1] / "model", tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+class RunLog:
+    """Metrics to the trackers (accelerator.log) and, on the main process, to OUTPUT_DIR/train_log.jsonl."""
+
+    def __init__(self, accelerator, out: Path):
+        self.accelerator = accelerator
+        self.file = open(out / "train_log.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
+
+    def __call__(self, step: int, logs: dict) -> None:
+        self.accelerator.log(logs, step=step)
+        if self.file:
+            self.file.write(json.dumps({"step": step, **logs}, ensure_ascii=False) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()

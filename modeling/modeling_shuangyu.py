@@ -269,9 +269,10 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        # Training never reads a cache; building one would only hold every layer's keys and values.
+        # A cache is for decoding (generate() asks for one explicitly). Training never reads it, and with a
+        # cache the mask cannot keep packed documents (position_ids given) apart, so neither gets one by default.
         if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
+            use_cache = self.config.use_cache and not self.training and position_ids is None
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         output_hidden_states = (

@@ -56,23 +56,38 @@ def make_norm(config: ShuangyuConfig) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------ rotary embedding
 class ShuangyuRotaryEmbedding(nn.Module):
-    """cos/sin tables for the given positions. No buffers: inv_freq is recomputed (a few flops) so loading on
-    the meta device needs no special re-initialisation."""
+    """cos/sin for the given positions, looked up in an fp32 table of `max_position_embeddings` rows.
+
+    A lookup rather than computing cos(position * inv_freq) on the fly: under torch.compile the compiler inlines
+    that computation into every layer's rotary kernel (forward and backward), redoing pow/sin/cos per element;
+    on an H100 at 124m that cost ~10% of the training step. At inference (eager) the table grows if a position
+    goes past it; in training positions must stay below max_position_embeddings (no host sync to check).
+    """
 
     def __init__(self, config: ShuangyuConfig):
         super().__init__()
         self.head_dim = config.head_dim
         self.theta = config.rope_theta
+        cos, sin = self.compute_table(config.max_position_embeddings)
+        # Not saved: a function of the config. _init_weights refills them after loading on the meta device.
+        self.register_buffer("cos_table", cos, persistent=False)
+        self.register_buffer("sin_table", sin, persistent=False)
+
+    def compute_table(self, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponent)
+        freqs = torch.arange(length, dtype=torch.int64, device=device).float()[:, None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=x.device).float() / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponent)
-        # fp32 even under autocast: positions times frequencies loses whole periods in bf16.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            freqs = position_ids[..., None].float() * inv_freq
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos, sin = emb.cos(), emb.sin()
+        if not self.training and not torch.compiler.is_compiling():
+            needed = int(position_ids.max()) + 1
+            if needed > self.cos_table.shape[0]:
+                self.cos_table, self.sin_table = self.compute_table(needed, device=self.cos_table.device)
+        cos = F.embedding(position_ids, self.cos_table)
+        sin = F.embedding(position_ids, self.sin_table)
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
@@ -87,11 +102,29 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
+# ------------------------------------------------------------------------------------- fused projections
+def can_fuse(*layers: nn.Module) -> bool:
+    # Only plain Linears: a LoRA wrapper or a quantised layer must run its own forward.
+    return all(type(layer) is nn.Linear for layer in layers)
+
+
+def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """Several Linears reading the same input as one matmul on their concatenated weights.
+
+    The parameters stay separate (LLaMA names and shapes); the concatenation is a copy of the weights, which
+    under autocast/compile fuses with the bf16 cast that happens anyway, and one wide matmul keeps the GPU
+    busier than three narrow ones."""
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+
+
 # ------------------------------------------------------------------------------------------------------- MLP
 class ShuangyuMLP(nn.Module):
     def __init__(self, config: ShuangyuConfig):
         super().__init__()
         self.mlp_type = config.mlp_type
+        self.fuse = config.fuse_projections
         width, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         if self.mlp_type == "swiglu":
             self.gate_proj = nn.Linear(width, inner, bias=bias)
@@ -101,7 +134,11 @@ class ShuangyuMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mlp_type == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            if self.fuse and can_fuse(self.gate_proj, self.up_proj):
+                gate, up = fused_linear(x, self.gate_proj, self.up_proj)
+            else:
+                gate, up = self.gate_proj(x), self.up_proj(x)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
 
 
@@ -143,6 +180,7 @@ class ShuangyuAttention(nn.Module):
         self.num_key_value_groups = self.num_heads // self.num_kv_heads  # read by the attention backends
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
+        self.fuse = config.fuse_projections
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
@@ -159,9 +197,13 @@ class ShuangyuAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        v = self.v_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        if self.fuse and can_fuse(self.q_proj, self.k_proj, self.v_proj):
+            q, k, v = fused_linear(hidden_states, self.q_proj, self.k_proj, self.v_proj)
+        else:
+            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        q = q.view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
@@ -237,6 +279,10 @@ class ShuangyuPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, ShuangyuRotaryEmbedding):
+            cos, sin = module.compute_table(self.config.max_position_embeddings)
+            init.copy_(module.cos_table, cos)
+            init.copy_(module.sin_table, sin)
         elif isinstance(module, (ShuangyuRMSNorm, nn.LayerNorm)):
             init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:

@@ -7,9 +7,8 @@ rows. Prints a table whose last column is tokens/s relative to compiled stock Ll
     python bench/model.py                                    # CPU, small shape
     python bench/model.py --device cuda --preset 124m --seq_len 1024 --batch_size 16 --dtype bf16
 
-Rows: `shuangyu` (as shipped: fused projections, chunked head + loss), `shuangyu-unfused` (separate q/k/v and
-gate/up matmuls), `shuangyu-fullogits` (loss from full fp32 logits) -- each switches one thing off to show what
-it is worth -- and `llama` (stock LlamaForCausalLM, same shape).
+Rows: `shuangyu` (as shipped: chunked head + loss), `shuangyu-fullogits` (same model, loss from full fp32
+logits, to show what the chunked loss costs or saves) and `llama` (stock LlamaForCausalLM, same shape).
 """
 
 import argparse
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODELS = ("shuangyu", "shuangyu-unfused", "shuangyu-fullogits", "llama")
+MODELS = ("shuangyu", "shuangyu-fullogits", "llama")
 MODES = ("eager", "compiled")
 
 
@@ -35,8 +34,6 @@ def build_model(name: str, args):
     from modeling.export import to_llama_config
 
     overrides = dict(vocab_size=args.vocab_size, max_position_embeddings=max(args.seq_len, 16))
-    if name == "shuangyu-unfused":
-        overrides["fuse_projections"] = False
     if args.loss_chunk_size:
         overrides["loss_chunk_size"] = args.loss_chunk_size
     config = ShuangyuConfig.from_preset(args.preset, **overrides)

@@ -68,8 +68,6 @@ class ShuangyuConfig(PretrainedConfig):
         attention_dropout: dropout on attention probabilities during training.
         loss_chunk_size: tokens per chunk in the fused head + cross-entropy, which bounds the fp32 logits held
             at once to `loss_chunk_size x vocab_size`.
-        fuse_projections: compute q/k/v (and gate/up) as one matmul over the concatenated weights; the
-            parameters stay separate, so checkpoints and names do not change. Speed only.
     """
 
     model_type = "shuangyu"
@@ -93,7 +91,6 @@ class ShuangyuConfig(PretrainedConfig):
     initializer_range: float = 0.02
     attention_dropout: float = 0.0
     loss_chunk_size: int = 4096
-    fuse_projections: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None

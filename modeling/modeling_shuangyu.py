@@ -102,29 +102,11 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-# ------------------------------------------------------------------------------------- fused projections
-def can_fuse(*layers: nn.Module) -> bool:
-    # Only plain Linears: a LoRA wrapper or a quantised layer must run its own forward.
-    return all(type(layer) is nn.Linear for layer in layers)
-
-
-def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """Several Linears reading the same input as one matmul on their concatenated weights.
-
-    The parameters stay separate (LLaMA names and shapes); the concatenation is a copy of the weights, which
-    under autocast/compile fuses with the bf16 cast that happens anyway, and one wide matmul keeps the GPU
-    busier than three narrow ones."""
-    weight = torch.cat([layer.weight for layer in layers])
-    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
-    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
-
-
 # ------------------------------------------------------------------------------------------------------- MLP
 class ShuangyuMLP(nn.Module):
     def __init__(self, config: ShuangyuConfig):
         super().__init__()
         self.mlp_type = config.mlp_type
-        self.fuse = config.fuse_projections
         width, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         if self.mlp_type == "swiglu":
             self.gate_proj = nn.Linear(width, inner, bias=bias)
@@ -134,11 +116,7 @@ class ShuangyuMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mlp_type == "swiglu":
-            if self.fuse and can_fuse(self.gate_proj, self.up_proj):
-                gate, up = fused_linear(x, self.gate_proj, self.up_proj)
-            else:
-                gate, up = self.gate_proj(x), self.up_proj(x)
-            return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))
 
 
@@ -180,7 +158,6 @@ class ShuangyuAttention(nn.Module):
         self.num_key_value_groups = self.num_heads // self.num_kv_heads  # read by the attention backends
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.fuse = config.fuse_projections
         bias = config.attention_bias
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
@@ -197,13 +174,10 @@ class ShuangyuAttention(nn.Module):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq, _ = hidden_states.shape
-        if self.fuse and can_fuse(self.q_proj, self.k_proj, self.v_proj):
-            q, k, v = fused_linear(hidden_states, self.q_proj, self.k_proj, self.v_proj)
-        else:
-            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
-        q = q.view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        # Three matmuls, not one over concatenated weights: that measured ~4% slower compiled (bench/RESULTS.md).
+        q = self.q_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, *position_embeddings)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)

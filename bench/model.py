@@ -143,22 +143,31 @@ def main():
     for mode in args.modes.split(","):
         for name in args.models.split(","):
             cmd = [sys.executable, __file__, *passthrough, "--worker", f"{name}:{mode}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
             found = [line for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             if proc.returncode or not found:
-                print(f"{name}:{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+                print(
+                    f"{name}:{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr
+                )
                 rows.append({"model": name, "mode": mode, "failed": True})
                 continue
             row = json.loads(found[-1][4:])
             rows.append(row)
-            print(f"  {name:<19} {mode:<8} {row['tokens_per_s']:>12,.0f} tok/s  (warm-up {row['warmup_s']:.0f}s)", flush=True)
+            print(
+                f"  {name:<19} {mode:<8} {row['tokens_per_s']:>12,.0f} tok/s  (warm-up {row['warmup_s']:.0f}s)",
+                flush=True,
+            )
 
     import torch
     import transformers
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, {device_name}")
-    base = next((r for r in rows if r["model"] == "llama" and r["mode"] == "compiled" and not r.get("failed")), None)
+    base = next(
+        (r for r in rows if r["model"] == "llama" and r["mode"] == "compiled" and not r.get("failed")), None
+    )
     mem_note = "peak GiB (allocated)" if args.device.startswith("cuda") else "peak RSS GiB"
     print(
         f"shape: preset {args.preset}, vocab {args.vocab_size}, seq {args.seq_len}, batch {args.batch_size}, "

@@ -15,7 +15,6 @@ and its sibling configuration file.
 """
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +181,9 @@ class ShuangyuAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
 
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         out, weights = attention(
             self,
             q,
@@ -298,7 +299,9 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_attentions = (
+            output_attentions if output_attentions is not None else self.config.output_attentions
+        )
 
         # The mask sees position_ids only when the caller gave them: then restarts mark packed documents and
         # each backend keeps attention inside them. Without them a plain causal mask is skipped entirely

@@ -26,7 +26,7 @@ def check_compiled_matches_eager(**extra):
     eager_loss, eager_grads = loss_and_grads(model, model, input_ids=x, labels=labels, **extra)
     compiled_loss, compiled_grads = loss_and_grads(compiled, model, input_ids=x, labels=labels, **extra)
     assert abs(compiled_loss.item() - eager_loss.item()) < 1e-5
-    for a, b in zip(compiled_grads, eager_grads):
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 

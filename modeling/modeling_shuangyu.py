@@ -365,16 +365,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             y = labels[start : start + chunk_size]
             logits = torch.matmul(h, weight.t())
             compute_dtype = logits.dtype  # bf16 under autocast
-            logits = logits.float()
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
             valid = y != IGNORE_INDEX
             target = torch.where(valid, y, 0).unsqueeze(1)
-            lse = torch.logsumexp(logits, dim=-1)
-            loss = loss + ((lse - logits.gather(1, target).squeeze(1)) * valid).sum()
+            loss = loss - (logprobs.gather(1, target).squeeze(1) * valid).sum()
             if need_grad:
-                # d loss / d logits = softmax - one_hot(target), zero on ignored rows.
-                dlogits = torch.exp(logits - lse.unsqueeze(1))
+                # d loss / d logits = softmax - one_hot(target), zero on ignored rows; in place, one buffer.
+                dlogits = logprobs.exp_()
                 dlogits.scatter_add_(1, target, torch.full_like(target, -1, dtype=dlogits.dtype))
-                dlogits = (dlogits * valid.unsqueeze(1)).to(compute_dtype)
+                dlogits = dlogits.mul_(valid.unsqueeze(1)).to(compute_dtype)
                 grad_hidden[start : start + chunk_size] = torch.matmul(dlogits, weight.to(compute_dtype))
                 grad_weight += torch.matmul(dlogits.t(), h.to(compute_dtype))
         scale = 1.0 / denominator

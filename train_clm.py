@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(model_args, data_args, train_args) -> int:
     out, resume_dir = setup.check_run(model_args, data_args, train_args)
     accelerator = Accelerator(
+        cpu=setup.cpu_processes(),
         mixed_precision=setup.mixed_precision(train_args.mixed_precision),
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
         log_with=setup.trackers(train_args.report_to),
@@ -90,7 +91,9 @@ def train(model_args, data_args, train_args) -> int:
         accelerator.print(f"saved {path}")
 
     stop, stopping = ckpt.StopRequest(), False
-    bar = tqdm(total=max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="training")
+    # a bar on a terminal; in a log file (nohup, a cluster job) a plain line per logging step instead
+    bar = tqdm(total=max_steps, initial=state.step, disable=None if accelerator.is_main_process else True,
+               desc="training")  # fmt: skip
     model.train()
     while state.step < max_steps and not stopping:
         for batch in loader:  # one epoch (the rest of it, after a resume)
@@ -112,6 +115,9 @@ def train(model_args, data_args, train_args) -> int:
                         "train/lr": scheduler.get_last_lr()[0], "train/tokens": state.tokens,
                         **{f"train/{k}": v for k, v in meter.measure().items()}}  # fmt: skip
                 bar.set_postfix(loss=f"{logs['train/loss']:.3f}", tok_s=f"{logs['train/tokens_per_s']:,.0f}")
+                if bar.disable:
+                    accelerator.print(f"step {state.step}/{max_steps} loss {logs['train/loss']:.4f} "
+                                      f"lr {logs['train/lr']:.2e} tokens/s {logs['train/tokens_per_s']:,.0f}")  # fmt: skip
             if val_loaders and (state.step % train_args.eval_steps == 0 or last):
                 logs |= evaluate(model, val_loaders, byte_lengths, accelerator, train_args.eval_batches)
                 logs |= generate_samples(accelerator.unwrap_model(model), tokenizer, accelerator.device)

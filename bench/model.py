@@ -63,8 +63,7 @@ def worker(args) -> dict:
 
     gen = torch.Generator(device="cpu").manual_seed(1)
     batches = [
-        torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), generator=gen).to(device)
-        for _ in range(4)
+        torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), generator=gen).to(device) for _ in range(4)
     ]
 
     def step(i):
@@ -143,14 +142,10 @@ def main():
     for mode in args.modes.split(","):
         for name in args.models.split(","):
             cmd = [sys.executable, __file__, *passthrough, "--worker", f"{name}:{mode}"]
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             found = [line for line in proc.stdout.splitlines() if line.startswith("ROW ")]
             if proc.returncode or not found:
-                print(
-                    f"{name}:{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr
-                )
+                print(f"{name}:{mode} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
                 rows.append({"model": name, "mode": mode, "failed": True})
                 continue
             row = json.loads(found[-1][4:])
@@ -165,9 +160,7 @@ def main():
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, {device_name}")
-    base = next(
-        (r for r in rows if r["model"] == "llama" and r["mode"] == "compiled" and not r.get("failed")), None
-    )
+    base = next((r for r in rows if r["model"] == "llama" and r["mode"] == "compiled" and not r.get("failed")), None)
     mem_note = "peak GiB (allocated)" if args.device.startswith("cuda") else "peak RSS GiB"
     print(
         f"shape: preset {args.preset}, vocab {args.vocab_size}, seq {args.seq_len}, batch {args.batch_size}, "

@@ -126,8 +126,7 @@ class ShuangyuConfig(PretrainedConfig):
         head_dim = self.hidden_size // self.num_attention_heads
         if self.head_dim is not None and self.head_dim != head_dim:
             raise ValueError(
-                f"ShuangyuConfig: head_dim ({self.head_dim}) must equal hidden_size // num_attention_heads "
-                f"({head_dim})"
+                f"ShuangyuConfig: head_dim ({self.head_dim}) must equal hidden_size // num_attention_heads ({head_dim})"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(

@@ -181,9 +181,7 @@ class ShuangyuAttention(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
 
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, weights = attention(
             self,
             q,
@@ -299,9 +297,7 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        output_attentions = (
-            output_attentions if output_attentions is not None else self.config.output_attentions
-        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
 
         # The mask sees position_ids only when the caller gave them: then restarts mark packed documents and
         # each backend keeps attention inside them. Without them a plain causal mask is skipped entirely
@@ -473,9 +469,7 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         loss = logits = None
         if labels is not None and not return_logits:
-            loss = causal_lm_loss(
-                hidden, self.lm_head.weight, labels, self.config.loss_chunk_size, num_items_in_batch
-            )
+            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, self.config.loss_chunk_size, num_items_in_batch)
         else:
             if isinstance(logits_to_keep, int):
                 kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden

@@ -171,9 +171,7 @@ def test_gpt2_style_variant_trains():
 
 
 def test_initialisation_scales_residual_projections():
-    model = tiny_model(
-        "sdpa", hidden_size=256, intermediate_size=512, num_attention_heads=4, num_hidden_layers=8
-    )
+    model = tiny_model("sdpa", hidden_size=256, intermediate_size=512, num_attention_heads=4, num_hidden_layers=8)
     std = 0.02
     layer = model.model.layers[3]
     assert layer.self_attn.q_proj.weight.std().item() == pytest.approx(std, rel=0.05)

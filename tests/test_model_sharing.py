@@ -27,9 +27,7 @@ def token_ids():
 def clean_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # A fresh modules cache, so the remote code really is the copy in the folder.
-    env.update(
-        HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules")
-    )
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"))
     return env
 
 
@@ -110,10 +108,7 @@ def test_export_to_llama_matches_logits(tmp_path, overrides):
         torch.testing.assert_close(llama(x).logits, model(x).logits, atol=1e-5, rtol=0)
     if MINIMIND_TOKENIZER.exists():
         text = "双语 tokenizer, bilingual"
-        assert (
-            AutoTokenizer.from_pretrained(dst)(text).input_ids
-            == AutoTokenizer.from_pretrained(src)(text).input_ids
-        )
+        assert AutoTokenizer.from_pretrained(dst)(text).input_ids == AutoTokenizer.from_pretrained(src)(text).input_ids
 
 
 def test_export_refuses_incompatible_knobs_with_exit_status_2(tmp_path):

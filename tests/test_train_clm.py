@@ -163,7 +163,7 @@ def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, case):
     args, needle = {
         "vocab": ([*common, *out, "--model_config", str(small)], "vocab_size is 100"),
         "block_size": ([*common, *out, "--block_size", "4096"], "--block_size 4096"),
-        "no_data": ([*tokenizer, *out, "--data_dir", str(tmp_path / "none")], "no training data"),
+        "no_data": ([*tokenizer, *out, "--block_size", "64", "--data_dir", str(tmp_path / "none")], "no training data"),
         "other_run": ([*common, "--output_dir", str(reference), "--max_steps", "2"], "holds another run"),
         "bad_config_key": ([*common, *out, "--config", str(yaml_file)], "unknown keys learning_rat"),
         "no_steps": ([*common, "--output_dir", str(tmp_path / "out")], "--max_steps or --max_train_tokens"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -78,6 +79,12 @@ def write_run_args(out: Path, model_args, data_args, train_args, resumed_step: i
     if log.is_file():
         lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
         log.write_text("".join(line + "\n" for line in lines))
+
+
+def cpu_processes() -> bool:
+    """Several processes on a machine without GPUs. Accelerate's multi-process launcher does not tell the
+    processes to use the CPU, and without `cpu=True` each would train alone as if it were the only one."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def mixed_precision(choice: str) -> str:

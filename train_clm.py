@@ -10,6 +10,7 @@ evaluation) live in training/ and are tested there.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict
 
 from accelerate import Accelerator
@@ -66,7 +67,8 @@ def train(model_args, data_args, train_args) -> int:
     scheduler = build_scheduler(optimizer, train_args.lr_scheduler_type, train_args.warmup_steps, max_steps,
                                 train_args.min_lr_ratio, train_args.decay_fraction)  # fmt: skip
     loader = data.train_loader(train_args.per_device_train_batch_size, accelerator=accelerator, seed=train_args.seed,
-                               num_workers=train_args.dataloader_num_workers)  # fmt: skip
+                               num_workers=train_args.dataloader_num_workers,
+                               position_ids=data_args.document_attention)  # fmt: skip
     val_loaders = {k: accelerator.prepare(v) for k, v in data.validation_loaders(train_args.per_device_eval_batch_size).items()}  # fmt: skip
     meter = Throughput(flops_per_token(model, data.block_size),
                        device_peak_flops(accelerator.device, train_args.peak_tflops), accelerator.num_processes)  # fmt: skip
@@ -95,6 +97,7 @@ def train(model_args, data_args, train_args) -> int:
     bar = tqdm(total=max_steps, initial=state.step, disable=None if accelerator.is_main_process else True,
                desc="training")  # fmt: skip
     model.train()
+    started = time.perf_counter()
     while state.step < max_steps and not stopping:
         for batch in loader:  # one epoch (the rest of it, after a resume)
             batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in batch.items()}
@@ -122,7 +125,7 @@ def train(model_args, data_args, train_args) -> int:
                 logs |= evaluate(model, val_loaders, byte_lengths, accelerator, train_args.eval_batches)
                 logs |= generate_samples(accelerator.unwrap_model(model), tokenizer, accelerator.device)
             if logs:
-                log(state.step, logs)
+                log(state.step, logs | {"time_s": time.perf_counter() - started})
             stopping = setup.should_stop(stop, accelerator, state.step, train_args.logging_steps)
             if state.step % train_args.save_steps == 0 or last or stopping:
                 save()

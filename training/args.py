@@ -57,6 +57,13 @@ class DataArguments:
         },  # fmt: skip
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training row."})
+    document_attention: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep attention inside each packed document (position ids restart at every "
+            "<|endoftext|>); fast with flex_attention or flash_attention_2, slow with sdpa."
+        },  # fmt: skip
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes that tokenise."})
 
 

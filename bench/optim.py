@@ -1,0 +1,165 @@
+"""Optimizer benchmark: Muon's step overhead, and validation loss against wall-clock time, Muon vs AdamW.
+
+    python bench/optim.py overhead                          # CPU, tiny preset
+    python bench/optim.py overhead --device cuda --preset 124m --batch_size 16 --seq_len 1024
+    python bench/optim.py race --data_dir DIR --tokenizer_name DIR --max_steps 1500   # on a GPU
+
+`overhead` times forward+backward and the optimizer step separately, for AdamW and for Muon + AdamW, and
+reports the step as a share of the whole training step. `race` trains the same model on the same tokens
+with each optimizer through train_clm.py (single-GPU config) and tabulates validation loss against
+elapsed time. Results go to stdout as markdown (and `--results FILE` appends them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from modeling import ShuangyuConfig, ShuangyuForCausalLM  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(model, optimizer, batch, device: str, steps: int, warmup: int) -> tuple[float, float]:
+    """Mean seconds of forward+backward and of optimizer.step()+zero_grad, over `steps` after `warmup`."""
+    fwd_bwd = opt = 0.0
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    for i in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        sync(device)
+        t1 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            fwd_bwd += t1 - t0
+            opt += t2 - t1
+    return fwd_bwd / steps, opt / steps
+
+
+def overhead(args) -> str:
+    rows = []
+    for name in ("adamw", "muon"):
+        torch.manual_seed(0)
+        config = ShuangyuConfig.from_preset(args.preset, vocab_size=args.vocab_size)
+        model = ShuangyuForCausalLM(config).to(args.device)
+        optimizer = build_optimizer(model, name, lr=1e-3)
+        batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
+        fwd_bwd, opt = time_steps(model, optimizer, batch, args.device, args.steps, args.warmup)
+        rows.append((name, fwd_bwd, opt))
+        del model, optimizer
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [
+        f"`python bench/optim.py overhead --device {args.device} --preset {args.preset} --batch_size "
+        f"{args.batch_size} --seq_len {args.seq_len}` on {device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}",
+        "",
+        "| optimizer | forward+backward ms | optimizer step ms | step share of training step |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, fb, op in rows:
+        lines.append(f"| {name} | {fb * 1e3:.1f} | {op * 1e3:.1f} | {op / (fb + op):.1%} |")
+    muon, adamw = rows[1], rows[0]
+    lines.append("")
+    lines.append(
+        f"Muon's step costs {(muon[2] - adamw[2]) * 1e3:.1f} ms more than AdamW's: "
+        f"{(muon[2] - adamw[2]) / (adamw[1] + adamw[2]):.1%} of an AdamW training step."
+    )
+    return "\n".join(lines)
+
+
+def race(args) -> str:
+    """Train with each optimizer on the same data and steps; read train_log.jsonl for loss over time."""
+    results = {}
+    for name in ("muon", "adamw"):
+        out = Path(args.output_root) / name
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "accelerate_configs/single_gpu.yaml"), str(REPO / "train_clm.py"),
+               "--config", str(REPO / "configs/124m.yaml"), "--data_dir", args.data_dir,
+               "--tokenizer_name", args.tokenizer_name, "--output_dir", str(out), "--overwrite_output_dir",
+               "--optimizer", name, "--learning_rate", str(args.learning_rate), "--max_steps", str(args.max_steps),
+               "--warmup_steps", str(args.warmup_steps), "--eval_steps", str(args.eval_steps),
+               "--eval_batches", str(args.eval_batches), "--save_steps", str(args.max_steps),
+               "--gradient_accumulation_steps", "1", "--report_to", "none", *shlex.split(args.train_args)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name} run failed:\n{proc.stderr[-4000:]}")
+        results[name] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    langs = sorted(
+        {k.split("/")[1] for e in results["muon"] for k in e if k.startswith("eval/") and k.endswith("/loss")}
+    )
+    lines = [
+        f"`python bench/optim.py race --max_steps {args.max_steps} --learning_rate {args.learning_rate}` "
+        f"({torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, {time.strftime('%Y-%m-%d')}): "
+        "124m preset, bf16, compiled, batch 16 x 1024, the same tokens in the same order for both.",
+    ]
+    header_cells = ["step", "tokens"]
+    for o in ("muon", "adamw"):
+        header_cells += [f"{o} time (s)"] + [f"{o} val loss {lang}" for lang in langs]
+    lines += ["", "| " + " | ".join(header_cells) + " |", "|" + "---:|" * len(header_cells)]
+    by_step = {o: {e["step"]: e for e in results[o] if f"eval/{langs[0]}/loss" in e} for o in results}
+    for step in sorted(by_step["muon"]):
+        if step not in by_step["adamw"]:
+            continue
+        cells = [str(step), f"{by_step['muon'][step]['train/tokens']:,}"]
+        for o in ("muon", "adamw"):
+            e = by_step[o][step]
+            cells += [f"{e['time_s']:.0f}"] + [f"{e[f'eval/{lang}/loss']:.3f}" for lang in langs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    o = sub.add_parser("overhead")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--preset", default="tiny")
+    o.add_argument("--vocab_size", type=int, default=32000)
+    o.add_argument("--batch_size", type=int, default=8)
+    o.add_argument("--seq_len", type=int, default=256)
+    o.add_argument("--steps", type=int, default=10)
+    o.add_argument("--warmup", type=int, default=3)
+    r = sub.add_parser("race")
+    r.add_argument("--data_dir", required=True)
+    r.add_argument("--tokenizer_name", required=True)
+    r.add_argument("--output_root", default="outputs/bench-optim")
+    r.add_argument("--max_steps", type=int, default=1500)
+    r.add_argument("--warmup_steps", type=int, default=100)
+    r.add_argument("--learning_rate", type=float, default=2e-3)
+    r.add_argument("--eval_steps", type=int, default=150)
+    r.add_argument("--eval_batches", type=int, default=20)
+    r.add_argument("--train_args", default="", help="More train_clm.py flags, e.g. '--model_config tiny'.")
+    for p in (o, r):
+        p.add_argument("--results", help="Append the markdown to this file too.")
+    args = parser.parse_args()
+    text = overhead(args) if args.command == "overhead" else race(args)
+    print(text)
+    if args.results:
+        with open(args.results, "a") as fh:
+            fh.write(text + "\n\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -96,10 +96,12 @@ def race(args) -> str:
         out = Path(args.output_root) / name
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs/single_gpu.yaml"), str(REPO / "train_clm.py"),
-               "--config", str(REPO / "configs/124m.yaml"), "--data_dir", args.data_dir,
+               "--model_config", "124m", "--block_size", "1024", "--per_device_train_batch_size", "16",
+               "--compile", "True", "--lr_scheduler_type", "warmup_stable_decay", "--data_dir", args.data_dir,
                "--tokenizer_name", args.tokenizer_name, "--output_dir", str(out), "--overwrite_output_dir",
                "--optimizer", name, "--learning_rate", str(args.learning_rate), "--max_steps", str(args.max_steps),
                "--warmup_steps", str(args.warmup_steps), "--eval_steps", str(args.eval_steps),
+               "--logging_steps", str(args.eval_steps),
                "--eval_batches", str(args.eval_batches), "--save_steps", str(args.max_steps),
                "--gradient_accumulation_steps", "1", "--report_to", "none", *shlex.split(args.train_args)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)

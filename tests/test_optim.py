@@ -42,6 +42,11 @@ def test_newton_schulz_matches_float64_reference(shape):
     # it orthogonalises: the singular values land in a band around 1 (0.68 to 1.13 for this iteration)
     s = torch.linalg.svdvals(ours.double())
     assert s.min() > 0.6 and s.max() < 1.2, s
+    # a stack of matrices is orthogonalised matrix by matrix
+    stack = torch.stack([g, 3 * g.flip(0), torch.randn(shape, generator=gen)])
+    batched = newton_schulz(stack)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], newton_schulz(stack[i]), atol=1e-6, rtol=1e-5)
 
 
 def tiny_llama(seed=0, tie=False):
@@ -171,7 +176,7 @@ def run_parallel_script(out: Path, processes: int, fsdp2: bool = False) -> dict:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> dict:
     result = run_parallel_script(tmp_path_factory.mktemp("one") / "one.json", 1)
-    assert result["ns_calls_per_rank"] == [42]  # 14 matrices x 3 steps, all on the one rank
+    assert result["matrices_per_rank"] == [42]  # 14 matrices x 3 steps, all on the one rank
     return result
 
 
@@ -186,12 +191,12 @@ def assert_same_params(got: dict, expected: dict) -> None:
 
 def test_muon_under_data_parallel_matches_one_process_and_spreads_the_work(tmp_path, one_process):
     two = run_parallel_script(tmp_path / "two.json", 2)
-    assert two["ns_calls_per_rank"] == [21, 21]  # spread evenly, each matrix orthogonalised once
+    assert two["matrices_per_rank"] == [21, 21]  # spread evenly, each matrix orthogonalised once
     assert_same_params(two["params"], one_process["params"])
 
 
 def test_muon_under_fsdp2_orthogonalises_whole_matrices(tmp_path, one_process):
     """Each rank holds half of every matrix; orthogonalising shards would give a different update."""
     two = run_parallel_script(tmp_path / "fsdp2.json", 2, fsdp2=True)
-    assert two["ns_calls_per_rank"] == [21, 21]
+    assert two["matrices_per_rank"] == [21, 21]
     assert_same_params(two["params"], one_process["params"])

@@ -151,7 +151,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):
     assert last.startswith("train_clm.py: error: step ") and "3 non-finite steps in a row" in last
 
 
-@pytest.mark.parametrize("case", ["vocab", "block_size", "no_data", "other_run", "bad_config_key", "no_steps"])
+@pytest.mark.parametrize(
+    "case", ["vocab", "block_size", "no_data", "other_run", "bad_config_key", "no_steps", "data_block_size"]
+)
 def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, case):
     small = tmp_path / "small.json"
     small.write_text(json.dumps({"model_type": "shuangyu", "vocab_size": 100, "hidden_size": 32,
@@ -167,6 +169,10 @@ def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, case):
         "other_run": ([*common, "--output_dir", str(reference), "--max_steps", "2"], "holds another run"),
         "bad_config_key": ([*common, *out, "--config", str(yaml_file)], "unknown keys learning_rat"),
         "no_steps": ([*common, "--output_dir", str(tmp_path / "out")], "--max_steps or --max_train_tokens"),
+        "data_block_size": (
+            [*tokenizer, *out, "--data_dir", common[common.index("--data_dir") + 1], "--block_size", "32"],
+            "holds rows of 64 tokens, not --block_size 32",
+        ),  # fmt: skip
     }[case]
     start = time.time()
     proc = run(args)

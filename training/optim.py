@@ -34,14 +34,17 @@ MUON_SCALES = ("match_rms_adamw", "original")
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately orthogonalise a 2-D matrix. bf16 on GPUs (fast, and accurate enough for an update
-    direction); fp32 elsewhere, where bf16 matmuls are slow and the fp32 result is reproducible."""
+    """Approximately orthogonalise a 2-D matrix, or each matrix of a [n, rows, cols] stack at once.
+
+    bf16 on GPUs (fast, and accurate enough for an update direction); fp32 elsewhere, where bf16 matmuls
+    are slow and the fp32 result is reproducible."""
     a, b, c = NS_COEFFICIENTS
     x = matrix.to(torch.bfloat16 if matrix.is_cuda else torch.float32)
-    transposed = x.size(0) > x.size(1)
+    transposed = x.size(-2) > x.size(-1)
     if transposed:  # iterate on the smaller Gram matrix
         x = x.mT
-    x = x / (x.norm() + eps)  # spectral norm <= Frobenius norm <= 1, inside the iteration's basin
+    # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
@@ -64,24 +67,29 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 
 def _orthogonalize_spread(updates: list[torch.Tensor], steps: int, group=None) -> list[torch.Tensor]:
-    """Newton-Schulz for every matrix, the work spread over ranks: matrices of one shape are taken
-    `world_size` at a time, each rank orthogonalises one, and an all-gather hands every rank all results."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-        return [newton_schulz(u, steps) for u in updates]
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    """Newton-Schulz for every matrix, batched by shape (a few large matmuls instead of many small ones:
+    one per matrix would leave a GPU waiting on kernel launches). With several ranks each takes its
+    share of every shape's stack and an all-gather hands every rank all the results."""
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+    world, rank = (dist.get_world_size(group), dist.get_rank(group)) if distributed else (1, 0)
     results: list[torch.Tensor | None] = [None] * len(updates)
     order = sorted(range(len(updates)), key=lambda i: (tuple(updates[i].shape), i))
     for _, same_shape in groupby(order, key=lambda i: tuple(updates[i].shape)):
         same_shape = list(same_shape)
-        for start in range(0, len(same_shape), world):
-            chunk = same_shape[start : start + world]
-            mine = (
-                newton_schulz(updates[chunk[rank]], steps) if rank < len(chunk) else torch.zeros_like(updates[chunk[0]])
-            )
-            gathered = [torch.empty_like(mine) for _ in range(world)]
-            dist.all_gather(gathered, mine.contiguous(), group=group)
-            for index, result in zip(chunk, gathered, strict=False):
-                results[index] = result
+        per_rank = math.ceil(len(same_shape) / world)
+        mine = same_shape[rank * per_rank : (rank + 1) * per_rank]
+        stack = torch.stack([updates[i] for i in mine]) if mine else None
+        local = newton_schulz(stack, steps) if stack is not None else None
+        if distributed:
+            template = updates[same_shape[0]]
+            padded = torch.zeros((per_rank, *template.shape), dtype=template.dtype, device=template.device)
+            if local is not None:
+                padded[: len(mine)] = local
+            gathered = [torch.empty_like(padded) for _ in range(world)]
+            dist.all_gather(gathered, padded, group=group)
+            local = torch.cat(gathered)
+        for index, result in zip(same_shape, local, strict=False):
+            results[index] = result
     return results
 
 

@@ -144,7 +144,13 @@ def load_data(model_args, data_args, train_args, tokenizer, accelerator) -> Prep
         accelerator.wait_for_everyone()
     elif not (Path(data_dir) / "manifest.json").is_file():
         raise ArgumentError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
-    return PreparedData.load(data_dir, tokenizer)
+    data = PreparedData.load(data_dir, tokenizer)
+    if data.block_size != data_args.block_size:
+        raise ArgumentError(
+            f"--data_dir {data_dir} holds rows of {data.block_size} tokens, not --block_size {data_args.block_size}: "
+            f"pass --block_size {data.block_size}, or --train_files to prepare the data again"
+        )
+    return data
 
 
 def build_config(model_args, tokenizer, block_size: int):

@@ -18,13 +18,13 @@ import training.optim as optim
 STEPS, GLOBAL_BATCH, SEQ = 3, 8, 16
 
 
-def count_newton_schulz_calls() -> dict:
+def count_orthogonalised_matrices() -> dict:
     calls = {"n": 0}
     real = optim.newton_schulz
 
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
+    def counting(matrix, *args, **kwargs):
+        calls["n"] += matrix.shape[0] if matrix.ndim == 3 else 1  # matrices, batched or not
+        return real(matrix, *args, **kwargs)
 
     optim.newton_schulz = counting
     return calls
@@ -51,7 +51,7 @@ def run_accelerate(out_path: str) -> None:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True)
-    calls = count_newton_schulz_calls()
+    calls = count_orthogonalised_matrices()
     model = tiny_model()
     model, opt = accelerator.prepare(model, optim.build_optimizer(model, "muon", lr=0.02, weight_decay=0.1))
     train(model, opt, accelerator.process_index, accelerator.num_processes, accelerator.backward)
@@ -68,7 +68,7 @@ def run_fsdp2(out_path: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
-    calls = count_newton_schulz_calls()
+    calls = count_orthogonalised_matrices()
     model = tiny_model()
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
@@ -85,7 +85,7 @@ def run_fsdp2(out_path: str) -> None:
 
 def write(out_path: str, params: dict, counts: list[int]) -> None:
     with open(out_path, "w") as fh:
-        json.dump({"params": params, "ns_calls_per_rank": counts}, fh)
+        json.dump({"params": params, "matrices_per_rank": counts}, fh)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ text is loaded into that process's memory before the clock starts, and the clock
 ends (saving is not timed). The reference tokenizers in ../shared/data/tokenizers are only measured.
 
 On the held-out `*_val.jsonl` files of each language: compression (characters and UTF-8 bytes per token,
-no special tokens) and batched encode throughput. Prints a markdown table and writes it as the
+no special tokens) and batched encode throughput (after all training; fastest of 3 rounds, or of 1 in a
+quick check with --max_bytes). Prints a markdown table and writes it as the
 `## Tokenizer` section of bench/RESULTS.md (other sections are kept).
 """
 
@@ -58,8 +59,7 @@ SPM_MIN_COVERAGE = 0.98  # sentencepiece refuses less
 SPM_META_PIECES = 3 + 256  # <unk> <s> </s> and the byte-fallback pieces, all counted in its vocab size
 SPM_DEFAULT_MAX_SENTENCE = 4192  # bytes; sentencepiece's default
 ENCODE_BATCH_DOCS = 1000  # as datasets.map(batched=True) does
-ENCODE_RUNS = 3  # keep the fastest: the machine is shared, and the first run also fills the BPE cache
-ENCODE_BUDGET_S = 2.0  # but start no further run once this was spent, to keep quick checks quick
+ENCODE_ROUNDS = 3  # keep the fastest: the machine is shared, and the first run also fills the BPE cache
 
 
 @dataclass
@@ -159,7 +159,7 @@ def train_job(kind: str, vocab_size: int, docs_path: str, out_path: str, coverag
         base = bpe.gpt2_baseline_tokenizer() if kind == "baseline" else bpe.build_tokenizer()
         tok = bpe.train(_batches(docs), vocab_size, tokenizer=base, show_progress=False)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux; read before saving
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux; read before saving
     if kind != "spm":
         tok.save(out_path)
     return {"seconds": seconds, "peak_mb": peak_mb, "loaded_mb": loaded_mb}
@@ -203,18 +203,33 @@ def encode_all(lengths: EncodeLengths, heldout: dict[str, list[str]]) -> tuple[f
     return time.perf_counter() - start, tokens
 
 
-def measure(lengths: EncodeLengths, heldout: dict[str, list[str]]) -> tuple[float, dict[str, int]]:
-    """Throughput in MB/s (fastest of up to ENCODE_RUNS runs) and tokens per language."""
-    total_bytes = sum(len(d.encode("utf-8")) for docs in heldout.values() for d in docs)
-    best, tokens = encode_all(lengths, heldout)
-    spent = best
-    for _ in range(ENCODE_RUNS - 1):
-        if spent >= ENCODE_BUDGET_S:
-            break
-        seconds, again = encode_all(lengths, heldout)
-        assert again == tokens, "encoding the same text twice gave different token counts"
-        best, spent = min(best, seconds), spent + seconds
-    return total_bytes / best / 1e6, tokens
+@dataclass
+class Candidate:
+    """A tokenizer to measure: its row, and its encode paths by row field (encode_mbps, hf_encode_mbps)."""
+
+    row: Row
+    paths: dict[str, EncodeLengths]
+
+
+def measure_all(candidates: list[Candidate], heldout: dict[str, list[str]], rounds: int) -> None:
+    """Fill in throughput (fastest run) and compression. Rounds go over every tokenizer in turn, so that a
+    burst of load from other jobs on the machine slows all of them rather than one."""
+    total_mb = sum(len(d.encode("utf-8")) for docs in heldout.values() for d in docs) / 1e6
+    best: dict[tuple[int, str], float] = {}
+    tokens: dict[tuple[int, str], dict[str, int]] = {}
+    for _ in range(rounds):
+        for i, cand in enumerate(candidates):
+            for path, lengths in cand.paths.items():
+                seconds, counted = encode_all(lengths, heldout)
+                assert tokens.setdefault((i, path), counted) == counted, "same text, different token counts"
+                best[(i, path)] = min(best.get((i, path), seconds), seconds)
+    for i, cand in enumerate(candidates):
+        for path in cand.paths:
+            setattr(cand.row, path, total_mb / best[(i, path)])
+        counts = [tokens[(i, path)] for path in cand.paths]
+        if any(c != counts[0] for c in counts):
+            print(f"warning: {cand.row.name}: encode paths disagree on token counts: {counts}", file=sys.stderr)
+        cand.row.compression = compression(heldout, counts[0])
 
 
 def compression(heldout: dict[str, list[str]], tokens: dict[str, int]) -> dict[str, bpe.Compression]:
@@ -229,14 +244,9 @@ def compression(heldout: dict[str, list[str]], tokens: dict[str, int]) -> dict[s
     }
 
 
-def evaluate_hf_style(row: Row, tok, hf, heldout: dict[str, list[str]]) -> Row:
+def hf_style(row: Row, tok, hf) -> Candidate:
     """A `tokenizers` tokenizer, measured directly and through its transformers fast wrapper."""
-    row.encode_mbps, tokens = measure(tokenizers_lengths(tok), heldout)
-    row.hf_encode_mbps, hf_tokens = measure(transformers_lengths(hf), heldout)
-    if hf_tokens != tokens:
-        print(f"warning: {row.name}: transformers counts {hf_tokens} tokens, tokenizers {tokens}", file=sys.stderr)
-    row.compression = compression(heldout, tokens)
-    return row
+    return Candidate(row, {"encode_mbps": tokenizers_lengths(tok), "hf_encode_mbps": transformers_lengths(hf)})
 
 
 # ---------------------------------------------------------------------------- report
@@ -327,7 +337,7 @@ Held-out text: every `*_val.jsonl` file, {info["heldout"]}.
   trainer runs in a fresh process of its own; **peak RSS** is that process's `ru_maxrss` (interpreter and
   text included), **RSS before training** is its resident memory once the text was loaded.
 - **encode MB/s**: held-out text (zh + en) encoded in batches of {ENCODE_BATCH_DOCS} documents, no special
-  tokens, fastest of up to {ENCODE_RUNS} runs (no further run once {ENCODE_BUDGET_S:g} s were spent):
+  tokens, fastest of {info["encode_rounds"]} run(s), after all training; each round encodes with every tokenizer in turn:
   `Tokenizer.encode_batch` (tokenizers), `SentencePieceProcessor.encode` on a list with {os.cpu_count()} threads,
   and, in the next column, the transformers `PreTrainedTokenizerFast` batch call.
 - **chars/token, bytes/token**: Unicode characters and UTF-8 bytes of held-out text per token.
@@ -366,12 +376,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokenizers_dir", type=Path, default=REPO.parent / "shared" / "data" / "tokenizers")
     parser.add_argument("--vocab_sizes", type=int, nargs="+", default=[32000, 64000])
     parser.add_argument("--max_bytes", default=None, help="Train on a slice of this size, e.g. 5MB (default: all).")
+    parser.add_argument(
+        "--encode_rounds",
+        type=int,
+        default=None,
+        help=f"Encode timing rounds, fastest kept (default: {ENCODE_ROUNDS}; 1 for a quick check with --max_bytes).",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument("--save_dir", type=Path, default=None, help="Keep the trained tokenizers here.")
     parser.add_argument("--seed", type=int, default=42)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.encode_rounds is None:
+        args.encode_rounds = 1 if args.max_bytes else ENCODE_ROUNDS
+    return args
 
 
-def train_all(docs: list[str], vocab_sizes: list[int], workdir: Path, heldout) -> tuple[dict, dict]:
+def train_all(docs: list[str], vocab_sizes: list[int], workdir: Path) -> tuple[dict[tuple[str, int], Row], dict]:
+    """Train every trainer at every vocab size into workdir; rows hold time and memory so far."""
     docs_path = workdir / "docs.jsonl"
     with open(docs_path, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
@@ -381,44 +402,44 @@ def train_all(docs: list[str], vocab_sizes: list[int], workdir: Path, heldout) -
     char_counts.pop("\n", None)  # sentencepiece is given lines
     coverages = {v: spm_coverage(char_counts, v) for v in vocab_sizes}
 
-    trained = {}
+    rows = {}
     for v in vocab_sizes:
         for kind in TRAINERS:
-            out = workdir / f"{kind}-{v}" if kind == "spm" else workdir / f"{kind}-{v}.json"
             print(f"training {kind} at vocab {v:,} ...", flush=True)
-            stats = run_isolated(train_job, kind, v, str(docs_path), str(out), coverages[v])
-            row = Row(
-                f"{TRAINER_LABELS[kind]} {v / 1000:g}k", v, stats["seconds"], stats["peak_mb"], stats["loaded_mb"]
-            )
-            trained[(kind, v)] = evaluate_trained(kind, row, out, heldout)
+            stats = run_isolated(train_job, kind, v, str(docs_path), str(trained_path(workdir, kind, v)), coverages[v])
+            name = f"{TRAINER_LABELS[kind]} {v / 1000:g}k"
+            rows[(kind, v)] = Row(name, v, stats["seconds"], stats["peak_mb"], stats["loaded_mb"])
             print(f"  {stats['seconds']:.1f} s, peak {stats['peak_mb']:,.0f} MB", flush=True)
-    return trained, coverages
+    return rows, coverages
 
 
-def evaluate_trained(kind: str, row: Row, out: Path, heldout) -> Row:
+def trained_path(workdir: Path, kind: str, vocab_size: int) -> Path:
+    # sentencepiece takes a prefix and writes PREFIX.model and PREFIX.vocab
+    return workdir / (f"{kind}-{vocab_size}" if kind == "spm" else f"{kind}-{vocab_size}.json")
+
+
+def load_trained(kind: str, row: Row, path: Path) -> Candidate:
     if kind == "spm":
         import sentencepiece as spm
 
-        sp = spm.SentencePieceProcessor(model_file=f"{out}.model")
+        sp = spm.SentencePieceProcessor(model_file=f"{path}.model")
         row.vocab = sp.get_piece_size()
-        row.encode_mbps, tokens = measure(sentencepiece_lengths(sp), heldout)
-        row.compression = compression(heldout, tokens)
-        return row
+        return Candidate(row, {"encode_mbps": sentencepiece_lengths(sp)})
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(out))
-    row.vocab = tok.get_vocab_size()
-    return evaluate_hf_style(row, tok, bpe.to_transformers(tok), heldout)
+    tok = Tokenizer.from_file(str(path))
+    row.vocab = tok.get_vocab_size()  # below the asked size when the text has too few frequent pairs
+    return hf_style(row, tok, bpe.to_transformers(tok))
 
 
-def evaluate_references(tokenizers_dir: Path, heldout) -> list[Row]:
+def load_references(tokenizers_dir: Path) -> list[Candidate]:
     from transformers import PreTrainedTokenizerFast
 
-    rows = []
+    candidates = []
     for name, folder in REFERENCES.items():
         hf = PreTrainedTokenizerFast(tokenizer_file=str(tokenizers_dir / folder / "tokenizer.json"))
-        rows.append(evaluate_hf_style(Row(name, len(hf)), hf.backend_tokenizer, hf, heldout))
-    return rows
+        candidates.append(hf_style(Row(name, len(hf)), hf.backend_tokenizer, hf))
+    return candidates
 
 
 def _mb(stats: dict[str, ReadStats]) -> str:
@@ -437,9 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training text: {_mb(stats)}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-tok-") as tmp:
-        trained, coverages = train_all(docs, args.vocab_sizes, Path(tmp), heldout)
-    rows = [trained[(kind, v)] for v in args.vocab_sizes for kind in TRAINERS]
-    rows += evaluate_references(args.tokenizers_dir, heldout)
+        workdir = args.save_dir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        trained, coverages = train_all(docs, args.vocab_sizes, workdir)
+        candidates = [load_trained(kind, row, trained_path(workdir, kind, v)) for (kind, v), row in trained.items()]
+    candidates += load_references(args.tokenizers_dir)
+    print(f"encoding the held-out text ({args.encode_rounds} round(s)) ...", flush=True)
+    measure_all(candidates, heldout, args.encode_rounds)
+    rows = [c.row for c in candidates]
 
     table = format_table(rows)
     info = {
@@ -448,10 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         "versions": library_versions(),
         "command": shlex.join(["python3", "bench/tokenizer.py", *(sys.argv[1:] if argv is None else argv)]),
         "train_text": _mb(stats),
-        "spm_lines": len(spm_lines(docs)),
+        "spm_lines": sum(1 for doc in docs for line in doc.split("\n") if line),
         "heldout": _mb(
             {lang: ReadStats(docs=len(d), bytes=sum(len(x.encode()) for x in d)) for lang, d in heldout.items()}
         ),
+        "encode_rounds": args.encode_rounds,
         "spm_coverage": ", ".join(f"{c:.4g} at {v:,}" for v, c in coverages.items()),
     }
     aim_lines = aims(trained, args.vocab_sizes)

@@ -345,8 +345,8 @@ Held-out text: every `*_val.jsonl` file, {info["heldout"]}.
   identity normalisation, `remove_extra_whitespaces=False`, `split_digits=True`,
   `allow_whitespace_only_pieces=True`, `num_threads={os.cpu_count()}`. It never sees a newline in training,
   so each newline in held-out text costs it one byte-fallback token.
-- The machine is shared with other engineers' test runs while this ran: timings are noisy (a few tens of
-  percent), compression numbers are exact.
+- The machine is shared with other engineers' jobs while this ran: timings are noisy, and the same trainer's
+  time can differ by 2-3x between runs; compression numbers are exact and repeat from run to run.
 
 {table}
 

@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   install (once), then train a zh+en tokenizer on the sample corpus and print its report
+#   make demo   install (once), train a zh+en tokenizer on the sample corpus, then the tiny model on it
 #   make test   install (once), then run the test suite
 PYTHON ?= python3
 SHARED ?= ../shared
@@ -7,7 +7,7 @@ CORPUS ?= $(SHARED)/data/corpus
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo test lint bench-tokenizer
+.PHONY: install demo tokenizer train-tiny test lint bench-tokenizer
 
 install: .make-installed
 
@@ -17,11 +17,19 @@ install: .make-installed
 	$(PYTHON) -m pip install -r requirements.txt
 	touch $@
 
-demo: install
+# the whole pipeline on the sample corpus: a tokenizer, then the tiny model on 2 CPU processes
+demo: tokenizer train-tiny
+
+tokenizer: install
 	$(PYTHON) tokenizer/train_bpe.py \
 	  --files "zh=$(CORPUS)/zh/*.jsonl:0.5" "en=$(CORPUS)/en/*.jsonl:0.5" --exclude "*_val.jsonl" \
 	  --validation_files "zh=$(CORPUS)/zh/*_val.jsonl" "en=$(CORPUS)/en/*_val.jsonl" \
 	  --max_bytes 40MB --vocab_size 32000 --output_dir outputs/tokenizer --overwrite
+
+train-tiny: install
+	$(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu.yaml train_clm.py \
+	  --config configs/tiny-cpu.yaml --tokenizer_name outputs/tokenizer --output_dir outputs/tiny-cpu \
+	  --overwrite_output_dir
 
 test: install
 	$(PYTHON) -m pytest

@@ -43,7 +43,7 @@ def run(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.C
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs/cpu.yaml"), "--num_processes", str(processes),
                str(REPO / "train_clm.py"), *args]  # fmt: skip
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -191,3 +191,20 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     model_args, data_args, train_args = parse_args(["--config", str(cfg), "--max_steps", "7"])
     assert (train_args.learning_rate, train_args.max_steps, train_args.optimizer) == (0.01, 7, "muon")
     assert data_args.train_files == ["a.jsonl:1"] and model_args.model_config == "tiny"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_tiny_cpu_preset_learns_on_the_shared_corpus(data_tokenizer_dir, corpus_dir, tmp_path, optimizer):
+    """The shipped preset as a user runs it: 2 CPU processes, 300 steps on news and novels (minutes)."""
+    out = tmp_path / "run"
+    args = ["--config", str(REPO / "configs/tiny-cpu.yaml"), "--tokenizer_name", str(data_tokenizer_dir),
+            "--output_dir", str(out), "--optimizer", optimizer, "--report_to", "none"]  # fmt: skip
+    proc = run(args, processes=2, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    train = {e["step"]: e["train/loss"] for e in log}
+    evals = [e for e in log if "eval/zh/loss" in e]
+    assert train[300] < train[10] - 1.0, train
+    for lang in ("zh", "en"):
+        assert evals[-1][f"eval/{lang}/loss"] < evals[0][f"eval/{lang}/loss"] - 0.2, evals

@@ -40,6 +40,28 @@ class SourceError(ValueError):
     """Bad input named by the user: the message names the file or flag and what to do."""
 
 
+@dataclass(kw_only=True)
+class SourceArguments:
+    """The command-line flags that name text sources, shared by every tool that reads raw text."""
+
+    files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Sources of local files: [NAME=]GLOB[,GLOB...][:WEIGHT], e.g. 'zh=data/zh/*.jsonl:0.5'."},
+    )
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Hub datasets (or local dataset folders), streamed: [NAME=]DATASET[:CONFIG][:WEIGHT]."},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split read from each --dataset."})
+    exclude: list[str] = field(
+        default_factory=list, metadata={"help": "Globs of files to leave out of --files, e.g. '*_val.jsonl'."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Field holding the text in json/jsonl/parquet."})
+    document_per_file: bool = field(
+        default=False, metadata={"help": "Treat each .txt file as one document (default: one per line)."}
+    )
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     name: str

@@ -29,6 +29,7 @@ from tokenizer import bpe  # noqa: E402
 from tokenizer.sources import (  # noqa: E402
     ReadOptions,
     ReadStats,
+    SourceArguments,
     SourceError,
     check_weights,
     iter_file_documents,
@@ -42,25 +43,9 @@ from tokenizer.sources import (  # noqa: E402
 PROG = "train_bpe.py"
 
 
-@dataclass
-class TrainBPEArguments:
+@dataclass(kw_only=True)
+class TrainBPEArguments(SourceArguments):
     output_dir: str = field(metadata={"help": "Folder to write the tokenizer to (created; see --overwrite)."})
-    files: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Sources of local files: [NAME=]GLOB[,GLOB...][:WEIGHT], e.g. 'zh=data/zh/*.jsonl:0.5'."},
-    )
-    dataset: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Hub datasets (or local dataset folders), streamed: [NAME=]DATASET[:CONFIG][:WEIGHT]."},
-    )
-    dataset_split: str = field(default="train", metadata={"help": "Split read from each --dataset."})
-    exclude: list[str] = field(
-        default_factory=list, metadata={"help": "Globs of files to leave out of --files, e.g. '*_val.jsonl'."}
-    )
-    text_column: str = field(default="text", metadata={"help": "Field holding the text in json/jsonl/parquet."})
-    document_per_file: bool = field(
-        default=False, metadata={"help": "Treat each .txt file as one document (default: one per line)."}
-    )
     validation_files: list[str] = field(
         default_factory=list,
         metadata={"help": "Held-out text for the compression report, per language: LANG=GLOB[,GLOB...]."},

@@ -47,6 +47,7 @@ import torch
 from tokenizer.sources import (
     ReadOptions,
     ReadStats,
+    SourceArguments,
     SourceError,
     SourceSpec,
     check_weights,
@@ -66,29 +67,13 @@ VALIDATION_FILE = "validation.bin"
 EOS_TOKEN = "<|endoftext|>"
 
 
-@dataclass
-class PrepareArguments:
+@dataclass(kw_only=True)
+class PrepareArguments(SourceArguments):
     output_dir: str = field(
         metadata={"help": "Folder for the prepared blocks; also the cache: the same inputs again do no work."}
     )
     tokenizer_name: str = field(
         metadata={"help": "Trained fast tokenizer: a folder (train_bpe.py output) or Hub name."}
-    )
-    files: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Sources of local files: [NAME=]GLOB[,GLOB...][:WEIGHT], e.g. 'zh=data/zh/*.jsonl:0.5'."},
-    )
-    dataset: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Hub datasets (or local dataset folders), streamed: [NAME=]DATASET[:CONFIG][:WEIGHT]."},
-    )
-    dataset_split: str = field(default="train", metadata={"help": "Split read from each --dataset."})
-    exclude: list[str] = field(
-        default_factory=list, metadata={"help": "Globs of files to leave out of --files, e.g. '*_val.jsonl'."}
-    )
-    text_column: str = field(default="text", metadata={"help": "Field holding the text in json/jsonl/parquet."})
-    document_per_file: bool = field(
-        default=False, metadata={"help": "Treat each .txt file as one document (default: one per line)."}
     )
     validation_files: list[str] = field(
         default_factory=list,

@@ -22,7 +22,7 @@ from training import checkpoint as ckpt
 from training import setup
 from training.args import ArgumentError, parse_args, total_steps
 from training.data import load_tokenizer
-from training.evaluation import evaluate, generate_samples, token_byte_lengths
+from training.evaluation import evaluate, format_eval, generate_samples, token_byte_lengths
 from training.metrics import Throughput, device_peak_flops, flops_per_token
 from training.optim import build_optimizer, clip_and_step
 from training.schedule import build_scheduler
@@ -124,6 +124,8 @@ def train(model_args, data_args, train_args) -> int:
             if val_loaders and (state.step % train_args.eval_steps == 0 or last):
                 logs |= evaluate(model, val_loaders, byte_lengths, accelerator, train_args.eval_batches)
                 logs |= generate_samples(accelerator.unwrap_model(model), tokenizer, accelerator.device)
+                if accelerator.is_main_process:
+                    tqdm.write(format_eval(state.step, logs))
             if logs:
                 log(state.step, logs | {"time_s": time.perf_counter() - started})
             stopping = setup.should_stop(stop, accelerator, state.step, train_args.logging_steps)

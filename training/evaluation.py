@@ -64,3 +64,14 @@ def generate_samples(model, tokenizer, device, max_new_tokens: int = 32) -> dict
         samples[f"samples/{lang}"] = tokenizer.decode(out[0], skip_special_tokens=False)
     model.train()
     return samples
+
+
+def format_eval(step: int, logs: dict) -> str:
+    """One line: loss and bits per byte per language, then the samples."""
+    langs = [k.split("/")[1] for k in logs if k.startswith("eval/") and k.endswith("/loss")]
+    scores = ", ".join(
+        f"{lang} loss {logs[f'eval/{lang}/loss']:.3f} ({logs[f'eval/{lang}/bits_per_byte']:.3f} bits/byte)"
+        for lang in langs
+    )
+    samples = "".join(f"\n  {k.split('/')[1]}: {v!r}" for k, v in logs.items() if k.startswith("samples/"))
+    return f"step {step} validation: {scores}{samples}"

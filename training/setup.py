@@ -14,7 +14,7 @@ import torch
 
 from training import checkpoint as ckpt
 from training.args import ArgumentError
-from training.data import PrepareArguments, PreparedData, prepare
+from training.data import PrepareArguments, PreparedData, format_report, prepare
 
 
 class TrainState:
@@ -126,7 +126,7 @@ def load_data(model_args, data_args, train_args, tokenizer, accelerator) -> Prep
     data_dir = data_args.data_dir or str(Path(train_args.output_dir) / "data")
     if data_args.train_files or data_args.dataset_name:
         if accelerator.is_main_process:
-            prepare(
+            prepared = prepare(
                 PrepareArguments(
                     output_dir=data_dir,
                     tokenizer_name=model_args.tokenizer_name,
@@ -141,6 +141,7 @@ def load_data(model_args, data_args, train_args, tokenizer, accelerator) -> Prep
                 ),
                 show_progress=accelerator.is_local_main_process,
             )
+            print(f"{data_dir} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
         accelerator.wait_for_everyone()
     elif not (Path(data_dir) / "manifest.json").is_file():
         raise ArgumentError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")

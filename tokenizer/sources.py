@@ -61,6 +61,14 @@ class SourceArguments:
         default=False, metadata={"help": "Treat each .txt file as one document (default: one per line)."}
     )
 
+    def resolve_sources(self) -> tuple[list[SourceSpec], list[list[Path]]]:
+        """The named sources, checked, with each one's files (none for a dataset)."""
+        specs = [parse_file_source(s) for s in self.files] + [parse_dataset_source(s) for s in self.dataset]
+        if not specs:
+            raise SourceError("no training text: give --files and/or --dataset")
+        check_weights(specs)
+        return specs, [[] if s.is_dataset else resolve_files(s, self.exclude) for s in specs]
+
 
 @dataclass(frozen=True)
 class SourceSpec:

@@ -31,9 +31,7 @@ from tokenizer.sources import (  # noqa: E402
     ReadStats,
     SourceArguments,
     SourceError,
-    check_weights,
     iter_file_documents,
-    parse_dataset_source,
     parse_file_source,
     plan_mixture,
     resolve_files,
@@ -104,11 +102,7 @@ def validate(args: TrainBPEArguments):
         raise SourceError(f"--output_dir {out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise SourceError(f"--output_dir {out} is a file, not a folder")
-    specs = [parse_file_source(s) for s in args.files] + [parse_dataset_source(s) for s in args.dataset]
-    if not specs:
-        raise SourceError("no training text: give --files and/or --dataset")
-    check_weights(specs)
-    files = [[] if s.is_dataset else resolve_files(s, args.exclude) for s in specs]
+    specs, files = args.resolve_sources()
     max_bytes = None if args.max_bytes.strip().lower() == "all" else parse_size(args.max_bytes, "--max_bytes")
     plans = plan_mixture(specs, files, max_bytes, read_options(args))
     validation = {}

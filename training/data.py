@@ -54,7 +54,6 @@ from tokenizer.sources import (
     estimated_text_bytes,
     iter_dataset_documents,
     iter_file_documents,
-    parse_dataset_source,
     parse_file_source,
     resolve_files,
 )
@@ -171,11 +170,7 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
         raise SourceError(f"--validation_fraction {args.validation_fraction} must be in [0, 1)")
     if args.num_proc < 1:
         raise SourceError(f"--num_proc {args.num_proc} must be at least 1")
-    sources = [parse_file_source(s) for s in args.files] + [parse_dataset_source(s) for s in args.dataset]
-    if not sources:
-        raise SourceError("no training text: give --files and/or --dataset")
-    check_weights(sources)
-    files = [[] if s.is_dataset else resolve_files(s, args.exclude) for s in sources]
+    sources, files = args.resolve_sources()
     validation = [parse_file_source(s, "--validation_files") for s in args.validation_files]
     for spec in validation:
         if spec.weight is not None:

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": str(ckpt),
         "tasks": tasks,
         "limit": args.limit,
+        "trust_remote_code": remote_code,
         "lm_eval": {k: (results or {}).get(k, {}) for k in ("results", "groups", "versions", "n-shot", "configs")},
         "held_out": bpb,
         "table": [{"task": t, "metric": m, "value": v, "random_guess": b} for t, m, v, b in rows],

@@ -1,0 +1,251 @@
+"""Evaluate a checkpoint folder: lm-eval tasks (offline local copies or stock names) plus bits per byte and
+perplexity on the held-out `_val` corpus files per language. Writes eval_results.json and eval_results.md.
+
+    python eval/run.py CKPT --tasks arc_easy_local,cmmlu_local [--limit N] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as `python eval/run.py`
+    sys.path.insert(0, str(REPO))
+
+from eval.make_tasks import HELLASWAG_NOTE, TASKS_DIR, write_task_yamls  # noqa: E402
+
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
+
+# Expected score of guessing uniformly at random, per task (prefix match; subjects inherit their group's).
+RANDOM_BASELINES = {
+    "hellaswag": 0.25,
+    "arc_easy": 0.25,  # a few ARC questions have 3 or 5 options
+    "arc_challenge": 0.25,
+    "piqa": 0.5,
+    "winogrande": 0.5,
+    "openbookqa": 0.25,
+    "boolq": 0.5,
+    "lambada_openai": 0.0,  # acc: exact last word, no choices
+    "xcopa_zh": 0.5,
+    "cmmlu": 0.25,
+    "ceval": 0.25,
+}
+
+
+class EvalInputError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+def random_baseline(task: str) -> float | None:
+    for prefix, value in RANDOM_BASELINES.items():
+        if task.startswith(prefix):
+            return value
+    return None
+
+
+def check_checkpoint(ckpt: Path) -> dict:
+    """The checkpoint's config.json; raises EvalInputError unless it is a model folder with a tokenizer."""
+    if not ckpt.is_dir():
+        raise EvalInputError(f"{ckpt} is not a folder")
+    if not (ckpt / "config.json").is_file():
+        raise EvalInputError(f"{ckpt} is not a checkpoint folder (no config.json)")
+    if not any((ckpt / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise EvalInputError(
+            f"{ckpt} has no tokenizer (no tokenizer.json / tokenizer_config.json): save one with the model"
+        )
+    return json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+
+
+def needs_remote_code(config: dict) -> bool:
+    """A Shuangyu folder carries its code (auto_map); an exported stock Llama folder does not need it."""
+    return "auto_map" in config
+
+
+def check_tasks(task_manager, tasks: list[str]) -> None:
+    known = set(task_manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        local = sorted(t for t in known if t.endswith("_local"))
+        raise EvalInputError(f"unknown task(s) {', '.join(unknown)}; local tasks: {', '.join(local)}")
+
+
+def task_manager_for(tasks: list[str]):
+    """An lm-eval TaskManager that knows the local tasks (YAMLs regenerated); checks the task names."""
+    from lm_eval.tasks import TaskManager
+
+    write_task_yamls()
+    task_manager = TaskManager(include_path=str(TASKS_DIR))
+    check_tasks(task_manager, tasks)
+    return task_manager
+
+
+def run_lm_eval(
+    ckpt: Path, tasks: list[str], limit: int | None, remote_code: bool, batch_size: int, device: str, task_manager
+):
+    import lm_eval
+
+    model_args = f"pretrained={ckpt},trust_remote_code={remote_code},dtype=float32"
+    try:
+        return lm_eval.simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=tasks,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            task_manager=task_manager,
+        )
+    except FileNotFoundError as err:  # the local tasks' BenchmarkDataMissing names the path and the variable
+        raise EvalInputError(str(err)) from err
+
+
+def val_texts(corpus: Path, lang: str, max_bytes: int) -> list[str]:
+    """Documents of the `<corpus>/<lang>/*_val.jsonl` files, in file order, up to about max_bytes of text."""
+    files = sorted(glob.glob(str(corpus / lang / "*_val.jsonl")))
+    if not files:
+        raise EvalInputError(f"no held-out files {corpus / lang / '*_val.jsonl'} (set --corpus or SHUANGYU_CORPUS)")
+    # Take from every file in turn so that a byte cap samples all sources of the language.
+    per_file = max(1, max_bytes // len(files)) if max_bytes else 0
+    texts = []
+    for path in files:
+        size = 0
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                text = json.loads(line)["text"]
+                texts.append(text)
+                size += len(text.encode("utf-8"))
+                if per_file and size >= per_file:
+                    break
+    return texts
+
+
+def bits_per_byte(model, tokenizer, texts: list[str], block_size: int, device: str) -> dict:
+    """Bits per byte and perplexity of the documents, EOS-separated and cut into blocks of block_size tokens."""
+    import torch
+
+    from training.evaluation import token_byte_lengths
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+    stream = torch.tensor(ids, dtype=torch.long)
+    byte_lengths = token_byte_lengths(tokenizer)
+    nll = tokens = text_bytes = 0.0
+    with torch.no_grad():
+        for start in range(0, len(stream) - 1, block_size):
+            block = stream[start : start + block_size + 1].unsqueeze(0).to(device)
+            if block.shape[1] < 2:
+                break
+            logits = model(input_ids=block[:, :-1]).logits.float()
+            targets = block[:, 1:]
+            nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            tokens += targets.numel()
+            text_bytes += byte_lengths[targets.cpu()].sum().item()
+    return {
+        "bits_per_byte": nll / (max(text_bytes, 1) * math.log(2)),
+        "perplexity": math.exp(nll / max(tokens, 1)),
+        "tokens": int(tokens),
+        "bytes": int(text_bytes),
+    }
+
+
+def run_bpb(ckpt: Path, corpus: Path, langs: list[str], max_bytes: int, remote_code: bool, device: str) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = {lang: val_texts(corpus, lang, max_bytes) for lang in langs}
+    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=remote_code, dtype="float32").to(device).eval()
+    block_size = min(getattr(model.config, "max_position_embeddings", 1024) or 1024, 1024)
+    return {lang: bits_per_byte(model, tokenizer, texts[lang], block_size, device) for lang in langs}
+
+
+def metric_rows(results: dict, tasks: list[str]) -> list[tuple[str, str, float, float | None]]:
+    """(task, metric, value, random baseline) for the requested tasks (groups: their aggregate)."""
+    rows = []
+    table = results.get("results", {})
+    for task in [t for t in tasks if t in table] or sorted(table):
+        for key, value in table[task].items():
+            metric, _, _filter = key.partition(",")
+            if not isinstance(value, (int, float)) or metric.endswith("_stderr") or metric in ("alias", "sample_len"):
+                continue
+            baseline = random_baseline(task) if metric in ("acc", "acc_norm") else None
+            rows.append((task, metric, float(value), baseline))
+    return rows
+
+
+def markdown_table(rows, bpb: dict) -> str:
+    lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
+    for task, metric, value, baseline in rows:
+        name = f"{task} (approximate rebuild, not comparable with published HellaSwag)" if "hellaswag" in task else task
+        lines.append(f"| {name} | {metric} | {value:.4f} | {'' if baseline is None else f'{baseline:.2f}'} |")
+    for lang, scores in bpb.items():
+        lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
+        lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
+    if any("hellaswag" in row[0] for row in rows):
+        lines += ["", f"Note: hellaswag_local is an {HELLASWAG_NOTE}."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a saved model folder (config.json, weights, tokenizer)")
+    p.add_argument("--tasks", default="", help="comma-separated lm-eval task or group names, e.g. arc_easy_local")
+    p.add_argument("--limit", type=int, default=None, help="at most N documents per task (for quick checks)")
+    p.add_argument("--output", type=Path, default=None, help="results JSON (default CKPT/eval_results.json)")
+    p.add_argument("--corpus", type=Path, default=Path(os.environ.get("SHUANGYU_CORPUS") or DEFAULT_CORPUS))
+    p.add_argument("--langs", default="zh,en", help="languages (sub-folders of --corpus) for bits per byte")
+    p.add_argument("--bpb_max_bytes", type=int, default=1_000_000, help="text per language for bits per byte (0: all)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    try:
+        config = check_checkpoint(args.checkpoint)
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = args.checkpoint.resolve()
+        remote_code = needs_remote_code(config)
+        task_manager = task_manager_for(tasks) if tasks else None
+        bpb = run_bpb(ckpt, args.corpus, langs, args.bpb_max_bytes, remote_code, device) if langs else {}
+        results = (
+            run_lm_eval(ckpt, tasks, args.limit, remote_code, args.batch_size, device, task_manager) if tasks else {}
+        )
+    except EvalInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = metric_rows(results or {}, tasks)
+    output = args.output or ckpt / "eval_results.json"
+    report = {
+        "checkpoint": str(ckpt),
+        "tasks": tasks,
+        "limit": args.limit,
+        "trust_remote_code": remote_code,
+        "lm_eval": {k: (results or {}).get(k, {}) for k in ("results", "groups", "versions", "n-shot", "configs")},
+        "held_out": bpb,
+        "table": [{"task": t, "metric": m, "value": v, "random_guess": b} for t, m, v, b in rows],
+        "notes": [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t in tasks) else [],
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    table = markdown_table(rows, bpb)
+    output.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

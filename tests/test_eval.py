@@ -1,0 +1,193 @@
+"""eval/: the local lm-eval tasks (through the real lm_eval CLI and eval/run.py), held-out bits per byte, bad input."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval import make_tasks
+from eval.tasks import utils as task_utils
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = [sys.executable, str(REPO / "eval" / "run.py")]
+SINGLE_TASKS = list(make_tasks.SINGLE_TASKS)
+ACCURACIES = {"acc", "acc_norm"}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, data_tokenizer_dir):
+    """An untrained tiny Shuangyu model saved with the real vocab-2000 tokenizer."""
+    from transformers import AutoTokenizer
+
+    import modeling
+
+    tokenizer = AutoTokenizer.from_pretrained(data_tokenizer_dir)
+    config = modeling.ShuangyuConfig.from_preset(
+        "tiny",
+        vocab_size=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    modeling.ShuangyuForCausalLM(config).save_pretrained(ckpt)
+    tokenizer.save_pretrained(ckpt)
+    return ckpt
+
+
+def run_eval(*args, env=None, timeout=600):
+    return subprocess.run(
+        [*RUN, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def check_report(path, tasks):
+    report = json.loads(path.read_text(encoding="utf-8"))
+    for lang in ("zh", "en"):
+        bpb = report["held_out"][lang]
+        assert math.isfinite(bpb["bits_per_byte"]) and bpb["bits_per_byte"] > 0 and bpb["bytes"] > 0
+        assert math.isfinite(bpb["perplexity"]) and bpb["perplexity"] > 1
+    rows = {(row["task"], row["metric"]): row for row in report["table"]}
+    for task in tasks:
+        accs = [row for (t, metric), row in rows.items() if t == task and metric in ACCURACIES]
+        assert accs, f"no accuracy for {task}: {sorted(rows)}"
+        for row in accs:
+            assert 0.0 <= row["value"] <= 1.0
+            assert row["random_guess"] is not None
+    return report
+
+
+def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    names = make_tasks.write_task_yamls()
+    assert names == [*SINGLE_TASKS, "cmmlu_local", "ceval_valid_local"]
+    tasks_dir, stock_dir = make_tasks.TASKS_DIR, make_tasks.STOCK_DIR
+    pairs = {
+        "arc_challenge_local": ("arc_challenge_local.yaml", "arc/arc_challenge.yaml"),
+        "winogrande_local": ("winogrande_local.yaml", "winogrande/default.yaml"),
+        "xcopa_zh_local": ("xcopa_zh_local.yaml", "xcopa/default_zh.yaml"),
+        "cmmlu_local_agronomy": ("cmmlu/cmmlu_local_agronomy.yaml", "cmmlu/cmmlu_agronomy.yaml"),
+        "ceval_valid_local_accountant": (
+            "ceval/ceval_valid_local_accountant.yaml",
+            "ceval/ceval-valid_accountant.yaml",
+        ),
+    }
+    for name, (local_file, stock_file) in pairs.items():
+        local, stock = load_yaml(tasks_dir / local_file), load_yaml(stock_dir / stock_file)
+        assert local["task"] == name and local["dataset_path"] == "json" and callable(local["custom_dataset"])
+        for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "output_type", "description"):
+            assert repr(local.get(key)) == repr(stock.get(key)), (name, key)
+        # No split the local copy lacks: the shipped files are exactly the splits lm-eval reads.
+        splits = {local.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")} - {None}
+        assert splits == set(local["dataset_kwargs"]["local_files"]), name
+    assert len(make_tasks.group_subjects("cmmlu_local")) == 67
+    assert len(make_tasks.group_subjects("ceval_valid_local")) == 52
+    assert len(load_yaml(tasks_dir / "ceval_valid_local.yaml")["task"]) == 52
+    assert "not comparable" in load_yaml(tasks_dir / "hellaswag_local.yaml")["metadata"]["note"]
+
+
+def test_missing_benchmark_data_names_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv(task_utils.ENV_VAR, str(tmp_path))
+    with pytest.raises(task_utils.BenchmarkDataMissing, match=str(tmp_path / "piqa" / "validation.jsonl")):
+        task_utils.load_benchmark(local_files={"validation": "piqa/validation.jsonl"})
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "validation.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b", "label": 1}\n')
+    assert task_utils.load_benchmark(local_files={"validation": "piqa/validation.jsonl"})["validation"][0]["label"] == 1
+
+
+def test_lm_eval_cli_runs_a_local_task(tiny_checkpoint, tmp_path):
+    subprocess.run([sys.executable, "eval/make_tasks.py"], cwd=REPO, check=True, capture_output=True)
+    out = tmp_path / "out"
+    # From another working directory: the data location must not depend on it.
+    proc = subprocess.run(
+        [
+            *("lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_checkpoint},trust_remote_code=True"),
+            *("--include_path", str(REPO / "eval" / "tasks"), "--tasks", "arc_easy_local", "--limit", "4"),
+            *("--device", "cpu", "--output_path", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result_file] = out.rglob("results_*.json")
+    acc = json.loads(result_file.read_text())["results"]["arc_easy_local"]["acc,none"]
+    assert 0.0 <= acc <= 1.0
+
+
+def test_run_single_tasks_and_a_subject_each(tiny_checkpoint, tmp_path):
+    tasks = [*SINGLE_TASKS, "cmmlu_local_agronomy", "ceval_valid_local_accountant"]
+    output = tmp_path / "results.json"
+    proc = run_eval(
+        tiny_checkpoint, "--tasks", ",".join(tasks), "--limit", 2, "--output", output, "--bpb_max_bytes", 20000
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = check_report(output, tasks)
+    assert report["trust_remote_code"] is True
+    assert report["notes"] and "not comparable" in report["notes"][0]
+    table = output.with_suffix(".md").read_text(encoding="utf-8")
+    assert "hellaswag_local (approximate rebuild, not comparable with published HellaSwag)" in table
+    assert "| held-out zh | bits_per_byte |" in table and "| winogrande_local | acc |" in table
+
+
+def test_run_cmmlu_and_ceval_groups(tiny_checkpoint):
+    proc = run_eval(tiny_checkpoint, "--tasks", "cmmlu_local,ceval_valid_local", "--limit", 1, "--bpb_max_bytes", 5000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = check_report(tiny_checkpoint / "eval_results.json", ["cmmlu_local", "ceval_valid_local"])
+    assert len([t for t in report["lm_eval"]["results"] if t.startswith("cmmlu_local_")]) == 67
+
+
+def test_run_exported_llama_without_remote_code(tiny_checkpoint, tmp_path):
+    llama = tmp_path / "llama"
+    subprocess.run(
+        [sys.executable, "-m", "modeling.export", "--to", "llama", str(tiny_checkpoint), str(llama)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    config = json.loads((llama / "config.json").read_text())
+    assert "auto_map" not in config and config["model_type"] == "llama"
+    proc = run_eval(llama, "--tasks", "piqa_local", "--limit", 2, "--bpb_max_bytes", 5000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = check_report(llama / "eval_results.json", ["piqa_local"])
+    assert report["trust_remote_code"] is False
+
+
+def _copy_without_tokenizer(src, dst):
+    dst.mkdir()
+    for path in src.iterdir():
+        if not path.name.startswith("tokenizer") and path.is_file():
+            (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("case", ["missing", "not_checkpoint", "no_tokenizer", "unknown_task", "missing_data"])
+def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path):
+    ckpt, tasks, env = tiny_checkpoint, "piqa_local", {}
+    if case == "missing":
+        ckpt, expected = tmp_path / "nope", "is not a folder"
+    elif case == "not_checkpoint":
+        ckpt, expected = tmp_path, "not a checkpoint folder (no config.json)"
+    elif case == "no_tokenizer":
+        ckpt, expected = _copy_without_tokenizer(tiny_checkpoint, tmp_path / "ck"), "has no tokenizer"
+    elif case == "unknown_task":
+        tasks, expected = "piqa_local,no_such_task", "unknown task(s) no_such_task"
+    else:
+        env = {task_utils.ENV_VAR: str(tmp_path)}
+        expected = f"benchmark data missing: {tmp_path / 'piqa' / 'validation.jsonl'}"
+    proc = run_eval(ckpt, "--tasks", tasks, "--limit", 1, "--langs", "", "--output", tmp_path / "r.json", env=env)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, proc.stderr[-2000:]
+    assert not (tmp_path / "r.json").exists()

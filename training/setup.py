@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -70,8 +72,6 @@ def trackers(report_to: str):
 def write_run_args(out: Path, model_args, data_args, train_args, resumed_step: int) -> None:
     """The run's arguments, next to its log; on a resume, log lines past the checkpoint are dropped
     (those steps are about to be trained again)."""
-    from dataclasses import asdict
-
     out.mkdir(parents=True, exist_ok=True)
     args = {"model": asdict(model_args), "data": asdict(data_args), "train": asdict(train_args)}
     (out / "run_args.json").write_text(json.dumps(args, indent=2, ensure_ascii=False) + "\n")
@@ -214,8 +214,6 @@ def save_model_folder(accelerator, model, tokenizer, path: Path) -> None:
 
 def start_fresh(out: Path) -> None:
     """--overwrite_output_dir: clear the previous run's checkpoints, final model and log (not the data)."""
-    import shutil
-
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     shutil.rmtree(out / "final", ignore_errors=True)
     (out / "train_log.jsonl").unlink(missing_ok=True)
@@ -223,8 +221,6 @@ def start_fresh(out: Path) -> None:
 
 def publish_final(out: Path) -> Path:
     """Copy the last checkpoint's HF folder to OUTPUT_DIR/final (through a temporary name)."""
-    import shutil
-
     final, tmp = out / "final", out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ckpt.complete_checkpoints(out)[-1][1] / "model", tmp)

@@ -25,6 +25,7 @@ from itertools import groupby
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import DistributedType
 from torch import nn
 
 # Quintic Newton-Schulz coefficients (Keller Jordan): a steep slope at zero, so 5 steps suffice; the
@@ -244,7 +245,14 @@ def clip_and_step(accelerator, model: nn.Module, optimizer, max_grad_norm: float
     whether the update counts as good. Reading the norm is one host sync per optimizer step: the skip needs it.
 
     Under fp16 the loss scaler owns overflow: it skips the step and lowers the scale, so the optimizer
-    always steps, and only an overflow at a scale already below 1 counts as bad."""
+    always steps, and only an overflow at a scale already below 1 counts as bad.
+
+    Under DeepSpeed the engine has already clipped (its config's gradient_clipping) and stepped inside
+    accelerator.backward; this only reads the norm it measured."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+        grad_norm = torch.tensor(float("nan") if norm is None else float(norm))
+        return grad_norm, norm is None or bool(torch.isfinite(grad_norm))
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
     finite = bool(torch.isfinite(grad_norm))
     if accelerator.scaler is not None:

@@ -1,0 +1,133 @@
+"""Runs train_clm.py under each accelerate config and checks what a user relies on: the loss falls, a
+checkpoint saves, a resume from it continues with the same losses, and the final folder loads and generates.
+
+    python bench/configs.py --data_dir DIR --tokenizer_name DIR \
+        --configs single_gpu,multi_gpu,fsdp2,deepspeed_zero2 --num_processes 1
+
+Each config trains --max_steps steps with a checkpoint half way, then a second run resumes from that
+checkpoint in a fresh folder; the table compares their losses after the checkpoint. DeepSpeed runs AdamW
+(Muon is refused under ZeRO), the others Muon. Results go to stdout as markdown (`--results FILE` appends).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train(config: str, out: Path, args, extra: list[str]) -> tuple[int, float, str]:
+    optimizer = "adamw" if config.startswith("deepspeed") else "muon"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / f"accelerate_configs/{config}.yaml"), "--num_processes", str(args.num_processes),
+           str(REPO / "train_clm.py"), "--model_config", args.preset, "--block_size", str(args.block_size),
+           "--per_device_train_batch_size", str(args.batch_size), "--data_dir", args.data_dir,
+           "--tokenizer_name", args.tokenizer_name, "--output_dir", str(out), "--optimizer", optimizer,
+           "--learning_rate", "2e-3", "--warmup_steps", "5", "--max_steps", str(args.max_steps),
+           "--logging_steps", "5", "--eval_steps", str(args.max_steps), "--eval_batches", "4",
+           "--save_steps", str(args.max_steps // 2), "--report_to", "none", "--seed", "0", *extra]  # fmt: skip
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    return proc.returncode, time.perf_counter() - started, proc.stdout + proc.stderr
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = (out / "train_log.jsonl").read_text().splitlines()
+    return {row["step"]: row["train/loss"] for row in map(json.loads, lines) if "train/loss" in row}
+
+
+def loads_and_generates(final: Path) -> str:
+    code = (
+        "import sys, torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "d = 'cuda' if torch.cuda.is_available() else 'cpu'\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).to(d)\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "ids = m.generate(**t('今天', return_tensors='pt').to(d), max_new_tokens=8, do_sample=False)\n"
+        "print(repr(t.decode(ids[0])))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(final)], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else "FAILED: " + proc.stderr.strip().splitlines()[-1]
+
+
+def check(config: str, args, work: Path) -> dict:
+    out, resumed = work / config, work / f"{config}-resumed"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(resumed, ignore_errors=True)
+    rc, seconds, log = train(config, out, args, [])
+    if rc:
+        return {"config": config, "error": log.strip().splitlines()[-1] if log.strip() else f"exit {rc}", "log": log}
+    full = losses(out)
+    half = args.max_steps // 2
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(out / "checkpoints" / f"step-{half:08d}", resumed / "checkpoints" / f"step-{half:08d}")
+    rc2, _, log2 = train(config, resumed, args, ["--resume_from_checkpoint", "latest"])
+    after = losses(resumed) if rc2 == 0 else {}
+    shared = [s for s in after if s > half and s in full]
+    return {
+        "config": config,
+        "seconds": seconds,
+        "first_loss": full[min(full)],
+        "last_loss": full[max(full)],
+        "resume_max_diff": max((abs(after[s] - full[s]) for s in shared), default=float("nan")),
+        "resume_error": None if rc2 == 0 else log2.strip().splitlines()[-1],
+        "generates": loads_and_generates(out / "final"),
+        "log": log,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--tokenizer_name", required=True)
+    p.add_argument("--configs", default="single_gpu,multi_gpu,fsdp2,deepspeed_zero2")
+    p.add_argument("--num_processes", type=int, default=1)
+    p.add_argument("--preset", default="124m")
+    p.add_argument("--block_size", type=int, default=1024)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--max_steps", type=int, default=40)
+    p.add_argument("--work_dir", default="/tmp/shuangyu-configs")
+    p.add_argument("--logs", default=None, help="folder for each run's full output")
+    p.add_argument("--results", default=None)
+    args = p.parse_args()
+    rows = []
+    for config in args.configs.split(","):
+        row = check(config, args, Path(args.work_dir))
+        if args.logs:
+            Path(args.logs).mkdir(parents=True, exist_ok=True)
+            Path(args.logs, f"{config}.log").write_text(row["log"])
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "log"}, ensure_ascii=False), flush=True)
+    lines = [
+        f"`python bench/configs.py --configs {args.configs} --num_processes {args.num_processes}` "
+        f"({args.preset}, batch {args.batch_size} x {args.block_size}, "
+        f"{args.max_steps} steps, checkpoint at {args.max_steps // 2}, eager)",
+        "",
+        "| config | optimizer | time (s) | loss first -> last | resumed run: max loss diff | final folder generates |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for r in rows:
+        opt = "adamw" if r["config"].startswith("deepspeed") else "muon"
+        if "error" in r:
+            lines.append(f"| {r['config']} | {opt} | - | FAILED: {r['error']} | - | - |")
+            continue
+        resume = r["resume_error"] or f"{r['resume_max_diff']:.2e}"
+        lines.append(
+            f"| {r['config']} | {opt} | {r['seconds']:.0f} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
+            f"{resume} | {r['generates']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.results:
+        with open(args.results, "a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0 if all("error" not in r and not r["resume_error"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

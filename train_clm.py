@@ -48,6 +48,7 @@ def train(model_args, data_args, train_args) -> int:
         project_dir=str(out),
         dynamo_plugin=TorchDynamoPlugin(backend="inductor") if train_args.compile else None,
     )
+    setup.check_distributed(accelerator, train_args)
     set_seed(train_args.seed)
     tokenizer = load_tokenizer(model_args.tokenizer_name)
     config = setup.build_config(model_args, tokenizer, data_args.block_size)  # checks before the heavy work
@@ -87,12 +88,16 @@ def train(model_args, data_args, train_args) -> int:
     log = setup.RunLog(accelerator, out)
 
     def save():
-        save_folder = lambda path: setup.save_model_folder(accelerator, model, tokenizer, path)  # noqa: E731
+        summary = setup.training_summary(model_args, data_args, train_args, data, state, max_steps,
+                                         accelerator.num_processes, accelerator.mixed_precision, validation)  # fmt: skip
+        card = {"name": out.resolve().name, "training": summary,
+                "load_path": str(ckpt.checkpoint_dir(out, state.step) / "model")}  # fmt: skip
+        save_folder = lambda path: setup.save_model_folder(accelerator, model, tokenizer, path, card)  # noqa: E731
         info = {"tokens": state.tokens, "max_steps": max_steps}
         path = ckpt.save_checkpoint(accelerator, out, state.step, info, save_folder, train_args.save_total_limit)
         accelerator.print(f"saved {path}")
 
-    stop, stopping = ckpt.StopRequest(), False
+    stop, stopping, validation = ckpt.StopRequest(), False, {}
     # a bar on a terminal; in a log file (nohup, a cluster job) a plain line per logging step instead
     bar = tqdm(total=max_steps, initial=state.step, disable=None if accelerator.is_main_process else True,
                desc="training")  # fmt: skip
@@ -124,6 +129,7 @@ def train(model_args, data_args, train_args) -> int:
             if val_loaders and (state.step % train_args.eval_steps == 0 or last):
                 logs |= evaluate(model, val_loaders, byte_lengths, accelerator, train_args.eval_batches)
                 logs |= generate_samples(accelerator.unwrap_model(model), tokenizer, accelerator.device)
+                validation = setup.last_validation(logs)
                 if accelerator.is_main_process:
                     tqdm.write(format_eval(state.step, logs))
             if logs:
@@ -144,7 +150,9 @@ def train(model_args, data_args, train_args) -> int:
     elif accelerator.is_main_process:
         final = setup.publish_final(out)
         accelerator.print(f"done: {state.step} steps, {state.tokens:,} tokens; model in {final}")
-    accelerator.end_training()
+    accelerator.end_training()  # flushes the trackers' logs, which the push takes along
+    if train_args.push_to_hub and not stopping and accelerator.is_main_process:
+        return 0 if setup.push_final(out, out / "final", state, train_args) else 1
     return 0
 
 

@@ -83,6 +83,35 @@ def group_subjects(group: str) -> list[str]:
     return [task.removeprefix(stock_prefix) for task in stock["task"]]
 
 
+class _IgnoreTagsLoader(yaml.SafeLoader):
+    """Reads stock YAMLs, whose `!function` tags name Python helpers that are not needed here."""
+
+
+_IgnoreTagsLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _stock_fields(stock: Path) -> dict:
+    """A stock task YAML's keys, following its `include` chain (the including file wins)."""
+    cfg = yaml.load(stock.read_text(encoding="utf-8"), Loader=_IgnoreTagsLoader) or {}
+    included = cfg.pop("include", None)
+    base = _stock_fields(stock.parent / included) if isinstance(included, str) else {}
+    return base | cfg
+
+
+def stock_dataset(local_task: str) -> dict:
+    """The Hub dataset behind a local task or group, as the stock task names it (for model-index metadata):
+    {"path": "allenai/ai2_arc", "config": "ARC-Easy", "split": "test"}."""
+    if local_task in SINGLE_TASKS:
+        stock, files = SINGLE_TASKS[local_task]
+        fields = _stock_fields(STOCK_DIR / stock)
+        split = "test" if "test" in files else next(iter(files))
+        return {"path": fields["dataset_path"], "config": fields.get("dataset_name"), "split": split}
+    stock_group, stock_prefix, _prefix, _folder, split = GROUPS[local_task]
+    first = group_subjects(local_task)[0]
+    fields = _stock_fields(STOCK_DIR / Path(stock_group).parent / f"{stock_prefix}{first}.yaml")
+    return {"path": fields["dataset_path"], "config": None, "split": split}
+
+
 def write_task_yamls(out_dir: Path = TASKS_DIR) -> list[str]:
     """Writes every local task and group YAML; returns the task and group names."""
     if not (out_dir / TEMPLATE).is_file():

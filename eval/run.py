@@ -1,5 +1,6 @@
 """Evaluate a checkpoint folder: lm-eval tasks (offline local copies or stock names) plus bits per byte and
-perplexity on the held-out `_val` corpus files per language. Writes eval_results.json and eval_results.md.
+perplexity on the held-out `_val` corpus files per language. Writes eval_results.json and eval_results.md, and
+adds the results to the model card (CKPT/README.md: the table, and model-index metadata for full runs).
 
     python eval/run.py CKPT --tasks arc_easy_local,cmmlu_local [--limit N] [--output FILE]
 """
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python eval/run.py`
     sys.path.insert(0, str(REPO))
 
+from eval.card import markdown_table, write_card  # noqa: E402
 from eval.make_tasks import HELLASWAG_NOTE, TASKS_DIR, write_task_yamls  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
@@ -160,7 +162,7 @@ def run_bpb(ckpt: Path, corpus: Path, langs: list[str], max_bytes: int, remote_c
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     texts = {lang: val_texts(corpus, lang, max_bytes) for lang in langs}
-    tokenizer = AutoTokenizer.from_pretrained(ckpt)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=remote_code)
     model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=remote_code, dtype="float32").to(device).eval()
     block_size = min(getattr(model.config, "max_position_embeddings", 1024) or 1024, 1024)
     return {lang: bits_per_byte(model, tokenizer, texts[lang], block_size, device) for lang in langs}
@@ -180,19 +182,6 @@ def metric_rows(results: dict, tasks: list[str]) -> list[tuple[str, str, float, 
     return rows
 
 
-def markdown_table(rows, bpb: dict) -> str:
-    lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
-    for task, metric, value, baseline in rows:
-        name = f"{task} (approximate rebuild, not comparable with published HellaSwag)" if "hellaswag" in task else task
-        lines.append(f"| {name} | {metric} | {value:.4f} | {'' if baseline is None else f'{baseline:.2f}'} |")
-    for lang, scores in bpb.items():
-        lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
-        lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
-    if any("hellaswag" in row[0] for row in rows):
-        lines += ["", f"Note: hellaswag_local is an {HELLASWAG_NOTE}."]
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a saved model folder (config.json, weights, tokenizer)")
@@ -204,6 +193,7 @@ def parse_args(argv):
     p.add_argument("--bpb_max_bytes", type=int, default=1_000_000, help="text per language for bits per byte (0: all)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--no_model_card", action="store_true", help="leave CKPT/README.md (the model card) as it is")
     return p.parse_args(argv)
 
 
@@ -240,10 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    table = markdown_table(rows, bpb)
+    table = markdown_table(report["table"], bpb)
     output.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
     print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)
+    if not args.no_model_card:
+        print(f"updated the model card {write_card(ckpt, evaluation=report)}", file=sys.stderr)
     return 0
 
 

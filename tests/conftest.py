@@ -73,3 +73,26 @@ def data_tokenizer_dir(tmp_path_factory, data_corpus_slices) -> Path:
 def data_other_tokenizer_dir(tmp_path_factory, data_corpus_slices) -> Path:
     """A second, different tokenizer (vocab 400), for mismatch tests."""
     return _train_tokenizer([data_corpus_slices["en_news"]], 400, tmp_path_factory.mktemp("tokenizer_other"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_run(tmp_path_factory, data_tokenizer_dir, data_corpus_slices) -> Path:
+    """A run of the shipped tiny-cpu preset (configs/tiny-cpu.yaml) through train_clm.py, shortened to fit a
+    test: the corpus slices instead of whole files, 24 steps, one process. Its `final/` is what users share."""
+    import subprocess
+    import sys
+
+    s, out = data_corpus_slices, tmp_path_factory.mktemp("tiny_cpu") / "run"
+    args = [
+        "--config", str(REPO / "configs" / "tiny-cpu.yaml"), "--tokenizer_name", str(data_tokenizer_dir),
+        "--train_files", f"zh={s['zh_reviews']}:0.5", f"en={s['en_reviews']}:0.5",
+        "--validation_files", f"zh={s['zh_news']}", f"en={s['en_news']}",
+        "--max_steps", "24", "--eval_steps", "24", "--save_steps", "24", "--eval_batches", "2",
+        "--preprocessing_num_workers", "1", "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "train_clm.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=900)  # fmt: skip
+    if proc.returncode:
+        pytest.fail(f"tiny-cpu training failed:\n{proc.stderr[-3000:]}")
+    return out

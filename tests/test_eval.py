@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,14 +106,24 @@ def test_missing_benchmark_data_names_the_path(tmp_path, monkeypatch):
     assert task_utils.load_benchmark(local_files={"validation": "piqa/validation.jsonl"})["validation"][0]["label"] == 1
 
 
-def test_lm_eval_cli_runs_a_local_task(tiny_checkpoint, tmp_path):
+ALL_LOCAL = [*SINGLE_TASKS, *make_tasks.GROUPS]
+
+
+def test_lm_eval_cli_runs_every_local_task_on_a_tiny_cpu_checkpoint(tiny_cpu_run, tmp_path):
+    """The user's command on what the trainer wrote: lm_eval (CLI) with the remote code, every local task."""
     subprocess.run([sys.executable, "eval/make_tasks.py"], cwd=REPO, check=True, capture_output=True)
     out = tmp_path / "out"
     # From another working directory: the data location must not depend on it.
     proc = subprocess.run(
         [
-            *("lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_checkpoint},trust_remote_code=True"),
-            *("--include_path", str(REPO / "eval" / "tasks"), "--tasks", "arc_easy_local", "--limit", "4"),
+            *(
+                "lm_eval",
+                "--model",
+                "hf",
+                "--model_args",
+                f"pretrained={tiny_cpu_run / 'final'},trust_remote_code=True",
+            ),
+            *("--include_path", str(REPO / "eval" / "tasks"), "--tasks", ",".join(ALL_LOCAL), "--limit", "1"),
             *("--device", "cpu", "--output_path", str(out)),
         ],
         capture_output=True,
@@ -122,30 +133,30 @@ def test_lm_eval_cli_runs_a_local_task(tiny_checkpoint, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [result_file] = out.rglob("results_*.json")
-    acc = json.loads(result_file.read_text())["results"]["arc_easy_local"]["acc,none"]
-    assert 0.0 <= acc <= 1.0
+    results = json.loads(result_file.read_text())["results"]
+    for task in ALL_LOCAL:
+        metric = "acc,none" if task in results and "acc,none" in results[task] else "perplexity,none"
+        assert task in results and metric in results[task], task
+    assert len([t for t in results if t.startswith("cmmlu_local_")]) == 67
+    assert len([t for t in results if t.startswith("ceval_valid_local_")]) == 52
 
 
-def test_run_single_tasks_and_a_subject_each(tiny_checkpoint, tmp_path):
-    tasks = [*SINGLE_TASKS, "cmmlu_local_agronomy", "ceval_valid_local_accountant"]
-    output = tmp_path / "results.json"
-    proc = run_eval(
-        tiny_checkpoint, "--tasks", ",".join(tasks), "--limit", 2, "--output", output, "--bpb_max_bytes", 20000
-    )
+def test_run_every_local_task_on_a_tiny_cpu_checkpoint(tiny_cpu_run, tmp_path):
+    ckpt = Path(shutil.copytree(tiny_cpu_run / "final", tmp_path / "final"))
+    proc = run_eval(ckpt, "--tasks", ",".join(ALL_LOCAL), "--limit", 2, "--bpb_max_bytes", 20000)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = check_report(output, tasks)
-    assert report["trust_remote_code"] is True
+    accuracy_tasks = [t for t in ALL_LOCAL if t != "lambada_openai_local"]
+    report = check_report(ckpt / "eval_results.json", accuracy_tasks)
+    assert report["trust_remote_code"] is True and report["limit"] == 2
     assert report["notes"] and "not comparable" in report["notes"][0]
-    table = output.with_suffix(".md").read_text(encoding="utf-8")
+    lambada = {row["metric"]: row["value"] for row in report["table"] if row["task"] == "lambada_openai_local"}
+    assert lambada["perplexity"] > 1 and 0 <= lambada["acc"] <= 1
+    table = (ckpt / "eval_results.md").read_text(encoding="utf-8")
     assert "hellaswag_local (approximate rebuild, not comparable with published HellaSwag)" in table
     assert "| held-out zh | bits_per_byte |" in table and "| winogrande_local | acc |" in table
-
-
-def test_run_cmmlu_and_ceval_groups(tiny_checkpoint):
-    proc = run_eval(tiny_checkpoint, "--tasks", "cmmlu_local,ceval_valid_local", "--limit", 1, "--bpb_max_bytes", 5000)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = check_report(tiny_checkpoint / "eval_results.json", ["cmmlu_local", "ceval_valid_local"])
-    assert len([t for t in report["lm_eval"]["results"] if t.startswith("cmmlu_local_")]) == 67
+    assert "| cmmlu_local | acc |" in table and "| ceval_valid_local | acc |" in table
+    card = (ckpt / "README.md").read_text(encoding="utf-8")
+    assert table.strip().splitlines()[2] in card and "Quick check only" in card  # the card has the table
 
 
 def test_run_exported_llama_without_remote_code(tiny_checkpoint, tmp_path):

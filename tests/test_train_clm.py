@@ -75,7 +75,7 @@ def test_loss_falls_and_the_run_leaves_a_loadable_model(reference):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(reference / "final", trust_remote_code=True)
-    tok = AutoTokenizer.from_pretrained(reference / "final")
+    tok = AutoTokenizer.from_pretrained(reference / "final", trust_remote_code=True)
     ids = tok("今天天气", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape == (1, ids.shape[1] + 5)

@@ -115,6 +115,16 @@ class TrainArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Device peak for MFU, if not in the table."})
     dataloader_num_workers: int = field(default=0)
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "At the end, push OUTPUT_DIR/final (weights, code, tokenizer, model card) to the Hub."},
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "USER/NAME to push to (created at the start; token from HF_TOKEN or login)."}
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Push to this branch instead of main."})
+    hub_push_logs: bool = field(default=True, metadata={"help": "Push the tensorboard logs too, under runs/."})
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)

@@ -30,6 +30,10 @@ def checkpoints_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return checkpoints_root(output_dir) / f"step-{step:08d}"
+
+
 def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, folder) of every complete checkpoint, oldest first."""
     root = checkpoints_root(output_dir)
@@ -69,8 +73,8 @@ def save_checkpoint(
 ) -> Path:
     """Save on every rank (`save_state` is collective); the main process renames and prunes."""
     root = checkpoints_root(output_dir)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
+    final = checkpoint_dir(output_dir, step)
+    tmp = root / f".tmp-{final.name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

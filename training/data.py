@@ -101,11 +101,18 @@ class PrepareArguments(SourceArguments):
 # Tokenizer identity and token storage
 
 
+def carries_own_code(folder: str | Path) -> bool:
+    """A local model folder saved with its code (config.json with auto_map), e.g. a checkpoint's model/.
+    AutoTokenizer reads config.json too, and would ask whether to trust that code."""
+    config = Path(folder) / "config.json"
+    return config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=carries_own_code(name))
     except Exception as err:  # OSError, ValueError, ... depending on what is wrong with the folder or name
         raise SourceError(f"--tokenizer_name {name!r}: could not load it ({type(err).__name__}: {err})") from None
     if getattr(tok, "backend_tokenizer", None) is None:

@@ -9,10 +9,12 @@ import json
 import math
 import os
 import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 
 from training import checkpoint as ckpt
 from training.args import ArgumentError
@@ -56,11 +58,92 @@ def check_run(model_args, data_args, train_args) -> tuple[Path, Path | None]:
         raise ArgumentError("give --max_steps or --max_train_tokens")
     out = Path(train_args.output_dir)
     check_output_dir(out, train_args)
+    if train_args.push_to_hub:
+        check_hub(train_args)
     try:
         resume_dir = ckpt.resolve_resume(out, train_args.resume_from_checkpoint)
     except ValueError as err:
         raise ArgumentError(str(err)) from None
     return out, resume_dir
+
+
+def check_hub(train_args) -> None:
+    """--push_to_hub: the repo id and a token are checked, and the repo created, before training starts, so a
+    run does not train for days to fail at the push."""
+    from eval.push import PushError, check_repo_id, check_token, create_repo
+
+    try:
+        check_repo_id(train_args.hub_model_id)
+        check_token()
+        if int(os.environ.get("RANK", "0")) == 0:
+            create_repo(train_args.hub_model_id, train_args.hub_private_repo)
+    except PushError as err:
+        raise ArgumentError(f"--push_to_hub: {err}") from None
+
+
+def push_final(out: Path, final: Path, state: TrainState, train_args) -> bool:
+    """Push the finished model (and the tensorboard logs); a failure keeps the model and says how to retry."""
+    from eval.push import PushError, push_folder
+
+    logs = out / "shuangyu" if train_args.hub_push_logs and (out / "shuangyu").is_dir() else None
+    try:
+        url = push_folder(final, train_args.hub_model_id, private=train_args.hub_private_repo,
+                          revision=train_args.hub_revision, logs=logs,
+                          commit_message=f"train_clm.py: {state.step} steps, {state.tokens:,} tokens")  # fmt: skip
+    except PushError as err:
+        retry = f"python eval/push.py {final} --hub_model_id {train_args.hub_model_id}"
+        print(f"train_clm.py: error: {err}; the model is saved in {final}: push it with `{retry}`", file=sys.stderr)
+        return False
+    print(f"pushed to {url}")
+    return True
+
+
+def training_summary(model_args, data_args, train_args, data, state, max_steps: int, processes: int,
+                     precision: str, validation: dict) -> dict:  # fmt: skip
+    """What the model card says about training: the data mix and the recipe, at this checkpoint."""
+    manifest = data.manifest
+    sources = [
+        {
+            "name": s["name"],
+            "files": [Path(f).name for f in s.get("files") or []],
+            "dataset": s.get("dataset"),
+            "weight": s.get("weight"),
+            "docs_taken": s.get("docs_taken"),
+            "tokens_taken": s.get("tokens_taken"),
+            "passes": s.get("passes"),
+        }  # fmt: skip
+        for s in manifest["sources"]
+    ]
+    batch = train_args.per_device_train_batch_size * train_args.gradient_accumulation_steps * processes
+    recipe = {
+        "model": model_args.model_name_or_path or model_args.model_config,
+        "tokenizer_vocabulary": manifest["tokenizer"]["vocab_size"],
+        "block_size": data.block_size,
+        "batch": f"{batch} rows x {data.block_size} tokens ({processes} process{'es' if processes > 1 else ''} x "
+        f"{train_args.per_device_train_batch_size} rows x {train_args.gradient_accumulation_steps} accumulation)",
+        "steps": state.step,
+        "planned_steps": max_steps,
+        "tokens_seen": state.tokens,
+        "optimizer": train_args.optimizer + (f" ({train_args.muon_scale})" if train_args.optimizer == "muon" else ""),
+        "learning_rate": train_args.learning_rate,
+        "weight_decay": train_args.weight_decay,
+        "schedule": f"{train_args.lr_scheduler_type}, {train_args.warmup_steps} warmup steps",
+        "gradient_clipping": train_args.max_grad_norm,
+        "precision": "fp32" if precision == "no" else precision,
+        "attention": model_args.attn_implementation + (", per document" if data_args.document_attention else ""),
+        "seed": train_args.seed,
+    }
+    return {"sources": sources, "recipe": recipe, "validation": validation}
+
+
+def last_validation(logs: dict) -> dict:
+    """{"zh": {"loss": ..., "bits_per_byte": ...}} from an evaluation's log entries (eval/zh/loss, ...)."""
+    found: dict = {}
+    for key, value in logs.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "eval":
+            found.setdefault(parts[1], {})[parts[2]] = value
+    return found
 
 
 def trackers(report_to: str):
@@ -107,6 +190,29 @@ def should_stop(stop: ckpt.StopRequest, accelerator, step: int, every: int) -> b
         stop.requested = stop.requested or "another process's signal"
         return True
     return False
+
+
+def check_distributed(accelerator, train_args) -> None:
+    """What the launcher's config (accelerate_configs/) asks for that the run must adapt to, checked first."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ArgumentError(
+            f"{launched} processes were launched but Accelerate joined {accelerator.num_processes}: each would "
+            "train alone; on a machine without GPUs use accelerate_configs/cpu.yaml"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        accelerator.print("note: FSDP needs GPUs; these CPU processes run plain data parallel (DDP) instead")
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    if train_args.optimizer == "muon":
+        raise ArgumentError(
+            "--optimizer muon does not work under DeepSpeed ZeRO, which flattens the weight matrices: use "
+            "--optimizer adamw, or accelerate_configs/fsdp2.yaml to shard with Muon"
+        )
+    # the training loader is not passed to accelerator.prepare (it resumes by itself), so DeepSpeed cannot
+    # infer its micro-batch from it
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = train_args.per_device_train_batch_size
 
 
 def check_output_dir(out: Path, train_args) -> None:
@@ -204,12 +310,16 @@ def build_model(model_args, config):
     return model
 
 
-def save_model_folder(accelerator, model, tokenizer, path: Path) -> None:
-    """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer."""
+def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:
+    """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer, and
+    the model card (README.md; `card` holds eval.card.write_card's name, load_path and training)."""
+    from eval.card import write_card
+
     state_dict = accelerator.get_state_dict(model)  # gathers a sharded model on every rank
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(path)
+        write_card(path, **(card or {}))
 
 
 def start_fresh(out: Path) -> None:
@@ -220,11 +330,15 @@ def start_fresh(out: Path) -> None:
 
 
 def publish_final(out: Path) -> Path:
-    """Copy the last checkpoint's HF folder to OUTPUT_DIR/final (through a temporary name)."""
+    """Copy the last checkpoint's HF folder to OUTPUT_DIR/final (through a temporary name); its model card
+    then says to load it from there."""
+    from eval.card import write_card
+
     final, tmp = out / "final", out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ckpt.complete_checkpoints(out)[-1][1] / "model", tmp)
-    shutil.rmtree(final, ignore_errors=True)
+    if (tmp / "README.md").is_file():
+        write_card(tmp, load_path=str(final))
     tmp.rename(final)
     return final
 

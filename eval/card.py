@@ -1,0 +1,317 @@
+"""The model card: README.md in a checkpoint folder, what a Hub user reads and what the Hub indexes.
+
+Metadata (YAML front matter, through huggingface_hub's ModelCardData): languages, license, tags, Hub datasets,
+and `model-index` with the evaluation results. Text: what the model is, how to load it, the training data and
+recipe, the evaluation table, limitations.
+
+Three writers fill it in: train_clm.py with every checkpoint (training), eval/run.py (evaluation) and
+eval/push.py (how to load it from the Hub). Each owns a section between `<!-- shuangyu:NAME -->` markers and
+replaces only that, so text a user adds outside the markers survives every update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from eval.make_tasks import GROUPS, HELLASWAG_NOTE, SINGLE_TASKS, stock_dataset
+
+SECTIONS = ("usage", "training", "evaluation")
+TAGS = ["shuangyu", "causal-lm", "pretrained", "bilingual", "chinese", "english"]
+DEFAULT_LANGUAGES = ["zh", "en"]
+
+
+def _begin(name: str) -> str:
+    return f"<!-- shuangyu:{name} -->"
+
+
+def _end(name: str) -> str:
+    return f"<!-- /shuangyu:{name} -->"
+
+
+def replace_section(body: str, name: str, text: str) -> str:
+    """The body with section `name` replaced by `text` (appended when the body has no such section)."""
+    block = f"{_begin(name)}\n{text.strip()}\n{_end(name)}"
+    pattern = re.compile(re.escape(_begin(name)) + r".*?" + re.escape(_end(name)), re.DOTALL)
+    if pattern.search(body):
+        return pattern.sub(lambda _: block, body, count=1)
+    return body.rstrip() + "\n\n" + block + "\n"
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Parameters stored in the folder's safetensors files, read from their headers (no weights loaded)."""
+    total, files = 0, sorted(folder.glob("*.safetensors"))
+    for path in files:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+        for key, info in header.items():
+            if key != "__metadata__":
+                count = 1
+                for dim in info["shape"]:
+                    count *= dim
+                total += count
+    return total if files else None
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def describe(config: dict, parameters: int | None) -> str:
+    size = f"{human_count(parameters)}-parameter " if parameters else ""
+    shape = ", ".join(
+        f"{label} {config[key]:,}"
+        for label, key in (
+            ("layers", "num_hidden_layers"),
+            ("hidden size", "hidden_size"),
+            ("attention heads", "num_attention_heads"),
+            ("context", "max_position_embeddings"),
+            ("vocabulary", "vocab_size"),
+        )
+        if isinstance(config.get(key), int)
+    )
+    return (
+        f"A {size}Chinese-English base language model (`{config.get('model_type', '?')}`: {shape}), pretrained "
+        "from scratch with Shuangyu. It is a base model: it continues text, and has not been instruction-tuned "
+        "or aligned."
+    )
+
+
+def usage_section(load_path: str, remote_code: bool) -> str:
+    trust = ", trust_remote_code=True" if remote_code else ""
+    lines = [
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{load_path}"{trust})',
+        f'tokenizer = AutoTokenizer.from_pretrained("{load_path}"{trust})',
+        'inputs = tokenizer("人工智能是", return_tensors="pt")',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))",
+        "```",
+        "",
+    ]
+    if remote_code:
+        lines += [
+            "`trust_remote_code=True` runs the model code stored next to the weights (`configuration_shuangyu.py`, "
+            "`modeling_shuangyu.py`); Shuangyu's `python -m modeling.export --to llama` writes a stock Llama folder "
+            "that needs none. (AutoTokenizer reads config.json too, hence the flag there.) "
+            "With lm-evaluation-harness:",
+            "",
+        ]
+    lines += [
+        "```bash",
+        f"lm_eval --model hf --model_args pretrained={load_path}{',trust_remote_code=True' if remote_code else ''} "
+        "--tasks hellaswag,arc_easy",
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def training_section(training: dict) -> str:
+    """Training data and recipe, from the summary train_clm.py records (training/setup.training_summary)."""
+    lines = ["## Training", "", "### Data", ""]
+    sources = training.get("sources") or []
+    if sources:
+        lines += [
+            "| source | files or dataset | weight | documents | tokens in the mix | passes |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in sources:
+            where = s.get("dataset") or ", ".join(f"`{f}`" for f in s.get("files", [])) or "?"
+            weight = "-" if s.get("weight") is None else _value(s["weight"])
+            lines.append(
+                f"| {s['name']} | {where} | {weight} | {_value(s.get('docs_taken', '?'))} | "
+                f"{_value(s.get('tokens_taken', '?'))} | {s.get('passes', '?')} |"
+            )
+        lines.append("")
+    else:
+        lines += ["Not recorded.", ""]
+    recipe = training.get("recipe") or {}
+    if recipe:
+        lines += ["### Recipe", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {key.replace('_', ' ')} | {_value(value)} |" for key, value in recipe.items()]
+        lines.append("")
+    validation = training.get("validation") or {}
+    if validation:
+        lines += [
+            f"Held-out validation at step {_value(recipe.get('steps', '?'))}:",
+            "",
+            "| language | loss | bits per byte |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {lang} | {v.get('loss', float('nan')):.4f} | {v.get('bits_per_byte', float('nan')):.4f} |"
+            for lang, v in validation.items()
+        ]
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict], held_out: dict) -> str:
+    """The evaluation table: one row per task and metric, the random-guess score beside it."""
+    lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
+    for row in rows:
+        task = row["task"]
+        name = f"{task} (approximate rebuild, not comparable with published HellaSwag)" if "hellaswag" in task else task
+        guess = "" if row.get("random_guess") is None else f"{row['random_guess']:.2f}"
+        lines.append(f"| {name} | {row['metric']} | {row['value']:.4f} | {guess} |")
+    for lang, scores in held_out.items():
+        lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
+        lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
+    if any("hellaswag" in row["task"] for row in rows):
+        lines += ["", f"Note: hellaswag_local is an {HELLASWAG_NOTE}."]
+    return "\n".join(lines) + "\n"
+
+
+def evaluation_section(report: dict) -> str:
+    limit = report.get("limit")
+    shots = report.get("lm_eval", {}).get("n-shot", {})
+    lines = ["## Evaluation", "", markdown_table(report.get("table", []), report.get("held_out", {})).rstrip(), ""]
+    notes = [
+        f"lm-evaluation-harness through Shuangyu's `eval/run.py`, {_shots_text(shots)}; `*_local` tasks are the "
+        "stock tasks (same prompts, choices and metrics) on local copies of the data. Bits per byte and perplexity "
+        "are on held-out text of each language, so tokenizers with different vocabularies compare."
+    ]
+    if limit:
+        notes.append(
+            f"**Quick check only:** at most {limit} examples per task (`--limit {limit}`); these numbers are not "
+            "benchmark scores and are left out of the model-index metadata."
+        )
+    return "\n".join(lines + notes)
+
+
+def _shots_text(shots: dict) -> str:
+    values = sorted({int(v) for v in shots.values()}) if shots else []
+    return "zero-shot" if values in ([], [0]) else "/".join(map(str, values)) + "-shot"
+
+
+def model_index_results(report: dict) -> list[EvalResult]:
+    """model-index entries for the results that compare with published ones: the full task (no --limit),
+    a known Hub dataset, and never the approximate HellaSwag rebuild."""
+    if report.get("limit"):
+        return []
+    configs = report.get("lm_eval", {}).get("configs", {})
+    shots = report.get("lm_eval", {}).get("n-shot", {})
+    results = []
+    for row in report.get("table", []):
+        task, metric = row["task"], row["metric"]
+        if "hellaswag" in task and task.endswith("_local"):
+            continue  # an approximate rebuild: must not land on leaderboards as HellaSwag
+        if task in SINGLE_TASKS or task in GROUPS:
+            dataset = stock_dataset(task)
+        elif isinstance(configs.get(task), dict) and configs[task].get("dataset_path"):
+            cfg = configs[task]
+            split = cfg.get("test_split") or cfg.get("validation_split")
+            dataset = {"path": cfg["dataset_path"], "config": cfg.get("dataset_name"), "split": split}
+        else:
+            continue
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Text Generation",
+                dataset_type=dataset["path"],
+                dataset_name=task.removesuffix("_local"),
+                dataset_config=dataset["config"],
+                dataset_split=dataset["split"],
+                metric_type=metric,
+                metric_value=round(float(row["value"]), 4),
+                metric_name=f"{metric} ({_shots_text({task: shots.get(task, 0)})})",
+            )
+        )
+    return results
+
+
+def _languages(training: dict) -> list[str]:
+    names = [s["name"] for s in training.get("sources", [])] + list(training.get("validation", {}))
+    codes = [n for n in dict.fromkeys(names) if re.fullmatch(r"[a-z]{2,3}", n)]
+    return codes or DEFAULT_LANGUAGES
+
+
+def new_card(folder: Path, config: dict, name: str) -> ModelCard:
+    remote_code = "auto_map" in config
+    data = ModelCardData(
+        language=DEFAULT_LANGUAGES,
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=TAGS + (["custom_code"] if remote_code else []),
+    )
+    body = "\n\n".join(
+        [
+            f"# {name}",
+            describe(config, count_parameters(folder)),
+            f"{_begin('usage')}\n{usage_section(str(folder), remote_code)}\n{_end('usage')}",
+            f"{_begin('training')}\n## Training\n\nNot recorded: this folder was not written by Shuangyu's "
+            f"train_clm.py.\n{_end('training')}",
+            f"{_begin('evaluation')}\n## Evaluation\n\nNot evaluated yet: `python eval/run.py FOLDER --tasks ...` "
+            f"adds the results here.\n{_end('evaluation')}",
+            "## Limitations\n\nA small model pretrained on the data listed above and nothing else: it makes up "
+            "facts, repeats itself, and reflects the biases of its training text. It has had no instruction "
+            "tuning or safety training; use it for research and as a starting point for fine-tuning.",
+            "## License\n\nThe weights are released under the license in the metadata above; check the licenses "
+            "of the training data before any use they might restrict.",
+        ]
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def write_card(
+    folder: Path,
+    *,
+    name: str | None = None,
+    load_path: str | None = None,
+    training: dict | None = None,
+    evaluation: dict | None = None,
+    license: str | None = None,
+) -> Path:
+    """Create or update FOLDER/README.md; only the sections given are rewritten. Returns its path."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    path = folder / "README.md"
+    card = (
+        ModelCard(path.read_text(encoding="utf-8"))
+        if path.is_file()
+        else new_card(folder, config, name or folder.resolve().name)
+    )
+    body, data = card.text, card.data
+    if load_path:
+        body = replace_section(body, "usage", usage_section(load_path, "auto_map" in config))
+    if training:
+        body = replace_section(body, "training", training_section(training))
+        data.language = _languages(training)
+        hub_datasets = [s["dataset"] for s in training.get("sources", []) if s.get("dataset")]
+        data.datasets = hub_datasets or None
+    if evaluation:
+        body = replace_section(body, "evaluation", evaluation_section(evaluation))
+        data.eval_results = model_index_results(evaluation) or None
+    if data.eval_results:  # model-index needs a name: the repo id once pushed
+        data.model_name = name or data.model_name or folder.resolve().name
+    else:
+        data.model_name = None
+    if license:
+        data.license = license
+    text = f"---\n{data.to_yaml()}\n---\n{body if body.startswith(chr(10)) else chr(10) + body}"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

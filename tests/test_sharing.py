@@ -1,0 +1,238 @@
+"""Sharing: the model card, eval/push.py and train_clm.py --push_to_hub, against a local stand-in for the Hub's
+HTTP API (tests/hub_standin.py); what arrives is read back the way a Hub user would load it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hub_standin import HubStandIn
+from huggingface_hub import ModelCard
+
+from eval.card import write_card
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "hf_ShuangyuTestToken0123456789abcdef"
+PUSH = [sys.executable, str(REPO / "eval" / "push.py")]
+
+
+@pytest.fixture
+def hub():
+    with HubStandIn(TOKEN) as standin:
+        yield standin
+
+
+def hub_env(hub, tmp_path, token: str | None = TOKEN) -> dict:
+    """The Hub at the stand-in, online, an empty cache and no cached login, and HF_TOKEN if given."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
+    home = tmp_path / "hf_home"
+    home.mkdir(exist_ok=True)
+    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
+            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def read_back(repo_id: str, local: Path, env: dict, revision: str = "main") -> subprocess.CompletedProcess:
+    """As a Hub user: AutoModelForCausalLM and AutoTokenizer from the repo id, in a fresh process; the
+    logits must equal those of the local folder that was pushed."""
+    code = f"""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+kw = dict(trust_remote_code=True, revision={revision!r})
+model = AutoModelForCausalLM.from_pretrained({repo_id!r}, **kw)
+tok = AutoTokenizer.from_pretrained({repo_id!r}, **kw)
+local = AutoModelForCausalLM.from_pretrained({str(local)!r}, trust_remote_code=True)
+ids = tok("今天天气很好, the weather is nice", return_tensors="pt").input_ids
+assert tok.decode(ids[0]) == "今天天气很好, the weather is nice"
+torch.testing.assert_close(model(ids).logits, local(ids).logits, rtol=0, atol=0)
+print("loaded", type(model).__name__, model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] - ids.shape[1])
+"""
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd="/")
+
+
+def assert_no_token(*texts: str, folders: tuple[Path, ...] = ()) -> None:
+    for text in texts:
+        assert TOKEN not in text
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def checkpoint(tiny_cpu_run, tmp_path) -> Path:
+    """A copy of the tiny-cpu run's final folder (tests write into it)."""
+    return Path(shutil.copytree(tiny_cpu_run / "final", tmp_path / "final"))
+
+
+def report(table, limit=None, held_out=None) -> dict:
+    rows = [{"task": t, "metric": m, "value": v, "random_guess": g} for t, m, v, g in table]
+    return {"limit": limit, "table": rows, "held_out": held_out or {}, "lm_eval": {"n-shot": {}, "configs": {}}}
+
+
+def test_the_trainer_writes_a_model_card(tiny_cpu_run):
+    card = ModelCard.load(tiny_cpu_run / "final" / "README.md")
+    data = card.data.to_dict()
+    assert data["language"] == ["zh", "en"] and data["license"] == "apache-2.0"
+    assert {"shuangyu", "bilingual", "custom_code"} <= set(data["tags"])
+    assert data["pipeline_tag"] == "text-generation" and data["library_name"] == "transformers"
+    assert "model-index" not in data  # not evaluated yet
+    text = card.text
+    assert "| zh | `zh_reviews.jsonl` | 0.5 |" in text and "| en | `en_reviews.jsonl` | 0.5 |" in text
+    assert "| steps | 24 |" in text and "| optimizer | muon (match_rms_adamw) |" in text
+    assert "| precision | fp32 |" in text and "| tokens seen | 49,152 |" in text
+    assert "Held-out validation at step 24" in text
+    assert f'from_pretrained("{tiny_cpu_run / "final"}", trust_remote_code=True)' in text
+
+
+def test_card_evaluation_and_model_index(checkpoint):
+    (checkpoint / "README.md").write_text(
+        (checkpoint / "README.md").read_text(encoding="utf-8") + "\n## Notes by the author\n\nKeep me.\n"
+    )
+    rows = [("arc_easy_local", "acc", 0.31, 0.25), ("hellaswag_local", "acc_norm", 0.27, 0.25),
+            ("cmmlu_local", "acc", 0.26, 0.25), ("xcopa_zh_local", "acc", 0.55, 0.5)]  # fmt: skip
+    held_out = {"zh": {"bits_per_byte": 2.5, "perplexity": 300.0}}
+    # a quick check (--limit): in the table, marked, and never in model-index
+    write_card(checkpoint, evaluation=report(rows, limit=5, held_out=held_out))
+    card = ModelCard.load(checkpoint / "README.md")
+    assert "| arc_easy_local | acc | 0.3100 | 0.25 |" in card.text and "Quick check only" in card.text
+    assert "| held-out zh | bits_per_byte | 2.5000 | |" in card.text
+    assert "model-index" not in card.data.to_dict()
+    # a full run: model-index with the stock datasets, without the approximate HellaSwag rebuild
+    write_card(checkpoint, evaluation=report(rows), name="alice/tiny")
+    card = ModelCard.load(checkpoint / "README.md")
+    results = {r.dataset_name: r for r in card.data.eval_results}
+    assert set(results) == {"arc_easy", "cmmlu", "xcopa_zh"}
+    arc = results["arc_easy"]
+    assert (arc.dataset_type, arc.dataset_config, arc.dataset_split) == ("allenai/ai2_arc", "ARC-Easy", "test")
+    assert (arc.metric_type, arc.metric_value) == ("acc", 0.31)
+    assert results["xcopa_zh"].dataset_type == "cambridgeltl/xcopa" and results["cmmlu"].dataset_split == "test"
+    assert card.data.model_name == "alice/tiny"
+    assert "not comparable with published HellaSwag" in card.text and "Quick check only" not in card.text
+    assert card.text.count("## Evaluation") == 1 and "| steps | 24 |" in card.text  # training kept
+    assert card.text.rstrip().endswith("Keep me.")  # the author's text outside the sections survives
+
+
+def test_eval_run_adds_its_results_to_the_card(checkpoint):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "eval" / "run.py"), str(checkpoint), "--tasks", "xcopa_zh_local",
+         "--bpb_max_bytes", "5000"],  # fmt: skip
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = ModelCard.load(checkpoint / "README.md")
+    [result] = card.data.eval_results  # the whole task ran: it goes into model-index
+    value = json.loads((checkpoint / "eval_results.json").read_text())["lm_eval"]["results"]["xcopa_zh_local"]
+    assert result.dataset_type == "cambridgeltl/xcopa" and result.metric_value == round(value["acc,none"], 4)
+    assert "| xcopa_zh_local | acc |" in card.text and "| held-out en | perplexity |" in card.text
+
+
+def test_train_clm_pushes_the_final_model_and_a_hub_user_loads_it(hub, data_tokenizer_dir, data_corpus_slices,
+                                                                   tmp_path):  # fmt: skip
+    s, out = data_corpus_slices, tmp_path / "run"
+    args = ["--config", str(REPO / "configs" / "tiny-cpu.yaml"), "--tokenizer_name", str(data_tokenizer_dir),
+            "--train_files", f"zh={s['zh_reviews']}:0.5", f"en={s['en_reviews']}:0.5",
+            "--validation_files", f"zh={s['zh_news']}", f"en={s['en_news']}", "--max_steps", "4",
+            "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "1", "--eval_batches", "1",
+            "--preprocessing_num_workers", "1", "--output_dir", str(out),
+            "--push_to_hub", "--hub_model_id", "alice/shuangyu-tiny"]  # fmt: skip
+    env = hub_env(hub, tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "train_clm.py"), *args], env=env, capture_output=True,
+                          text=True, cwd=REPO, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pushed to " in proc.stdout
+    [commit] = hub.commits
+    assert commit["summary"] == "train_clm.py: 4 steps, 8,192 tokens"
+    files = hub.files("alice/shuangyu-tiny")
+    expected = {"README.md", "config.json", "configuration_shuangyu.py", "modeling_shuangyu.py", "model.safetensors",
+                "generation_config.json", "tokenizer.json", "tokenizer_config.json"}  # fmt: skip
+    assert expected <= set(files)
+    assert any(name.startswith("runs/") and "tfevents" in name for name in files)  # tensorboard logs
+    assert commit["lfs_files"][0] == "model.safetensors"  # weights through LFS, not inline
+    assert files["model.safetensors"] == (out / "final" / "model.safetensors").read_bytes()
+    config = json.loads(files["config.json"])
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_shuangyu.ShuangyuForCausalLM"
+    card = files["README.md"].decode()
+    assert 'from_pretrained("alice/shuangyu-tiny", trust_remote_code=True)' in card and "## Training" in card
+    assert not hub.repos["alice/shuangyu-tiny"].private and not hub.unauthorized
+    assert_no_token(proc.stdout, proc.stderr, *(f.decode("latin-1") for f in files.values()), folders=(out,))
+
+    loaded = read_back("alice/shuangyu-tiny", out / "final", hub_env(hub, tmp_path, token=None))
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip() == "loaded ShuangyuForCausalLM 3"
+
+
+def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_path):
+    proc = subprocess.run(
+        [*PUSH, str(checkpoint), "--hub_model_id", "team/tiny-private", "--private", "--revision", "exp-1",
+         "--logs", str(tiny_cpu_run / "shuangyu"), "--commit_message", "first try"],  # fmt: skip
+        env=hub_env(hub, tmp_path), capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith(f"pushed {checkpoint} to {hub.url}/team/tiny-private/commit/")
+    repo = hub.repos["team/tiny-private"]
+    assert repo.private and repo.branches["main"] == {}  # everything went to the branch
+    [commit] = hub.commits
+    assert (commit["branch"], commit["summary"]) == ("exp-1", "first try")
+    files = hub.files("team/tiny-private", "exp-1")
+    assert "model.safetensors" in files and any(n.startswith("runs/") for n in files)
+    assert 'from_pretrained("team/tiny-private"' in files["README.md"].decode()
+    assert f'from_pretrained("{tiny_cpu_run / "final"}"' in (checkpoint / "README.md").read_text()  # local copy kept
+    assert_no_token(proc.stdout, proc.stderr)
+    # private: a reader needs the token
+    anonymous = read_back("team/tiny-private", checkpoint, hub_env(hub, tmp_path, token=None), revision="exp-1")
+    assert anonymous.returncode != 0
+    loaded = read_back("team/tiny-private", checkpoint, hub_env(hub, tmp_path), revision="exp-1")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["not_folder", "no_weights", "no_tokenizer", "no_token", "bad_repo_id", "wrong_token"])
+def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
+    folder, repo_id, env = checkpoint, "alice/tiny", hub_env(hub, tmp_path)
+    if case == "not_folder":
+        folder, needle = tmp_path / "nope", "is not a folder"
+    elif case == "no_weights":
+        (checkpoint / "model.safetensors").unlink()
+        needle = "has no *.safetensors weights"
+    elif case == "no_tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (checkpoint / name).unlink()
+        needle = "has no tokenizer"
+    elif case == "no_token":
+        env, needle = hub_env(hub, tmp_path, token=None), "no Hugging Face token: set HF_TOKEN"
+    elif case == "bad_repo_id":
+        repo_id, needle = "just-a-name", "give the owner too"
+    else:
+        env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "could not create or reach alice/tiny: "
+    proc = subprocess.run([*PUSH, str(folder), "--hub_model_id", repo_id], env=env, capture_output=True, text=True,
+                          cwd=REPO, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("push.py: error: ") and needle in lines[0], proc.stderr
+    assert not hub.commits
+    assert_no_token(proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("case", ["no_repo_id", "wrong_token"])
+def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_dir, tmp_path):
+    args = ["--tokenizer_name", str(data_tokenizer_dir), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
+            "--push_to_hub"]  # fmt: skip
+    env = hub_env(hub, tmp_path)
+    if case == "no_repo_id":
+        needle = "--push_to_hub: give --hub_model_id USER/NAME"
+    else:
+        args += ["--hub_model_id", "alice/tiny"]
+        env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "--push_to_hub: could not create or reach alice/tiny"
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(REPO / "train_clm.py"), *args], env=env, capture_output=True,
+                          text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_clm.py: error: ") and needle in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists() and time.time() - start < 60

@@ -12,14 +12,19 @@ regenerates them on every run, and `python eval/make_tasks.py` does it for the p
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
-import lm_eval
 import yaml
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-STOCK_DIR = Path(lm_eval.__file__).resolve().parent / "tasks"
+# Found without importing lm_eval: the model card (written while training) reads the stock YAMLs, and a
+# training-only install may lack lm-eval.
+_LM_EVAL = importlib.util.find_spec("lm_eval")
+STOCK_DIR = (
+    Path(_LM_EVAL.submodule_search_locations[0]).resolve() / "tasks" if _LM_EVAL else Path("lm_eval-not-installed")
+)
 TEMPLATE = "_local_dataset_yaml"
 
 HELLASWAG_NOTE = (

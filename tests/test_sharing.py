@@ -91,6 +91,18 @@ def test_the_trainer_writes_a_model_card(tiny_cpu_run):
     assert f'from_pretrained("{tiny_cpu_run / "final"}", trust_remote_code=True)' in text
 
 
+def test_the_card_needs_no_lm_eval(checkpoint):
+    """Training writes the card; a training-only install (the GPU image, say) has no lm-eval."""
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"
+        "from pathlib import Path\nfrom eval.card import write_card\n"
+        f"write_card(Path({str(checkpoint)!r}), training={{'sources': [], 'recipe': {{'steps': 7}}}})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| steps | 7 |" in (checkpoint / "README.md").read_text()
+
+
 def test_card_evaluation_and_model_index(checkpoint):
     (checkpoint / "README.md").write_text(
         (checkpoint / "README.md").read_text(encoding="utf-8") + "\n## Notes by the author\n\nKeep me.\n"

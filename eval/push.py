@@ -19,9 +19,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python eval/push.py`
     sys.path.insert(0, str(REPO))
 
-# Left behind by writers that crashed (ours write to a dot-name and rename), or an OS's litter.
-SKIPPED = (".*", "*.tmp", "__pycache__", "*.pyc")
-
 
 class PushError(Exception):
     """Bad input or a refusal from the Hub: one line, non-zero exit."""
@@ -61,6 +58,7 @@ def check_repo_id(repo_id: str | None) -> str:
 
 
 def _skipped(path: Path) -> bool:
+    """Left behind by writers that crashed (ours write to a dot-name, then rename), or caches."""
     return any(part.startswith(".") or part == "__pycache__" for part in path.parts) or path.suffix in (".tmp", ".pyc")
 
 

@@ -12,12 +12,13 @@ replaces only that, so text a user adds outside the markers survives every updat
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import struct
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 
 from eval.make_tasks import GROUPS, HELLASWAG_NOTE, SINGLE_TASKS, stock_dataset
 
@@ -47,15 +48,8 @@ def count_parameters(folder: Path) -> int | None:
     """Parameters stored in the folder's safetensors files, read from their headers (no weights loaded)."""
     total, files = 0, sorted(folder.glob("*.safetensors"))
     for path in files:
-        with open(path, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(header_len))
-        for key, info in header.items():
-            if key != "__metadata__":
-                count = 1
-                for dim in info["shape"]:
-                    count *= dim
-                total += count
+        with safe_open(path, framework="np") as weights:
+            total += sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())
     return total if files else None
 
 
@@ -275,7 +269,7 @@ def new_card(folder: Path, config: dict, name: str) -> ModelCard:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
-def write_card(
+def render_card(
     folder: Path,
     *,
     name: str | None = None,
@@ -283,8 +277,8 @@ def write_card(
     training: dict | None = None,
     evaluation: dict | None = None,
     license: str | None = None,
-) -> Path:
-    """Create or update FOLDER/README.md; only the sections given are rewritten. Returns its path."""
+) -> str:
+    """FOLDER's model card (its README.md, or a new one) with the sections given rewritten."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     path = folder / "README.md"
@@ -310,8 +304,13 @@ def write_card(
         data.model_name = None
     if license:
         data.license = license
-    text = f"---\n{data.to_yaml()}\n---\n{body if body.startswith(chr(10)) else chr(10) + body}"
+    return f"---\n{data.to_yaml()}\n---\n\n{body.lstrip(chr(10))}"
+
+
+def write_card(folder: Path, **sections) -> Path:
+    """Create or update FOLDER/README.md (render_card's arguments); written whole or not at all."""
+    path = Path(folder) / "README.md"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(render_card(folder, **sections), encoding="utf-8")
     os.replace(tmp, path)
     return path

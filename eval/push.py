@@ -78,24 +78,6 @@ def operations(folder: Path, card: bytes, logs: Path | None) -> list:
     return ops
 
 
-def card_for_hub(folder: Path, repo_id: str, license: str | None) -> bytes:
-    """The folder's model card (written first if missing) with loading from the Hub repo; the folder's own
-    copy keeps the local path."""
-    import shutil
-    import tempfile
-
-    from eval.card import write_card
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(folder / "config.json", tmp)
-        for path in folder.glob("*.safetensors"):  # the card counts parameters from the headers
-            Path(tmp, path.name).symlink_to(path.resolve())
-        if (folder / "README.md").is_file():
-            shutil.copy(folder / "README.md", tmp)
-        card = write_card(Path(tmp), name=repo_id, load_path=repo_id, license=license)
-        return card.read_bytes()
-
-
 def create_repo(repo_id: str, private: bool = False) -> str:
     """Create the repo if it does not exist (checking the token works); returns its URL."""
     from huggingface_hub import HfApi
@@ -125,7 +107,10 @@ def push_folder(
     check_token()
     if logs is not None and not Path(logs).is_dir():
         raise PushError(f"--logs {logs}: not a folder")
-    card = card_for_hub(folder, repo_id, license)
+    from eval.card import render_card
+
+    # loading from the Hub repo in the pushed card; the folder's own card keeps its local path
+    card = render_card(folder, name=repo_id, load_path=repo_id, license=license).encode()
     api = HfApi()
     create_repo(repo_id, private)
     try:

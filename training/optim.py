@@ -249,11 +249,11 @@ def clip_and_step(accelerator, model: nn.Module, optimizer, max_grad_norm: float
 
     Under DeepSpeed the engine has already clipped (its config's gradient_clipping) and stepped inside
     accelerator.backward; this only reads the norm it measured."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
-        grad_norm = torch.tensor(float("nan") if norm is None else float(norm))
-        return grad_norm, norm is None or bool(torch.isfinite(grad_norm))
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # a float, or None before its first step
+        measured = grad_norm is not None
+        grad_norm = torch.tensor(float(grad_norm) if measured else float("nan"))
+        return grad_norm, not measured or bool(torch.isfinite(grad_norm))
     finite = bool(torch.isfinite(grad_norm))
     if accelerator.scaler is not None:
         optimizer.step()

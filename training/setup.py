@@ -98,8 +98,9 @@ def push_final(out: Path, final: Path, state: TrainState, train_args) -> bool:
     return True
 
 
-def training_summary(model_args, data_args, train_args, data, state, max_steps: int, processes: int,
-                     precision: str, validation: dict) -> dict:  # fmt: skip
+def training_summary(
+    model_args, data_args, train_args, data, state, max_steps: int, processes: int, precision: str, validation: dict
+) -> dict:
     """What the model card says about training: the data mix and the recipe, at this checkpoint."""
     manifest = data.manifest
     sources = [
@@ -111,7 +112,7 @@ def training_summary(model_args, data_args, train_args, data, state, max_steps: 
             "docs_taken": s.get("docs_taken"),
             "tokens_taken": s.get("tokens_taken"),
             "passes": s.get("passes"),
-        }  # fmt: skip
+        }
         for s in manifest["sources"]
     ]
     batch = train_args.per_device_train_batch_size * train_args.gradient_accumulation_steps * processes

@@ -19,20 +19,22 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python eval/push.py`
     sys.path.insert(0, str(REPO))
 
+from eval.card import render_card  # noqa: E402
+from eval.run import EvalInputError, check_checkpoint  # noqa: E402
+
 
 class PushError(Exception):
     """Bad input or a refusal from the Hub: one line, non-zero exit."""
 
 
 def check_folder(folder: Path) -> None:
-    if not folder.is_dir():
-        raise PushError(f"{folder} is not a folder")
-    if not (folder / "config.json").is_file():
-        raise PushError(f"{folder} is not a checkpoint folder (no config.json)")
+    """What eval/run.py asks of a checkpoint (config.json, a tokenizer), and safetensors weights."""
+    try:
+        check_checkpoint(folder)
+    except EvalInputError as err:
+        raise PushError(str(err)) from None
     if not any(folder.glob("*.safetensors")):
         raise PushError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
-    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        raise PushError(f"{folder} has no tokenizer (tokenizer.json): save the tokenizer with the model")
 
 
 def check_token() -> None:
@@ -62,20 +64,23 @@ def _skipped(path: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in path.parts) or path.suffix in (".tmp", ".pyc")
 
 
+def _files(root: Path, prefix: str = "") -> dict[str, Path]:
+    """path in the repo -> file, for every file under root worth pushing."""
+    found = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if not _skipped(rel):
+            found[prefix + rel.as_posix()] = path
+    return found
+
+
 def operations(folder: Path, card: bytes, logs: Path | None) -> list:
     from huggingface_hub import CommitOperationAdd
 
+    files = _files(folder) | (_files(logs, "runs/") if logs is not None else {})
+    files.pop("README.md", None)  # the card for the Hub replaces the folder's
     ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder)
-        if rel.as_posix() != "README.md" and not _skipped(rel):
-            ops.append(CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=str(path)))
-    if logs is not None:
-        for path in sorted(p for p in logs.rglob("*") if p.is_file()):
-            rel = path.relative_to(logs)
-            if not _skipped(rel):
-                ops.append(CommitOperationAdd(path_in_repo=f"runs/{rel.as_posix()}", path_or_fileobj=str(path)))
-    return ops
+    return ops + [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
 
 
 def create_repo(repo_id: str, private: bool = False) -> str:
@@ -107,8 +112,6 @@ def push_folder(
     check_token()
     if logs is not None and not Path(logs).is_dir():
         raise PushError(f"--logs {logs}: not a folder")
-    from eval.card import render_card
-
     # loading from the Hub repo in the pushed card; the folder's own card keeps its local path
     card = render_card(folder, name=repo_id, load_path=repo_id, license=license).encode()
     api = HfApi()

@@ -30,8 +30,8 @@ def build_model(name: str, args):
     import torch
     from transformers import LlamaForCausalLM
 
-    from modeling import ShuangyuConfig, ShuangyuForCausalLM
-    from modeling.export import to_llama_config
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+    from shuangyu.modeling.export import to_llama_config
 
     overrides = dict(vocab_size=args.vocab_size, max_position_embeddings=max(args.seq_len, 16))
     if args.loss_chunk_size:

@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modeling import ShuangyuConfig, ShuangyuForCausalLM  # noqa: E402
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 
 

@@ -98,7 +98,7 @@ def usage_section(load_path: str, remote_code: bool) -> str:
     if remote_code:
         lines += [
             "`trust_remote_code=True` runs the model code stored next to the weights (`configuration_shuangyu.py`, "
-            "`modeling_shuangyu.py`); Shuangyu's `python -m modeling.export --to llama` writes a stock Llama folder "
+            "`modeling_shuangyu.py`); Shuangyu's `python -m shuangyu.modeling.export --to llama` writes a stock Llama folder "
             "that needs none. (AutoTokenizer reads config.json too, hence the flag there.) "
             "With lm-evaluation-harness:",
             "",

@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path_factory, data_tokenizer_dir):
     """An untrained tiny Shuangyu model saved with the real vocab-2000 tokenizer."""
     from transformers import AutoTokenizer
 
-    import modeling
+    import shuangyu.modeling as modeling
 
     tokenizer = AutoTokenizer.from_pretrained(data_tokenizer_dir)
     config = modeling.ShuangyuConfig.from_preset(
@@ -162,7 +162,7 @@ def test_run_every_local_task_on_a_tiny_cpu_checkpoint(tiny_cpu_run, tmp_path):
 def test_run_exported_llama_without_remote_code(tiny_checkpoint, tmp_path):
     llama = tmp_path / "llama"
     subprocess.run(
-        [sys.executable, "-m", "modeling.export", "--to", "llama", str(tiny_checkpoint), str(llama)],
+        [sys.executable, "-m", "shuangyu.modeling.export", "--to", "llama", str(tiny_checkpoint), str(llama)],
         cwd=REPO,
         check=True,
         capture_output=True,

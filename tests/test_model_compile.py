@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modeling import ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 
 
 def tiny_model(**overrides):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modeling import PRESETS, ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.modeling import PRESETS, ShuangyuConfig, ShuangyuForCausalLM
 
 
 def count_parameters(config: ShuangyuConfig) -> int:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from modeling import ShuangyuConfig, ShuangyuForCausalLM
-from modeling.modeling_shuangyu import causal_lm_loss, naive_causal_lm_loss
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.modeling.modeling_shuangyu import causal_lm_loss, naive_causal_lm_loss
 
 BACKENDS = ["eager", "sdpa", "flex_attention"]
 

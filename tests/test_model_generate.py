@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling import ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 
 MINIMIND_TOKENIZER = Path("/work/shared/data/tokenizers/minimind/tokenizer.json")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from modeling import ShuangyuConfig, ShuangyuForCausalLM
-from modeling.export import main as export_main
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.modeling.export import main as export_main
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMIND_TOKENIZER = Path("/work/shared/data/tokenizers/minimind/tokenizer.json")
@@ -32,13 +32,10 @@ def clean_env(tmp_path):
 
 
 REMOTE_LOAD = """
-import sys, torch
+import sys
+sys.modules["shuangyu"] = None  # the package is installed (editable): make it unimportable, as on a user's machine
+import torch
 from transformers import AutoModelForCausalLM
-try:
-    import modeling
-    sys.exit("the repository is importable: the test would prove nothing")
-except ImportError:
-    pass
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 with torch.no_grad():
     torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
@@ -115,7 +112,7 @@ def test_export_refuses_incompatible_knobs_with_exit_status_2(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     tiny_model(norm_type="layernorm", mlp_type="gelu").save_pretrained(src)
     run = subprocess.run(
-        [sys.executable, "-m", "modeling.export", "--to", "llama", str(src), str(dst)],
+        [sys.executable, "-m", "shuangyu.modeling.export", "--to", "llama", str(src), str(dst)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -265,7 +265,7 @@ def build_config(model_args, tokenizer, block_size: int):
     """The model's config, checked against the tokenizer and block size before any heavy work."""
     from transformers import AutoConfig
 
-    from modeling import PRESETS, ShuangyuConfig
+    from shuangyu.modeling import PRESETS, ShuangyuConfig
 
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
@@ -299,7 +299,7 @@ def build_config(model_args, tokenizer, block_size: int):
 def build_model(model_args, config):
     from transformers import AutoModelForCausalLM
 
-    from modeling import ShuangyuForCausalLM
+    from shuangyu.modeling import ShuangyuForCausalLM
 
     kwargs = {"attn_implementation": model_args.attn_implementation}
     if model_args.model_name_or_path:

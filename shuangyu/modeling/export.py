@@ -1,6 +1,6 @@
 """Export a Shuangyu folder to a stock `LlamaForCausalLM` folder (no custom code needed to load it).
 
-    python -m modeling.export --to llama SRC DST
+    python -m shuangyu.modeling.export --to llama SRC DST
 
 Works when the knobs are LLaMA's (RMSNorm, SwiGLU; biases, GQA, RoPE theta and tied embeddings all carry over).
 Parameter names are already LLaMA's, so the weights are copied as they are; the tokenizer files in SRC, if any,
@@ -94,7 +94,7 @@ def export_to_llama(src: str | Path, dst: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modeling.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shuangyu.modeling.export", description=__doc__.splitlines()[0])
     parser.add_argument("--to", choices=["llama"], required=True, help="target architecture")
     parser.add_argument("src", help="a Shuangyu folder written by save_pretrained")
     parser.add_argument("dst", help="output folder")

@@ -12,9 +12,10 @@ export HF_DATASETS_OFFLINE ?= 1
 install: .make-installed
 
 # torch first: `torch==2.13.0` resolves to a local CPU wheel; anything else pulls GBs of CUDA packages.
-.make-installed: requirements.txt
+.make-installed: requirements.txt pyproject.toml
 	$(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .  # the shuangyu package, editable: see pyproject.toml
 	$(PYTHON) eval/make_tasks.py  # lm-eval task YAMLs for the local benchmark copies (they name lm-eval's path)
 	touch $@
 

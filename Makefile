@@ -16,7 +16,7 @@ install: .make-installed
 	$(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -r requirements.txt
 	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .  # the shuangyu package, editable: see pyproject.toml
-	$(PYTHON) eval/make_tasks.py  # lm-eval task YAMLs for the local benchmark copies (they name lm-eval's path)
+	$(PYTHON) -m shuangyu.evaluation.local_tasks  # lm-eval task YAMLs for the local benchmark copies (they name lm-eval's path)
 	touch $@
 
 # the whole pipeline on the sample corpus: a tokenizer, then the tiny model on 2 CPU processes

@@ -16,12 +16,10 @@ import platform
 import re
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -29,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def bench_tokenizer(corpus: Path, out: Path) -> Path:
     if (out / "tokenizer.json").exists():
         return out
-    from tokenizer.train_bpe import TrainBPEArguments, run
+    from shuangyu.tokenizer.train_bpe import TrainBPEArguments, run
 
     run(
         TrainBPEArguments(
@@ -78,7 +76,8 @@ def main() -> None:
     parser.add_argument("--write_results", action="store_true")
     args = parser.parse_args()
 
-    from training.data import PrepareArguments, format_report, prepare
+    from shuangyu.data.inputs import PrepareArguments
+    from shuangyu.data.prepare import format_report, prepare
 
     corpus = Path(args.corpus)
     out = Path(args.output_dir)

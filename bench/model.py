@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODELS = ("shuangyu", "shuangyu-fullogits", "llama")
 MODES = ("eager", "compiled")

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.training.arguments import OptimizerArguments
+from shuangyu.training.optim import build_optimizer
 
-from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def sync(device: str) -> None:
@@ -65,7 +65,7 @@ def overhead(args) -> str:
         torch.manual_seed(0)
         config = ShuangyuConfig.from_preset(args.preset, vocab_size=args.vocab_size)
         model = ShuangyuForCausalLM(config).to(args.device)
-        optimizer = build_optimizer(model, name, lr=1e-3)
+        optimizer = build_optimizer(model, OptimizerArguments(optimizer=name, learning_rate=1e-3))
         batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
         fwd_bwd, opt = time_steps(model, optimizer, batch, args.device, args.steps, args.warmup)
         rows.append((name, fwd_bwd, opt))

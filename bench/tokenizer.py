@@ -38,13 +38,13 @@ from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script: the repository root must come before bench/ on the path,
-    sys.path.insert(0, str(REPO))  # or `import tokenizer` would find this file instead of the package
+from shuangyu.files import parse_size
+from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
+from shuangyu.text.sampling import plan_mixture, sample_source
+from shuangyu.text.sources import parse_file_source, resolve_files
+from shuangyu.tokenizer import bpe
 
-from tokenizer import bpe  # noqa: E402
-from tokenizer.sources import ReadOptions, ReadStats, parse_file_source, plan_mixture, resolve_files, sample_source  # noqa: E402
-from tokenizer.train_bpe import parse_size, read_validation  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 LANGS = ("zh", "en")
 TRAINERS = ("ours", "baseline", "spm")
@@ -91,7 +91,7 @@ def read_training_docs(corpus: Path, max_bytes: int | None, seed: int) -> tuple[
 
 def read_heldout(corpus: Path) -> dict[str, list[str]]:
     val_files = {lang: resolve_files(parse_file_source(f"{corpus}/{lang}/*_val.jsonl")) for lang in LANGS}
-    return {lang: read_validation(files, ReadOptions(), max_bytes=1 << 40) for lang, files in val_files.items()}
+    return {lang: read_documents(files, ReadOptions()) for lang, files in val_files.items()}
 
 
 def spm_lines(docs: list[str]) -> list[str]:

@@ -50,7 +50,7 @@ def data_corpus_slices(tmp_path_factory, corpus_dir) -> dict[str, Path]:
 
 
 def _train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
-    from tokenizer import bpe
+    from shuangyu.tokenizer import bpe
 
     def texts():
         for path in files:
@@ -61,6 +61,39 @@ def _train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
     tok = bpe.train(texts(), vocab_size, show_progress=False)
     bpe.to_transformers(tok).save_pretrained(str(out))
     return out
+
+
+ZH_WORDS = "我们 今天 天气 很好 中国 人工智能 学习 语言 模型 数据 北京 上海 朋友 时间 工作 生活 喜欢 电影 故事 城市".split()
+EN_WORDS = "the model learns language from text and data in a small city where people read good stories every day".split()
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> dict[str, Path]:
+    """A tiny made-up zh and en corpus (JSON lines, train and _val files) for tests that need text of the
+    right shape but not real text: it needs nothing outside the clone."""
+    import random
+
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("synthetic_corpus")
+    files = {}
+    for lang, words, sep, end in (("zh", ZH_WORDS, "", "。"), ("en", EN_WORDS, " ", ".")):
+        for split, docs in (("train", 400), ("val", 40)):
+            path = root / lang / (f"{lang}.jsonl" if split == "train" else f"{lang}_val.jsonl")
+            path.parent.mkdir(exist_ok=True)
+            lines = [
+                json.dumps({"text": sep.join(rng.choices(words, k=rng.randint(8, 40))) + end}, ensure_ascii=False)
+                for _ in range(docs)
+            ]
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            files[f"{lang}_{split}"] = path
+    return files
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, synthetic_corpus) -> Path:
+    """A real Shuangyu tokenizer (vocab 300) trained on the synthetic corpus, in a second or so."""
+    files = [synthetic_corpus["zh_train"], synthetic_corpus["en_train"]]
+    return _train_tokenizer(files, 300, tmp_path_factory.mktemp("tiny_tokenizer"))
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.data import BlockLoader, PackedBlocks, PreparedData  # noqa: E402
+from shuangyu.data.loader import BlockLoader, PackedBlocks
+from shuangyu.data.prepared import PreparedData
 
 
 def main(data_dir: str, out_dir: str, batch_size: int, stop_after: int) -> None:

@@ -1,10 +1,13 @@
-"""Bad input to `python -m training.data prepare`: a one-line error naming the file or flag, exit 2, no cache."""
+"""Bad input to `python -m shuangyu.data.prepare`: a one-line error naming the file or flag, exit 2, no cache."""
 
 import json
 
 import pytest
 
-from training import data as D
+import shuangyu.data.prepare as prepare_module
+from shuangyu.data.prepare import main as prepare_main
+from shuangyu.data.prepared import MANIFEST, PROG, PreparedData
+from shuangyu.errors import UsageError
 
 
 def write_jsonl(path, records):
@@ -13,15 +16,15 @@ def write_jsonl(path, records):
 
 
 def run_cli(capsys, tmp_path, tokenizer_dir, *flags, out="out"):
-    argv = ["prepare", "--tokenizer_name", str(tokenizer_dir), "--output_dir", str(tmp_path / out), "--num_proc", "1"]
-    code = D.main([*argv, *map(str, flags)])
+    argv = ["--tokenizer_name", str(tokenizer_dir), "--output_dir", str(tmp_path / out), "--num_proc", "1"]
+    code = prepare_main([*argv, *map(str, flags)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
 def assert_one_line_error(code, err, tmp_path, *needles, out="out"):
     assert code == 2
-    lines = [line for line in err.splitlines() if line.startswith(D.PROG)]
+    lines = [line for line in err.splitlines() if line.startswith(PROG)]
     assert len(lines) == 1, err
     for needle in needles:
         assert needle in lines[0], lines[0]
@@ -61,7 +64,7 @@ def test_corrupt_jsonl_line_names_file_and_line(capsys, tmp_path, data_tokenizer
         capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16", "--skip_bad_lines"
     )
     assert code == 0
-    manifest = json.loads((tmp_path / "out" / D.MANIFEST).read_text())
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
     assert manifest["skipped_lines"] == 1 and manifest["sources"][0]["docs"] == 200
     assert "skipped" in out
 
@@ -83,20 +86,20 @@ def test_tokenizer_mismatch_with_existing_cache(capsys, tmp_path, data_tokenizer
     src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
     code, _, _ = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
     assert code == 0
-    before = (tmp_path / "out" / D.MANIFEST).read_text()
+    before = (tmp_path / "out" / MANIFEST).read_text()
 
     code, _, err = run_cli(capsys, tmp_path, data_other_tokenizer_dir, "--files", src, "--block_size", "16")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--output_dir" in err and "another tokenizer" in err and "vocab 2,000" in err and "--overwrite" in err
-    assert (tmp_path / "out" / D.MANIFEST).read_text() == before  # the existing cache is untouched
+    assert (tmp_path / "out" / MANIFEST).read_text() == before  # the existing cache is untouched
 
     # the training side: loading the blocks with another tokenizer, or into a model with a smaller vocabulary
     from transformers import AutoTokenizer
 
-    with pytest.raises(D.SourceError, match="prepared with tokenizer .* not this one"):
-        D.PreparedData.load(tmp_path / "out", AutoTokenizer.from_pretrained(str(data_other_tokenizer_dir)))
-    data = D.PreparedData.load(tmp_path / "out", AutoTokenizer.from_pretrained(str(data_tokenizer_dir)))
-    with pytest.raises(D.SourceError, match="vocab_size to at least 2,000"):
+    with pytest.raises(UsageError, match="prepared with tokenizer .* not this one"):
+        PreparedData.load(tmp_path / "out", AutoTokenizer.from_pretrained(str(data_other_tokenizer_dir)))
+    data = PreparedData.load(tmp_path / "out", AutoTokenizer.from_pretrained(str(data_tokenizer_dir)))
+    with pytest.raises(UsageError, match="vocab_size to at least 2,000"):
         data.check_vocab_size(1000)
     data.check_vocab_size(2048)
 
@@ -132,7 +135,7 @@ def test_a_failure_keeps_the_previous_cache(capsys, tmp_path, data_tokenizer_dir
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(D, "write_packed", crash)
+    monkeypatch.setattr(prepare_module, "write_packed", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "32")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

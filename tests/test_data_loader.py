@@ -10,21 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from training import data as D
+from shuangyu.data.inputs import PrepareArguments
+from shuangyu.data.loader import document_position_ids
+from shuangyu.data.prepare import prepare
+from shuangyu.errors import UsageError
 
 BLOCK = 32
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, data_tokenizer_dir, data_corpus_slices):
-    args = D.PrepareArguments(
+    args = PrepareArguments(
         output_dir=str(tmp_path_factory.mktemp("loader") / "data"),
         tokenizer_name=str(data_tokenizer_dir),
         files=[f"zh={data_corpus_slices['zh_reviews']}:0.5", f"en={data_corpus_slices['en_reviews']}:0.5"],
         block_size=BLOCK,
         num_proc=1,
     )
-    return D.prepare(args, show_progress=False)
+    return prepare(args, show_progress=False)
 
 
 def all_rows(data, count=None):
@@ -102,11 +105,11 @@ def test_resume_through_accelerate_save_state(prepared, tmp_path):
 
 def test_restoring_onto_other_data_is_refused(prepared):
     state = prepared.train_loader(batch_size=8, seed=0).state_dict()
-    with pytest.raises(D.SourceError, match="other data"):
+    with pytest.raises(UsageError, match="other data"):
         prepared.train_loader(batch_size=8, seed=0).load_state_dict({**state, "data_key": "0" * 64})
-    with pytest.raises(D.SourceError, match="seed"):
+    with pytest.raises(UsageError, match="seed"):
         prepared.train_loader(batch_size=8, seed=1).load_state_dict(state)
-    with pytest.raises(D.SourceError, match="global batch"):
+    with pytest.raises(UsageError, match="global batch"):
         prepared.train_loader(batch_size=8, seed=0).load_state_dict({**state, "blocks_seen": 12})
 
 
@@ -123,27 +126,27 @@ def test_ranks_are_disjoint_in_process(prepared):
 
 def test_document_position_ids_restart_after_eos():
     ids = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 4], [0, 1, 2, 3, 0, 0, 5, 6]])
-    assert D.document_position_ids(ids, 0).tolist() == [[0, 1, 2, 0, 1, 2, 3, 0], [0, 0, 1, 2, 3, 0, 0, 1]]
+    assert document_position_ids(ids, 0).tolist() == [[0, 1, 2, 0, 1, 2, 3, 0], [0, 0, 1, 2, 3, 0, 0, 1]]
 
 
 def test_loader_can_return_position_ids(prepared):
     batch = next(iter(prepared.train_loader(batch_size=2, seed=0, position_ids=True)))
     assert batch["position_ids"].shape == batch["input_ids"].shape
-    assert torch.equal(batch["position_ids"], D.document_position_ids(batch["input_ids"], prepared.eos_token_id))
+    assert torch.equal(batch["position_ids"], document_position_ids(batch["input_ids"], prepared.eos_token_id))
 
 
 def test_two_processes_see_disjoint_blocks_covering_all(tmp_path, data_tokenizer_dir, data_corpus_slices):
     """Two real processes (torchrun + Accelerator): disjoint blocks whose union is the whole epoch, and
     exact resume from `accelerator.save_state` on every rank."""
     batch = 8
-    args = D.PrepareArguments(
+    args = PrepareArguments(
         output_dir=str(tmp_path / "data"),
         tokenizer_name=str(data_tokenizer_dir),
         files=[str(data_corpus_slices["zh_news"])],
         block_size=BLOCK,
         num_proc=1,
     )
-    data = D.prepare(args, show_progress=False)
+    data = prepare(args, show_progress=False)
     usable = data.manifest["train"]["blocks"] // (2 * batch) * (2 * batch)  # the script uses these
     assert usable > 500
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}

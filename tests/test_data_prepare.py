@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from training import data as D
+import shuangyu.data.prepare as prepare_module
+from shuangyu.data.documents import tokenize_documents
+from shuangyu.data.inputs import PrepareArguments
+from shuangyu.data.packing import mix_documents, token_dtype
+from shuangyu.data.prepare import prepare as prepare_data
+from shuangyu.data.prepared import TRAIN_FILE, VALIDATION_FILE
 
 
 def write_jsonl(path, texts, column="text"):
@@ -17,13 +22,13 @@ def write_jsonl(path, texts, column="text"):
 
 def prepare(tmp_path, tokenizer_dir, name="out", **kwargs):
     kwargs.setdefault("num_proc", 1)
-    args = D.PrepareArguments(output_dir=str(tmp_path / name), tokenizer_name=str(tokenizer_dir), **kwargs)
-    return D.prepare(args, show_progress=False)
+    args = PrepareArguments(output_dir=str(tmp_path / name), tokenizer_name=str(tokenizer_dir), **kwargs)
+    return prepare_data(args, show_progress=False)
 
 
 def flat(data, split="train"):
     m = data.manifest
-    return np.fromfile(data.path / (D.TRAIN_FILE if split == "train" else D.VALIDATION_FILE), dtype=m["dtype"])
+    return np.fromfile(data.path / (TRAIN_FILE if split == "train" else VALIDATION_FILE), dtype=m["dtype"])
 
 
 def split_docs(tokens, eos):
@@ -94,16 +99,16 @@ def test_mix_documents_is_deterministic_and_exact():
     rng = np.random.default_rng(0)
     source = rng.integers(0, 3, 5000)
     tokens = rng.integers(5, 50, 5000)
-    order, report = D.mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=7)
-    again, _ = D.mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=7)
-    other, _ = D.mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=8)
+    order, report = mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=7)
+    again, _ = mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=7)
+    other, _ = mix_documents(source, tokens, 3, [0.5, 0.25, 0.25], 100_000, seed=8)
     assert np.array_equal(order, again) and not np.array_equal(order, other)
     taken = np.bincount(source[order], weights=tokens[order], minlength=3)
     assert taken.sum() == pytest.approx(100_000, abs=150)  # each source overshoots by under one document
     assert taken / taken.sum() == pytest.approx([0.5, 0.25, 0.25], abs=0.002)
     assert [r["share"] for r in report] == pytest.approx([0.5, 0.25, 0.25], abs=0.002)
     # without weights, every document once
-    order, _ = D.mix_documents(source, tokens, 3, None, None, seed=7)
+    order, _ = mix_documents(source, tokens, 3, None, None, seed=7)
     assert sorted(order.tolist()) == list(range(5000))
 
 
@@ -145,13 +150,13 @@ def test_second_run_does_no_work_and_any_change_invalidates(
     tmp_path, data_tokenizer_dir, data_other_tokenizer_dir, monkeypatch
 ):
     calls = []
-    real = D.tokenize_documents
+    real = tokenize_documents
 
     def counting(batch, **kwargs):
         calls.append(len(batch["text"]))
         return real(batch, **kwargs)
 
-    monkeypatch.setattr(D, "tokenize_documents", counting)
+    monkeypatch.setattr(prepare_module, "tokenize_documents", counting)
     zh = write_jsonl(tmp_path / "zh.jsonl", [f"这是第{i}个句子，用来测试缓存。" * 3 for i in range(200)])
     en = write_jsonl(tmp_path / "en.jsonl", [f"This is sentence {i}, written to test the cache." for i in range(200)])
     base = dict(files=[f"zh={zh}:0.5", f"en={en}:0.5"], block_size=32)
@@ -191,9 +196,9 @@ def test_num_proc_2_gives_the_same_blocks(tmp_path, data_tokenizer_dir, data_cor
 
 
 def test_token_dtype():
-    assert D.token_dtype(65536) == np.uint16
-    assert D.token_dtype(65537) == np.uint32
-    assert D.token_dtype(151_000) == np.uint32
+    assert token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32
+    assert token_dtype(151_000) == np.uint32
 
 
 def test_gzip_and_txt_sources(tmp_path, data_tokenizer_dir):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eval import make_tasks
-from eval.tasks import utils as task_utils
+from shuangyu.evaluation import local_tasks as make_tasks
+from shuangyu.evaluation.tasks import utils as task_utils
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "eval" / "run.py")]
@@ -111,7 +111,7 @@ ALL_LOCAL = [*SINGLE_TASKS, *make_tasks.GROUPS]
 
 def test_lm_eval_cli_runs_every_local_task_on_a_tiny_cpu_checkpoint(tiny_cpu_run, tmp_path):
     """The user's command on what the trainer wrote: lm_eval (CLI) with the remote code, every local task."""
-    subprocess.run([sys.executable, "eval/make_tasks.py"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "shuangyu.evaluation.local_tasks"], cwd=REPO, check=True, capture_output=True)
     out = tmp_path / "out"
     # From another working directory: the data location must not depend on it.
     proc = subprocess.run(
@@ -123,7 +123,7 @@ def test_lm_eval_cli_runs_every_local_task_on_a_tiny_cpu_checkpoint(tiny_cpu_run
                 "--model_args",
                 f"pretrained={tiny_cpu_run / 'final'},trust_remote_code=True",
             ),
-            *("--include_path", str(REPO / "eval" / "tasks"), "--tasks", ",".join(ALL_LOCAL), "--limit", "1"),
+            *("--include_path", str(REPO / "shuangyu" / "evaluation" / "tasks"), "--tasks", ",".join(ALL_LOCAL), "--limit", "1"),
             *("--device", "cpu", "--output_path", str(out)),
         ],
         capture_output=True,
@@ -200,5 +200,5 @@ def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path):
     proc = run_eval(ckpt, "--tasks", tasks, "--limit", 1, "--langs", "", "--output", tmp_path / "r.json", env=env)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and expected in last, proc.stderr[-2000:]
+    assert last.startswith("run.py: error: ") and expected in last, proc.stderr[-2000:]
     assert not (tmp_path / "r.json").exists()

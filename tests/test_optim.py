@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.optim import MuonAdamW, build_optimizer, muon_lr_scale, newton_schulz, parameter_groups
+from shuangyu.training.arguments import OptimizerArguments
+from shuangyu.training.optim import MuonAdamW, build_optimizer, muon_lr_scale, newton_schulz, parameter_groups
 
 REPO = Path(__file__).resolve().parent.parent
 A, B, C = 3.4445, -4.7750, 2.0315
@@ -99,7 +100,7 @@ def test_muon_step_matches_float64_reference():
 
 def test_adamw_groups_step_exactly_like_torch_adamw():
     ours_model, ref_model = tiny_llama(), tiny_llama()
-    ours = build_optimizer(ours_model, "adamw", lr=1e-2, weight_decay=0.1)
+    ours = build_optimizer(ours_model, OptimizerArguments(optimizer="adamw", learning_rate=1e-2, weight_decay=0.1))
     ref = torch.optim.AdamW(parameter_groups(ref_model, "adamw", 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
     batch = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(3))
     for _ in range(3):
@@ -128,7 +129,7 @@ def train_steps(model, opt, steps, seed, scheduler=None):
 
 def test_one_object_for_schedulers_and_checkpoints(tmp_path):
     model = tiny_llama()
-    opt = build_optimizer(model, "muon", lr=0.02)
+    opt = build_optimizer(model, OptimizerArguments(optimizer="muon", learning_rate=0.02))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
     train_steps(model, opt, 2, seed=1, scheduler=sched)
     assert {g["lr"] for g in opt.param_groups} == {0.02 * 0.25}  # the schedule reached Muon and AdamW groups
@@ -141,7 +142,7 @@ def test_one_object_for_schedulers_and_checkpoints(tmp_path):
     ck = torch.load(tmp_path / "ck.pt")
     resumed = tiny_llama(seed=7)
     resumed.load_state_dict(ck["model"])
-    opt2 = build_optimizer(resumed, "muon", lr=0.02)
+    opt2 = build_optimizer(resumed, OptimizerArguments(optimizer="muon", learning_rate=0.02))
     sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda step: 0.5**step)
     opt2.load_state_dict(ck["opt"])
     sched2.load_state_dict(ck["sched"])

@@ -13,7 +13,7 @@ import pytest
 from hub_standin import HubStandIn
 from huggingface_hub import ModelCard
 
-from eval.card import write_card
+from shuangyu.sharing.card import write_card
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_ShuangyuTestToken0123456789abcdef"
@@ -72,8 +72,14 @@ def checkpoint(tiny_cpu_run, tmp_path) -> Path:
 
 
 def report(table, limit=None, held_out=None) -> dict:
-    rows = [{"task": t, "metric": m, "value": v, "random_guess": g} for t, m, v, g in table]
-    return {"limit": limit, "table": rows, "held_out": held_out or {}, "lm_eval": {"n-shot": {}, "configs": {}}}
+    """An evaluation report as eval/run.py writes it."""
+    from shuangyu.evaluation.local_tasks import HELLASWAG_NOTE
+    from shuangyu.evaluation.run import hub_dataset
+
+    rows = [{"task": t, "metric": m, "value": v, "random_guess": g, "dataset": hub_dataset(t, {})} for t, m, v, g in table]
+    notes = [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t, *_ in table) else []
+    return {"limit": limit, "table": rows, "held_out": held_out or {}, "notes": notes,
+            "lm_eval": {"n-shot": {}, "configs": {}}}  # fmt: skip
 
 
 def test_the_trainer_writes_a_model_card(tiny_cpu_run):
@@ -95,7 +101,7 @@ def test_the_card_needs_no_lm_eval(checkpoint):
     """Training writes the card; a training-only install (the GPU image, say) has no lm-eval."""
     code = (
         "import sys; sys.modules['lm_eval'] = None\n"
-        "from pathlib import Path\nfrom eval.card import write_card\n"
+        "from pathlib import Path\nfrom shuangyu.sharing.card import write_card\n"
         f"write_card(Path({str(checkpoint)!r}), training={{'sources': [], 'recipe': {{'steps': 7}}}})\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)

@@ -13,19 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from tokenizer import bpe
-from tokenizer.sources import (
-    ReadOptions,
-    ReadStats,
-    SourceError,
-    iter_file_documents,
-    parse_dataset_source,
-    parse_file_source,
-    plan_mixture,
-    resolve_files,
-    sample_source,
-)
-from tokenizer.train_bpe import main, parse_size
+from shuangyu.errors import UsageError
+from shuangyu.files import parse_size
+from shuangyu.text.readers import ReadOptions, ReadStats, iter_file_documents
+from shuangyu.text.sampling import plan_mixture, sample_source
+from shuangyu.text.sources import parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.tokenizer import bpe
+from shuangyu.tokenizer.train_bpe import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -237,7 +231,7 @@ def test_source_specs():
     d = parse_dataset_source("wiki=wikimedia/wikipedia:20231101.zh:2")
     assert (d.name, d.dataset, d.config, d.weight) == ("wiki", "wikimedia/wikipedia", "20231101.zh", 2.0)
     assert parse_dataset_source("HuggingFaceFW/fineweb-edu").config is None
-    with pytest.raises(SourceError, match="weight"):
+    with pytest.raises(UsageError, match="weight"):
         parse_file_source("a.jsonl:-1")
     assert parse_size("1.5GB", "--max_bytes") == 1_500_000_000 and parse_size("2KiB", "x") == 2048
 

@@ -9,21 +9,23 @@ import torch
 from accelerate import Accelerator
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.checkpoint import (
+from shuangyu.evaluation.bits_per_byte import HeldOutLoss, bits_per_byte
+from shuangyu.training.arguments import ScheduleArguments
+from shuangyu.training.checkpoint import (
     MARKER,
-    StopRequest,
     complete_checkpoints,
     read_checkpoint_info,
     resolve_resume,
     save_checkpoint,
 )
-from training.metrics import Throughput, bits_per_byte, device_peak_flops, flops_per_token
-from training.schedule import build_scheduler
+from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
+from shuangyu.training.schedule import build_scheduler
+from shuangyu.training.stopping import StopRequest
 
 
 def lrs(name, steps=100, warmup=10, **kw):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(opt, name, warmup, steps, **kw)
+    sched = build_scheduler(opt, ScheduleArguments(lr_scheduler_type=name, warmup_steps=warmup, **kw), steps)
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -66,7 +68,7 @@ def test_flops_per_token_counts_every_matmul_once(tie):
 
 def test_bits_per_byte_and_throughput():
     # a loss of ln 2 nats per token at 2 bytes per token is half a bit per byte
-    assert bits_per_byte(math.log(2), tokens=10, text_bytes=20) == pytest.approx(0.5)
+    assert bits_per_byte(10 * math.log(2), text_bytes=20) == pytest.approx(0.5)
     assert device_peak_flops(torch.device("cpu")) is None
     assert device_peak_flops(torch.device("cpu"), override_tflops=100) == 1e14
     meter = Throughput(flops_per_token=1e9, peak_flops=1e12, world_size=2)
@@ -75,32 +77,39 @@ def test_bits_per_byte_and_throughput():
     assert out["tokens_per_s"] > 0 and out["mfu"] == pytest.approx(out["tokens_per_s"] * 1e9 / 2e12)
 
 
-def test_checkpoints_are_atomic_pruned_and_resumable(tmp_path):
-    accelerator = Accelerator(cpu=True)
-    model = accelerator.prepare(torch.nn.Linear(3, 2))
+def test_checkpoints_are_atomic_pruned_and_resumable(tmp_path, tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
 
-    def save_folder(path):
-        path.mkdir(parents=True)
-        (path / "weights.txt").write_text(str(model.weight.sum().item()))
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+
+    accelerator = Accelerator(cpu=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = ShuangyuConfig.from_preset("tiny", vocab_size=512, num_hidden_layers=1, eos_token_id=0)
+    model = accelerator.prepare(ShuangyuForCausalLM(config))
+
+    def save(step, info):
+        card = {"name": "run", "training": {"sources": [], "recipe": {"steps": step}}}
+        save_checkpoint(accelerator, tmp_path, step, model, tokenizer, card=card, info=info, keep_last=2)
 
     for step in (10, 20, 30):
-        save_checkpoint(accelerator, tmp_path, step, {"tokens": step * 100}, save_folder, keep_last=2)
+        save(step, {"tokens": step * 100})
     done = complete_checkpoints(tmp_path)
     assert [s for s, _ in done] == [20, 30]
     latest = done[-1][1]
-    assert (latest / "accelerate").is_dir() and (latest / "model" / "weights.txt").is_file()
+    assert (latest / "accelerate").is_dir() and (latest / "model" / "model.safetensors").is_file()
+    assert "| steps | 30 |" in (latest / "model" / "README.md").read_text()  # the card, with its training section
     assert read_checkpoint_info(latest)["tokens"] == 3000
     assert resolve_resume(tmp_path, "latest") == latest
 
     # a crash mid-save: a folder without its marker, and a temporary folder; both are passed over
     (tmp_path / "checkpoints" / "step-00000040").mkdir()
-    (tmp_path / "checkpoints" / ".tmp-step-00000050").mkdir()
+    (tmp_path / "checkpoints" / ".step-00000050.tmp").mkdir()
     assert resolve_resume(tmp_path, "latest") == latest
     with pytest.raises(ValueError, match="not a complete checkpoint"):
         resolve_resume(tmp_path, str(tmp_path / "checkpoints" / "step-00000040"))
     assert resolve_resume(tmp_path / "elsewhere", "latest") is None and resolve_resume(tmp_path, None) is None
-    save_checkpoint(accelerator, tmp_path, 60, {}, save_folder, keep_last=2)
-    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    save(60, {})
+    assert not list((tmp_path / "checkpoints").glob(".*"))
     assert (tmp_path / "checkpoints" / "step-00000060" / MARKER).is_file()
 
 
@@ -115,3 +124,26 @@ def test_stop_request_turns_signals_into_a_flag():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():
+    """The figure training logs and eval/run.py reports, against a direct computation from the logits."""
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+
+    torch.manual_seed(0)
+    model = ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=64, num_hidden_layers=1)).eval()
+    byte_lengths = torch.randint(1, 4, (64,))
+    batches = [torch.randint(0, 64, (2, 9)), torch.randint(0, 64, (3, 9))]
+    meter = HeldOutLoss(byte_lengths, "cpu")
+    nll = tokens = text_bytes = 0.0
+    for ids in batches:
+        meter.add(model, ids)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        nll += torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
+        tokens += ids[:, 1:].numel()
+        text_bytes += byte_lengths[ids[:, 1:]].sum().item()
+    result = meter.reduce(lambda t: t * 2).result()  # as if two processes had seen the same batches
+    assert result["tokens"] == 2 * tokens and result["bytes"] == 2 * text_bytes
+    assert result["loss"] == pytest.approx(float(nll) / tokens, rel=1e-5)
+    assert result["bits_per_byte"] == pytest.approx(float(nll) / (text_bytes * math.log(2)), rel=1e-5)

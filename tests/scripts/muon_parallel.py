@@ -13,9 +13,11 @@ import torch
 import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import training.optim as optim
+import shuangyu.training.optim as optim
+from shuangyu.training.arguments import OptimizerArguments
 
 STEPS, GLOBAL_BATCH, SEQ = 3, 8, 16
+MUON = OptimizerArguments(optimizer="muon", learning_rate=0.02, weight_decay=0.1)
 
 
 def count_orthogonalised_matrices() -> dict:
@@ -53,7 +55,7 @@ def run_accelerate(out_path: str) -> None:
     accelerator = Accelerator(cpu=True)
     calls = count_orthogonalised_matrices()
     model = tiny_model()
-    model, opt = accelerator.prepare(model, optim.build_optimizer(model, "muon", lr=0.02, weight_decay=0.1))
+    model, opt = accelerator.prepare(model, optim.build_optimizer(model, MUON))
     train(model, opt, accelerator.process_index, accelerator.num_processes, accelerator.backward)
     counts = accelerator.gather(torch.tensor([calls["n"]])).tolist()
     if accelerator.is_main_process:
@@ -73,7 +75,7 @@ def run_fsdp2(out_path: str) -> None:
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = optim.build_optimizer(model, "muon", lr=0.02, weight_decay=0.1)
+    opt = optim.build_optimizer(model, MUON)
     train(model, opt, rank, world, lambda loss: loss.backward())
     counts = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([calls["n"]]))

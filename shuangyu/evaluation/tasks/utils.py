@@ -10,7 +10,7 @@ from pathlib import Path
 
 import datasets
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ENV_VAR = "SHUANGYU_BENCHMARKS"
 
 

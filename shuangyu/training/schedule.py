@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from transformers import get_scheduler
 
+from shuangyu.training.arguments import ScheduleArguments
+
 SCHEDULES = ("cosine", "warmup_stable_decay", "linear", "constant_with_warmup")
 
 
-def build_scheduler(
-    optimizer,
-    name: str,
-    warmup_steps: int,
-    max_steps: int,
-    min_lr_ratio: float = 0.1,
-    decay_fraction: float = 0.2,
-):
-    """`cosine`: linear warmup, then a half cosine down to `min_lr_ratio` of the peak.
+def build_scheduler(optimizer, args: ScheduleArguments, max_steps: int):
+    """The schedule `args.lr_scheduler_type` over `max_steps` optimizer steps.
+
+    `cosine`: linear warmup, then a half cosine down to `min_lr_ratio` of the peak.
     `warmup_stable_decay`: warmup, a constant stretch, then a cosine decay over the last `decay_fraction`
     of the steps (so a run can be extended from any point of the stable stretch)."""
+    name, warmup_steps, min_lr_ratio = args.lr_scheduler_type, args.warmup_steps, args.min_lr_ratio
     if name == "cosine":
         return get_scheduler("cosine_with_min_lr", optimizer, warmup_steps, max_steps, {"min_lr_rate": min_lr_ratio})
     if name == "warmup_stable_decay":
-        decay = max(1, round(decay_fraction * max_steps))
+        decay = max(1, round(args.decay_fraction * max_steps))
         return get_scheduler(
             "warmup_stable_decay",
             optimizer,

@@ -32,10 +32,8 @@ from dataclasses import dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
-SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, *CHAT_TOKENS)
+from shuangyu.tokenizer.special_tokens import CHAT_TOKENS, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+
 BYTE_ALPHABET_SIZE = 256
 MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
 

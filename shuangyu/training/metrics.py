@@ -1,8 +1,7 @@
-"""Training metrics: FLOPs per token, MFU, throughput, bits per byte."""
+"""Training metrics: FLOPs per token, MFU, throughput (bits per byte: shuangyu.evaluation.bits_per_byte)."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -54,11 +53,6 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
     return 6 * matmul_params + attention
-
-
-def bits_per_byte(mean_loss_nats: float, tokens: int, text_bytes: int) -> float:
-    """Cross-entropy per UTF-8 byte of text, in bits: comparable across tokenizers."""
-    return mean_loss_nats * tokens / (text_bytes * math.log(2))
 
 
 class Throughput:

@@ -1,19 +1,20 @@
-"""train_clm.py's arguments: HfArgumentParser dataclasses, flag names as in transformers' run_clm.py where
-the meaning is the same, and `--config FILE.yaml` whose values the command line overrides."""
+"""train_clm.py's arguments: one dataclass per component (as torchtitan configures its trainer), each builder
+taking only its own; parsed by HfArgumentParser with flag names as in transformers' run_clm.py where the meaning
+is the same, and `--config FILE.yaml` whose values the command line overrides. Flags stay flat on the command
+line and in the YAML files; the grouping is for the code."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-
-class ArgumentError(ValueError):
-    """A bad flag or combination of flags: one line, before any heavy work."""
+from shuangyu.errors import UsageError
+from shuangyu.files import parse_size
 
 
 @dataclass
@@ -65,15 +66,13 @@ class DataArguments:
         },  # fmt: skip
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes that tokenise."})
+    dataloader_num_workers: int = field(default=0)
 
 
 @dataclass
-class TrainArguments:
-    output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints, logs and the model go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a run already in --output_dir."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per process per micro-batch."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per process in evaluation."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+class OptimizerArguments:
+    """The optimizer (shuangyu.training.optim.build_optimizer) and gradient clipping."""
+
     optimizer: Literal["adamw", "muon"] = field(
         default="adamw", metadata={"help": "muon: Muon for hidden matrices, AdamW for the rest."}
     )
@@ -88,33 +87,49 @@ class TrainArguments:
         metadata={"help": "match_rms_adamw: AdamW's learning rate and decay carry over; original: Muon's own."},
     )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm (0: no clipping)."})
-    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train."})
-    max_train_tokens: str | None = field(default=None, metadata={"help": "Or tokens to train on, e.g. 2.5B."})
-    warmup_steps: int = field(default=100)
+
+
+@dataclass
+class ScheduleArguments:
+    """The learning-rate schedule (shuangyu.training.schedule.build_scheduler)."""
+
     lr_scheduler_type: Literal["cosine", "warmup_stable_decay", "linear", "constant_with_warmup"] = field(
         default="cosine"
     )
+    warmup_steps: int = field(default=100)
     min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a share of the peak."})
     decay_fraction: float = field(default=0.2, metadata={"help": "warmup_stable_decay: share of steps decaying."})
-    seed: int = field(default=42)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
-        default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 with loss scaling else, fp32 on CPU."}
-    )
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
-    logging_steps: int = field(default=10)
-    eval_steps: int = field(default=500, metadata={"help": "Evaluate (and show samples) every N steps."})
-    eval_batches: int = field(default=20, metadata={"help": "Batches per language per evaluation (0: all)."})
+
+
+@dataclass
+class CheckpointArguments:
+    """Where the run goes, how often it is saved, and what it resumes from (shuangyu.training.checkpoint)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints, logs and the model go."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a run already in --output_dir."})
     save_steps: int = field(default=1000)
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep the last N checkpoints."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' (or start afresh if none) or a checkpoint folder."}
     )
-    max_bad_steps: int = field(
-        default=5, metadata={"help": "Stop after this many non-finite losses or gradients in a row."}
-    )
+
+
+@dataclass
+class LoggingArguments:
+    """What the run reports: metrics, validation and samples (shuangyu.training.run_log, validation)."""
+
+    logging_steps: int = field(default=10)
+    eval_steps: int = field(default=500, metadata={"help": "Evaluate (and show samples) every N steps."})
+    eval_batches: int = field(default=20, metadata={"help": "Batches per language per evaluation (0: all)."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per process in evaluation."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Device peak for MFU, if not in the table."})
-    dataloader_num_workers: int = field(default=0)
+
+
+@dataclass
+class HubArguments:
+    """Pushing the finished model (shuangyu.training.hub)."""
+
     push_to_hub: bool = field(
         default=False,
         metadata={"help": "At the end, push OUTPUT_DIR/final (weights, code, tokenizer, model card) to the Hub."},
@@ -127,10 +142,54 @@ class TrainArguments:
     hub_push_logs: bool = field(default=True, metadata={"help": "Push the tensorboard logs too, under runs/."})
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
+@dataclass
+class TrainArguments:
+    """The loop itself: batch, length, seed, precision, compilation, the divergence guard."""
+
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per process per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train."})
+    max_train_tokens: str | None = field(default=None, metadata={"help": "Or tokens to train on, e.g. 2.5B."})
+    seed: int = field(default=42)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
+        default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 with loss scaling else, fp32 on CPU."}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    max_bad_steps: int = field(
+        default=5, metadata={"help": "Stop after this many non-finite losses or gradients in a row."}
+    )
 
 
-def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py"):
+@dataclass
+class TrainConfig:
+    """The whole run: one config per component."""
+
+    model: ModelArguments
+    data: DataArguments
+    optim: OptimizerArguments
+    schedule: ScheduleArguments
+    checkpoint: CheckpointArguments
+    logging: LoggingArguments
+    hub: HubArguments
+    train: TrainArguments
+
+    def as_dict(self) -> dict:
+        return {f.name: asdict(getattr(self, f.name)) for f in fields(self)}
+
+
+ARGUMENT_CLASSES = (
+    ModelArguments,
+    DataArguments,
+    OptimizerArguments,
+    ScheduleArguments,
+    CheckpointArguments,
+    LoggingArguments,
+    HubArguments,
+    TrainArguments,
+)  # in TrainConfig's order
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> TrainConfig:
     """Parse `--config FILE.yaml` first, use its values as defaults, then the command line on top."""
     from transformers import HfArgumentParser
 
@@ -141,41 +200,29 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py"):
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config))
-    model_args, data_args, train_args, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
-    return model_args, data_args, train_args
+    *groups, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    return TrainConfig(*groups)
 
 
 def load_yaml_config(path: str) -> dict:
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
-        raise ArgumentError(f"--config {path}: no such file") from None
+        raise UsageError(f"--config {path}: no such file") from None
     except yaml.YAMLError as err:
-        raise ArgumentError(f"--config {path}: not valid YAML ({err})") from None
+        raise UsageError(f"--config {path}: not valid YAML ({err})") from None
     if not isinstance(values, dict):
-        raise ArgumentError(f"--config {path}: expected a mapping of flag names to values")
+        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ArgumentError(f"--config {path}: unknown keys {', '.join(unknown)} (see train_clm.py --help)")
+        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see train_clm.py --help)")
     return values
-
-
-def parse_count(text: str, flag: str) -> int:
-    """'2.5B' -> 2_500_000_000; '500M', '20k', or a plain number."""
-    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
-    text = str(text).strip()
-    try:
-        if text[-1:].lower() in scale:
-            return int(float(text[:-1]) * scale[text[-1].lower()])
-        return int(float(text))
-    except ValueError:
-        raise ArgumentError(f"{flag} {text!r}: expected a number such as 500M or 2.5B") from None
 
 
 def total_steps(train_args: TrainArguments, tokens_per_step: int) -> int:
     if train_args.max_steps:
         return train_args.max_steps
     if train_args.max_train_tokens:
-        return math.ceil(parse_count(train_args.max_train_tokens, "--max_train_tokens") / tokens_per_step)
-    raise ArgumentError("give --max_steps or --max_train_tokens")
+        return math.ceil(parse_size(train_args.max_train_tokens, "--max_train_tokens") / tokens_per_step)
+    raise UsageError("give --max_steps or --max_train_tokens")

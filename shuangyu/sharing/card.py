@@ -5,7 +5,8 @@ and `model-index` with the evaluation results. Text: what the model is, how to l
 recipe, the evaluation table, limitations.
 
 Three writers fill it in: train_clm.py with every checkpoint (training), eval/run.py (evaluation) and
-eval/push.py (how to load it from the Hub). Each owns a section between `<!-- shuangyu:NAME -->` markers and
+eval/push.py (how to load it from the Hub). The card knows nothing of lm-eval: the evaluation report it is given
+says which published dataset each score compares with (shuangyu.evaluation.run.hub_dataset). Each owns a section between `<!-- shuangyu:NAME -->` markers and
 replaces only that, so text a user adds outside the markers survives every update.
 """
 
@@ -13,14 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
-from eval.make_tasks import GROUPS, HELLASWAG_NOTE, SINGLE_TASKS, stock_dataset
+from shuangyu.files import atomic_write_text
 
 SECTIONS = ("usage", "training", "evaluation")
 TAGS = ["shuangyu", "causal-lm", "pretrained", "bilingual", "chinese", "english"]
@@ -161,7 +161,7 @@ def training_section(training: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict], held_out: dict) -> str:
+def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = ()) -> str:
     """The evaluation table: one row per task and metric, the random-guess score beside it."""
     lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
     for row in rows:
@@ -172,15 +172,15 @@ def markdown_table(rows: list[dict], held_out: dict) -> str:
     for lang, scores in held_out.items():
         lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
         lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
-    if any("hellaswag" in row["task"] for row in rows):
-        lines += ["", f"Note: hellaswag_local is an {HELLASWAG_NOTE}."]
+    lines += ["", *(f"Note: {note}." for note in notes)] if notes else []
     return "\n".join(lines) + "\n"
 
 
 def evaluation_section(report: dict) -> str:
     limit = report.get("limit")
     shots = report.get("lm_eval", {}).get("n-shot", {})
-    lines = ["## Evaluation", "", markdown_table(report.get("table", []), report.get("held_out", {})).rstrip(), ""]
+    table = markdown_table(report.get("table", []), report.get("held_out", {}), report.get("notes", []))
+    lines = ["## Evaluation", "", table.rstrip(), ""]
     notes = [
         f"lm-evaluation-harness through Shuangyu's `eval/run.py`, {_shots_text(shots)}; `*_local` tasks are the "
         "stock tasks (same prompts, choices and metrics) on local copies of the data. Bits per byte and perplexity "
@@ -204,21 +204,12 @@ def model_index_results(report: dict) -> list[EvalResult]:
     a known Hub dataset, and never the approximate HellaSwag rebuild."""
     if report.get("limit"):
         return []
-    configs = report.get("lm_eval", {}).get("configs", {})
     shots = report.get("lm_eval", {}).get("n-shot", {})
     results = []
     for row in report.get("table", []):
-        task, metric = row["task"], row["metric"]
-        if "hellaswag" in task and task.endswith("_local"):
-            continue  # an approximate rebuild: must not land on leaderboards as HellaSwag
-        if task in SINGLE_TASKS or task in GROUPS:
-            dataset = stock_dataset(task)
-        elif isinstance(configs.get(task), dict) and configs[task].get("dataset_path"):
-            cfg = configs[task]
-            split = cfg.get("test_split") or cfg.get("validation_split")
-            dataset = {"path": cfg["dataset_path"], "config": cfg.get("dataset_name"), "split": split}
-        else:
-            continue
+        task, metric, dataset = row["task"], row["metric"], row.get("dataset")
+        if not dataset:
+            continue  # compares with nothing published (e.g. the approximate HellaSwag rebuild)
         results.append(
             EvalResult(
                 task_type="text-generation",
@@ -309,8 +300,4 @@ def render_card(
 
 def write_card(folder: Path, **sections) -> Path:
     """Create or update FOLDER/README.md (render_card's arguments); written whole or not at all."""
-    path = Path(folder) / "README.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_card(folder, **sections), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(folder) / "README.md", render_card(folder, **sections))

@@ -28,6 +28,8 @@ import torch.distributed as dist
 from accelerate.utils import DistributedType
 from torch import nn
 
+from shuangyu.training.arguments import OptimizerArguments
+
 # Quintic Newton-Schulz coefficients (Keller Jordan): a steep slope at zero, so 5 steps suffice; the
 # result is U S' V^T with S' roughly in [0.7, 1.2] rather than exactly U V^T, which trains as well.
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -219,24 +221,16 @@ def parameter_groups(model: nn.Module, optimizer: str, weight_decay: float) -> l
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(
-    model: nn.Module,
-    optimizer: str = "adamw",
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
-    betas: tuple[float, float] = (0.9, 0.95),
-    eps: float = 1e-8,
-    momentum: float = 0.95,
-    muon_scale: str = "match_rms_adamw",
-) -> MuonAdamW:
+def build_optimizer(model: nn.Module, args: OptimizerArguments) -> MuonAdamW:
+    """`args.optimizer`: "adamw" (everything under AdamW) or "muon" (hidden matrices under Muon)."""
     return MuonAdamW(
-        parameter_groups(model, optimizer, weight_decay),
-        lr=lr,
-        weight_decay=weight_decay,
-        betas=betas,
-        eps=eps,
-        momentum=momentum,
-        muon_scale=muon_scale,
+        parameter_groups(model, args.optimizer, args.weight_decay),
+        lr=args.learning_rate,
+        weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        momentum=args.muon_momentum,
+        muon_scale=args.muon_scale,
     )
 
 

@@ -1,0 +1,135 @@
+"""What `prepare` reads, checked before any text is read, and the cache key that says when to prepare again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shuangyu.errors import UsageError
+from shuangyu.files import parse_size
+from shuangyu.text.readers import ReadOptions
+from shuangyu.text.sources import SourceArguments, SourceSpec, parse_file_source, resolve_files
+
+FORMAT_VERSION = 1  # of the prepared folder; part of the key, so a new layout prepares again
+
+
+@dataclass(kw_only=True)
+class PrepareArguments(SourceArguments):
+    output_dir: str = field(
+        metadata={"help": "Folder for the prepared blocks; also the cache: the same inputs again do no work."}
+    )
+    tokenizer_name: str = field(
+        metadata={"help": "Trained fast tokenizer: a folder (train_bpe.py output) or Hub name."}
+    )
+    validation_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Explicit held-out text, one source per language: NAME=GLOB[,GLOB...]. Replaces the split."},
+    )
+    validation_fraction: float = field(
+        default=0.005,
+        metadata={"help": "Without --validation_files: share of each source's documents held out (by seed)."},
+    )
+    block_size: int = field(default=1024, metadata={"help": "Tokens per packed row."})
+    max_tokens: str | None = field(
+        default=None,
+        metadata={"help": "Training tokens to take in all, e.g. 500M (default: all the text the mix allows)."},
+    )
+    num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "Processes that tokenise."})
+    seed: int = field(default=42, metadata={"help": "Seed for the validation split, mixing and document order."})
+    skip_bad_lines: bool = field(
+        default=False, metadata={"help": "Skip (and count) lines that are not UTF-8 or not JSON instead of stopping."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an --output_dir that was prepared with another tokenizer."}
+    )
+
+
+
+def _file_stat(path: str | Path) -> list:
+    st = os.stat(path)
+    return [os.path.realpath(path), st.st_size, st.st_mtime_ns]
+
+
+def _dataset_fingerprint(spec: SourceSpec, split: str) -> dict:
+    """A local dataset folder is keyed by its files; a Hub dataset only by name (its revision is not known
+    offline), so re-prepare by hand, or pass a new --output_dir, when a Hub dataset changes."""
+    entry = {"dataset": spec.dataset, "config": spec.config, "split": split}
+    if os.path.isdir(spec.dataset):
+        entry["files"] = [
+            _file_stat(os.path.join(root, f)) for root, _, names in sorted(os.walk(spec.dataset)) for f in sorted(names)
+        ]
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning: every check that needs no text, and the cache key
+
+
+@dataclass
+class Inputs:
+    """What `prepare` reads: the training sources, then the explicit validation sources."""
+
+    sources: list[SourceSpec]
+    files: list[list[Path]]
+    validation: list[SourceSpec]
+    validation_files: list[list[Path]]
+    opts: ReadOptions
+    max_tokens: int | None
+
+    @property
+    def all(self) -> list[tuple[SourceSpec, list[Path]]]:
+        return list(zip(self.sources + self.validation, self.files + self.validation_files, strict=True))
+
+
+def plan_inputs(args: PrepareArguments) -> Inputs:
+    if args.block_size < 2:
+        raise UsageError(f"--block_size {args.block_size} must be at least 2")
+    if not 0 <= args.validation_fraction < 1:
+        raise UsageError(f"--validation_fraction {args.validation_fraction} must be in [0, 1)")
+    if args.num_proc < 1:
+        raise UsageError(f"--num_proc {args.num_proc} must be at least 1")
+    sources, files = args.resolve_sources()
+    validation = [parse_file_source(s, "--validation_files") for s in args.validation_files]
+    for spec in validation:
+        if spec.weight is not None:
+            raise UsageError(f"--validation_files {spec.name!r}: weights do not apply to held-out text")
+    names = [s.name for s in validation]
+    if len(set(names)) != len(names):
+        raise UsageError("--validation_files: repeated names; label each NAME=GLOB")
+    validation_files = [resolve_files(s, flag="--validation_files") for s in validation]
+    opts = ReadOptions(
+        text_column=args.text_column,
+        document_per_file=args.document_per_file,
+        on_decode_error="skip" if args.skip_bad_lines else "error",
+        skip_flag="--skip_bad_lines",
+    )
+    max_tokens = parse_size(args.max_tokens, "--max_tokens") if args.max_tokens else None
+    return Inputs(sources, files, validation, validation_files, opts, max_tokens)
+
+
+def cache_key(args: PrepareArguments, inputs: Inputs, tokenizer_sha: str) -> str:
+    """Everything the prepared blocks depend on; files by size and mtime (hashing the content of a
+    corpus would cost about as much as reading it)."""
+
+    def describe(spec: SourceSpec, files: list[Path]) -> dict:
+        if spec.is_dataset:
+            return {"name": spec.name, "weight": spec.weight, **_dataset_fingerprint(spec, args.dataset_split)}
+        return {"name": spec.name, "weight": spec.weight, "files": [_file_stat(p) for p in files]}
+
+    key = {
+        "format": FORMAT_VERSION,
+        "tokenizer": tokenizer_sha,
+        "sources": [describe(s, f) for s, f in zip(inputs.sources, inputs.files, strict=True)],
+        "validation_files": [describe(s, f) for s, f in zip(inputs.validation, inputs.validation_files, strict=True)],
+        "validation_fraction": 0.0 if inputs.validation else args.validation_fraction,
+        "text_column": args.text_column,
+        "document_per_file": args.document_per_file,
+        "skip_bad_lines": args.skip_bad_lines,
+        "max_tokens": inputs.max_tokens,
+        "block_size": args.block_size,
+        "seed": args.seed,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,190 @@
+"""The training loader: packed blocks from a memory-mapped file, shuffled by seed per epoch, disjoint per rank,
+resumable at exactly the next batch (`state_dict`/`load_state_dict`; register it with
+`accelerator.register_for_checkpointing`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shuangyu.errors import UsageError
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """Rows `[first, first + count)` of a flat token file, as int64 tensors of `block_size` tokens."""
+
+    def __init__(self, path: str | Path, dtype: str, block_size: int, first: int, count: int):
+        self.path, self.dtype, self.block_size, self.first, self.count = str(path), dtype, block_size, first, count
+        self._blocks = None
+
+    def blocks(self) -> np.ndarray:
+        # opened lazily, and per process: a pickled memmap would be copied into the DataLoader's workers
+        if self._blocks is None:
+            flat = np.memmap(self.path, dtype=self.dtype, mode="r")
+            self._blocks = flat.reshape(-1, self.block_size)[self.first : self.first + self.count]
+        return self._blocks
+
+    def __getstate__(self):
+        return {**self.__dict__, "_blocks": None}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.blocks()[index].astype(np.int64))
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        # a whole batch in one fancy index: DataLoader calls this instead of __getitem__ per row
+        return torch.from_numpy(self.blocks()[np.asarray(indices)].astype(np.int64))
+
+
+def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Positions that restart after every end-of-text, for attention limited to each packed document."""
+    seq = input_ids.shape[-1]
+    index = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[..., 1:] = input_ids[..., :-1] == eos_token_id
+    last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return index - last_start
+
+
+class BlockCollator:
+    """Batches arrive as one tensor from `PackedBlocks.__getitems__`; name it (and add position ids)."""
+
+    def __init__(self, eos_token_id: int | None):
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.Tensor) -> dict:
+        batch = {"input_ids": input_ids}
+        if self.eos_token_id is not None:
+            batch["position_ids"] = document_position_ids(input_ids, self.eos_token_id)
+        return batch
+
+
+class BlockSampler(torch.utils.data.Sampler):
+    """Batches of block indices for one rank, over a seeded permutation per epoch.
+
+    Global batch k of an epoch is positions [k*W*B, (k+1)*W*B) of the permutation, and rank r takes its
+    r-th slice of B: ranks are disjoint, together they see every block once per epoch except the last
+    `num_blocks % (W*B)` of the permutation (a different few each epoch), so every step has full batches on
+    every rank, which DDP's lock-step and compiled static shapes need. `start_block` skips the blocks
+    already consumed (set by BlockLoader on resume) without touching the data.
+    """
+
+    def __init__(self, num_blocks: int, batch_size: int, *, seed: int, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.num_blocks, self.batch_size, self.seed, self.rank, self.world_size = (
+            num_blocks,
+            batch_size,
+            seed,
+            rank,
+            world_size,
+        )
+        self.global_batch = batch_size * world_size
+        self.batches_per_epoch = num_blocks // self.global_batch
+        if self.batches_per_epoch == 0:
+            raise UsageError(
+                f"{num_blocks} training blocks cannot fill one global batch of {self.global_batch} "
+                f"(batch size {batch_size} x {world_size} processes): lower the batch size or add data"
+            )
+        self.epoch = 0
+        self.start_block = 0
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = self.permutation(self.epoch)
+        used = perm[: self.batches_per_epoch * self.global_batch].reshape(self.batches_per_epoch, self.world_size, -1)
+        for k in range(self.start_block // self.global_batch, self.batches_per_epoch):
+            yield used[k, self.rank].tolist()
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_block // self.global_batch
+
+
+class BlockLoader:
+    """A DataLoader over packed blocks whose position survives checkpoints.
+
+    The position counts the batches *delivered to the training loop* (not those the DataLoader's workers
+    prefetched), so `state_dict()` taken between steps resumes at exactly the next batch. Each `iter()`
+    runs the rest of the current epoch; the next one starts a new permutation. The state is the same on
+    every rank (accelerate saves custom state from the main process only).
+    """
+
+    def __init__(
+        self,
+        dataset: PackedBlocks,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        data_key: str | None = None,
+        eos_token_id: int | None = None,
+    ):
+        self.dataset = dataset
+        self.data_key = data_key
+        self.sampler = BlockSampler(len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size)
+        self.epoch = 0
+        self.blocks_seen = 0  # global blocks delivered this epoch, over all ranks
+        self.dataloader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            collate_fn=BlockCollator(eos_token_id),
+            persistent_workers=False,
+        )
+
+    @property
+    def pin_memory(self) -> bool:
+        """Batches come in pinned memory: only then is a copy to the GPU with non_blocking=True asynchronous."""
+        return self.dataloader.pin_memory
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return self.sampler.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        self.sampler.epoch, self.sampler.start_block = self.epoch, self.blocks_seen
+        for batch in self.dataloader:
+            self.blocks_seen += self.sampler.global_batch
+            yield batch
+        self.epoch += 1
+        self.blocks_seen = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "blocks_seen": self.blocks_seen,
+            "seed": self.sampler.seed,
+            "num_blocks": self.sampler.num_blocks,
+            "data_key": self.data_key,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_blocks"] != self.sampler.num_blocks or state.get("data_key") != self.data_key:
+            raise UsageError(
+                f"the checkpoint's data position is for other data ({state['num_blocks']} blocks, key "
+                f"{str(state.get('data_key'))[:12]}), not these ({self.sampler.num_blocks} blocks, key "
+                f"{str(self.data_key)[:12]}): resume with the prepared folder the run started with"
+            )
+        if state["seed"] != self.sampler.seed:
+            raise UsageError(f"the checkpoint's data seed is {state['seed']}, not {self.sampler.seed}: resume with it")
+        if state["blocks_seen"] % self.sampler.global_batch:
+            raise UsageError(
+                f"the checkpoint stopped after {state['blocks_seen']} blocks of this epoch, not a multiple of the "
+                f"global batch {self.sampler.global_batch}: resume with the global batch size it was saved with"
+            )
+        self.epoch, self.blocks_seen = state["epoch"], state["blocks_seen"]

@@ -1,0 +1,295 @@
+"""The data pipeline's command: mixed zh/en text -> tokenized, packed, cached token blocks.
+
+    python -m shuangyu.data.prepare --tokenizer_name outputs/tokenizer --output_dir outputs/data \\
+        --files "zh=corpus/zh/*.jsonl:0.5" "en=corpus/en/*.jsonl:0.5" --exclude "*_val.jsonl" \\
+        --validation_files "zh=corpus/zh/*_val.jsonl" "en=corpus/en/*_val.jsonl" --block_size 1024
+
+Sources are named as in the tokenizer trainer (shuangyu.text.sources). `prepare` reads every document
+(documents.py: errors name file:line), tokenises through `datasets.map(batched=True, num_proc=N)`, appends the
+`<|endoftext|>` id to each document, holds out whole documents for validation, mixes the sources in *tokens*
+to their weights, shuffles documents and packs them end to end into rows of `block_size` tokens (packing.py;
+no padding; the tail shorter than a block is dropped and reported). Arrow (through `datasets`) is used while
+preparing, where its multiprocess `map` is what we need; training reads flat memory-mapped files
+(prepared.py, loader.py).
+
+The manifest holds a key (inputs.py): a hash of the tokenizer, the sources (every file's path, size and mtime),
+the weights, the validation rule, the seed and the block size. A second `prepare` with the same key does no
+work; any change rebuilds. The folder is written to a temporary sibling and renamed into place, so a failure
+never leaves a half-written cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from shuangyu.data.documents import read_documents_for_arrow, tokenize_documents, unwrap_usage_error
+from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache_key, plan_inputs
+from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
+from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
+from shuangyu.errors import UsageError, print_error
+from shuangyu.files import atomic_folder
+from shuangyu.text.readers import ReadStats
+from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
+from shuangyu.tokenizer.special_tokens import EOS_TOKEN
+
+
+def check_existing(out: Path, tokenizer_sha: str, overwrite: bool) -> dict | None:
+    """The manifest of an existing --output_dir, after refusing to replace what the user may need."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise UsageError(f"--output_dir {out} is a file, not a folder")
+    manifest = read_manifest(out)
+    if manifest is None:
+        if any(out.iterdir()) and not overwrite:
+            raise UsageError(f"--output_dir {out} exists and holds no prepared data; pass --overwrite to replace it")
+        return None
+    if manifest["tokenizer"]["sha256"] != tokenizer_sha and not overwrite:
+        theirs = manifest["tokenizer"]
+        raise UsageError(
+            f"--output_dir {out} holds blocks of another tokenizer ({theirs['name']}, vocab {theirs['vocab_size']:,}); "
+            "pass --overwrite to replace them, or choose another --output_dir"
+        )
+    return manifest
+
+
+def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
+    """Tokenise, split, mix and pack the sources into `args.output_dir`, unless it is already up to date."""
+    import datasets
+
+    inputs = plan_inputs(args)
+    tok = load_tokenizer(args.tokenizer_name)
+    sha = tokenizer_fingerprint(tok)
+    key = cache_key(args, inputs, sha)
+    out = Path(args.output_dir)
+    existing = check_existing(out, sha, args.overwrite)
+    if existing is not None and existing["key"] == key:
+        return PreparedData(out, existing, reused=True)
+
+    start = time.perf_counter()
+    if not show_progress:
+        datasets.disable_progress_bars()
+    try:
+        with atomic_folder(out) as tmp:
+            stats = [ReadStats() for _ in inputs.all]
+            docs, read_s = tokenize_sources(args, inputs, tok, key, stats, tmp / "arrow")
+            times = {"read": round(read_s, 2), "tokenize": round(time.perf_counter() - start - read_s, 2)}
+            train, mix = pack_training(args, inputs, docs, tmp / TRAIN_FILE)
+            validation = pack_validation(args, inputs, docs, tmp / VALIDATION_FILE)
+            times["total"] = round(time.perf_counter() - start, 2)
+            manifest = build_manifest(args, inputs, docs, tok, key, sha, stats, mix, train, validation, times)
+            del docs  # release the Arrow memory maps before their files are deleted with the folder
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            shutil.rmtree(tmp / "arrow", ignore_errors=True)  # the Arrow cache was only a means
+    finally:
+        if not show_progress:
+            datasets.enable_progress_bars()
+    return PreparedData(out, manifest)
+
+
+class TokenizedDocuments:
+    """Every document's source, held-out flag and token ids, as flat numpy arrays over the Arrow table."""
+
+    def __init__(self, table):
+        self.source = table.column("source").to_numpy().astype(np.int64)
+        self.held = table.column("held_out").to_numpy(zero_copy_only=False)
+        self.offsets, self.values = flat_tokens(table.column("input_ids"))
+        self.tokens = np.diff(self.offsets)
+        self._table = table  # keeps the memory maps behind `values` alive
+
+
+def tokenize_sources(args, inputs: Inputs, tok, key: str, stats: list[ReadStats], arrow_dir: Path):
+    """Read every source (here, for file:line errors) and tokenise on `num_proc` processes; returns the
+    documents and the seconds spent reading."""
+    import datasets
+
+    start = time.perf_counter()
+    dtype = token_dtype(len(tok))
+    try:
+        texts = datasets.Dataset.from_generator(
+            read_documents_for_arrow,
+            # tuples, not lists: datasets splits list arguments into shards, one generator call each
+            gen_kwargs={
+                "inputs": tuple(inputs.all),
+                "opts": inputs.opts,
+                "split": args.dataset_split,
+                "seed": args.seed,
+                "stats": tuple(stats),
+            },
+            features=datasets.Features({"text": datasets.Value("string"), "source": datasets.Value("int16")}),
+            cache_dir=str(arrow_dir),
+            fingerprint=f"{key[:32]}-text",  # our key already names the inputs; skip datasets' hashing of them
+        )
+    except Exception as err:  # datasets wraps what the generator raised
+        usage_error = unwrap_usage_error(err)
+        if usage_error is None:
+            raise
+        raise usage_error from None
+    read_s = time.perf_counter() - start
+    tokenized = texts.with_format("arrow").map(
+        tokenize_documents,
+        batched=True,
+        batch_size=1000,
+        num_proc=args.num_proc if args.num_proc > 1 else None,
+        remove_columns=["text"],
+        fn_kwargs={
+            "tokenizer": tok,
+            "eos_token_id": tok.convert_tokens_to_ids(EOS_TOKEN),
+            "seed": args.seed,
+            "fraction": validation_fraction(args, inputs),
+            "first_validation": len(inputs.sources),
+            "dtype": dtype.name,
+        },
+        features=datasets.Features(
+            {
+                "source": datasets.Value("int16"),
+                "input_ids": datasets.List(datasets.Value(dtype.name)),
+                "held_out": datasets.Value("bool"),
+            }
+        ),
+        new_fingerprint=f"{key[:32]}-tokens",
+        desc="tokenizing",
+    )
+    return TokenizedDocuments(tokenized.data), read_s
+
+
+def validation_fraction(args: PrepareArguments, inputs: Inputs) -> float:
+    return 0.0 if inputs.validation else args.validation_fraction
+
+
+def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> tuple[dict, list[dict]]:
+    """Mix the training documents in tokens and pack them into `path`; returns the train entry and the mix."""
+    weights = [s.weight for s in inputs.sources] if inputs.sources[0].weight is not None else None
+    train_docs = np.flatnonzero(~docs.held)
+    order, mix = mix_documents(
+        docs.source[train_docs], docs.tokens[train_docs], len(inputs.sources), weights, inputs.max_tokens, args.seed
+    )
+    order = train_docs[order]
+    with open(path, "wb") as fh:
+        blocks, dropped = write_packed(order, docs.offsets, docs.values, args.block_size, fh)
+    if blocks == 0:
+        raise UsageError(
+            f"the corpus yields {int(docs.tokens[order].sum()):,} training tokens, fewer than one block of "
+            f"--block_size {args.block_size}: add text or lower --block_size"
+        )
+    train = {"file": TRAIN_FILE, "blocks": blocks, "tokens": blocks * args.block_size, "tokens_dropped": dropped}
+    return train, mix
+
+
+def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> dict:
+    """Pack each validation source's held-out documents, one after the other, into `path`."""
+    n_train = len(inputs.sources)
+    groups = (
+        [(s.name, n_train + i) for i, s in enumerate(inputs.validation)]
+        if inputs.validation
+        else [(s.name, i) for i, s in enumerate(inputs.sources)]
+    )
+    validation, first_block = {}, 0
+    with open(path, "wb") as fh:
+        for name, src in groups:
+            chosen = np.flatnonzero(docs.held & (docs.source == src))
+            blocks, dropped = write_packed(chosen, docs.offsets, docs.values, args.block_size, fh)
+            validation[name] = {
+                "docs": len(chosen),
+                "tokens": int(docs.tokens[chosen].sum()),
+                "first_block": first_block,
+                "blocks": blocks,
+                "tokens_dropped": dropped,
+            }
+            first_block += blocks
+    return validation
+
+
+def build_manifest(args, inputs, docs, tok, key, sha, stats, mix, train, validation, times) -> dict:
+    sources = [
+        {
+            "name": spec.name,
+            "weight": spec.weight,
+            "files": [str(p) for p in inputs.files[i]],
+            "dataset": spec.dataset,
+            "config": spec.config,
+            "docs": stats[i].docs,
+            "text_bytes": stats[i].bytes,
+            "skipped_lines": stats[i].skipped_lines,
+            "validation_docs": int(np.count_nonzero(docs.held & (docs.source == i))),
+            **plan,
+        }
+        for i, (spec, plan) in enumerate(zip(inputs.sources, mix, strict=True))
+    ]
+    fraction = validation_fraction(args, inputs)
+    text_bytes = sum(s.bytes for s in stats)
+    return {
+        "format": FORMAT_VERSION,
+        "key": key,
+        "tokenizer": {
+            "name": args.tokenizer_name,
+            "sha256": sha,
+            "vocab_size": len(tok),
+            "eos_token_id": tok.convert_tokens_to_ids(EOS_TOKEN),
+        },
+        "dtype": token_dtype(len(tok)).name,
+        "block_size": args.block_size,
+        "seed": args.seed,
+        "train": train,
+        "sources": sources,
+        "validation": validation,
+        "validation_rule": "files" if inputs.validation else f"hash of text < {fraction} (seed {args.seed})",
+        "skipped_lines": sum(s.skipped_lines for s in stats),
+        "text_bytes": text_bytes,
+        "time_s": times,
+        "text_mb_per_s": round(text_bytes / 1e6 / max(times["total"], 1e-9), 3),
+        "arguments": asdict(args),
+    }
+
+
+def format_report(data: PreparedData) -> str:
+    m = data.manifest
+    w = max([8, *(len(s["name"]) for s in m["sources"]), *map(len, m["validation"])])
+    lines = [
+        "",
+        f"{'source':<{w}} {'docs':>9} {'tokens':>13} {'taken':>13} {'passes':>6} {'asked':>6} {'share':>6} {'skipped':>7}",
+    ]
+    for s in m["sources"]:
+        asked = "-" if s["share_asked"] is None else f"{s['share_asked']:.1%}"
+        lines.append(
+            f"{s['name']:<{w}} {s['docs']:>9,} {s['tokens_available']:>13,} {s['tokens_taken']:>13,} "
+            f"{s['passes']:>6} {asked:>6} {s['share']:>6.1%} {s['skipped_lines']:>7}"
+        )
+    t = m["train"]
+    lines += [
+        "",
+        f"train        {t['blocks']:,} blocks of {m['block_size']} = {t['tokens']:,} tokens "
+        f"({t['tokens_dropped']:,} dropped at the end), {m['dtype']}",
+    ]
+    for name, v in m["validation"].items():
+        lines.append(f"validation   {name}: {v['docs']:,} docs, {v['tokens']:,} tokens, {v['blocks']:,} blocks")
+    lines.append(
+        f"time         {m['time_s']['total']:.1f} s ({m['text_bytes'] / 1e6:,.1f} MB of text, {m['text_mb_per_s']:.2f} MB/s)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(PrepareArguments, prog=PROG, description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        data = prepare(args)
+    except UsageError as err:
+        return print_error(PROG, err)
+    if data.reused:
+        print(f"{data.path} is up to date (same tokenizer, sources, weights and block size): nothing to do")
+    print(format_report(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""A prepared data folder: its manifest, and the datasets and loaders over its blocks.
+
+On disk: `manifest.json`, `train.bin`, `validation.bin`. The `.bin` files are flat numpy arrays (uint16 when
+the vocabulary fits, else uint32) read through `np.memmap`: a batch is one fancy-index into the page cache and
+one `torch.from_numpy`, which is what makes the loader far faster than a GPU can eat; Arrow rows would cost a
+Python object per row or a format conversion per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shuangyu.data.inputs import FORMAT_VERSION
+from shuangyu.data.loader import BlockCollator, BlockLoader, PackedBlocks
+from shuangyu.errors import UsageError
+from shuangyu.tokenizer.loading import tokenizer_fingerprint
+
+MANIFEST = "manifest.json"
+TRAIN_FILE = "train.bin"
+VALIDATION_FILE = "validation.bin"
+PROG = "python -m shuangyu.data.prepare"
+
+
+@dataclass
+class PreparedData:
+    """A prepared folder: its manifest, and datasets and loaders over its blocks."""
+
+    path: Path
+    manifest: dict
+    reused: bool = False  # prepare found this folder up to date and did no work
+
+    @classmethod
+    def load(cls, path: str | Path, tokenizer=None) -> PreparedData:
+        """Open a prepared folder; with `tokenizer`, check that the blocks were made with it."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise UsageError(f"{path}: not a prepared data folder (no {MANIFEST}); run `{PROG} prepare` first")
+        data = cls(path, manifest)
+        if tokenizer is not None:
+            data.check_tokenizer(tokenizer)
+        return data
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def block_size(self) -> int:
+        return self.manifest["block_size"]
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.manifest["tokenizer"]["eos_token_id"]
+
+    def check_tokenizer(self, tokenizer) -> None:
+        theirs = self.manifest["tokenizer"]
+        sha = tokenizer_fingerprint(tokenizer)
+        if sha != theirs["sha256"]:
+            raise UsageError(
+                f"{self.path}: prepared with tokenizer {theirs['name']} (vocab {theirs['vocab_size']:,}, sha256 "
+                f"{theirs['sha256'][:12]}), not this one (vocab {len(tokenizer):,}, sha256 {sha[:12]}): "
+                f"re-run prepare with this --tokenizer_name, or train with the tokenizer the data was made with"
+            )
+
+    def check_vocab_size(self, vocab_size: int) -> None:
+        """A model must have an embedding row for every id in the blocks."""
+        needed = self.manifest["tokenizer"]["vocab_size"]
+        if vocab_size < needed:
+            raise UsageError(
+                f"{self.path}: the blocks hold ids up to {needed - 1} (tokenizer vocab {needed:,}) but the model's "
+                f"vocab_size is {vocab_size:,}: set the model's vocab_size to at least {needed:,}"
+            )
+
+    def train_dataset(self) -> PackedBlocks:
+        train = self.manifest["train"]
+        return PackedBlocks(self.path / TRAIN_FILE, self.manifest["dtype"], self.block_size, 0, train["blocks"])
+
+    def validation_datasets(self) -> dict[str, PackedBlocks]:
+        """One dataset per validation source (language), for a loss per language. Wrap each in a DataLoader
+        and `accelerator.prepare` it: accelerate's even batches and `gather_for_metrics` suit evaluation."""
+        return {
+            name: PackedBlocks(
+                self.path / VALIDATION_FILE, self.manifest["dtype"], self.block_size, v["first_block"], v["blocks"]
+            )
+            for name, v in self.manifest["validation"].items()
+            if v["blocks"] > 0
+        }
+
+    def validation_loaders(self, batch_size: int) -> dict[str, torch.utils.data.DataLoader]:
+        """A DataLoader per validation source, in order, of `{"input_ids": [batch, block]}`; pass each to
+        `accelerator.prepare` to split it over processes."""
+        return {
+            name: torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=BlockCollator(None))
+            for name, ds in self.validation_datasets().items()
+        }
+
+    def train_loader(
+        self,
+        batch_size: int,
+        *,
+        accelerator=None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        position_ids: bool = False,
+    ) -> BlockLoader:
+        """The training loader for this process. Ranks come from `accelerator` (or torch.distributed, or the
+        arguments). Do not pass it to `accelerator.prepare` (that would shard it again); move batches to the
+        device yourself and `accelerator.register_for_checkpointing(loader)` for exact resume."""
+        if rank is None or world_size is None:
+            if accelerator is not None:
+                rank, world_size = accelerator.process_index, accelerator.num_processes
+            elif torch.distributed.is_available() and torch.distributed.is_initialized():
+                rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            else:
+                rank, world_size = 0, 1
+        return BlockLoader(
+            self.train_dataset(),
+            batch_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            data_key=self.key,
+            eos_token_id=self.eos_token_id if position_ids else None,
+        )
+
+
+def read_manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path / MANIFEST}: unreadable ({err}); delete {path} and prepare again") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        return None
+    return manifest

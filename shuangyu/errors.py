@@ -1,0 +1,29 @@
+"""The outcomes a user must be told about in one line, and the exit statuses the commands give for them.
+
+`UsageError` is the one type for "the user asked for something that cannot run": a bad flag, a file that is
+not there or not readable, a folder that holds another run. Commands print it as `PROG: error: MESSAGE` and
+exit with `EXIT_USAGE`, before any heavy work where it can be checked then. A training run that diverged is
+not a usage error: it is reported as `RunDiverged`, with its own status, so scripts can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+class UsageError(ValueError):
+    """Bad input named by the user: the message names the file or flag and says what to do."""
+
+
+class RunDiverged(RuntimeError):
+    """Training stopped on too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+def print_error(prog: str, err: Exception) -> int:
+    """Print `err` as one line on stderr; return the exit status for it."""
+    kind = "stopped" if isinstance(err, RunDiverged) else "error"
+    print(f"{prog}: {kind}: {err}", file=sys.stderr)
+    return EXIT_DIVERGED if isinstance(err, RunDiverged) else EXIT_USAGE

@@ -1,0 +1,226 @@
+"""Evaluate a checkpoint folder: lm-eval tasks (offline local copies or stock names) plus bits per byte and
+perplexity on the held-out `_val` corpus files per language. Writes eval_results.json and eval_results.md, and
+adds the results to the model card (CKPT/README.md: the table, and model-index metadata for full runs).
+
+    python eval/run.py CKPT --tasks arc_easy_local,cmmlu_local [--limit N] [--output FILE]
+
+(also `python -m shuangyu.evaluation.run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from shuangyu.errors import UsageError, print_error
+from shuangyu.evaluation.bits_per_byte import HeldOutLoss, token_byte_lengths
+from shuangyu.evaluation.local_tasks import (
+    GROUPS,
+    HELLASWAG_NOTE,
+    SINGLE_TASKS,
+    TASKS_DIR,
+    stock_dataset,
+    write_task_yamls,
+)
+from shuangyu.files import atomic_write_text
+from shuangyu.sharing.card import markdown_table, write_card
+from shuangyu.sharing.folder import check_model_folder, needs_remote_code
+from shuangyu.text.readers import read_documents
+
+PROG = "run.py"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
+
+# Expected score of guessing uniformly at random, per task (prefix match; subjects inherit their group's).
+RANDOM_BASELINES = {
+    "hellaswag": 0.25,
+    "arc_easy": 0.25,  # a few ARC questions have 3 or 5 options
+    "arc_challenge": 0.25,
+    "piqa": 0.5,
+    "winogrande": 0.5,
+    "openbookqa": 0.25,
+    "boolq": 0.5,
+    "lambada_openai": 0.0,  # acc: exact last word, no choices
+    "xcopa_zh": 0.5,
+    "cmmlu": 0.25,
+    "ceval": 0.25,
+}
+
+
+def random_baseline(task: str) -> float | None:
+    for prefix, value in RANDOM_BASELINES.items():
+        if task.startswith(prefix):
+            return value
+    return None
+
+
+def check_tasks(task_manager, tasks: list[str]) -> None:
+    known = set(task_manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        local = sorted(t for t in known if t.endswith("_local"))
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}; local tasks: {', '.join(local)}")
+
+
+def task_manager_for(tasks: list[str]):
+    """An lm-eval TaskManager that knows the local tasks (YAMLs regenerated); checks the task names."""
+    from lm_eval.tasks import TaskManager
+
+    write_task_yamls()
+    task_manager = TaskManager(include_path=str(TASKS_DIR))
+    check_tasks(task_manager, tasks)
+    return task_manager
+
+
+def run_lm_eval(
+    ckpt: Path, tasks: list[str], limit: int | None, remote_code: bool, batch_size: int, device: str, task_manager
+):
+    import lm_eval
+
+    model_args = f"pretrained={ckpt},trust_remote_code={remote_code},dtype=float32"
+    try:
+        return lm_eval.simple_evaluate(
+            model="hf",
+            model_args=model_args,
+            tasks=tasks,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            task_manager=task_manager,
+        )
+    except FileNotFoundError as err:  # the local tasks' BenchmarkDataMissing names the path and the variable
+        raise UsageError(str(err)) from err
+
+
+def val_texts(corpus: Path, lang: str, max_bytes: int) -> list[str]:
+    """Documents of the `<corpus>/<lang>/*_val.jsonl` files, up to about max_bytes of text, taken from every
+    file in turn so that a byte cap samples all sources of the language."""
+    files = sorted((corpus / lang).glob("*_val.jsonl"))
+    if not files:
+        raise UsageError(f"no held-out files {corpus / lang / '*_val.jsonl'} (set --corpus or SHUANGYU_CORPUS)")
+    per_file = max(1, max_bytes // len(files)) if max_bytes else 0
+    return [doc for path in files for doc in read_documents([path], max_bytes=per_file)]
+
+
+def held_out_scores(model, tokenizer, texts: list[str], block_size: int, device: str) -> dict:
+    """Bits per byte and perplexity of the documents, EOS-separated and cut into blocks of block_size tokens."""
+    import torch
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+    stream = torch.tensor(ids, dtype=torch.long)
+    meter = HeldOutLoss(token_byte_lengths(tokenizer), device)
+    # blocks overlap by one token, so every token after the first is predicted exactly once
+    for start in range(0, len(stream) - 1, block_size):
+        block = stream[start : start + block_size + 1].unsqueeze(0).to(device)
+        if block.shape[1] >= 2:
+            meter.add(model, block)
+    scores = meter.result()
+    return {key: scores[key] for key in ("bits_per_byte", "perplexity", "tokens", "bytes")}
+
+
+def run_bpb(ckpt: Path, corpus: Path, langs: list[str], max_bytes: int, remote_code: bool, device: str) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = {lang: val_texts(corpus, lang, max_bytes) for lang in langs}
+    tokenizer = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=remote_code)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=remote_code, dtype="float32").to(device).eval()
+    block_size = min(getattr(model.config, "max_position_embeddings", 1024) or 1024, 1024)
+    return {lang: held_out_scores(model, tokenizer, texts[lang], block_size, device) for lang in langs}
+
+
+def hub_dataset(task: str, configs: dict) -> dict | None:
+    """The published dataset a task's score compares with, for model-index metadata; None for a score that
+    compares with nothing published (the approximate HellaSwag rebuild)."""
+    if "hellaswag" in task and task.endswith("_local"):
+        return None
+    if task in SINGLE_TASKS or task in GROUPS:
+        return stock_dataset(task)
+    cfg = configs.get(task)
+    if isinstance(cfg, dict) and cfg.get("dataset_path"):
+        split = cfg.get("test_split") or cfg.get("validation_split")
+        return {"path": cfg["dataset_path"], "config": cfg.get("dataset_name"), "split": split}
+    return None
+
+
+def metric_rows(results: dict, tasks: list[str]) -> list[tuple[str, str, float, float | None]]:
+    """(task, metric, value, random baseline) for the requested tasks (groups: their aggregate)."""
+    rows = []
+    table = results.get("results", {})
+    for task in [t for t in tasks if t in table] or sorted(table):
+        for key, value in table[task].items():
+            metric, _, _filter = key.partition(",")
+            if not isinstance(value, (int, float)) or metric.endswith("_stderr") or metric in ("alias", "sample_len"):
+                continue
+            baseline = random_baseline(task) if metric in ("acc", "acc_norm") else None
+            rows.append((task, metric, float(value), baseline))
+    return rows
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a saved model folder (config.json, weights, tokenizer)")
+    p.add_argument("--tasks", default="", help="comma-separated lm-eval task or group names, e.g. arc_easy_local")
+    p.add_argument("--limit", type=int, default=None, help="at most N documents per task (for quick checks)")
+    p.add_argument("--output", type=Path, default=None, help="results JSON (default CKPT/eval_results.json)")
+    p.add_argument("--corpus", type=Path, default=Path(os.environ.get("SHUANGYU_CORPUS") or DEFAULT_CORPUS))
+    p.add_argument("--langs", default="zh,en", help="languages (sub-folders of --corpus) for bits per byte")
+    p.add_argument("--bpb_max_bytes", type=int, default=1_000_000, help="text per language for bits per byte (0: all)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--no_model_card", action="store_true", help="leave CKPT/README.md (the model card) as it is")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    try:
+        config = check_model_folder(args.checkpoint)
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ckpt = args.checkpoint.resolve()
+        remote_code = needs_remote_code(config)
+        task_manager = task_manager_for(tasks) if tasks else None
+        bpb = run_bpb(ckpt, args.corpus, langs, args.bpb_max_bytes, remote_code, device) if langs else {}
+        results = (
+            run_lm_eval(ckpt, tasks, args.limit, remote_code, args.batch_size, device, task_manager) if tasks else {}
+        )
+    except UsageError as err:
+        return print_error(PROG, err)
+    rows = metric_rows(results or {}, tasks)
+    configs = (results or {}).get("configs", {})
+    output = args.output or ckpt / "eval_results.json"
+    report = {
+        "checkpoint": ckpt.name,  # not the absolute path: the file is pushed, and must not name the user's machine
+        "tasks": tasks,
+        "limit": args.limit,
+        "trust_remote_code": remote_code,
+        "lm_eval": {k: (results or {}).get(k, {}) for k in ("results", "groups", "versions", "n-shot", "configs")},
+        "held_out": bpb,
+        "table": [
+            {"task": t, "metric": m, "value": v, "random_guess": b, "dataset": hub_dataset(t, configs)}
+            for t, m, v, b in rows
+        ],
+        "notes": [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t in tasks) else [],
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    table = markdown_table(report["table"], bpb, report["notes"])
+    atomic_write_text(output.with_suffix(".md"), table)
+    print(table)
+    print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)
+    if not args.no_model_card:
+        print(f"updated the model card {write_card(ckpt, evaluation=report)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Writing folders whole or not at all, and reading sizes such as 500MB or 2.5B."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shuangyu.errors import UsageError
+
+
+@contextmanager
+def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of `dest` to fill; on success it replaces `dest` (renamed into place), on any
+    error it is removed and `dest` is left as it was. A crash leaves only a dot-named `.NAME.tmp-PID` folder
+    (or `tmp`, a name of the caller's choice, for writers in several processes), which readers skip. The old
+    `dest`, if any, is moved aside before the rename and deleted after it."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tmp) if tmp is not None else dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a file through a temporary name, so a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgGbBtT]?)(i?B)?\s*$")
+_SCALE = {"": 0, "k": 1, "m": 2, "g": 3, "b": 3, "t": 4}
+
+
+def parse_size(text: str | int, flag: str) -> int:
+    """A positive count or size: a number with an optional k, M, G or B (billion), T multiplier and an optional
+    byte unit, so `500M`, `2.5B` (tokens) and `200MB`, `2GB`, `1.5GiB` (bytes) all read as expected. A
+    multiplier followed by `iB` counts in powers of 1024; a bare number is taken as it is."""
+    match = _SIZE_RE.match(str(text))
+    if not match:
+        raise UsageError(f"{flag} {text!r}: expected a number such as 500M, 2.5B, 200MB or 2GB")
+    number, multiplier, unit = match.groups()
+    if multiplier.lower() == "b" and unit:  # "2BB" and "2BiB" mean nothing
+        raise UsageError(f"{flag} {text!r}: expected a number such as 500M, 2.5B, 200MB or 2GB")
+    if not multiplier and unit and unit != "B":
+        raise UsageError(f"{flag} {text!r}: expected a number such as 500M, 2.5B, 200MB or 2GB")
+    base = 1024 if unit == "iB" else 1000
+    value = int(float(number) * base ** _SCALE[multiplier.lower()])
+    if value <= 0:
+        raise UsageError(f"{flag} {text!r}: must be positive")
+    return value

@@ -1,0 +1,27 @@
+"""What every consumer of a saved model folder (evaluation, the push) checks first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shuangyu.errors import UsageError
+
+
+def check_model_folder(folder: Path) -> dict:
+    """The folder's config.json, after checking that it is a model folder with a tokenizer."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{folder} is not a checkpoint folder (no config.json)")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise UsageError(f"{folder} has no tokenizer (no tokenizer.json / tokenizer_config.json): save one with the model")
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{folder / 'config.json'}: not valid JSON ({err}); save the model again") from None
+
+
+def needs_remote_code(config: dict) -> bool:
+    """A Shuangyu folder carries its code (auto_map); an exported stock Llama folder does not need it."""
+    return "auto_map" in config

@@ -1,0 +1,170 @@
+"""Push a checkpoint folder to the Hugging Face Hub, with its model card.
+
+    python eval/push.py CKPT --hub_model_id USER/NAME [--private] [--revision BRANCH] [--logs DIR]
+    (also `python -m shuangyu.sharing.push`)
+
+What goes up, in one commit: the weights (safetensors), config.json with auto_map and the model code, the
+tokenizer, generation_config.json, eval_results.json/.md when eval/run.py has run, and README.md, the model
+card (written if the folder has none; its "How to use" section is set to load from the Hub repo). `--logs`
+adds a tensorboard folder under runs/. The token comes from $HF_TOKEN or the login cached by `hf auth login`;
+it is never printed or written anywhere by Shuangyu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shuangyu.errors import UsageError, print_error
+from shuangyu.sharing.card import render_card
+from shuangyu.sharing.folder import check_model_folder
+
+PROG = "push.py"
+
+
+class PushError(UsageError):
+    """The Hub refused or could not be reached: one line, non-zero exit (a bad folder, id or token is a
+    plain UsageError)."""
+
+
+def check_folder(folder: Path) -> None:
+    """What eval/run.py asks of a checkpoint (config.json, a tokenizer), and safetensors weights."""
+    check_model_folder(folder)
+    if not any(folder.glob("*.safetensors")):
+        raise PushError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
+
+
+def check_token() -> None:
+    """A token must exist before anything is sent (its value is never shown)."""
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+
+
+def check_repo_id(repo_id: str | None) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id:
+        raise PushError("give --hub_model_id USER/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise PushError(f"--hub_model_id {repo_id!r}: {err}") from None
+    if "/" not in repo_id:
+        raise PushError(f"--hub_model_id {repo_id!r}: give the owner too, as USER/NAME or ORG/NAME")
+    return repo_id
+
+
+def _skipped(path: Path) -> bool:
+    """Left behind by writers that crashed (ours write to a dot-name, then rename), or caches."""
+    return any(part.startswith(".") or part == "__pycache__" for part in path.parts) or path.suffix in (".tmp", ".pyc")
+
+
+def _files(root: Path, prefix: str = "") -> dict[str, Path]:
+    """path in the repo -> file, for every file under root worth pushing."""
+    found = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if not _skipped(rel):
+            found[prefix + rel.as_posix()] = path
+    return found
+
+
+def operations(folder: Path, card: bytes, logs: Path | None) -> list:
+    from huggingface_hub import CommitOperationAdd
+
+    files = _files(folder) | (_files(logs, "runs/") if logs is not None else {})
+    files.pop("README.md", None)  # the card for the Hub replaces the folder's
+    ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
+    return ops + [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+
+
+def create_repo(repo_id: str, private: bool = False) -> str:
+    """Create the repo if it does not exist (checking the token works); returns its URL."""
+    from huggingface_hub import HfApi
+
+    try:
+        return str(HfApi().create_repo(repo_id, private=private, exist_ok=True))
+    except Exception as err:  # HTTP errors, refused connections: say which and stop
+        raise PushError(f"could not create or reach {repo_id}: {_reason(err)}") from None
+
+
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    logs: Path | None = None,
+    commit_message: str | None = None,
+    license: str | None = None,
+) -> str:
+    """Push FOLDER (and LOGS under runs/) as one commit; returns the commit's URL."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    check_folder(folder)
+    check_repo_id(repo_id)
+    check_token()
+    if logs is not None and not Path(logs).is_dir():
+        raise PushError(f"--logs {logs}: not a folder")
+    # loading from the Hub repo in the pushed card; the folder's own card keeps its local path
+    card = render_card(folder, name=repo_id, load_path=repo_id, license=license).encode()
+    api = HfApi()
+    create_repo(repo_id, private)
+    try:
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.create_commit(
+            repo_id,
+            operations(folder, card, Path(logs) if logs else None),
+            commit_message=commit_message or f"Upload {folder.resolve().name} with Shuangyu",
+            revision=revision,
+        )
+    except Exception as err:
+        raise PushError(f"push to {repo_id} failed: {_reason(err)}") from None
+    return info.commit_url
+
+
+def _reason(err: Exception) -> str:
+    """The first line of an error, which for the Hub's HTTP errors holds the status and the server's message."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a model folder (OUTPUT_DIR/final or checkpoints/step-N/model)")
+    p.add_argument("--hub_model_id", required=True, help="USER/NAME or ORG/NAME; created if it does not exist")
+    p.add_argument(
+        "--private", action="store_true", help="create the repo private (an existing repo keeps its setting)"
+    )
+    p.add_argument("--revision", default=None, help="push to this branch (created from main if missing)")
+    p.add_argument("--logs", type=Path, default=None, help="a tensorboard folder to add under runs/")
+    p.add_argument("--commit_message", default=None)
+    p.add_argument("--license", default=None, help="the card's license (default apache-2.0, or the card's own)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        url = push_folder(
+            args.checkpoint,
+            args.hub_model_id,
+            private=args.private,
+            revision=args.revision,
+            logs=args.logs,
+            commit_message=args.commit_message,
+            license=args.license,
+        )
+    except UsageError as err:
+        return print_error(PROG, err)
+    print(f"pushed {args.checkpoint} to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Raw text: naming sources (sources), reading documents (readers), sampling a mix by bytes (sampling)."""

@@ -1,0 +1,221 @@
+"""Reading documents from text files and Hub datasets.
+
+Files may be `.txt` (a document per line, or per file), `.jsonl`/`.json` (field `text_column`) or `.parquet`,
+each optionally gzip-compressed (`.gz`). The file readers are written by hand rather than through
+`datasets.load_dataset(..., streaming=True)` because users need errors that name the file and line (bad UTF-8,
+a line that is not JSON, a missing field) and a way to skip bad lines and count them; the Hub path does use
+`datasets`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shuangyu.errors import UsageError
+from shuangyu.text.sources import SourceSpec, file_kind
+
+
+@dataclass
+class ReadStats:
+    """What reading a source saw; shared by all files of the source."""
+
+    docs: int = 0
+    bytes: int = 0
+    skipped_lines: int = 0
+    passes: int = 0  # passes begun over the source (more than 1: upsampled to meet its weight)
+    files: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    text_column: str = "text"
+    document_per_file: bool = False
+    on_decode_error: str = "error"  # or "skip"
+    skip_flag: str = "--on_decode_error skip"  # the calling tool's flag that skips bad lines, named in errors
+
+
+DEFAULT_OPTIONS = ReadOptions()
+
+
+def _open_binary(path: Path, gz: bool):
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int, opts: ReadOptions, stats: ReadStats) -> str | None:
+    try:
+        # utf-8-sig on the first line drops a byte-order mark that some editors write
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as err:
+        if opts.on_decode_error == "skip":
+            stats.skipped_lines += 1
+            return None
+        raise UsageError(
+            f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+            f"fix the file or pass {opts.skip_flag}"
+        ) from None
+
+
+def _decode_whole(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = data.count(b"\n", 0, err.start) + 1
+        raise UsageError(f"{path}:{lineno}: not valid UTF-8 ({err.reason}); fix the file") from None
+
+
+def _text_field(record: object, path: Path, where: str, column: str) -> str | None:
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: expected a JSON object with field {column!r}, got {type(record).__name__}")
+    if column not in record:
+        fields = ", ".join(map(str, record)) or "none"
+        raise UsageError(f"{where}: no field {column!r} (fields: {fields}); set --text_column")
+    value = record[column]
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: field {column!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=lambda: True) -> Iterator[str]:
+    """Yield the documents of one file, lazily. `keep()` is asked before a line is decoded or parsed, so
+    that sampling a small share of a large file skips most of the work (skipped lines are not checked)."""
+    suffix, gz = file_kind(path)
+    stats.files.add(str(path))
+    if suffix == ".parquet":
+        yield from _iter_parquet(path, opts, keep)
+        return
+    with _open_binary(path, gz) as fh:
+        if opts.document_per_file and suffix == ".txt":
+            if keep():
+                text = _decode_whole(fh.read(), path)
+                if text:
+                    yield text
+            return
+        if suffix == ".json":
+            head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+            fh.seek(0)
+            if head.startswith(b"["):  # a JSON array of records: must be parsed whole
+                yield from _iter_json_array(path, fh.read(), opts, keep)
+                return
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip() or not keep():
+                continue
+            line = _decode_line(raw, path, lineno, opts, stats)
+            if line is None:
+                continue
+            if suffix == ".txt":
+                text = line.rstrip("\r\n")
+            else:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    if opts.on_decode_error == "skip":
+                        stats.skipped_lines += 1
+                        continue
+                    raise UsageError(
+                        f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line, or pass {opts.skip_flag}"
+                    ) from None
+                text = _text_field(record, path, f"{path}:{lineno}", opts.text_column)
+            if text:
+                yield text
+
+
+def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, keep) -> Iterator[str]:
+    try:
+        records = json.loads(_decode_whole(data, path))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    for i, record in enumerate(records):
+        if keep():
+            text = _text_field(record, path, f"{path}: record {i}", opts.text_column)
+            if text:
+                yield text
+
+
+def _iter_parquet(path: Path, opts: ReadOptions, keep) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a file that is not parquet
+        raise UsageError(f"{path}: not a readable parquet file ({err})") from None
+    names = pf.schema_arrow.names
+    if opts.text_column not in names:
+        raise UsageError(f"{path}: no column {opts.text_column!r} (columns: {', '.join(names)}); set --text_column")
+    for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_column]):
+        for text in batch.column(0).to_pylist():
+            if keep() and text:
+                yield text
+
+
+def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed: int) -> Iterator[str]:
+    """Stream a Hub dataset (or a local dataset folder) through `datasets`, shuffled with a buffer."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(spec.dataset, spec.config, split=split, streaming=True)
+    except Exception as err:  # datasets raises many types (connection, missing config, missing split)
+        raise UsageError(f"--dataset {spec.dataset!r}: could not open it ({type(err).__name__}: {err})") from None
+    ds = ds.shuffle(seed=seed, buffer_size=10_000)
+    for i, record in enumerate(ds):
+        text = _text_field(record, Path(spec.dataset), f"--dataset {spec.dataset}: row {i}", opts.text_column)
+        if text:
+            yield text
+
+
+def _probe_text(raw_line: bytes, suffix: str, column: str) -> str:
+    try:
+        line = raw_line.decode("utf-8")
+        if suffix == ".txt":
+            return line
+        text = json.loads(line).get(column) if line.strip() else ""
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return ""  # bad lines are reported when the file is read for real
+    return text if isinstance(text, str) else ""
+
+
+def estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int = 1 << 20) -> int:
+    """Text bytes in a file, estimated from its first ~1 MB: JSON keys, escapes and compression make the
+    size on disk a poor guide, and a poor guide means sampling rates that miss the byte budget."""
+    suffix, gz = file_kind(path)
+    size = path.stat().st_size
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path).metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if opts.text_column not in names:
+            return size
+        col = names.index(opts.text_column)
+        return sum(meta.row_group(r).column(col).total_uncompressed_size for r in range(meta.num_row_groups))
+    if suffix == ".json" or (opts.document_per_file and suffix == ".txt"):
+        return int(size * (3.0 if gz else 1.0))
+    with open(path, "rb") as raw:
+        fh = gzip.GzipFile(fileobj=raw) if gz else raw
+        text_bytes = consumed = 0
+        for raw_line in fh:
+            consumed += len(raw_line)
+            text_bytes += len(_probe_text(raw_line, suffix, opts.text_column).encode("utf-8"))
+            if consumed >= probe_bytes:
+                break
+        on_disk = raw.tell() if gz else consumed
+    return int(size * text_bytes / max(on_disk, 1))
+
+
+
+
+def read_documents(files: Iterable[Path], opts: ReadOptions = DEFAULT_OPTIONS, max_bytes: int = 0) -> list[str]:
+    """The documents of `files` in order, up to about `max_bytes` of text (0: all of it)."""
+    docs, size, stats = [], 0, ReadStats()
+    for path in files:
+        for doc in iter_file_documents(Path(path), opts, stats):
+            docs.append(doc)
+            size += len(doc.encode("utf-8"))
+            if max_bytes and size >= max_bytes:
+                return docs
+    return docs

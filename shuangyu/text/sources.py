@@ -1,0 +1,144 @@
+"""Naming text sources: how users name them on the command line, and which files each one means.
+
+One way of naming sources serves every tool that reads raw text (the tokenizer trainer, the data pipeline):
+
+    [NAME=]GLOB[,GLOB...][:WEIGHT]      local files, e.g.  zh=corpus/zh/*.jsonl:0.5
+    [NAME=]DATASET[:CONFIG][:WEIGHT]    a Hub dataset (or a local dataset folder), streamed
+
+A trailing `:WEIGHT` is a positive number; NAME labels the source in reports (default: the spec). Reading the
+documents is `shuangyu.text.readers`; sampling a byte budget from several sources is `shuangyu.text.sampling`.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+from shuangyu.errors import UsageError
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+_NAME_RE = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
+
+
+@dataclass(kw_only=True)
+class SourceArguments:
+    """The command-line flags that name text sources, shared by every tool that reads raw text."""
+
+    files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Sources of local files: [NAME=]GLOB[,GLOB...][:WEIGHT], e.g. 'zh=data/zh/*.jsonl:0.5'."},
+    )
+    dataset: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Hub datasets (or local dataset folders), streamed: [NAME=]DATASET[:CONFIG][:WEIGHT]."},
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split read from each --dataset."})
+    exclude: list[str] = field(
+        default_factory=list, metadata={"help": "Globs of files to leave out of --files, e.g. '*_val.jsonl'."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Field holding the text in json/jsonl/parquet."})
+    document_per_file: bool = field(
+        default=False, metadata={"help": "Treat each .txt file as one document (default: one per line)."}
+    )
+
+    def resolve_sources(self) -> tuple[list[SourceSpec], list[list[Path]]]:
+        """The named sources, checked, with each one's files (none for a dataset)."""
+        specs = [parse_file_source(s) for s in self.files] + [parse_dataset_source(s) for s in self.dataset]
+        if not specs:
+            raise UsageError("no training text: give --files and/or --dataset")
+        check_weights(specs)
+        return specs, [[] if s.is_dataset else resolve_files(s, self.exclude) for s in specs]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    weight: float | None = None
+    patterns: tuple[str, ...] = ()  # local files
+    dataset: str | None = None  # Hub dataset name or local dataset folder
+    config: str | None = None
+
+    @property
+    def is_dataset(self) -> bool:
+        return self.dataset is not None
+
+
+def _split_weight(spec: str, flag: str) -> tuple[str, float | None]:
+    head, sep, tail = spec.rpartition(":")
+    if not sep:
+        return spec, None
+    try:
+        weight = float(tail)
+    except ValueError:
+        return spec, None
+    if not math.isfinite(weight) or weight <= 0:
+        raise UsageError(f"{flag} {spec!r}: weight {tail!r} must be a positive number")
+    return head, weight
+
+
+def _split_name(spec: str) -> tuple[str | None, str]:
+    match = _NAME_RE.match(spec)
+    return (match.group(1), match.group(2)) if match else (None, spec)
+
+
+def parse_file_source(spec: str, flag: str = "--files") -> SourceSpec:
+    name, rest = _split_name(spec)
+    rest, weight = _split_weight(rest, flag)
+    patterns = tuple(p for p in rest.split(",") if p)
+    if not patterns:
+        raise UsageError(f"{flag} {spec!r}: no path or glob given")
+    return SourceSpec(name=name or rest, weight=weight, patterns=patterns)
+
+
+def parse_dataset_source(spec: str, flag: str = "--dataset") -> SourceSpec:
+    name, rest = _split_name(spec)
+    rest, weight = _split_weight(rest, flag)
+    dataset, _, config = rest.partition(":")
+    if not dataset:
+        raise UsageError(f"{flag} {spec!r}: no dataset name given")
+    return SourceSpec(name=name or rest, weight=weight, dataset=dataset, config=config or None)
+
+
+def check_weights(sources: list[SourceSpec]) -> None:
+    weighted = [s.weight is not None for s in sources]
+    if any(weighted) and not all(weighted):
+        missing = ", ".join(s.name for s in sources if s.weight is None)
+        raise UsageError(f"give a :WEIGHT to every source or to none (missing on: {missing})")
+    names = [s.name for s in sources]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"source names must be unique, repeated: {', '.join(dupes)} (label them NAME=...)")
+
+
+def file_kind(path: str | Path) -> tuple[str, bool]:
+    """('.jsonl', True) for data.jsonl.gz; raises for an unsupported type."""
+    name = str(path).lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    for suffix in TEXT_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix, gz
+    raise UsageError(f"{path}: unsupported file type; use {', '.join(TEXT_SUFFIXES)} (optionally .gz)")
+
+
+def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), flag: str = "--files") -> list[Path]:
+    """Expand a source's globs to a sorted, de-duplicated file list; every glob must match a file."""
+    found: dict[str, Path] = {}
+    for pattern in spec.patterns:
+        expanded = os.path.expanduser(pattern)
+        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
+        matches = [m for m in matches if os.path.isfile(m) and not any(fnmatch(m, ex) for ex in exclude)]
+        if not matches:
+            raise UsageError(f"{flag} {pattern!r}: no file matches (after --exclude)")
+        for match in matches:
+            file_kind(match)
+            found.setdefault(os.path.realpath(match), Path(match))
+    return sorted(found.values())
+
+

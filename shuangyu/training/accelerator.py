@@ -1,0 +1,68 @@
+"""The run's Accelerator: which processes, which precision, which trackers; and what the launcher's config asks
+for that the run must adapt to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, TorchDynamoPlugin
+
+from shuangyu.errors import UsageError
+from shuangyu.training.arguments import LoggingArguments, OptimizerArguments, TrainArguments
+
+
+def build_accelerator(train_args: TrainArguments, logging_args: LoggingArguments, out: Path) -> Accelerator:
+    return Accelerator(
+        cpu=cpu_processes(),
+        mixed_precision=mixed_precision(train_args.mixed_precision),
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        log_with=trackers(logging_args.report_to),
+        project_dir=str(out),
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if train_args.compile else None,
+    )
+
+
+def cpu_processes() -> bool:
+    """Several processes on a machine without GPUs. Accelerate's multi-process launcher does not tell the
+    processes to use the CPU, and without `cpu=True` each would train alone as if it were the only one."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16: Accelerate adds loss scaling
+
+
+def trackers(report_to: str):
+    if report_to == "none":
+        return None
+    return "all" if report_to == "all" else report_to.split(",")
+
+
+def check_distributed(accelerator: Accelerator, train_args: TrainArguments, optim_args: OptimizerArguments) -> None:
+    """What the launcher's config (accelerate_configs/) asks for that the run must adapt to, checked first."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise UsageError(
+            f"{launched} processes were launched but Accelerate joined {accelerator.num_processes}: each would "
+            "train alone; on a machine without GPUs use accelerate_configs/cpu.yaml"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and accelerator.distributed_type != DistributedType.FSDP:
+        accelerator.print("note: FSDP needs GPUs; these CPU processes run plain data parallel (DDP) instead")
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    if optim_args.optimizer == "muon":
+        raise UsageError(
+            "--optimizer muon does not work under DeepSpeed ZeRO, which flattens the weight matrices: use "
+            "--optimizer adamw, or accelerate_configs/fsdp2.yaml to shard with Muon"
+        )
+    # the training loader is not passed to accelerator.prepare (it resumes by itself), so DeepSpeed cannot
+    # infer its micro-batch from it
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = train_args.per_device_train_batch_size

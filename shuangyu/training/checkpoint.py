@@ -1,0 +1,129 @@
+"""Checkpoints, all of it in one place: saving (written whole or not at all, the last K kept), finding the one
+to resume from (incomplete ones skipped), the shareable model folder in each, and OUTPUT_DIR/final.
+
+Layout under --output_dir:
+
+    checkpoints/step-00001000/accelerate/     accelerator.save_state: model, optimizer, scheduler, RNG,
+                                              and registered objects (data position, training state)
+    checkpoints/step-00001000/model/          an HF folder (weights, config + code, tokenizer): shareable
+    checkpoints/step-00001000/checkpoint.json written last: its presence marks the checkpoint complete
+    checkpoints/.step-00001000.tmp/           a checkpoint being written; renamed when done
+    final/                                    a copy of the last checkpoint's model/, when the run finishes
+
+A crash while writing leaves only a dot-named temporary folder (or a folder without checkpoint.json), which
+`complete_checkpoints` ignores and the next save clears.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from shuangyu.files import atomic_folder
+from shuangyu.sharing.card import write_card
+
+MARKER = "checkpoint.json"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return checkpoints_root(output_dir) / f"step-{step:08d}"
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    root = checkpoints_root(output_dir)
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _STEP_RE.match(path.name)
+            if match and (path / MARKER).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(output_dir: str | Path, resume_from: str | None) -> Path | None:
+    """`latest`: the newest complete checkpoint, or None to start afresh; a path: that checkpoint."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        done = complete_checkpoints(output_dir)
+        return done[-1][1] if done else None
+    path = Path(resume_from)
+    if not (path / MARKER).is_file():
+        raise ValueError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {MARKER} in it)")
+    return path
+
+
+def read_checkpoint_info(path: str | Path) -> dict:
+    return json.loads((Path(path) / MARKER).read_text())
+
+
+def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:
+    """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer, and
+    the model card (README.md; `card` holds write_card's name, load_path and training). Collective: gathering
+    a sharded model needs every rank; the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+        write_card(path, **(card or {}))
+
+
+def save_checkpoint(
+    accelerator, output_dir: str | Path, step: int, model, tokenizer, *, card: dict, info: dict,
+    keep_last: int | None = None,
+) -> Path:  # fmt: skip
+    """Save on every rank (`save_state` is collective) into a temporary folder, which the main process renames
+    into place once everything, the marker last, is written; then prune."""
+    final = checkpoint_dir(output_dir, step)
+    tmp = final.parent / f".{final.name}.tmp"  # one name every rank knows
+    with atomic_folder(final, tmp) if accelerator.is_main_process else nullcontext(tmp):
+        accelerator.wait_for_everyone()  # the folder exists
+        accelerator.save_state(str(tmp / "accelerate"))
+        save_model_folder(accelerator, model, tokenizer, tmp / "model", card)
+        if accelerator.is_main_process:
+            (tmp / MARKER).write_text(json.dumps({"step": step, "time": time.time(), **info}, indent=2) + "\n")
+        accelerator.wait_for_everyone()  # every rank has written its part
+    if accelerator.is_main_process:
+        prune(output_dir, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune(output_dir: str | Path, keep_last: int | None) -> None:
+    """Keep the newest `keep_last` complete checkpoints; clear leftovers of interrupted saves."""
+    root = checkpoints_root(output_dir)
+    for leftover in root.glob(".step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    done = complete_checkpoints(output_dir)
+    if keep_last:
+        for _, path in done[:-keep_last]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_final(output_dir: str | Path) -> Path:
+    """Copy the last checkpoint's model folder to OUTPUT_DIR/final (replacing a previous one whole); its card
+    then says to load it from there."""
+    final = Path(output_dir) / "final"
+    with atomic_folder(final) as tmp:
+        shutil.copytree(complete_checkpoints(output_dir)[-1][1] / "model", tmp, dirs_exist_ok=True)
+        if (tmp / "README.md").is_file():
+            write_card(tmp, load_path=str(final))
+    return final
+
+
+def start_fresh(output_dir: str | Path) -> None:
+    """--overwrite_output_dir: clear the previous run's checkpoints, final model and log (not the data)."""
+    out = Path(output_dir)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out / "final", ignore_errors=True)
+    (out / "train_log.jsonl").unlink(missing_ok=True)

@@ -1,0 +1,62 @@
+"""The model to train: its config (checked against the tokenizer and block size before any heavy work) and the
+model itself, from a preset, a config file or pretrained weights."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from shuangyu.errors import UsageError
+from shuangyu.training.arguments import ModelArguments
+
+
+def build_config(model_args: ModelArguments, tokenizer, block_size: int):
+    from transformers import AutoConfig
+
+    from shuangyu.modeling import PRESETS, ShuangyuConfig
+
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    elif model_args.model_config in PRESETS:
+        # round the vocabulary up to a multiple of 64: matrix units like aligned shapes
+        vocab = 64 * math.ceil(len(tokenizer) / 64)
+        ids = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        config = ShuangyuConfig.from_preset(model_args.model_config, vocab_size=vocab, **ids)
+    elif Path(model_args.model_config).exists():
+        try:
+            config = AutoConfig.from_pretrained(model_args.model_config, trust_remote_code=True)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--model_config {model_args.model_config}: {err}") from None
+    else:
+        raise UsageError(
+            f"--model_config {model_args.model_config!r}: not a preset ({', '.join(PRESETS)}) nor a config file"
+        )
+    if len(tokenizer) > config.vocab_size:
+        raise UsageError(
+            f"--tokenizer_name has {len(tokenizer):,} tokens but the model's vocab_size is {config.vocab_size:,}: "
+            "use a model config with a larger vocab_size"
+        )
+    if block_size > config.max_position_embeddings:
+        raise UsageError(
+            f"--block_size {block_size} is above the model's max_position_embeddings {config.max_position_embeddings}"
+        )
+    return config
+
+
+def build_model(model_args: ModelArguments, config):
+    from transformers import AutoModelForCausalLM
+
+    from shuangyu.modeling import ShuangyuForCausalLM
+
+    kwargs = {"attn_implementation": model_args.attn_implementation}
+    if model_args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **kwargs)
+    else:
+        model = ShuangyuForCausalLM._from_config(config, **kwargs)
+    if model_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model

@@ -1,0 +1,50 @@
+"""What the model card says about a run at a checkpoint: the data mix and the recipe (rendered by
+shuangyu.sharing.card.training_section)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shuangyu.data.prepared import PreparedData
+from shuangyu.training.arguments import TrainConfig
+from shuangyu.training.state import TrainState
+
+
+def training_summary(
+    config: TrainConfig, data: PreparedData, state: TrainState, max_steps: int, processes: int, precision: str,
+    validation: dict,
+) -> dict:  # fmt: skip
+    manifest = data.manifest
+    sources = [
+        {
+            "name": s["name"],
+            "files": [Path(f).name for f in s.get("files") or []],
+            "dataset": s.get("dataset"),
+            "weight": s.get("weight"),
+            "docs_taken": s.get("docs_taken"),
+            "tokens_taken": s.get("tokens_taken"),
+            "passes": s.get("passes"),
+        }
+        for s in manifest["sources"]
+    ]
+    t, o, sched = config.train, config.optim, config.schedule
+    batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * processes
+    recipe = {
+        "model": config.model.model_name_or_path or config.model.model_config,
+        "tokenizer_vocabulary": manifest["tokenizer"]["vocab_size"],
+        "block_size": data.block_size,
+        "batch": f"{batch} rows x {data.block_size} tokens ({processes} process{'es' if processes > 1 else ''} x "
+        f"{t.per_device_train_batch_size} rows x {t.gradient_accumulation_steps} accumulation)",
+        "steps": state.step,
+        "planned_steps": max_steps,
+        "tokens_seen": state.tokens,
+        "optimizer": o.optimizer + (f" ({o.muon_scale})" if o.optimizer == "muon" else ""),
+        "learning_rate": o.learning_rate,
+        "weight_decay": o.weight_decay,
+        "schedule": f"{sched.lr_scheduler_type}, {sched.warmup_steps} warmup steps",
+        "gradient_clipping": o.max_grad_norm,
+        "precision": "fp32" if precision == "no" else precision,
+        "attention": config.model.attn_implementation + (", per document" if config.data.document_attention else ""),
+        "seed": t.seed,
+    }
+    return {"sources": sources, "recipe": recipe, "validation": validation}

@@ -1,0 +1,242 @@
+"""Pretrain a Shuangyu causal LM with Accelerate: the set-up, then the loop.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml train_clm.py --config configs/tiny-cpu.yaml \\
+        --tokenizer_name outputs/tokenizer --output_dir outputs/tiny-cpu
+
+`train_clm.py` at the repository root runs `main`, as does `python -m shuangyu.training.train`. Each piece is
+built by a module of shuangyu/training/ from its own config and tested there; this file only puts them together.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from shuangyu.data.prepared import PreparedData
+from shuangyu.errors import RunDiverged, UsageError, print_error
+from shuangyu.evaluation.bits_per_byte import token_byte_lengths
+from shuangyu.tokenizer.loading import load_tokenizer
+from shuangyu.training import checkpoint as ckpt
+from shuangyu.training.accelerator import build_accelerator, check_distributed
+from shuangyu.training.arguments import TrainConfig, parse_args, total_steps
+from shuangyu.training.checks import check_run
+from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
+from shuangyu.training.model import build_config, build_model
+from shuangyu.training.optim import build_optimizer, clip_and_step
+from shuangyu.training.run_log import RunLog, write_run_args
+from shuangyu.training.schedule import build_scheduler
+from shuangyu.training.state import TrainState
+from shuangyu.training.stopping import StopRequest, should_stop
+from shuangyu.training.summary import training_summary
+from shuangyu.training.training_data import open_training_data
+from shuangyu.training.validation import evaluate, format_validation, generate_samples, validation_logs
+
+PROG = "train_clm.py"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return train(parse_args(argv, PROG))
+    except (UsageError, RunDiverged) as err:
+        return print_error(PROG, err)
+
+
+@dataclass
+class Run:
+    """Everything the loop works with, built once by `set_up`."""
+
+    config: TrainConfig
+    out: Path
+    accelerator: object
+    tokenizer: object
+    data: PreparedData
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    val_loaders: dict
+    state: TrainState
+    max_steps: int
+    tokens_per_step: int
+    meter: Throughput
+    log: RunLog
+    validation: dict = field(default_factory=dict)  # the last held-out scores, for the model card
+
+
+def train(config: TrainConfig) -> int:
+    out, resume_dir = check_run(config)
+    run = set_up(config, out, resume_dir)
+    stopped_by = train_loop(run)
+    return finish(run, stopped_by)
+
+
+def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
+    accelerator = build_accelerator(config.train, config.logging, out)
+    check_distributed(accelerator, config.train, config.optim)
+    set_seed(config.train.seed)
+    tokenizer = load_tokenizer(config.model.tokenizer_name)
+    model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work
+    if accelerator.is_main_process and config.checkpoint.overwrite_output_dir and not resume_dir:
+        ckpt.start_fresh(out)
+    data = open_training_data(
+        config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator
+    )
+    data.check_vocab_size(model_config.vocab_size)
+    model = build_model(config.model, model_config)
+    t = config.train
+    tokens_per_step = (
+        t.per_device_train_batch_size * data.block_size * t.gradient_accumulation_steps * accelerator.num_processes
+    )
+    max_steps = total_steps(t, tokens_per_step)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.schedule, max_steps)
+    # pinned host memory is what makes the copy to the GPU asynchronous (non_blocking); a CPU run needs neither
+    loader = data.train_loader(
+        t.per_device_train_batch_size, accelerator=accelerator, seed=t.seed, num_workers=config.data.dataloader_num_workers,
+        pin_memory=accelerator.device.type == "cuda", position_ids=config.data.document_attention,
+    )  # fmt: skip
+    val_loaders = {
+        name: accelerator.prepare(loader)
+        for name, loader in data.validation_loaders(config.logging.per_device_eval_batch_size).items()
+    }
+    peak = device_peak_flops(accelerator.device, config.logging.peak_tflops)
+    meter = Throughput(flops_per_token(model, data.block_size), peak, accelerator.num_processes)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # the scheduler is stepped by the loop once per optimizer step (a prepared one would step once per process)
+    state = TrainState()
+    accelerator.register_for_checkpointing(loader, state, scheduler)
+    if resume_dir:
+        accelerator.load_state(str(resume_dir / "accelerate"))
+        accelerator.print(f"resumed from {resume_dir} at step {state.step}")
+    if accelerator.is_main_process:
+        write_run_args(out, config.as_dict(), state.step)
+        accelerator.init_trackers(
+            "shuangyu", config={k: str(v) for group in config.as_dict().values() for k, v in group.items()}
+        )
+    return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_loaders, state,
+               max_steps, tokens_per_step, meter, RunLog(accelerator, out))  # fmt: skip
+
+
+def train_loop(run: Run) -> str | None:
+    """Train to max_steps; returns what stopped the run early (a signal's name), or None."""
+    accelerator, cfg, state, model = run.accelerator, run.config, run.state, run.model
+    stop, stopping = StopRequest(), False
+    # a bar on a terminal; in a log file (nohup, a cluster job) a plain line per logging step instead
+    bar = tqdm(total=run.max_steps, initial=state.step, desc="training",
+               disable=None if accelerator.is_main_process else True)  # fmt: skip
+    loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
+    started = time.perf_counter()
+    model.train()
+    try:
+        while state.step < run.max_steps and not stopping:
+            for batch in run.loader:  # one epoch (the rest of it, after a resume)
+                batch = {k: v.to(accelerator.device, non_blocking=run.loader.pin_memory) for k, v in batch.items()}
+                with accelerator.accumulate(model):
+                    loss = model(**batch, labels=batch["input_ids"]).loss
+                    accelerator.backward(loss)
+                    loss_sum, micro_steps = loss_sum + loss.detach(), micro_steps + 1
+                    if accelerator.sync_gradients:
+                        grad_norm, good = clip_and_step(accelerator, model, run.optimizer, cfg.optim.max_grad_norm)
+                if not accelerator.sync_gradients:
+                    continue
+                run.scheduler.step()
+                state.advance(run.tokens_per_step, good, cfg.train.max_bad_steps, accelerator.print)
+                run.meter.add(run.tokens_per_step)
+                bar.update(1)
+                step_loss, loss_sum, micro_steps = loss_sum / micro_steps, torch.zeros_like(loss_sum), 0
+                last = state.step == run.max_steps
+                logs = {}
+                if state.step % cfg.logging.logging_steps == 0 or last:
+                    logs = training_logs(run, step_loss, grad_norm)
+                    show_progress(run, bar, logs)
+                if run.val_loaders and (state.step % cfg.logging.eval_steps == 0 or last):
+                    logs |= validate(run)
+                if logs:
+                    run.log(state.step, logs | {"time_s": time.perf_counter() - started})
+                stopping = should_stop(stop, accelerator, state.step, cfg.logging.logging_steps)
+                if state.step % cfg.checkpoint.save_steps == 0 or last or stopping:
+                    save(run)
+                    run.meter.measure()  # evaluation and saving are not training throughput
+                if last or stopping:
+                    break
+    finally:
+        bar.close()
+        run.log.close()
+        stop.restore()
+    return stop.requested if stopping else None
+
+
+def training_logs(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> dict:
+    """This step's loss (the mean over its micro-batches and processes), gradient norm, lr and throughput."""
+    throughput = run.meter.measure()
+    return {
+        "train/loss": run.accelerator.reduce(step_loss, "mean").item(),
+        "train/grad_norm": float(grad_norm),
+        "train/lr": run.scheduler.get_last_lr()[0],
+        "train/tokens": run.state.tokens,
+        **{f"train/{k}": v for k, v in throughput.items()},
+    }
+
+
+def show_progress(run: Run, bar, logs: dict) -> None:
+    bar.set_postfix(loss=f"{logs['train/loss']:.3f}", tok_s=f"{logs['train/tokens_per_s']:,.0f}")
+    if bar.disable:
+        run.accelerator.print(
+            f"step {run.state.step}/{run.max_steps} loss {logs['train/loss']:.4f} lr {logs['train/lr']:.2e} "
+            f"tokens/s {logs['train/tokens_per_s']:,.0f}"
+        )
+
+
+def validate(run: Run) -> dict:
+    """Held-out scores per validation source and samples; kept for the card, printed, returned as logs."""
+    accelerator = run.accelerator
+    results = evaluate(
+        run.model, run.val_loaders, token_byte_lengths(run.tokenizer), accelerator, run.config.logging.eval_batches
+    )
+    samples = generate_samples(accelerator.unwrap_model(run.model), run.tokenizer, accelerator.device)
+    run.validation = results
+    if accelerator.is_main_process:
+        tqdm.write(format_validation(run.state.step, results, samples))
+    return validation_logs(results, samples)
+
+
+def save(run: Run) -> None:
+    accelerator, state = run.accelerator, run.state
+    summary = training_summary(run.config, run.data, state, run.max_steps, accelerator.num_processes,
+                               accelerator.mixed_precision, run.validation)  # fmt: skip
+    card = {
+        "name": run.out.resolve().name,
+        "training": summary,
+        "load_path": str(ckpt.checkpoint_dir(run.out, state.step) / "model"),
+    }
+    path = ckpt.save_checkpoint(
+        accelerator, run.out, state.step, run.model, run.tokenizer, card=card,
+        info={"tokens": state.tokens, "max_steps": run.max_steps}, keep_last=run.config.checkpoint.save_total_limit,
+    )  # fmt: skip
+    accelerator.print(f"saved {path}")
+
+
+def finish(run: Run, stopped_by: str | None) -> int:
+    accelerator, state, hub = run.accelerator, run.state, run.config.hub
+    if stopped_by:
+        accelerator.print(f"stopped by {stopped_by} at step {state.step}; resume with --resume_from_checkpoint latest")
+    elif accelerator.is_main_process:
+        final = ckpt.publish_final(run.out)
+        accelerator.print(f"done: {state.step} steps, {state.tokens:,} tokens; model in {final}")
+    accelerator.end_training()  # flushes the trackers' logs, which the push takes along
+    if hub.push_to_hub and not stopped_by and accelerator.is_main_process:
+        from shuangyu.training.hub import push_final
+
+        message = f"train_clm.py: {state.step} steps, {state.tokens:,} tokens"
+        return 0 if push_final(run.out, run.out / "final", message, hub) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

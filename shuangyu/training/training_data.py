@@ -1,0 +1,49 @@
+"""The run's data: prepared once (on the main process; a cache hit does no work) or opened, then checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shuangyu.data.inputs import PrepareArguments
+from shuangyu.data.prepare import format_report, prepare
+from shuangyu.data.prepared import MANIFEST, PreparedData
+from shuangyu.errors import UsageError
+from shuangyu.training.arguments import DataArguments
+
+
+def data_dir(data_args: DataArguments, output_dir: str) -> str:
+    return data_args.data_dir or str(Path(output_dir) / "data")
+
+
+def open_training_data(
+    data_args: DataArguments, tokenizer_name: str, tokenizer, seed: int, output_dir: str, accelerator
+) -> PreparedData:
+    folder = data_dir(data_args, output_dir)
+    if data_args.train_files or data_args.dataset_name:
+        if accelerator.is_main_process:
+            prepared = prepare(
+                PrepareArguments(
+                    output_dir=folder,
+                    tokenizer_name=tokenizer_name,
+                    files=data_args.train_files,
+                    dataset=data_args.dataset_name,
+                    exclude=data_args.exclude,
+                    text_column=data_args.text_column,
+                    validation_files=data_args.validation_files,
+                    block_size=data_args.block_size,
+                    num_proc=data_args.preprocessing_num_workers or 1,
+                    seed=seed,
+                ),
+                show_progress=accelerator.is_local_main_process,
+            )
+            print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
+        accelerator.wait_for_everyone()
+    elif not (Path(folder) / MANIFEST).is_file():
+        raise UsageError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
+    data = PreparedData.load(folder, tokenizer)
+    if data.block_size != data_args.block_size:
+        raise UsageError(
+            f"--data_dir {folder} holds rows of {data.block_size} tokens, not --block_size {data_args.block_size}: "
+            f"pass --block_size {data.block_size}, or --train_files to prepare the data again"
+        )
+    return data

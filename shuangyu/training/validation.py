@@ -1,0 +1,55 @@
+"""Validation during training: held-out loss and bits per byte per validation source, over every process, and
+greedy samples from fixed prompts so successive evaluations can be compared by eye."""
+
+from __future__ import annotations
+
+import torch
+
+from shuangyu.evaluation.bits_per_byte import HeldOutLoss
+
+SAMPLE_PROMPTS = {"zh": "今天天气很好，我们", "en": "Once upon a time, there was a"}
+
+
+@torch.no_grad()
+def evaluate(model, loaders: dict, byte_lengths: torch.Tensor, accelerator, max_batches: int = 0) -> dict:
+    """{source name: {"loss": mean per token, "bits_per_byte": ...}} (every predicted token counted, over all
+    ranks). Names are whatever the user gave (paths included): they are keys, never parsed."""
+    model.eval()
+    results = {}
+    for name, loader in loaders.items():
+        meter = HeldOutLoss(byte_lengths, accelerator.device)
+        for i, batch in enumerate(loader):
+            if max_batches and i >= max_batches:
+                break
+            meter.add(model, batch["input_ids"] if isinstance(batch, dict) else batch)
+        scores = meter.reduce(lambda t: accelerator.reduce(t, "sum")).result()
+        results[name] = {"loss": scores["loss"], "bits_per_byte": scores["bits_per_byte"]}
+    model.train()
+    return results
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, device, max_new_tokens: int = 32) -> dict[str, str]:
+    """Greedy continuations of the fixed prompts (on the unwrapped model)."""
+    model.eval()
+    samples = {}
+    for lang, prompt in SAMPLE_PROMPTS.items():
+        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        samples[lang] = tokenizer.decode(out[0], skip_special_tokens=False)
+    model.train()
+    return samples
+
+
+def validation_logs(results: dict, samples: dict) -> dict:
+    """Flat tracker keys: eval/NAME/loss, eval/NAME/bits_per_byte, samples/LANG."""
+    logs = {f"eval/{name}/{metric}": value for name, scores in results.items() for metric, value in scores.items()}
+    return logs | {f"samples/{lang}": text for lang, text in samples.items()}
+
+
+def format_validation(step: int, results: dict, samples: dict) -> str:
+    """One line: loss and bits per byte per source, then the samples."""
+    scores = ", ".join(
+        f"{name} loss {s['loss']:.3f} ({s['bits_per_byte']:.3f} bits/byte)" for name, s in results.items()
+    )
+    return f"step {step} validation: {scores}" + "".join(f"\n  {lang}: {text!r}" for lang, text in samples.items())

@@ -7,7 +7,7 @@ CORPUS ?= $(SHARED)/data/corpus
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo tokenizer train-tiny test lint bench-tokenizer
+.PHONY: install demo tokenizer train-tiny test test-slow lint format bench-tokenizer
 
 install: .make-installed
 
@@ -36,8 +36,17 @@ train-tiny: install
 test: install
 	$(PYTHON) -m pytest
 
+# the slow end-to-end tests (compile, flex attention, the tiny-cpu preset learning): about 6 minutes on 2 cores
+test-slow: install
+	timeout 1200 $(PYTHON) -m pytest -m slow
+
 lint: install
+	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m ruff check .
+
+format: install
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
 
 bench-tokenizer: install
 	$(PYTHON) bench/tokenizer.py --corpus $(CORPUS)

@@ -30,6 +30,7 @@ def check_compiled_matches_eager(**extra):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow  # a full-graph compile: 25-150 s on 2 cores
 def test_training_forward_compiles_fullgraph_and_matches_eager():
     check_compiled_matches_eager()
 

@@ -58,7 +58,9 @@ def packed_row(lengths, seed=2):
     return docs, ids, positions
 
 
-@pytest.mark.parametrize("attn", BACKENDS)
+@pytest.mark.parametrize(
+    "attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)]  # flex compiles: ~15-75 s
+)
 def test_packed_document_equals_document_alone(attn):
     model = tiny_model(attn)
     docs, ids, positions = packed_row([11, 17, 9])

@@ -208,3 +208,21 @@ def test_tiny_cpu_preset_learns_on_the_shared_corpus(data_tokenizer_dir, corpus_
     assert train[300] < train[10] - 1.0, train
     for lang in ("zh", "en"):
         assert evals[-1][f"eval/{lang}/loss"] < evals[0][f"eval/{lang}/loss"] - 0.2, evals
+
+
+def test_sources_named_only_by_their_paths_train_to_the_end(synthetic_corpus, tiny_tokenizer_dir, tmp_path):
+    """The plainest command, no NAME= labels: validation sources are named by their paths (slashes and all),
+    and the run must log, evaluate, save and finish with them."""
+    c, out = synthetic_corpus, tmp_path / "run"
+    proc = run(["--tokenizer_name", str(tiny_tokenizer_dir), "--train_files", str(c["zh_train"]), str(c["en_train"]),
+                "--validation_files", str(c["zh_val"]), str(c["en_val"]), "--model_config", "tiny",
+                "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "4", "--eval_steps", "2",
+                "--save_steps", "4", "--report_to", "none", "--preprocessing_num_workers", "1",
+                "--output_dir", str(out)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "final" / "model.safetensors").is_file()
+    evals = [e for e in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "samples/zh" in e]
+    assert [e["step"] for e in evals] == [2, 4]
+    assert evals[-1][f"eval/{c['zh_val']}/bits_per_byte"] > 0 and f"eval/{c['en_val']}/loss" in evals[-1]
+    card = (out / "final" / "README.md").read_text()
+    assert str(c["zh_val"]) in card  # the card's validation table names the source as given

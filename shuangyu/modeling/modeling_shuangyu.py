@@ -1,5 +1,9 @@
 """Shuangyu: a decoder-only transformer as a Hugging Face `PreTrainedModel`.
 
+One file on purpose, though long: it is one job (the model), it is copied into every saved checkpoint beside
+configuration_shuangyu.py for `trust_remote_code=True`, and, like transformers' modeling_llama.py, it reads in
+one sitting.
+
 Read top to bottom: norms, rotary embedding, MLP, attention, decoder block, the model, the causal-LM head with
 its chunked loss. Parameter names and shapes follow `LlamaForCausalLM` (model.embed_tokens,
 model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, input_layernorm,

@@ -1,0 +1,116 @@
+"""The shape of the code: dependencies point one way, nothing edits sys.path, files stay small."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "shuangyu"
+
+# Each step may import only the steps below it (modules at the top of the package, errors and files, are
+# below everything).
+LAYERS = ["errors", "files", "text", "tokenizer", "data", "modeling", "evaluation", "sharing", "training"]
+ALLOWED = {
+    "errors": set(),
+    "files": {"errors"},
+    "text": {"errors", "files"},
+    "tokenizer": {"errors", "files", "text"},
+    "data": {"errors", "files", "text", "tokenizer"},
+    "modeling": set(),  # copied into every saved folder and loaded with trust_remote_code: standalone
+    "evaluation": {"errors", "files", "text", "sharing"},
+    "sharing": {"errors", "files"},
+    "training": {"errors", "files", "text", "tokenizer", "data", "modeling", "evaluation", "sharing"},
+}
+
+
+def unit_of(module: str) -> str | None:
+    """'shuangyu.data.loader' -> 'data'; 'shuangyu.errors' -> 'errors'."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "shuangyu" and len(parts) > 1 else None
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def package_edges() -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {unit: set() for unit in LAYERS}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        unit = rel.parts[0]
+        if unit == "__init__":
+            continue
+        for name in imports(path):
+            target = unit_of(name)
+            if target and target != unit and target in edges:
+                edges[unit].add(target)
+    return edges
+
+
+def test_every_step_imports_only_the_steps_below_it():
+    for unit, targets in package_edges().items():
+        assert targets <= ALLOWED[unit], f"shuangyu.{unit} imports {sorted(targets - ALLOWED[unit])}"
+
+
+def test_no_import_cycle_between_steps():
+    edges = package_edges()
+    state: dict[str, int] = {}
+
+    def visit(unit, trail):
+        if state.get(unit) == 1:
+            pytest.fail(f"import cycle: {' -> '.join([*trail, unit])}")
+        if state.get(unit) == 2:
+            return
+        state[unit] = 1
+        for target in edges[unit]:
+            visit(target, [*trail, unit])
+        state[unit] = 2
+
+    for unit in edges:
+        visit(unit, [])
+
+
+def test_the_model_code_imports_only_itself_torch_and_transformers():
+    for path in (PACKAGE / "modeling").glob("*_shuangyu.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert node.module.split(".")[0] in {"torch", "transformers", "__future__", "typing", "math"}, (
+                    f"{path.name} imports {node.module}: saved folders carry only the model's own files"
+                )
+
+
+def python_files():
+    ignored = {".git", "outputs", ".whl", ".devdata", "build"}
+    return [p for p in REPO.rglob("*.py") if not ignored & set(p.relative_to(REPO).parts)]
+
+
+def test_nothing_edits_sys_path():
+    pattern = re.compile(r"sys\.path\.(insert|append)|sys\.path\s*=|sys\.path\s*\+=")
+    offenders = [str(p.relative_to(REPO)) for p in python_files() if pattern.search(p.read_text(encoding="utf-8"))]
+    assert [p for p in offenders if p != "tests/test_layout.py"] == [], offenders
+
+
+def test_package_files_are_small_or_say_why():
+    """A file much over 400 lines says at its top why it is one job."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 450:
+            head = text[:1500].lower()
+            assert "one job" in head or "one file" in head, f"{path.relative_to(REPO)}: over 450 lines, no reason given"
+
+
+def test_the_readme_scripts_are_thin_entry_points():
+    for script in ("tokenizer/train_bpe.py", "train_clm.py", "eval/run.py", "eval/push.py"):
+        text = (REPO / script).read_text(encoding="utf-8")
+        assert text.count("\n") < 25 and "from shuangyu." in text, script

@@ -9,7 +9,9 @@ try:
 except ModuleNotFoundError as err:
     if err.name != "shuangyu":
         raise
-    sys.exit("push.py: error: the shuangyu package is not installed: run `make install` (or `pip install -e .`) in the repository")
+    sys.exit(
+        "push.py: error: the shuangyu package is not installed: run `make install` (or `pip install -e .`) in the repository"
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,8 +63,12 @@ def _train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
     return out
 
 
-ZH_WORDS = "我们 今天 天气 很好 中国 人工智能 学习 语言 模型 数据 北京 上海 朋友 时间 工作 生活 喜欢 电影 故事 城市".split()
-EN_WORDS = "the model learns language from text and data in a small city where people read good stories every day".split()
+ZH_WORDS = (
+    "我们 今天 天气 很好 中国 人工智能 学习 语言 模型 数据 北京 上海 朋友 时间 工作 生活 喜欢 电影 故事 城市".split()
+)
+EN_WORDS = (
+    "the model learns language from text and data in a small city where people read good stories every day".split()
+)
 
 
 @pytest.fixture(scope="session")
@@ -117,15 +121,38 @@ def tiny_cpu_run(tmp_path_factory, data_tokenizer_dir, data_corpus_slices) -> Pa
 
     s, out = data_corpus_slices, tmp_path_factory.mktemp("tiny_cpu") / "run"
     args = [
-        "--config", str(REPO / "configs" / "tiny-cpu.yaml"), "--tokenizer_name", str(data_tokenizer_dir),
-        "--train_files", f"zh={s['zh_reviews']}:0.5", f"en={s['en_reviews']}:0.5",
-        "--validation_files", f"zh={s['zh_news']}", f"en={s['en_news']}",
-        "--max_steps", "24", "--eval_steps", "24", "--save_steps", "24", "--eval_batches", "2",
-        "--preprocessing_num_workers", "1", "--output_dir", str(out),
-    ]  # fmt: skip
+        "--config",
+        str(REPO / "configs" / "tiny-cpu.yaml"),
+        "--tokenizer_name",
+        str(data_tokenizer_dir),
+        "--train_files",
+        f"zh={s['zh_reviews']}:0.5",
+        f"en={s['en_reviews']}:0.5",
+        "--validation_files",
+        f"zh={s['zh_news']}",
+        f"en={s['en_news']}",
+        "--max_steps",
+        "24",
+        "--eval_steps",
+        "24",
+        "--save_steps",
+        "24",
+        "--eval_batches",
+        "2",
+        "--preprocessing_num_workers",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "train_clm.py"), *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train_clm.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
     if proc.returncode:
         pytest.fail(f"tiny-cpu training failed:\n{proc.stderr[-3000:]}")
     return out

@@ -135,8 +135,16 @@ class HubStandIn:
             if branch not in repo.branches:
                 return self._error(req, 404, "RevisionNotFound", f"Invalid rev id: {branch}")
             siblings = [{"rfilename": name} for name in sorted(repo.branches[branch])]
-            info = {"id": repo_id, "modelId": repo_id, "sha": repo.heads[branch], "private": repo.private,
-                    "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}  # fmt: skip
+            info = {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": repo.heads[branch],
+                "private": repo.private,
+                "siblings": siblings,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+            }
             return self._json(req, 200, info)
         return self._error(req, 404, "EntryNotFound", f"not served here: {method} /api/models/{'/'.join(rest)}")
 
@@ -224,10 +232,12 @@ class HubStandIn:
                 files.pop(value["path"], None)
         sha = hashlib.sha1(json.dumps([repo.heads[branch], header, sorted(files)]).encode()).hexdigest()
         repo.branches[branch], repo.heads[branch] = files, sha
-        self.commits.append({"repo": repo_id, "branch": branch, "summary": header["summary"], "files": added,
-                             "lfs_files": lfs_added})  # fmt: skip
-        return self._json(req, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                     "pullRequestUrl": None})  # fmt: skip
+        self.commits.append(
+            {"repo": repo_id, "branch": branch, "summary": header["summary"], "files": added, "lfs_files": lfs_added}
+        )
+        return self._json(
+            req, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
+        )
 
     def _resolve(self, req, method, repo_id, revision, filename, authorized):
         repo = self._readable(req, repo_id, authorized)
@@ -249,8 +259,13 @@ class HubStandIn:
         return self._send(req, status, json.dumps(payload).encode(), "application/json")
 
     def _error(self, req, status, code, message):
-        return self._send(req, status, json.dumps({"error": message}).encode(), "application/json",
-                          {"X-Error-Code": code, "X-Error-Message": message} if code else {"X-Error-Message": message})  # fmt: skip
+        return self._send(
+            req,
+            status,
+            json.dumps({"error": message}).encode(),
+            "application/json",
+            {"X-Error-Code": code, "X-Error-Message": message} if code else {"X-Error-Message": message},
+        )
 
     def _send(self, req, status, body, content_type, headers=None):
         req.send_response(status)

@@ -59,7 +59,8 @@ def packed_row(lengths, seed=2):
 
 
 @pytest.mark.parametrize(
-    "attn", ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)]  # flex compiles: ~15-75 s
+    "attn",
+    ["eager", "sdpa", pytest.param("flex_attention", marks=pytest.mark.slow)],  # flex compiles: ~15-75 s
 )
 def test_packed_document_equals_document_alone(attn):
     model = tiny_model(attn)

@@ -52,9 +52,16 @@ def test_newton_schulz_matches_float64_reference(shape):
 
 def tiny_llama(seed=0, tie=False):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                         tie_word_embeddings=tie)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=tie,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -164,8 +171,19 @@ def run_parallel_script(out: Path, processes: int, fsdp2: bool = False) -> dict:
     if fsdp2:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *script, "--fsdp2"]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--num_processes", str(processes)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--num_processes",
+            str(processes),
+        ]
         # accelerate starts several CPU processes through its torchrun path (`--multi_gpu`); gloo carries them
         cmd += ["--multi_gpu"] if processes > 1 else ["--cpu"]
         cmd += script

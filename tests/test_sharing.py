@@ -31,8 +31,14 @@ def hub_env(hub, tmp_path, token: str | None = TOKEN) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     home = tmp_path / "hf_home"
     home.mkdir(exist_ok=True)
-    env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
-            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env |= {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
     if token:
         env["HF_TOKEN"] = token
     return env
@@ -76,10 +82,17 @@ def report(table, limit=None, held_out=None) -> dict:
     from shuangyu.evaluation.local_tasks import HELLASWAG_NOTE
     from shuangyu.evaluation.run import hub_dataset
 
-    rows = [{"task": t, "metric": m, "value": v, "random_guess": g, "dataset": hub_dataset(t, {})} for t, m, v, g in table]
+    rows = [
+        {"task": t, "metric": m, "value": v, "random_guess": g, "dataset": hub_dataset(t, {})} for t, m, v, g in table
+    ]
     notes = [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t, *_ in table) else []
-    return {"limit": limit, "table": rows, "held_out": held_out or {}, "notes": notes,
-            "lm_eval": {"n-shot": {}, "configs": {}}}  # fmt: skip
+    return {
+        "limit": limit,
+        "table": rows,
+        "held_out": held_out or {},
+        "notes": notes,
+        "lm_eval": {"n-shot": {}, "configs": {}},
+    }
 
 
 def test_the_trainer_writes_a_model_card(tiny_cpu_run):
@@ -113,8 +126,12 @@ def test_card_evaluation_and_model_index(checkpoint):
     (checkpoint / "README.md").write_text(
         (checkpoint / "README.md").read_text(encoding="utf-8") + "\n## Notes by the author\n\nKeep me.\n"
     )
-    rows = [("arc_easy_local", "acc", 0.31, 0.25), ("hellaswag_local", "acc_norm", 0.27, 0.25),
-            ("cmmlu_local", "acc", 0.26, 0.25), ("xcopa_zh_local", "acc", 0.55, 0.5)]  # fmt: skip
+    rows = [
+        ("arc_easy_local", "acc", 0.31, 0.25),
+        ("hellaswag_local", "acc_norm", 0.27, 0.25),
+        ("cmmlu_local", "acc", 0.26, 0.25),
+        ("xcopa_zh_local", "acc", 0.55, 0.5),
+    ]
     held_out = {"zh": {"bits_per_byte": 2.5, "perplexity": 300.0}}
     # a quick check (--limit): in the table, marked, and never in model-index
     write_card(checkpoint, evaluation=report(rows, limit=5, held_out=held_out))
@@ -139,10 +156,20 @@ def test_card_evaluation_and_model_index(checkpoint):
 
 def test_eval_run_adds_its_results_to_the_card(checkpoint):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "eval" / "run.py"), str(checkpoint), "--tasks", "xcopa_zh_local",
-         "--bpb_max_bytes", "5000"],  # fmt: skip
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "eval" / "run.py"),
+            str(checkpoint),
+            "--tasks",
+            "xcopa_zh_local",
+            "--bpb_max_bytes",
+            "5000",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = ModelCard.load(checkpoint / "README.md")
     [result] = card.data.eval_results  # the whole task ran: it goes into model-index
@@ -151,25 +178,63 @@ def test_eval_run_adds_its_results_to_the_card(checkpoint):
     assert "| xcopa_zh_local | acc |" in card.text and "| held-out en | perplexity |" in card.text
 
 
-def test_train_clm_pushes_the_final_model_and_a_hub_user_loads_it(hub, data_tokenizer_dir, data_corpus_slices,
-                                                                   tmp_path):  # fmt: skip
+def test_train_clm_pushes_the_final_model_and_a_hub_user_loads_it(
+    hub, data_tokenizer_dir, data_corpus_slices, tmp_path
+):
     s, out = data_corpus_slices, tmp_path / "run"
-    args = ["--config", str(REPO / "configs" / "tiny-cpu.yaml"), "--tokenizer_name", str(data_tokenizer_dir),
-            "--train_files", f"zh={s['zh_reviews']}:0.5", f"en={s['en_reviews']}:0.5",
-            "--validation_files", f"zh={s['zh_news']}", f"en={s['en_news']}", "--max_steps", "4",
-            "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "1", "--eval_batches", "1",
-            "--preprocessing_num_workers", "1", "--output_dir", str(out),
-            "--push_to_hub", "--hub_model_id", "alice/shuangyu-tiny"]  # fmt: skip
+    args = [
+        "--config",
+        str(REPO / "configs" / "tiny-cpu.yaml"),
+        "--tokenizer_name",
+        str(data_tokenizer_dir),
+        "--train_files",
+        f"zh={s['zh_reviews']}:0.5",
+        f"en={s['en_reviews']}:0.5",
+        "--validation_files",
+        f"zh={s['zh_news']}",
+        f"en={s['en_news']}",
+        "--max_steps",
+        "4",
+        "--eval_steps",
+        "4",
+        "--save_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--eval_batches",
+        "1",
+        "--preprocessing_num_workers",
+        "1",
+        "--output_dir",
+        str(out),
+        "--push_to_hub",
+        "--hub_model_id",
+        "alice/shuangyu-tiny",
+    ]
     env = hub_env(hub, tmp_path)
-    proc = subprocess.run([sys.executable, str(REPO / "train_clm.py"), *args], env=env, capture_output=True,
-                          text=True, cwd=REPO, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train_clm.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pushed to " in proc.stdout
     [commit] = hub.commits
     assert commit["summary"] == "train_clm.py: 4 steps, 8,192 tokens"
     files = hub.files("alice/shuangyu-tiny")
-    expected = {"README.md", "config.json", "configuration_shuangyu.py", "modeling_shuangyu.py", "model.safetensors",
-                "generation_config.json", "tokenizer.json", "tokenizer_config.json"}  # fmt: skip
+    expected = {
+        "README.md",
+        "config.json",
+        "configuration_shuangyu.py",
+        "modeling_shuangyu.py",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     assert expected <= set(files)
     assert any(name.startswith("runs/") and "tfevents" in name for name in files)  # tensorboard logs
     assert commit["lfs_files"][0] == "model.safetensors"  # weights through LFS, not inline
@@ -188,10 +253,25 @@ def test_train_clm_pushes_the_final_model_and_a_hub_user_loads_it(hub, data_toke
 
 def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_path):
     proc = subprocess.run(
-        [*PUSH, str(checkpoint), "--hub_model_id", "team/tiny-private", "--private", "--revision", "exp-1",
-         "--logs", str(tiny_cpu_run / "shuangyu"), "--commit_message", "first try"],  # fmt: skip
-        env=hub_env(hub, tmp_path), capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
+        [
+            *PUSH,
+            str(checkpoint),
+            "--hub_model_id",
+            "team/tiny-private",
+            "--private",
+            "--revision",
+            "exp-1",
+            "--logs",
+            str(tiny_cpu_run / "shuangyu"),
+            "--commit_message",
+            "first try",
+        ],
+        env=hub_env(hub, tmp_path),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(f"pushed {checkpoint} to {hub.url}/team/tiny-private/commit/")
     repo = hub.repos["team/tiny-private"]
@@ -228,8 +308,9 @@ def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
         repo_id, needle = "just-a-name", "give the owner too"
     else:
         env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "could not create or reach alice/tiny: "
-    proc = subprocess.run([*PUSH, str(folder), "--hub_model_id", repo_id], env=env, capture_output=True, text=True,
-                          cwd=REPO, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [*PUSH, str(folder), "--hub_model_id", repo_id], env=env, capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("push.py: error: ") and needle in lines[0], proc.stderr
@@ -239,8 +320,15 @@ def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
 
 @pytest.mark.parametrize("case", ["no_repo_id", "wrong_token"])
 def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_dir, tmp_path):
-    args = ["--tokenizer_name", str(data_tokenizer_dir), "--output_dir", str(tmp_path / "out"), "--max_steps", "2",
-            "--push_to_hub"]  # fmt: skip
+    args = [
+        "--tokenizer_name",
+        str(data_tokenizer_dir),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        "--push_to_hub",
+    ]
     env = hub_env(hub, tmp_path)
     if case == "no_repo_id":
         needle = "--push_to_hub: give --hub_model_id USER/NAME"
@@ -248,8 +336,14 @@ def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_
         args += ["--hub_model_id", "alice/tiny"]
         env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "--push_to_hub: could not create or reach alice/tiny"
     start = time.time()
-    proc = subprocess.run([sys.executable, str(REPO / "train_clm.py"), *args], env=env, capture_output=True,
-                          text=True, cwd=REPO, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train_clm.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train_clm.py: error: ") and needle in lines[0], proc.stderr

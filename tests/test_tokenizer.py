@@ -164,9 +164,33 @@ def test_special_tokens_never_come_from_ordinary_text(tok):
 
 
 MIXED = st.sampled_from(
-    ["中文", "你好，世界！", "人工智能", "English", " the", "  ", "\t", "\n\n", "\r\n", "😀", "👨‍👩‍👧", "「引号」", "……",
-     "１２３", "ｆｕｌｌ", "é", "e\u0301", "<|endoftext|>", "2024年", "\x00", "\x1b[0m", "\u200b", "ﬁ", "Ω"]
-)  # fmt: skip
+    [
+        "中文",
+        "你好，世界！",
+        "人工智能",
+        "English",
+        " the",
+        "  ",
+        "\t",
+        "\n\n",
+        "\r\n",
+        "😀",
+        "👨‍👩‍👧",
+        "「引号」",
+        "……",
+        "１２３",
+        "ｆｕｌｌ",
+        "é",
+        "e\u0301",
+        "<|endoftext|>",
+        "2024年",
+        "\x00",
+        "\x1b[0m",
+        "\u200b",
+        "ﬁ",
+        "Ω",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -328,8 +352,14 @@ def test_bad_utf8_names_file_and_line_and_can_be_skipped(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "broken \xff\xfe"}\n{"text": "after"}\n')
     out = tmp_path / "out"
-    assert_clean_failure(capsys, ["--files", str(bad), "--vocab_size", "300", "--output_dir", str(out)], out,
-                         f"{bad}:3", "UTF-8", "--on_decode_error skip")  # fmt: skip
+    assert_clean_failure(
+        capsys,
+        ["--files", str(bad), "--vocab_size", "300", "--output_dir", str(out)],
+        out,
+        f"{bad}:3",
+        "UTF-8",
+        "--on_decode_error skip",
+    )
     argv = ["--files", str(bad), "--vocab_size", "300", "--output_dir", str(out), "--on_decode_error", "skip"]
     assert main(argv) == 0
     src = json.loads((out / "training_report.json").read_text())["sources"][0]
@@ -348,8 +378,15 @@ def test_missing_text_field_lists_fields(tmp_path, capsys):
     bad = tmp_path / "a.jsonl"
     bad.write_text('{"content": "x", "id": 1}\n')
     out = tmp_path / "out"
-    assert_clean_failure(capsys, ["--files", str(bad), "--output_dir", str(out)], out,
-                         f"{bad}:1", "'text'", "content, id", "--text_column")  # fmt: skip
+    assert_clean_failure(
+        capsys,
+        ["--files", str(bad), "--output_dir", str(out)],
+        out,
+        f"{bad}:1",
+        "'text'",
+        "content, id",
+        "--text_column",
+    )
 
 
 @pytest.mark.parametrize(

@@ -26,23 +26,56 @@ def common(data_tokenizer_dir, data_corpus_slices, tmp_path_factory) -> list[str
     """Flags shared by every run: a real tokenizer and corpus slices, prepared once into a shared data_dir."""
     s = data_corpus_slices
     return [
-        "--tokenizer_name", str(data_tokenizer_dir),
-        "--train_files", f"zh={s['zh_reviews']}:0.5", f"en={s['en_reviews']}:0.5",
-        "--validation_files", f"zh={s['zh_news']}", f"en={s['en_news']}",
-        "--data_dir", str(tmp_path_factory.mktemp("data") / "prepared"),
-        "--model_config", "tiny", "--block_size", "64", "--per_device_train_batch_size", "4",
-        "--learning_rate", "1e-2", "--warmup_steps", "2", "--report_to", "none", "--seed", "0",
-        "--logging_steps", "1", "--eval_steps", "8", "--eval_batches", "2", "--save_steps", "8",
-    ]  # fmt: skip
+        "--tokenizer_name",
+        str(data_tokenizer_dir),
+        "--train_files",
+        f"zh={s['zh_reviews']}:0.5",
+        f"en={s['en_reviews']}:0.5",
+        "--validation_files",
+        f"zh={s['zh_news']}",
+        f"en={s['en_news']}",
+        "--data_dir",
+        str(tmp_path_factory.mktemp("data") / "prepared"),
+        "--model_config",
+        "tiny",
+        "--block_size",
+        "64",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--logging_steps",
+        "1",
+        "--eval_steps",
+        "8",
+        "--eval_batches",
+        "2",
+        "--save_steps",
+        "8",
+    ]
 
 
 def run(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     if processes == 1:
         cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
     else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "accelerate_configs/cpu.yaml"), "--num_processes", str(processes),
-               str(REPO / "train_clm.py"), *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "accelerate_configs/cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            str(REPO / "train_clm.py"),
+            *args,
+        ]
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -94,8 +127,19 @@ def test_resume_continues_step_for_step(common, reference, tmp_path):
     shutil.copytree(reference, out)
     shutil.rmtree(out / "checkpoints" / "step-00000016")  # as if the run had died after step 8's checkpoint
     shutil.rmtree(out / "final")
-    proc = run([*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out),
-                "--resume_from_checkpoint", "latest"])  # fmt: skip
+    proc = run(
+        [
+            *common,
+            "--optimizer",
+            "muon",
+            "--max_steps",
+            str(STEPS),
+            "--output_dir",
+            str(out),
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout + proc.stderr
     assert losses(out) == losses(reference)  # steps 9..16 retrained: bit for bit the same losses
@@ -125,8 +169,17 @@ def test_sigterm_saves_and_resumes(common, reference, tmp_path):
 def test_two_processes_match_one(common, reference, tmp_path):
     out = tmp_path / "run"
     # 2 processes x 2 rows = the reference's global batch of 4 rows, the same rows in the same steps
-    args = [*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out),
-            "--per_device_train_batch_size", "2"]  # fmt: skip
+    args = [
+        *common,
+        "--optimizer",
+        "muon",
+        "--max_steps",
+        str(STEPS),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "2",
+    ]
     proc = run(args, processes=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, expected = losses(out), losses(reference)
@@ -143,8 +196,25 @@ def test_two_processes_match_one(common, reference, tmp_path):
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):
     out = tmp_path / "run"
-    proc = run([*common, "--optimizer", "adamw", "--learning_rate", "1e30", "--max_grad_norm", "0",
-                "--warmup_steps", "0", "--max_steps", "40", "--max_bad_steps", "3", "--output_dir", str(out)])  # fmt: skip
+    proc = run(
+        [
+            *common,
+            "--optimizer",
+            "adamw",
+            "--learning_rate",
+            "1e30",
+            "--max_grad_norm",
+            "0",
+            "--warmup_steps",
+            "0",
+            "--max_steps",
+            "40",
+            "--max_bad_steps",
+            "3",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert proc.returncode == 3  # a diverged run, told apart from a usage error (2)
     assert "update skipped" in proc.stdout
     last = proc.stderr.strip().splitlines()[-1]
@@ -156,8 +226,18 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):
 )
 def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, case):
     small = tmp_path / "small.json"
-    small.write_text(json.dumps({"model_type": "shuangyu", "vocab_size": 100, "hidden_size": 32,
-                                 "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}))  # fmt: skip
+    small.write_text(
+        json.dumps(
+            {
+                "model_type": "shuangyu",
+                "vocab_size": 100,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+            }
+        )
+    )
     yaml_file = tmp_path / "cfg.yaml"
     yaml_file.write_text("learning_rat: 0.1\n")
     out = ["--output_dir", str(tmp_path / "out"), "--max_steps", "2"]
@@ -172,7 +252,7 @@ def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, case):
         "data_block_size": (
             [*tokenizer, *out, "--data_dir", common[common.index("--data_dir") + 1], "--block_size", "32"],
             "holds rows of 64 tokens, not --block_size 32",
-        ),  # fmt: skip
+        ),
     }[case]
     start = time.time()
     proc = run(args)
@@ -198,8 +278,18 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
 def test_tiny_cpu_preset_learns_on_the_shared_corpus(data_tokenizer_dir, corpus_dir, tmp_path, optimizer):
     """The shipped preset as a user runs it: 2 CPU processes, 300 steps on news and novels (minutes)."""
     out = tmp_path / "run"
-    args = ["--config", str(REPO / "configs/tiny-cpu.yaml"), "--tokenizer_name", str(data_tokenizer_dir),
-            "--output_dir", str(out), "--optimizer", optimizer, "--report_to", "none"]  # fmt: skip
+    args = [
+        "--config",
+        str(REPO / "configs/tiny-cpu.yaml"),
+        "--tokenizer_name",
+        str(data_tokenizer_dir),
+        "--output_dir",
+        str(out),
+        "--optimizer",
+        optimizer,
+        "--report_to",
+        "none",
+    ]
     proc = run(args, processes=2, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -214,11 +304,36 @@ def test_sources_named_only_by_their_paths_train_to_the_end(synthetic_corpus, ti
     """The plainest command, no NAME= labels: validation sources are named by their paths (slashes and all),
     and the run must log, evaluate, save and finish with them."""
     c, out = synthetic_corpus, tmp_path / "run"
-    proc = run(["--tokenizer_name", str(tiny_tokenizer_dir), "--train_files", str(c["zh_train"]), str(c["en_train"]),
-                "--validation_files", str(c["zh_val"]), str(c["en_val"]), "--model_config", "tiny",
-                "--block_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "4", "--eval_steps", "2",
-                "--save_steps", "4", "--report_to", "none", "--preprocessing_num_workers", "1",
-                "--output_dir", str(out)])  # fmt: skip
+    proc = run(
+        [
+            "--tokenizer_name",
+            str(tiny_tokenizer_dir),
+            "--train_files",
+            str(c["zh_train"]),
+            str(c["en_train"]),
+            "--validation_files",
+            str(c["zh_val"]),
+            str(c["en_val"]),
+            "--model_config",
+            "tiny",
+            "--block_size",
+            "32",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_steps",
+            "4",
+            "--eval_steps",
+            "2",
+            "--save_steps",
+            "4",
+            "--report_to",
+            "none",
+            "--preprocessing_num_workers",
+            "1",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "model.safetensors").is_file()
     evals = [e for e in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if "samples/zh" in e]

@@ -47,7 +47,6 @@ class PrepareArguments(SourceArguments):
     )
 
 
-
 def _file_stat(path: str | Path) -> list:
     st = os.stat(path)
     return [os.path.realpath(path), st.st_size, st.st_mtime_ns]

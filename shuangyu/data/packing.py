@@ -11,7 +11,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-
 def mix_documents(
     doc_source: np.ndarray,
     doc_tokens: np.ndarray,

@@ -15,7 +15,9 @@ def check_model_folder(folder: Path) -> dict:
     if not (folder / "config.json").is_file():
         raise UsageError(f"{folder} is not a checkpoint folder (no config.json)")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise UsageError(f"{folder} has no tokenizer (no tokenizer.json / tokenizer_config.json): save one with the model")
+        raise UsageError(
+            f"{folder} has no tokenizer (no tokenizer.json / tokenizer_config.json): save one with the model"
+        )
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -207,8 +207,6 @@ def estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int = 1 << 
     return int(size * text_bytes / max(on_disk, 1))
 
 
-
-
 def read_documents(files: Iterable[Path], opts: ReadOptions = DEFAULT_OPTIONS, max_bytes: int = 0) -> list[str]:
     """The documents of `files` in order, up to about `max_bytes` of text (0: all of it)."""
     docs, size, stats = [], 0, ReadStats()

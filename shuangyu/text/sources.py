@@ -140,5 +140,3 @@ def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), f
             file_kind(match)
             found.setdefault(os.path.realpath(match), Path(match))
     return sorted(found.values())
-
-

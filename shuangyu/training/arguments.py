@@ -55,7 +55,7 @@ class DataArguments:
         metadata={
             "help": "Prepared data folder (python -m training.data prepare); built here if missing. "
             "Default: OUTPUT_DIR/data."
-        },  # fmt: skip
+        },
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training row."})
     document_attention: bool = field(
@@ -63,7 +63,7 @@ class DataArguments:
         metadata={
             "help": "Keep attention inside each packed document (position ids restart at every "
             "<|endoftext|>); fast with flex_attention or flash_attention_2, slow with sdpa."
-        },  # fmt: skip
+        },
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes that tokenise."})
     dataloader_num_workers: int = field(default=0)

@@ -79,9 +79,16 @@ def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | No
 
 
 def save_checkpoint(
-    accelerator, output_dir: str | Path, step: int, model, tokenizer, *, card: dict, info: dict,
+    accelerator,
+    output_dir: str | Path,
+    step: int,
+    model,
+    tokenizer,
+    *,
+    card: dict,
+    info: dict,
     keep_last: int | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Save on every rank (`save_state` is collective) into a temporary folder, which the main process renames
     into place once everything, the marker last, is written; then prune."""
     final = checkpoint_dir(output_dir, step)

@@ -11,9 +11,14 @@ from shuangyu.training.state import TrainState
 
 
 def training_summary(
-    config: TrainConfig, data: PreparedData, state: TrainState, max_steps: int, processes: int, precision: str,
+    config: TrainConfig,
+    data: PreparedData,
+    state: TrainState,
+    max_steps: int,
+    processes: int,
+    precision: str,
     validation: dict,
-) -> dict:  # fmt: skip
+) -> dict:
     manifest = data.manifest
     sources = [
         {

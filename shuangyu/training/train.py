@@ -98,9 +98,13 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     scheduler = build_scheduler(optimizer, config.schedule, max_steps)
     # pinned host memory is what makes the copy to the GPU asynchronous (non_blocking); a CPU run needs neither
     loader = data.train_loader(
-        t.per_device_train_batch_size, accelerator=accelerator, seed=t.seed, num_workers=config.data.dataloader_num_workers,
-        pin_memory=accelerator.device.type == "cuda", position_ids=config.data.document_attention,
-    )  # fmt: skip
+        t.per_device_train_batch_size,
+        accelerator=accelerator,
+        seed=t.seed,
+        num_workers=config.data.dataloader_num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+        position_ids=config.data.document_attention,
+    )
     val_loaders = {
         name: accelerator.prepare(loader)
         for name, loader in data.validation_loaders(config.logging.per_device_eval_batch_size).items()
@@ -119,8 +123,23 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
         accelerator.init_trackers(
             "shuangyu", config={k: str(v) for group in config.as_dict().values() for k, v in group.items()}
         )
-    return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_loaders, state,
-               max_steps, tokens_per_step, meter, RunLog(accelerator, out))  # fmt: skip
+    return Run(
+        config,
+        out,
+        accelerator,
+        tokenizer,
+        data,
+        model,
+        optimizer,
+        scheduler,
+        loader,
+        val_loaders,
+        state,
+        max_steps,
+        tokens_per_step,
+        meter,
+        RunLog(accelerator, out),
+    )
 
 
 def train_loop(run: Run) -> str | None:
@@ -128,8 +147,9 @@ def train_loop(run: Run) -> str | None:
     accelerator, cfg, state, model = run.accelerator, run.config, run.state, run.model
     stop, stopping = StopRequest(), False
     # a bar on a terminal; in a log file (nohup, a cluster job) a plain line per logging step instead
-    bar = tqdm(total=run.max_steps, initial=state.step, desc="training",
-               disable=None if accelerator.is_main_process else True)  # fmt: skip
+    bar = tqdm(
+        total=run.max_steps, initial=state.step, desc="training", disable=None if accelerator.is_main_process else True
+    )
     loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
     started = time.perf_counter()
     model.train()
@@ -208,17 +228,30 @@ def validate(run: Run) -> dict:
 
 def save(run: Run) -> None:
     accelerator, state = run.accelerator, run.state
-    summary = training_summary(run.config, run.data, state, run.max_steps, accelerator.num_processes,
-                               accelerator.mixed_precision, run.validation)  # fmt: skip
+    summary = training_summary(
+        run.config,
+        run.data,
+        state,
+        run.max_steps,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
+        run.validation,
+    )
     card = {
         "name": run.out.resolve().name,
         "training": summary,
         "load_path": str(ckpt.checkpoint_dir(run.out, state.step) / "model"),
     }
     path = ckpt.save_checkpoint(
-        accelerator, run.out, state.step, run.model, run.tokenizer, card=card,
-        info={"tokens": state.tokens, "max_steps": run.max_steps}, keep_last=run.config.checkpoint.save_total_limit,
-    )  # fmt: skip
+        accelerator,
+        run.out,
+        state.step,
+        run.model,
+        run.tokenizer,
+        card=card,
+        info={"tokens": state.tokens, "max_steps": run.max_steps},
+        keep_last=run.config.checkpoint.save_total_limit,
+    )
     accelerator.print(f"saved {path}")
 
 

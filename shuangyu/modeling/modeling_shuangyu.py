@@ -497,8 +497,6 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_logits: bool = True,
-        shift_labels: torch.LongTensor | None = None,
-        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -515,7 +513,12 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
             a chunked head + cross-entropy that never holds the (tokens x vocab) fp32 logits, and `logits` is
             None. Without labels it changes nothing.
         return_dict: False gives a tuple (loss first when there is one), as for every transformers model.
+
+        `shift_labels` and `num_items_in_batch` arrive through **kwargs, as in transformers' models: a named
+        parameter containing "label" would make `Trainer` count it among the labels it waits for.
         """
+        shift_labels = kwargs.pop("shift_labels", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

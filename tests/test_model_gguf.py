@@ -291,32 +291,69 @@ def test_the_command_line_refuses_in_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- llama.cpp
+LLAMA_CPP_ROPE = {
+    "default": dict(max_position_embeddings=64),
+    "linear": dict(max_position_embeddings=128, rope_parameters={"rope_type": "linear", "factor": 2.0}),
+    "yarn": dict(
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    ),
+    "llama3": dict(
+        max_position_embeddings=256,
+        rope_parameters={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    ),
+}
+
+
+def llama_cpp_model(path):
+    llama_cpp = pytest.importorskip("llama_cpp")  # pip install llama-cpp-python (it builds llama.cpp)
+    # An f32 KV cache, so the comparison sees the export, not llama.cpp's default f16 cache rounding (~1e-3).
+    return llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
+
+
 @pytest.mark.slow
-def test_llama_cpp_runs_the_gguf_like_our_model(tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp")  # pip install llama-cpp-python (builds llama.cpp)
+def test_llama_cpp_tokenizes_and_generates_like_our_model(tmp_path):
     from transformers import AutoTokenizer
 
     src, model = model_folder(tmp_path / "src", initializer_range=0.1, tie_word_embeddings=False, rope_theta=50000.0)
     out = tmp_path / "model.gguf"
     assert export(src, out) == 0
-    llm = llama_cpp.Llama(str(out), n_ctx=256, logits_all=True, verbose=False, n_threads=1)
+    llm = llama_cpp_model(out)
     tok = AutoTokenizer.from_pretrained(src)
     texts = [CHECK_TEXT, *EDGE_STRINGS[1:], *corpus_lines("zh/reviews", 20, "_val"), *corpus_lines("en/bbc_news", 5)]
     for text in texts:
         ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
         assert ids == tok(text, add_special_tokens=False).input_ids, text[:60]
     prompt = tok("双语模型 is a small bilingual model.", add_special_tokens=False).input_ids
-    llm.reset()
-    llm.eval(prompt)
-    theirs = torch.tensor(llm.scores[: len(prompt)])
-    with torch.no_grad():
-        ours = model(torch.tensor([prompt])).logits[0]
-    torch.testing.assert_close(theirs, ours, rtol=0, atol=6e-4)
     greedy = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=PAD_ID)
-    llm.reset()
     generated = []
     for token in llm.generate(prompt, temp=0.0, top_k=1):
         generated.append(token)
         if len(generated) == 12:
             break
     assert generated == greedy[0, len(prompt) :].tolist()
+    assert llm.detokenize(generated).decode("utf-8", "replace") == tok.decode(generated)
+    llm.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(LLAMA_CPP_ROPE))
+def test_llama_cpp_logits_match_ours_with_rope_scaling(tmp_path, name):
+    shape = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=None)
+    src, model = model_folder(tmp_path / "src", initializer_range=0.1, **shape, **LLAMA_CPP_ROPE[name])
+    out = tmp_path / "model.gguf"
+    assert export(src, out) == 0
+    llm = llama_cpp_model(out)
+    x = torch.randint(4, VOCAB_SIZE, (200,), generator=torch.Generator().manual_seed(0)).tolist()  # past 64
+    llm.eval(x)
+    theirs = torch.tensor(llm.scores[: len(x)])
+    llm.close()
+    with torch.no_grad():
+        ours = model(torch.tensor([x])).logits[0]
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)

@@ -23,8 +23,10 @@ def check_compiled_matches_eager(**extra):
     labels = x.clone()
     labels[:, :10] = -100
     compiled = torch.compile(model, fullgraph=True)  # any graph break is an error
-    eager_loss, eager_grads = loss_and_grads(model, model, input_ids=x, labels=labels, **extra)
-    compiled_loss, compiled_grads = loss_and_grads(compiled, model, input_ids=x, labels=labels, **extra)
+    # return_logits=False: the memory-saving training path (chunked head + loss), which the training loop uses.
+    inputs = dict(input_ids=x, labels=labels, return_logits=False, **extra)
+    eager_loss, eager_grads = loss_and_grads(model, model, **inputs)
+    compiled_loss, compiled_grads = loss_and_grads(compiled, model, **inputs)
     assert abs(compiled_loss.item() - eager_loss.item()) < 1e-5
     for a, b in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

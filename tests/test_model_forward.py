@@ -87,8 +87,8 @@ def test_chunked_loss_equals_naive_loss_and_gradients():
         out.loss.backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    fused, fused_grads = loss_and_grads()
-    naive, naive_grads = loss_and_grads(return_logits=True)
+    fused, fused_grads = loss_and_grads(return_logits=False)  # the training path
+    naive, naive_grads = loss_and_grads()  # the default: logits, and the loss from them
     assert fused.logits is None and naive.logits is not None
     # Independent reference: textbook shift and mean over kept labels.
     shifted = naive.logits[:, :-1].reshape(-1, 512)
@@ -104,8 +104,8 @@ def test_chunked_loss_equals_naive_loss_and_gradients():
 def test_chunked_loss_with_num_items_in_batch_and_tied_head():
     model = tiny_model("sdpa").train()
     x = token_ids(2, 16)
-    out = model(x, labels=x, num_items_in_batch=100)
-    total = naive_causal_lm_loss(model(x, return_logits=True).logits, x, num_items_in_batch=1)
+    out = model(x, labels=x, num_items_in_batch=100, return_logits=False)
+    total = naive_causal_lm_loss(model(x).logits, x, num_items_in_batch=1)
     assert abs(out.loss.item() - total.item() / 100) < 1e-6
     out.loss.backward()
     assert model.model.embed_tokens.weight.grad is not None

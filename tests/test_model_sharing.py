@@ -122,3 +122,88 @@ def test_export_refuses_incompatible_knobs_with_exit_status_2(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "norm_type=layernorm" in lines[0] and "mlp_type=gelu" in lines[0]
     assert not dst.exists()
+
+
+# ------------------------------------------------------------------------ transformers 4.x and 5.x alike
+LOADER_FLAGS = ("local_files_only", "is_local", "trust_remote_code", "cache_dir", "revision", "token")
+
+
+def exported_llama_with_tokenizer(tmp_path, **overrides):
+    """A Shuangyu folder whose tokenizer went through AutoTokenizer.from_pretrained + save_pretrained (as a
+    training run saves it, loader flags included), exported to Llama."""
+    from test_model_support import model_folder, save_tokenizer
+
+    save_tokenizer(tmp_path / "tok")
+    src, model = model_folder(tmp_path / "src", **overrides)
+    AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True).save_pretrained(src)
+    assert export_main(["--to", "llama", str(src), str(tmp_path / "dst")]) == 0
+    return src, tmp_path / "dst", model
+
+
+def test_export_writes_a_tokenizer_config_transformers_4_reads(tmp_path):
+    src, dst, _ = exported_llama_with_tokenizer(tmp_path)
+    source = json.loads((src / "tokenizer_config.json").read_text())
+    assert source["tokenizer_class"] == "TokenizersBackend" and source["local_files_only"] is True  # the problem
+    config = json.loads((dst / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # a class both 4.x and 5.x have
+    assert "extra_special_tokens" not in config  # a list there breaks 4.x, which expects named tokens
+    assert config["additional_special_tokens"] == ["<|im_start|>", "<|im_end|>"]
+    assert not set(LOADER_FLAGS) & set(config)
+    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == ("<|endoftext|>",) * 2 + ("<|pad|>",)
+    assert config["split_special_tokens"] is True and config["clean_up_tokenization_spaces"] is False
+    # 5.x loads the portable folder as the same tokenizer.
+    ours, theirs = AutoTokenizer.from_pretrained(src), AutoTokenizer.from_pretrained(dst)
+    text = "双语模型 is bilingual: 2024年！ <|endoftext|>"
+    assert theirs(text).input_ids == ours(text).input_ids
+    assert theirs.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [2, 3]
+    assert (theirs.eos_token_id, theirs.pad_token_id) == (ours.eos_token_id, ours.pad_token_id)
+
+
+def test_export_config_carries_rope_theta_for_transformers_4(tmp_path):
+    _, dst, _ = exported_llama_with_tokenizer(tmp_path, rope_theta=500000.0)
+    config = json.loads((dst / "config.json").read_text())
+    assert config["rope_theta"] == 500000.0 and config["rope_scaling"] is None
+    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 500000.0}
+    assert config["torch_dtype"] == config["dtype"] == "float32"
+
+
+TF4_SCRIPT = """
+import json, sys, torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, text = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder).eval()
+ids = tok(text).input_ids
+with torch.no_grad():
+    torch.save(model(torch.tensor([ids])).logits, folder + "/tf4_logits.pt")
+print(json.dumps({"version": transformers.__version__, "class": type(tok).__name__, "ids": ids,
+                  "rope_theta": model.config.rope_theta, "rope_scaling": model.config.rope_scaling,
+                  "special": [tok.eos_token, tok.pad_token, tok.additional_special_tokens]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SHUANGYU_TF4_PYTHON"), reason="set SHUANGYU_TF4_PYTHON to a transformers 4.x")
+def test_exported_llama_loads_under_transformers_4(tmp_path):
+    # e.g. python -m venv /tmp/tf4 && /tmp/tf4/bin/pip install "transformers==4.57.*" tokenizers torch==2.13.0
+    src, dst, model = exported_llama_with_tokenizer(
+        tmp_path, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0}
+    )
+    text = "双语模型 is bilingual: 2024年！"
+    run = subprocess.run(
+        [os.environ["SHUANGYU_TF4_PYTHON"], "-c", TF4_SCRIPT, str(dst), text],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["version"].startswith("4.") and got["class"] == "PreTrainedTokenizerFast"
+    assert got["ids"] == AutoTokenizer.from_pretrained(src)(text).input_ids
+    assert got["rope_theta"] == 50000.0 and got["rope_scaling"]["factor"] == 2.0
+    assert got["special"] == ["<|endoftext|>", "<|pad|>", ["<|im_start|>", "<|im_end|>"]]
+    with torch.no_grad():
+        ours = model(torch.tensor([got["ids"]])).logits
+    torch.testing.assert_close(torch.load(dst / "tf4_logits.pt"), ours, rtol=0, atol=1e-5)

@@ -43,6 +43,8 @@ PRESETS: dict[str, dict] = {
 }
 
 NORM_TYPES = ("rmsnorm", "layernorm")
+# RoPE variants the model runs (transformers' ROPE_INIT_FUNCTIONS, plus the plain one).
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 MLP_TYPES = ("swiglu", "gelu")
 
 
@@ -57,7 +59,12 @@ class ShuangyuConfig(PretrainedConfig):
         num_key_value_heads: key/value heads (grouped-query attention); defaults to `num_attention_heads`
             and must divide it.
         max_position_embeddings: longest context the model is meant for (RoPE itself has no table).
-        rope_theta: RoPE base; larger values spread the frequencies for longer contexts.
+        rope_theta: RoPE base; larger values spread the frequencies for longer contexts. Kept equal to
+            `rope_parameters["rope_theta"]` (the dict wins when both are given).
+        rope_parameters: RoPE as transformers describes it for Llama: `{"rope_type": "default", "rope_theta": ...}`
+            by default; to stretch a trained model's context use `"linear"` or `"dynamic"` with `"factor"`, or
+            `"yarn"` with `"factor"` and `"original_max_position_embeddings"` (also `"llama3"`, `"longrope"`).
+            The frequencies come from transformers' own `ROPE_INIT_FUNCTIONS`.
         norm_type: "rmsnorm" (LLaMA) or "layernorm" (GPT-2, with bias).
         norm_eps: epsilon of the norms.
         mlp_type: "swiglu" (gate/up/down, LLaMA) or "gelu" (up/down, GPT-2).
@@ -72,6 +79,22 @@ class ShuangyuConfig(PretrainedConfig):
 
     model_type = "shuangyu"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # Tensor parallelism (`from_pretrained(..., tp_plan="auto")`): Llama's plan, our module names are Llama's.
+    # Keys are relative to the base model (`model.`); the head's rule is `ShuangyuForCausalLM._tp_plan`.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
 
     vocab_size: int = 32000
     hidden_size: int = 768
@@ -82,6 +105,7 @@ class ShuangyuConfig(PretrainedConfig):
     head_dim: int | None = None
     max_position_embeddings: int = 1024
     rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
     norm_type: str = "rmsnorm"
     norm_eps: float = 1e-6
     mlp_type: str = "swiglu"
@@ -102,7 +126,29 @@ class ShuangyuConfig(PretrainedConfig):
         self._validate_shapes()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        # Fills rope_parameters from rope_theta (or a legacy `rope_scaling` kwarg) and standardises it.
         super().__post_init__(**kwargs)
+        self.rope_parameters.pop("type", None)  # the legacy spelling of rope_type, now copied there
+        self._validate_rope()
+        self.rope_theta = float(self.rope_parameters["rope_theta"])
+
+    def _validate_rope(self):
+        params = self.rope_parameters
+        rope_type = params.get("rope_type")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(
+                f"ShuangyuConfig: rope_parameters['rope_type'] must be one of {ROPE_TYPES}, got {rope_type!r}"
+            )
+        theta = params.get("rope_theta")
+        if not isinstance(theta, (int, float)) or not theta > 0:
+            raise ValueError(f"ShuangyuConfig: rope_theta must be positive, got {theta!r}")
+        needs_factor = rope_type in ("linear", "dynamic", "yarn", "llama3")
+        factor = params.get("factor")
+        if needs_factor and (not isinstance(factor, (int, float)) or factor < 1):
+            raise ValueError(
+                f"ShuangyuConfig: rope_parameters['factor'] must be a number >= 1 for rope_type {rope_type!r}, "
+                f"got {factor!r}"
+            )
 
     def _validate_shapes(self):
         for name in (
@@ -142,7 +188,7 @@ class ShuangyuConfig(PretrainedConfig):
             raise ValueError(f"ShuangyuConfig: norm_type must be one of {NORM_TYPES}, got {self.norm_type!r}")
         if self.mlp_type not in MLP_TYPES:
             raise ValueError(f"ShuangyuConfig: mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}")
-        if not self.rope_theta > 0:
+        if not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 0:
             raise ValueError(f"ShuangyuConfig: rope_theta must be positive, got {self.rope_theta!r}")
 
     @classmethod

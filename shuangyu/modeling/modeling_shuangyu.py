@@ -29,7 +29,10 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_shuangyu import ShuangyuConfig
 
@@ -59,36 +62,67 @@ def make_norm(config: ShuangyuConfig) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------ rotary embedding
 class ShuangyuRotaryEmbedding(nn.Module):
-    """cos/sin for the given positions, looked up in an fp32 table of `max_position_embeddings` rows.
+    """cos/sin for the given positions, for every RoPE variant that `config.rope_parameters` names.
 
-    A lookup rather than computing cos(position * inv_freq) on the fly: under torch.compile the compiler inlines
+    The inverse frequencies (and YaRN's attention scaling) come from transformers' `ROPE_INIT_FUNCTIONS`, as in
+    Llama, so a scaled Shuangyu model and its Llama export rotate identically. For the variants whose frequencies
+    are fixed (default, linear, yarn, llama3) cos/sin are looked up in an fp32 table of `max_position_embeddings`
+    rows rather than computed as cos(position * inv_freq) on the fly: under torch.compile the compiler inlines
     that computation into every layer's rotary kernel (forward and backward), redoing pow/sin/cos per element;
     on an H100 at 124m that cost ~10% of the training step. At inference (eager) the table grows if a position
     goes past it; in training positions must stay below max_position_embeddings (no host sync to check).
+    The variants whose frequencies depend on the current length (dynamic, longrope) compute cos/sin on the fly,
+    after transformers' `dynamic_rope_update` has updated `inv_freq`, exactly as Llama does.
     """
 
     def __init__(self, config: ShuangyuConfig):
         super().__init__()
-        self.head_dim = config.head_dim
-        self.theta = config.rope_theta
-        cos, sin = self.compute_table(config.max_position_embeddings)
-        # Not saved: a function of the config. _init_weights refills them after loading on the meta device.
+        self.config = config
+        self.rope_type = config.rope_parameters["rope_type"]
+        # Read by dynamic_rope_update.
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.uses_table = self.rope_type not in ("dynamic", "longrope")
+        inv_freq, self.attention_scaling = self.compute_inv_freq(config)
+        # None of these is saved: all are functions of the config. _init_weights refills them after loading on the
+        # meta device.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+        cos, sin = self.compute_table(config.max_position_embeddings, inv_freq)
         self.register_buffer("cos_table", cos, persistent=False)
         self.register_buffer("sin_table", sin, persistent=False)
 
-    def compute_table(self, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponent)
-        freqs = torch.arange(length, dtype=torch.int64, device=device).float()[:, None] * inv_freq
+    @staticmethod
+    def compute_default_rope_parameters(config: ShuangyuConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """Plain RoPE: inv_freq[i] = theta ** (-2i / head_dim); no attention scaling."""
+        theta = config.rope_parameters["rope_theta"]
+        exponent = torch.arange(0, config.head_dim, 2, dtype=torch.int64, device=device).float() / config.head_dim
+        return 1.0 / (theta**exponent), 1.0
+
+    def compute_inv_freq(self, config: ShuangyuConfig, device=None) -> tuple[torch.Tensor, float]:
+        if self.rope_type == "default":
+            return self.compute_default_rope_parameters(config, device)
+        return ROPE_INIT_FUNCTIONS[self.rope_type](config, device)
+
+    def compute_table(self, length: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of position * inv_freq for positions 0..length-1, times the attention scaling (fp32)."""
+        inv_freq = inv_freq.float()
+        freqs = torch.arange(length, dtype=torch.int64, device=inv_freq.device).float()[:, None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
     @torch.no_grad()
+    @dynamic_rope_update  # recomputes inv_freq for "dynamic" and "longrope"; a no-op for the others
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.uses_table:
+            freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+            return cos.to(x.dtype), sin.to(x.dtype)
         if not self.training and not torch.compiler.is_compiling():
             needed = int(position_ids.max()) + 1
             if needed > self.cos_table.shape[0]:
-                self.cos_table, self.sin_table = self.compute_table(needed, device=self.cos_table.device)
+                self.cos_table, self.sin_table = self.compute_table(needed, self.inv_freq)
         cos = F.embedding(position_ids, self.cos_table)
         sin = F.embedding(position_ids, self.sin_table)
         return cos.to(x.dtype), sin.to(x.dtype)
@@ -217,8 +251,9 @@ class ShuangyuDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, attn_weights = self.self_attn(
+    ) -> torch.Tensor:
+        # The attention weights, when asked for, are recorded by a hook on ShuangyuAttention (_can_record_outputs).
+        attn_out, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
@@ -226,8 +261,7 @@ class ShuangyuDecoderLayer(GradientCheckpointingLayer):
             **kwargs,
         )
         hidden_states = hidden_states + attn_out
-        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states, attn_weights
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -245,6 +279,9 @@ class ShuangyuPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # output_hidden_states / output_attentions are collected by forward hooks on these modules (transformers'
+    # capture_outputs): hidden_states = (embeddings, each block's output..., with the last one after the final norm).
+    _can_record_outputs = {"hidden_states": ShuangyuDecoderLayer, "attentions": ShuangyuAttention}
 
     def _init_weights(self, module: nn.Module):
         std = self.config.initializer_range
@@ -257,7 +294,10 @@ class ShuangyuPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, ShuangyuRotaryEmbedding):
-            cos, sin = module.compute_table(self.config.max_position_embeddings)
+            inv_freq, _ = module.compute_inv_freq(module.config)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
+            cos, sin = module.compute_table(module.cos_table.shape[0], inv_freq)
             init.copy_(module.cos_table, cos)
             init.copy_(module.sin_table, sin)
         elif isinstance(module, (ShuangyuRMSNorm, nn.LayerNorm)):
@@ -276,6 +316,7 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -284,10 +325,12 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        r"""
+        Also takes `output_hidden_states`, `output_attentions` (eager attention only) and `return_dict` (False: a
+        tuple), as every transformers model does; they are handled by `capture_outputs`.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -298,10 +341,6 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
             use_cache = self.config.use_cache and not self.training and position_ids is None
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
 
         # The mask sees position_ids only when the caller gave them: then restarts mark packed documents and
         # each backend keeps attention inside them. Without them a plain causal mask is skipped entirely
@@ -321,10 +360,8 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(
+            hidden_states = layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=mask,
@@ -332,19 +369,9 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
                 position_ids=position_ids,  # flash_attention_2 reads restarts from these (varlen)
                 **kwargs,
             )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            # Same convention as transformers' models: the last entry is after the final norm.
-            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
+            last_hidden_state=self.norm(hidden_states),
             past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
         )
 
 
@@ -396,21 +423,26 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         )
 
 
-def shift_labels(labels: torch.Tensor) -> torch.Tensor:
-    """Token t predicts labels[t + 1]; the last position of each row predicts nothing."""
+def next_token_targets(labels: torch.Tensor | None, shift_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Targets aligned with the positions: token t predicts labels[t + 1], and the last position of each row
+    predicts nothing. `shift_labels`, when given, are such targets already (trainers that split sequences across
+    ranks, e.g. context parallelism, shift before splitting) and are used as they are."""
+    if shift_labels is not None:
+        return shift_labels
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def causal_lm_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     chunk_size: int,
     num_items_in_batch: int | torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy (fp32) over labels != -100 (or sum / num_items_in_batch, for gradient
+    """Mean next-token cross-entropy (fp32) over targets != -100 (or sum / num_items_in_batch, for gradient
     accumulation), computed chunk by chunk from the final hidden states and the head's weight."""
-    targets = shift_labels(labels).reshape(-1)
+    targets = next_token_targets(labels, shift_labels).reshape(-1).to(hidden.device)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     if num_items_in_batch is None:
         denominator = (targets != IGNORE_INDEX).sum().clamp(min=1).float()
@@ -420,9 +452,14 @@ def causal_lm_loss(
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, denominator, chunk_size, need_grad)
 
 
-def naive_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+def naive_causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    num_items_in_batch=None,
+    shift_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The textbook version, on full fp32 logits: the reference for the chunked path."""
-    targets = shift_labels(labels).reshape(-1)
+    targets = next_token_targets(labels, shift_labels).reshape(-1).to(logits.device)
     total = F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX, reduction="sum"
     )
@@ -434,6 +471,9 @@ def naive_causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_i
 # ------------------------------------------------------------------------------------------------- causal LM
 class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # Tensor parallelism: the head's rows (the vocabulary) are split and the logits gathered, as in Llama.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: ShuangyuConfig):
         super().__init__(config)
@@ -441,6 +481,15 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def _head_weight(self) -> torch.Tensor:
+        """The output head's weight for the chunked loss; under tensor parallelism (a DTensor sharded over the
+        vocabulary) all of it, gathered, so the loss runs on plain tensors (gradients flow back to the shards)."""
+        weight = self.lm_head.weight
+        if hasattr(weight, "full_tensor"):
+            weight = weight.full_tensor()
+        return weight
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -451,15 +500,28 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        return_logits: bool | None = None,
+        return_logits: bool = True,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
         labels: token ids to predict, aligned with input_ids (shifted inside); -100 marks positions without
-            a loss. With labels the loss comes from the chunked head and `logits` is None, unless
-            `return_logits=True`, which computes full logits and the loss from them.
-        logits_to_keep: if an int > 0, logits only for the last that many positions (generation uses 1).
+            a loss.
+        shift_labels: targets already shifted (position t predicts shift_labels[t]); used instead of shifting
+            `labels`, as trainers that split sequences across ranks pass them (context parallelism, Ulysses).
+        num_items_in_batch: divide the summed loss by this instead of the count of targets (gradient
+            accumulation; `Trainer` passes it).
+        logits_to_keep: if an int > 0, logits only for the last that many positions (generation uses 1); a
+            tensor selects positions, as in transformers' `slice_logits_to_keep`.
+        return_logits: True (default): `logits` are returned, as by every transformers causal LM, and the loss
+            is computed from them. False, with labels: the training path that saves memory. The loss comes from
+            a chunked head + cross-entropy that never holds the (tokens x vocab) fp32 logits, and `logits` is
+            None. Without labels it changes nothing.
+        return_dict: False gives a tuple (loss first when there is one), as for every transformers model.
+
+        `shift_labels` and `num_items_in_batch` arrive through **kwargs, as in transformers' models: a named
+        parameter containing "label" would make `Trainer` count it among the labels it waits for.
         """
+        shift_labels = kwargs.pop("shift_labels", None)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.model(
             input_ids=input_ids,
@@ -468,20 +530,31 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,  # whatever config.return_dict says: the tuple, if asked for, is made on the way out
             **kwargs,
         )
         hidden = outputs.last_hidden_state
+        has_targets = labels is not None or shift_labels is not None
         loss = logits = None
-        if labels is not None and not return_logits:
-            loss = causal_lm_loss(hidden, self.lm_head.weight, labels, self.config.loss_chunk_size, num_items_in_batch)
+        if has_targets and not return_logits:
+            loss = causal_lm_loss(
+                hidden, self._head_weight(), labels, self.config.loss_chunk_size, num_items_in_batch, shift_labels
+            )
         else:
-            if isinstance(logits_to_keep, int):
-                kept = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
-            else:
-                kept = hidden[:, logits_to_keep]
-            logits = self.lm_head(kept)
-            if labels is not None:
-                loss = naive_causal_lm_loss(logits, labels, num_items_in_batch)
+            logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
+            if has_targets:
+                keeps_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+                if keeps_all:
+                    loss = naive_causal_lm_loss(logits, labels, num_items_in_batch, shift_labels)
+                else:  # logits for some positions only: the loss still covers all of them
+                    loss = causal_lm_loss(
+                        hidden,
+                        self._head_weight(),
+                        labels,
+                        self.config.loss_chunk_size,
+                        num_items_in_batch,
+                        shift_labels,
+                    )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -46,7 +46,9 @@ class HeldOutLoss:
     @torch.no_grad()
     def add(self, model, input_ids: torch.Tensor) -> None:
         # the model's own loss (mean over the predicted tokens, labels shifted inside) times their count
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model in .module
+        kwargs = {"return_logits": False} if getattr(config, "model_type", None) == "shuangyu" else {}
+        loss = model(input_ids=input_ids, labels=input_ids, **kwargs).loss  # ours: without the full logits
         targets = input_ids[:, 1:]
         self.sums[0] += loss.double() * targets.numel()
         self.sums[1] += targets.numel()

@@ -1,5 +1,7 @@
 """Export a Shuangyu folder for clients that do not run our code.
 
+One job, one file though long: both targets share the knob checks, the tokenizer rewrite and the refusal rules.
+
     python -m shuangyu.modeling.export --to llama SRC DST          # a stock LlamaForCausalLM folder
     python -m shuangyu.modeling.export --to gguf SRC OUT.gguf      # one file for llama.cpp and ollama
 

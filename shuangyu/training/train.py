@@ -158,7 +158,8 @@ def train_loop(run: Run) -> str | None:
             for batch in run.loader:  # one epoch (the rest of it, after a resume)
                 batch = {k: v.to(accelerator.device, non_blocking=run.loader.pin_memory) for k, v in batch.items()}
                 with accelerator.accumulate(model):
-                    loss = model(**batch, labels=batch["input_ids"]).loss
+                    # return_logits=False: the chunked head + loss that never holds the (tokens x vocab) logits
+                    loss = model(**batch, labels=batch["input_ids"], return_logits=False).loss
                     accelerator.backward(loss)
                     loss_sum, micro_steps = loss_sum + loss.detach(), micro_steps + 1
                     if accelerator.sync_gradients:

@@ -23,16 +23,11 @@ from shuangyu.sharing.folder import check_model_folder
 PROG = "push.py"
 
 
-class PushError(UsageError):
-    """The Hub refused or could not be reached: one line, non-zero exit (a bad folder, id or token is a
-    plain UsageError)."""
-
-
 def check_folder(folder: Path) -> None:
     """What eval/run.py asks of a checkpoint (config.json, a tokenizer), and safetensors weights."""
     check_model_folder(folder)
     if not any(folder.glob("*.safetensors")):
-        raise PushError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
+        raise UsageError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
 
 
 def check_token() -> None:
@@ -40,20 +35,20 @@ def check_token() -> None:
     from huggingface_hub import get_token
 
     if not get_token():
-        raise PushError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
+        raise UsageError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
 
 
 def check_repo_id(repo_id: str | None) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not repo_id:
-        raise PushError("give --hub_model_id USER/NAME")
+        raise UsageError("give --hub_model_id USER/NAME")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise PushError(f"--hub_model_id {repo_id!r}: {err}") from None
+        raise UsageError(f"--hub_model_id {repo_id!r}: {err}") from None
     if "/" not in repo_id:
-        raise PushError(f"--hub_model_id {repo_id!r}: give the owner too, as USER/NAME or ORG/NAME")
+        raise UsageError(f"--hub_model_id {repo_id!r}: give the owner too, as USER/NAME or ORG/NAME")
     return repo_id
 
 
@@ -88,7 +83,7 @@ def create_repo(repo_id: str, private: bool = False) -> str:
     try:
         return str(HfApi().create_repo(repo_id, private=private, exist_ok=True))
     except Exception as err:  # HTTP errors, refused connections: say which and stop
-        raise PushError(f"could not create or reach {repo_id}: {_reason(err)}") from None
+        raise UsageError(f"could not create or reach {repo_id}: {_reason(err)}") from None
 
 
 def push_folder(
@@ -109,7 +104,7 @@ def push_folder(
     check_repo_id(repo_id)
     check_token()
     if logs is not None and not Path(logs).is_dir():
-        raise PushError(f"--logs {logs}: not a folder")
+        raise UsageError(f"--logs {logs}: not a folder")
     # loading from the Hub repo in the pushed card; the folder's own card keeps its local path
     card = render_card(folder, name=repo_id, load_path=repo_id, license=license).encode()
     api = HfApi()
@@ -124,7 +119,7 @@ def push_folder(
             revision=revision,
         )
     except Exception as err:
-        raise PushError(f"push to {repo_id} failed: {_reason(err)}") from None
+        raise UsageError(f"push to {repo_id} failed: {_reason(err)}") from None
     return info.commit_url
 
 

@@ -123,23 +123,9 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
         accelerator.init_trackers(
             "shuangyu", config={k: str(v) for group in config.as_dict().values() for k, v in group.items()}
         )
-    return Run(
-        config,
-        out,
-        accelerator,
-        tokenizer,
-        data,
-        model,
-        optimizer,
-        scheduler,
-        loader,
-        val_loaders,
-        state,
-        max_steps,
-        tokens_per_step,
-        meter,
-        RunLog(accelerator, out),
-    )
+    log = RunLog(accelerator, out)
+    return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_loaders,
+               state, max_steps, tokens_per_step, meter, log)  # fmt: skip
 
 
 def train_loop(run: Run) -> str | None:

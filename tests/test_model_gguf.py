@@ -146,6 +146,16 @@ def test_gguf_tokenizer_gives_our_ids_on_corpus_and_edge_text(exported):
     assert checked > 20_000
 
 
+def test_gguf_from_a_tokenizer_json_alone(tmp_path):
+    src, _ = model_folder(tmp_path / "src")
+    (src / "tokenizer_config.json").unlink()  # special ids then come from the model's config
+    out = tmp_path / "model.gguf"
+    assert export(src, out) == 0
+    reader, _ = read(out)
+    assert gguf_field(reader, "tokenizer.ggml.eos_token_id") == EOS_ID
+    assert gguf_field(reader, "tokenizer.ggml.padding_token_id") == PAD_ID
+
+
 def test_gguf_untied_head_biases_gqa_and_f16(tmp_path):
     src, model = model_folder(tmp_path / "src", tie_word_embeddings=False, attention_bias=True, mlp_bias=True)
     out = tmp_path / "model.gguf"
@@ -253,6 +263,7 @@ def test_gguf_refuses_dynamic_rope(tmp_path, capsys):
         ("llama_folder", "model_type is 'llama'"),
         ("bad_dtype", "--dtype"),
         ("bad_target", "--to"),
+        ("dtype_for_llama", "--dtype f16: applies to --to gguf"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, case, expected):
@@ -273,6 +284,8 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, case, expecte
         flags += ["--dtype", "q4"]
     if case == "bad_target":
         flags = ["--to", "onnx"]
+    if case == "dtype_for_llama":
+        flags, out = ["--to", "llama", "--dtype", "f16"], tmp_path / "llama"
     line = refusal(capsys, [*flags, str(src), str(out)])
     assert line.startswith("error: ") and expected in line, line
     assert not out.exists()

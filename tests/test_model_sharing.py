@@ -44,7 +44,9 @@ print(type(model).__module__)
 
 
 def test_saved_folder_loads_with_remote_code_in_a_clean_process(tmp_path):
-    model = tiny_model(tie_word_embeddings=False, rope_theta=50000.0)
+    # A scaled RoPE too: the remote code alone must rebuild it from config.json.
+    rope = {"rope_type": "linear", "factor": 2.0, "rope_theta": 50000.0}
+    model = tiny_model(tie_word_embeddings=False, rope_parameters=rope)
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     files = {p.name for p in folder.iterdir()}

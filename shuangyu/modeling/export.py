@@ -502,9 +502,13 @@ def tokenizer_from_gguf(path: str | Path):
 
 def check_gguf_tokenizer(path: Path, src: Path, text: str = CHECK_TEXT) -> int:
     """Raise ExportError unless the GGUF's tokenizer gives SRC's token ids on `text`. Returns the token count."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    ours = AutoTokenizer.from_pretrained(src)(text, add_special_tokens=False)["input_ids"]
+    try:  # as users load it (tokenizer_config.json's class and flags, e.g. split_special_tokens)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except (OSError, ValueError, KeyError):  # no usable tokenizer_config.json: the tokenizer.json alone
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer.json"))
+    ours = tokenizer(text, add_special_tokens=False)["input_ids"]
     theirs = tokenizer_from_gguf(path).encode(text, add_special_tokens=False).ids
     if ours != theirs:
         pairs = enumerate(zip(ours, theirs, strict=False))
@@ -556,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     # stderr is for the one-line verdict: no "Loading weights" bars before it.
     transformers_logging.disable_progress_bar()
     try:
+        if args.to == "llama" and args.dtype != "auto":
+            raise ExportError(f"--dtype {args.dtype}: applies to --to gguf; a Llama folder keeps SRC's dtype")
         if not src.is_dir():
             raise ExportError(f"{src}: not a folder; pass a folder written by save_pretrained")
         with torch.no_grad():

@@ -287,7 +287,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, case, expecte
     if case == "dtype_for_llama":
         flags, out = ["--to", "llama", "--dtype", "f16"], tmp_path / "llama"
     line = refusal(capsys, [*flags, str(src), str(out)])
-    assert line.startswith("error: ") and expected in line, line
+    assert line.startswith("python -m shuangyu.modeling.export: error: ") and expected in line, line
     assert not out.exists()
 
 

@@ -1,0 +1,199 @@
+"""Export to a stock `LlamaForCausalLM` folder that needs no custom code (see export.py for the command).
+
+Parameter names are already LLaMA's, so the weights are copied as they are. The tokenizer files are copied with
+a tokenizer_config.json rewritten to load under transformers 4.x and 5.x alike, and config.json carries
+`rope_theta` and `rope_scaling` (4.x) next to `rope_parameters` (5.x).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from shuangyu.errors import UsageError
+
+from .configuration_shuangyu import ShuangyuConfig
+from .modeling_shuangyu import ShuangyuForCausalLM
+
+# Files a tokenizer folder may hold; copied so AutoTokenizer loads DST the way it loads SRC.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+# Keys that from_pretrained puts into a tokenizer's init kwargs and save_pretrained writes back: they describe
+# how it was loaded that time, not the tokenizer, and some break other versions (local_files_only=True, say).
+LOADER_KEYS = (
+    "local_files_only",
+    "is_local",
+    "_from_auto",
+    "_commit_hash",
+    "trust_remote_code",
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "revision",
+    "subfolder",
+    "token",
+    "use_auth_token",
+    "name_or_path",
+    "backend",
+)
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def llama_incompatibilities(config: ShuangyuConfig) -> list[str]:
+    """Knob settings a stock LlamaForCausalLM cannot reproduce, as 'name=value' strings."""
+    problems = []
+    if config.norm_type != "rmsnorm":
+        problems.append(f"norm_type={config.norm_type} (Llama has rmsnorm)")
+    if config.mlp_type != "swiglu":
+        problems.append(f"mlp_type={config.mlp_type} (Llama has swiglu)")
+    return problems
+
+
+def load_source_config(src: Path) -> ShuangyuConfig:
+    """SRC's config, after checking that SRC is a Shuangyu folder."""
+    config_file = src / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{src}: no config.json there; pass a folder written by save_pretrained")
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise UsageError(
+            f"{config_file}: not a JSON object ({err}); pass a folder written by save_pretrained"
+        ) from None
+    if model_type != ShuangyuConfig.model_type:
+        raise UsageError(f"{config_file}: model_type is {model_type!r}, not 'shuangyu'; pass a Shuangyu folder")
+    try:
+        return ShuangyuConfig.from_pretrained(src)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{config_file}: {err}") from None
+
+
+def llama_rope_parameters(config: ShuangyuConfig) -> dict:
+    """rope_parameters as LlamaConfig takes them: the same dict, legacy keys dropped."""
+    params = {k: v for k, v in config.rope_parameters.items() if k != "type"}
+    params["rope_theta"] = float(params["rope_theta"])
+    return params
+
+
+def to_llama_config(config: ShuangyuConfig) -> LlamaConfig:
+    problems = llama_incompatibilities(config)
+    if problems:
+        raise UsageError("cannot export to llama: incompatible knobs: " + "; ".join(problems))
+    return LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings,
+        initializer_range=config.initializer_range,
+        rms_norm_eps=config.norm_eps,
+        rope_parameters=llama_rope_parameters(config),
+        attention_bias=config.attention_bias,
+        mlp_bias=config.mlp_bias,
+        attention_dropout=config.attention_dropout,
+        tie_word_embeddings=config.tie_word_embeddings,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        use_cache=config.use_cache,
+    )
+
+
+# ---------------------------------------------------------------------------------- transformers 4.x and 5.x
+def _token_content(value):
+    """A special token as a plain string: saved configs hold either the string or an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def portable_tokenizer_config(config: dict) -> dict:
+    """A tokenizer_config.json that transformers 4.x and 5.x both load as the same fast tokenizer.
+
+    5.x writes `tokenizer_class: TokenizersBackend` (a class 4.x does not have) and the extra special tokens as
+    a list under `extra_special_tokens` (4.x expects a dict of named tokens there); `from_pretrained` also
+    records how it was loaded (`local_files_only`, ...), which then travels with every saved copy.
+    """
+    out = {k: v for k, v in config.items() if k not in LOADER_KEYS}
+    out["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = out.pop("extra_special_tokens", None)
+    additional = list(out.pop("additional_special_tokens", None) or [])
+    if isinstance(extra, dict):  # named extra tokens: keep the names' tokens in the portable list
+        extra = list(extra.values())
+    for token in extra or []:
+        token = _token_content(token)
+        if token is not None and token not in additional:
+            additional.append(token)
+    if additional:
+        out["additional_special_tokens"] = additional
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token"):
+        if name in out:
+            out[name] = _token_content(out[name])
+    return out
+
+
+def write_portable_tokenizer_files(src: Path, dst: Path) -> list[str]:
+    """Copy SRC's tokenizer files to DST, tokenizer_config.json made portable. Returns the names written."""
+    written = []
+    for name in TOKENIZER_FILES:
+        if not (src / name).is_file():
+            continue
+        if name == "tokenizer_config.json":
+            config = json.loads((src / name).read_text(encoding="utf-8"))
+            text = json.dumps(portable_tokenizer_config(config), indent=2, ensure_ascii=False) + "\n"
+            (dst / name).write_text(text, encoding="utf-8")
+        else:
+            shutil.copy2(src / name, dst / name)
+        written.append(name)
+    return written
+
+
+def add_legacy_rope_fields(config_file: Path) -> dict:
+    """Give a saved Llama config.json the RoPE fields transformers 4.x reads (`rope_theta`, `rope_scaling`)
+    next to 5.x's `rope_parameters`, with the same values, so both versions build the same rotation."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    params = dict(config["rope_parameters"])
+    config["rope_theta"] = float(params.pop("rope_theta"))
+    config["rope_scaling"] = None if params.get("rope_type", "default") == "default" else params
+    if "dtype" in config and "torch_dtype" not in config:
+        config["torch_dtype"] = config["dtype"]  # the name before 4.56
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return config
+
+
+def export_to_llama(src: str | Path, dst: str | Path) -> Path:
+    src, dst = Path(src), Path(dst)
+    config = load_source_config(src)
+    llama_config = to_llama_config(config)  # raises before any weights are read
+    ours = ShuangyuForCausalLM.from_pretrained(src, dtype="auto")
+    dtype = next(ours.parameters()).dtype
+    llama_config.dtype = dtype
+    llama = LlamaForCausalLM(llama_config).to(dtype)
+    # Same names and shapes by construction; strict loading proves it.
+    llama.load_state_dict(ours.state_dict(), strict=True)
+    llama.generation_config = ours.generation_config
+    dst.mkdir(parents=True, exist_ok=True)
+    llama.save_pretrained(dst)
+    add_legacy_rope_fields(dst / "config.json")
+    write_portable_tokenizer_files(src, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------- GGUF

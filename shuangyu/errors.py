@@ -22,8 +22,10 @@ class RunDiverged(RuntimeError):
     """Training stopped on too many non-finite steps in a row; the last good checkpoint is kept."""
 
 
-def print_error(prog: str, err: Exception) -> int:
-    """Print `err` as one line on stderr; return the exit status for it."""
+def print_error(prog: str, err: Exception, show: bool = True) -> int:
+    """Print `err` as one line on stderr (unless `show` is False: another process of the run says it); return
+    the exit status for it."""
     kind = "stopped" if isinstance(err, RunDiverged) else "error"
-    print(f"{prog}: {kind}: {err}", file=sys.stderr)
+    if show:
+        print(f"{prog}: {kind}: {err}", file=sys.stderr, flush=True)
     return EXIT_DIVERGED if isinstance(err, RunDiverged) else EXIT_USAGE

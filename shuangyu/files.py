@@ -37,6 +37,7 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a file through a temporary name, so a reader never sees half of it."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -64,3 +65,27 @@ def parse_size(text: str | int, flag: str) -> int:
     if value <= 0:
         raise UsageError(f"{flag} {text!r}: must be positive")
     return value
+
+
+def check_writable_folder(path: str | Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder: choose another path")
+    probe = path
+    while not probe.exists():  # the nearest folder that exists is where the new one would be created
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {path}: {probe} is a file, so the folder cannot be created there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {probe} is not writable: choose a folder you can write to")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """A write that failed for lack of space. torch's zip writer reports it as a RuntimeError without errno."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err).lower()
+    return "no space left" in text or "quota exceeded" in text or "iostream error" in text

@@ -34,7 +34,7 @@ from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
 from shuangyu.errors import UsageError, print_error
-from shuangyu.files import atomic_folder
+from shuangyu.files import atomic_folder, check_writable_folder
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
@@ -64,6 +64,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
     """Tokenise, split, mix and pack the sources into `args.output_dir`, unless it is already up to date."""
     import datasets
 
+    check_writable_folder(args.output_dir, "--output_dir")
     inputs = plan_inputs(args)
     tok = load_tokenizer(args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)
@@ -74,6 +75,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
         return PreparedData(out, existing, reused=True)
 
     start = time.perf_counter()
+    show_progress = show_progress and sys.stderr.isatty()  # a log file gets no bars full of carriage returns
     if not show_progress:
         datasets.disable_progress_bars()
     try:
@@ -129,9 +131,13 @@ def tokenize_sources(args, inputs: Inputs, tok, key: str, stats: list[ReadStats]
         )
     except Exception as err:  # datasets wraps what the generator raised
         usage_error = unwrap_usage_error(err)
-        if usage_error is None:
-            raise
-        raise usage_error from None
+        if usage_error is not None:
+            raise usage_error from None
+        if sum(st.docs for st in stats) == 0:  # datasets cannot make a table of no rows
+            raise UsageError(
+                "the corpus is empty: no document with text in any source (check the files and --text_column)"
+            ) from None
+        raise
     read_s = time.perf_counter() - start
     tokenized = texts.with_format("arrow").map(
         tokenize_documents,

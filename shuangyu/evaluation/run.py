@@ -25,7 +25,7 @@ from shuangyu.evaluation.local_tasks import (
     stock_dataset,
     write_task_yamls,
 )
-from shuangyu.files import atomic_write_text
+from shuangyu.files import atomic_write_text, check_writable_folder
 from shuangyu.sharing.card import markdown_table, write_card
 from shuangyu.sharing.folder import check_model_folder, needs_remote_code
 from shuangyu.text.readers import read_documents
@@ -128,8 +128,12 @@ def run_bpb(ckpt: Path, corpus: Path, langs: list[str], max_bytes: int, remote_c
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     texts = {lang: val_texts(corpus, lang, max_bytes) for lang in langs}
-    tokenizer = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=remote_code)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=remote_code, dtype="float32").to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=remote_code)
+        model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=remote_code, dtype="float32")
+    except Exception as err:  # OSError, ValueError, safetensors' own errors: what is wrong with the folder
+        raise UsageError(f"{ckpt}: could not load the model ({type(err).__name__}: {err})") from None
+    model = model.to(device).eval()
     block_size = min(getattr(model.config, "max_position_embeddings", 1024) or 1024, 1024)
     return {lang: held_out_scores(model, tokenizer, texts[lang], block_size, device) for lang in langs}
 
@@ -183,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     try:
         config = check_model_folder(args.checkpoint)
+        output = args.output or args.checkpoint.resolve() / "eval_results.json"
+        check_writable_folder(output.parent, "--output")
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -197,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(PROG, err)
     rows = metric_rows(results or {}, tasks)
     configs = (results or {}).get("configs", {})
-    output = args.output or ckpt / "eval_results.json"
     report = {
         "checkpoint": ckpt.name,  # not the absolute path: the file is pushed, and must not name the user's machine
         "tasks": tasks,
@@ -211,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "notes": [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t in tasks) else [],
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str))
     table = markdown_table(report["table"], bpb, report["notes"])
     atomic_write_text(output.with_suffix(".md"), table)

@@ -57,12 +57,11 @@ __all__ = [
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit status 2, as for every other refusal
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(print_error(PROG, UsageError(f"{message} (see --help)")))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m shuangyu.modeling.export", description=__doc__.splitlines()[0])
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--to", choices=["llama", "gguf"], required=True, help="target: a Llama folder, or a GGUF")
     parser.add_argument("--dtype", choices=GGUF_DTYPES, default="auto", help="GGUF weights (auto: as SRC's)")
     parser.add_argument("src", help="a Shuangyu folder written by save_pretrained (with its tokenizer)")

@@ -18,10 +18,15 @@ def check_model_folder(folder: Path) -> dict:
         raise UsageError(
             f"{folder} has no tokenizer (no tokenizer.json / tokenizer_config.json): save one with the model"
         )
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        raise UsageError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"{folder / 'config.json'}: not valid JSON ({err}); save the model again") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise UsageError(f"{folder / 'config.json'}: no model_type in it; save the model again with save_pretrained")
+    return config
 
 
 def needs_remote_code(config: dict) -> bool:

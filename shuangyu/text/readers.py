@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,21 @@ def _text_field(record: object, path: Path, where: str, column: str) -> str | No
 
 def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=lambda: True) -> Iterator[str]:
     """Yield the documents of one file, lazily. `keep()` is asked before a line is decoded or parsed, so
-    that sampling a small share of a large file skips most of the work (skipped lines are not checked)."""
+    that sampling a small share of a large file skips most of the work (skipped lines are not checked).
+    Documents that are empty or only whitespace are passed over."""
+    try:
+        yield from _iter_file_documents(path, opts, stats, keep)
+    except UsageError:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error) as err:  # a damaged gzip stream, a bad parquet page, ...
+        raise UsageError(f"{path}: could not be read ({type(err).__name__}: {err}); fix or remove the file") from None
+
+
+def has_text(text) -> bool:
+    return bool(text) and not text.isspace()
+
+
+def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) -> Iterator[str]:
     suffix, gz = file_kind(path)
     stats.files.add(str(path))
     if suffix == ".parquet":
@@ -93,7 +108,7 @@ def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=la
         if opts.document_per_file and suffix == ".txt":
             if keep():
                 text = _decode_whole(fh.read(), path)
-                if text:
+                if has_text(text):
                     yield text
             return
         if suffix == ".json":
@@ -121,7 +136,7 @@ def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=la
                         f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line, or pass {opts.skip_flag}"
                     ) from None
                 text = _text_field(record, path, f"{path}:{lineno}", opts.text_column)
-            if text:
+            if has_text(text):
                 yield text
 
 
@@ -133,7 +148,7 @@ def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, keep) -> Iterat
     for i, record in enumerate(records):
         if keep():
             text = _text_field(record, path, f"{path}: record {i}", opts.text_column)
-            if text:
+            if has_text(text):
                 yield text
 
 
@@ -149,7 +164,7 @@ def _iter_parquet(path: Path, opts: ReadOptions, keep) -> Iterator[str]:
         raise UsageError(f"{path}: no column {opts.text_column!r} (columns: {', '.join(names)}); set --text_column")
     for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_column]):
         for text in batch.column(0).to_pylist():
-            if keep() and text:
+            if keep() and has_text(text):
                 yield text
 
 
@@ -164,7 +179,7 @@ def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed
     ds = ds.shuffle(seed=seed, buffer_size=10_000)
     for i, record in enumerate(ds):
         text = _text_field(record, Path(spec.dataset), f"--dataset {spec.dataset}: row {i}", opts.text_column)
-        if text:
+        if has_text(text):
             yield text
 
 
@@ -182,6 +197,13 @@ def _probe_text(raw_line: bytes, suffix: str, column: str) -> str:
 def estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int = 1 << 20) -> int:
     """Text bytes in a file, estimated from its first ~1 MB: JSON keys, escapes and compression make the
     size on disk a poor guide, and a poor guide means sampling rates that miss the byte budget."""
+    try:
+        return _estimated_text_bytes(path, opts, probe_bytes)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise UsageError(f"{path}: could not be read ({type(err).__name__}: {err}); fix or remove the file") from None
+
+
+def _estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int) -> int:
     suffix, gz = file_kind(path)
     size = path.stat().st_size
     if suffix == ".parquet":

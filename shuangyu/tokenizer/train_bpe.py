@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from shuangyu.errors import UsageError, print_error
-from shuangyu.files import atomic_folder, atomic_write_text, parse_size
+from shuangyu.files import atomic_folder, atomic_write_text, check_writable_folder, parse_size
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
 from shuangyu.text.sources import SourceArguments, parse_file_source, resolve_files
@@ -71,6 +71,7 @@ def validate(args: TrainBPEArguments):
     if args.min_frequency < 1:
         raise UsageError(f"--min_frequency {args.min_frequency} must be at least 1")
     out = Path(args.output_dir)
+    check_writable_folder(out, "--output_dir")
     if out.exists() and not args.overwrite:
         raise UsageError(f"--output_dir {out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():

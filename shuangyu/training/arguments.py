@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -191,17 +193,32 @@ ARGUMENT_CLASSES = (
 
 def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> TrainConfig:
     """Parse `--config FILE.yaml` first, use its values as defaults, then the command line on top."""
-    from transformers import HfArgumentParser
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, prog=prog)
+    parser = _one_line_error_parser()(ARGUMENT_CLASSES, prog=prog)
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config))
-    *groups, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
-    return TrainConfig(*groups)
+    *groups, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise UsageError(f"unknown arguments {' '.join(unknown)} (see {prog} --help)")
+    config = TrainConfig(*groups)
+    check_values(config, known.config)
+    return config
+
+
+def _one_line_error_parser():
+    from transformers import HfArgumentParser
+
+    class OneLineErrors(HfArgumentParser):
+        """argparse prints the whole usage (50 lines here) above a bad flag's message: one line is enough."""
+
+        def error(self, message):
+            raise UsageError(message)
+
+    return OneLineErrors
 
 
 def load_yaml_config(path: str) -> dict:
@@ -226,3 +243,82 @@ def total_steps(train_args: TrainArguments, tokens_per_step: int) -> int:
     if train_args.max_train_tokens:
         return math.ceil(parse_size(train_args.max_train_tokens, "--max_train_tokens") / tokens_per_step)
     raise UsageError("give --max_steps or --max_train_tokens")
+
+
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+# (lowest, highest, whether the lowest itself is allowed); None: no bound. Checked when the value is set.
+RANGES = {
+    "per_device_train_batch_size": (1, None, True),
+    "per_device_eval_batch_size": (1, None, True),
+    "gradient_accumulation_steps": (1, None, True),
+    "max_steps": (1, None, True),
+    "learning_rate": (0, None, False),
+    "weight_decay": (0, None, True),
+    "adam_beta1": (0, 1, True),
+    "adam_beta2": (0, 1, True),
+    "adam_epsilon": (0, None, False),
+    "muon_momentum": (0, 1, True),
+    "max_grad_norm": (0, None, True),
+    "warmup_steps": (0, None, True),
+    "min_lr_ratio": (0, 1, True),
+    "decay_fraction": (0, 1, False),
+    "save_steps": (1, None, True),
+    "save_total_limit": (1, None, True),
+    "logging_steps": (1, None, True),
+    "eval_steps": (1, None, True),
+    "eval_batches": (0, None, True),
+    "max_bad_steps": (1, None, True),
+    "block_size": (2, None, True),
+    "preprocessing_num_workers": (1, None, True),
+    "dataloader_num_workers": (0, None, True),
+    "peak_tflops": (0, None, False),
+}
+
+
+def check_values(config: TrainConfig, config_file: str | None = None) -> None:
+    """Types and ranges of every value, before any work. The command line's values are converted by argparse,
+    but a YAML file's arrive as YAML typed them (`max_steps: 12.5`, a string where a list belongs)."""
+    where = f" (from --config {config_file} or the command line)" if config_file else ""
+    for group in vars(config).values():
+        hints = typing.get_type_hints(type(group))
+        for f in fields(group):
+            value = getattr(group, f.name)
+            expected = _describe_mismatch(value, hints[f.name])
+            if expected:
+                raise UsageError(f"--{f.name} {value!r}{where}: expected {expected}")
+            if f.name in RANGES and value is not None:
+                low, high, low_ok = RANGES[f.name]
+                too_low = low is not None and (value < low or (value == low and not low_ok))
+                too_high = high is not None and value > high
+                if too_low or too_high:
+                    bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high else "")
+                    raise UsageError(f"--{f.name} {value!r}{where}: must be {bound}")
+    attention = config.model.attn_implementation
+    if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows
+        raise UsageError(f"--attn_implementation {attention!r}: choose one of {', '.join(ATTENTION)}")
+
+
+def _describe_mismatch(value, hint) -> str | None:
+    """What `value` should have been, or None when it fits the annotation."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _describe_mismatch(value, inner[0]) if len(inner) == 1 else None
+    if origin is Literal:
+        return None if value in args else "one of " + ", ".join(map(str, args))
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return "a list of strings (in YAML: [a, b] or one '- item' per line)"
+        return None
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None

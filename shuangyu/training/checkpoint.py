@@ -23,7 +23,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from shuangyu.files import atomic_folder
+from shuangyu.errors import UsageError
+from shuangyu.files import atomic_folder, is_disk_full
 from shuangyu.sharing.card import write_card
 
 MARKER = "checkpoint.json"
@@ -50,17 +51,49 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_resume(output_dir: str | Path, resume_from: str | None) -> Path | None:
-    """`latest`: the newest complete checkpoint, or None to start afresh; a path: that checkpoint."""
+def resolve_resume(output_dir: str | Path, resume_from: str | None, warn=print) -> Path | None:
+    """`latest`: the newest checkpoint that is complete, intact and not taken in a run of non-finite steps,
+    or None to start afresh when there is none at all; a path: that checkpoint, if intact."""
     if not resume_from:
         return None
-    if resume_from == "latest":
-        done = complete_checkpoints(output_dir)
-        return done[-1][1] if done else None
-    path = Path(resume_from)
-    if not (path / MARKER).is_file():
-        raise ValueError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {MARKER} in it)")
-    return path
+    if resume_from != "latest":
+        path = Path(resume_from)
+        if not (path / MARKER).is_file():
+            raise UsageError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {MARKER} in it)")
+        damage = find_damage(path)
+        if damage:
+            raise UsageError(f"--resume_from_checkpoint {path}: {damage}; pass an earlier checkpoint")
+        return path
+    done = complete_checkpoints(output_dir)
+    passed_over = []
+    for _, path in reversed(done):
+        damage = find_damage(path)
+        if not damage and read_checkpoint_info(path).get("bad_in_a_row", 0):
+            damage = "saved during a run of non-finite steps (name it with --resume_from_checkpoint to use it)"
+        if not damage:
+            if passed_over:
+                warn(f"warning: resuming from {path}, the newest usable checkpoint: " + "; ".join(passed_over))
+            return path
+        passed_over.append(f"{path.name} passed over: {damage}")
+    if passed_over:
+        raise UsageError(f"--resume_from_checkpoint latest: no usable checkpoint in {output_dir}: {passed_over[0]}")
+    return None
+
+
+def find_damage(path: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (missing, or not the size they were written with), or None.
+    Truncation is what a crash, a full disk or a bad copy leaves; it is found without reading the files."""
+    try:
+        files = read_checkpoint_info(path).get("files")
+    except (OSError, json.JSONDecodeError) as err:
+        return f"{path / MARKER} is unreadable ({err})"
+    for name, size in (files or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != size:
+            return f"{file} is damaged ({file.stat().st_size:,} bytes, written with {size:,})"
+    return None
 
 
 def read_checkpoint_info(path: str | Path) -> dict:
@@ -93,13 +126,27 @@ def save_checkpoint(
     into place once everything, the marker last, is written; then prune."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.parent / f".{final.name}.tmp"  # one name every rank knows
-    with atomic_folder(final, tmp) if accelerator.is_main_process else nullcontext(tmp):
-        accelerator.wait_for_everyone()  # the folder exists
-        accelerator.save_state(str(tmp / "accelerate"))
-        save_model_folder(accelerator, model, tokenizer, tmp / "model", card)
-        if accelerator.is_main_process:
-            (tmp / MARKER).write_text(json.dumps({"step": step, "time": time.time(), **info}, indent=2) + "\n")
-        accelerator.wait_for_everyone()  # every rank has written its part
+    try:
+        with atomic_folder(final, tmp) if accelerator.is_main_process else nullcontext(tmp):
+            accelerator.wait_for_everyone()  # the folder exists
+            accelerator.save_state(str(tmp / "accelerate"))
+            save_model_folder(accelerator, model, tokenizer, tmp / "model", card)
+            accelerator.wait_for_everyone()  # every rank has written its part
+            if accelerator.is_main_process:
+                # sizes of what was written, so that a damaged checkpoint is recognised before it is loaded
+                files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+                marker = {"step": step, "time": time.time(), **info, "files": files}
+                (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        done = complete_checkpoints(output_dir)
+        kept = f"the last checkpoint, {done[-1][1]}, is intact" if done else "no earlier checkpoint exists"
+        raise UsageError(
+            f"no space left on the device while saving {final} ({shutil.disk_usage(final.parent).free:,} bytes "
+            f"free); the partial checkpoint was removed and {kept}: free space (or lower --save_total_limit), then "
+            "rerun with --resume_from_checkpoint latest"
+        ) from None
     if accelerator.is_main_process:
         prune(output_dir, keep_last)
     accelerator.wait_for_everyone()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from shuangyu.errors import UsageError
+from shuangyu.files import check_writable_folder
 from shuangyu.training import checkpoint as ckpt
 from shuangyu.training.arguments import TrainConfig
 
@@ -23,15 +25,19 @@ def check_run(config: TrainConfig) -> tuple[Path, Path | None]:
         from shuangyu.training.hub import check_hub
 
         check_hub(config.hub)
-    try:
-        resume_dir = ckpt.resolve_resume(out, config.checkpoint.resume_from_checkpoint)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    return out, resume_dir
+    warn = print if is_first_process() else (lambda message: None)
+    return out, ckpt.resolve_resume(out, config.checkpoint.resume_from_checkpoint, warn)
+
+
+def is_first_process() -> bool:
+    """Rank 0 of a launch (or a plain run): the process that speaks for the run."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_output_dir(out: Path, overwrite: bool, resume: str | None) -> None:
-    """Refuse to train over another run unless resuming it or told to overwrite it."""
+    """Refuse to train over another run unless resuming it or told to overwrite it, and a folder that cannot be
+    written, before the work rather than after it."""
+    check_writable_folder(out, "--output_dir")
     holds_run = ckpt.complete_checkpoints(out) or (out / "final").exists()
     if holds_run and not resume and not overwrite:
         raise UsageError(

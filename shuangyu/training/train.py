@@ -23,12 +23,13 @@ from shuangyu.errors import RunDiverged, UsageError, print_error
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
 from shuangyu.tokenizer.loading import load_tokenizer
 from shuangyu.training import checkpoint as ckpt
-from shuangyu.training.accelerator import build_accelerator, check_distributed
+from shuangyu.training.accelerator import build_accelerator, check_distributed, share_from_main, stop_with_the_launcher
 from shuangyu.training.arguments import TrainConfig, parse_args, total_steps
-from shuangyu.training.checks import check_run
+from shuangyu.training.checks import check_run, is_first_process
 from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
 from shuangyu.training.model import build_config, build_model
 from shuangyu.training.optim import build_optimizer, clip_and_step
+from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_run_args
 from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
@@ -44,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(parse_args(argv, PROG))
     except (UsageError, RunDiverged) as err:
-        return print_error(PROG, err)
+        # every process of a launch meets the same error: one of them says it
+        status = print_error(PROG, err, show=is_first_process())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return status
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Run:
     tokens_per_step: int
     meter: Throughput
     log: RunLog
+    lock: RunLock | None  # held by the main process while it trains
     validation: dict = field(default_factory=dict)  # the last held-out scores, for the model card
 
 
@@ -77,8 +83,17 @@ def train(config: TrainConfig) -> int:
 
 
 def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
+    stop_with_the_launcher()
     accelerator = build_accelerator(config.train, config.logging, out)
     check_distributed(accelerator, config.train, config.optim)
+    lock, refused = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock(out)
+        except UsageError as err:
+            refused = str(err)
+    if refused := share_from_main(accelerator, refused):
+        raise UsageError(refused)
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model.tokenizer_name)
     model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work
@@ -116,7 +131,13 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     state = TrainState()
     accelerator.register_for_checkpointing(loader, state, scheduler)
     if resume_dir:
-        accelerator.load_state(str(resume_dir / "accelerate"))
+        try:
+            accelerator.load_state(str(resume_dir / "accelerate"))
+        except Exception as err:  # torch, safetensors and pickle each raise their own types for a bad file
+            raise UsageError(
+                f"--resume_from_checkpoint {resume_dir}: could not load it ({type(err).__name__}: {err}); "
+                "pass an earlier checkpoint"
+            ) from None
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if accelerator.is_main_process:
         write_run_args(out, config.as_dict(), state.step)
@@ -125,7 +146,7 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
         )
     log = RunLog(accelerator, out)
     return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_loaders,
-               state, max_steps, tokens_per_step, meter, log)  # fmt: skip
+               state, max_steps, tokens_per_step, meter, log, lock)  # fmt: skip
 
 
 def train_loop(run: Run) -> str | None:
@@ -236,7 +257,7 @@ def save(run: Run) -> None:
         run.model,
         run.tokenizer,
         card=card,
-        info={"tokens": state.tokens, "max_steps": run.max_steps},
+        info={"tokens": state.tokens, "max_steps": run.max_steps, "bad_in_a_row": state.bad_in_a_row},
         keep_last=run.config.checkpoint.save_total_limit,
     )
     accelerator.print(f"saved {path}")
@@ -250,6 +271,8 @@ def finish(run: Run, stopped_by: str | None) -> int:
         final = ckpt.publish_final(run.out)
         accelerator.print(f"done: {state.step} steps, {state.tokens:,} tokens; model in {final}")
     accelerator.end_training()  # flushes the trackers' logs, which the push takes along
+    if run.lock:
+        run.lock.release()
     if hub.push_to_hub and not stopped_by and accelerator.is_main_process:
         from shuangyu.training.hub import push_final
 

@@ -8,6 +8,7 @@ from shuangyu.data.inputs import PrepareArguments
 from shuangyu.data.prepare import format_report, prepare
 from shuangyu.data.prepared import MANIFEST, PreparedData
 from shuangyu.errors import UsageError
+from shuangyu.training.accelerator import share_from_main
 from shuangyu.training.arguments import DataArguments
 
 
@@ -20,24 +21,31 @@ def open_training_data(
 ) -> PreparedData:
     folder = data_dir(data_args, output_dir)
     if data_args.train_files or data_args.dataset_name:
+        failure = None
         if accelerator.is_main_process:
-            prepared = prepare(
-                PrepareArguments(
-                    output_dir=folder,
-                    tokenizer_name=tokenizer_name,
-                    files=data_args.train_files,
-                    dataset=data_args.dataset_name,
-                    exclude=data_args.exclude,
-                    text_column=data_args.text_column,
-                    validation_files=data_args.validation_files,
-                    block_size=data_args.block_size,
-                    num_proc=data_args.preprocessing_num_workers or 1,
-                    seed=seed,
-                ),
-                show_progress=accelerator.is_local_main_process,
-            )
-            print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
-        accelerator.wait_for_everyone()
+            try:
+                prepared = prepare(
+                    PrepareArguments(
+                        output_dir=folder,
+                        tokenizer_name=tokenizer_name,
+                        files=data_args.train_files,
+                        dataset=data_args.dataset_name,
+                        exclude=data_args.exclude,
+                        text_column=data_args.text_column,
+                        validation_files=data_args.validation_files,
+                        block_size=data_args.block_size,
+                        num_proc=data_args.preprocessing_num_workers or 1,
+                        seed=seed,
+                    ),
+                    show_progress=accelerator.is_local_main_process,
+                )
+                print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
+            except UsageError as err:
+                failure = str(err)
+        # the other processes wait here; they must learn that preparing failed, or they would wait in vain
+        failure = share_from_main(accelerator, failure)
+        if failure:
+            raise UsageError(failure)
     elif not (Path(folder) / MANIFEST).is_file():
         raise UsageError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
     data = PreparedData.load(folder, tokenizer)

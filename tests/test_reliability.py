@@ -1,0 +1,306 @@
+"""Reliability: a user's mistake is one line and exit 2, through every documented command; a run is never lost
+(rerun, extension, damaged or diverged checkpoints, a full disk, two runs into one folder, signals)."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shuangyu.errors import UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    str(REPO / "accelerate_configs/cpu.yaml"),
+]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def flags(synthetic_corpus, tiny_tokenizer_dir, tmp_path) -> list[str]:
+    """A run that takes seconds: the synthetic corpus, the tiny preset, 32-token blocks."""
+    c = synthetic_corpus
+    return [
+        "--tokenizer_name", str(tiny_tokenizer_dir),
+        "--train_files", f"zh={c['zh_train']}", f"en={c['en_train']}",
+        "--validation_files", f"zh={c['zh_val']}", f"en={c['en_val']}",
+        "--data_dir", str(tmp_path / "data"), "--model_config", "tiny", "--block_size", "32",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--logging_steps", "1", "--eval_steps", "4",
+        "--eval_batches", "1", "--save_steps", "4", "--preprocessing_num_workers", "1", "--seed", "0",
+    ]  # fmt: skip
+
+
+def train(args, launcher=None, processes=2, timeout=300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
+    if launcher:
+        cmd = [*LAUNCH, "--num_processes", str(processes), str(REPO / "train_clm.py"), *args]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["train/loss"] for e in lines if "train/loss" in e}
+
+
+# ------------------------------------------------------------------------------------------- values and types
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0: must be at least 1"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0: must be at least 1"),
+        (["--save_steps", "-5"], "--save_steps -5: must be at least 1"),
+        (["--max_steps", "-1"], "--max_steps -1: must be at least 1"),
+        (["--learning_rate", "0"], "--learning_rate 0.0: must be above 0"),
+        (["--learning_rate=-1e-3"], "--learning_rate -0.001: must be above 0"),
+        (["--attn_implementation", "bogus"], "--attn_implementation 'bogus': choose one of"),
+        (["--compile", "perhaps"], "--compile: Truthy value expected"),
+        (["--no_such_flag", "1"], "unknown arguments --no_such_flag 1"),
+        (["--adam_beta2", "1.5"], "--adam_beta2 1.5: must be at least 0 and at most 1"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(argv, needle):
+    from shuangyu.training.arguments import parse_args
+
+    with pytest.raises(UsageError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        parse_args(["--output_dir", "x", *argv])
+
+
+@pytest.mark.parametrize(
+    "yaml_text, needle",
+    [
+        ("max_steps: 12.5\n", "--max_steps 12.5"),  # the loop would never end
+        ("train_files: corpus/zh.jsonl\n", "expected a list of strings"),  # would be split into characters
+        ("learning_rate: fast\n", "--learning_rate"),
+        ("eval_steps: 0\n", "must be at least 1"),
+    ],
+)
+def test_bad_yaml_values_stop_the_command_before_any_work(tmp_path, yaml_text, needle):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml_text)
+    proc = train(["--config", str(cfg), "--output_dir", str(tmp_path / "out")])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_clm.py: error: ") and needle in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_paths_are_checked_before_training(flags, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    proc = train([*flags, "--max_steps", "2", "--output_dir", str(a_file / "run")])
+    assert proc.returncode == 2 and "is a file" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK):
+        pytest.skip("running as a user who can write anywhere")
+    proc = train([*flags, "--max_steps", "2", "--output_dir", str(read_only / "run")])
+    assert proc.returncode == 2 and "not writable" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------- finishing and resuming
+
+
+def test_a_finished_run_can_be_rerun_and_extended(flags, tmp_path):
+    out = tmp_path / "run"
+    first = train([*flags, "--max_steps", "8", "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the same command again (as after a preemption that came at the very end): nothing to train, final intact
+    again = train([*flags, "--max_steps", "8", "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "final" / "model.safetensors").is_file() and not list(out.glob(".final*"))
+    # extended: carries on from step 8 to 12 and replaces final/
+    longer = train([*flags, "--max_steps", "12", "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "at step 8" in longer.stdout + longer.stderr and max(losses(out)) == 12
+    assert "| steps | 12 |" in (out / "final" / "README.md").read_text()
+
+
+def test_a_damaged_latest_checkpoint_is_passed_over_for_the_one_before(flags, tmp_path):
+    out = tmp_path / "run"
+    args = [*flags, "--max_steps", "8", "--output_dir", str(out)]
+    assert train(args).returncode == 0
+    uninterrupted = losses(out)
+    latest = out / "checkpoints" / "step-00000008"
+    weights = latest / "accelerate" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as a crash or a full disk leaves it
+    (out / "final").rename(tmp_path / "old_final")
+    proc = train([*args, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "step-00000004" in said and f"{weights} is damaged" in said
+    assert losses(out) == pytest.approx(uninterrupted)  # steps 5-8 trained again, to the same losses
+    # with every checkpoint damaged there is nothing to resume from: one line, not a fresh start over the run
+    for rng in out.glob("checkpoints/*/accelerate/random_states_0.pkl"):
+        rng.write_bytes(b"")
+    proc = train([*args, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no usable checkpoint" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_latest_skips_checkpoints_taken_in_a_run_of_bad_steps(tmp_path):
+    from shuangyu.training.checkpoint import MARKER, checkpoint_dir, resolve_resume
+
+    for step, bad in ((10, 0), (20, 2)):
+        folder = checkpoint_dir(tmp_path, step)
+        folder.mkdir(parents=True)
+        (folder / MARKER).write_text(json.dumps({"step": step, "bad_in_a_row": bad, "files": {}}))
+    said = []
+    assert resolve_resume(tmp_path, "latest", said.append) == checkpoint_dir(tmp_path, 10)
+    assert "non-finite" in said[0]
+    assert resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 20))) == checkpoint_dir(tmp_path, 20)  # if asked
+
+
+def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(tmp_path, tiny_tokenizer_dir):
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+    from shuangyu.training import checkpoint as ckpt
+
+    accelerator = Accelerator(cpu=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = accelerator.prepare(ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=512)))
+    card = {"name": "run"}
+    ckpt.save_checkpoint(accelerator, tmp_path, 4, model, tokenizer, card=card, info={})
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos: basic_ios::clear: iostream error"
+        )
+
+    original = ckpt.save_model_folder
+    ckpt.save_model_folder = full_disk
+    try:
+        with pytest.raises(UsageError, match="no space left on the device while saving .*step-00000008.*is intact"):
+            ckpt.save_checkpoint(accelerator, tmp_path, 8, model, tokenizer, card=card, info={})
+    finally:
+        ckpt.save_model_folder = original
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
+    assert ckpt.find_damage(tmp_path / "checkpoints" / "step-00000004") is None
+    assert isinstance(OSError(errno.ENOSPC, "No space left on device"), OSError)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(flags, tmp_path):
+    from shuangyu.training.run_lock import RunLock
+
+    out = tmp_path / "run"
+    lock = RunLock(out)  # a run that is training there now
+    try:
+        proc = train([*flags, "--max_steps", "2", "--output_dir", str(out)])
+    finally:
+        lock.release()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "is in use by another run (pid" in line and not (out / "train_log.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------- through accelerate launch
+
+
+@pytest.mark.slow
+def test_two_processes_say_a_data_error_once_and_stop_together(flags, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    args = [a if not a.startswith("zh=") or "_val" in a else f"zh={bad}" for a in flags]
+    proc = train([*args, "--max_steps", "2", "--output_dir", str(tmp_path / "run")], launcher=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"train_clm.py: error: {bad}:2: not valid JSON") == 1, proc.stderr[-3000:]
+    assert "Connection closed by peer" not in proc.stderr and "gloo" not in proc.stderr.lower()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_one_process_launcher_saves_and_resumes(flags, tmp_path):
+    out = tmp_path / "run"
+    args = [*flags, "--max_steps", "400", "--save_steps", "1000", "--eval_steps", "1000", "--output_dir", str(out)]
+    launcher = subprocess.Popen([*LAUNCH, "--num_processes", "1", str(REPO / "train_clm.py"), *args], env=env(),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(timeout=60)
+    # the worker was told too (it is no orphan): it finishes its step, saves, and lets go of the folder
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("checkpoints/step-*/checkpoint.json")):
+        time.sleep(0.2)
+    saved = list(out.glob("checkpoints/step-*/checkpoint.json"))
+    assert saved, "no checkpoint after SIGTERM to the launcher"
+    step = json.loads(saved[0].read_text())["step"]
+    assert 3 <= step < 400
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the lock is free once the worker has exited
+        proc = train([*args, "--max_steps", str(step + 2), "--resume_from_checkpoint", "latest"])
+        if "in use by another run" not in proc.stderr:
+            break
+        time.sleep(1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"at step {step}" in proc.stdout + proc.stderr and max(losses(out)) == step + 2
+
+
+# ------------------------------------------------------------------------------------------ files and other tools
+
+
+@pytest.mark.parametrize("kind", ["gzip", "parquet", "whitespace"])
+def test_unreadable_or_empty_inputs_stop_prepare_in_one_line(tmp_path, tiny_tokenizer_dir, capsys, kind):
+    from shuangyu.data.prepare import main as prepare
+
+    path = {"gzip": tmp_path / "a.jsonl.gz", "parquet": tmp_path / "a.parquet", "whitespace": tmp_path / "a.jsonl"}[
+        kind
+    ]
+    path.write_bytes({"gzip": b"not gzip", "parquet": b"PAR1 not parquet", "whitespace": b'{"text": "  \\n "}\n'}[kind])
+    out = tmp_path / "out"
+    code = prepare(["--tokenizer_name", str(tiny_tokenizer_dir), "--output_dir", str(out), "--files", str(path),
+                    "--num_proc", "1"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("python -m shuangyu.data.prepare: error: "), err
+    assert (str(path) in err[0]) or "no training tokens" in err[0] or "empty" in err[0], err
+    assert not out.exists()
+
+
+def test_eval_refuses_broken_folders_in_one_line(tmp_path, tiny_tokenizer_dir):
+    import shutil
+
+    def run(folder, *extra):
+        cmd = [sys.executable, str(REPO / "eval" / "run.py"), str(folder), "--langs", "zh", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_tokenizer_dir, folder)
+    (folder / "config.json").write_text('{"model_type": "shuangyu"}')
+    proc = run(folder)
+    assert proc.returncode == 2 and "has no *.safetensors weights" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "config.json").write_text("{broken")
+    proc = run(folder)
+    assert proc.returncode == 2 and "not valid JSON" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    (folder / "config.json").write_text('{"model_type": "shuangyu"}')
+    corpus = tmp_path / "corpus"
+    (corpus / "zh").mkdir(parents=True)
+    (corpus / "zh" / "x_val.jsonl").write_bytes(b'{"text": "\xff\xfe"}\n')
+    proc = run(folder, "--corpus", str(corpus))
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "x_val.jsonl:1: not valid UTF-8" in line, proc.stderr
+
+
+def test_tokenizer_trainer_checks_its_output_folder_first(tmp_path, synthetic_corpus):
+    from shuangyu.tokenizer.train_bpe import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    code = main(["--files", str(synthetic_corpus["zh_train"]), "--output_dir", str(a_file / "tok")])
+    assert code == 2

@@ -29,3 +29,14 @@ def print_error(prog: str, err: Exception, show: bool = True) -> int:
     if show:
         print(f"{prog}: {kind}: {err}", file=sys.stderr, flush=True)
     return EXIT_DIVERGED if isinstance(err, RunDiverged) else EXIT_USAGE
+
+
+def refuse_in_one_line(parser):
+    """Make an argparse (or HfArgumentParser) parser raise UsageError for a bad flag instead of printing its whole
+    usage above the message: the message already names the flag, and `--help` shows the rest."""
+
+    def error(message):
+        raise UsageError(f"{message} (see --help)")
+
+    parser.error = error
+    return parser

@@ -18,7 +18,7 @@ ALLOWED = {
     "text": {"errors", "files"},
     "tokenizer": {"errors", "files", "text"},
     "data": {"errors", "files", "text", "tokenizer"},
-    "modeling": {"errors"},  # the export command's errors; the model files themselves import nothing of ours
+    "modeling": {"errors", "files"},  # the export command's errors; the model files themselves import nothing of ours
     "evaluation": {"errors", "files", "text", "sharing"},
     "sharing": {"errors", "files"},
     "training": {"errors", "files", "text", "tokenizer", "data", "modeling", "evaluation", "sharing"},

@@ -33,7 +33,7 @@ from shuangyu.data.documents import read_documents_for_arrow, tokenize_documents
 from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache_key, plan_inputs
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_writable_folder
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
@@ -285,9 +285,9 @@ def format_report(data: PreparedData) -> str:
 def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(PrepareArguments, prog=PROG, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = refuse_in_one_line(HfArgumentParser(PrepareArguments, prog=PROG, description=__doc__.split("\n\n")[0]))
     try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
         data = prepare(args)
     except UsageError as err:
         return print_error(PROG, err)

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.evaluation.bits_per_byte import HeldOutLoss, token_byte_lengths
 from shuangyu.evaluation.local_tasks import (
     GROUPS,
@@ -167,7 +167,9 @@ def metric_rows(results: dict, tasks: list[str]) -> list[tuple[str, str, float, 
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = refuse_in_one_line(
+        argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     p.add_argument("checkpoint", type=Path, help="a saved model folder (config.json, weights, tokenizer)")
     p.add_argument("--tasks", default="", help="comma-separated lm-eval task or group names, e.g. arc_easy_local")
     p.add_argument("--limit", type=int, default=None, help="at most N documents per task (for quick checks)")
@@ -182,7 +184,10 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        return print_error(PROG, err)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     try:
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: this machine's torch sees no CUDA GPU; use --device cpu")
         ckpt = args.checkpoint.resolve()
         remote_code = needs_remote_code(config)
         task_manager = task_manager_for(tasks) if tasks else None

@@ -30,6 +30,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from shuangyu.errors import UsageError, print_error
+from shuangyu.files import check_writable_folder
 
 from .gguf_export import (
     CHECK_TEXT,
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.to == "llama" and args.dtype != "auto":
             raise UsageError(f"--dtype {args.dtype}: applies to --to gguf; a Llama folder keeps SRC's dtype")
+        if args.to == "llama":
+            check_writable_folder(args.dst, "DST")
         if not src.is_dir():
             raise UsageError(f"{src}: not a folder; pass a folder written by save_pretrained")
         with torch.no_grad():

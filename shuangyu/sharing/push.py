@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.sharing.card import render_card
 from shuangyu.sharing.folder import check_model_folder
 
@@ -130,7 +130,9 @@ def _reason(err: Exception) -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = refuse_in_one_line(
+        argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     p.add_argument("checkpoint", type=Path, help="a model folder (OUTPUT_DIR/final or checkpoints/step-N/model)")
     p.add_argument("--hub_model_id", required=True, help="USER/NAME or ORG/NAME; created if it does not exist")
     p.add_argument(
@@ -144,7 +146,10 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        return print_error(PROG, err)
     try:
         url = push_folder(
             args.checkpoint,

@@ -23,7 +23,8 @@ def load_tokenizer(name: str):
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=carries_own_code(name))
     except Exception as err:  # OSError, ValueError, ... depending on what is wrong with the folder or name
-        raise UsageError(f"--tokenizer_name {name!r}: could not load it ({type(err).__name__}: {err})") from None
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise UsageError(f"--tokenizer_name {name!r}: could not load it ({type(err).__name__}: {first_line})") from None
     if getattr(tok, "backend_tokenizer", None) is None:
         raise UsageError(f"--tokenizer_name {name!r}: not a fast tokenizer; use the folder train_bpe.py writes")
     if tok.convert_tokens_to_ids(EOS_TOKEN) in (None, tok.unk_token_id):

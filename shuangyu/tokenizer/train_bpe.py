@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, atomic_write_text, check_writable_folder, parse_size
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
@@ -206,9 +206,9 @@ def run(args: TrainBPEArguments) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(TrainBPEArguments, prog=PROG, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = refuse_in_one_line(HfArgumentParser(TrainBPEArguments, prog=PROG, description=__doc__.split("\n\n")[0]))
     try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
         report = run(args)
     except UsageError as err:
         return print_error(PROG, err)

@@ -15,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from shuangyu.errors import UsageError
+from shuangyu.errors import UsageError, refuse_in_one_line
 from shuangyu.files import parse_size
 
 
@@ -194,10 +194,12 @@ ARGUMENT_CLASSES = (
 def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> TrainConfig:
     """Parse `--config FILE.yaml` first, use its values as defaults, then the command line on top."""
 
+    from transformers import HfArgumentParser
+
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    parser = _one_line_error_parser()(ARGUMENT_CLASSES, prog=prog)
+    parser = refuse_in_one_line(HfArgumentParser(ARGUMENT_CLASSES, prog=prog))
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config))
@@ -207,18 +209,6 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     config = TrainConfig(*groups)
     check_values(config, known.config)
     return config
-
-
-def _one_line_error_parser():
-    from transformers import HfArgumentParser
-
-    class OneLineErrors(HfArgumentParser):
-        """argparse prints the whole usage (50 lines here) above a bad flag's message: one line is enough."""
-
-        def error(self, message):
-            raise UsageError(message)
-
-    return OneLineErrors
 
 
 def load_yaml_config(path: str) -> dict:

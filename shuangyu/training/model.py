@@ -12,11 +12,21 @@ from shuangyu.training.arguments import ModelArguments
 
 def build_config(model_args: ModelArguments, tokenizer, block_size: int):
     from transformers import AutoConfig
+    from transformers.utils import is_flash_attn_2_available
+
+    if model_args.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+        raise UsageError(
+            "--attn_implementation flash_attention_2: the flash-attn package is not installed (it needs a CUDA "
+            "GPU: pip install flash-attn --no-build-isolation); use sdpa or flex_attention"
+        )
 
     from shuangyu.modeling import PRESETS, ShuangyuConfig
 
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        try:
+            config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--model_name_or_path {model_args.model_name_or_path}: {one_line(err)}") from None
     elif model_args.model_config in PRESETS:
         # round the vocabulary up to a multiple of 64: matrix units like aligned shapes
         vocab = 64 * math.ceil(len(tokenizer) / 64)
@@ -30,7 +40,7 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int):
         try:
             config = AutoConfig.from_pretrained(model_args.model_config, trust_remote_code=True)
         except (OSError, ValueError) as err:
-            raise UsageError(f"--model_config {model_args.model_config}: {err}") from None
+            raise UsageError(f"--model_config {model_args.model_config}: {one_line(err)}") from None
     else:
         raise UsageError(
             f"--model_config {model_args.model_config!r}: not a preset ({', '.join(PRESETS)}) nor a config file"
@@ -47,16 +57,26 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int):
     return config
 
 
+def one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def build_model(model_args: ModelArguments, config):
     from transformers import AutoModelForCausalLM
 
     from shuangyu.modeling import ShuangyuForCausalLM
 
     kwargs = {"attn_implementation": model_args.attn_implementation}
-    if model_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **kwargs)
-    else:
-        model = ShuangyuForCausalLM._from_config(config, **kwargs)
+    try:
+        if model_args.model_name_or_path:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_args.model_name_or_path, trust_remote_code=True, **kwargs
+            )
+        else:
+            model = ShuangyuForCausalLM._from_config(config, **kwargs)
+    except ImportError as err:  # an attention backend whose package is missing (flash-attn)
+        raise UsageError(f"--attn_implementation {model_args.attn_implementation}: {one_line(err)}") from None
     if model_args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model

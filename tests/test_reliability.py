@@ -304,3 +304,29 @@ def test_tokenizer_trainer_checks_its_output_folder_first(tmp_path, synthetic_co
     a_file.write_text("x")
     code = main(["--files", str(synthetic_corpus["zh_train"]), "--output_dir", str(a_file / "tok")])
     assert code == 2
+
+
+def test_probes_beyond_the_reported_cases_are_one_line(flags, tmp_path, capsys):
+    """A second round of mistakes, found by probing rather than reported: each is one line and exit 2."""
+    from shuangyu.evaluation.run import main as evaluate
+    from shuangyu.modeling.export import main as export
+    from shuangyu.tokenizer.train_bpe import main as train_tokenizer
+
+    proc = train([*flags, "--max_steps", "2", "--attn_implementation", "flash_attention_2", "--output_dir",
+                  str(tmp_path / "run")])  # fmt: skip
+    assert proc.returncode == 2 and "flash-attn package is not installed" in proc.stderr.strip().splitlines()[-1]
+    proc = train([*flags, "--max_steps", "2", "--model_name_or_path", str(tmp_path / "nowhere"), "--output_dir",
+                  str(tmp_path / "run")])  # fmt: skip
+    assert proc.returncode == 2 and "--model_name_or_path" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for code in (
+        train_tokenizer(["--vocab_size", "many", "--output_dir", str(tmp_path / "tok")]),
+        evaluate([str(tmp_path), "--limit", "some"]),
+        export(["--to", "llama", str(tmp_path), str(a_file)]),
+    ):
+        assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(": error: " in line for line in lines), lines
+    assert "invalid int value: 'many'" in lines[0] and "invalid int value: 'some'" in lines[1]
+    assert "is a file, not a folder" in lines[2]

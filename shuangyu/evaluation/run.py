@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     try:
         config = check_model_folder(args.checkpoint)
+        if not sys.stderr.isatty():  # a log file: no progress bars of carriage returns
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
         output = args.output or args.checkpoint.resolve() / "eval_results.json"
         check_writable_folder(output.parent, "--output")
         import torch

@@ -100,13 +100,32 @@ def read_checkpoint_info(path: str | Path) -> dict:
     return json.loads((Path(path) / MARKER).read_text())
 
 
+def drop_tied_weights(models, weights, output_dir) -> None:
+    """`accelerator.register_save_state_pre_hook`: leave a tied head out of the saved state, since it *is* the
+    embedding (safetensors refuses aliased tensors, so accelerate would drop one itself and warn "Removed shared
+    tensor" at every save). Loading restores it through the tie."""
+    for model, state_dict in zip(models, weights, strict=False):
+        inner = getattr(model, "module", model)  # DDP wraps the model; its state dict's keys start with module.
+        if not getattr(getattr(inner, "config", None), "tie_word_embeddings", False):
+            continue
+        tied = getattr(inner, "_tied_weights_keys", None) or {}
+        for key in [k for k in state_dict if any(k == t or k.endswith("." + t) for t in tied)]:
+            del state_dict[key]
+
+
 def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:
     """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer, and
     the model card (README.md; `card` holds write_card's name, load_path and training). Collective: gathering
     a sharded model needs every rank; the main process writes."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        unwrapped = accelerator.unwrap_model(model)
+        if getattr(unwrapped.config, "tie_word_embeddings", False):
+            # a tied head is the embedding: leave it out, as save_pretrained does when it gathers the weights
+            # itself (given both, it drops one and warns "Removed shared tensor" at every save)
+            tied = getattr(unwrapped, "_tied_weights_keys", None) or {}
+            state_dict = {k: v for k, v in state_dict.items() if k not in tied}
+        unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(path)
         write_card(path, **(card or {}))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from shuangyu.data.prepared import PreparedData
 from shuangyu.errors import RunDiverged, UsageError, print_error
@@ -84,6 +85,8 @@ def train(config: TrainConfig) -> int:
 
 def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     stop_with_the_launcher()
+    if not sys.stderr.isatty():  # a log file (nohup, a cluster job): plain lines, not bars of carriage returns
+        transformers_logging.disable_progress_bar()
     accelerator = build_accelerator(config.train, config.logging, out)
     check_distributed(accelerator, config.train, config.optim)
     lock, refused = None, None
@@ -130,6 +133,7 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     # the scheduler is stepped by the loop once per optimizer step (a prepared one would step once per process)
     state = TrainState()
     accelerator.register_for_checkpointing(loader, state, scheduler)
+    accelerator.register_save_state_pre_hook(ckpt.drop_tied_weights)
     if resume_dir:
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))

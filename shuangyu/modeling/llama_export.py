@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from shuangyu.errors import UsageError
+from shuangyu.files import atomic_folder
 
 from .configuration_shuangyu import ShuangyuConfig
 from .modeling_shuangyu import ShuangyuForCausalLM
@@ -189,10 +190,10 @@ def export_to_llama(src: str | Path, dst: str | Path) -> Path:
     # Same names and shapes by construction; strict loading proves it.
     llama.load_state_dict(ours.state_dict(), strict=True)
     llama.generation_config = ours.generation_config
-    dst.mkdir(parents=True, exist_ok=True)
-    llama.save_pretrained(dst)
-    add_legacy_rope_fields(dst / "config.json")
-    write_portable_tokenizer_files(src, dst)
+    with atomic_folder(dst) as tmp:  # a failed export leaves nothing at DST
+        llama.save_pretrained(tmp)
+        add_legacy_rope_fields(tmp / "config.json")
+        write_portable_tokenizer_files(src, tmp)
     return dst
 
 

@@ -57,7 +57,8 @@ def worker(args) -> dict:
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward = torch.compile(model) if mode == "compiled" else model
-    extra = {"return_logits": True} if name == "shuangyu-fullogits" else {}
+    # ours as training runs it (the chunked head + loss), or with the full logits every causal LM returns
+    extra = {"shuangyu": {"return_logits": False}, "shuangyu-fullogits": {"return_logits": True}}.get(name, {})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
 
     gen = torch.Generator(device="cpu").manual_seed(1)

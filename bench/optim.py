@@ -45,7 +45,7 @@ def time_steps(model, optimizer, batch, device: str, steps: int, warmup: int) ->
         sync(device)
         t0 = time.perf_counter()
         with autocast:
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=batch, return_logits=False).loss  # as train_clm does
         loss.backward()
         sync(device)
         t1 = time.perf_counter()

@@ -161,6 +161,41 @@ class TrainArguments:
 
 
 @dataclass
+class SFTArguments:
+    """Instruction tuning on conversations (shuangyu.data.conversations; docs/sft.md)."""
+
+    sft: bool = field(
+        default=False,
+        metadata={
+            "help": "Fine-tune --model_name_or_path on conversations (--train_files of messages, Alpaca or "
+            "ShareGPT rows): loss on the assistants' replies only."
+        },
+    )
+    packing: bool = field(
+        default=True, metadata={"help": "Pack whole conversations into each row (false: one per row, padded)."}
+    )
+    sft_overlong: Literal["truncate", "skip"] = field(
+        default="truncate",
+        metadata={
+            "help": "A conversation longer than --block_size: cut after its last whole reply that fits, or skip."
+        },
+    )
+
+
+@dataclass
+class LoraArguments:
+    """LoRA through PEFT (shuangyu.training.lora): train a low-rank adapter on the frozen model."""
+
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the whole model."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/r)."})
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "Module names (or 'all-linear') that get adapters."},
+    )
+
+
+@dataclass
 class TrainConfig:
     """The whole run: one config per component."""
 
@@ -172,6 +207,8 @@ class TrainConfig:
     logging: LoggingArguments
     hub: HubArguments
     train: TrainArguments
+    sft: SFTArguments = field(default_factory=SFTArguments)
+    lora: LoraArguments = field(default_factory=LoraArguments)
 
     def as_dict(self) -> dict:
         return {f.name: asdict(getattr(self, f.name)) for f in fields(self)}
@@ -186,6 +223,8 @@ ARGUMENT_CLASSES = (
     LoggingArguments,
     HubArguments,
     TrainArguments,
+    SFTArguments,
+    LoraArguments,
 )  # in TrainConfig's order
 
 
@@ -201,7 +240,10 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config))
     *groups, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
-    return TrainConfig(*groups)
+    config = TrainConfig(*groups)
+    if config.model.tokenizer_name is None and config.model.model_name_or_path:
+        config.model.tokenizer_name = config.model.model_name_or_path  # a model folder carries its tokenizer
+    return config
 
 
 def load_yaml_config(path: str) -> dict:

@@ -1,4 +1,5 @@
-"""The model card: README.md in a checkpoint folder, what a Hub user reads and what the Hub indexes.
+"""The model card: README.md in a checkpoint folder, what a Hub user reads and what the Hub indexes. One job in
+one file, though long: base models, chat models and LoRA adapters get the same card, told apart by a few lines.
 
 Metadata (YAML front matter, through huggingface_hub's ModelCardData): languages, license, tags, Hub datasets,
 and `model-index` with the evaluation results. Text: what the model is, how to load it, the training data and
@@ -42,6 +43,23 @@ def replace_section(body: str, name: str, text: str) -> str:
     if pattern.search(body):
         return pattern.sub(lambda _: block, body, count=1)
     return body.rstrip() + "\n\n" + block + "\n"
+
+
+def read_section(body: str, name: str) -> str | None:
+    """The text of section `name` (between its markers), or None."""
+    pattern = re.compile(re.escape(_begin(name)) + r"\n?(.*?)\n?" + re.escape(_end(name)), re.DOTALL)
+    match = pattern.search(body)
+    return match.group(1) if match else None
+
+
+def copy_section(source: Path, dest: Path, name: str) -> None:
+    """Copy section `name` of SOURCE/README.md into DEST/README.md (e.g. an adapter's training record into the
+    merged model's card)."""
+    theirs = (source / "README.md").read_text(encoding="utf-8") if (source / "README.md").is_file() else ""
+    text = read_section(theirs, name)
+    if text is not None and (dest / "README.md").is_file():
+        body = (dest / "README.md").read_text(encoding="utf-8")
+        atomic_write_text(dest / "README.md", replace_section(body, name, text))
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -248,7 +266,9 @@ def training_section(training: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = ()) -> str:
+def markdown_table(
+    rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = (), conversations: dict | None = None
+) -> str:
     """The evaluation table: one row per task and metric, the random-guess score beside it."""
     lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
     for row in rows:
@@ -259,6 +279,9 @@ def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[st
     for lang, scores in held_out.items():
         lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
         lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
+    for lang, scores in (conversations or {}).items():
+        lines.append(f"| held-out conversations {lang} | reply loss | {scores['loss']:.4f} | |")
+        lines.append(f"| held-out conversations {lang} | reply bits_per_byte | {scores['bits_per_byte']:.4f} | |")
     lines += ["", *(f"Note: {note}." for note in notes)] if notes else []
     return "\n".join(lines) + "\n"
 
@@ -266,13 +289,25 @@ def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[st
 def evaluation_section(report: dict) -> str:
     limit = report.get("limit")
     shots = report.get("lm_eval", {}).get("n-shot", {})
-    table = markdown_table(report.get("table", []), report.get("held_out", {}), report.get("notes", []))
+    table = markdown_table(
+        report.get("table", []),
+        report.get("held_out", {}),
+        report.get("notes", []),
+        report.get("held_out_conversations"),
+    )
     lines = ["## Evaluation", "", table.rstrip(), ""]
     notes = [
         f"lm-evaluation-harness through Shuangyu's `eval/run.py`, {_shots_text(shots)}; `*_local` tasks are the "
         "stock tasks (same prompts, choices and metrics) on local copies of the data. Bits per byte and perplexity "
         "are on held-out text of each language, so tokenizers with different vocabularies compare."
     ]
+    if report.get("apply_chat_template"):
+        notes.append("Task prompts were put in the model's chat template (`--apply_chat_template`).")
+    if report.get("held_out_conversations"):
+        notes.append(
+            "Held-out conversations: the loss on the assistants' replies (and their `<|im_end|>`) of held-out "
+            "instruction-tuning conversations per language, as SFT's validation measures it."
+        )
     if limit:
         notes.append(
             f"**Quick check only:** at most {limit} examples per task (`--limit {limit}`); these numbers are not "

@@ -27,3 +27,14 @@ def check_model_folder(folder: Path) -> dict:
 def needs_remote_code(config: dict) -> bool:
     """A Shuangyu folder carries its code (auto_map); an exported stock Llama folder does not need it."""
     return "auto_map" in config
+
+
+def is_chat_folder(folder: Path) -> bool:
+    """A chat model's folder (written by an SFT, DPO or merge run): its generation stops at <|im_end|>."""
+    try:
+        eos = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+        added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+    except (OSError, json.JSONDecodeError):
+        return False
+    eos = eos if isinstance(eos, list) else [eos]
+    return any(t.get("content") == "<|im_end|>" and t.get("id") in eos for t in added)  # the chat end token

@@ -246,7 +246,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     return config
 
 
-def load_yaml_config(path: str) -> dict:
+def load_yaml_config(path: str, classes=ARGUMENT_CLASSES, prog: str = "train_clm.py") -> dict:
+    """Flag values from a YAML mapping; keys that are no field of `classes` are refused."""
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -255,10 +256,10 @@ def load_yaml_config(path: str) -> dict:
         raise UsageError(f"--config {path}: not valid YAML ({err})") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
-    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    known = {f.name for cls in classes for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see train_clm.py --help)")
+        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see {prog} --help)")
     return values
 
 

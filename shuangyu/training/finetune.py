@@ -19,8 +19,9 @@ from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_mode
 from shuangyu.training.arguments import LoraArguments, OptimizerArguments, TrainConfig
 
 
-def check_finetune(config: TrainConfig, tokenizer) -> None:
-    """Flags a fine-tuning run cannot do without, checked before any heavy work."""
+def check_finetune(config: TrainConfig, tokenizer, model_config) -> None:
+    """Flags a fine-tuning run cannot do without, checked before any heavy work (the LoRA targets on an empty
+    model of the same config)."""
     if config.sft.sft:
         if not config.model.model_name_or_path:
             raise UsageError(
@@ -34,6 +35,12 @@ def check_finetune(config: TrainConfig, tokenizer) -> None:
         raise UsageError("--lora_r adapts a trained model: give --model_name_or_path")
     if lora.lora_r and not 0 <= lora.lora_dropout < 1:
         raise UsageError(f"--lora_dropout {lora.lora_dropout} must be in [0, 1)")
+    if lora.lora_r:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            lora_config(AutoModelForCausalLM.from_config(model_config, trust_remote_code=True), lora)
 
 
 def as_chat_model(model, tokenizer) -> None:
@@ -48,9 +55,9 @@ def linear_module_names(model: nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
-def apply_lora(model, lora_args: LoraArguments, say=print):
-    """The model wrapped by PEFT with a LoRA adapter on `lora_target_modules`; every other weight frozen."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(model, lora_args: LoraArguments):
+    """PEFT's LoraConfig for the flags, after checking that every target module exists in the model."""
+    from peft import LoraConfig
 
     targets = list(lora_args.lora_target_modules)
     if targets != ["all-linear"]:
@@ -61,14 +68,20 @@ def apply_lora(model, lora_args: LoraArguments, say=print):
                 f"--lora_target_modules {','.join(missing)}: no such linear module in the model "
                 f"(it has {', '.join(sorted(known))})"
             )
-    config = LoraConfig(
+    return LoraConfig(
         task_type="CAUSAL_LM",
         r=lora_args.lora_r,
         lora_alpha=lora_args.lora_alpha,
         lora_dropout=lora_args.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
     )
-    model = get_peft_model(model, config)
+
+
+def apply_lora(model, lora_args: LoraArguments, say=print):
+    """The model wrapped by PEFT with a LoRA adapter on `lora_target_modules`; every other weight frozen."""
+    from peft import get_peft_model
+
+    model = get_peft_model(model, lora_config(model, lora_args))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     say(f"LoRA r={lora_args.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")

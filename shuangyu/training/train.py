@@ -82,9 +82,9 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     check_distributed(accelerator, config.train, config.optim)
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model.tokenizer_name)
-    check_finetune(config, tokenizer)
-    check_lora_launch(accelerator, config.lora)
     model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work
+    check_finetune(config, tokenizer, model_config)
+    check_lora_launch(accelerator, config.lora)
     if accelerator.is_main_process and config.checkpoint.overwrite_output_dir and not resume_dir:
         ckpt.start_fresh(out)
     data = open_training_data(

@@ -10,10 +10,12 @@ context fills. Any other model continues the text (`--mode continue` forces that
 adapter folder is loaded on its base model through PEFT.
 
 Small models fall into loops ("的的的的", one sentence over and over). The defaults keep them out: sampling
-(temperature 0.7, top-p 0.9, top-k 50) rather than greedy decoding, `--repetition_penalty 1.1` (lowers the odds of
-every token already in the text) and `--no_repeat_ngram_size 6` (never repeats a 6-token run verbatim). If a model
-still loops, raise the penalty (1.2-1.3) or lower the n-gram size (3-4); `--greedy` shows the model's single most
-likely reply, loops and all.
+(temperature 0.7, top-p 0.9, top-k 50) rather than greedy decoding, and `--repetition_penalty 1.1`, which lowers
+the odds of every token already in the text, except tokens that are pieces of one character: a byte-level
+tokenizer spells a rare Chinese character as 2-3 byte tokens, and penalising a byte because an earlier character
+shared it would garble the character (transformers' own penalty does). If a model still loops, raise the penalty
+(1.2-1.3) or add `--no_repeat_ngram_size 4` (never repeat a 4-token run verbatim; with a small vocabulary this
+can also cut a repeated rare word); `--greedy` shows the model's single most likely reply, loops and all.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--top_p", type=float, default=0.9)
     p.add_argument("--top_k", type=int, default=50)
     p.add_argument("--repetition_penalty", type=float, default=1.1)
-    p.add_argument("--no_repeat_ngram_size", type=int, default=6, help="0: allow any repeat")
+    p.add_argument("--no_repeat_ngram_size", type=int, default=0, help="never repeat an n-token run (0: off)")
     p.add_argument("--greedy", action="store_true", help="the most likely token every time (no sampling)")
     p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -105,10 +107,42 @@ class Conversation:
         self.turns = []
 
 
-def generation_kwargs(args, tokenizer, chat: bool) -> dict:
+def character_pieces(tokenizer, vocab_size: int):
+    """A bool per id: the token is part of a character (its bytes are not whole UTF-8), as byte-level BPE makes."""
+    import torch
+
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    pieces = torch.zeros(max(vocab_size, len(tokenizer)), dtype=torch.bool)
+    pieces[: len(texts)] = torch.tensor(["\ufffd" in t for t in texts])
+    return pieces
+
+
+def character_safe_penalty(penalty: float, pieces):
+    """A repetition penalty (as transformers': logits of tokens already in the text divided by `penalty`, or
+    multiplied when negative) that leaves pieces of characters alone."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class CharacterSafeRepetitionPenalty(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen = torch.gather(scores, 1, input_ids)
+            penalised = torch.where(seen < 0, seen * penalty, seen / penalty)
+            exempt = pieces.to(input_ids.device)[input_ids]
+            return scores.scatter(1, input_ids, torch.where(exempt, seen, penalised))
+
+    return CharacterSafeRepetitionPenalty()
+
+
+def generation_kwargs(args, model, tokenizer) -> dict:
+    from transformers import LogitsProcessorList
+
+    processors = []
+    if args.repetition_penalty != 1.0:
+        pieces = character_pieces(tokenizer, model.config.vocab_size)
+        processors.append(character_safe_penalty(args.repetition_penalty, pieces))
     kwargs = {
         "max_new_tokens": args.max_new_tokens,
-        "repetition_penalty": args.repetition_penalty,
+        "logits_processor": LogitsProcessorList(processors),
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": stop_token_ids(tokenizer),
@@ -162,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(PROG, err)
     if args.system and not chat:
         print(f"{PROG}: note: --system is ignored: {args.checkpoint} is not a chat model", file=sys.stderr)
-    kwargs = generation_kwargs(args, tokenizer, chat)
+    kwargs = generation_kwargs(args, model, tokenizer)
     context = getattr(model.config, "max_position_embeddings", 2048)
     conversation = Conversation(tokenizer, args.system, context, min(args.max_new_tokens, context // 2))
     if args.prompt is not None:

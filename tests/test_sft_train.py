@@ -104,7 +104,6 @@ def test_chat_prompt_answers_in_format_and_stops_at_im_end(sft_run):
     assert proc.returncode == 0 and proc.stdout.strip() and "<|im" not in proc.stdout, proc.stdout
 
 
-@pytest.mark.slow
 def test_sft_resume_continues_step_for_step(common, sft_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(sft_run, out)

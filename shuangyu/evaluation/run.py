@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     try:
         config = check_model_folder(args.checkpoint)
+        if "adapter" in config:
+            raise UsageError(
+                f"{args.checkpoint} is a LoRA adapter: merge it into a model folder first "
+                f"(python -m shuangyu.training.merge_lora {args.checkpoint} MERGED) and evaluate that"
+            )
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

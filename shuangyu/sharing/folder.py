@@ -12,12 +12,15 @@ def check_model_folder(folder: Path) -> dict:
     """The folder's config.json, after checking that it is a model folder with a tokenizer."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
-    if not (folder / "config.json").is_file():
+    adapter = not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file()
+    if not (folder / "config.json").is_file() and not adapter:
         raise UsageError(f"{folder} is not a checkpoint folder (no config.json)")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise UsageError(
             f"{folder} has no tokenizer (no tokenizer.json / tokenizer_config.json): save one with the model"
         )
+    if adapter:  # a LoRA adapter (a --lora_r run's folder): shared as it is, loaded on its base model
+        return {"adapter": json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))}
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

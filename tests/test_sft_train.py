@@ -128,6 +128,10 @@ def test_lora_run_saves_an_adapter_that_merges_to_the_same_logits(common, tmp_pa
     final = out / "final"
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
     assert "LoRA adapter (rank 8" in (final / "README.md").read_text()
+    chat = run(
+        [str(final), "--prompt", "你好", "--system", "你是助手", "--max_new_tokens", "8"], module="shuangyu.chat"
+    )
+    assert chat.returncode == 0 and "ignored" not in chat.stderr, chat.stderr[-2000:]  # talked to as a chat model
     merged = tmp_path / "merged"
     proc = run([str(final), str(merged)], module="shuangyu.training.merge_lora", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error
-from shuangyu.sharing.folder import needs_remote_code
+from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
 from shuangyu.tokenizer.chat_template import chat_token_ids, encode_chat, encode_text, stop_token_ids
 
 PROG = "python -m shuangyu.chat"
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(args.seed)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load(args.checkpoint, device)
-        chat = args.mode == "chat" or (args.mode == "auto" and is_chat_model(model, tokenizer))
+        guess = is_chat_model(model, tokenizer) or is_chat_folder(args.checkpoint)
+        chat = args.mode == "chat" or (args.mode == "auto" and guess)
         if chat and not chat_token_ids(tokenizer):
             raise UsageError(f"--mode chat: {args.checkpoint}'s tokenizer has no <|im_start|>/<|im_end|> tokens")
     except UsageError as err:

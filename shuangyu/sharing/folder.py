@@ -33,7 +33,12 @@ def needs_remote_code(config: dict) -> bool:
 
 
 def is_chat_folder(folder: Path) -> bool:
-    """A chat model's folder (written by an SFT, DPO or merge run): its generation stops at <|im_end|>."""
+    """A chat model's folder (written by an SFT, DPO or merge run): its generation stops at <|im_end|>. A LoRA
+    adapter has no generation config of its own: its model card's `conversational` tag says it."""
+    card = folder / "README.md"
+    if (folder / "adapter_config.json").is_file() and card.is_file():
+        front = card.read_text(encoding="utf-8").split("\n---", 1)[0]
+        return "- conversational" in front
     try:
         eos = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
         added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])

@@ -113,7 +113,9 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
         raise UsageError("give --model_name_or_path (an SFT run's final/ folder)")
     folder = Path(args.model_name_or_path)
     if "adapter" in check_model_folder(folder):
-        raise UsageError(f"--model_name_or_path {folder} is a LoRA adapter: merge it first (shuangyu.training.merge_lora)")
+        raise UsageError(
+            f"--model_name_or_path {folder} is a LoRA adapter: merge it first (shuangyu.training.merge_lora)"
+        )
     # TRL tokenizes the rendered template as one string: the control tokens must be matched there
     tokenizer = AutoTokenizer.from_pretrained(folder, split_special_tokens=False)
     check_chat_tokenizer(tokenizer, str(folder), "--model_name_or_path")

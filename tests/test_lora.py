@@ -67,3 +67,17 @@ def test_merged_folder_has_the_adapter_models_logits(base, tiny_base_model_dir, 
     assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err
     assert merge_main([str(tmp_path), str(tmp_path / "x")]) == 2  # not an adapter folder
+
+
+def test_lora_is_refused_under_deepspeed():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from shuangyu.training.finetune import check_lora_launch
+
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(UsageError, match="--lora_r under DeepSpeed"):
+        check_lora_launch(deepspeed, LoraArguments(lora_r=8))
+    check_lora_launch(deepspeed, LoraArguments(lora_r=0))
+    check_lora_launch(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), LoraArguments(lora_r=8))

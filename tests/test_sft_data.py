@@ -191,3 +191,23 @@ def test_weights_are_refused_for_conversations(synthetic_chats, tiny_tokenizer_d
     )
     with pytest.raises(UsageError, match="weights do not apply to conversations"):
         prepare_conversations(args)
+
+
+def test_a_dataset_folder_is_read_through_datasets(synthetic_chats, tiny_tokenizer_dir, tmp_path):
+    """--dataset_name: the Hub path (datasets.load_dataset), on a local dataset folder; bad rows name the row."""
+    import shutil
+
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    shutil.copy(synthetic_chats["zh_train"], folder / "train.jsonl")
+    args = ConversationArguments(
+        output_dir=str(tmp_path / "p"), tokenizer_name=str(tiny_tokenizer_dir), dataset=[f"chats={folder}"]
+    )
+    data = prepare_conversations(args)
+    assert data.manifest["sources"][0]["examples"] == 60 and data.manifest["sources"][0]["dataset"] == str(folder)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    args.dataset, args.output_dir = [str(bad)], str(tmp_path / "q")
+    with pytest.raises(UsageError, match=r"--dataset_name .*bad: row 0: the conversation has no assistant turn"):
+        prepare_conversations(args)

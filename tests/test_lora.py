@@ -43,10 +43,11 @@ def test_merged_folder_has_the_adapter_models_logits(base, tiny_base_model_dir, 
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = apply_lora(base, LoraArguments(lora_r=4, lora_target_modules=["all-linear"]), say=lambda _: None)
-    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
+    args = LoraArguments(lora_r=4, lora_target_modules=["all-linear"])
+    model = apply_lora(base, args, say=lambda _: None, token_ids=(2, 3))  # and the chat tokens' embeddings
+    with torch.no_grad():  # a trained-looking adapter: B and the token deltas are zero at initialisation
         for name, p in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "trainable_tokens_delta" in name:
                 p.normal_(0, 0.05)
     tok = AutoTokenizer.from_pretrained(tiny_base_model_dir)
     as_chat_model(model, tok)
@@ -63,6 +64,8 @@ def test_merged_folder_has_the_adapter_models_logits(base, tiny_base_model_dir, 
         torch.testing.assert_close(merged(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
         plain = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True).eval()
         assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-3)  # the adapter is in it
+        changed = (merged.get_input_embeddings().weight != plain.get_input_embeddings().weight).any(-1)
+        assert changed.nonzero().flatten().tolist() == [2, 3]  # the chat tokens' rows, and no other
     assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
     assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err

@@ -127,6 +127,10 @@ def test_lora_run_saves_an_adapter_that_merges_to_the_same_logits(common, tmp_pa
     assert trace[12] < trace[1], trace
     final = out / "final"
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
+    from safetensors import safe_open
+
+    with safe_open(final / "adapter_model.safetensors", "pt") as saved:  # the chat tokens' embeddings trained too
+        assert any("trainable_tokens" in key for key in saved.keys())
     assert "LoRA adapter (rank 8" in (final / "README.md").read_text()
     chat = run(
         [str(final), "--prompt", "你好", "--system", "你是助手", "--max_new_tokens", "8"], module="shuangyu.chat"

@@ -55,8 +55,9 @@ def linear_module_names(model: nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
-def lora_config(model, lora_args: LoraArguments):
-    """PEFT's LoraConfig for the flags, after checking that every target module exists in the model."""
+def lora_config(model, lora_args: LoraArguments, token_ids: tuple[int, ...] = ()):
+    """PEFT's LoraConfig for the flags, after checking that every target module exists in the model; `token_ids`:
+    embedding rows trained too (PEFT's trainable tokens; a tied output head follows)."""
     from peft import LoraConfig
 
     targets = list(lora_args.lora_target_modules)
@@ -74,14 +75,20 @@ def lora_config(model, lora_args: LoraArguments):
         lora_alpha=lora_args.lora_alpha,
         lora_dropout=lora_args.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
+        trainable_token_indices=list(token_ids) or None,
     )
 
 
-def apply_lora(model, lora_args: LoraArguments, say=print):
-    """The model wrapped by PEFT with a LoRA adapter on `lora_target_modules`; every other weight frozen."""
+def apply_lora(model, lora_args: LoraArguments, say=print, token_ids: tuple[int, ...] = ()):
+    """The model wrapped by PEFT with a LoRA adapter on `lora_target_modules`, and the embeddings of `token_ids`
+    trainable; every other weight frozen.
+
+    An SFT run passes the chat tokens: a base model never saw <|im_start|> or <|im_end|> in pretraining, so their
+    embeddings are still the random ones it started with, and a frozen random <|im_end|> (in the tied head too)
+    would leave the adapter hard put to learn to end a reply."""
     from peft import get_peft_model
 
-    model = get_peft_model(model, lora_config(model, lora_args))
+    model = get_peft_model(model, lora_config(model, lora_args, token_ids))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     say(f"LoRA r={lora_args.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from shuangyu.data.prepared import PreparedData
 from shuangyu.errors import RunDiverged, UsageError, print_error
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
+from shuangyu.tokenizer.chat_template import chat_token_ids
 from shuangyu.tokenizer.loading import load_tokenizer
 from shuangyu.training import checkpoint as ckpt
 from shuangyu.training.accelerator import build_accelerator, check_distributed
@@ -96,7 +97,8 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     if config.sft.sft:
         as_chat_model(model, tokenizer)
     if config.lora.lora_r:
-        model = apply_lora(model, config.lora, accelerator.print)
+        chat_tokens = chat_token_ids(tokenizer) if config.sft.sft else ()  # finetune.apply_lora says why
+        model = apply_lora(model, config.lora, accelerator.print, chat_tokens)
         optim_args = adapter_optimizer(optim_args, accelerator.print)
     t = config.train
     tokens_per_step = (

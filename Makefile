@@ -43,7 +43,7 @@ sft-tiny: install
 sft-tiny-lora: install
 	$(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu.yaml train_clm.py \
 	  --config configs/sft-tiny-cpu.yaml --model_name_or_path outputs/tiny-cpu/final --output_dir outputs/sft-tiny-lora \
-	  --lora_r 16 --learning_rate 2e-3 --overwrite_output_dir
+	  --lora_r 16 --learning_rate 1e-2 --overwrite_output_dir
 	$(PYTHON) -m shuangyu.training.merge_lora outputs/sft-tiny-lora/final outputs/sft-tiny-lora-merged --overwrite
 
 dpo-tiny: install

@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         import torch
 
-        if args.seed is not None:
-            torch.manual_seed(args.seed)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load(args.checkpoint, device)
+        if args.seed is not None:  # after loading, which may draw random numbers (a LoRA adapter's initialisation)
+            torch.manual_seed(args.seed)
         guess = is_chat_model(model, tokenizer) or is_chat_folder(args.checkpoint)
         chat = args.mode == "chat" or (args.mode == "auto" and guess)
         if chat and not chat_token_ids(tokenizer):

@@ -7,7 +7,7 @@ CORPUS ?= $(SHARED)/data/corpus
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo tokenizer train-tiny test test-slow lint format bench-tokenizer
+.PHONY: install demo tokenizer train-tiny sft-tiny sft-tiny-lora dpo-tiny test test-slow lint format bench-tokenizer
 
 install: .make-installed
 
@@ -32,6 +32,22 @@ train-tiny: install
 	$(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu.yaml train_clm.py \
 	  --config configs/tiny-cpu.yaml --tokenizer_name outputs/tokenizer --output_dir outputs/tiny-cpu \
 	  --overwrite_output_dir
+
+# instruction tuning of the demo's model (after `make demo`): full SFT, or a LoRA adapter merged into a folder; DPO
+sft-tiny: install
+	$(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu.yaml train_clm.py \
+	  --config configs/sft-tiny-cpu.yaml --model_name_or_path outputs/tiny-cpu/final --output_dir outputs/sft-tiny \
+	  --overwrite_output_dir
+	$(PYTHON) -m shuangyu.chat outputs/sft-tiny/final --prompt "给出三个保持健康的秘诀。"
+
+sft-tiny-lora: install
+	$(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu.yaml train_clm.py \
+	  --config configs/sft-tiny-cpu.yaml --model_name_or_path outputs/tiny-cpu/final --output_dir outputs/sft-tiny-lora \
+	  --lora_r 16 --learning_rate 1e-2 --overwrite_output_dir
+	$(PYTHON) -m shuangyu.training.merge_lora outputs/sft-tiny-lora/final outputs/sft-tiny-lora-merged --overwrite
+
+dpo-tiny: install
+	$(PYTHON) -m shuangyu.training.dpo --config configs/dpo-tiny-cpu.yaml
 
 test: install
 	$(PYTHON) -m pytest

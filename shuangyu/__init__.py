@@ -10,5 +10,7 @@ One package, one sub-package per step of the flow; dependencies point one way (t
     modeling          the PreTrainedModel (standalone: it is copied into every saved folder)
     evaluation        held-out bits per byte, lm-eval on local benchmark copies
     sharing           the model card and the Hub push
-    training          the pieces of a training run (arguments, optimizer, checkpoints, ...) and the loop
+    training          the pieces of a training run (arguments, optimizer, checkpoints, ...) and the loop; SFT, LoRA
+                      and DPO reuse them
+    chat              talking to a saved model on a terminal
 """

@@ -156,3 +156,63 @@ def tiny_cpu_run(tmp_path_factory, data_tokenizer_dir, data_corpus_slices) -> Pa
     if proc.returncode:
         pytest.fail(f"tiny-cpu training failed:\n{proc.stderr[-3000:]}")
     return out
+
+
+SFT_DATA = SHARED / "data" / "sft"
+
+
+@pytest.fixture(scope="session")
+def sft_data_dir() -> Path:
+    if not SFT_DATA.is_dir():
+        pytest.fail(f"shared SFT data not found at {SFT_DATA}: set SHUANGYU_SHARED to the shared/ folder")
+    return SFT_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A randomly initialised tiny Shuangyu model saved with the tiny tokenizer (which carries the chat template):
+    the 'pretrained' model that instruction-tuning tests start from, in a second."""
+    import math
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = ShuangyuConfig.from_preset(
+        "tiny",
+        vocab_size=64 * math.ceil(len(tok) / 64),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_base") / "model"
+    ShuangyuForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_chats(tmp_path_factory) -> dict[str, Path]:
+    """Short made-up zh and en conversations (messages schema), train and _val, that a tiny model learns in a few
+    dozen steps: greetings answered with one fixed reply each, so a test can see it answer and stop."""
+    root = tmp_path_factory.mktemp("synthetic_chats")
+    pairs = {
+        "zh": [("你好", "你好！"), ("今天天气", "今天天气很好。"), ("学习语言", "我们学习语言。")],
+        "en": [("hello", "Hello!"), ("the city", "The city is small."), ("good stories", "People read stories.")],
+    }
+    files = {}
+    for lang, qa in pairs.items():
+        for split, copies in (("train", 20), ("val", 2)):
+            rows = [
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                for _ in range(copies)
+                for q, a in qa
+            ]
+            path = root / lang / (f"{lang}.jsonl" if split == "train" else f"{lang}_val.jsonl")
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            files[f"{lang}_{split}"] = path
+    return files

@@ -423,7 +423,12 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
     assert "--output_dir" in err and "--overwrite" in err
     assert (out / "keep.txt").read_text() == "user data"
     assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json", "training_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "chat_template.jinja",  # the ChatML template every new tokenizer carries
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training_report.json",
+    ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

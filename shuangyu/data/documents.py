@@ -73,7 +73,11 @@ def tokenize_documents(
 
     texts = batch.column("text").to_pylist()
     sources = batch.column("source").to_pylist()
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    backend = tokenizer.backend_tokenizer
+    # special-token text in a document is text, whatever the tokenizer's setting (a chat model's folder saves
+    # split_special_tokens=False for the tools that tokenize its chat template: shuangyu/tokenizer/chat_template.py)
+    backend.encode_special_tokens = True
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
     lengths = np.fromiter((len(enc.ids) + 1 for enc in encodings), dtype=np.int32, count=len(encodings))
     offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])

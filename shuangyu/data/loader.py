@@ -12,13 +12,28 @@ import torch
 
 from shuangyu.errors import UsageError
 
+# Per-token flags of conversation rows (a uint8 file beside the tokens): what the loss trains, where an example
+# starts (positions restart there), and padding at the end of a row.
+FLAG_LOSS, FLAG_START, FLAG_PAD = 1, 2, 4
+IGNORE_INDEX = -100
+
 
 class PackedBlocks(torch.utils.data.Dataset):
-    """Rows `[first, first + count)` of a flat token file, as int64 tensors of `block_size` tokens."""
+    """Rows `[first, first + count)` of a flat token file, as int64 tensors of `block_size` tokens; with
+    `flags_path` (conversation rows), each item is (tokens, uint8 flags)."""
 
-    def __init__(self, path: str | Path, dtype: str, block_size: int, first: int, count: int):
+    def __init__(
+        self,
+        path: str | Path,
+        dtype: str,
+        block_size: int,
+        first: int,
+        count: int,
+        flags_path: str | Path | None = None,
+    ):
         self.path, self.dtype, self.block_size, self.first, self.count = str(path), dtype, block_size, first, count
-        self._blocks = None
+        self.flags_path = str(flags_path) if flags_path else None
+        self._blocks = self._flags = None
 
     def blocks(self) -> np.ndarray:
         # opened lazily, and per process: a pickled memmap would be copied into the DataLoader's workers
@@ -27,28 +42,41 @@ class PackedBlocks(torch.utils.data.Dataset):
             self._blocks = flat.reshape(-1, self.block_size)[self.first : self.first + self.count]
         return self._blocks
 
+    def flags(self) -> np.ndarray:
+        if self._flags is None:
+            flat = np.memmap(self.flags_path, dtype=np.uint8, mode="r")
+            self._flags = flat.reshape(-1, self.block_size)[self.first : self.first + self.count]
+        return self._flags
+
     def __getstate__(self):
-        return {**self.__dict__, "_blocks": None}
+        return {**self.__dict__, "_blocks": None, "_flags": None}
 
     def __len__(self) -> int:
         return self.count
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(self.blocks()[index].astype(np.int64))
+    def __getitem__(self, index: int):
+        ids = torch.from_numpy(self.blocks()[index].astype(np.int64))
+        return (ids, torch.from_numpy(np.array(self.flags()[index]))) if self.flags_path else ids
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+    def __getitems__(self, indices: list[int]):
         # a whole batch in one fancy index: DataLoader calls this instead of __getitem__ per row
-        return torch.from_numpy(self.blocks()[np.asarray(indices)].astype(np.int64))
+        index = np.asarray(indices)
+        ids = torch.from_numpy(self.blocks()[index].astype(np.int64))
+        return (ids, torch.from_numpy(self.flags()[index])) if self.flags_path else ids
+
+
+def restart_positions(starts: torch.Tensor) -> torch.Tensor:
+    """Positions counting from the last True of `starts` (or from the row's beginning) at every token."""
+    index = torch.arange(starts.shape[-1], device=starts.device).expand_as(starts)
+    last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return index - last_start
 
 
 def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """Positions that restart after every end-of-text, for attention limited to each packed document."""
-    seq = input_ids.shape[-1]
-    index = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
     starts = torch.zeros_like(input_ids, dtype=torch.bool)
     starts[..., 1:] = input_ids[..., :-1] == eos_token_id
-    last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
-    return index - last_start
+    return restart_positions(starts)
 
 
 class BlockCollator:
@@ -62,6 +90,24 @@ class BlockCollator:
         if self.eos_token_id is not None:
             batch["position_ids"] = document_position_ids(input_ids, self.eos_token_id)
         return batch
+
+
+class ConversationCollator:
+    """Conversation rows (tokens, flags) as {"input_ids", "labels", "position_ids"}: labels are the tokens the
+    loss trains (the assistants' replies and their <|im_end|>) and -100 elsewhere; positions restart at every
+    example, which keeps attention inside each example of a packed row. With `trim`, the batch is cut to its
+    longest row (one example per row, padded at the end: padding per batch, not per block)."""
+
+    def __init__(self, trim: bool = False):
+        self.trim = trim
+
+    def __call__(self, rows) -> dict:
+        input_ids, flags = rows
+        if self.trim:
+            longest = int((flags & FLAG_PAD == 0).sum(-1).max())
+            input_ids, flags = input_ids[:, :longest], flags[:, :longest]
+        labels = torch.where(flags & FLAG_LOSS != 0, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": restart_positions(flags & FLAG_START != 0)}
 
 
 class BlockSampler(torch.utils.data.Sampler):
@@ -128,6 +174,7 @@ class BlockLoader:
         pin_memory: bool = False,
         data_key: str | None = None,
         eos_token_id: int | None = None,
+        collate_fn=None,
     ):
         self.dataset = dataset
         self.data_key = data_key
@@ -139,7 +186,7 @@ class BlockLoader:
             batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            collate_fn=BlockCollator(eos_token_id),
+            collate_fn=collate_fn or BlockCollator(eos_token_id),
             persistent_workers=False,
         )
 

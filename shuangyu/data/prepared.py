@@ -1,6 +1,8 @@
 """A prepared data folder: its manifest, and the datasets and loaders over its blocks.
 
-On disk: `manifest.json`, `train.bin`, `validation.bin`. The `.bin` files are flat numpy arrays (uint16 when
+On disk: `manifest.json`, `train.bin`, `validation.bin` (and, for conversations prepared by
+shuangyu.data.conversations, `train.bin.flags` and `validation.bin.flags`: what the loss trains, where examples
+start, padding). The `.bin` files are flat numpy arrays (uint16 when
 the vocabulary fits, else uint32) read through `np.memmap`: a batch is one fancy-index into the page cache and
 one `torch.from_numpy`, which is what makes the loader far faster than a GPU can eat; Arrow rows would cost a
 Python object per row or a format conversion per batch.
@@ -15,13 +17,14 @@ from pathlib import Path
 import torch
 
 from shuangyu.data.inputs import FORMAT_VERSION
-from shuangyu.data.loader import BlockCollator, BlockLoader, PackedBlocks
+from shuangyu.data.loader import BlockCollator, BlockLoader, ConversationCollator, PackedBlocks
 from shuangyu.errors import UsageError
 from shuangyu.tokenizer.loading import tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
 TRAIN_FILE = "train.bin"
 VALIDATION_FILE = "validation.bin"
+FLAGS_SUFFIX = ".flags"  # conversation folders: a uint8 file of per-token flags beside each token file (loader.py)
 PROG = "python -m shuangyu.data.prepare"
 
 
@@ -57,6 +60,20 @@ class PreparedData:
     def eos_token_id(self) -> int:
         return self.manifest["tokenizer"]["eos_token_id"]
 
+    @property
+    def is_conversations(self) -> bool:
+        """Rows of conversations (labels and positions per example), not of plain text."""
+        return self.manifest.get("kind") == "conversations"
+
+    def _blocks(self, file: str, first: int, count: int) -> PackedBlocks:
+        flags = self.path / (file + FLAGS_SUFFIX) if self.is_conversations else None
+        return PackedBlocks(self.path / file, self.manifest["dtype"], self.block_size, first, count, flags)
+
+    def collator(self, position_ids: bool = False):
+        if self.is_conversations:
+            return ConversationCollator(trim=not self.manifest["packing"])
+        return BlockCollator(self.eos_token_id if position_ids else None)
+
     def check_tokenizer(self, tokenizer) -> None:
         theirs = self.manifest["tokenizer"]
         sha = tokenizer_fingerprint(tokenizer)
@@ -77,16 +94,13 @@ class PreparedData:
             )
 
     def train_dataset(self) -> PackedBlocks:
-        train = self.manifest["train"]
-        return PackedBlocks(self.path / TRAIN_FILE, self.manifest["dtype"], self.block_size, 0, train["blocks"])
+        return self._blocks(TRAIN_FILE, 0, self.manifest["train"]["blocks"])
 
     def validation_datasets(self) -> dict[str, PackedBlocks]:
         """One dataset per validation source (language), for a loss per language. Wrap each in a DataLoader
         and `accelerator.prepare` it: accelerate's even batches and `gather_for_metrics` suit evaluation."""
         return {
-            name: PackedBlocks(
-                self.path / VALIDATION_FILE, self.manifest["dtype"], self.block_size, v["first_block"], v["blocks"]
-            )
+            name: self._blocks(VALIDATION_FILE, v["first_block"], v["blocks"])
             for name, v in self.manifest["validation"].items()
             if v["blocks"] > 0
         }
@@ -95,7 +109,7 @@ class PreparedData:
         """A DataLoader per validation source, in order, of `{"input_ids": [batch, block]}`; pass each to
         `accelerator.prepare` to split it over processes."""
         return {
-            name: torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=BlockCollator(None))
+            name: torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=self.collator())
             for name, ds in self.validation_datasets().items()
         }
 
@@ -130,7 +144,7 @@ class PreparedData:
             num_workers=num_workers,
             pin_memory=pin_memory,
             data_key=self.key,
-            eos_token_id=self.eos_token_id if position_ids else None,
+            collate_fn=self.collator(position_ids),
         )
 
 

@@ -44,15 +44,23 @@ class HeldOutLoss:
         self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # nll, tokens, bytes
 
     @torch.no_grad()
-    def add(self, model, input_ids: torch.Tensor) -> None:
+    def add(self, model, input_ids: torch.Tensor, labels: torch.Tensor | None = None, position_ids=None) -> None:
+        """Score the rows; with `labels` (-100: not scored, e.g. all but a chat model's replies) only those tokens,
+        and with `position_ids` attention stays inside each packed example."""
         # the model's own loss (mean over the predicted tokens, labels shifted inside) times their count
         config = getattr(getattr(model, "module", model), "config", None)  # DDP wraps the model in .module
         kwargs = {"return_logits": False} if getattr(config, "model_type", None) == "shuangyu" else {}
-        loss = model(input_ids=input_ids, labels=input_ids, **kwargs).loss  # ours: without the full logits
-        targets = input_ids[:, 1:]
-        self.sums[0] += loss.double() * targets.numel()
-        self.sums[1] += targets.numel()
-        self.sums[2] += self.byte_lengths[targets].sum()
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        labels = input_ids if labels is None else labels
+        loss = model(input_ids=input_ids, labels=labels, **kwargs).loss  # ours: without the full logits
+        targets = labels[:, 1:]
+        scored = targets != -100
+        count = scored.sum()
+        # a batch with nothing to score has a NaN mean: it adds nothing
+        self.sums[0] += torch.where(count > 0, loss.double() * count, torch.zeros_like(loss, dtype=torch.float64))
+        self.sums[1] += count
+        self.sums[2] += self.byte_lengths[targets.clamp(min=0)][scored].sum()
 
     def reduce(self, reduce_fn) -> HeldOutLoss:
         """Add up the sums of every process (`reduce_fn` is e.g. `lambda t: accelerator.reduce(t, "sum")`)."""

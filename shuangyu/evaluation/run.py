@@ -2,7 +2,12 @@
 perplexity on the held-out `_val` corpus files per language. Writes eval_results.json and eval_results.md, and
 adds the results to the model card (CKPT/README.md: the table, and model-index metadata for full runs).
 
-    python eval/run.py CKPT --tasks arc_easy_local,cmmlu_local [--limit N] [--output FILE]
+    python eval/run.py CKPT --tasks arc_easy_local,cmmlu_local [--limit N] [--output FILE] [--apply_chat_template]
+
+For a chat model (an SFT, DPO or merged folder: its generation stops at <|im_end|>) the report also has the
+held-out conversation loss per language: the loss on the assistants' replies of the `_val` conversations under
+`--conversations` (default ../shared/data/sft: `<lang>/*_val.jsonl`), as SFT's validation measures it.
+`--apply_chat_template` has lm-eval put each task prompt in the model's chat format.
 
 (also `python -m shuangyu.evaluation.run`).
 """
@@ -27,12 +32,15 @@ from shuangyu.evaluation.local_tasks import (
 )
 from shuangyu.files import atomic_write_text, check_writable_folder
 from shuangyu.sharing.card import markdown_table, write_card
-from shuangyu.sharing.folder import check_model_folder, needs_remote_code
+from shuangyu.sharing.folder import check_model_folder, is_chat_folder, needs_remote_code
+from shuangyu.text.conversations import read_conversation_files
 from shuangyu.text.readers import read_documents
+from shuangyu.tokenizer.chat_template import encode_chat, labels_from_mask
 
 PROG = "run.py"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
+DEFAULT_CONVERSATIONS = REPO.parent / "shared" / "data" / "sft"
 
 # Expected score of guessing uniformly at random, per task (prefix match; subjects inherit their group's).
 RANDOM_BASELINES = {
@@ -76,7 +84,14 @@ def task_manager_for(tasks: list[str]):
 
 
 def run_lm_eval(
-    ckpt: Path, tasks: list[str], limit: int | None, remote_code: bool, batch_size: int, device: str, task_manager
+    ckpt: Path,
+    tasks: list[str],
+    limit: int | None,
+    remote_code: bool,
+    batch_size: int,
+    device: str,
+    task_manager,
+    apply_chat_template: bool = False,
 ):
     import lm_eval
 
@@ -90,6 +105,7 @@ def run_lm_eval(
             batch_size=batch_size,
             device=device,
             task_manager=task_manager,
+            apply_chat_template=apply_chat_template,
         )
     except FileNotFoundError as err:  # the local tasks' BenchmarkDataMissing names the path and the variable
         raise UsageError(str(err)) from err
@@ -111,8 +127,8 @@ def held_out_scores(model, tokenizer, texts: list[str], block_size: int, device:
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids = []
-    for text in texts:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + eos)
+    for text in texts:  # special-token text in a document is text
+        ids.extend(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + eos)
     stream = torch.tensor(ids, dtype=torch.long)
     meter = HeldOutLoss(token_byte_lengths(tokenizer), device)
     # blocks overlap by one token, so every token after the first is predicted exactly once
@@ -136,6 +152,39 @@ def run_bpb(ckpt: Path, corpus: Path, langs: list[str], max_bytes: int, remote_c
     model = model.to(device).eval()
     block_size = min(getattr(model.config, "max_position_embeddings", 1024) or 1024, 1024)
     return {lang: held_out_scores(model, tokenizer, texts[lang], block_size, device) for lang in langs}
+
+
+def conversation_scores(model, tokenizer, files: list[Path], max_conversations: int, context: int, device) -> dict:
+    """Loss and bits per byte on the assistants' replies (and their <|im_end|>) of held-out conversations, one
+    conversation per forward pass, cut to the context."""
+    import torch
+
+    conversations = read_conversation_files(files)[: max_conversations or None]
+    meter = HeldOutLoss(token_byte_lengths(tokenizer), device)
+    for messages in conversations:
+        ids, trained = encode_chat(tokenizer, messages)
+        ids, labels = ids[:context], labels_from_mask(ids, trained)[:context]
+        meter.add(model, torch.tensor([ids], device=device), torch.tensor([labels], device=device))
+    scores = meter.result()
+    return {"loss": scores["loss"], "bits_per_byte": scores["bits_per_byte"], "conversations": len(conversations),
+            "tokens": scores["tokens"]}  # fmt: skip
+
+
+def run_conversation_loss(ckpt: Path, folder: Path, langs: list[str], max_conversations: int, remote_code, device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    files = {lang: sorted((folder / lang).glob("*_val.jsonl")) for lang in langs}
+    missing = [lang for lang, found in files.items() if not found]
+    if missing:
+        where = ", ".join(str(folder / lang / "*_val.jsonl") for lang in missing)
+        raise UsageError(f"no held-out conversations {where} (set --conversations or SHUANGYU_CONVERSATIONS)")
+    tokenizer = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=remote_code)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=remote_code, dtype="float32").to(device).eval()
+    context = getattr(model.config, "max_position_embeddings", 2048) or 2048
+    return {
+        lang: conversation_scores(model, tokenizer, found, max_conversations, context, device)
+        for lang, found in files.items()
+    }
 
 
 def hub_dataset(task: str, configs: dict) -> dict | None:
@@ -180,6 +229,16 @@ def parse_args(argv):
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no_model_card", action="store_true", help="leave CKPT/README.md (the model card) as it is")
+    p.add_argument(
+        "--apply_chat_template", action="store_true", help="lm-eval puts each prompt in the model's chat format"
+    )
+    p.add_argument(
+        "--conversations",
+        type=Path,
+        default=Path(os.environ.get("SHUANGYU_CONVERSATIONS") or DEFAULT_CONVERSATIONS),
+        help="held-out conversations (<lang>/*_val.jsonl) for a chat model's reply loss",
+    )
+    p.add_argument("--conversation_max", type=int, default=200, help="held-out conversations per language (0: all)")
     return p.parse_args(argv)
 
 
@@ -192,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
     try:
         config = check_model_folder(args.checkpoint)
+        if "adapter" in config:
+            raise UsageError(
+                f"{args.checkpoint} is a LoRA adapter: merge it into a model folder first "
+                f"(python -m shuangyu.training.merge_lora {args.checkpoint} MERGED) and evaluate that"
+            )
         if not sys.stderr.isatty():  # a log file: no progress bars of carriage returns
             from transformers.utils import logging as transformers_logging
 
@@ -207,8 +271,18 @@ def main(argv: list[str] | None = None) -> int:
         remote_code = needs_remote_code(config)
         task_manager = task_manager_for(tasks) if tasks else None
         bpb = run_bpb(ckpt, args.corpus, langs, args.bpb_max_bytes, remote_code, device) if langs else {}
+        chat = is_chat_folder(ckpt)
+        conversations = (
+            run_conversation_loss(ckpt, args.conversations, langs, args.conversation_max, remote_code, device)
+            if chat and langs
+            else {}
+        )
         results = (
-            run_lm_eval(ckpt, tasks, args.limit, remote_code, args.batch_size, device, task_manager) if tasks else {}
+            run_lm_eval(
+                ckpt, tasks, args.limit, remote_code, args.batch_size, device, task_manager, args.apply_chat_template
+            )
+            if tasks
+            else {}
         )
     except UsageError as err:
         return print_error(PROG, err)
@@ -221,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "trust_remote_code": remote_code,
         "lm_eval": {k: (results or {}).get(k, {}) for k in ("results", "groups", "versions", "n-shot", "configs")},
         "held_out": bpb,
+        "held_out_conversations": conversations,
+        "apply_chat_template": args.apply_chat_template,
         "table": [
             {"task": t, "metric": m, "value": v, "random_guess": b, "dataset": hub_dataset(t, configs)}
             for t, m, v, b in rows
@@ -228,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t in tasks) else [],
     }
     atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    table = markdown_table(report["table"], bpb, report["notes"])
+    table = markdown_table(report["table"], bpb, report["notes"], conversations)
     atomic_write_text(output.with_suffix(".md"), table)
     print(table)
     print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The model card: README.md in a checkpoint folder, what a Hub user reads and what the Hub indexes.
+"""The model card: README.md in a checkpoint folder, what a Hub user reads and what the Hub indexes. One job in
+one file, though long: base models, chat models and LoRA adapters get the same card, told apart by a few lines.
 
 Metadata (YAML front matter, through huggingface_hub's ModelCardData): languages, license, tags, Hub datasets,
 and `model-index` with the evaluation results. Text: what the model is, how to load it, the training data and
@@ -44,6 +45,23 @@ def replace_section(body: str, name: str, text: str) -> str:
     return body.rstrip() + "\n\n" + block + "\n"
 
 
+def read_section(body: str, name: str) -> str | None:
+    """The text of section `name` (between its markers), or None."""
+    pattern = re.compile(re.escape(_begin(name)) + r"\n?(.*?)\n?" + re.escape(_end(name)), re.DOTALL)
+    match = pattern.search(body)
+    return match.group(1) if match else None
+
+
+def copy_section(source: Path, dest: Path, name: str) -> None:
+    """Copy section `name` of SOURCE/README.md into DEST/README.md (e.g. an adapter's training record into the
+    merged model's card)."""
+    theirs = (source / "README.md").read_text(encoding="utf-8") if (source / "README.md").is_file() else ""
+    text = read_section(theirs, name)
+    if text is not None and (dest / "README.md").is_file():
+        body = (dest / "README.md").read_text(encoding="utf-8")
+        atomic_write_text(dest / "README.md", replace_section(body, name, text))
+
+
 def count_parameters(folder: Path) -> int | None:
     """Parameters stored in the folder's safetensors files, read from their headers (no weights loaded)."""
     total, files = 0, sorted(folder.glob("*.safetensors"))
@@ -60,7 +78,7 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def describe(config: dict, parameters: int | None) -> str:
+def describe(config: dict, parameters: int | None, training: dict | None = None) -> str:
     size = f"{human_count(parameters)}-parameter " if parameters else ""
     shape = ", ".join(
         f"{label} {config[key]:,}"
@@ -73,6 +91,26 @@ def describe(config: dict, parameters: int | None) -> str:
         )
         if isinstance(config.get(key), int)
     )
+    stage = (training or {}).get("stage", "pretraining")
+    base = (training or {}).get("base_model")
+    adapter = config.get("adapter")
+    if adapter:
+        return (
+            f"A LoRA adapter (rank {adapter.get('r')}, {human_count(parameters) if parameters else '?'} parameters) "
+            f"for the Shuangyu model `{adapter.get('base_model_name_or_path')}`, "
+            + ("instruction-tuned (SFT) on the conversations listed below." if stage == "sft" else "fine-tuned.")
+            + " Load it with PEFT on top of that model, or merge it into a full model folder "
+            "(`python -m shuangyu.training.merge_lora`)."
+        )
+    if stage in ("sft", "dpo"):
+        how = (
+            "supervised fine-tuning on the conversations listed below" if stage == "sft" else "DPO on preference pairs"
+        )
+        return (
+            f"A {size}Chinese-English chat model (`{config.get('model_type', '?')}`: {shape}), instruction-tuned "
+            f"with Shuangyu by {how}, from the model `{base}`. It is not a base model: it answers in the ChatML chat "
+            "format (its tokenizer carries the template) and stops at `<|im_end|>`."
+        )
     return (
         f"A {size}Chinese-English base language model (`{config.get('model_type', '?')}`: {shape}), pretrained "
         "from scratch with Shuangyu. It is a base model: it continues text, and has not been instruction-tuned "
@@ -80,7 +118,52 @@ def describe(config: dict, parameters: int | None) -> str:
     )
 
 
-def usage_section(load_path: str, remote_code: bool) -> str:
+def chat_usage_section(load_path: str, remote_code: bool, adapter: bool) -> str:
+    trust = ", trust_remote_code=True" if remote_code else ""
+    if adapter:
+        return "\n".join(
+            [
+                "## How to use",
+                "",
+                "```python",
+                "from peft import AutoPeftModelForCausalLM",
+                "from transformers import AutoTokenizer",
+                "",
+                f'model = AutoPeftModelForCausalLM.from_pretrained("{load_path}", trust_remote_code=True)',
+                f'tokenizer = AutoTokenizer.from_pretrained("{load_path}")',
+                "```",
+                "",
+                f"or merge it into a full model folder: `python -m shuangyu.training.merge_lora {load_path} MERGED`; "
+                f"talk to it with `python -m shuangyu.chat {load_path}`.",
+            ]
+        )
+    return "\n".join(
+        [
+            "## How to use",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{load_path}"{trust})',
+            f'tokenizer = AutoTokenizer.from_pretrained("{load_path}"{trust})',
+            'messages = [{"role": "user", "content": "给出三个保持健康的秘诀。"}]',
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt')",
+            "out = model.generate(**inputs, max_new_tokens=200, do_sample=True, temperature=0.7, top_p=0.9,",
+            "                     repetition_penalty=1.1)",
+            'print(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+            "```",
+            "",
+            f"Or on a terminal, with Shuangyu: `python -m shuangyu.chat {load_path}`. The tokenizer's chat template is "
+            "ChatML (`<|im_start|>role ... <|im_end|>`); generation stops at `<|im_end|>` (generation_config.json). "
+            f"With lm-evaluation-harness: `lm_eval --model hf --model_args pretrained={load_path}"
+            f"{',trust_remote_code=True' if remote_code else ''} --apply_chat_template --tasks ...`.",
+        ]
+    )
+
+
+def usage_section(load_path: str, remote_code: bool, chat: bool = False, adapter: bool = False) -> str:
+    if chat or adapter:
+        return chat_usage_section(load_path, remote_code, adapter)
     trust = ", trust_remote_code=True" if remote_code else ""
     lines = [
         "## How to use",
@@ -126,7 +209,24 @@ def training_section(training: dict) -> str:
     """Training data and recipe, from the summary train_clm.py records (training/setup.training_summary)."""
     lines = ["## Training", "", "### Data", ""]
     sources = training.get("sources") or []
-    if sources:
+    if training.get("stage") == "sft":
+        lines.insert(
+            2, f"Instruction-tuned (SFT) from `{training.get('base_model')}`: loss on the assistants' replies."
+        )
+        lines.insert(3, "")
+    if sources and "conversations" in sources[0]:
+        lines += [
+            "| source | files or dataset | conversations | truncated | skipped | trained tokens |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in sources:
+            where = s.get("dataset") or ", ".join(f"`{f}`" for f in s.get("files", [])) or "?"
+            lines.append(
+                f"| {s['name']} | {where} | {_value(s['conversations'])} | {_value(s['truncated'])} | "
+                f"{_value(s['skipped'])} | {_value(s['trained_tokens'])} |"
+            )
+        lines.append("")
+    elif sources:
         lines += [
             "| source | files or dataset | weight | documents | tokens in the mix | passes |",
             "|---|---|---|---|---|---|",
@@ -141,7 +241,12 @@ def training_section(training: dict) -> str:
         lines.append("")
     else:
         lines += ["Not recorded.", ""]
-    recipe = training.get("recipe") or {}
+    recipe = dict(training.get("recipe") or {})
+    if training.get("lora"):
+        lora = training["lora"]
+        recipe["lora"] = f"r {lora['r']}, alpha {lora['alpha']}, dropout {lora['dropout']}, on " + ", ".join(
+            lora["target_modules"]
+        )
     if recipe:
         lines += ["### Recipe", "", "| setting | value |", "|---|---|"]
         lines += [f"| {key.replace('_', ' ')} | {_value(value)} |" for key, value in recipe.items()]
@@ -161,7 +266,9 @@ def training_section(training: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = ()) -> str:
+def markdown_table(
+    rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = (), conversations: dict | None = None
+) -> str:
     """The evaluation table: one row per task and metric, the random-guess score beside it."""
     lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
     for row in rows:
@@ -172,6 +279,9 @@ def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[st
     for lang, scores in held_out.items():
         lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
         lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
+    for lang, scores in (conversations or {}).items():
+        lines.append(f"| held-out conversations {lang} | reply loss | {scores['loss']:.4f} | |")
+        lines.append(f"| held-out conversations {lang} | reply bits_per_byte | {scores['bits_per_byte']:.4f} | |")
     lines += ["", *(f"Note: {note}." for note in notes)] if notes else []
     return "\n".join(lines) + "\n"
 
@@ -179,13 +289,25 @@ def markdown_table(rows: list[dict], held_out: dict, notes: list[str] | tuple[st
 def evaluation_section(report: dict) -> str:
     limit = report.get("limit")
     shots = report.get("lm_eval", {}).get("n-shot", {})
-    table = markdown_table(report.get("table", []), report.get("held_out", {}), report.get("notes", []))
+    table = markdown_table(
+        report.get("table", []),
+        report.get("held_out", {}),
+        report.get("notes", []),
+        report.get("held_out_conversations"),
+    )
     lines = ["## Evaluation", "", table.rstrip(), ""]
     notes = [
         f"lm-evaluation-harness through Shuangyu's `eval/run.py`, {_shots_text(shots)}; `*_local` tasks are the "
         "stock tasks (same prompts, choices and metrics) on local copies of the data. Bits per byte and perplexity "
         "are on held-out text of each language, so tokenizers with different vocabularies compare."
     ]
+    if report.get("apply_chat_template"):
+        notes.append("Task prompts were put in the model's chat template (`--apply_chat_template`).")
+    if report.get("held_out_conversations"):
+        notes.append(
+            "Held-out conversations: the loss on the assistants' replies (and their `<|im_end|>`) of held-out "
+            "instruction-tuning conversations per language, as SFT's validation measures it."
+        )
     if limit:
         notes.append(
             f"**Quick check only:** at most {limit} examples per task (`--limit {limit}`); these numbers are not "
@@ -232,27 +354,50 @@ def _languages(training: dict) -> list[str]:
     return codes or DEFAULT_LANGUAGES
 
 
-def new_card(folder: Path, config: dict, name: str) -> ModelCard:
+def read_folder_config(folder: Path) -> dict:
+    """config.json; for a LoRA adapter folder (adapter_config.json, no config.json), {"adapter": its config}."""
+    path = folder / "config.json"
+    if not path.is_file() and (folder / "adapter_config.json").is_file():
+        return {"adapter": json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def new_card(folder: Path, config: dict, name: str, training: dict | None = None) -> ModelCard:
     remote_code = "auto_map" in config
+    stage = (training or {}).get("stage", "pretraining")
+    chat = stage in ("sft", "dpo")
+    adapter = "adapter" in config
+    tags = [t for t in TAGS if not (chat and t == "pretrained")]
+    tags += (["instruction-tuned", "conversational"] if chat else []) + (["lora", "peft"] if adapter else [])
     data = ModelCardData(
         language=DEFAULT_LANGUAGES,
         license="apache-2.0",
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=TAGS + (["custom_code"] if remote_code else []),
+        tags=tags + (["custom_code"] if remote_code else []),
     )
+    if chat:
+        limitations = (
+            "A small model instruction-tuned on the conversations listed above: it follows the chat format but makes "
+            "up facts, repeats itself, and reflects the biases of its training text. It has had no safety training; "
+            "use it for research and teaching."
+        )
+    else:
+        limitations = (
+            "A small model pretrained on the data listed above and nothing else: it makes up "
+            "facts, repeats itself, and reflects the biases of its training text. It has had no instruction "
+            "tuning or safety training; use it for research and as a starting point for fine-tuning."
+        )
     body = "\n\n".join(
         [
             f"# {name}",
-            describe(config, count_parameters(folder)),
-            f"{_begin('usage')}\n{usage_section(str(folder), remote_code)}\n{_end('usage')}",
+            describe(config, count_parameters(folder), training),
+            f"{_begin('usage')}\n{usage_section(str(folder), remote_code, chat, adapter)}\n{_end('usage')}",
             f"{_begin('training')}\n## Training\n\nNot recorded: this folder was not written by Shuangyu's "
             f"train_clm.py.\n{_end('training')}",
             f"{_begin('evaluation')}\n## Evaluation\n\nNot evaluated yet: `python eval/run.py FOLDER --tasks ...` "
             f"adds the results here.\n{_end('evaluation')}",
-            "## Limitations\n\nA small model pretrained on the data listed above and nothing else: it makes up "
-            "facts, repeats itself, and reflects the biases of its training text. It has had no instruction "
-            "tuning or safety training; use it for research and as a starting point for fine-tuning.",
+            f"## Limitations\n\n{limitations}",
             "## License\n\nThe weights are released under the license in the metadata above; check the licenses "
             "of the training data before any use they might restrict.",
         ]
@@ -271,16 +416,20 @@ def render_card(
 ) -> str:
     """FOLDER's model card (its README.md, or a new one) with the sections given rewritten."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_folder_config(folder)
     path = folder / "README.md"
+    existing = path.read_text(encoding="utf-8") if path.is_file() else None
+    if existing is not None and "adapter" in config and _begin("training") not in existing:
+        existing = None  # the template card PEFT writes beside an adapter: ours replaces it
     card = (
-        ModelCard(path.read_text(encoding="utf-8"))
-        if path.is_file()
-        else new_card(folder, config, name or folder.resolve().name)
+        ModelCard(existing)
+        if existing is not None
+        else new_card(folder, config, name or folder.resolve().name, training)
     )
     body, data = card.text, card.data
     if load_path:
-        body = replace_section(body, "usage", usage_section(load_path, "auto_map" in config))
+        chat = "conversational" in (data.tags or [])
+        body = replace_section(body, "usage", usage_section(load_path, "auto_map" in config, chat, "adapter" in config))
     if training:
         body = replace_section(body, "training", training_section(training))
         data.language = _languages(training)

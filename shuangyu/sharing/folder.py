@@ -12,7 +12,8 @@ def check_model_folder(folder: Path) -> dict:
     """The folder's config.json, after checking that it is a model folder with a tokenizer."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder")
-    if not (folder / "config.json").is_file():
+    adapter = not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file()
+    if not (folder / "config.json").is_file() and not adapter:
         raise UsageError(f"{folder} is not a checkpoint folder (no config.json)")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise UsageError(
@@ -20,6 +21,8 @@ def check_model_folder(folder: Path) -> dict:
         )
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         raise UsageError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
+    if adapter:  # a LoRA adapter (a --lora_r run's folder): shared as it is, loaded on its base model
+        return {"adapter": json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))}
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -32,3 +35,19 @@ def check_model_folder(folder: Path) -> dict:
 def needs_remote_code(config: dict) -> bool:
     """A Shuangyu folder carries its code (auto_map); an exported stock Llama folder does not need it."""
     return "auto_map" in config
+
+
+def is_chat_folder(folder: Path) -> bool:
+    """A chat model's folder (written by an SFT, DPO or merge run): its generation stops at <|im_end|>. A LoRA
+    adapter has no generation config of its own: its model card's `conversational` tag says it."""
+    card = folder / "README.md"
+    if (folder / "adapter_config.json").is_file() and card.is_file():
+        front = card.read_text(encoding="utf-8").split("\n---", 1)[0]
+        return "- conversational" in front
+    try:
+        eos = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+        added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+    except (OSError, json.JSONDecodeError):
+        return False
+    eos = eos if isinstance(eos, list) else [eos]
+    return any(t.get("content") == "<|im_end|>" and t.get("id") in eos for t in added)  # the chat end token

@@ -23,6 +23,8 @@ Choices, and why:
   `<|im_start|>`, `<|im_end|>`. The saved tokenizer sets `split_special_tokens=True`: their text inside
   ordinary input is encoded as plain text, so user data can never inject them; pass
   `split_special_tokens=False` to a call (or add the ids) when you want them.
+* A ChatML chat template over the reserved tokens (chat_template.py, which also says how the template's control
+  tokens become ids while message text never does).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from shuangyu.tokenizer.chat_template import CHAT_TEMPLATE
 from shuangyu.tokenizer.special_tokens import CHAT_TOKENS, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 
 BYTE_ALPHABET_SIZE = 256
@@ -109,6 +112,7 @@ def to_transformers(tok: Tokenizer):
         extra_special_tokens=list(CHAT_TOKENS),
         split_special_tokens=True,
         clean_up_tokenization_spaces=False,  # the default cleanup edits spaces and breaks losslessness
+        chat_template=CHAT_TEMPLATE,  # ChatML over the reserved tokens (shuangyu/tokenizer/chat_template.py)
     )
 
 

@@ -15,4 +15,7 @@ metrics      tokens/s, FLOPs, MFU
 run_log      train_log.jsonl, trackers, run_args.json
 summary      what the model card says about the run
 hub          --push_to_hub
+finetune     what --sft and --lora_r change in the set-up (chat tokenizer and stop tokens, the LoRA adapter)
+merge_lora   a LoRA adapter merged into a plain model folder (a command)
+dpo          preference tuning through TRL's DPOTrainer (a command)
 """

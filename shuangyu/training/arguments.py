@@ -163,6 +163,41 @@ class TrainArguments:
 
 
 @dataclass
+class SFTArguments:
+    """Instruction tuning on conversations (shuangyu.data.conversations; docs/sft.md)."""
+
+    sft: bool = field(
+        default=False,
+        metadata={
+            "help": "Fine-tune --model_name_or_path on conversations (--train_files of messages, Alpaca or "
+            "ShareGPT rows): loss on the assistants' replies only."
+        },
+    )
+    packing: bool = field(
+        default=True, metadata={"help": "Pack whole conversations into each row (false: one per row, padded)."}
+    )
+    sft_overlong: Literal["truncate", "skip"] = field(
+        default="truncate",
+        metadata={
+            "help": "A conversation longer than --block_size: cut after its last whole reply that fits, or skip."
+        },
+    )
+
+
+@dataclass
+class LoraArguments:
+    """LoRA through PEFT (shuangyu.training.lora): train a low-rank adapter on the frozen model."""
+
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the whole model."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/r)."})
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        metadata={"help": "Module names (or 'all-linear') that get adapters."},
+    )
+
+
+@dataclass
 class TrainConfig:
     """The whole run: one config per component."""
 
@@ -174,6 +209,8 @@ class TrainConfig:
     logging: LoggingArguments
     hub: HubArguments
     train: TrainArguments
+    sft: SFTArguments = field(default_factory=SFTArguments)
+    lora: LoraArguments = field(default_factory=LoraArguments)
 
     def as_dict(self) -> dict:
         return {f.name: asdict(getattr(self, f.name)) for f in fields(self)}
@@ -188,6 +225,8 @@ ARGUMENT_CLASSES = (
     LoggingArguments,
     HubArguments,
     TrainArguments,
+    SFTArguments,
+    LoraArguments,
 )  # in TrainConfig's order
 
 
@@ -208,10 +247,13 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
         raise UsageError(f"unknown arguments {' '.join(unknown)} (see {prog} --help)")
     config = TrainConfig(*groups)
     check_values(config, known.config)
+    if config.model.tokenizer_name is None and config.model.model_name_or_path:
+        config.model.tokenizer_name = config.model.model_name_or_path  # a model folder carries its tokenizer
     return config
 
 
-def load_yaml_config(path: str) -> dict:
+def load_yaml_config(path: str, classes=ARGUMENT_CLASSES, prog: str = "train_clm.py") -> dict:
+    """Flag values from a YAML mapping; keys that are no field of `classes` are refused."""
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -220,10 +262,10 @@ def load_yaml_config(path: str) -> dict:
         raise UsageError(f"--config {path}: not valid YAML ({err})") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
-    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    known = {f.name for cls in classes for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see train_clm.py --help)")
+        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see {prog} --help)")
     return values
 
 

@@ -52,4 +52,37 @@ def training_summary(
         "attention": config.model.attn_implementation + (", per document" if config.data.document_attention else ""),
         "seed": t.seed,
     }
-    return {"sources": sources, "recipe": recipe, "validation": validation}
+    if config.lora.lora_r:
+        recipe["optimizer"] = "adamw (the LoRA adapter; shuangyu/training/finetune.py says why)"
+    summary = {"sources": sources, "recipe": recipe, "validation": validation}
+    return summary | finetune_summary(config, data)
+
+
+def finetune_summary(config: TrainConfig, data: PreparedData) -> dict:
+    """An SFT or LoRA run: the stage, the base model, the conversations (what the card says the model is)."""
+    if not (config.sft.sft or config.lora.lora_r):
+        return {"stage": "pretraining"}
+    extra = {"stage": "sft" if config.sft.sft else "fine-tuning", "base_model": config.model.model_name_or_path}
+    if data.is_conversations:
+        extra["sources"] = [
+            {
+                "name": s["name"],
+                "files": [Path(f).name for f in s.get("files") or []],
+                "dataset": s.get("dataset"),
+                "conversations": s["examples"],
+                "truncated": s["truncated"],
+                "skipped": s["skipped"],
+                "trained_tokens": s["trained_tokens"],
+            }
+            for s in data.manifest["sources"]
+        ]
+        extra["packing"] = data.manifest["packing"]
+    lora = config.lora
+    if lora.lora_r:
+        extra["lora"] = {
+            "r": lora.lora_r,
+            "alpha": lora.lora_alpha,
+            "dropout": lora.lora_dropout,
+            "target_modules": list(lora.lora_target_modules),
+        }
+    return extra

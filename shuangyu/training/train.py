@@ -22,11 +22,13 @@ from transformers.utils import logging as transformers_logging
 from shuangyu.data.prepared import PreparedData
 from shuangyu.errors import RunDiverged, UsageError, print_error
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
+from shuangyu.tokenizer.chat_template import chat_token_ids
 from shuangyu.tokenizer.loading import load_tokenizer
 from shuangyu.training import checkpoint as ckpt
 from shuangyu.training.accelerator import build_accelerator, check_distributed, share_from_main, stop_with_the_launcher
 from shuangyu.training.arguments import TrainConfig, parse_args, total_steps
 from shuangyu.training.checks import check_run, is_first_process
+from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model, check_finetune, check_lora_launch
 from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
 from shuangyu.training.model import build_config, build_model
 from shuangyu.training.optim import build_optimizer, clip_and_step
@@ -100,19 +102,28 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model.tokenizer_name)
     model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work
+    check_finetune(config, tokenizer, model_config)
+    check_lora_launch(accelerator, config.lora)
     if accelerator.is_main_process and config.checkpoint.overwrite_output_dir and not resume_dir:
         ckpt.start_fresh(out)
     data = open_training_data(
-        config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator
+        config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator, config.sft
     )
     data.check_vocab_size(model_config.vocab_size)
     model = build_model(config.model, model_config)
+    optim_args = config.optim
+    if config.sft.sft:
+        as_chat_model(model, tokenizer)
+    if config.lora.lora_r:
+        chat_tokens = chat_token_ids(tokenizer) if config.sft.sft else ()  # finetune.apply_lora says why
+        model = apply_lora(model, config.lora, accelerator.print, chat_tokens)
+        optim_args = adapter_optimizer(optim_args, accelerator.print)
     t = config.train
     tokens_per_step = (
         t.per_device_train_batch_size * data.block_size * t.gradient_accumulation_steps * accelerator.num_processes
     )
     max_steps = total_steps(t, tokens_per_step)
-    optimizer = build_optimizer(model, config.optim)
+    optimizer = build_optimizer(model, optim_args)
     scheduler = build_scheduler(optimizer, config.schedule, max_steps)
     # pinned host memory is what makes the copy to the GPU asynchronous (non_blocking); a CPU run needs neither
     loader = data.train_loader(
@@ -170,7 +181,8 @@ def train_loop(run: Run) -> str | None:
                 batch = {k: v.to(accelerator.device, non_blocking=run.loader.pin_memory) for k, v in batch.items()}
                 with accelerator.accumulate(model):
                     # return_logits=False: the chunked head + loss that never holds the (tokens x vocab) logits
-                    loss = model(**batch, labels=batch["input_ids"], return_logits=False).loss
+                    # labels: the batch's own (conversations: -100 outside the replies), else the tokens themselves
+                    loss = model(**{"labels": batch["input_ids"], **batch}, return_logits=False).loss
                     accelerator.backward(loss)
                     loss_sum, micro_steps = loss_sum + loss.detach(), micro_steps + 1
                     if accelerator.sync_gradients:
@@ -231,7 +243,9 @@ def validate(run: Run) -> dict:
     results = evaluate(
         run.model, run.val_loaders, token_byte_lengths(run.tokenizer), accelerator, run.config.logging.eval_batches
     )
-    samples = generate_samples(accelerator.unwrap_model(run.model), run.tokenizer, accelerator.device)
+    samples = generate_samples(
+        accelerator.unwrap_model(run.model), run.tokenizer, accelerator.device, chat=run.config.sft.sft
+    )
     run.validation = results
     if accelerator.is_main_process:
         tqdm.write(format_validation(run.state.step, results, samples))

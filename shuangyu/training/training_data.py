@@ -9,7 +9,7 @@ from shuangyu.data.prepare import format_report, prepare
 from shuangyu.data.prepared import MANIFEST, PreparedData
 from shuangyu.errors import UsageError
 from shuangyu.training.accelerator import share_from_main
-from shuangyu.training.arguments import DataArguments
+from shuangyu.training.arguments import DataArguments, SFTArguments
 
 
 def data_dir(data_args: DataArguments, output_dir: str) -> str:
@@ -17,29 +17,40 @@ def data_dir(data_args: DataArguments, output_dir: str) -> str:
 
 
 def open_training_data(
-    data_args: DataArguments, tokenizer_name: str, tokenizer, seed: int, output_dir: str, accelerator
+    data_args: DataArguments,
+    tokenizer_name: str,
+    tokenizer,
+    seed: int,
+    output_dir: str,
+    accelerator,
+    sft_args: SFTArguments | None = None,
 ) -> PreparedData:
     folder = data_dir(data_args, output_dir)
+    sft = sft_args is not None and sft_args.sft
     if data_args.train_files or data_args.dataset_name:
         failure = None
         if accelerator.is_main_process:
             try:
-                prepared = prepare(
-                    PrepareArguments(
-                        output_dir=folder,
-                        tokenizer_name=tokenizer_name,
-                        files=data_args.train_files,
-                        dataset=data_args.dataset_name,
-                        exclude=data_args.exclude,
-                        text_column=data_args.text_column,
-                        validation_files=data_args.validation_files,
-                        block_size=data_args.block_size,
-                        num_proc=data_args.preprocessing_num_workers or 1,
-                        seed=seed,
-                    ),
-                    show_progress=accelerator.is_local_main_process,
-                )
-                print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
+                if sft:
+                    prepared = prepare_conversations_for(data_args, sft_args, folder, tokenizer_name, seed)
+                    print(f"{folder} is up to date" if prepared.reused else format_conversations(prepared))
+                else:
+                    prepared = prepare(
+                        PrepareArguments(
+                            output_dir=folder,
+                            tokenizer_name=tokenizer_name,
+                            files=data_args.train_files,
+                            dataset=data_args.dataset_name,
+                            exclude=data_args.exclude,
+                            text_column=data_args.text_column,
+                            validation_files=data_args.validation_files,
+                            block_size=data_args.block_size,
+                            num_proc=data_args.preprocessing_num_workers or 1,
+                            seed=seed,
+                        ),
+                        show_progress=accelerator.is_local_main_process,
+                    )
+                    print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
             except UsageError as err:
                 failure = str(err)
         # the other processes wait here; they must learn that preparing failed, or they would wait in vain
@@ -49,9 +60,39 @@ def open_training_data(
     elif not (Path(folder) / MANIFEST).is_file():
         raise UsageError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
     data = PreparedData.load(folder, tokenizer)
+    if data.is_conversations != sft:
+        what = "conversations (for --sft)" if data.is_conversations else "plain text blocks (for pretraining)"
+        raise UsageError(
+            f"--data_dir {folder} holds {what}; pass {'--sft' if not sft else 'a folder prepared for --sft'}"
+        )
     if data.block_size != data_args.block_size:
         raise UsageError(
             f"--data_dir {folder} holds rows of {data.block_size} tokens, not --block_size {data_args.block_size}: "
             f"pass --block_size {data.block_size}, or --train_files to prepare the data again"
         )
     return data
+
+
+def prepare_conversations_for(data_args: DataArguments, sft_args: SFTArguments, folder: str, tokenizer_name: str, seed):
+    from shuangyu.data.conversations import ConversationArguments, prepare_conversations
+
+    return prepare_conversations(
+        ConversationArguments(
+            output_dir=folder,
+            tokenizer_name=tokenizer_name,
+            files=data_args.train_files,
+            dataset=data_args.dataset_name,
+            exclude=data_args.exclude,
+            validation_files=data_args.validation_files,
+            block_size=data_args.block_size,
+            packing=sft_args.packing,
+            overlong=sft_args.sft_overlong,
+            seed=seed,
+        )
+    )
+
+
+def format_conversations(data: PreparedData) -> str:
+    from shuangyu.data.conversations import format_report as conversations_report
+
+    return conversations_report(data)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 from shuangyu.evaluation.bits_per_byte import HeldOutLoss
+from shuangyu.tokenizer.chat_template import encode_chat, stop_token_ids
 
 SAMPLE_PROMPTS = {"zh": "今天天气很好，我们", "en": "Once upon a time, there was a"}
+SAMPLE_QUESTIONS = {"zh": "给出三个保持健康的秘诀。", "en": "Give three tips for staying healthy."}  # chat models
 
 
 @torch.no_grad()
@@ -21,7 +23,10 @@ def evaluate(model, loaders: dict, byte_lengths: torch.Tensor, accelerator, max_
         for i, batch in enumerate(loader):
             if max_batches and i >= max_batches:
                 break
-            meter.add(model, batch["input_ids"] if isinstance(batch, dict) else batch)
+            if isinstance(batch, dict):  # conversations also carry labels (replies only) and per-example positions
+                meter.add(model, batch["input_ids"], batch.get("labels"), batch.get("position_ids"))
+            else:
+                meter.add(model, batch)
         scores = meter.reduce(lambda t: accelerator.reduce(t, "sum")).result()
         results[name] = {"loss": scores["loss"], "bits_per_byte": scores["bits_per_byte"]}
     model.train()
@@ -29,14 +34,25 @@ def evaluate(model, loaders: dict, byte_lengths: torch.Tensor, accelerator, max_
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, device, max_new_tokens: int = 32) -> dict[str, str]:
-    """Greedy continuations of the fixed prompts (on the unwrapped model)."""
+def generate_samples(model, tokenizer, device, max_new_tokens: int = 32, chat: bool = False) -> dict[str, str]:
+    """Greedy continuations of the fixed prompts (on the unwrapped model); `chat`: replies to fixed questions in
+    the chat format, up to <|im_end|>."""
     model.eval()
     samples = {}
-    for lang, prompt in SAMPLE_PROMPTS.items():
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        samples[lang] = tokenizer.decode(out[0], skip_special_tokens=False)
+    for lang in SAMPLE_PROMPTS:
+        if chat:
+            prompt = encode_chat(tokenizer, [{"role": "user", "content": SAMPLE_QUESTIONS[lang]}], True)[0]
+        else:
+            prompt = tokenizer(SAMPLE_PROMPTS[lang]).input_ids
+        ids = torch.tensor([prompt], device=device)
+        out = model.generate(
+            input_ids=ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=stop_token_ids(tokenizer) if chat else None,
+        )
+        samples[lang] = tokenizer.decode(out[0][ids.shape[1] :] if chat else out[0], skip_special_tokens=False)
     model.train()
     return samples
 

@@ -1,0 +1,5 @@
+import sys
+
+from shuangyu.chat.cli import main
+
+sys.exit(main())

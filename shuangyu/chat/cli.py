@@ -1,0 +1,231 @@
+"""Talk to a checkpoint on a terminal, with the reply streamed as it is generated.
+
+    python -m shuangyu.chat outputs/sft-tiny/final                       # multi-turn; /reset, /exit (or Ctrl-D)
+    python -m shuangyu.chat outputs/sft-tiny/final --prompt "你好"        # one reply, then exit (scripts, tests)
+    python -m shuangyu.chat outputs/tiny-cpu/final --prompt "今天天气"     # a base model: plain continuation
+
+A chat model (an SFT, DPO or merged folder: its generation stops at <|im_end|>) is prompted in its ChatML format,
+with the whole conversation so far and an optional `--system` prompt; the oldest turns are dropped when the
+context fills. Any other model continues the text (`--mode continue` forces that for a chat model too). A LoRA
+adapter folder is loaded on its base model through PEFT.
+
+Small models fall into loops ("的的的的", one sentence over and over). The defaults keep them out: sampling
+(temperature 0.7, top-p 0.9, top-k 50) rather than greedy decoding, and `--repetition_penalty 1.1`, which lowers
+the odds of every token already in the text, except tokens that are pieces of one character: a byte-level
+tokenizer spells a rare Chinese character as 2-3 byte tokens, and penalising a byte because an earlier character
+shared it would garble the character (transformers' own penalty does). If a model still loops, raise the penalty
+(1.2-1.3) or add `--no_repeat_ngram_size 4` (never repeat a 4-token run verbatim; with a small vocabulary this
+can also cut a repeated rare word); `--greedy` shows the model's single most likely reply, loops and all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shuangyu.errors import UsageError, print_error
+from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
+from shuangyu.tokenizer.chat_template import chat_token_ids, encode_chat, encode_text, stop_token_ids
+
+PROG = "python -m shuangyu.chat"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a model folder (or a LoRA adapter folder)")
+    p.add_argument("--prompt", default=None, help="answer this one message (or continue this text) and exit")
+    p.add_argument("--system", default=None, help="a system prompt for a chat model")
+    p.add_argument("--mode", choices=("auto", "chat", "continue"), default="auto")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top_p", type=float, default=0.9)
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--repetition_penalty", type=float, default=1.1)
+    p.add_argument("--no_repeat_ngram_size", type=int, default=0, help="never repeat an n-token run (0: off)")
+    p.add_argument("--greedy", action="store_true", help="the most likely token every time (no sampling)")
+    p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    return p.parse_args(argv)
+
+
+def load(folder: Path, device: str):
+    """(model, tokenizer) from a model folder or a LoRA adapter folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the terminal is for the conversation
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    adapter = (folder / "adapter_config.json").is_file()
+    if not adapter and not (folder / "config.json").is_file():
+        raise UsageError(f"{folder} is not a model folder (no config.json or adapter_config.json)")
+    if adapter:
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
+        remote = False
+    else:
+        remote = needs_remote_code(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote, dtype="float32")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+    except Exception as err:  # many types, depending on what is missing
+        raise UsageError(f"{folder}: no usable tokenizer ({type(err).__name__}: {err})") from None
+    return model.to(device).eval(), tokenizer
+
+
+def is_chat_model(model, tokenizer) -> bool:
+    """A chat model's tokenizer carries a template and its generation stops at <|im_end|> (SFT runs set both)."""
+    ids = chat_token_ids(tokenizer)
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    return bool(ids and getattr(tokenizer, "chat_template", None) and ids[1] in eos)
+
+
+class Conversation:
+    """The messages so far, encoded for the model, oldest turns dropped to fit the context."""
+
+    def __init__(self, tokenizer, system: str | None, context: int, reserve: int):
+        self.tokenizer, self.context, self.reserve = tokenizer, context, reserve
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.turns: list[dict] = []
+
+    def prompt_ids(self, user: str) -> list[int]:
+        self.turns.append({"role": "user", "content": user})
+        while True:
+            ids, _ = encode_chat(self.tokenizer, self.system + self.turns, add_generation_prompt=True)
+            if len(ids) + self.reserve <= self.context or len(self.turns) <= 1:
+                return ids[-(self.context - 1) :]
+            self.turns = self.turns[2:]  # the oldest exchange goes
+
+    def add_reply(self, reply: str) -> None:
+        self.turns.append({"role": "assistant", "content": reply})
+
+    def reset(self) -> None:
+        self.turns = []
+
+
+def character_pieces(tokenizer, vocab_size: int):
+    """A bool per id: the token is part of a character (its bytes are not whole UTF-8), as byte-level BPE makes."""
+    import torch
+
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    pieces = torch.zeros(max(vocab_size, len(tokenizer)), dtype=torch.bool)
+    pieces[: len(texts)] = torch.tensor(["\ufffd" in t for t in texts])
+    return pieces
+
+
+def character_safe_penalty(penalty: float, pieces):
+    """A repetition penalty (as transformers': logits of tokens already in the text divided by `penalty`, or
+    multiplied when negative) that leaves pieces of characters alone."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class CharacterSafeRepetitionPenalty(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            seen = torch.gather(scores, 1, input_ids)
+            penalised = torch.where(seen < 0, seen * penalty, seen / penalty)
+            exempt = pieces.to(input_ids.device)[input_ids]
+            return scores.scatter(1, input_ids, torch.where(exempt, seen, penalised))
+
+    return CharacterSafeRepetitionPenalty()
+
+
+def generation_kwargs(args, model, tokenizer) -> dict:
+    from transformers import LogitsProcessorList
+
+    processors = []
+    if args.repetition_penalty != 1.0:
+        pieces = character_pieces(tokenizer, model.config.vocab_size)
+        processors.append(character_safe_penalty(args.repetition_penalty, pieces))
+    kwargs = {
+        "max_new_tokens": args.max_new_tokens,
+        "logits_processor": LogitsProcessorList(processors),
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": stop_token_ids(tokenizer),
+    }
+    if args.greedy:
+        return kwargs | {"do_sample": False}
+    return kwargs | {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+
+
+def reply(model, tokenizer, prompt_ids: list[int], kwargs: dict, out=sys.stdout) -> str:
+    """Generate after `prompt_ids`, streaming the text to `out`; returns the reply's text (no special tokens)."""
+    import torch
+    from transformers import TextStreamer
+
+    class Printer(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            print(text, flush=True, end="" if not stream_end else "\n", file=out)
+
+    ids = torch.tensor([prompt_ids], device=model.device)
+    streamer = Printer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    with torch.no_grad():
+        output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
+    return tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def check_args(args) -> None:
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
+    if not args.greedy and args.temperature <= 0:
+        raise UsageError(f"--temperature {args.temperature} must be positive (or pass --greedy)")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top_p {args.top_p} must be in (0, 1]")
+    if args.repetition_penalty <= 0:
+        raise UsageError(f"--repetition_penalty {args.repetition_penalty} must be positive (1.0: none)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load(args.checkpoint, device)
+        if args.seed is not None:  # after loading, which may draw random numbers (a LoRA adapter's initialisation)
+            torch.manual_seed(args.seed)
+        guess = is_chat_model(model, tokenizer) or is_chat_folder(args.checkpoint)
+        chat = args.mode == "chat" or (args.mode == "auto" and guess)
+        if chat and not chat_token_ids(tokenizer):
+            raise UsageError(f"--mode chat: {args.checkpoint}'s tokenizer has no <|im_start|>/<|im_end|> tokens")
+    except UsageError as err:
+        return print_error(PROG, err)
+    if args.system and not chat:
+        print(f"{PROG}: note: --system is ignored: {args.checkpoint} is not a chat model", file=sys.stderr)
+    kwargs = generation_kwargs(args, model, tokenizer)
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    conversation = Conversation(tokenizer, args.system, context, min(args.max_new_tokens, context // 2))
+    if args.prompt is not None:
+        ids = conversation.prompt_ids(args.prompt) if chat else encode_text(tokenizer, args.prompt).ids
+        if not chat:
+            print(args.prompt, end="", flush=True)
+        reply(model, tokenizer, ids[-(context - 1) :], kwargs)
+        return 0
+    what = "chat" if chat else "continuation (a base model)"
+    print(f"{args.checkpoint}: {what}. /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("\n> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            conversation.reset()
+            continue
+        if not line.strip():
+            continue
+        try:
+            if chat:
+                conversation.add_reply(reply(model, tokenizer, conversation.prompt_ids(line), kwargs))
+            else:
+                print(line, end="", flush=True)
+                reply(model, tokenizer, encode_text(tokenizer, line).ids[-(context - 1) :], kwargs)
+        except KeyboardInterrupt:  # stops this reply, not the chat
+            print(file=sys.stderr)

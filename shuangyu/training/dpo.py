@@ -1,0 +1,187 @@
+"""Preference tuning (DPO) of a Shuangyu chat model with TRL's `DPOTrainer`: the loss, reference model, batching
+and checkpoints are TRL's; this file reads and checks the preference pairs, loads the model and its chat
+tokenizer, and writes the finished model as a Shuangyu chat folder (template, stop tokens, model card).
+
+    python -m shuangyu.training.dpo --config configs/dpo-tiny-cpu.yaml \\
+        --model_name_or_path outputs/sft-tiny/final --output_dir outputs/dpo-tiny
+
+Data: JSON lines (or .json / .parquet) in TRL's conversational preference format, `{"prompt": [messages ending
+with a user turn], "chosen": [one assistant message], "rejected": [one assistant message]}` (strings are taken
+as one message), checked row by row (shuangyu.text.conversations.read_preference), or a Hub dataset
+(`--dataset_name`). Every flag of TRL's `DPOConfig` (`--beta`, `--loss_type`, `--max_length`, `--learning_rate`,
+`--max_steps`, `--save_steps`, `--resume_from_checkpoint`, ...) is a flag here too; `--lora_r` trains a LoRA
+adapter instead of the whole model (the reference is then the model without it). The optimizer is the Trainer's
+AdamW: Muon is train_clm.py's. OUTPUT_DIR/checkpoint-N are the Trainer's checkpoints (resume with
+`--resume_from_checkpoint OUTPUT_DIR/checkpoint-N`); OUTPUT_DIR/final is the model to share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shuangyu.errors import UsageError, print_error
+from shuangyu.sharing.card import write_card
+from shuangyu.sharing.folder import check_model_folder
+from shuangyu.text.conversations import iter_dataset_records, iter_file_records, read_preference
+from shuangyu.text.sources import parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_model, stop_token_ids
+from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
+from shuangyu.training.arguments import LoraArguments, load_yaml_config
+from shuangyu.training.finetune import lora_config
+
+PROG = "python -m shuangyu.training.dpo"
+
+
+@dataclass
+class DPOArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The chat model to tune: an SFT run's final/ (or a checkpoint's model/)."}
+    )
+    train_files: list[str] = field(default_factory=list, metadata={"help": "Preference pairs: globs of .jsonl files."})
+    validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out pairs, for eval loss."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Or a Hub dataset of pairs: NAME[:CONFIG]."})
+    dataset_split: str = field(default="train")
+
+
+def read_pairs(specs: list[str], flag: str) -> list[dict]:
+    """The checked preference pairs of the files; text that spells a special token is refused (TRL tokenizes the
+    rendered template as one string, where it would become the token itself)."""
+    pairs = []
+    for spec in specs:
+        for path in resolve_files(parse_file_source(spec, flag), flag=flag):
+            pairs += [check_no_control_text(read_preference(r, where), where) for where, r in iter_file_records(path)]
+    return pairs
+
+
+def check_no_control_text(pair: dict, where: str) -> dict:
+    for key in ("prompt", "chosen", "rejected"):
+        for message in pair[key]:
+            found = [t for t in SPECIAL_TOKENS if t in message["content"]]
+            if found:
+                raise UsageError(f"{where}: {key} contains the special token text {found[0]}; remove it from the data")
+    return pair
+
+
+def load_pairs(args: DPOArguments) -> tuple[list[dict], list[dict]]:
+    if args.dataset_name:
+        spec = parse_dataset_source(args.dataset_name, "--dataset_name")
+        train = [
+            check_no_control_text(read_preference(r, where), where)
+            for where, r in iter_dataset_records(spec, args.dataset_split)
+        ]
+    elif args.train_files:
+        train = read_pairs(args.train_files, "--train_files")
+    else:
+        raise UsageError("no preference pairs: give --train_files (or --dataset_name)")
+    if not train:
+        raise UsageError("the preference data is empty")
+    return train, read_pairs(args.validation_files, "--validation_files")
+
+
+def parse_args(argv: list[str] | None):
+    import torch
+    from transformers import HfArgumentParser
+    from trl import DPOConfig
+
+    classes = (DPOArguments, LoraArguments, DPOConfig)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    parser = HfArgumentParser(classes, prog=PROG)
+    parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
+    # CPU-friendly defaults where TRL's assume a GPU: bf16 only where the GPU has it; activations kept
+    parser.set_defaults(
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=False,
+        report_to="none",
+    )
+    if known.config:
+        parser.set_defaults(**load_yaml_config(known.config, classes, PROG))
+    *groups, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    return groups
+
+
+def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    if not args.model_name_or_path:
+        raise UsageError("give --model_name_or_path (an SFT run's final/ folder)")
+    folder = Path(args.model_name_or_path)
+    if "adapter" in check_model_folder(folder):
+        raise UsageError(
+            f"--model_name_or_path {folder} is a LoRA adapter: merge it first (shuangyu.training.merge_lora)"
+        )
+    # TRL tokenizes the rendered template as one string: the control tokens must be matched there
+    tokenizer = AutoTokenizer.from_pretrained(folder, split_special_tokens=False)
+    check_chat_tokenizer(tokenizer, str(folder), "--model_name_or_path")
+    for_chat_model(tokenizer)
+    train, validation = load_pairs(args)
+    config.trust_remote_code = True  # TRL loads the reference model from the folder too: its code is ours
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
+    context = model.config.max_position_embeddings
+    if config.max_length is None or config.max_length > context:
+        print(f"{PROG}: note: --max_length {config.max_length} -> {context} (the model's context)", file=sys.stderr)
+        config.max_length = context
+    peft_config = lora_config(model, lora) if lora.lora_r else None
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(train),
+        eval_dataset=datasets.Dataset.from_list(validation) if validation else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    final = Path(config.output_dir) / "final"
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        finish_folder(final, trainer.model, tokenizer, args, lora, config, len(train))
+    return final
+
+
+def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, config, pairs: int) -> None:
+    """The saved model as a Shuangyu chat folder: tokenizer with the template, stop at <|im_end|>, our card."""
+    tokenizer.save_pretrained(final)
+    if not lora.lora_r:
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+        model.generation_config.save_pretrained(final)
+    (final / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
+    sources = [{"name": "preference", "files": [Path(f).name for f in args.train_files], "dataset": args.dataset_name,
+                "conversations": pairs, "truncated": 0, "skipped": 0, "trained_tokens": "-"}]  # fmt: skip
+    training = {
+        "stage": "dpo",
+        "base_model": args.model_name_or_path,
+        "sources": sources,
+        "recipe": {
+            "method": f"DPO (TRL {__import__('trl').__version__} DPOTrainer), loss {', '.join(config.loss_type)}",
+            "beta": config.beta,
+            "steps": config.max_steps,
+            "learning_rate": config.learning_rate,
+            "batch": f"{config.per_device_train_batch_size} pairs x {config.gradient_accumulation_steps} accumulation",
+            "max_length": config.max_length,
+        },
+    }
+    if lora.lora_r:
+        training["lora"] = {"r": lora.lora_r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                            "target_modules": list(lora.lora_target_modules)}  # fmt: skip
+    write_card(final, name=final.parent.resolve().name, training=training)
+    write_card(final, load_path=str(final))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, lora, config = parse_args(argv)
+        final = train_dpo(args, lora, config)
+    except UsageError as err:
+        return print_error(PROG, err)
+    print(f"done: model in {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""What a fine-tuning run changes in the set-up: a chat model's tokenizer and stop tokens (`--sft`), and the LoRA
+adapter (`--lora_r`). The loop, optimizer, checkpoints and resume are pretraining's (train.py), unchanged.
+
+Which optimizer trains a LoRA adapter: AdamW, always. Muon orthogonalises each whole weight matrix's update; the
+adapter's A (r x in) and B (out x r) factors are thin matrices whose product is the update, and orthogonalising
+each factor separately neither orthogonalises nor bounds the product (B starts at zero, so its first Muon steps
+are normalised noise at full scale). LoRA's own recipe, and every PEFT tool, use AdamW; so `--optimizer muon` with
+`--lora_r` falls back to AdamW for the adapter, and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from shuangyu.errors import UsageError
+from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_model, stop_token_ids
+from shuangyu.training.arguments import LoraArguments, OptimizerArguments, TrainConfig
+
+
+def check_finetune(config: TrainConfig, tokenizer, model_config) -> None:
+    """Flags a fine-tuning run cannot do without, checked before any heavy work (the LoRA targets on an empty
+    model of the same config)."""
+    if config.sft.sft:
+        if not config.model.model_name_or_path:
+            raise UsageError(
+                "--sft fine-tunes a trained model: give --model_name_or_path (a checkpoint's model/ folder)"
+            )
+        check_chat_tokenizer(tokenizer, config.model.tokenizer_name)
+    lora = config.lora
+    if lora.lora_r < 0:
+        raise UsageError(f"--lora_r {lora.lora_r} must be positive (0: no LoRA)")
+    if lora.lora_r and not config.model.model_name_or_path:
+        raise UsageError("--lora_r adapts a trained model: give --model_name_or_path")
+    if lora.lora_r and not 0 <= lora.lora_dropout < 1:
+        raise UsageError(f"--lora_dropout {lora.lora_dropout} must be in [0, 1)")
+    if lora.lora_r:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            lora_config(AutoModelForCausalLM.from_config(model_config, trust_remote_code=True), lora)
+
+
+def as_chat_model(model, tokenizer) -> None:
+    """An SFT run's model and tokenizer save as a chat model: the chat template, split_special_tokens=False for tools
+    that tokenize the template (shuangyu.tokenizer.chat_template), and generation that stops at <|im_end|>."""
+    for_chat_model(tokenizer)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def linear_module_names(model: nn.Module) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+
+
+def lora_config(model, lora_args: LoraArguments, token_ids: tuple[int, ...] = ()):
+    """PEFT's LoraConfig for the flags, after checking that every target module exists in the model; `token_ids`:
+    embedding rows trained too (PEFT's trainable tokens; a tied output head follows)."""
+    from peft import LoraConfig
+
+    targets = list(lora_args.lora_target_modules)
+    if targets != ["all-linear"]:
+        known = linear_module_names(model)
+        missing = [t for t in targets if t not in known]
+        if missing:
+            raise UsageError(
+                f"--lora_target_modules {','.join(missing)}: no such linear module in the model "
+                f"(it has {', '.join(sorted(known))})"
+            )
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        trainable_token_indices=list(token_ids) or None,
+    )
+
+
+def apply_lora(model, lora_args: LoraArguments, say=print, token_ids: tuple[int, ...] = ()):
+    """The model wrapped by PEFT with a LoRA adapter on `lora_target_modules`, and the embeddings of `token_ids`
+    trainable; every other weight frozen.
+
+    An SFT run passes the chat tokens: a base model never saw <|im_start|> or <|im_end|> in pretraining, so their
+    embeddings are still the random ones it started with, and a frozen random <|im_end|> (in the tied head too)
+    would leave the adapter hard put to learn to end a reply."""
+    from peft import get_peft_model
+
+    model = get_peft_model(model, lora_config(model, lora_args, token_ids))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    say(f"LoRA r={lora_args.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")
+    return model
+
+
+def adapter_optimizer(optim_args: OptimizerArguments, say=print) -> OptimizerArguments:
+    """AdamW for a LoRA adapter (the module doc says why)."""
+    if optim_args.optimizer == "muon":
+        say(
+            "note: --lora_r trains the adapter with AdamW, not Muon (Muon orthogonalises whole matrices, not A/B factors)"
+        )
+        return dataclasses.replace(optim_args, optimizer="adamw")
+    return optim_args
+
+
+def check_lora_launch(accelerator, lora_args: LoraArguments) -> None:
+    from accelerate.utils import DistributedType
+
+    if lora_args.lora_r and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise UsageError(
+            "--lora_r under DeepSpeed is not supported here (saving a PEFT adapter from a ZeRO engine is untested): "
+            "use accelerate_configs/multi_gpu.yaml or fsdp2.yaml, or train without --lora_r"
+        )

@@ -1,0 +1,92 @@
+"""Merge a LoRA adapter (a `--lora_r` run's checkpoint model/ or final/ folder) into a full model folder that loads
+without PEFT, with the same logits as the adapter on its base model.
+
+    python -m shuangyu.training.merge_lora outputs/sft-lora/final outputs/sft-lora-merged [--base_model DIR]
+
+The base model is the one the adapter names (adapter_config.json's base_model_name_or_path), or `--base_model`.
+The merged folder gets the adapter folder's tokenizer (with the chat template), generation that stops at
+<|im_end|> when the tokenizer is a chat one, and a model card; it is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shuangyu.errors import UsageError, print_error
+from shuangyu.files import atomic_folder
+from shuangyu.sharing.card import copy_section, write_card
+from shuangyu.tokenizer.chat_template import chat_token_ids, for_chat_model, stop_token_ids
+
+PROG = "python -m shuangyu.training.merge_lora"
+
+
+def adapter_base(adapter_dir: Path, base_model: str | None) -> str:
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{adapter_dir}: no adapter_config.json (not a LoRA adapter folder)")
+    base = base_model or json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise UsageError(f"{config_path}: names no base model; pass --base_model")
+    if not base_model and not Path(base).exists() and base.startswith((".", "/")):
+        raise UsageError(f"{config_path}: the base model {base} is not there; pass --base_model")
+    return base
+
+
+def load_adapter_model(adapter_dir: Path, base_model: str | None = None):
+    """The base model with the adapter on it (PEFT), in eval mode, fp32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = adapter_base(adapter_dir, base_model)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=True, dtype="float32")
+    except (OSError, ValueError) as err:
+        raise UsageError(f"base model {base}: could not load it ({err})") from None
+    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), base
+
+
+def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite: bool = False) -> Path:
+    from transformers import AutoTokenizer
+
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    model, base = load_adapter_model(adapter_dir, base_model)
+    merged = model.merge_and_unload()
+    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if chat_token_ids(tokenizer) and getattr(tokenizer, "chat_template", None):
+        for_chat_model(tokenizer)
+        merged.generation_config.eos_token_id = stop_token_ids(tokenizer)
+        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    card = adapter_dir / "README.md"
+    with atomic_folder(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        chat = card.is_file() and "conversational" in card.read_text(encoding="utf-8")
+        training = {"stage": "sft" if chat else "fine-tuning", "base_model": base}
+        write_card(tmp, name=out.resolve().name, training=training)
+        copy_section(adapter_dir, tmp, "training")  # the adapter run's data and recipe
+        write_card(tmp, load_path=str(out))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("adapter", type=Path, help="the adapter folder (a --lora_r run's final/ or checkpoint model/)")
+    parser.add_argument("output", type=Path, help="the merged model folder to write")
+    parser.add_argument("--base_model", default=None, help="the base model, if not the one the adapter names")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    try:
+        out = merge(args.adapter, args.output, args.base_model, args.overwrite)
+    except UsageError as err:
+        return print_error(PROG, err)
+    print(f"merged {args.adapter} into {out} (loads with AutoModelForCausalLM, no PEFT needed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""LoRA: the adapter on the model's projections, its optimizer, targets that do not exist, and merging into a plain
+folder with the same logits (in-process, no training loop: the end-to-end run is in test_sft_train.py)."""
+
+import json
+
+import pytest
+import torch
+
+from shuangyu.errors import UsageError
+from shuangyu.training.arguments import LoraArguments, OptimizerArguments
+from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model
+from shuangyu.training.merge_lora import main as merge_main
+
+
+@pytest.fixture
+def base(tiny_base_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True)
+
+
+def test_the_adapter_covers_every_projection_and_freezes_the_rest(base):
+    model = apply_lora(base, LoraArguments(lora_r=4), say=lambda _: None)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert any(f"{proj}.lora_A" in n for n in trainable), proj
+
+
+def test_a_target_that_does_not_exist_is_named(base):
+    with pytest.raises(UsageError, match="--lora_target_modules qkv: no such linear module"):
+        apply_lora(base, LoraArguments(lora_r=4, lora_target_modules=["q_proj", "qkv"]))
+
+
+def test_muon_falls_back_to_adamw_for_the_adapter():
+    said = []
+    assert adapter_optimizer(OptimizerArguments(optimizer="muon"), said.append).optimizer == "adamw"
+    assert "AdamW" in said[0]
+    assert adapter_optimizer(OptimizerArguments(optimizer="adamw"), said.append).optimizer == "adamw"
+
+
+def test_merged_folder_has_the_adapter_models_logits(base, tiny_base_model_dir, tmp_path, capsys):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = LoraArguments(lora_r=4, lora_target_modules=["all-linear"])
+    model = apply_lora(base, args, say=lambda _: None, token_ids=(2, 3))  # and the chat tokens' embeddings
+    with torch.no_grad():  # a trained-looking adapter: B and the token deltas are zero at initialisation
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "trainable_tokens_delta" in name:
+                p.normal_(0, 0.05)
+    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    as_chat_model(model, tok)
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert merge_main([str(adapter), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())  # a plain model: no PEFT needed
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
+    ids = torch.randint(4, 250, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
+        plain = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True).eval()
+        assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-3)  # the adapter is in it
+        changed = (merged.get_input_embeddings().weight != plain.get_input_embeddings().weight).any(-1)
+        assert changed.nonzero().flatten().tolist() == [2, 3]  # the chat tokens' rows, and no other
+    assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
+    assert "--overwrite" in capsys.readouterr().err
+    assert merge_main([str(tmp_path), str(tmp_path / "x")]) == 2  # not an adapter folder
+
+
+def test_lora_is_refused_under_deepspeed():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from shuangyu.training.finetune import check_lora_launch
+
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    with pytest.raises(UsageError, match="--lora_r under DeepSpeed"):
+        check_lora_launch(deepspeed, LoraArguments(lora_r=8))
+    check_lora_launch(deepspeed, LoraArguments(lora_r=0))
+    check_lora_launch(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), LoraArguments(lora_r=8))

@@ -1,0 +1,232 @@
+"""Instruction tuning end to end on CPU: train_clm.py --sft on a tiny model, the chat folder it leaves, the chat
+command answering in format and stopping at <|im_end|>, exact resume, LoRA and merging, and bad flags."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 40
+
+
+def env() -> dict:
+    import os
+
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(args: list[str], module: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, str(REPO / "train_clm.py"), *args]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {e["step"]: e["train/loss"] for e in lines}
+
+
+@pytest.fixture(scope="module")
+def common(tiny_base_model_dir, synthetic_chats, tmp_path_factory) -> list[str]:
+    c = synthetic_chats
+    return [
+        "--sft",
+        "--model_name_or_path",
+        str(tiny_base_model_dir),
+        "--train_files",
+        f"zh={c['zh_train']}",
+        f"en={c['en_train']}",
+        "--validation_files",
+        f"zh={c['zh_val']}",
+        f"en={c['en_val']}",
+        "--data_dir",
+        str(tmp_path_factory.mktemp("sft_data") / "prepared"),
+        "--block_size",
+        "64",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--logging_steps",
+        "1",
+        "--eval_steps",
+        str(STEPS // 2),
+        "--save_steps",
+        str(STEPS // 2),
+    ]
+
+
+@pytest.fixture(scope="module")
+def sft_run(common, tmp_path_factory) -> Path:
+    """Full SFT with Muon (the tiny preset's optimizer): the run the others are compared with."""
+    out = tmp_path_factory.mktemp("sft") / "run"
+    proc = run([*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sft_learns_and_leaves_a_chat_model(sft_run, tiny_base_model_dir):
+    trace = losses(sft_run)
+    assert trace[STEPS] < trace[1] / 3, trace
+    log = [json.loads(line) for line in (sft_run / "train_log.jsonl").read_text().splitlines()]
+    evals = [e for e in log if "eval/zh/loss" in e]
+    assert [e["step"] for e in evals] == [STEPS // 2, STEPS] and evals[-1]["eval/en/loss"] < 1.0
+    final = sft_run / "final"
+    generation = json.loads((final / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [0, 3]  # <|endoftext|> and <|im_end|>
+    assert json.loads((final / "tokenizer_config.json").read_text())["split_special_tokens"] is False
+    assert (final / "chat_template.jinja").is_file()
+    card = (final / "README.md").read_text()
+    assert "instruction-tuned" in card and "not a base model" in card and str(tiny_base_model_dir) in card
+    assert "| zh | `zh.jsonl` | 60 |" in card and "conversational" in card
+
+
+def test_chat_prompt_answers_in_format_and_stops_at_im_end(sft_run):
+    proc = run([str(sft_run / "final"), "--prompt", "你好", "--greedy"], module="shuangyu.chat", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "你好！\n", proc.stdout  # the learned reply, then nothing: it stopped at <|im_end|>
+    # the default (sampled) reply of a chat model, with a system prompt: an answer, and the command ends
+    proc = run(
+        [str(sft_run / "final"), "--prompt", "今天天气", "--system", "你是助手", "--seed", "0"], module="shuangyu.chat"
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() and "<|im" not in proc.stdout, proc.stdout
+
+
+def test_sft_resume_continues_step_for_step(common, sft_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(sft_run, out)
+    shutil.rmtree(out / "checkpoints" / f"step-{STEPS:08d}")
+    shutil.rmtree(out / "final")
+    args = [*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out)]
+    proc = run([*args, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert losses(out) == losses(sft_run)
+
+
+@pytest.mark.slow
+def test_lora_run_saves_an_adapter_that_merges_to_the_same_logits(common, tmp_path):
+    out = tmp_path / "lora"
+    args = [*common, "--optimizer", "muon", "--lora_r", "8", "--max_steps", "12", "--output_dir", str(out)]
+    proc = run([*args, "--eval_steps", "12", "--save_steps", "12"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trains the adapter with AdamW" in proc.stdout
+    trace = losses(out)
+    assert trace[12] < trace[1], trace
+    final = out / "final"
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
+    from safetensors import safe_open
+
+    with safe_open(final / "adapter_model.safetensors", "pt") as saved:  # the chat tokens' embeddings trained too
+        assert any("trainable_tokens" in key for key in saved.keys())
+    assert "LoRA adapter (rank 8" in (final / "README.md").read_text()
+    chat = run(
+        [str(final), "--prompt", "你好", "--system", "你是助手", "--max_new_tokens", "8"], module="shuangyu.chat"
+    )
+    assert chat.returncode == 0 and "ignored" not in chat.stderr, chat.stderr[-2000:]  # talked to as a chat model
+    merged = tmp_path / "merged"
+    proc = run([str(final), str(merged)], module="shuangyu.training.merge_lora", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    adapter = AutoPeftModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
+    plain = AutoModelForCausalLM.from_pretrained(merged, trust_remote_code=True).eval()
+    ids = torch.randint(4, 250, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, adapter(ids).logits, atol=1e-4, rtol=1e-4)
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    assert "instruction-tuned" in (merged / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_sft_non_finite_steps_stop_the_run(common, tmp_path):
+    args = [*common, "--optimizer", "adamw", "--learning_rate", "1e30", "--max_grad_norm", "0", "--warmup_steps", "0"]
+    proc = run([*args, "--max_steps", "20", "--max_bad_steps", "2", "--output_dir", str(tmp_path / "out")])
+    assert proc.returncode == 3 and "2 non-finite steps in a row" in proc.stderr.strip().splitlines()[-1]
+
+
+BAD = {
+    "no_model": (["--model_name_or_path", ""], "--sft fine-tunes a trained model"),
+    "lora_target": (["--lora_r", "4", "--lora_target_modules", "q_proj", "qkv"], "--lora_target_modules qkv"),
+    "bad_row": ([], "bad.jsonl:2: message 1 (assistant) is empty"),
+    "no_chat_tokens": ([], "no <|im_start|> / <|im_end|> special tokens"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_base_model_dir):
+    extra, needle = BAD[case]
+    args = [a for a in common]
+    args[args.index("--data_dir") + 1] = str(tmp_path / "data")
+    if case == "bad_row":
+        bad = tmp_path / "bad.jsonl"
+        rows = [
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]},
+        ]
+        bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        i = args.index("--train_files")
+        args[i + 1 : i + 3] = [str(bad)]
+    if case == "no_chat_tokens":
+        model = tmp_path / "model"
+        shutil.copytree(tiny_base_model_dir, model)
+        config = json.loads((model / "tokenizer_config.json").read_text())
+        config["extra_special_tokens"] = []
+        (model / "tokenizer_config.json").write_text(json.dumps(config))
+        tok = json.loads((model / "tokenizer.json").read_text())
+        for token in tok["added_tokens"]:
+            token["special"] = token["content"] in ("<|endoftext|>", "<|pad|>")
+        (model / "tokenizer.json").write_text(json.dumps(tok))
+        args[args.index("--model_name_or_path") + 1] = str(model)
+    if case == "no_model":
+        i = args.index("--model_name_or_path")
+        args[i : i + 2] = ["--tokenizer_name", str(tiny_base_model_dir)]
+        extra = []
+    start = time.time()
+    proc = run([*args, *extra, "--max_steps", "2", "--output_dir", str(tmp_path / "out")])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_clm.py: error:") and needle in lines[0], lines
+    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "data").exists()
+    assert time.time() - start < 60
+
+
+@pytest.mark.slow
+def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
+    """--push_to_hub after SFT, against the local stand-in for the Hub (tests/hub_standin.py)."""
+    from hub_standin import HubStandIn
+
+    token = "hf_ShuangyuTestToken0123456789abcdef"
+    out = tmp_path / "run"
+    with HubStandIn(token) as hub:
+        home = tmp_path / "hf_home"
+        home.mkdir()
+        hub_env = {k: v for k, v in env().items() if k != "HF_TOKEN"}
+        hub_env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
+                    "HF_TOKEN": token}  # fmt: skip
+        args = [*common, "--max_steps", "4", "--eval_steps", "4", "--save_steps", "4", "--output_dir", str(out)]
+        args += ["--push_to_hub", "--hub_model_id", "alice/shuangyu-chat"]
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train_clm.py"), *args], env=hub_env, capture_output=True, text=True,
+            cwd=REPO, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        files = hub.files("alice/shuangyu-chat")
+    assert {"chat_template.jinja", "generation_config.json", "model.safetensors", "README.md"} <= set(files)
+    assert json.loads(files["generation_config.json"])["eos_token_id"] == [0, 3]
+    card = files["README.md"].decode()
+    assert "instruction-tuned" in card and 'from_pretrained("alice/shuangyu-chat"' in card
+    assert "apply_chat_template" in card and token not in card

@@ -11,4 +11,5 @@ One package, one sub-package per step of the flow; dependencies point one way (t
     evaluation        held-out bits per byte, lm-eval on local benchmark copies
     sharing           the model card and the Hub push
     training          the pieces of a training run (arguments, optimizer, checkpoints, ...) and the loop
+    planning          a compute budget to a model, tokens, batch, learning rate, memory and a training config
 """

@@ -90,8 +90,8 @@ def default_mfu(gpu: Gpu, optimizer: str) -> tuple[float, str]:
         return 1.0, "1 for a CPU: give what it achieves as --peak_tflops"
     mfu = MEASURED_MFU[optimizer]
     if gpu.name == MEASURED_ON:
-        return mfu, f"measured on {MEASURED_ON} through train_clm (bench/RESULTS.md)"
-    return mfu, f"measured on {MEASURED_ON}, assumed for {gpu.name}: pass --mfu"
+        return mfu, f"measured on 1 {MEASURED_ON} through train_clm at 124m (bench/RESULTS.md)"
+    return mfu, f"measured on 1 {MEASURED_ON} at 124m, assumed for {gpu.name}: pass --mfu"
 
 
 def _host_memory_gib() -> float:

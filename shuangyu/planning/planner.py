@@ -217,6 +217,8 @@ def make_plan(request: Request) -> Plan:
     batch = micro * seq * accumulation * request.gpus
     steps = max(1, round(tokens / batch))
     tokens = steps * batch
+    compute = shape.model_scale(seq) * tokens  # the laws at the plan as rounded to whole steps
+    batch_law = laws.optimal_batch_tokens(compute)
     train_flops = tokens * shape.train_flops_per_token(seq) * (GRADIENT_CHECKPOINTING_COST if checkpointing else 1)
 
     if batch > 1.5 * batch_law:

@@ -254,6 +254,7 @@ if modal is not None:
         """Tokenise and pack the config's data on CPUs into the data Volume, where training finds it."""
         from shuangyu.training.arguments import parse_args
 
+        os.chdir(REMOTE_REPO)  # the config's paths are relative to the checkout, as on your machine
         name = run_name(config, run)
         parsed = parse_args(["--config", config, "--output_dir", output_dir(name), *shlex.split(args)])
         cmd = prepare_command(parsed.data, name, tokenizer, parsed.train.seed, os.cpu_count() or 8)

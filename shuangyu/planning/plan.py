@@ -138,7 +138,7 @@ def report(plan: Plan) -> list[str]:
     lines += [
         f"  memory       {memory.size(plan.memory.total)} per {'process' if gpu.is_cpu else 'GPU'} of "
         f"{memory.size(plan.usable_bytes)} usable ({plan.memory.describe()}){gc}: fits",
-        f"               optimizer state {optimizer_state_line(plan)}",
+        f"               {alternatives_line(plan)}",
         f"  checkpoints  every {plan.save_steps:,} steps"
         + (f" (about {plan.save_steps / plan.steps * plan.hours * 60:.0f} min)" if plan.hours else "")
         + "; validation as often",
@@ -147,11 +147,20 @@ def report(plan: Plan) -> list[str]:
     return lines
 
 
-def optimizer_state_line(plan: Plan) -> str:
-    """Both optimizers' state, since the choice is one flag: AdamW 8 bytes per parameter, Muon 4 on its matrices."""
-    adamw = memory.estimate(plan.shape, plan.micro_batch, plan.request.seq_len, "adamw")
-    muon = memory.estimate(plan.shape, plan.micro_batch, plan.request.seq_len, "muon")
-    return f"AdamW {adamw.optimizer / memory.GIB:.2f} GiB, Muon {muon.optimizer / memory.GIB:.2f} GiB"
+def alternatives_line(plan: Plan) -> str:
+    """What the other choices would hold: both optimizers' state (AdamW 8 bytes per parameter, Muon 4 on its
+    matrices) and the activations with and without gradient checkpointing, at the plan's micro-batch."""
+    r = plan.request
+
+    def est(optimizer: str, checkpointing: bool) -> memory.MemoryEstimate:
+        return memory.estimate(plan.shape, plan.micro_batch, r.seq_len, optimizer, checkpointing, r.gpus, r.gpu.is_cpu)
+
+    return (
+        f"optimizer state: AdamW {memory.size(est('adamw', False).optimizer)}, "
+        f"Muon {memory.size(est('muon', False).optimizer)}; activations: "
+        f"{memory.size(est(r.optimizer, False).activations)}, "
+        f"{memory.size(est(r.optimizer, True).activations)} with gradient checkpointing"
+    )
 
 
 def launch_command(plan: Plan, config_path: str) -> str:

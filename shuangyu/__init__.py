@@ -13,4 +13,5 @@ One package, one sub-package per step of the flow; dependencies point one way (t
     training          the pieces of a training run (arguments, optimizer, checkpoints, ...) and the loop; SFT, LoRA
                       and DPO reuse them
     chat              talking to a saved model on a terminal
+    planning          a compute budget to a model, tokens, batch, learning rate, memory and a training config
 """

@@ -1,0 +1,278 @@
+"""Plan a pretraining run from a compute budget: model shape, tokens, batch, learning rate, time, cost, memory,
+and a training config that train_clm.py takes as is.
+
+    python -m shuangyu.planning.plan --gpu H100 --gpus 1 --hours 8                    # the law picks the model
+    python -m shuangyu.planning.plan --model 124m --gpu H100 --hours 8 --output plans/124m.yaml
+    python -m shuangyu.planning.plan --model 1b --tokens 20B --gpu H100 --gpus 8     # how long, how much
+    python -m shuangyu.planning.plan --flops 1e19 --law chinchilla
+
+The arithmetic is in planner.py; the laws and their sources in laws.py; the memory model in memory.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.files import parse_size
+from shuangyu.planning import hardware, laws, memory
+from shuangyu.planning.planner import Plan, Request, make_plan
+
+PROG = "python -m shuangyu.planning.plan"
+SHARED_CORPUS = "../shared/data/corpus"
+DEFAULT_TRAIN_FILES = [f"zh={SHARED_CORPUS}/zh/*.jsonl:0.5", f"en={SHARED_CORPUS}/en/*.jsonl:0.5"]
+DEFAULT_VALIDATION_FILES = [f"zh={SHARED_CORPUS}/zh/*_val.jsonl", f"en={SHARED_CORPUS}/en/*_val.jsonl"]
+DEFAULT_EXCLUDE = ["*_val.jsonl"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    budget = p.add_argument_group("budget (hours on --gpus x --gpu, or --flops)")
+    budget.add_argument("--gpu", default="H100", help=f"one of {hardware.known_names()} (default H100, the SXM card)")
+    budget.add_argument("--gpus", type=int, default=1, help="GPUs, one training process each (default 1)")
+    budget.add_argument("--hours", type=float, help="wall-clock hours to spend")
+    budget.add_argument("--flops", type=float, help="or the budget in FLOPs, e.g. 1e19")
+    budget.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: measured, see bench/RESULTS.md)")
+    budget.add_argument("--peak_tflops", type=float, help="dense bf16 TFLOP/s of a GPU not in the table (or a CPU)")
+    budget.add_argument("--memory_gib", type=float, help="memory per GPU in GiB, for a GPU not in the table")
+    budget.add_argument("--usd_per_gpu_hour", type=float, help="price, for the cost (default: Modal's list price)")
+    model = p.add_argument_group("model and data")
+    model.add_argument("--model", help="fix the model: a preset (tiny, 124m, 350m), 760m, 1b, dN, or a config.json")
+    model.add_argument("--tokens", help="fix the training tokens, e.g. 2.5B")
+    model.add_argument("--seq_len", type=int, default=1024, help="tokens per row: train_clm's --block_size (1024)")
+    model.add_argument("--vocab_size", type=int, default=32000, help="the tokenizer's vocabulary (32000)")
+    model.add_argument("--law", choices=laws.LAWS, default="deepseek", help="model/data split (default deepseek)")
+    model.add_argument("--optimizer", choices=["muon", "adamw"], default="muon", help="(default muon)")
+    model.add_argument("--corpus_tokens", help="tokens in your corpus, to warn about too many passes over it")
+    out = p.add_argument_group("the training config")
+    out.add_argument("--output", help="write the plan as a train_clm.py --config YAML here")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    out.add_argument("--train_files", nargs="+", default=DEFAULT_TRAIN_FILES, help="as train_clm.py takes them")
+    out.add_argument("--validation_files", nargs="+", default=DEFAULT_VALIDATION_FILES)
+    out.add_argument("--exclude", nargs="*", default=DEFAULT_EXCLUDE)
+    return p
+
+
+def request_from_args(args: argparse.Namespace) -> Request:
+    for flag in ("gpus", "seq_len", "vocab_size"):
+        if getattr(args, flag) < (2 if flag == "seq_len" else 1):
+            raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least {2 if flag == 'seq_len' else 1}")
+    for flag in ("hours", "flops", "peak_tflops", "memory_gib", "usd_per_gpu_hour", "mfu"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{flag} {value}: must be above 0")
+    if args.mfu is not None and args.mfu > 1:
+        raise UsageError(f"--mfu {args.mfu}: a fraction of the peak, at most 1 (e.g. 0.3)")
+    if args.hours and args.flops:
+        raise UsageError("give the budget once: --hours or --flops")
+    gpu = hardware.resolve(args.gpu, args.peak_tflops, args.memory_gib)
+    return Request(
+        gpu=gpu,
+        gpus=args.gpus,
+        hours=args.hours,
+        flops=args.flops,
+        mfu=args.mfu,
+        model=args.model,
+        tokens=parse_size(args.tokens, "--tokens") if args.tokens else None,
+        seq_len=args.seq_len,
+        vocab_size=args.vocab_size,
+        law=args.law,
+        optimizer=args.optimizer,
+        corpus_tokens=parse_size(args.corpus_tokens, "--corpus_tokens") if args.corpus_tokens else None,
+        usd_per_gpu_hour=args.usd_per_gpu_hour,
+    )
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def report(plan: Plan) -> list[str]:
+    """The plan in words, one line per decision."""
+    r, s, seq = plan.request, plan.shape, plan.request.seq_len
+    gpu = r.gpu
+    device = f"{r.gpus} x {gpu.name}"
+    lines = [f"plan: {s.name} on {device}, {plan.tokens / 1e9:.3g}B tokens"]
+    if gpu.peak_flops:
+        lines.append(
+            f"  budget       {plan.train_flops:.3g} FLOPs = {gpu.peak_flops / 1e12:g} TFLOP/s peak x MFU {plan.mfu:.3f} "
+            f"x {r.gpus} x {plan.hours:.2f} h; MFU {plan.mfu_source}"
+        )
+    else:
+        lines.append(f"  budget       {plan.train_flops:.3g} FLOPs (a CPU: time unknown without --peak_tflops)")
+    lines += [
+        f"  model        {s.name}: {s.describe()}; {s.parameters / 1e6:,.1f}M parameters",
+        f"               M = {_count(s.model_scale(seq))} non-embedding FLOPs/token; "
+        f"{_count(s.train_flops_per_token(seq))} training FLOPs/token at sequence {seq}",
+        f"  tokens       {_count(plan.tokens)} ({plan.tokens / s.parameters:.2g} per parameter); "
+        f"C = M x D = {plan.compute:.3g} FLOPs",
+    ]
+    m_opt, d_opt = laws.deepseek_allocation(plan.compute)
+    n_opt, d_chin = laws.chinchilla_allocation(6 * s.parameters * plan.tokens)
+    lines.append(
+        f"  laws at C    DeepSeek LLM: M_opt {_count(m_opt)} FLOPs/token on {_count(d_opt)} tokens; "
+        f"Chinchilla: {_count(n_opt)} parameters on {_count(d_chin)} tokens"
+    )
+    lines += [
+        f"  batch        {plan.global_batch_tokens:,} tokens/step (law: {plan.batch_law_tokens:,.0f}) = "
+        f"micro-batch {plan.micro_batch} x {seq} tokens x accumulation {plan.accumulation} x {plan.processes} "
+        f"process{'es' if plan.processes > 1 else ''}",
+        f"  steps        {plan.steps:,}; warmup {plan.warmup_steps:,}, then warmup_stable_decay: constant, the last 20% "
+        "decaying to 10% of the peak (DeepSeek LLM's multi-step schedule ends at 10% too)",
+        f"  learning rate {plan.learning_rate:.3g} peak ({r.optimizer}), weight decay 0.1, gradient clipping 1.0",
+    ]
+    if plan.hours is not None:
+        used = "" if gpu.is_cpu else f", {plan.hours * r.gpus:,.1f} GPU-hours"
+        cost = f", ${plan.cost_usd:,.0f} at ${plan.usd_per_gpu_hour:g}/GPU-hour" if plan.cost_usd is not None else ""
+        lines.append(f"  time         {plan.hours:,.2f} h wall clock{used}{cost}")
+    gc = ", with gradient checkpointing (+1/3 compute)" if plan.gradient_checkpointing else ""
+    lines += [
+        f"  memory       {memory.size(plan.memory.total)} per {'process' if gpu.is_cpu else 'GPU'} of "
+        f"{memory.size(plan.usable_bytes)} usable ({plan.memory.describe()}){gc}: fits",
+        f"               {alternatives_line(plan)}",
+        f"  checkpoints  every {plan.save_steps:,} steps"
+        + (f" (about {plan.save_steps / plan.steps * plan.hours * 60:.0f} min)" if plan.hours else "")
+        + "; validation as often",
+    ]
+    lines += [f"  note: {note}" for note in plan.notes]
+    return lines
+
+
+def alternatives_line(plan: Plan) -> str:
+    """What the other choices would hold: both optimizers' state (AdamW 8 bytes per parameter, Muon 4 on its
+    matrices) and the activations with and without gradient checkpointing, at the plan's micro-batch."""
+    r = plan.request
+
+    def est(optimizer: str, checkpointing: bool) -> memory.MemoryEstimate:
+        return memory.estimate(plan.shape, plan.micro_batch, r.seq_len, optimizer, checkpointing, r.gpus, r.gpu.is_cpu)
+
+    return (
+        f"optimizer state: AdamW {memory.size(est('adamw', False).optimizer)}, "
+        f"Muon {memory.size(est('muon', False).optimizer)}; activations: "
+        f"{memory.size(est(r.optimizer, False).activations)}, "
+        f"{memory.size(est(r.optimizer, True).activations)} with gradient checkpointing"
+    )
+
+
+def launch_command(plan: Plan, config_path: str) -> str:
+    r = plan.request
+    if r.gpu.is_cpu:
+        launch = "accelerate launch --config_file accelerate_configs/cpu.yaml"
+        if r.gpus != 2:
+            launch += f" --num_processes {r.gpus}"
+    elif r.gpus == 1:
+        launch = "accelerate launch --config_file accelerate_configs/single_gpu.yaml"
+    else:
+        launch = f"accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes {r.gpus}"
+    name = Path(config_path).stem
+    return (
+        f"{launch} train_clm.py --config {config_path} --tokenizer_name outputs/tokenizer --output_dir outputs/{name}"
+    )
+
+
+def training_config(plan: Plan, model_config: str, args: argparse.Namespace) -> dict:
+    """The plan as train_clm.py's flags (only keys it knows: checked against its argument classes)."""
+    r = plan.request
+    values = {
+        "model_config": model_config,
+        "train_files": list(args.train_files),
+        "exclude": list(args.exclude),
+        "validation_files": list(args.validation_files),
+        "block_size": r.seq_len,
+        "per_device_train_batch_size": plan.micro_batch,
+        "gradient_accumulation_steps": plan.accumulation,
+        "max_steps": plan.steps,
+        "optimizer": r.optimizer,
+        "learning_rate": float(f"{plan.learning_rate:.3g}"),
+        "weight_decay": 0.1,
+        "max_grad_norm": 1.0,
+        "lr_scheduler_type": "warmup_stable_decay",
+        "warmup_steps": plan.warmup_steps,
+        "decay_fraction": 0.2,
+        "min_lr_ratio": 0.1,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "mixed_precision": "auto",
+        "compile": not r.gpu.is_cpu,
+        "logging_steps": max(1, min(20, plan.steps // 50)),
+        "eval_steps": plan.save_steps,
+        "save_steps": plan.save_steps,
+        "save_total_limit": 3,
+        "resume_from_checkpoint": "latest",
+    }
+    if not r.gpu.is_cpu:
+        values["preprocessing_num_workers"] = 8
+    if not values["exclude"]:
+        del values["exclude"]
+    from shuangyu.training.arguments import ARGUMENT_CLASSES
+
+    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
+    assert set(values) <= known, sorted(set(values) - known)
+    return values
+
+
+def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The YAML and, for a shape train_clm does not know by name, its config.json under models/ beside it."""
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise UsageError(f"--output {output} exists: pass --overwrite to replace it")
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder: give a file name such as {output / 'plan.yaml'}")
+    shape, seq, written = plan.shape, plan.request.seq_len, []
+    if shape.source:
+        model_config = shape.source
+    elif shape.preset and seq <= (shape.max_positions or seq):
+        model_config = shape.name
+    else:
+        model_path = output.parent / "models" / f"{shape.name}.json"
+        text = json_text(shape.config(seq))
+        if model_path.exists() and model_path.read_text(encoding="utf-8") != text and not args.overwrite:
+            raise UsageError(f"{model_path} exists with another shape: pass --overwrite to replace it")
+        model_path.parent.mkdir(parents=True, exist_ok=True)
+        model_path.write_text(text, encoding="utf-8")
+        model_config, written = str(model_path), [str(model_path)]
+    values = training_config(plan, model_config, args)
+    header = [f"# Planned by: {PROG} {shlex.join(argv)}", "#"]
+    header += ["# " + line for line in report(plan)]
+    header += ["#", "# Train (one process per GPU):", "#   " + launch_command(plan, str(output))]
+    body = yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=200)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
+    tmp.replace(output)
+    return [*written, str(output)]
+
+
+def json_text(config: dict) -> str:
+    import json
+
+    return json.dumps(config, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = refuse_in_one_line(build_parser())
+    try:
+        args = parser.parse_args(argv)
+        plan = make_plan(request_from_args(args))
+        written = write_outputs(plan, args, argv) if args.output else []
+    except UsageError as err:
+        return print_error(PROG, err)
+    print("\n".join(report(plan)))
+    for path in written:
+        print(f"wrote {path}")
+    if written:
+        print("train with:\n  " + launch_command(plan, written[-1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,13 +103,14 @@ def describe(config: dict, parameters: int | None, training: dict | None = None)
             "(`python -m shuangyu.training.merge_lora`)."
         )
     if stage in ("sft", "dpo"):
-        how = (
-            "supervised fine-tuning on the conversations listed below" if stage == "sft" else "DPO on preference pairs"
-        )
+        if stage == "sft":
+            how = f"instruction-tuned with Shuangyu by supervised fine-tuning on the conversations listed below, from `{base}`"
+        else:
+            how = f"an instruction-tuned model preference-tuned with Shuangyu by DPO on the pairs listed below, from `{base}`"
         return (
-            f"A {size}Chinese-English chat model (`{config.get('model_type', '?')}`: {shape}), instruction-tuned "
-            f"with Shuangyu by {how}, from the model `{base}`. It is not a base model: it answers in the ChatML chat "
-            "format (its tokenizer carries the template) and stops at `<|im_end|>`."
+            f"A {size}Chinese-English chat model (`{config.get('model_type', '?')}`: {shape}): {how}. It is not a "
+            "base model: it answers in the ChatML chat format (its tokenizer carries the template) and stops at "
+            "`<|im_end|>`."
         )
     return (
         f"A {size}Chinese-English base language model (`{config.get('model_type', '?')}`: {shape}), pretrained "
@@ -214,7 +215,16 @@ def training_section(training: dict) -> str:
             2, f"Instruction-tuned (SFT) from `{training.get('base_model')}`: loss on the assistants' replies."
         )
         lines.insert(3, "")
-    if sources and "conversations" in sources[0]:
+    if training.get("stage") == "dpo":
+        lines.insert(2, f"Preference-tuned (DPO) from the chat model `{training.get('base_model')}`.")
+        lines.insert(3, "")
+    if sources and "pairs" in sources[0]:
+        lines += ["| source | files or dataset | preference pairs |", "|---|---|---|"]
+        for s in sources:
+            where = s.get("dataset") or ", ".join(f"`{f}`" for f in s.get("files", [])) or "?"
+            lines.append(f"| {s['name']} | {where} | {_value(s['pairs'])} |")
+        lines.append("")
+    elif sources and "conversations" in sources[0]:
         lines += [
             "| source | files or dataset | conversations | truncated | skipped | trained tokens |",
             "|---|---|---|---|---|---|",

@@ -151,8 +151,8 @@ def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, confi
         model.generation_config.eos_token_id = stop_token_ids(tokenizer)
         model.generation_config.save_pretrained(final)
     (final / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
-    sources = [{"name": "preference", "files": [Path(f).name for f in args.train_files], "dataset": args.dataset_name,
-                "conversations": pairs, "truncated": 0, "skipped": 0, "trained_tokens": "-"}]  # fmt: skip
+    files = [Path(f).name for f in args.train_files]
+    sources = [{"name": "preference", "files": files, "dataset": args.dataset_name, "pairs": pairs}]
     training = {
         "stage": "dpo",
         "base_model": args.model_name_or_path,

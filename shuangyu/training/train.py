@@ -75,6 +75,7 @@ class Run:
     meter: Throughput
     log: RunLog
     lock: RunLock | None  # held by the main process while it trains
+    byte_lengths: torch.Tensor  # UTF-8 bytes per token id, for bits per byte (on the device, computed once)
     validation: dict = field(default_factory=dict)  # the last held-out scores, for the model card
 
 
@@ -161,7 +162,8 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
         )
     log = RunLog(accelerator, out)
     return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_loaders,
-               state, max_steps, tokens_per_step, meter, log, lock)  # fmt: skip
+               state, max_steps, tokens_per_step, meter, log, lock,
+               token_byte_lengths(tokenizer).to(accelerator.device))  # fmt: skip
 
 
 def train_loop(run: Run) -> str | None:
@@ -240,9 +242,7 @@ def show_progress(run: Run, bar, logs: dict) -> None:
 def validate(run: Run) -> dict:
     """Held-out scores per validation source and samples; kept for the card, printed, returned as logs."""
     accelerator = run.accelerator
-    results = evaluate(
-        run.model, run.val_loaders, token_byte_lengths(run.tokenizer), accelerator, run.config.logging.eval_batches
-    )
+    results = evaluate(run.model, run.val_loaders, run.byte_lengths, accelerator, run.config.logging.eval_batches)
     samples = generate_samples(
         accelerator.unwrap_model(run.model), run.tokenizer, accelerator.device, chat=run.config.sft.sft
     )

@@ -35,21 +35,7 @@ def open_training_data(
                     prepared = prepare_conversations_for(data_args, sft_args, folder, tokenizer_name, seed)
                     print(f"{folder} is up to date" if prepared.reused else format_conversations(prepared))
                 else:
-                    prepared = prepare(
-                        PrepareArguments(
-                            output_dir=folder,
-                            tokenizer_name=tokenizer_name,
-                            files=data_args.train_files,
-                            dataset=data_args.dataset_name,
-                            exclude=data_args.exclude,
-                            text_column=data_args.text_column,
-                            validation_files=data_args.validation_files,
-                            block_size=data_args.block_size,
-                            num_proc=data_args.preprocessing_num_workers or 1,
-                            seed=seed,
-                        ),
-                        show_progress=accelerator.is_local_main_process,
-                    )
+                    prepared = prepare_blocks_for(data_args, folder, tokenizer_name, seed, accelerator)
                     print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
             except UsageError as err:
                 failure = str(err)
@@ -71,6 +57,24 @@ def open_training_data(
             f"pass --block_size {data.block_size}, or --train_files to prepare the data again"
         )
     return data
+
+
+def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: str, seed: int, accelerator):
+    return prepare(
+        PrepareArguments(
+            output_dir=folder,
+            tokenizer_name=tokenizer_name,
+            files=data_args.train_files,
+            dataset=data_args.dataset_name,
+            exclude=data_args.exclude,
+            text_column=data_args.text_column,
+            validation_files=data_args.validation_files,
+            block_size=data_args.block_size,
+            num_proc=data_args.preprocessing_num_workers or 1,
+            seed=seed,
+        ),
+        show_progress=accelerator.is_local_main_process,
+    )
 
 
 def prepare_conversations_for(data_args: DataArguments, sft_args: SFTArguments, folder: str, tokenizer_name: str, seed):

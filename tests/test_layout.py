@@ -12,20 +12,25 @@ PACKAGE = REPO / "shuangyu"
 # Each step may import only the steps below it (modules at the top of the package, errors and files, are
 # below everything).
 LAYERS = [
-    "errors", "files", "text", "tokenizer", "data", "modeling", "evaluation", "sharing", "training", "chat", "planning"
+    "errors", "files", "environment", "text", "tokenizer", "data", "modeling", "evaluation", "sharing", "training",
+    "chat", "planning", "report", "demo",
 ]  # fmt: skip
 ALLOWED = {
     "errors": set(),
     "files": {"errors"},
+    "environment": set(),  # hardware, versions, commit: reads the machine, imports nothing of ours
     "text": {"errors", "files"},
     "tokenizer": {"errors", "files", "text"},
     "data": {"errors", "files", "text", "tokenizer"},
     "modeling": {"errors", "files"},  # the export command's errors; the model files themselves import nothing of ours
     "evaluation": {"errors", "files", "text", "tokenizer", "sharing"},  # tokenizer: a chat model's reply loss
     "sharing": {"errors", "files"},
-    "training": {"errors", "files", "text", "tokenizer", "data", "modeling", "evaluation", "sharing"},
+    "training": {"errors", "files", "environment", "text", "tokenizer", "data", "modeling", "evaluation", "sharing"},
     "chat": {"errors", "files", "tokenizer", "sharing"},  # talks to a saved folder: needs nothing of training
     "planning": {"errors", "files", "modeling", "training"},  # the model's shapes, train_clm's flags and peaks
+    # a run folder's report: reads what training, evaluation and the card wrote
+    "report": {"errors", "files", "environment", "text", "tokenizer", "sharing", "training"},
+    "demo": {"errors", "files", "report"},  # runs every step as its own command; builds the report at the end
 }
 
 

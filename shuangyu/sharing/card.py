@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from shuangyu.files import atomic_write_text
 
-SECTIONS = ("usage", "training", "evaluation")
+SECTIONS = ("usage", "training", "curves", "evaluation")
 TAGS = ["shuangyu", "causal-lm", "pretrained", "bilingual", "chinese", "english"]
 DEFAULT_LANGUAGES = ["zh", "en"]
 
@@ -276,6 +276,16 @@ def training_section(training: dict) -> str:
     return "\n".join(lines)
 
 
+def curves_section(png: str) -> str:
+    """The loss curves (a PNG beside the card, so it is pushed with it and the Hub shows it)."""
+    return (
+        "## Loss curves\n\n"
+        f"![training loss and held-out loss per language against tokens seen]({png})\n\n"
+        "Training loss and held-out loss per language against tokens seen (left); held-out bits per byte (right). "
+        "Drawn by `python -m shuangyu.report` from the run's `train_log.jsonl`."
+    )
+
+
 def markdown_table(
     rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = (), conversations: dict | None = None
 ) -> str:
@@ -422,6 +432,7 @@ def render_card(
     load_path: str | None = None,
     training: dict | None = None,
     evaluation: dict | None = None,
+    curves: str | None = None,
     license: str | None = None,
 ) -> str:
     """FOLDER's model card (its README.md, or a new one) with the sections given rewritten."""
@@ -445,6 +456,8 @@ def render_card(
         data.language = _languages(training)
         hub_datasets = [s["dataset"] for s in training.get("sources", []) if s.get("dataset")]
         data.datasets = hub_datasets or None
+    if curves:
+        body = replace_section(body, "curves", curves_section(curves))
     if evaluation:
         body = replace_section(body, "evaluation", evaluation_section(evaluation))
         data.eval_results = model_index_results(evaluation) or None

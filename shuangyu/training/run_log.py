@@ -1,4 +1,4 @@
-"""What a run writes as it goes: run_args.json, and each logging step's metrics to the trackers and to
+"""What a run writes as it goes: run_args.json, environment.json, and each logging step's metrics to the trackers and to
 OUTPUT_DIR/train_log.jsonl."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shuangyu.environment import describe_environment
 from shuangyu.files import atomic_write_text
 
 
@@ -18,6 +19,13 @@ def write_run_args(out: Path, arguments: dict, resumed_step: int) -> None:
     if log.is_file():
         lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
         atomic_write_text(log, "".join(line + "\n" for line in lines))
+
+
+def write_environment(out: Path, processes: int, mixed_precision: str) -> None:
+    """Where this session of the run trains (hardware, versions, commit): the report reads it, so that a
+    report rebuilt elsewhere says what the run's numbers were measured on. A resumed run records its own."""
+    env = describe_environment(processes, mixed_precision)
+    atomic_write_text(out / "environment.json", json.dumps(env, indent=2, ensure_ascii=False) + "\n")
 
 
 class RunLog:

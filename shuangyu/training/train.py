@@ -33,7 +33,7 @@ from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_t
 from shuangyu.training.model import build_config, build_model
 from shuangyu.training.optim import build_optimizer, clip_and_step
 from shuangyu.training.run_lock import RunLock
-from shuangyu.training.run_log import RunLog, write_run_args
+from shuangyu.training.run_log import RunLog, write_environment, write_run_args
 from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
 from shuangyu.training.stopping import StopRequest, should_stop
@@ -157,6 +157,7 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if accelerator.is_main_process:
         write_run_args(out, config.as_dict(), state.step)
+        write_environment(out, accelerator.num_processes, accelerator.mixed_precision)
         accelerator.init_trackers(
             "shuangyu", config={k: str(v) for group in config.as_dict().values() for k, v in group.items()}
         )

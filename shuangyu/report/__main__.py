@@ -1,0 +1,5 @@
+import sys
+
+from shuangyu.report.build import main
+
+sys.exit(main())

@@ -1,0 +1,227 @@
+"""The report of a training run, rebuilt from its folder (a train_clm.py --output_dir, on this machine or copied
+from a GPU machine):
+
+    python -m shuangyu.report RUN_DIR [--chat_run SFT_RUN_DIR] [--corpus ../shared/data/corpus]
+
+Writes RUN_DIR/report.md and RUN_DIR/loss.png, prints the report, and links the PNG from the final model's card
+(a copy of the PNG goes beside the card, so a push takes it along). Sections: environment (from the run's
+environment.json), tokenizer compression against GPT-2 and MiniMind, data mix and recipe (the model card's),
+training time, the loss curves, the evaluation table (the model folder's eval_results.json, from eval/run.py),
+samples for fixed prompts, and the commands to talk to the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from shuangyu.environment import describe_environment
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.files import atomic_write_text
+from shuangyu.report.compression import compression_rows, compression_table
+from shuangyu.report.curves import languages, plot_curves, read_log
+from shuangyu.report.samples import generate_samples
+from shuangyu.sharing.card import markdown_table, read_section, write_card
+from shuangyu.sharing.folder import is_chat_folder
+from shuangyu.text.readers import read_documents
+from shuangyu.training.checkpoint import complete_checkpoints
+
+PROG = "python -m shuangyu.report"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
+DEFAULT_REFERENCES = REPO.parent / "shared" / "data" / "tokenizers"
+COMPRESSION_BYTES = 2_000_000  # held-out text per language for the tokenizer table: enough for 3 digits
+
+
+def model_folder(run_dir: Path) -> Path:
+    """The run's final model, or its latest complete checkpoint's while it trains (or after it stopped)."""
+    if (run_dir / "final" / "config.json").is_file():
+        return run_dir / "final"
+    done = complete_checkpoints(run_dir)
+    if done:
+        return done[-1][1] / "model"
+    raise UsageError(f"{run_dir}: no final model and no complete checkpoint: is it a train_clm.py --output_dir?")
+
+
+def training_time(rows: list[dict]) -> float:
+    """Seconds of training over every session of the run: time_s restarts at 0 when a run resumes."""
+    total, last = 0.0, 0.0
+    for row in rows:
+        t = row.get("time_s")
+        if t is None:
+            continue
+        if t < last:  # a new session began
+            total += last
+        last = t
+    return total + last
+
+
+def environment_section(run_dir: Path) -> str:
+    path = run_dir / "environment.json"
+    if path.is_file():
+        env, note = json.loads(path.read_text(encoding="utf-8")), "recorded by the run"
+    else:
+        env, note = describe_environment(), "not recorded by the run: this is the machine that built the report"
+    v = env.get("versions", {})
+    rows = [
+        ("date", env.get("date")),
+        ("machine", f"{env.get('cpu')}, {env.get('cpu_cores')} cores, {env.get('memory_gib')} GiB"),
+        ("GPUs", ", ".join(env.get("gpus") or []) or "none"),
+        ("processes", env.get("processes")),
+        ("precision", env.get("mixed_precision")),
+        ("versions", ", ".join(f"{k} {val}" for k, val in v.items())),
+        ("commit", env.get("commit") or "not a git checkout"),
+        ("command", f"`{env['command']}`" if env.get("command") else None),
+    ]
+    lines = [f"## Environment ({note})", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {val} |" for k, val in rows if val not in (None, "")]
+    return "\n".join(lines)
+
+
+def tokenizer_section(folder: Path, corpus: Path, references: Path, langs: list[str]) -> str:
+    texts = {}
+    for lang in langs:
+        files = sorted((corpus / lang).glob("*_val.jsonl"))
+        if files:
+            per_file = max(1, COMPRESSION_BYTES // len(files))
+            texts[lang] = [doc for path in files for doc in read_documents([path], max_bytes=per_file)]
+    if not texts:
+        return f"## Tokenizer\n\nNo held-out text under {corpus}/<lang>/*_val.jsonl to measure compression on."
+    rows = compression_rows(folder / "tokenizer.json", texts, references)
+    sizes = ", ".join(f"{lang} {sum(len(t.encode()) for t in docs) / 1e6:.1f} MB" for lang, docs in texts.items())
+    return (
+        "## Tokenizer\n\n"
+        f"Compression of held-out text (`{corpus.name}/<lang>/*_val.jsonl`: {sizes}); more characters and bytes "
+        "per token is better (shorter sequences for the same text).\n\n" + compression_table(rows)
+    )
+
+
+def eval_section(folder: Path) -> str:
+    path = folder / "eval_results.json"
+    if not path.is_file():
+        return (
+            "## Evaluation\n\nNot evaluated yet: "
+            f"`python eval/run.py {folder} --tasks arc_easy_local,xcopa_zh_local --limit 100`, then rebuild this report."
+        )
+    report = json.loads(path.read_text(encoding="utf-8"))
+    limit = f", at most {report['limit']} examples per task" if report.get("limit") else ""
+    table = markdown_table(
+        report.get("table", []),
+        report.get("held_out", {}),
+        report.get("notes", []),
+        report.get("held_out_conversations", {}),
+    )
+    return f"## Evaluation\n\n`eval/run.py` (lm-eval{limit}; random guessing scores shown beside each task):\n\n{table}"
+
+
+def samples_section(folder: Path, chat: bool) -> str:
+    rows = generate_samples(folder, chat)
+    kind = "replies to fixed questions" if chat else "continuations of fixed prompts"
+    lines = [
+        f"## Samples ({kind})",
+        "",
+        "Greedy, then sampled as `python -m shuangyu.chat` does by default (temperature 0.7, top-p 0.9, "
+        "repetition penalty 1.1; seed 0).",
+        "",
+    ]
+    for row in rows:
+        lines += [f"**{row['lang']}** `{row['prompt']}`", ""]
+        for kind in ("greedy", "sampled"):
+            text = row[kind].replace("\n", " ⏎ ").strip()
+            lines += [f"- {kind}: {row['prompt'] if not chat else ''}{text}", ""]
+    return "\n".join(lines).rstrip()
+
+
+def talk_section(folder: Path, chat_folder: Path | None) -> str:
+    lines = ["## Talk to it", "", "```bash"]
+    if chat_folder:
+        lines.append(f"python -m shuangyu.chat {chat_folder}                # chat (the instruction-tuned model)")
+    lines.append(f'python -m shuangyu.chat {folder} --prompt "今天天气很好，"   # continue text (the base model)')
+    lines += ["```"]
+    return "\n".join(lines)
+
+
+def summary_line(rows: list[dict], seconds: float) -> str:
+    last = next((row for row in reversed(rows) if any(k.endswith("/bits_per_byte") for k in row)), None)
+    tokens = rows[-1].get("train/tokens") if rows else None
+    text = f"Trained {rows[-1]['step'] if rows else 0} steps"
+    text += f", {tokens:,} tokens" if tokens else ""
+    text += f" in {seconds / 60:.1f} min"
+    if last:
+        bpb = ", ".join(f"{lang} {last[f'eval/{lang}/bits_per_byte']:.3f}" for lang in languages([last]))
+        text += f"; held-out bits per byte at step {last['step']}: {bpb}"
+    return text + "."
+
+
+def build_report(
+    run_dir: Path,
+    corpus: Path = DEFAULT_CORPUS,
+    references: Path = DEFAULT_REFERENCES,
+    chat_run: Path | None = None,
+    samples: bool = True,
+) -> Path:
+    """Writes RUN_DIR/report.md and RUN_DIR/loss.png (and links the PNG from the model's card); returns the
+    report's path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run folder")
+    folder = model_folder(run_dir)
+    chat_folder = model_folder(chat_run) if chat_run else None
+    rows = read_log(run_dir)
+    seconds = training_time(rows)
+    langs = languages(rows) or ["zh", "en"]
+    png = plot_curves(rows, run_dir / "loss.png", f"{run_dir.resolve().name}: {summary_line(rows, seconds)[:-1]}")
+    card = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
+    parts = [
+        f"# Report: {run_dir.resolve().name}",
+        summary_line(rows, seconds),
+        environment_section(run_dir),
+        tokenizer_section(folder, corpus, references, langs),
+        (read_section(card, "training") or "## Training\n\nThe model card has no training section.").strip(),
+        f"Training time: {seconds / 60:.1f} min ({seconds:.0f} s) over {len(rows)} logged steps.",
+        "## Loss curves\n\n![loss curves](loss.png)" if png else "## Loss curves\n\nNo training loss logged yet.",
+        eval_section(folder),
+    ]
+    if samples:
+        parts.append(samples_section(folder, is_chat_folder(folder)))
+    if chat_folder:
+        chat_card = (chat_folder / "README.md").read_text(encoding="utf-8")
+        parts.append(
+            "## Instruction tuning\n\n"
+            + (read_section(chat_card, "training") or "").replace("## Training", "### Training").strip()
+        )
+        parts.append(eval_section(chat_folder).replace("## Evaluation", "### Evaluation"))
+        if samples:
+            parts.append(samples_section(chat_folder, True).replace("## Samples", "### Samples"))
+    parts.append(talk_section(folder, chat_folder))
+    report = atomic_write_text(run_dir / "report.md", "\n\n".join(parts) + "\n")
+    if png:
+        shutil.copyfile(png, folder / f".{png.name}.tmp-{os.getpid()}")
+        os.replace(folder / f".{png.name}.tmp-{os.getpid()}", folder / png.name)
+        write_card(folder, curves=png.name)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = refuse_in_one_line(argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0]))
+    p.add_argument("run_dir", type=Path, help="a train_clm.py --output_dir")
+    p.add_argument("--chat_run", type=Path, default=None, help="an instruction-tuning run of this model, reported too")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="held-out text: <corpus>/<lang>/*_val.jsonl")
+    p.add_argument("--references", type=Path, default=DEFAULT_REFERENCES, help="reference tokenizers' folders")
+    p.add_argument("--no_samples", action="store_true", help="leave out the samples (no model is loaded)")
+    try:
+        args = p.parse_args(argv)
+        if not sys.stderr.isatty():  # a log file: no progress bars of carriage returns
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
+        report = build_report(args.run_dir, args.corpus, args.references, args.chat_run, not args.no_samples)
+    except UsageError as err:
+        return print_error(PROG, err)
+    print(report.read_text(encoding="utf-8"))
+    print(f"wrote {report} and {report.parent / 'loss.png'}", file=sys.stderr)
+    return 0

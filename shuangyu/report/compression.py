@@ -1,0 +1,51 @@
+"""How well a tokenizer compresses held-out text per language, next to GPT-2's and MiniMind's (the reference
+tokenizers in ../shared/data/tokenizers): more characters and bytes per token means shorter sequences, so
+more text per step and per context window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REFERENCES = {"GPT-2": "gpt2", "MiniMind": "minimind"}
+
+
+def compression(tokenizer_json: Path, texts: list[str]) -> dict:
+    """Characters and UTF-8 bytes per token of `texts`, encoded without special tokens."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tokens = sum(len(enc.ids) for enc in tok.encode_batch(texts, add_special_tokens=False))
+    chars = sum(len(text) for text in texts)
+    size = sum(len(text.encode("utf-8")) for text in texts)
+    return {
+        "vocab_size": tok.get_vocab_size(),
+        "tokens": tokens,
+        "chars_per_token": chars / max(tokens, 1),
+        "bytes_per_token": size / max(tokens, 1),
+    }
+
+
+def compression_rows(tokenizer_json: Path, texts: dict[str, list[str]], references: Path | None) -> list[dict]:
+    """One row per tokenizer (this run's first, then each reference found under `references`), with
+    {lang: compression} per language."""
+    candidates = [("this run's", tokenizer_json)]
+    for name, folder in REFERENCES.items():
+        path = references / folder / "tokenizer.json" if references else None
+        if path and path.is_file():
+            candidates.append((name, path))
+    rows = []
+    for name, path in candidates:
+        per_lang = {lang: compression(path, docs) for lang, docs in texts.items()}
+        vocab = next(iter(per_lang.values()))["vocab_size"] if per_lang else None
+        rows.append({"tokenizer": name, "vocab_size": vocab, "languages": per_lang})
+    return rows
+
+
+def compression_table(rows: list[dict]) -> str:
+    langs = list(rows[0]["languages"]) if rows else []
+    head = "| tokenizer | vocabulary | " + " | ".join(f"{lang} chars/token | {lang} bytes/token" for lang in langs)
+    lines = [head + " |", "|---|---:|" + "---:|---:|" * len(langs)]
+    for row in rows:
+        cells = [f"{row['languages'][lang][k]:.3f}" for lang in langs for k in ("chars_per_token", "bytes_per_token")]
+        lines.append(f"| {row['tokenizer']} | {row['vocab_size']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -226,3 +226,23 @@ def test_a_process_without_documents_is_found_before_training(tmp_path, tok):
             fresh = data.train_loader(2, rank=rank, world_size=2)
             assert (next(iter(loader))["input_ids"] == next(iter(fresh))["input_ids"]).all()
     assert len(errors) == 1 and "no training documents for process" in errors[0], errors
+
+
+def test_reading_ahead_changes_nothing(tmp_path, tok):
+    """The loader's thread reads batches ahead; what the loop receives, and the position it saves, are as without
+    it, and an iteration stopped early continues exactly where the loop left it."""
+    glob = write_shards(tmp_path / "zh", documents("zh", 200, seed=6, long_every=4), shards=3)
+    data = open_data(tok, [f"zh={glob}"], window=11)
+    plain = data.train_loader(3, seed=2)
+    plain.prefetch = 0
+    it = iter(plain)
+    expected = [next(it)["input_ids"] for _ in range(30)]
+    ahead = data.train_loader(3, seed=2)
+    it = iter(ahead)
+    got = [next(it)["input_ids"] for _ in range(12)]
+    it.close()  # the loop broke out: the thread had read further, and is put back
+    it = iter(ahead)
+    got += [next(it)["input_ids"] for _ in range(18)]
+    it.close()
+    assert all((a == b).all() for a, b in zip(expected, got, strict=True))
+    assert json.dumps(ahead.state_dict()) == json.dumps(plain.state_dict())

@@ -117,7 +117,8 @@ class BlockPacker:
     """Documents in, blocks of `block_size` tokens out, end to end: the streaming counterpart of `write_packed`.
 
     The tokens not yet in a block (`carry`: the tail of the last document, which may be several blocks long) are
-    its whole state, so `state_dict` taken between two blocks resumes the packing exactly."""
+    its whole state, so `state_dict` taken between two blocks resumes the packing exactly. `carry` is replaced,
+    never changed in place, so a reference to it is a snapshot."""
 
     def __init__(self, block_size: int):
         self.block_size = block_size

@@ -18,6 +18,7 @@ exactly where it was:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -250,8 +251,8 @@ class SourceReader:
         pass when the source is used up on this process."""
         if self._batches is None:
             self._dataset = self._open_pass()
-            if self.window_start is not None:
-                self._dataset.load_state_dict(self.window_start)
+            if self.window_start is not None:  # a copy: datasets keeps the dict it is given
+                self._dataset.load_state_dict(copy.deepcopy(self.window_start))
             self._batches = self._dataset.iter(batch_size=self.window)
         table = next(self._batches, None)
         if table is None:

@@ -14,12 +14,15 @@ checkpoint and restores exactly:
 - validation: `--validation_files` as in `prepare`, or else the first `--validation_docs` documents of each
   source, held out (training skips every document with the same text).
 
-The position is the sources' positions, the tokens taken per source and the packer's carried tokens: taken
-between two batches (nothing is read ahead), it resumes with exactly the batches an uninterrupted run sees.
+The position is the sources' positions, the tokens taken per source and the packer's carried tokens. A thread
+reads ahead of the training loop; the loader keeps the position after each batch it hands over, so the position
+saved between two steps resumes with exactly the batches an uninterrupted run sees.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -81,8 +84,17 @@ class StreamingBlocks:
         total = sum(r.tokens for r in self.readers) or 1
         return {r.source.spec.name: r.tokens / total for r in self.readers}
 
+    def position(self) -> dict:
+        """The state as it is now, cheaply (a reader thread takes one after every batch): the carried tokens stay an
+        array, which BlockPacker never changes in place."""
+        return {"sources": [r.state_dict() for r in self.readers], "carry": self.packer.carry}
+
+    @staticmethod
+    def as_state(position: dict) -> dict:
+        return {"sources": position["sources"], "packer": {"carry": position["carry"].tolist()}}
+
     def state_dict(self) -> dict:
-        return {"sources": [r.state_dict() for r in self.readers], "packer": self.packer.state_dict()}
+        return self.as_state(self.position())
 
     def load_state_dict(self, state: dict) -> None:
         for reader, reader_state in zip(self.readers, state["sources"], strict=True):
@@ -92,9 +104,13 @@ class StreamingBlocks:
 
 class StreamLoader:
     """Batches of `batch_size` blocks for one process, as {"input_ids": [batch, block] int64} (and position ids
-    that restart at every document, with `eos_token_id`). Endless; nothing is read ahead, so `state_dict()`
-    taken between steps is the position after the last batch the loop received. The state is this process's
-    own: save every process's (train_clm.py writes them to the checkpoint's data_stream.json)."""
+    that restart at every document, with `eos_token_id`). Endless.
+
+    A thread reads, tokenises and packs up to `prefetch` batches ahead of the loop (the tokenizer and Arrow work
+    outside the GIL), so the training step does not wait for text; each batch comes with the stream's position
+    right after it, and `state_dict()` is the position after the last batch the loop *received*, not the last
+    one read. The state is this process's own: save every process's (train_clm.py writes them to the
+    checkpoint's data_stream.json). Call `load_state_dict` before iterating, not during."""
 
     def __init__(
         self,
@@ -104,16 +120,33 @@ class StreamLoader:
         key: dict,
         pin_memory: bool = False,
         eos_token_id: int | None = None,
+        prefetch: int = 4,
     ):
-        self.blocks, self.batch_size, self.key = blocks, batch_size, key
+        self.blocks, self.batch_size, self.key, self.prefetch = blocks, batch_size, key, prefetch
         self.pin_memory = pin_memory  # the loop copies with non_blocking=True only from pinned memory
         self.collate = BlockCollator(eos_token_id)
+        self._position: dict | None = None  # after the last batch delivered; None: the blocks' own state
+
+    def _next_batch(self) -> tuple[dict, dict]:
+        rows = np.stack([self.blocks.next_block() for _ in range(self.batch_size)])
+        batch = torch.from_numpy(rows.astype(np.int64))
+        return self.collate(batch.pin_memory() if self.pin_memory else batch), self.blocks.position()
 
     def __iter__(self) -> Iterator[dict]:
-        while True:
-            rows = np.stack([self.blocks.next_block() for _ in range(self.batch_size)])
-            batch = torch.from_numpy(rows.astype(np.int64))
-            yield self.collate(batch.pin_memory() if self.pin_memory else batch)
+        self._position = self.blocks.position()
+        if not self.prefetch:
+            while True:
+                batch, self._position = self._next_batch()
+                yield batch
+        reader = _ReadAhead(self._next_batch, self.prefetch)
+        try:
+            while True:
+                batch, self._position = reader.get()
+                yield batch
+        finally:
+            reader.stop()
+            # the thread read past what the loop received: go back, so a new iteration continues exactly
+            self.blocks.load_state_dict(StreamingBlocks.as_state(self._position))
 
     def check_sources(self) -> None:
         """Every source has documents for this process (read, then put back): checked before training, where one
@@ -122,7 +155,8 @@ class StreamLoader:
             reader.check_first_pass()
 
     def state_dict(self) -> dict:
-        return {"key": self.key, "stream": self.blocks.state_dict()}
+        position = self._position if self._position is not None else self.blocks.position()
+        return {"key": self.key, "stream": StreamingBlocks.as_state(position)}
 
     def load_state_dict(self, state: dict) -> None:
         theirs = state["key"]
@@ -139,6 +173,43 @@ class StreamLoader:
                 "with the flags the run started with, or start a new --output_dir"
             )
         self.blocks.load_state_dict(state["stream"])
+        self._position = None
+
+
+class _ReadAhead:
+    """`make()` called over and over on a thread, its results queued (at most `depth`); an exception it raises is
+    raised again by `get`."""
+
+    def __init__(self, make, depth: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(make,), name="shuangyu-stream", daemon=True)
+        self.thread.start()
+
+    def _run(self, make) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = make()
+            except BaseException as err:  # noqa: BLE001 -- handed to the training loop, which raises it
+                item = err
+            while not self.stopping.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def get(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
 
 
 class StreamedData:

@@ -39,7 +39,7 @@ from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
 from shuangyu.training.stopping import StopRequest, should_stop
 from shuangyu.training.summary import training_summary
-from shuangyu.training.training_data import check_stream, open_training_data
+from shuangyu.training.training_data import check_stream, open_training_data, stream_positions
 from shuangyu.training.validation import evaluate, format_validation, generate_samples, validation_logs
 
 PROG = "train_clm.py"
@@ -268,11 +268,7 @@ def save(run: Run) -> None:
     accelerator, state = run.accelerator, run.state
     positions = None
     if run.config.data.streaming:  # every process's stream position, for the checkpoint and the card's counts
-        from accelerate.utils import gather_object
-
-        positions = (
-            gather_object([run.loader.state_dict()]) if accelerator.num_processes > 1 else [run.loader.state_dict()]
-        )
+        positions = stream_positions(run.loader, accelerator)
         run.data.record_positions(positions)
     summary = training_summary(
         run.config,

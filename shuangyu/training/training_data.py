@@ -145,3 +145,12 @@ def check_stream(loader, accelerator) -> None:
         failure = str(err)
     if failure := first_failure(accelerator, failure):
         raise UsageError(failure)
+
+
+def stream_positions(loader, accelerator) -> list[dict]:
+    """--streaming: every process's stream position, in rank order, on every process (a collective: all call it)."""
+    if accelerator.num_processes == 1:
+        return [loader.state_dict()]
+    from accelerate.utils import gather_object
+
+    return gather_object([loader.state_dict()])

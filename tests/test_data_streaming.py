@@ -1,102 +1,248 @@
-"""Streaming mode: tokenise and pack on the fly from local dataset folders read with datasets streaming."""
+"""Streaming (`train_clm.py --streaming`): local jsonl/parquet/txt shards read through datasets streaming, split by
+rank, shuffled in windows, mixed in tokens, packed on the fly, and resumed exactly from a saved position."""
 
 import json
+import random
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-import torch
 from transformers import AutoTokenizer
 
-from shuangyu.data.streaming import StreamingBlocks
+from shuangyu.data.stream_sources import stream_sources
+from shuangyu.data.streaming import StreamedData
 from shuangyu.errors import UsageError
-from shuangyu.text.sources import parse_dataset_source, parse_file_source
+
+WORDS = "我们 今天 天气 很好 中国 学习 语言 模型 the model learns language from text and data".split()
 
 
 @pytest.fixture(scope="module")
-def tok(data_tokenizer_dir):
-    return AutoTokenizer.from_pretrained(str(data_tokenizer_dir))
+def tok(tiny_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
 
 
-def dataset_folder(root, name, texts, shards=2, column="text"):
-    """A local dataset folder as on the Hub: data/train-0000X-of-0000N.jsonl."""
-    folder = root / name / "data"
-    folder.mkdir(parents=True)
+def documents(prefix: str, count: int, seed: int = 0, long_every: int = 0) -> list[str]:
+    """Distinct documents `prefix-N ...` (every `long_every`-th one a few blocks long)."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(count):
+        words = rng.choices(WORDS, k=rng.randint(3, 20) * (8 if long_every and i % long_every == 0 else 1))
+        docs.append(f"{prefix}-{i} " + " ".join(words))
+    return docs
+
+
+def write_shards(folder, docs: list[str], shards: int, kind: str = "jsonl", column: str = "text") -> str:
+    """`docs` dealt into `shards` files of `kind`; returns their glob."""
+    folder.mkdir(parents=True, exist_ok=True)
     for s in range(shards):
-        lines = [json.dumps({column: t, "id": i}, ensure_ascii=False) for i, t in enumerate(texts) if i % shards == s]
-        (folder / f"train-{s:05d}-of-{shards:05d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder.parent
+        part = docs[s::shards]
+        path = folder / f"part-{s:03d}.{kind}"
+        if kind == "jsonl":
+            path.write_text("".join(json.dumps({column: d, "id": s}, ensure_ascii=False) + "\n" for d in part), "utf-8")
+        elif kind == "parquet":
+            pq.write_table(pa.table({column: part, "id": [s] * len(part)}), path, row_group_size=17)
+        else:
+            path.write_text("".join(d + "\n" for d in part), "utf-8")
+    return str(folder / f"*.{kind}")
 
 
-def ids(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|endoftext|>")]
+def open_data(tok, train_files, block_size=16, **kw) -> StreamedData:
+    kw.setdefault("validation_docs", 3)
+    kw.setdefault("window", 25)
+    sources = stream_sources(train_files, kw.pop("dataset_names", []), [])
+    return StreamedData(sources, tok, block_size, say=lambda message: None, **kw)
 
 
-def test_stream_packs_documents_end_to_end(tmp_path, tok):
-    texts = [f"流式读取的第{i}个文档。 Streamed document {i}." for i in range(120)]
-    folder = dataset_folder(tmp_path, "one", texts, shards=1)
-    stream = StreamingBlocks([parse_dataset_source(str(folder))], tok, 24, shuffle_buffer=0)
-    blocks = list(stream)
-    assert blocks and all(b.shape == (24,) and b.dtype == torch.long for b in blocks)
-    expected = [t for text in texts for t in ids(tok, text)]
-    got = torch.cat(blocks).tolist()
-    assert got == expected[: len(got)] and len(expected) - len(got) < 24  # end to end, only the tail left
-
-
-def test_stream_mixes_in_tokens(tmp_path, tok):
-    zh = dataset_folder(tmp_path, "zh", [f"这是一个比较长的中文文档，编号{i}，" * (1 + i % 5) for i in range(400)])
-    en = dataset_folder(tmp_path, "en", [f"A short English document number {i}." for i in range(2000)])
-    sources = [parse_dataset_source(f"zh={zh}:0.25"), parse_dataset_source(f"en={en}:0.75")]
-    stream = StreamingBlocks(sources, tok, 64, seed=1)
-    blocks = list(stream)
-    mix = stream.achieved_mixture()
-    assert mix["zh"] == pytest.approx(0.25, abs=0.01) and mix["en"] == pytest.approx(0.75, abs=0.01)
-    # the stream ended when a source ran out (no repeats): every English document was used once
-    en_tokens = sum(len(ids(tok, f"A short English document number {i}.")) for i in range(2000))
-    assert stream.tokens_taken[1] == en_tokens
-    assert len(blocks) == sum(stream.tokens_taken) // 64
-
-    # with max_tokens, a source that runs out starts over, and the stream stops at the budget
-    capped = StreamingBlocks(sources, tok, 64, seed=1, max_tokens=3 * sum(stream.tokens_taken))
-    n = sum(1 for _ in capped)
-    assert n == pytest.approx(3 * len(blocks), rel=0.01)
-    assert capped.achieved_mixture()["zh"] == pytest.approx(0.25, abs=0.01)
-
-
-def test_stream_ranks_and_workers_read_disjoint_documents(tmp_path, tok):
-    texts = [f"document {i} of the shared stream" for i in range(200)]
-    folder = dataset_folder(tmp_path, "shards", texts, shards=4)
-    spec = parse_dataset_source(str(folder))
+def stream_docs(tok, token_rows) -> list[str]:
+    """The whole documents in a process's stream of blocks (the last, cut one left out)."""
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
-
-    def docs(rank, world):
-        stream = torch.cat(list(StreamingBlocks([spec], tok, 8, rank=rank, world_size=world, seed=3))).tolist()
-        out, cur = [], []
-        for t in stream:
-            cur.append(t)
-            if t == eos:
-                out.append(tok.decode(cur[:-1]))
-                cur = []
-        return out
-
-    r0, r1 = docs(0, 2), docs(1, 2)
-    assert r0 and r1 and not set(r0) & set(r1)
-    assert len(set(r0) | set(r1)) > 180  # all but the documents cut by each rank's tail
-
-    # under a DataLoader with 2 workers each worker streams its own shards: still no document twice
-    loader = torch.utils.data.DataLoader(StreamingBlocks([spec], tok, 8, seed=3), batch_size=4, num_workers=2)
-    flat = torch.cat([b.reshape(-1) for b in loader])
-    assert 200 - 2 <= (flat == eos).sum() <= 200  # each worker drops only its tail
+    flat = np.concatenate([np.asarray(r).reshape(-1) for r in token_rows]).tolist()
+    docs, current = [], []
+    for t in flat:
+        if t == eos:
+            docs.append(tok.decode(current))
+            current = []
+        else:
+            current.append(t)
+    return docs
 
 
-def test_stream_local_files_and_missing_column(tmp_path, tok):
-    (tmp_path / "a.jsonl").write_text(
-        "".join(json.dumps({"body": f"file line {i}"}) + "\n" for i in range(50)), encoding="utf-8"
-    )
-    spec = parse_file_source(str(tmp_path / "a.jsonl"))
-    assert len(list(StreamingBlocks([spec], tok, 16, text_column="body"))) > 5
-    with pytest.raises(UsageError, match=r"no column 'text' \(columns: body\); set --text_column"):
-        list(StreamingBlocks([spec], tok, 16))
-    folder = dataset_folder(tmp_path, "ds", ["x y z"] * 10, column="content")
-    with pytest.raises(UsageError, match=r"no column 'text' \(columns: content, id\)"):
-        list(StreamingBlocks([parse_dataset_source(str(folder))], tok, 16))
-    with pytest.raises(UsageError, match="WEIGHT"):
-        StreamingBlocks([spec, parse_dataset_source(str(folder))], tok, 16)
+def first_pass_blocks(loader) -> list[np.ndarray]:
+    """Blocks until any source of the loader begins its second pass."""
+    blocks = []
+    while all(r.pass_ == 0 for r in loader.blocks.readers):
+        blocks.append(loader.blocks.next_block())
+    return blocks[:-1]
+
+
+def test_documents_are_packed_end_to_end_after_the_held_out_slice(tmp_path, tok):
+    docs = documents("zh", 120)
+    glob = write_shards(tmp_path / "zh", docs, shards=1)
+    data = open_data(tok, [f"zh={glob}"], validation_docs=5, window=1000)
+    loader = data.train_loader(4)
+    got = stream_docs(tok, first_pass_blocks(loader))
+    held = set(docs[:5])  # one shard, read in stored order: the slice is the first 5 documents
+    assert not held & set(got) and len(got) == len(set(got))
+    assert len(got) >= 115 - 2 and set(got) <= set(docs) - held
+    assert got != docs[5 : 5 + len(got)]  # shuffled within the window
+    assert list(data.validation) == ["zh"] and data.validation["zh"].shape[1] == 16
+    assert stream_docs(tok, data.validation["zh"])[:1] == docs[:1]
+
+
+@pytest.mark.parametrize("shards", [4, 3])  # 4: whole shards per process; 3: each process keeps 1 document in 2
+def test_ranks_get_disjoint_documents(tmp_path, tok, shards):
+    docs = documents("en", 300)
+    glob = write_shards(tmp_path / "en", docs, shards=shards)
+    data = open_data(tok, [f"en={glob}"], validation_docs=4)
+    per_rank = [stream_docs(tok, first_pass_blocks(data.train_loader(2, rank=r, world_size=2))) for r in range(2)]
+    assert per_rank[0] and per_rank[1]
+    assert not set(per_rank[0]) & set(per_rank[1])  # no document on both processes
+    assert len(set(per_rank[0]) | set(per_rank[1])) >= 300 - 4 - 2 * 3  # all but the held out and each one's cut tail
+
+
+def test_the_mix_follows_the_weights_in_tokens(tmp_path, tok):
+    zh = write_shards(tmp_path / "zh", documents("zh", 200, seed=1, long_every=3), shards=2)
+    en = write_shards(tmp_path / "en", documents("en", 60, seed=2), shards=2, kind="parquet")
+    data = open_data(tok, [f"zh={zh}:0.25", f"en={en}:0.75"])
+    loader = data.train_loader(8, seed=1)
+    batches = iter(loader)
+    for _ in range(60):
+        next(batches)
+    mix = loader.blocks.achieved_mixture()
+    assert mix["zh"] == pytest.approx(0.25, abs=0.01) and mix["en"] == pytest.approx(0.75, abs=0.01)
+    en_reader = loader.blocks.readers[1]
+    assert en_reader.pass_ >= 1  # the small source ran out and began again, in a new order
+
+
+def run_and_resume(data_factory, stop_after: int, total: int, **loader_kw):
+    """Batches of an uninterrupted loader, and of one stopped after `stop_after` batches, its state put through
+    JSON (as checkpoints store it), then restored into a loader over freshly opened data."""
+    loader = data_factory().train_loader(4, **loader_kw)
+    it = iter(loader)
+    expected = [next(it)["input_ids"] for _ in range(total)]
+    first = data_factory().train_loader(4, **loader_kw)
+    it = iter(first)
+    got = [next(it)["input_ids"] for _ in range(stop_after)]
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = data_factory().train_loader(4, **loader_kw)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    got += [next(it)["input_ids"] for _ in range(total - stop_after)]
+    return expected, got
+
+
+@pytest.mark.parametrize(
+    ("rank", "world", "shards", "window"),
+    [(0, 1, 3, 25), (1, 2, 4, 7), (0, 2, 3, 40)],  # one process; whole shards; 1 document in 2
+)
+def test_resume_continues_with_exactly_the_same_batches(tmp_path, tok, rank, world, shards, window):
+    zh = write_shards(tmp_path / "zh", documents("zh", 150, seed=3, long_every=5), shards=shards)
+    en = write_shards(tmp_path / "en", documents("en", 50, seed=4), shards=shards, kind="parquet")
+
+    def factory():
+        return open_data(tok, [f"zh={zh}:0.5", f"en={en}:0.5"], window=window)
+
+    # stops inside windows and inside documents; 40 batches run past the end of a pass of the small source
+    for stop_after in (1, 9, 23):
+        expected, got = run_and_resume(factory, stop_after, 40, rank=rank, world_size=world, seed=5)
+        assert all((a == b).all() for a, b in zip(expected, got, strict=True)), stop_after
+
+
+def test_text_files_and_a_dataset_folder_stream_too(tmp_path, tok):
+    txt = write_shards(tmp_path / "txt", documents("t", 40), shards=2, kind="txt")
+    folder = tmp_path / "ds"
+    write_shards(folder / "data", documents("d", 40), shards=2)
+    data = open_data(tok, [f"t={txt}:1"], dataset_names=[f"d={folder}:1"])
+    expected, got = run_and_resume(lambda: data, 5, 12)
+    assert all((a == b).all() for a, b in zip(expected, got, strict=True))
+    assert set(data.validation) == {"t", "d"}
+
+
+def test_validation_files_replace_the_held_out_slice(tmp_path, tok):
+    glob = write_shards(tmp_path / "zh", documents("zh", 30), shards=1)
+    val = write_shards(tmp_path / "val", documents("v", 20), shards=1)
+    data = open_data(tok, [f"zh={glob}"], validation_files=[f"zh={val}"])
+    assert list(data.validation) == ["zh"] and "files" in data.validation_rule
+    assert stream_docs(tok, data.validation["zh"])[:1] == ["v-0" + documents("v", 1)[0][3:]]
+    got = stream_docs(tok, first_pass_blocks(data.train_loader(2)))
+    assert data.held_out == [frozenset()] and len(set(got)) >= 30 - 1  # nothing held out of training
+
+
+def test_a_resumed_stream_must_be_the_same_stream(tmp_path, tok):
+    glob = write_shards(tmp_path / "zh", documents("zh", 60), shards=2)
+    data = open_data(tok, [f"zh={glob}"])
+    state = data.train_loader(2, rank=0, world_size=2, seed=1).state_dict()
+    with pytest.raises(UsageError, match="for 2 processes, not 4: .* resume with 2 processes"):
+        data.train_loader(2, rank=0, world_size=4, seed=1).load_state_dict(state)
+    with pytest.raises(UsageError, match=r"another stream \(--seed changed\)"):
+        data.train_loader(2, rank=0, world_size=2, seed=2).load_state_dict(state)
+    other = open_data(tok, [f"zh={glob}"], block_size=32)
+    with pytest.raises(UsageError, match="--block_size changed"):
+        other.train_loader(2, rank=0, world_size=2, seed=1).load_state_dict(state)
+
+
+def test_bad_input_is_one_line_naming_the_flag(tmp_path, tok):
+    body = write_shards(tmp_path / "body", documents("b", 10), shards=1, column="body")
+    with pytest.raises(
+        UsageError, match=r"--train_files .*: no column 'text' \(columns: body, id\); set --text_column"
+    ):
+        open_data(tok, [body])
+    assert open_data(tok, [body], text_column="body").validation
+    folder = tmp_path / "ds"
+    write_shards(folder / "data", documents("d", 10), shards=1, kind="parquet", column="content")
+    with pytest.raises(UsageError, match=r"--dataset_name .*ds: no column 'text' \(columns: content, id\)"):
+        open_data(tok, [], dataset_names=[str(folder)])
+    with pytest.raises(UsageError, match=r"--train_files '.*nothing/\*.jsonl': no file matches"):
+        open_data(tok, [str(tmp_path / "nothing" / "*.jsonl")])
+    mixed = write_shards(tmp_path / "mixed", documents("m", 10), shards=1, kind="parquet")
+    write_shards(tmp_path / "mixed", documents("n", 10), shards=1)
+    with pytest.raises(UsageError, match="mixes json and parquet files"):
+        open_data(tok, [str(tmp_path / "mixed" / "*")])
+    with pytest.raises(UsageError, match="several sources: give every source a :WEIGHT"):
+        open_data(tok, [f"a={body}", f"b={mixed}"], text_column="body")
+    with pytest.raises(UsageError, match="holds 10 documents, and --validation_docs 50 would hold out all"):
+        open_data(tok, [body], text_column="body", validation_docs=50)
+    data = open_data(tok, [body], text_column="body")
+    with pytest.raises(UsageError, match="--dataloader_num_workers 2 with --streaming"):
+        data.train_loader(2, num_workers=2)
+
+
+def test_a_process_without_documents_is_found_before_training(tmp_path, tok):
+    folder = tmp_path / "zh"
+    folder.mkdir()
+    docs = documents("zh", 60)
+    (folder / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:5]), "utf-8")
+    (folder / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[5:]), "utf-8")
+    data = open_data(tok, [str(folder / "*.jsonl")], validation_docs=5)  # all of a.jsonl held out
+    errors = []
+    for rank in range(2):
+        loader = data.train_loader(2, rank=rank, world_size=2)
+        try:
+            loader.check_sources()
+        except UsageError as err:
+            errors.append(str(err))
+        else:  # the check reads ahead and puts the stream back
+            fresh = data.train_loader(2, rank=rank, world_size=2)
+            assert (next(iter(loader))["input_ids"] == next(iter(fresh))["input_ids"]).all()
+    assert len(errors) == 1 and "no training documents for process" in errors[0], errors
+
+
+def test_reading_ahead_changes_nothing(tmp_path, tok):
+    """The loader's thread reads batches ahead; what the loop receives, and the position it saves, are as without
+    it, and an iteration stopped early continues exactly where the loop left it."""
+    glob = write_shards(tmp_path / "zh", documents("zh", 200, seed=6, long_every=4), shards=3)
+    data = open_data(tok, [f"zh={glob}"], window=11)
+    plain = data.train_loader(3, seed=2)
+    plain.prefetch = 0
+    it = iter(plain)
+    expected = [next(it)["input_ids"] for _ in range(30)]
+    ahead = data.train_loader(3, seed=2)
+    it = iter(ahead)
+    got = [next(it)["input_ids"] for _ in range(12)]
+    it.close()  # the loop broke out: the thread had read further, and is put back
+    it = iter(ahead)
+    got += [next(it)["input_ids"] for _ in range(18)]
+    it.close()
+    assert all((a == b).all() for a, b in zip(expected, got, strict=True))
+    assert json.dumps(ahead.state_dict()) == json.dumps(plain.state_dict())

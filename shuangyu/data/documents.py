@@ -61,6 +61,21 @@ def held_out(text: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2.0**64
 
 
+def encode_texts(tokenizer, texts: list[str]) -> list:
+    """The tokenizer's encodings of documents (without the end-of-text id, which callers append as an id): the
+    one way documents are encoded, for `prepare` and for streaming. Special-token text in a document is text,
+    whatever the tokenizer's setting (a chat model's folder saves split_special_tokens=False for the tools that
+    tokenize its chat template: shuangyu/tokenizer/chat_template.py)."""
+    backend = tokenizer.backend_tokenizer
+    backend.encode_special_tokens = True
+    return backend.encode_batch(texts, add_special_tokens=False)
+
+
+def document_ids(tokenizer, texts: list[str], eos_token_id: int) -> list[np.ndarray]:
+    """Token ids of each document with the end-of-text id appended (int32), for packing on the fly."""
+    return [np.array([*enc.ids, eos_token_id], dtype=np.int32) for enc in encode_texts(tokenizer, texts)]
+
+
 def tokenize_documents(
     batch, tokenizer, eos_token_id: int, seed: int, fraction: float, first_validation: int, dtype: str
 ):
@@ -73,11 +88,7 @@ def tokenize_documents(
 
     texts = batch.column("text").to_pylist()
     sources = batch.column("source").to_pylist()
-    backend = tokenizer.backend_tokenizer
-    # special-token text in a document is text, whatever the tokenizer's setting (a chat model's folder saves
-    # split_special_tokens=False for the tools that tokenize its chat template: shuangyu/tokenizer/chat_template.py)
-    backend.encode_special_tokens = True
-    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    encodings = encode_texts(tokenizer, texts)
     lengths = np.fromiter((len(enc.ids) + 1 for enc in encodings), dtype=np.int32, count=len(encodings))
     offsets = np.zeros(len(encodings) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])

@@ -11,7 +11,7 @@ from pathlib import Path
 from shuangyu.errors import UsageError
 from shuangyu.files import parse_size
 from shuangyu.text.readers import ReadOptions
-from shuangyu.text.sources import SourceArguments, SourceSpec, parse_file_source, resolve_files
+from shuangyu.text.sources import SourceArguments, SourceSpec, resolve_validation_sources
 
 FORMAT_VERSION = 1  # of the prepared folder; part of the key, so a new layout prepares again
 
@@ -91,14 +91,7 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
     if args.num_proc < 1:
         raise UsageError(f"--num_proc {args.num_proc} must be at least 1")
     sources, files = args.resolve_sources()
-    validation = [parse_file_source(s, "--validation_files") for s in args.validation_files]
-    for spec in validation:
-        if spec.weight is not None:
-            raise UsageError(f"--validation_files {spec.name!r}: weights do not apply to held-out text")
-    names = [s.name for s in validation]
-    if len(set(names)) != len(names):
-        raise UsageError("--validation_files: repeated names; label each NAME=GLOB")
-    validation_files = [resolve_files(s, flag="--validation_files") for s in validation]
+    validation, validation_files = resolve_validation_sources(args.validation_files)
     opts = ReadOptions(
         text_column=args.text_column,
         document_per_file=args.document_per_file,

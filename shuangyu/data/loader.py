@@ -79,6 +79,17 @@ def document_position_ids(input_ids: torch.Tensor, eos_token_id: int) -> torch.T
     return restart_positions(starts)
 
 
+def process_rank(accelerator=None, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size) of this process: as given, else from `accelerator`, else torch.distributed, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if accelerator is not None:
+        return accelerator.process_index, accelerator.num_processes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class BlockCollator:
     """Batches arrive as one tensor from `PackedBlocks.__getitems__`; name it (and add position ids)."""
 

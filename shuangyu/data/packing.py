@@ -1,4 +1,6 @@
-"""Mixing documents in tokens to the sources' weights, and packing them end to end into fixed-size blocks."""
+"""Mixing documents in tokens to the sources' weights, and packing them end to end into fixed-size blocks: all at
+once into a file (`write_packed`, for `prepare`), or one document at a time (`BlockPacker`, for streaming). Both
+put documents end to end with no padding; a document may continue into the next block."""
 
 from __future__ import annotations
 
@@ -109,3 +111,41 @@ def flat_tokens(column) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return offsets, values
+
+
+class BlockPacker:
+    """Documents in, blocks of `block_size` tokens out, end to end: the streaming counterpart of `write_packed`.
+
+    The tokens not yet in a block (`carry`: the tail of the last document, which may be several blocks long) are
+    its whole state, so `state_dict` taken between two blocks resumes the packing exactly. `carry` is replaced,
+    never changed in place, so a reference to it is a snapshot."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.carry = np.zeros(0, dtype=np.int32)
+
+    def add(self, ids: np.ndarray) -> None:
+        self.carry = np.concatenate([self.carry, ids.astype(np.int32, copy=False)])
+
+    def has_block(self) -> bool:
+        return len(self.carry) >= self.block_size
+
+    def take_block(self) -> np.ndarray:
+        block, self.carry = self.carry[: self.block_size], self.carry[self.block_size :]
+        return block
+
+    def pack(self, documents) -> np.ndarray:
+        """Every whole block of `documents` (an iterable of id arrays) as a [blocks, block_size] array; the tail
+        shorter than a block stays in `carry`."""
+        blocks = []
+        for ids in documents:
+            self.add(ids)
+            while self.has_block():
+                blocks.append(self.take_block())
+        return np.stack(blocks) if blocks else np.zeros((0, self.block_size), dtype=np.int32)
+
+    def state_dict(self) -> dict:
+        return {"carry": self.carry.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.carry = np.asarray(state["carry"], dtype=np.int32)

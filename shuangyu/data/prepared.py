@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from shuangyu.data.inputs import FORMAT_VERSION
-from shuangyu.data.loader import BlockCollator, BlockLoader, ConversationCollator, PackedBlocks
+from shuangyu.data.loader import BlockCollator, BlockLoader, ConversationCollator, PackedBlocks, process_rank
 from shuangyu.errors import UsageError
 from shuangyu.tokenizer.loading import tokenizer_fingerprint
 
@@ -128,13 +128,7 @@ class PreparedData:
         """The training loader for this process. Ranks come from `accelerator` (or torch.distributed, or the
         arguments). Do not pass it to `accelerator.prepare` (that would shard it again); move batches to the
         device yourself and `accelerator.register_for_checkpointing(loader)` for exact resume."""
-        if rank is None or world_size is None:
-            if accelerator is not None:
-                rank, world_size = accelerator.process_index, accelerator.num_processes
-            elif torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            else:
-                rank, world_size = 0, 1
+        rank, world_size = process_rank(accelerator, rank, world_size)
         return BlockLoader(
             self.train_dataset(),
             batch_size,

@@ -1,131 +1,393 @@
-"""Blocks tokenised and packed on the fly from streamed datasets, for corpora larger than a disk cache.
+"""Training blocks tokenised, mixed and packed on the fly from streamed sources: `train_clm.py --streaming`, for
+corpora larger than a disk cache. Nothing is written to disk.
 
-Not yet reached by `train_clm.py`: the planner issue wires it in as `--streaming` (with exact resume of the
-stream position); until then it is a library class, tested in tests/test_data_streaming.py.
+`StreamedData` stands where a prepared folder (`PreparedData`) stands in training: block size, vocabulary check,
+validation loaders, and a training loader, here a `StreamLoader` whose position each process saves in every
+checkpoint and restores exactly:
+
+- each process reads its own part of every source (stream_sources.SourceReader: shards in a seeded order per
+  pass, split by `split_dataset_by_node`, shuffled in windows);
+- the next document always comes from the source furthest below its weight's share of the tokens this process
+  has taken (the mix is kept in tokens, as `prepare` keeps it), and a source that runs out begins a new pass;
+- documents are packed end to end into blocks (packing.BlockPacker), the tail of a document carried into the
+  next block;
+- validation: `--validation_files` as in `prepare`, or else the first `--validation_docs` documents of each
+  source, held out (training skips every document with the same text).
+
+The position is the sources' positions, the tokens taken per source and the packer's carried tokens. A thread
+reads ahead of the training loop; the loader keeps the position after each batch it hands over, so the position
+saved between two steps resumes with exactly the batches an uninterrupted run sees.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 
+import numpy as np
 import torch
 
+from shuangyu.data.documents import document_ids
+from shuangyu.data.loader import BlockCollator, process_rank
+from shuangyu.data.packing import BlockPacker
+from shuangyu.data.stream_sources import (
+    SourceReader,
+    StreamSource,
+    display_files,
+    files_digest,
+    read_first_documents,
+    text_digest,
+)
 from shuangyu.errors import UsageError
-from shuangyu.text.sources import SourceSpec, check_weights, resolve_files
+from shuangyu.text.readers import ReadOptions, ReadStats, iter_file_documents
+from shuangyu.text.sources import resolve_validation_sources
+from shuangyu.tokenizer.loading import tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
 
+# what differs between a checkpoint's stream and this run's, as the flag that changes it
+KEY_FLAGS = {
+    "sources": "--train_files/--dataset_name (the sources, their weights or their files)",
+    "split": "--dataset_split",
+    "text_column": "--text_column",
+    "tokenizer": "--tokenizer_name",
+    "block_size": "--block_size",
+    "window": "--shuffle_window",
+    "validation": "--validation_files/--validation_docs",
+    "seed": "--seed",
+    "world_size": "the number of processes",
+}
 
-class StreamingBlocks(torch.utils.data.IterableDataset):
-    """Blocks of `block_size` tokens packed on the fly from streamed datasets, mixed in tokens.
 
-    Each source is opened with `datasets.load_dataset(..., streaming=True)` (a Hub dataset, a local
-    dataset folder, or --files through datasets' json/text/parquet builders), split per rank with
-    `split_dataset_by_node` (and per DataLoader worker by datasets itself, so give it at least as many
-    shards as workers), shuffled with a seeded buffer and tokenised with a
-    batched `map`. `datasets.interleave_datasets` mixes by documents, not tokens, so the mix is done here:
-    the next document always comes from the source furthest below its share of tokens. Without
-    `max_tokens` the stream ends when a source runs out (no source is repeated, as in `prepare`); with it,
-    a source that runs out starts again in a new shuffled order.
-    """
+class StreamingBlocks:
+    """One process's training blocks, endless: documents from its SourceReaders mixed in tokens by weight and
+    packed end to end. `state_dict()` between two blocks resumes exactly."""
+
+    def __init__(self, readers: list[SourceReader], weights: list[float], block_size: int):
+        self.readers, self.packer = readers, BlockPacker(block_size)
+        self.shares = [w / sum(weights) for w in weights]
+
+    def next_block(self) -> np.ndarray:
+        while not self.packer.has_block():
+            taken = [r.tokens for r in self.readers]
+            total = sum(taken)
+            # the source furthest below its share of the tokens goes next (ties: the first)
+            i = max(range(len(taken)), key=lambda j: self.shares[j] * (total + 1) - taken[j])
+            self.packer.add(self.readers[i].next_document())
+        return self.packer.take_block()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            yield self.next_block()
+
+    def achieved_mixture(self) -> dict[str, float]:
+        total = sum(r.tokens for r in self.readers) or 1
+        return {r.source.spec.name: r.tokens / total for r in self.readers}
+
+    def position(self) -> dict:
+        """The state as it is now, cheaply (a reader thread takes one after every batch): the carried tokens stay an
+        array, which BlockPacker never changes in place."""
+        return {"sources": [r.state_dict() for r in self.readers], "carry": self.packer.carry}
+
+    @staticmethod
+    def as_state(position: dict) -> dict:
+        return {"sources": position["sources"], "packer": {"carry": position["carry"].tolist()}}
+
+    def state_dict(self) -> dict:
+        return self.as_state(self.position())
+
+    def load_state_dict(self, state: dict) -> None:
+        for reader, reader_state in zip(self.readers, state["sources"], strict=True):
+            reader.load_state_dict(reader_state)
+        self.packer.load_state_dict(state["packer"])
+
+
+class StreamLoader:
+    """Batches of `batch_size` blocks for one process, as {"input_ids": [batch, block] int64} (and position ids
+    that restart at every document, with `eos_token_id`). Endless.
+
+    A thread reads, tokenises and packs up to `prefetch` batches ahead of the loop (the tokenizer and Arrow work
+    outside the GIL), so the training step does not wait for text; each batch comes with the stream's position
+    right after it, and `state_dict()` is the position after the last batch the loop *received*, not the last
+    one read. The state is this process's own: save every process's (train_clm.py writes them to the
+    checkpoint's data_stream.json). Call `load_state_dict` before iterating, not during."""
 
     def __init__(
         self,
-        sources: list[SourceSpec],
+        blocks: StreamingBlocks,
+        batch_size: int,
+        *,
+        key: dict,
+        pin_memory: bool = False,
+        eos_token_id: int | None = None,
+        prefetch: int = 4,
+    ):
+        self.blocks, self.batch_size, self.key, self.prefetch = blocks, batch_size, key, prefetch
+        self.pin_memory = pin_memory  # the loop copies with non_blocking=True only from pinned memory
+        self.collate = BlockCollator(eos_token_id)
+        self._position: dict | None = None  # after the last batch delivered; None: the blocks' own state
+
+    def _next_batch(self) -> tuple[dict, dict]:
+        rows = np.stack([self.blocks.next_block() for _ in range(self.batch_size)])
+        batch = torch.from_numpy(rows.astype(np.int64))
+        return self.collate(batch.pin_memory() if self.pin_memory else batch), self.blocks.position()
+
+    def __iter__(self) -> Iterator[dict]:
+        self._position = self.blocks.position()
+        if not self.prefetch:
+            while True:
+                batch, self._position = self._next_batch()
+                yield batch
+        reader = _ReadAhead(self._next_batch, self.prefetch)
+        try:
+            while True:
+                batch, self._position = reader.get()
+                yield batch
+        finally:
+            reader.stop()
+            # the thread read past what the loop received: go back, so a new iteration continues exactly
+            self.blocks.load_state_dict(StreamingBlocks.as_state(self._position))
+
+    def check_sources(self) -> None:
+        """Every source has documents for this process (read, then put back): checked before training, where one
+        process's error would stop it alone."""
+        for reader in self.blocks.readers:
+            reader.check_first_pass()
+
+    def state_dict(self) -> dict:
+        position = self._position if self._position is not None else self.blocks.position()
+        return {"key": self.key, "stream": StreamingBlocks.as_state(position)}
+
+    def load_state_dict(self, state: dict) -> None:
+        theirs = state["key"]
+        differ = [KEY_FLAGS.get(k, k) for k in self.key if theirs.get(k) != self.key[k]]
+        if differ:
+            if theirs.get("world_size") != self.key["world_size"]:
+                raise UsageError(
+                    f"the checkpoint's stream positions are for {theirs.get('world_size')} processes, not "
+                    f"{self.key['world_size']}: each process streams its own shards, so resume with "
+                    f"{theirs.get('world_size')} processes"
+                )
+            raise UsageError(
+                f"the checkpoint's stream position is for another stream ({'; '.join(differ)} changed): resume "
+                "with the flags the run started with, or start a new --output_dir"
+            )
+        self.blocks.load_state_dict(state["stream"])
+        self._position = None
+
+
+class _ReadAhead:
+    """`make()` called over and over on a thread, its results queued (at most `depth`); an exception it raises is
+    raised again by `get`."""
+
+    def __init__(self, make, depth: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(make,), name="shuangyu-stream", daemon=True)
+        self.thread.start()
+
+    def _run(self, make) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = make()
+            except BaseException as err:  # noqa: BLE001 -- handed to the training loop, which raises it
+                item = err
+            while not self.stopping.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, BaseException):
+                return
+
+    def get(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
+class StreamedData:
+    """What training needs of its data, streamed: opened (and checked: every source has the text column) on
+    every process, with the validation blocks in memory."""
+
+    is_conversations = False
+
+    def __init__(
+        self,
+        sources: list[StreamSource],
         tokenizer,
         block_size: int,
         *,
         split: str = "train",
         text_column: str = "text",
-        max_tokens: int | None = None,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle_buffer: int = 10_000,
+        window: int = 4096,
+        validation_files: list[str] | tuple[str, ...] = (),
+        validation_docs: int = 1000,
+        say=print,
     ):
-        check_weights(sources)
-        if len(sources) > 1 and sources[0].weight is None:
-            raise UsageError("streaming several sources: give every source a :WEIGHT")
+        if window < 1:
+            raise UsageError(f"--shuffle_window {window} must be at least 1")
         self.sources, self.tokenizer, self.block_size = sources, tokenizer, block_size
-        self.split, self.text_column, self.max_tokens, self.seed = split, text_column, max_tokens, seed
-        self.rank, self.world_size, self.shuffle_buffer = rank, world_size, shuffle_buffer
+        self.split, self.text_column, self.window, self.say = split, text_column, window, say
         self.eos_token_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-        weights = [s.weight or 1.0 for s in sources]
-        self.shares = [w / sum(weights) for w in weights]
-        self.tokens_taken = [0] * len(sources)  # this process's stream, for the achieved mixture
+        self.opened = [source.open(split, text_column) for source in sources]  # (dataset, column) each
+        self.held_out: list[frozenset[bytes]] = [frozenset()] * len(sources)
+        if validation_files:
+            self.validation_rule = {"files": self.read_validation_files(list(validation_files), text_column)}
+        else:
+            if validation_docs < 1:
+                raise UsageError(
+                    f"--validation_docs {validation_docs}: hold out at least 1 document per source, or give "
+                    "--validation_files"
+                )
+            self.validation_rule = {"first_docs": validation_docs}
+            self.validation = {}
+            for i, (source, (ds, column)) in enumerate(zip(sources, self.opened, strict=True)):
+                texts = read_first_documents(source, ds, column, validation_docs)
+                self.held_out[i] = frozenset(text_digest(t) for t in texts)
+                self.validation[source.spec.name] = self.pack(texts)
+        self.positions: list[dict] = []  # every process's loader state, as last recorded (for the model card)
 
-    def _open(self, spec: SourceSpec, node: int, nodes: int, epoch: int):
-        import datasets
-        from datasets.distributed import split_dataset_by_node
+    def read_validation_files(self, values: list[str], text_column: str) -> list:
+        specs, files = resolve_validation_sources(values)
+        opts, self.validation = ReadOptions(text_column=text_column), {}
+        for spec, paths in zip(specs, files, strict=True):
+            texts = [doc for path in paths for doc in iter_file_documents(path, opts, ReadStats())]
+            self.validation[spec.name] = self.pack(texts)
+        return [[spec.name, files_digest(paths)] for spec, paths in zip(specs, files, strict=True)]
 
-        try:
-            if spec.is_dataset:
-                ds = datasets.load_dataset(spec.dataset, spec.config, split=self.split, streaming=True)
-            else:
-                files = [str(p) for p in resolve_files(spec)]
-                builder = {".txt": "text", ".parquet": "parquet"}.get(Path(files[0].removesuffix(".gz")).suffix, "json")
-                ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
-        except Exception as err:  # connection, missing config or split, unreadable files
-            raise UsageError(f"source {spec.name!r}: could not stream it ({type(err).__name__}: {err})") from None
-        columns = ds.column_names
-        if columns is not None and self.text_column not in columns:
+    def pack(self, texts: list[str]) -> torch.Tensor:
+        packer = BlockPacker(self.block_size)
+        return torch.from_numpy(packer.pack(document_ids(self.tokenizer, texts, self.eos_token_id)).astype(np.int64))
+
+    def check_vocab_size(self, vocab_size: int) -> None:
+        if vocab_size < len(self.tokenizer):
             raise UsageError(
-                f"source {spec.name!r}: no column {self.text_column!r} (columns: {', '.join(columns)}); set --text_column"
+                f"--tokenizer_name has {len(self.tokenizer):,} tokens but the model's vocab_size is {vocab_size:,}: "
+                f"set the model's vocab_size to at least {len(self.tokenizer):,}"
             )
-        ds = split_dataset_by_node(ds, node, nodes)
-        if self.shuffle_buffer:
-            ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-            ds.set_epoch(epoch)
-        return ds.map(
-            _tokenize_stream,
-            batched=True,
-            remove_columns=columns,
-            fn_kwargs={"tokenizer": self.tokenizer, "eos_token_id": self.eos_token_id, "column": self.text_column},
+
+    def validation_datasets(self) -> dict[str, torch.Tensor]:
+        """Blocks per validation source ([blocks, block_size] int64); a source with less than a block is left out."""
+        return {name: blocks for name, blocks in self.validation.items() if len(blocks)}
+
+    def validation_loaders(self, batch_size: int) -> dict[str, torch.utils.data.DataLoader]:
+        """A DataLoader per validation source, of `{"input_ids": [batch, block]}`; `accelerator.prepare` each."""
+        return {
+            name: torch.utils.data.DataLoader(blocks, batch_size=batch_size, collate_fn=_as_batch)
+            for name, blocks in self.validation_datasets().items()
+        }
+
+    def key(self, seed: int, world_size: int) -> dict:
+        """What the stream's positions depend on; a checkpoint made with another is refused on resume."""
+        return {
+            "sources": [s.fingerprint(self.split) for s in self.sources],
+            "split": self.split,
+            "text_column": self.text_column,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "block_size": self.block_size,
+            "window": self.window,
+            "validation": self.validation_rule,
+            "seed": seed,
+            "world_size": world_size,
+        }
+
+    def train_loader(
+        self,
+        batch_size: int,
+        *,
+        accelerator=None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        position_ids: bool = False,
+    ) -> StreamLoader:
+        """This process's training loader. Do not pass it to `accelerator.prepare` (it already streams this
+        process's part); save its `state_dict()` per process."""
+        if num_workers:
+            raise UsageError(
+                f"--dataloader_num_workers {num_workers} with --streaming: the stream is read in the training "
+                "process, where its position is known at every step; set --dataloader_num_workers 0"
+            )
+        rank, world_size = process_rank(accelerator, rank, world_size)
+        readers = [
+            SourceReader(
+                source, i, ds, column, self.tokenizer, self.eos_token_id, rank=rank, world_size=world_size,
+                seed=seed, window=self.window, held_out=self.held_out[i], say=self.say,
+            )
+            for i, (source, (ds, column)) in enumerate(zip(self.sources, self.opened, strict=True))
+        ]  # fmt: skip
+        weights = [s.spec.weight or 1.0 for s in self.sources]
+        blocks = StreamingBlocks(readers, weights, self.block_size)
+        return StreamLoader(
+            blocks,
+            batch_size,
+            key=self.key(seed, world_size),
+            pin_memory=pin_memory,
+            eos_token_id=self.eos_token_id if position_ids else None,
         )
 
-    def _documents(self, index: int, node: int, nodes: int) -> Iterator[list[int]]:
-        epoch = 0
-        while True:
-            empty = True
-            for row in self._open(self.sources[index], node, nodes, epoch):
-                empty = False
-                yield row["input_ids"]
-            if empty:
-                raise UsageError(f"source {self.sources[index].name!r} yields no documents for this process")
-            if self.max_tokens is None:
-                return
-            epoch += 1
+    def record_positions(self, positions: list[dict]) -> None:
+        """Every process's loader state (gathered when a checkpoint is saved): the documents, tokens and passes
+        per source that the model card reports."""
+        self.positions = positions
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        # split by rank here; inside a DataLoader worker, datasets itself splits each rank's shards by worker
-        info = torch.utils.data.get_worker_info()
-        workers = info.num_workers if info else 1
-        limit = None if self.max_tokens is None else self.max_tokens // (self.world_size * workers)
-        streams = [self._documents(i, self.rank, self.world_size) for i in range(len(self.sources))]
-        taken = [0] * len(streams)
-        buffer: list[int] = []
-        while limit is None or sum(taken) < limit:
-            total = sum(taken)
-            # the source furthest below its share of tokens goes next
-            i = max(range(len(streams)), key=lambda j: self.shares[j] * (total + 1) - taken[j])
-            doc = next(streams[i], None)
-            if doc is None:
-                break
-            taken[i] += len(doc)
-            self.tokens_taken[i] += len(doc)
-            buffer.extend(doc)
-            while len(buffer) >= self.block_size:
-                yield torch.tensor(buffer[: self.block_size], dtype=torch.long)
-                del buffer[: self.block_size]
+    @property
+    def manifest(self) -> dict:
+        """The sources and the tokenizer in the shape of a prepared folder's manifest, for the model card: documents
+        and tokens taken summed over processes, passes the most any process began."""
+        states = [p["stream"]["sources"] for p in self.positions]
+        sources = []
+        for i, source in enumerate(self.sources):
+            spec = source.spec
+            mine = [s[i] for s in states]
+            sources.append(
+                {
+                    "name": spec.name,
+                    "files": display_files(source) if not spec.is_dataset else [],
+                    "dataset": (spec.dataset + (f":{spec.config}" if spec.config else "")) if spec.is_dataset else None,
+                    "weight": spec.weight,
+                    "docs_taken": sum(s["docs"] for s in mine) if mine else None,
+                    "tokens_taken": sum(s["tokens"] for s in mine) if mine else None,
+                    "passes": max(s["pass"] + 1 for s in mine) if mine else None,
+                    "streamed": True,
+                }
+            )
+        return {
+            "sources": sources,
+            "tokenizer": {"vocab_size": len(self.tokenizer), "eos_token_id": self.eos_token_id},
+            "block_size": self.block_size,
+        }
 
-    def achieved_mixture(self) -> dict[str, float]:
-        total = sum(self.tokens_taken) or 1
-        return {s.name: t / total for s, t in zip(self.sources, self.tokens_taken, strict=True)}
+    def report(self, world_size: int) -> str:
+        """What the run streams, for the first lines of its output."""
+        w = max([8, *(len(s.spec.name) for s in self.sources), *map(len, self.validation)])
+        lines = [f"{'source':<{w}} {'weight':>6} {'shards':>6}  split over {world_size} process(es)"]
+        for source, (ds, _) in zip(self.sources, self.opened, strict=True):
+            shards = ds.num_shards
+            if world_size == 1:
+                how = "all of it"
+            elif shards % world_size == 0:
+                how = f"{shards // world_size} whole shard(s) each"
+            else:
+                how = f"every process reads all {shards} shard(s) and keeps 1 document in {world_size}"
+            weight = "-" if source.spec.weight is None else f"{source.spec.weight:g}"
+            lines.append(f"{source.spec.name:<{w}} {weight:>6} {shards:>6}  {how}")
+        rule = self.validation_rule
+        held = "--validation_files" if "files" in rule else f"the first {rule['first_docs']:,} documents of each source"
+        lines.append(f"validation: {held}; shuffled in windows of {self.window:,} documents")
+        for name, blocks in self.validation.items():
+            lines.append(f"validation   {name}: {len(blocks):,} blocks of {self.block_size}")
+        return "\n".join(lines)
 
 
-def _tokenize_stream(batch: dict, tokenizer, eos_token_id: int, column: str) -> dict:
-    if column not in batch:
-        raise UsageError(f"no column {column!r} (columns: {', '.join(batch)}); set --text_column")
-    texts = [t or "" for t in batch[column]]
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    return {"input_ids": [enc.ids + [eos_token_id] for enc, t in zip(encodings, texts, strict=True) if t]}
+def _as_batch(rows: list[torch.Tensor]) -> dict:
+    return {"input_ids": torch.stack(rows)}

@@ -140,3 +140,17 @@ def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), f
             file_kind(match)
             found.setdefault(os.path.realpath(match), Path(match))
     return sorted(found.values())
+
+
+def resolve_validation_sources(
+    values: list[str], flag: str = "--validation_files"
+) -> tuple[list[SourceSpec], list[list[Path]]]:
+    """Held-out text, one source per language (NAME=GLOB[,GLOB...]): no weights, unique names, every glob matching."""
+    specs = [parse_file_source(s, flag) for s in values]
+    for spec in specs:
+        if spec.weight is not None:
+            raise UsageError(f"{flag} {spec.name!r}: weights do not apply to held-out text")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"{flag}: repeated names; label each NAME=GLOB")
+    return specs, [resolve_files(s, flag=flag) for s in specs]

@@ -35,6 +35,16 @@ def share_from_main(accelerator, value):
     return broadcast_object_list([value], from_process=0)[0]
 
 
+def first_failure(accelerator, failure: str | None) -> str | None:
+    """The first process's failure message (None: all succeeded), on every process: work that every process does
+    for itself must stop all of them if one fails, or the others would wait for it forever."""
+    if accelerator.num_processes == 1:
+        return failure
+    from accelerate.utils import gather_object
+
+    return next((f for f in gather_object([failure]) if f), None)
+
+
 def stop_with_the_launcher() -> None:
     """Under `accelerate launch` with one process, the launcher does not pass a SIGTERM on: killed, it would leave
     this process training on, orphaned, with no one to stop it. Ask Linux to send us SIGTERM when the launcher

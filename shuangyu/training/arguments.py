@@ -50,8 +50,26 @@ class DataArguments:
         default_factory=list,
         metadata={"help": "Hub datasets, streamed while preparing: [NAME=]DATASET[:CONFIG][:WEIGHT]."},
     )
+    dataset_split: str = field(default="train", metadata={"help": "Split read from each --dataset_name."})
     exclude: list[str] = field(default_factory=list, metadata={"help": "Globs of files to leave out of --train_files."})
     text_column: str = field(default="text", metadata={"help": "Field holding the text."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Tokenise, mix and pack the sources while training instead of preparing them on disk (corpora "
+            "larger than a disk cache); every checkpoint keeps each process's stream position."
+        },
+    )
+    shuffle_window: int = field(
+        default=4096, metadata={"help": "--streaming: documents read and shuffled together (per source and process)."}
+    )
+    validation_docs: int = field(
+        default=1000,
+        metadata={
+            "help": "--streaming without --validation_files: the first N documents of each source are held out "
+            "for validation (training skips every document with the same text)."
+        },
+    )
     data_dir: str | None = field(
         default=None,
         metadata={
@@ -304,6 +322,8 @@ RANGES = {
     "block_size": (2, None, True),
     "preprocessing_num_workers": (1, None, True),
     "dataloader_num_workers": (0, None, True),
+    "shuffle_window": (1, None, True),
+    "validation_docs": (1, None, True),
     "peak_tflops": (0, None, False),
 }
 
@@ -326,9 +346,31 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
                 if too_low or too_high:
                     bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high else "")
                     raise UsageError(f"--{f.name} {value!r}{where}: must be {bound}")
+    check_streaming(config)
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows
         raise UsageError(f"--attn_implementation {attention!r}: choose one of {', '.join(ATTENTION)}")
+
+
+def check_streaming(config: TrainConfig) -> None:
+    """The flags that cannot go with --streaming, refused before any work."""
+    data = config.data
+    if not data.streaming:
+        return
+    if config.sft.sft:
+        raise UsageError(
+            "--streaming reads plain text; --sft conversations are prepared (they are small): drop --streaming"
+        )
+    if data.data_dir:
+        raise UsageError(
+            f"--data_dir {data.data_dir} names prepared blocks, and --streaming reads the sources while training "
+            "instead: drop one of them"
+        )
+    if data.dataloader_num_workers:
+        raise UsageError(
+            f"--dataloader_num_workers {data.dataloader_num_workers} with --streaming: the stream is read in the "
+            "training process, where its position is known at every step; set --dataloader_num_workers 0"
+        )
 
 
 def _describe_mismatch(value, hint) -> str | None:

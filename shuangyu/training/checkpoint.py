@@ -6,6 +6,9 @@ Layout under --output_dir:
     checkpoints/step-00001000/accelerate/     accelerator.save_state: model, optimizer, scheduler, RNG,
                                               and registered objects (data position, training state)
     checkpoints/step-00001000/model/          an HF folder (weights, config + code, tokenizer): shareable
+    checkpoints/step-00001000/data_stream.json --streaming runs: every process's stream position (its own part
+                                              of the sources, so accelerate's main-process-only custom state
+                                              cannot hold it)
     checkpoints/step-00001000/checkpoint.json written last: its presence marks the checkpoint complete
     checkpoints/.step-00001000.tmp/           a checkpoint being written; renamed when done
     final/                                    a copy of the last checkpoint's model/, when the run finishes
@@ -28,6 +31,7 @@ from shuangyu.files import atomic_folder, is_disk_full
 from shuangyu.sharing.card import write_card
 
 MARKER = "checkpoint.json"
+STREAM_POSITIONS = "data_stream.json"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -100,6 +104,36 @@ def read_checkpoint_info(path: str | Path) -> dict:
     return json.loads((Path(path) / MARKER).read_text())
 
 
+def check_data_kind(path: Path, streaming: bool) -> None:
+    """A checkpoint resumes only in the data mode it was saved in: its data position is a stream's or a prepared
+    folder's, and the two are not interchangeable."""
+    saved_streaming = (path / STREAM_POSITIONS).is_file()
+    if streaming and not saved_streaming:
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: saved by a run on prepared blocks, which has no stream position: "
+            "resume it without --streaming, or stream into a new --output_dir"
+        )
+    if saved_streaming and not streaming:
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: saved by a --streaming run: resume it with --streaming and the same "
+            "sources"
+        )
+
+
+def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
+    """This process's stream position in a checkpoint saved by `world_size` processes."""
+    try:
+        positions = json.loads((path / STREAM_POSITIONS).read_text())["processes"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise UsageError(f"--resume_from_checkpoint {path}: {STREAM_POSITIONS} is unreadable ({err})") from None
+    if len(positions) != world_size:
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: its stream positions are for {len(positions)} processes, not "
+            f"{world_size}: each process streams its own shards, so resume with {len(positions)} processes"
+        )
+    return positions[rank]
+
+
 def drop_tied_weights(models, weights, output_dir) -> None:
     """`accelerator.register_save_state_pre_hook`: leave a tied head out of the saved state, since it *is* the
     embedding (safetensors refuses aliased tensors, so accelerate would drop one itself and warn "Removed shared
@@ -140,9 +174,11 @@ def save_checkpoint(
     card: dict,
     info: dict,
     keep_last: int | None = None,
+    stream_positions: list[dict] | None = None,
 ) -> Path:
     """Save on every rank (`save_state` is collective) into a temporary folder, which the main process renames
-    into place once everything, the marker last, is written; then prune."""
+    into place once everything, the marker last, is written; then prune. `stream_positions`: every process's
+    streaming loader state, in rank order (gathered by the caller)."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.parent / f".{final.name}.tmp"  # one name every rank knows
     try:
@@ -152,6 +188,8 @@ def save_checkpoint(
             save_model_folder(accelerator, model, tokenizer, tmp / "model", card)
             accelerator.wait_for_everyone()  # every rank has written its part
             if accelerator.is_main_process:
+                if stream_positions is not None:
+                    (tmp / STREAM_POSITIONS).write_text(json.dumps({"processes": stream_positions}) + "\n")
                 # sizes of what was written, so that a damaged checkpoint is recognised before it is loaded
                 files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
                 marker = {"step": step, "time": time.time(), **info, "files": files}

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from shuangyu.data.prepared import PreparedData
+from shuangyu.data.streaming import StreamedData
 from shuangyu.training.arguments import TrainConfig
 from shuangyu.training.state import TrainState
 
 
 def training_summary(
     config: TrainConfig,
-    data: PreparedData,
+    data: PreparedData | StreamedData,
     state: TrainState,
     max_steps: int,
     processes: int,
@@ -58,7 +59,7 @@ def training_summary(
     return summary | finetune_summary(config, data)
 
 
-def finetune_summary(config: TrainConfig, data: PreparedData) -> dict:
+def finetune_summary(config: TrainConfig, data: PreparedData | StreamedData) -> dict:
     """An SFT or LoRA run: the stage, the base model, the conversations (what the card says the model is)."""
     if not (config.sft.sft or config.lora.lora_r):
         return {"stage": "pretraining"}

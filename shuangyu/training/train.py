@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
 from shuangyu.data.prepared import PreparedData
+from shuangyu.data.streaming import StreamedData
 from shuangyu.errors import RunDiverged, UsageError, print_error
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
 from shuangyu.tokenizer.chat_template import chat_token_ids
@@ -38,7 +39,7 @@ from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
 from shuangyu.training.stopping import StopRequest, should_stop
 from shuangyu.training.summary import training_summary
-from shuangyu.training.training_data import open_training_data
+from shuangyu.training.training_data import check_stream, open_training_data, stream_positions
 from shuangyu.training.validation import evaluate, format_validation, generate_samples, validation_logs
 
 PROG = "train_clm.py"
@@ -63,7 +64,7 @@ class Run:
     out: Path
     accelerator: object
     tokenizer: object
-    data: PreparedData
+    data: PreparedData | StreamedData
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
@@ -135,6 +136,8 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
         pin_memory=accelerator.device.type == "cuda",
         position_ids=config.data.document_attention,
     )
+    if config.data.streaming:
+        check_stream(loader, accelerator)
     val_loaders = {
         name: accelerator.prepare(loader)
         for name, loader in data.validation_loaders(config.logging.per_device_eval_batch_size).items()
@@ -144,9 +147,12 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     # the scheduler is stepped by the loop once per optimizer step (a prepared one would step once per process)
     state = TrainState()
-    accelerator.register_for_checkpointing(loader, state, scheduler)
+    # a stream's position is per process: saved by `save` beside accelerate's state, which keeps the main one's only
+    streaming = config.data.streaming
+    accelerator.register_for_checkpointing(*([] if streaming else [loader]), state, scheduler)
     accelerator.register_save_state_pre_hook(ckpt.drop_tied_weights)
     if resume_dir:
+        ckpt.check_data_kind(resume_dir, streaming)
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))
         except Exception as err:  # torch, safetensors and pickle each raise their own types for a bad file
@@ -154,6 +160,12 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
                 f"--resume_from_checkpoint {resume_dir}: could not load it ({type(err).__name__}: {err}); "
                 "pass an earlier checkpoint"
             ) from None
+        if streaming:
+            position = ckpt.read_stream_position(resume_dir, accelerator.process_index, accelerator.num_processes)
+            try:
+                loader.load_state_dict(position)
+            except UsageError as err:
+                raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}") from None
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if accelerator.is_main_process:
         write_run_args(out, config.as_dict(), state.step)
@@ -255,6 +267,10 @@ def validate(run: Run) -> dict:
 
 def save(run: Run) -> None:
     accelerator, state = run.accelerator, run.state
+    positions = None
+    if run.config.data.streaming:  # every process's stream position, for the checkpoint and the card's counts
+        positions = stream_positions(run.loader, accelerator)
+        run.data.record_positions(positions)
     summary = training_summary(
         run.config,
         run.data,
@@ -278,6 +294,7 @@ def save(run: Run) -> None:
         card=card,
         info={"tokens": state.tokens, "max_steps": run.max_steps, "bad_in_a_row": state.bad_in_a_row},
         keep_last=run.config.checkpoint.save_total_limit,
+        stream_positions=positions,
     )
     accelerator.print(f"saved {path}")
 

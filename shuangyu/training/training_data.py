@@ -1,4 +1,5 @@
-"""The run's data: prepared once (on the main process; a cache hit does no work) or opened, then checked."""
+"""The run's data: prepared once (on the main process; a cache hit does no work) or opened, then checked; or, with
+--streaming, the sources opened on every process to be read as the run trains."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 from shuangyu.data.inputs import PrepareArguments
 from shuangyu.data.prepare import format_report, prepare
 from shuangyu.data.prepared import MANIFEST, PreparedData
+from shuangyu.data.streaming import StreamedData
 from shuangyu.errors import UsageError
-from shuangyu.training.accelerator import share_from_main
+from shuangyu.training.accelerator import first_failure, share_from_main
 from shuangyu.training.arguments import DataArguments, SFTArguments
 
 
@@ -24,9 +26,11 @@ def open_training_data(
     output_dir: str,
     accelerator,
     sft_args: SFTArguments | None = None,
-) -> PreparedData:
-    folder = data_dir(data_args, output_dir)
+) -> PreparedData | StreamedData:
     sft = sft_args is not None and sft_args.sft
+    if data_args.streaming:
+        return open_streamed_data(data_args, tokenizer, accelerator)
+    folder = data_dir(data_args, output_dir)
     if data_args.train_files or data_args.dataset_name:
         failure = None
         if accelerator.is_main_process:
@@ -66,6 +70,7 @@ def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: st
             tokenizer_name=tokenizer_name,
             files=data_args.train_files,
             dataset=data_args.dataset_name,
+            dataset_split=data_args.dataset_split,
             exclude=data_args.exclude,
             text_column=data_args.text_column,
             validation_files=data_args.validation_files,
@@ -86,6 +91,7 @@ def prepare_conversations_for(data_args: DataArguments, sft_args: SFTArguments, 
             tokenizer_name=tokenizer_name,
             files=data_args.train_files,
             dataset=data_args.dataset_name,
+            dataset_split=data_args.dataset_split,
             exclude=data_args.exclude,
             validation_files=data_args.validation_files,
             block_size=data_args.block_size,
@@ -100,3 +106,51 @@ def format_conversations(data: PreparedData) -> str:
     from shuangyu.data.conversations import format_report as conversations_report
 
     return conversations_report(data)
+
+
+def open_streamed_data(data_args: DataArguments, tokenizer, accelerator) -> StreamedData:
+    """--streaming: the sources opened and checked on every process (a process that fails stops all of them with
+    its message). The flags that cannot go with --streaming were refused when parsed (arguments.check_streaming)."""
+    from shuangyu.data.stream_sources import stream_sources
+
+    data, failure = None, None
+    try:
+        data = StreamedData(
+            stream_sources(data_args.train_files, data_args.dataset_name, data_args.exclude),
+            tokenizer,
+            data_args.block_size,
+            split=data_args.dataset_split,
+            text_column=data_args.text_column,
+            window=data_args.shuffle_window,
+            validation_files=data_args.validation_files,
+            validation_docs=data_args.validation_docs,
+            say=accelerator.print,
+        )
+    except UsageError as err:
+        failure = str(err)
+    failure = first_failure(accelerator, failure)
+    if failure:
+        raise UsageError(failure)
+    accelerator.print(data.report(accelerator.num_processes))
+    return data
+
+
+def check_stream(loader, accelerator) -> None:
+    """--streaming: every process has documents of every source, checked before the first step (a process that
+    has none stops all of them with its message)."""
+    failure = None
+    try:
+        loader.check_sources()
+    except UsageError as err:
+        failure = str(err)
+    if failure := first_failure(accelerator, failure):
+        raise UsageError(failure)
+
+
+def stream_positions(loader, accelerator) -> list[dict]:
+    """--streaming: every process's stream position, in rank order, on every process (a collective: all call it)."""
+    if accelerator.num_processes == 1:
+        return [loader.state_dict()]
+    from accelerate.utils import gather_object
+
+    return gather_object([loader.state_dict()])

@@ -1,0 +1,141 @@
+"""train_clm.py --streaming end to end on CPU: 2 processes resume with exactly the losses of an uninterrupted run,
+the held-out slice gives validation per source, and bad input is one line."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from tests.test_data_streaming import documents, write_shards
+from tests.test_train_clm import losses, run
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def common(tiny_tokenizer_dir, tmp_path_factory) -> list[str]:
+    """Local shards (jsonl and parquet, 4 each, so 2 processes get 2 whole shards each) and the flags every run
+    shares."""
+    root = tmp_path_factory.mktemp("shards")
+    zh = write_shards(root / "zh", documents("zh", 400, seed=1, long_every=7), shards=4)
+    en = write_shards(root / "en", documents("en", 300, seed=2), shards=4, kind="parquet")
+    return [
+        "--streaming",
+        "--tokenizer_name",
+        str(tiny_tokenizer_dir),
+        "--train_files",
+        f"zh={zh}:0.5",
+        f"en={en}:0.5",
+        "--validation_docs",
+        "20",
+        "--shuffle_window",
+        "64",
+        "--model_config",
+        "tiny",
+        "--block_size",
+        "32",
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-2",
+        "--warmup_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--logging_steps",
+        "1",
+        "--eval_steps",
+        "4",
+        "--eval_batches",
+        "2",
+        "--save_steps",
+        "4",
+    ]
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_stream_exactly(common, tmp_path):
+    reference = tmp_path / "reference"
+    proc = run([*common, "--max_steps", str(STEPS), "--output_dir", str(reference)], processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 whole shard(s) each" in proc.stdout
+    positions = json.loads((reference / "checkpoints" / "step-00000004" / "data_stream.json").read_text())
+    assert len(positions["processes"]) == 2 and positions["processes"][0] != positions["processes"][1]
+    log = [json.loads(line) for line in (reference / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "eval/zh/bits_per_byte" in e and "eval/en/bits_per_byte" in e] == [4, 8]
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000008")  # as if the run had died after step 4's checkpoint
+    shutil.rmtree(resumed / "final")
+    proc = run([*common, "--max_steps", str(STEPS), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"],
+               processes=2)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout + proc.stderr
+    assert losses(resumed) == losses(reference)  # steps 5..8 on the same batches: bit for bit the same losses
+    card = (reference / "final" / "README.md").read_text()
+    assert "| zh | `*.jsonl` | 0.5 |" in card and "| en | `*.parquet` | 0.5 |" in card
+
+    # the stream's positions are per process: another number of processes is refused, in one line
+    proc = run([*common, "--max_steps", str(STEPS + 2), "--output_dir", str(resumed), "--resume_from_checkpoint",
+                "latest"])  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1].endswith("each process streams its own shards, so resume with 2 processes")
+    )
+
+
+def one_line_error(args: list[str], processes: int = 1) -> str:
+    proc = run(args, processes=processes)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "train_clm.py: error:" in line]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sft"], "--streaming reads plain text; --sft conversations are prepared"),
+        (["--data_dir", "somewhere"], "--data_dir somewhere names prepared blocks, and --streaming reads"),
+        (["--dataloader_num_workers", "2"], "--dataloader_num_workers 2 with --streaming"),
+        (["--shuffle_window", "0"], "--shuffle_window 0: must be at least 1"),
+    ],
+)
+def test_flags_that_cannot_stream_are_refused_when_parsed(common, extra, message):
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_args([*common, *extra, "--max_steps", "2", "--output_dir", "out"])
+
+
+def test_a_missing_text_column_stops_both_processes_in_one_line(common, tmp_path):
+    """The sources' other errors (a glob matching nothing, mixed file types, no weights) are one line the same way:
+    tests/test_data_streaming.py."""
+    error = one_line_error([*common, "--text_column", "content", "--max_steps", "2", "--output_dir",
+                            str(tmp_path / "run")], processes=2)  # fmt: skip
+    assert error.endswith(": no column 'content' (columns: text, id); set --text_column"), error
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_checkpoint_resumes_only_in_the_mode_it_was_saved_in(tmp_path):
+    from shuangyu.errors import UsageError
+    from shuangyu.training import checkpoint as ckpt
+
+    streamed, prepared = tmp_path / "streamed", tmp_path / "prepared"
+    streamed.mkdir()
+    prepared.mkdir()
+    (streamed / ckpt.STREAM_POSITIONS).write_text(json.dumps({"processes": [{"p": 0}, {"p": 1}]}))
+    ckpt.check_data_kind(streamed, streaming=True)
+    ckpt.check_data_kind(prepared, streaming=False)
+    with pytest.raises(UsageError, match="saved by a --streaming run: resume it with --streaming"):
+        ckpt.check_data_kind(streamed, streaming=False)
+    with pytest.raises(UsageError, match="saved by a run on prepared blocks"):
+        ckpt.check_data_kind(prepared, streaming=True)
+    assert ckpt.read_stream_position(streamed, 1, 2) == {"p": 1}
+    with pytest.raises(UsageError, match="for 2 processes, not 3: .* resume with 2 processes"):
+        ckpt.read_stream_position(streamed, 0, 3)

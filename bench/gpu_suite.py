@@ -10,6 +10,9 @@ Steps (each in its own subprocess with a time limit; a failing step is recorded 
              micro-batch in --batch_sizes; MFU = tokens/s x FLOPs per token / measured matmul rate, with FLOPs
              per token = 6 x (every matmul weight, the head included) + 12 x layers x width x sequence (attention)
   muon       bench/optim.py overhead: Muon's optimizer step against AdamW's, as a share of a training step
+  loop       bench/optim.py loop: train_clm's step as the loop runs it (Accelerator, bf16, compiled, clip_and_step)
+             for AdamW and Muon, a non-finite step skipped on the device (as shipped: no host sync) against the
+             norm read on the host before the optimizer step (one sync per step, as before issue 14)
   memory     peak memory of the 350m preset at each micro-batch (does it train on one GPU?)
   configs    bench/configs.py: single_gpu, fsdp2 and deepspeed_zero2 with one process: train, checkpoint,
              resume with equal losses, load and generate (needs --data_dir and --tokenizer_name; DeepSpeed
@@ -85,7 +88,7 @@ def main() -> int:
     p.add_argument("--vocabs", default="50304,32000")
     p.add_argument("--data_dir", default=None, help="a prepared data folder, for the configs step")
     p.add_argument("--tokenizer_name", default=None, help="its tokenizer, for the configs step")
-    p.add_argument("--steps", default="matmul,throughput,muon,memory,configs")
+    p.add_argument("--steps", default="matmul,throughput,muon,loop,memory,configs")
     p.add_argument("--step_timeout", type=int, default=420)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,15 @@ def main() -> int:
         cmd = [sys.executable, str(REPO / "bench" / "optim.py"), "overhead", "--device", device, "--preset", preset,
                "--batch_size", str(batches[0]), "--seq_len", str(seq), "--vocab_size", str(vocabs[-1])]  # fmt: skip
         results["steps"].append(run_step("muon", cmd, args.step_timeout, logs))
+    if "loop" in steps:
+        rows_file = args.out / "loop.json"
+        cmd = [sys.executable, str(REPO / "bench" / "optim.py"), "loop", "--device", device, "--preset", preset,
+               "--batch_size", str(batches[0]), "--seq_len", str(seq), "--vocab_size", str(vocabs[-1]),
+               "--json", str(rows_file)]  # fmt: skip
+        cmd += ["--steps", "2", "--rounds", "1", "--warmup", "1"] if args.tiny else ["--compile", "--steps", "20"]
+        results["steps"].append(run_step("loop", cmd, args.step_timeout, logs))
+        if rows_file.is_file():
+            results["loop"] = json.loads(rows_file.read_text())
     if "memory" in steps:
         big = "tiny" if args.tiny else "350m"
         for batch in batches:
@@ -162,6 +174,13 @@ def markdown(results: dict, argv: str) -> str:
                 f"| {r['model']} | {r['vocab']:,} | {r['batch']} | {r['tokens_per_s']:,.0f} | "
                 f"{'-' if mfu is None else f'{mfu:.1%}'} | {r['peak_gib']:.1f} |"
             )
+        lines.append("")
+    if results.get("loop"):
+        lines += ["| optimizer | non-finite step skipped | step ms | tokens/s |", "|---|---|---:|---:|"]
+        lines += [
+            f"| {r['optimizer']} | on the {r['skip_decided_on']} | {r['step_ms']:.2f} | {r['tokens_per_s']:,.0f} |"
+            for r in results["loop"]
+        ]
         lines.append("")
     for row in results.get("memory", []):
         lines.append(f"memory: {row['model']} peak {row['peak_gib']:.1f} GiB, {row['tokens_per_s']:,.0f} tokens/s")

@@ -1,13 +1,18 @@
-"""Optimizer benchmark: Muon's step overhead, and validation loss against wall-clock time, Muon vs AdamW.
+"""Optimizer benchmark: Muon's step overhead, the training step without host syncs, and validation loss
+against wall-clock time, Muon vs AdamW.
 
     python bench/optim.py overhead                          # CPU, tiny preset
     python bench/optim.py overhead --device cuda --preset 124m --batch_size 16 --seq_len 1024
+    python bench/optim.py loop --device cuda --preset 124m --batch_size 16 --seq_len 1024 --compile
     python bench/optim.py race --data_dir DIR --tokenizer_name DIR --max_steps 1500   # on a GPU
 
 `overhead` times forward+backward and the optimizer step separately, for AdamW and for Muon + AdamW, and
-reports the step as a share of the whole training step. `race` trains the same model on the same tokens
-with each optimizer through train_clm.py (single-GPU config) and tabulates validation loss against
-elapsed time. Results go to stdout as markdown (and `--results FILE` appends them).
+reports the step as a share of the whole training step. `loop` times train_clm's step as the loop runs it
+(forward, backward, `clip_and_step` through an Accelerator, bf16 on a GPU, compiled with --compile): a
+non-finite step skipped on the device, nothing read on the host between steps, against the same step with the
+gradient norm read on the host before the optimizer step (the one host sync per step made before issue 14). `race` trains the same model on the same tokens with each
+optimizer through train_clm.py (single-GPU config) and tabulates validation loss against elapsed time.
+Results go to stdout as markdown (and `--results FILE` appends them).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from shuangyu.training.arguments import OptimizerArguments
 from shuangyu.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parent.parent
+SKIP_DECIDED_ON = ("device", "host")
 
 
 def sync(device: str) -> None:
@@ -86,6 +92,85 @@ def overhead(args) -> str:
         f"Muon's step costs {(muon[2] - adamw[2]) * 1e3:.1f} ms more than AdamW's: "
         f"{(muon[2] - adamw[2]) / (adamw[1] + adamw[2]):.1%} of an AdamW training step."
     )
+    return "\n".join(lines)
+
+
+def time_loop(accelerator, model, optimizer, args) -> dict[str, float]:
+    """Seconds over all rounds with the skip decided on the device (clip_and_step, as shipped) and on the host
+    (the norm read before the optimizer step, as the loop did before issue 14)."""
+    from shuangyu.training.optim import clip_and_step
+
+    batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), device=accelerator.device)
+
+    def step(decided_on: str) -> None:
+        loss = model(input_ids=batch, labels=batch, return_logits=False).loss
+        accelerator.backward(loss)
+        if decided_on == "device":
+            clip_and_step(accelerator, model, optimizer, max_grad_norm=1.0)
+            return
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        if bool(torch.isfinite(grad_norm)):  # the host waits for the backward pass before launching the step
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step("device")
+    seconds = dict.fromkeys(SKIP_DECIDED_ON, 0.0)
+    for _ in range(args.rounds):
+        for decided_on in SKIP_DECIDED_ON:
+            sync(args.device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(decided_on)
+            sync(args.device)
+            seconds[decided_on] += time.perf_counter() - t0
+    return seconds
+
+
+def loop(args) -> str:
+    """Steps per second of forward + backward + clip + optimizer step, for each optimizer, with the skip of a
+    non-finite step decided on the device or on the host. Both run on the same model in alternating rounds (one
+    compilation, and drift in clocks or load falls on both); the device is synchronised only between rounds."""
+    from accelerate import Accelerator
+    from accelerate.utils import TorchDynamoPlugin
+
+    accelerator = Accelerator(
+        cpu=args.device == "cpu",
+        mixed_precision="bf16" if args.device == "cuda" else "no",
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor") if args.compile else None,
+    )
+    rows = []
+    for name in args.optimizers.split(","):
+        torch.manual_seed(0)
+        model = ShuangyuForCausalLM(ShuangyuConfig.from_preset(args.preset, vocab_size=args.vocab_size))
+        optimizer = build_optimizer(model, OptimizerArguments(optimizer=name, learning_rate=1e-3))
+        seconds = time_loop(accelerator, *accelerator.prepare(model, optimizer), args)
+        for decided_on in SKIP_DECIDED_ON:
+            step_s = seconds[decided_on] / (args.rounds * args.steps)
+            tokens_per_s = args.batch_size * args.seq_len / step_s
+            rows.append({"optimizer": name, "skip_decided_on": decided_on, "step_ms": 1e3 * step_s,
+                         "tokens_per_s": tokens_per_s})  # fmt: skip
+        accelerator.free_memory()
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [
+        f"`python bench/optim.py loop --device {args.device} --preset {args.preset} --batch_size {args.batch_size} "
+        f"--seq_len {args.seq_len}{' --compile' if args.compile else ''}` on {device}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}: {args.rounds} rounds of {args.steps} steps per variant",
+        "",
+        "| optimizer | non-finite step skipped | step ms | tokens/s |",
+        "|---|---|---:|---:|",
+    ]
+    described = {"device": "on the device (as shipped)", "host": "after a host read of the norm (before)"}
+    lines += [
+        f"| {r['optimizer']} | {described[r['skip_decided_on']]} | {r['step_ms']:.2f} | {r['tokens_per_s']:,.0f} |"
+        for r in rows
+    ]
+    lines.append("")
+    for device, host in zip(rows[::2], rows[1::2], strict=True):
+        lines.append(f"{device['optimizer']}: tokens/s {device['tokens_per_s'] / host['tokens_per_s'] - 1:+.1%} "
+                     "with the skip decided on the device.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -179,6 +264,18 @@ def main() -> None:
     o.add_argument("--seq_len", type=int, default=256)
     o.add_argument("--steps", type=int, default=10)
     o.add_argument("--warmup", type=int, default=3)
+    lp = sub.add_parser("loop")
+    lp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    lp.add_argument("--preset", default="tiny")
+    lp.add_argument("--vocab_size", type=int, default=32000)
+    lp.add_argument("--batch_size", type=int, default=8)
+    lp.add_argument("--seq_len", type=int, default=256)
+    lp.add_argument("--optimizers", default="adamw,muon")
+    lp.add_argument("--compile", action="store_true", help="torch.compile the model, as train_clm.py --compile")
+    lp.add_argument("--steps", type=int, default=10, help="steps per round and variant")
+    lp.add_argument("--rounds", type=int, default=3)
+    lp.add_argument("--warmup", type=int, default=3)
+    lp.add_argument("--json", help="Write the rows here too.")
     r = sub.add_parser("race")
     r.add_argument("--data_dir", required=True)
     r.add_argument("--tokenizer_name", required=True)
@@ -189,10 +286,10 @@ def main() -> None:
     r.add_argument("--eval_steps", type=int, default=150)
     r.add_argument("--eval_batches", type=int, default=20)
     r.add_argument("--train_args", default="", help="More train_clm.py flags, e.g. '--model_config tiny'.")
-    for p in (o, r):
+    for p in (o, lp, r):
         p.add_argument("--results", help="Append the markdown to this file too.")
     args = parser.parse_args()
-    text = overhead(args) if args.command == "overhead" else race(args)
+    text = {"overhead": overhead, "loop": loop, "race": race}[args.command](args)
     print(text)
     if args.results:
         with open(args.results, "a") as fh:

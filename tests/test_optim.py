@@ -1,18 +1,30 @@
-"""The optimizer plugin: Muon's update against a float64 reference, AdamW parity, one object, data parallel."""
+"""The optimizer plugin: Muon's update against a float64 reference, AdamW parity, one object, data parallel, and
+steps with non-finite gradients skipped on the device (bit for bit), with and without fp16 loss scaling."""
 
+import copy
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from shuangyu.training.arguments import OptimizerArguments
-from shuangyu.training.optim import MuonAdamW, build_optimizer, muon_lr_scale, newton_schulz, parameter_groups
+from shuangyu.training.optim import (
+    MuonAdamW,
+    build_optimizer,
+    clip_and_step,
+    muon_lr_scale,
+    newton_schulz,
+    parameter_groups,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 A, B, C = 3.4445, -4.7750, 2.0315
@@ -108,7 +120,8 @@ def test_muon_step_matches_float64_reference():
 def test_adamw_groups_step_exactly_like_torch_adamw():
     ours_model, ref_model = tiny_llama(), tiny_llama()
     ours = build_optimizer(ours_model, OptimizerArguments(optimizer="adamw", learning_rate=1e-2, weight_decay=0.1))
-    ref = torch.optim.AdamW(parameter_groups(ref_model, "adamw", 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    groups = parameter_groups(ref_model, "adamw", 0.1)
+    ref = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, fused=True)
     batch = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(3))
     for _ in range(3):
         for model, opt in ((ours_model, ours), (ref_model, ref)):
@@ -158,6 +171,136 @@ def test_one_object_for_schedulers_and_checkpoints(tmp_path):
         torch.testing.assert_close(p, q, atol=0, rtol=0)
 
 
+def same_bits(a, b) -> bool:
+    """Equal tensors of the same dtype, bit for bit (NaN equal to NaN), in nested dicts and lists."""
+    if isinstance(a, torch.Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+        )
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_bits(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def snapshot(model, optimizer) -> tuple[dict, dict]:
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+
+def backward(model, accelerator, seed: int, poison: str | None = None) -> None:
+    batch = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(seed))
+    accelerator.backward(model(input_ids=batch, labels=batch).loss)
+    if poison:  # one gradient entry non-finite, as an overflow in one layer leaves it
+        next(p for n, p in model.named_parameters() if "layers.1.mlp.up_proj" in n).grad[3, 5] = float(poison)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+def test_a_step_with_non_finite_gradients_changes_nothing(optimizer, poison):
+    """Skipped on the device: parameters, moments, momentum and step counts stay bit for bit, and the next good
+    step lands exactly where it would have without the bad one in between."""
+    accelerator = Accelerator(cpu=True)
+    runs = {}
+    for name, steps in (("clean", [None, None, None]), ("bad", [None, poison, None, None])):
+        model = tiny_llama()
+        args = OptimizerArguments(optimizer=optimizer, learning_rate=1e-2, weight_decay=0.1)
+        model, opt = accelerator.prepare(model, build_optimizer(model, args))
+        goods, seed = [], 0
+        for kind in steps:
+            before = snapshot(model, opt)
+            seed += kind is None  # a poisoned step repeats the last batch: both runs then train on the same ones
+            backward(model, accelerator, seed, kind)
+            grad_norm, good = clip_and_step(accelerator, model, opt, max_grad_norm=1.0)
+            assert good.dtype == torch.bool and good.shape == () and not hasattr(opt.optimizer, "found_inf")
+            goods.append(bool(good))
+            if kind:
+                assert not torch.isfinite(grad_norm)
+                assert same_bits(snapshot(model, opt), before)
+        runs[name] = (goods, snapshot(model, opt))
+    assert runs["bad"][0] == [True, False, True, True] and runs["clean"][0] == [True, True, True]
+    assert same_bits(runs["bad"][1], runs["clean"][1])
+    kinds = {frozenset(s) for s in runs["bad"][1][1]["state"].values()}
+    assert frozenset({"step", "exp_avg", "exp_avg_sq"}) in kinds
+    assert (frozenset({"momentum_buffer"}) in kinds) == (optimizer == "muon")
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_good_steps_are_the_same_with_or_without_the_finite_flag(nesterov):
+    """The masked update (found_inf = 0) computes exactly what the plain one does."""
+    results = []
+    for flag in (None, torch.tensor(0.0)):
+        model = tiny_llama()
+        opt = MuonAdamW(parameter_groups(model, "muon", 0.1), lr=0.02, nesterov=nesterov)
+        for seed in range(3):
+            batch = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(seed))
+            model(input_ids=batch, labels=batch).loss.backward()
+            if flag is not None:
+                opt.found_inf = flag
+            opt.step()
+            opt.zero_grad()
+        results.append(snapshot(model, opt))
+    assert same_bits(*results)
+
+
+@pytest.mark.parametrize("init_scale", [2.0**8, 0.5])
+def test_fp16_loss_scaling_skips_overflow_on_the_device(monkeypatch, init_scale):
+    """fp16: accelerate's GradScaler (a CPU one here: accelerate gives CPUs none) hands MuonAdamW its found_inf;
+    an overflow is skipped and lowers the scale, and counts as bad only once the scale is below 1. The one value
+    read on the host is the scale."""
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(tiny_llama())
+    accelerator.scaler, accelerator.native_amp = torch.amp.GradScaler("cpu", init_scale=init_scale), True
+    monkeypatch.setattr(Accelerator, "mixed_precision", property(lambda self: "fp16"))  # so it unscales
+    opt = accelerator.prepare(build_optimizer(model, OptimizerArguments(optimizer="muon", learning_rate=1e-2)))
+    backward(model, accelerator, seed=1)
+    clip_and_step(accelerator, model, opt, max_grad_norm=1.0)
+    before = snapshot(model, opt)
+    backward(model, accelerator, seed=2, poison="inf")
+    reads = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t) or real_item(t))
+    _, good = clip_and_step(accelerator, model, opt, max_grad_norm=1.0)
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+    assert len(reads) == 1 and accelerator.scaler.get_scale() == init_scale / 2  # the scale, once
+    assert bool(good) == (init_scale / 2 >= 1)
+    assert same_bits(snapshot(model, opt), before)
+    backward(model, accelerator, seed=3)
+    _, good = clip_and_step(accelerator, model, opt, max_grad_norm=1.0)
+    assert bool(good) and not same_bits(snapshot(model, opt)[0], before[0])  # a finite step trains
+
+
+def test_deepspeed_reports_the_norm_it_measured():
+    """Under DeepSpeed the engine steps inside backward; clip_and_step turns its float norm into tensors."""
+    engine = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, device=torch.device("cpu"))
+    for measured, expected in ((1.5, True), (float("inf"), False), (None, True)):
+        engine.clip_grad_norm_ = lambda params, max_norm, value=measured: value
+        grad_norm, good = clip_and_step(engine, tiny_llama(), None, max_grad_norm=1.0)
+        assert bool(good) == expected and good.device == engine.device
+        assert math.isnan(float(grad_norm)) if measured is None else float(grad_norm) == measured
+
+
+def test_a_checkpoint_from_before_the_fused_adamw_resumes_fused():
+    model = tiny_llama()
+    opt = build_optimizer(model, OptimizerArguments(optimizer="muon", learning_rate=0.02))
+    train_steps(model, opt, 1, seed=1)
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        group["fused"] = None  # as torch.optim.AdamW(foreach=None) saved it
+    for state in old["state"].values():
+        if "step" in state:
+            state["step"] = state["step"].double()
+    opt = build_optimizer(model, OptimizerArguments(optimizer="muon", learning_rate=0.02))
+    opt.load_state_dict(old)
+    adamw = [g for g in opt.param_groups if g["algorithm"] == "adamw"]
+    assert all(g["fused"] for g in adamw) and opt._adamw.param_groups == adamw
+    assert {s["step"].dtype for s in opt.state.values() if "step" in s} == {torch.float32}
+    opt.found_inf = torch.tensor(0.0)  # a plain AdamW would refuse it
+    train_steps(model, opt, 1, seed=2)
+
+
 def test_muon_rejects_non_matrices():
     with pytest.raises(ValueError, match="2-D"):
         MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "algorithm": "muon"}])
@@ -195,7 +338,8 @@ def run_parallel_script(out: Path, processes: int, fsdp2: bool = False) -> dict:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> dict:
     result = run_parallel_script(tmp_path_factory.mktemp("one") / "one.json", 1)
-    assert result["matrices_per_rank"] == [42]  # 14 matrices x 3 steps, all on the one rank
+    assert result["matrices_per_rank"] == [56]  # 14 matrices x 4 steps (the last one skipped), all on the one rank
+    assert result["skipped_step_changed_nothing"]
     return result
 
 
@@ -210,12 +354,14 @@ def assert_same_params(got: dict, expected: dict) -> None:
 
 def test_muon_under_data_parallel_matches_one_process_and_spreads_the_work(tmp_path, one_process):
     two = run_parallel_script(tmp_path / "two.json", 2)
-    assert two["matrices_per_rank"] == [21, 21]  # spread evenly, each matrix orthogonalised once
+    assert two["matrices_per_rank"] == [28, 28]  # spread evenly, each matrix orthogonalised once
+    assert two["skipped_step_changed_nothing"]
     assert_same_params(two["params"], one_process["params"])
 
 
 def test_muon_under_fsdp2_orthogonalises_whole_matrices(tmp_path, one_process):
     """Each rank holds half of every matrix; orthogonalising shards would give a different update."""
     two = run_parallel_script(tmp_path / "fsdp2.json", 2, fsdp2=True)
-    assert two["matrices_per_rank"] == [21, 21]
+    assert two["matrices_per_rank"] == [28, 28]
+    assert two["skipped_step_changed_nothing"]  # fused AdamW and the masked Muon step on sharded (DTensor) state
     assert_same_params(two["params"], one_process["params"])

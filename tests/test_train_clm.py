@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,73 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):
     assert "update skipped" in proc.stdout
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("train_clm.py: stopped: step ") and "3 non-finite steps in a row" in last
+
+
+def test_bad_steps_are_read_before_every_save_and_stop_the_run_at_the_next_read(common, tmp_path):
+    """Logging once in 100 steps: the bad-step counts kept on the device are read when a checkpoint is saved, so
+    the checkpoint records the bad steps before it (and `latest` passes it over), and the run stops at the save
+    after the limit, naming the step it was reached at, without saving that checkpoint."""
+    out = tmp_path / "run"
+    flags = ["--optimizer", "adamw", "--learning_rate", "1e30", "--max_grad_norm", "0", "--warmup_steps", "0"]
+    flags += ["--max_steps", "40", "--max_bad_steps", "4", "--logging_steps", "100", "--eval_steps", "100"]
+    proc = run([*common, *flags, "--save_steps", "3", "--output_dir", str(out)])
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    # step 1 trains (lr 1e30), every later step is non-finite: 4 in a row at step 5, read at the save of step 6
+    assert "steps 1-3: 2 non-finite gradient norms, the last at step 3; update skipped each time" in proc.stdout
+    assert "steps 4-6: 3 non-finite gradient norms, the last at step 6" in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_clm.py: stopped: step 5: 4 non-finite steps in a row"), last
+    from shuangyu.training.checkpoint import complete_checkpoints, read_checkpoint_info
+
+    saved = complete_checkpoints(out)
+    assert [step for step, _ in saved] == [3] and read_checkpoint_info(saved[0][1])["bad_in_a_row"] == 2
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__format__", "cpu", "numpy")
+
+
+def test_steps_that_do_not_log_wait_for_nothing(common, tmp_path, monkeypatch):
+    """The steady-state step (no logging, evaluation or saving) reads no tensor value on the host: every way a
+    value reaches Python is counted, in process, by the step it happens in. On a GPU each would be a host sync.
+    Reads by the data loader (host tensors, before the copy to the device) do not count."""
+    from shuangyu.training import train as train_module
+    from shuangyu.training.state import TrainState
+
+    reads, after_step = [], {"step": 0}
+    real_advance = TrainState.advance
+
+    def advance(self, *args, **kwargs):
+        real_advance(self, *args, **kwargs)
+        after_step["step"] = self.step
+
+    monkeypatch.setattr(TrainState, "advance", advance)
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            frames = [f"{f.filename}:{f.lineno}" for f in traceback.extract_stack(limit=12)[:-1]]
+            if not any(f"{os.sep}data{os.sep}" in f for f in frames):  # torch.utils.data, shuangyu.data
+                reads.append((after_step["step"], name, frames[-4:]))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    flags = ["--optimizer", "muon", "--max_steps", "8", "--gradient_accumulation_steps", "2"]
+    flags += ["--logging_steps", "4", "--eval_steps", "8", "--save_steps", "8", "--output_dir", str(tmp_path / "run")]
+    for name in HOST_READS:
+        counting(name)
+    status = train_module.main([*common, *flags])
+    monkeypatch.undo()  # the real tensor methods back before asserting
+    assert status == 0
+    by_window = {}
+    for step, name, where in reads:
+        by_window.setdefault(step, []).append((name, where))
+    # after step k, until step k+1 is counted: step k's logging (at 4 and 8), then step k+1's batches and update
+    quiet = [by_window.get(k, []) for k in (1, 2, 3, 5, 6, 7)]
+    assert quiet == [[]] * 6, quiet
+    assert by_window.get(4) and by_window.get(8)  # the logging steps read (the counting works)
+    assert sorted(losses(tmp_path / "run")) == [4, 8]
 
 
 @pytest.mark.parametrize(

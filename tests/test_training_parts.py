@@ -120,6 +120,39 @@ def test_checkpoints_are_atomic_pruned_and_resumable(tmp_path, tiny_tokenizer_di
     assert (tmp_path / "checkpoints" / "step-00000060" / MARKER).is_file()
 
 
+def test_bad_steps_are_counted_on_the_device_and_read_at_checks():
+    from shuangyu.errors import RunDiverged
+    from shuangyu.training.state import TrainState
+
+    said, state = [], TrainState()
+    for good in (True, False, True, False, False):
+        state.advance(10, torch.tensor(good), max_bad=3)
+    assert state.bad_in_a_row == 0  # not read yet
+    state.check(3, said.append)
+    assert state.bad_in_a_row == 2 and state.step == 5 and state.tokens == 50
+    assert said == ["steps 1-5: 3 non-finite gradient norms, the last at step 5; update skipped each time"]
+    state.advance(10, torch.tensor(True), max_bad=3)
+    state.check(3, said.append)
+    assert state.bad_in_a_row == 0 and len(said) == 1
+    # three in a row, then good ones before the next check: the run still stops, naming the step it diverged at
+    for good in (False, False, False, True, True):
+        state.advance(10, torch.tensor(good), max_bad=3)
+    with pytest.raises(RunDiverged, match=r"^step 9: 3 non-finite steps in a row \(the last good checkpoint is kept\)"):
+        state.check(3, said.append)
+    # a resumed run carries the streak on: a save reads the counters (state_dict), a load restarts them
+    state = TrainState()
+    for good in (True, False, False):
+        state.advance(10, torch.tensor(good), max_bad=3)
+    saved = state.state_dict()
+    assert saved == {"step": 3, "tokens": 30, "bad_in_a_row": 2}
+    resumed = TrainState()
+    resumed.load_state_dict(saved)
+    resumed.advance(10, torch.tensor(False), max_bad=3)
+    with pytest.raises(RunDiverged, match="^step 4: 3 non-finite steps in a row"):
+        resumed.check(3, said.append)
+    assert said[-1] == "step 4: non-finite gradient norm, update skipped"
+
+
 def test_stop_request_turns_signals_into_a_flag():
     stop = StopRequest()
     try:

@@ -176,7 +176,11 @@ class TrainArguments:
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
     max_bad_steps: int = field(
-        default=5, metadata={"help": "Stop after this many non-finite losses or gradients in a row."}
+        default=5,
+        metadata={
+            "help": "Stop after this many non-finite gradient norms in a row (counted on the device, checked at "
+            "the next step that logs, evaluates or saves)."
+        },
     )
 
 

@@ -11,6 +11,11 @@ orthogonalise its own shard, which is a different (wrong) update. `MuonAdamW` ru
 through `torch.optim.AdamW` itself and writes only the Muon step, which spreads the Newton-Schulz work
 over ranks (each matrix is orthogonalised whole, by one rank, and the results are gathered).
 
+A step whose gradients are not finite changes nothing, decided on the device (no host sync): the caller
+sets `found_inf` (torch's GradScaler convention, a 0-dim float tensor, 1.0 = skip) before `step`. The AdamW
+groups are fused (`torch.optim.AdamW(fused=True)`, whose kernel reads found_inf and leaves parameters, moments
+and step count alone); the Muon step computes as usual and `torch.where` keeps the old parameters and momentum.
+
 Muon's update is scaled so that AdamW's learning rate and weight decay carry over
 (`muon_scale="match_rms_adamw"`: 0.2 * sqrt(max(rows, cols)), which gives the update the RMS of a typical
 AdamW update); `"original"` is Keller Jordan's sqrt(max(1, rows / cols)), for learning rates tuned
@@ -99,9 +104,16 @@ def _orthogonalize_spread(updates: list[torch.Tensor], steps: int, group=None) -
 class MuonAdamW(torch.optim.Optimizer):
     """One optimizer over param groups tagged `algorithm="muon"` or `algorithm="adamw"`.
 
-    AdamW groups are stepped by a `torch.optim.AdamW` that shares this optimizer's group dicts and state,
+    AdamW groups are stepped by a fused `torch.optim.AdamW` that shares this optimizer's group dicts and state,
     so schedulers, clipping and checkpoints see a single optimizer.
+
+    Set `found_inf` (0-dim float32 on the device) before `step` to skip a step on the device where it is not 0,
+    as torch's fused optimizers do; `_step_supports_amp_scaling` makes a GradScaler pass its own found_inf this
+    way rather than read it on the host. The gradients must be unscaled by then (`accelerator.clip_grad_norm_`
+    unscales them); a gradient scale is passed on to the AdamW groups but refused for the Muon ones.
     """
+
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -138,7 +150,16 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _link_adamw(self) -> None:
         groups = [g for g in self.param_groups if g["algorithm"] == "adamw"]
-        self._adamw = torch.optim.AdamW(groups, foreach=None) if groups else None
+        # fused: one kernel per step, the step count kept on the device, and found_inf honoured in the kernel.
+        # Set on the groups themselves, over a checkpoint saved before they were fused (fused: None, step counts
+        # on the CPU), since AdamW only fills in the settings a group lacks.
+        for group in groups:
+            group["fused"], group["foreach"] = True, None
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    state["step"] = torch.as_tensor(state["step"], dtype=torch.float32, device=p.device)
+        self._adamw = torch.optim.AdamW(groups, fused=True) if groups else None
         if self._adamw is not None:
             self._adamw.state = self.state  # one state dict: checkpoints hold both algorithms' state
 
@@ -152,25 +173,37 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        if grad_scale is not None and any(g["algorithm"] == "muon" for g in self.param_groups):
+            raise RuntimeError("MuonAdamW takes unscaled gradients: call the GradScaler's unscale_ first")
         if self._adamw is not None:
+            self._adamw.found_inf, self._adamw.grad_scale = found_inf, grad_scale  # read by its step
             self._adamw.step()
+        finite = None if found_inf is None else found_inf == 0
         for group in self.param_groups:
             if group["algorithm"] == "muon":
-                self._muon_step(group)
+                self._muon_step(group, finite)
         return loss
 
-    def _muon_step(self, group: dict) -> None:
+    def _muon_step(self, group: dict, finite: torch.Tensor | None) -> None:
+        """With `finite` (0-dim bool on the device), the step is computed as usual and `torch.where` keeps the
+        new momentum and parameters only if it is true: a skipped step leaves both bit for bit as they were."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
+        momentum = group["momentum"]
         updates = []
         for p in params:
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p.grad)
             buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - group["momentum"])
-            updates.append(p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
+            if finite is None:
+                buf.lerp_(p.grad, 1 - momentum)
+            else:
+                torch.where(finite, buf.lerp(p.grad, 1 - momentum), buf, out=buf)
+            # skipped: the update is made of the old momentum, or is NaN (Nesterov); either way it is not applied
+            updates.append(p.grad.lerp(buf, momentum) if group["nesterov"] else buf)
         # FSDP2 shards a matrix over ranks; Muon must orthogonalise the whole matrix, never a shard
         full = [u.full_tensor() if _is_dtensor(u) else u for u in updates]
         mesh_group = None
@@ -182,8 +215,13 @@ class MuonAdamW(torch.optim.Optimizer):
                 from torch.distributed.tensor import distribute_tensor
 
                 o = distribute_tensor(o, u.device_mesh, u.placements, src_data_rank=None)
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-            p.add_(o, alpha=-group["lr"] * muon_lr_scale(p.shape, group["muon_scale"]))
+            decay = 1 - group["lr"] * group["weight_decay"]
+            alpha = -group["lr"] * muon_lr_scale(p.shape, group["muon_scale"])
+            if finite is None:
+                p.mul_(decay)
+                p.add_(o, alpha=alpha)
+            else:
+                torch.where(finite, p.mul(decay).add_(o, alpha=alpha), p, out=p)
 
 
 def parameter_groups(model: nn.Module, optimizer: str, weight_decay: float) -> list[dict]:
@@ -234,26 +272,38 @@ def build_optimizer(model: nn.Module, args: OptimizerArguments) -> MuonAdamW:
     )
 
 
-def clip_and_step(accelerator, model: nn.Module, optimizer, max_grad_norm: float) -> tuple[torch.Tensor, bool]:
-    """Clip the global gradient norm and step, unless the gradients are not finite. Returns the norm and
-    whether the update counts as good. Reading the norm is one host sync per optimizer step: the skip needs it.
+def clip_and_step(accelerator, model: nn.Module, optimizer, max_grad_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip the global gradient norm and step; a step whose gradients are not finite leaves the parameters and the
+    optimizer state as they were. Returns the norm and whether the step counts as good (a 0-dim bool), both left
+    on the device: nothing here waits for it (no host sync); the loop reads them when it logs.
 
-    Under fp16 the loss scaler owns overflow: it skips the step and lowers the scale, so the optimizer
-    always steps, and only an overflow at a scale already below 1 counts as bad.
+    The skip is decided on the device: the optimizer gets `found_inf` (1.0 where the norm is not finite), as
+    torch's fused optimizers get it from a GradScaler. One that does not take it (no `_step_supports_amp_scaling`)
+    is stepped only after the norm is read on the host, one sync per step.
+
+    Under fp16 the loss scaler owns overflow: it hands the optimizer its own found_inf and lowers the scale, and
+    only an overflow at a scale already below 1 counts as bad; reading the scale for that is one host sync.
 
     Under DeepSpeed the engine has already clipped (its config's gradient_clipping) and stepped inside
-    accelerator.backward; this only reads the norm it measured."""
+    accelerator.backward; this only reports the norm it measured (a float: DeepSpeed has read it already)."""
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm or math.inf)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:  # a float, or None before its first step
-        measured = grad_norm is not None
-        grad_norm = torch.tensor(float(grad_norm) if measured else float("nan"))
-        return grad_norm, not measured or bool(torch.isfinite(grad_norm))
-    finite = bool(torch.isfinite(grad_norm))
+        norm = float("nan") if grad_norm is None else float(grad_norm)
+        good = grad_norm is None or math.isfinite(norm)
+        return torch.tensor(norm), torch.tensor(good, device=accelerator.device)
+    if _is_dtensor(grad_norm):  # FSDP2: the global norm, as the same plain tensor on every rank
+        grad_norm = grad_norm.full_tensor()
+    finite = torch.isfinite(grad_norm)
     if accelerator.scaler is not None:
-        optimizer.step()
-        good = finite or accelerator.scaler.get_scale() >= 1.0
+        optimizer.step()  # the scaler passes its found_inf, or skips the step itself
+        good = finite | (accelerator.scaler.get_scale() >= 1.0)
     else:
-        if finite:
+        inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's AcceleratedOptimizer
+        if getattr(inner, "_step_supports_amp_scaling", False):
+            inner.found_inf = (~finite).float()
+            optimizer.step()
+            del inner.found_inf
+        elif finite:
             optimizer.step()
         good = finite
     optimizer.zero_grad(set_to_none=True)

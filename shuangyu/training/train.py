@@ -180,7 +180,11 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
 
 
 def train_loop(run: Run) -> str | None:
-    """Train to max_steps; returns what stopped the run early (a signal's name), or None."""
+    """Train to max_steps; returns what stopped the run early (a signal's name), or None.
+
+    A step that neither logs, evaluates nor saves makes no host sync: the loss, the gradient norm and whether the
+    update was skipped stay on the device until a logging step reads them. Too many non-finite steps in a row
+    (--max_bad_steps) raise RunDiverged at the next step that logs, evaluates or saves."""
     accelerator, cfg, state, model = run.accelerator, run.config, run.state, run.model
     stop, stopping = StopRequest(), False
     # a bar on a terminal; in a log file (nohup, a cluster job) a plain line per logging step instead
@@ -188,6 +192,7 @@ def train_loop(run: Run) -> str | None:
         total=run.max_steps, initial=state.step, desc="training", disable=None if accelerator.is_main_process else True
     )
     loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
+    max_bad = cfg.train.max_bad_steps
     started = time.perf_counter()
     model.train()
     try:
@@ -204,22 +209,29 @@ def train_loop(run: Run) -> str | None:
                         grad_norm, good = clip_and_step(accelerator, model, run.optimizer, cfg.optim.max_grad_norm)
                 if not accelerator.sync_gradients:
                     continue
-                run.scheduler.step()
-                state.advance(run.tokens_per_step, good, cfg.train.max_bad_steps, accelerator.print)
+                run.scheduler.step()  # also after a skipped update, as the step count does
+                state.advance(run.tokens_per_step, good, max_bad)
                 run.meter.add(run.tokens_per_step)
                 bar.update(1)
                 step_loss, loss_sum, micro_steps = loss_sum / micro_steps, torch.zeros_like(loss_sum), 0
+                # Up to here nothing waits for the device. The steps that log, evaluate or save read it anyway,
+                # and read the bad-step counts first: a diverged run stops at the first of them.
                 last = state.step == run.max_steps
+                log_now = state.step % cfg.logging.logging_steps == 0 or last
+                eval_now = run.val_loaders and (state.step % cfg.logging.eval_steps == 0 or last)
+                if log_now or eval_now:
+                    state.check(max_bad, accelerator.print)
                 logs = {}
-                if state.step % cfg.logging.logging_steps == 0 or last:
+                if log_now:
                     logs = training_logs(run, step_loss, grad_norm)
                     show_progress(run, bar, logs)
-                if run.val_loaders and (state.step % cfg.logging.eval_steps == 0 or last):
+                if eval_now:
                     logs |= validate(run)
                 if logs:
                     run.log(state.step, logs | {"time_s": time.perf_counter() - started})
                 stopping = should_stop(stop, accelerator, state.step, cfg.logging.logging_steps)
                 if state.step % cfg.checkpoint.save_steps == 0 or last or stopping:
+                    state.check(max_bad, accelerator.print)  # a checkpoint records the bad steps in a row
                     save(run)
                     run.meter.measure()  # evaluation and saving are not training throughput
                 if last or stopping:

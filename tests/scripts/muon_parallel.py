@@ -3,7 +3,8 @@
     accelerate launch [--multi_gpu --num_processes 2] muon_parallel.py OUT.json          (DDP, or 1 process)
     torchrun --nproc_per_node 2 muon_parallel.py OUT.json --fsdp2                        (FSDP2 on gloo)
 
-Run by tests/test_optim.py, which compares the parameters with a 1-process run on the whole global batch.
+Run by tests/test_optim.py, which compares the parameters with a 1-process run on the whole global batch. A last
+step with NaN gradients and `found_inf` set must leave parameters and optimizer state as they were.
 """
 
 import json
@@ -46,7 +47,12 @@ def tiny_model() -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def train(model, opt, rank: int, world: int, backward) -> None:
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if type(t).__name__ == "DTensor" else t
+
+
+def train(model, opt, rank: int, world: int, backward) -> bool:
+    """STEPS steps, then one with NaN gradients and found_inf set; returns whether that one changed nothing."""
     data = torch.randint(0, 97, (STEPS, GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     per_rank = GLOBAL_BATCH // world
     for step in range(STEPS):
@@ -54,6 +60,21 @@ def train(model, opt, rank: int, world: int, backward) -> None:
         backward(model(input_ids=batch, labels=batch).loss)
         opt.step()
         opt.zero_grad()
+    inner = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+
+    def everything():  # parameters, and both algorithms' state (momentum; moments and step counts)
+        state = [t for s in inner.state_dict()["state"].values() for t in s.values()]
+        return [full(t).detach().clone() for t in [*model.parameters(), *state]]
+
+    before = everything()
+    backward(model(input_ids=batch, labels=batch).loss)
+    for p in model.parameters():
+        p.grad.fill_(float("nan"))
+    inner.found_inf = torch.tensor(1.0)
+    opt.step()
+    del inner.found_inf
+    opt.zero_grad()
+    return all(torch.equal(a, b) for a, b in zip(before, everything(), strict=True))
 
 
 def run_accelerate(out_path: str) -> None:
@@ -63,11 +84,11 @@ def run_accelerate(out_path: str) -> None:
     calls = count_orthogonalised_matrices()
     model = tiny_model()
     model, opt = accelerator.prepare(model, optim.build_optimizer(model, MUON))
-    train(model, opt, accelerator.process_index, accelerator.num_processes, accelerator.backward)
+    skipped = train(model, opt, accelerator.process_index, accelerator.num_processes, accelerator.backward)
     counts = accelerator.gather(torch.tensor([calls["n"]])).tolist()
     if accelerator.is_main_process:
         params = {n: p.detach().tolist() for n, p in accelerator.unwrap_model(model).named_parameters()}
-        write(out_path, params, counts)
+        write(out_path, params, counts, skipped)
 
 
 def run_fsdp2(out_path: str) -> None:
@@ -83,18 +104,18 @@ def run_fsdp2(out_path: str) -> None:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     opt = optim.build_optimizer(model, MUON)
-    train(model, opt, rank, world, lambda loss: loss.backward())
+    skipped = train(model, opt, rank, world, lambda loss: loss.backward())
     counts = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([calls["n"]]))
     params = {n: p.full_tensor().detach().tolist() for n, p in model.named_parameters()}
     if rank == 0:
-        write(out_path, params, [int(c) for c in counts])
+        write(out_path, params, [int(c) for c in counts], skipped)
     dist.destroy_process_group()
 
 
-def write(out_path: str, params: dict, counts: list[int]) -> None:
+def write(out_path: str, params: dict, counts: list[int], skipped: bool) -> None:
     with open(out_path, "w") as fh:
-        json.dump({"params": params, "matrices_per_rank": counts}, fh)
+        json.dump({"params": params, "matrices_per_rank": counts, "skipped_step_changed_nothing": skipped}, fh)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   install (once), train a zh+en tokenizer on the sample corpus, then the tiny model on it
+#   make demo   install (once), then the whole flow on the sample corpus: tokenizer, data, pretraining,
+#               evaluation, instruction tuning, report (python -m shuangyu.demo; run it again to resume)
 #   make test   install (once), then run the test suite
 PYTHON ?= python3
 SHARED ?= ../shared
@@ -19,8 +20,11 @@ install: .make-installed
 	$(PYTHON) -m shuangyu.evaluation.local_tasks  # lm-eval task YAMLs for the local benchmark copies (they name lm-eval's path)
 	touch $@
 
-# the whole pipeline on the sample corpus: a tokenizer, then the tiny model on 2 CPU processes
-demo: tokenizer train-tiny
+# the whole flow on the sample corpus; DEMO_FLAGS="--device cpu" forces the CPU recipe on a GPU machine
+demo: install
+	$(PYTHON) -m shuangyu.demo $(DEMO_FLAGS)
+
+# the steps one by one (as in the README): a 32k tokenizer, then the tiny model on 2 CPU processes
 
 tokenizer: install
 	$(PYTHON) tokenizer/train_bpe.py \
@@ -33,7 +37,7 @@ train-tiny: install
 	  --config configs/tiny-cpu.yaml --tokenizer_name outputs/tokenizer --output_dir outputs/tiny-cpu \
 	  --overwrite_output_dir
 
-# instruction tuning of the demo's model (after `make demo`): full SFT, or a LoRA adapter merged into a folder; DPO
+# instruction tuning of the tiny model (after `make tokenizer train-tiny`): full SFT, or a LoRA adapter merged into a folder; DPO
 sft-tiny: install
 	$(PYTHON) -m accelerate.commands.launch --config_file accelerate_configs/cpu.yaml train_clm.py \
 	  --config configs/sft-tiny-cpu.yaml --model_name_or_path outputs/tiny-cpu/final --output_dir outputs/sft-tiny \

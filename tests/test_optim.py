@@ -365,3 +365,13 @@ def test_muon_under_fsdp2_orthogonalises_whole_matrices(tmp_path, one_process):
     assert two["matrices_per_rank"] == [28, 28]
     assert two["skipped_step_changed_nothing"]  # fused AdamW and the masked Muon step on sharded (DTensor) state
     assert_same_params(two["params"], one_process["params"])
+
+
+def test_a_torch_without_fused_adamw_is_refused_in_one_line():
+    from shuangyu.errors import UsageError
+    from shuangyu.training.optim import check_torch_version
+
+    check_torch_version("2.13.0+cpu")
+    check_torch_version("2.4.1")
+    with pytest.raises(UsageError, match=r"torch 2.1.2 has no fused AdamW .* install torch==2.13.0"):
+        check_torch_version("2.1.2")

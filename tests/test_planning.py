@@ -99,8 +99,8 @@ def test_shape_counts_match_the_built_model_and_train_clms_flops(spec):
 
 def test_shapes_are_hardware_friendly():
     for shape in shapes.candidates(32000):
-        if shape.name == "tiny":
-            continue  # the CPU test preset
+        if shape.name in ("tiny", "mini"):
+            continue  # the CPU presets (tests, the demo): sized for 2 cores, not for matrix units
         assert shape.width % 64 == 0 and shape.intermediate % 64 == 0, shape
         assert shape.head_dim in (64, 128), shape
         if shape.name.startswith("d"):

@@ -22,6 +22,17 @@ PRESETS: dict[str, dict] = {
         num_key_value_heads=2,
         max_position_embeddings=256,
     ),
+    # The demo's CPU model (python -m shuangyu.demo, configs/demo-cpu.yaml): the most held-out bits per byte per
+    # CPU-minute among the shapes bench/demo_sweep.py tried at an 8k vocabulary (bench/RESULTS.md).
+    "mini": dict(
+        vocab_size=8192,
+        hidden_size=128,
+        intermediate_size=320,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+    ),
     # GPT-2 small's shape (12 layers, width 768, 12 heads) with LLaMA blocks.
     "124m": dict(
         vocab_size=32000,

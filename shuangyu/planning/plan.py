@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--memory_gib", type=float, help="memory per GPU in GiB, for a GPU not in the table")
     budget.add_argument("--usd_per_gpu_hour", type=float, help="price, for the cost (default: Modal's list price)")
     model = p.add_argument_group("model and data")
-    model.add_argument("--model", help="fix the model: a preset (tiny, 124m, 350m), 760m, 1b, dN, or a config.json")
+    model.add_argument(
+        "--model", help="fix the model: a preset (tiny, mini, 124m, 350m), 760m, 1b, dN, or a config.json"
+    )
     model.add_argument("--tokens", help="fix the training tokens, e.g. 2.5B")
     model.add_argument("--seq_len", type=int, default=1024, help="tokens per row: train_clm's --block_size (1024)")
     model.add_argument("--vocab_size", type=int, default=32000, help="the tokenizer's vocabulary (32000)")

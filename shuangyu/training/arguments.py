@@ -23,7 +23,9 @@ from shuangyu.files import parse_size
 class ModelArguments:
     model_config: str = field(
         default="tiny",
-        metadata={"help": "A preset (tiny, 124m, 350m) or a config.json / folder, for a model trained from scratch."},
+        metadata={
+            "help": "A preset (tiny, mini, 124m, 350m) or a config.json / folder, for a model trained from scratch."
+        },
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue from these weights (an HF folder, e.g. a checkpoint's model/)."}

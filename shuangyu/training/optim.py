@@ -33,6 +33,7 @@ import torch.distributed as dist
 from accelerate.utils import DistributedType
 from torch import nn
 
+from shuangyu.errors import UsageError
 from shuangyu.training.arguments import OptimizerArguments
 
 # Quintic Newton-Schulz coefficients (Keller Jordan): a steep slope at zero, so 5 steps suffice; the
@@ -259,8 +260,23 @@ def parameter_groups(model: nn.Module, optimizer: str, weight_decay: float) -> l
     return [g for g in groups if g["params"]]
 
 
+FUSED_ADAMW_SINCE = (2, 4)  # torch's fused AdamW kernel on CPU and CUDA
+
+
+def check_torch_version(version: str = torch.__version__) -> None:
+    """The AdamW groups step through torch's fused kernel (no host sync on a skipped step): older torch lacks it
+    on the CPU, and fails deep inside the first step; say so before any work."""
+    major, minor = (int(part) for part in version.split("+")[0].split(".")[:2])
+    if (major, minor) < FUSED_ADAMW_SINCE:
+        raise UsageError(
+            f"torch {version} has no fused AdamW on every device (torch 2.4 added it): "
+            "install torch==2.13.0 (pip install torch==2.13.0, or its CUDA build on a GPU machine)"
+        )
+
+
 def build_optimizer(model: nn.Module, args: OptimizerArguments) -> MuonAdamW:
     """`args.optimizer`: "adamw" (everything under AdamW) or "muon" (hidden matrices under Muon)."""
+    check_torch_version()
     return MuonAdamW(
         parameter_groups(model, args.optimizer, args.weight_decay),
         lr=args.learning_rate,

@@ -1,0 +1,203 @@
+"""The whole flow in one command, on the sample corpus: tokenizer -> data -> pretraining -> evaluation ->
+instruction tuning -> report (`make demo` runs it).
+
+    python -m shuangyu.demo [--device auto|cpu|gpu] [--output_dir outputs/demo] [--fast]
+
+Each step is the command a user would type (printed before it runs), so the demo also shows the flow. Every
+step is cached or resumable: run the same command again after an interruption (Ctrl-C, a closed laptop) and
+it skips what is done and resumes training from the latest checkpoint. With a GPU it picks the GPU recipe by
+itself (and says so); --device forces either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.report.build import build_report
+
+PROG = "python -m shuangyu.demo"
+REPO = Path(__file__).resolve().parents[1]
+# the embedded default: the sample corpus beside the checkout (configs/demo-*.yaml name the same files)
+CORPUS = Path("../shared/data/corpus")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the demo trains; chosen by the measured sweep in bench/RESULTS.md ("The demo's recipe")."""
+
+    name: str
+    tokenizer_vocab: int
+    tokenizer_text: str  # how much text the tokenizer trains on
+    pretrain_config: str
+    sft_config: str
+    accelerate_config: str
+    eval_tasks: str
+    eval_limit: int
+
+
+RECIPES = {
+    "cpu": Recipe(
+        name="CPU (2 cores, about 10 minutes)",
+        tokenizer_vocab=8192,
+        tokenizer_text="20MB",
+        pretrain_config="configs/demo-cpu.yaml",
+        sft_config="configs/sft-demo-cpu.yaml",
+        accelerate_config="accelerate_configs/cpu.yaml",
+        eval_tasks="arc_easy_local,xcopa_zh_local,hellaswag_local",
+        eval_limit=100,
+    ),
+    "gpu": Recipe(
+        name="one GPU",
+        tokenizer_vocab=32000,
+        tokenizer_text="200MB",
+        pretrain_config="configs/demo-gpu.yaml",
+        sft_config="configs/sft-demo-gpu.yaml",
+        accelerate_config="accelerate_configs/single_gpu.yaml",
+        eval_tasks="arc_easy_local,xcopa_zh_local,hellaswag_local,cmmlu_local",
+        eval_limit=500,
+    ),
+}
+# --fast: the same flow in about a minute (the end-to-end test runs it); the model learns little
+FAST_OVERRIDES = {
+    "tokenizer": ["--max_bytes", "2MB", "--validation_max_bytes", "200KB"],
+    "pretrain": ["--max_steps", "20", "--eval_steps", "10", "--save_steps", "10", "--eval_batches", "2"],
+    "sft": ["--max_steps", "10", "--eval_steps", "10", "--save_steps", "10", "--eval_batches", "2"],
+    "eval": ["--limit", "5", "--bpb_max_bytes", "100000"],
+}
+
+
+def pick_device(asked: str) -> str:
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    if asked == "gpu" and not has_gpu:
+        raise UsageError("--device gpu: this machine's torch sees no CUDA GPU; use --device cpu (or auto)")
+    if asked == "auto":
+        return "gpu" if has_gpu else "cpu"
+    return asked
+
+
+class Steps:
+    """Runs each step as its own command, printed first; stops the demo at the first that fails."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def header(self, title: str) -> None:
+        self.done += 1
+        elapsed = (time.perf_counter() - self.start) / 60
+        print(f"\n== [{self.done}/{self.total}] {title}  ({elapsed:.1f} min so far)", flush=True)
+
+    def skip(self, title: str, why: str) -> None:
+        self.header(title)
+        print(f"   done already ({why}): skipped", flush=True)
+
+    def run(self, title: str, cmd: list[str]) -> None:
+        self.header(title)
+        print("$ " + shlex.join(cmd), flush=True)
+        code = subprocess.run(cmd).returncode
+        if code:
+            # the step has printed its own error; the demo only says where it stopped and how to go on
+            raise UsageError(f"step {self.done} ({title}) failed with exit {code}; fix it and run the demo again")
+
+
+def launch(recipe: Recipe, *args: str) -> list[str]:
+    """accelerate launch train_clm.py, as the README shows it (through python -m, so no PATH lookup)."""
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe.accelerate_config]
+    return [*accelerate, "train_clm.py", *args]
+
+
+def run_demo(device: str, out: Path, fast: bool) -> Path:
+    recipe = RECIPES[device]
+    fast_args = FAST_OVERRIDES if fast else {k: [] for k in FAST_OVERRIDES}
+    print(
+        f"recipe: {recipe.name} ({recipe.pretrain_config}); --device {'gpu' if device == 'cpu' else 'cpu'} picks the other"
+    )
+    tokenizer, pretrain, sft, corpus = out / "tokenizer", out / "pretrain", out / "sft", CORPUS
+    steps = Steps(total=6)
+    py = sys.executable
+
+    if (tokenizer / "tokenizer.json").is_file():  # written whole or not at all (an atomic folder)
+        steps.skip("tokenizer", str(tokenizer))
+    else:
+        steps.run(
+            "tokenizer: byte-level BPE on Chinese + English",
+            [py, "tokenizer/train_bpe.py", "--files", f"zh={corpus}/zh/*.jsonl:0.5", f"en={corpus}/en/*.jsonl:0.5",
+             "--exclude", "*_val.jsonl", "--validation_files", f"zh={corpus}/zh/*_val.jsonl",
+             f"en={corpus}/en/*_val.jsonl", "--max_bytes", recipe.tokenizer_text,
+             "--vocab_size", str(recipe.tokenizer_vocab), "--output_dir", str(tokenizer), *fast_args["tokenizer"]],
+        )  # fmt: skip
+
+    # data preparation happens inside train_clm.py (cached in OUTPUT_DIR/data, keyed by its inputs)
+    if (pretrain / "final" / "config.json").is_file():
+        steps.skip("data + pretraining", str(pretrain / "final"))
+    else:
+        steps.run(
+            "data + pretraining (resumes from the latest checkpoint if interrupted)",
+            launch(recipe, "--config", recipe.pretrain_config, "--tokenizer_name", str(tokenizer),
+                   "--output_dir", str(pretrain), "--resume_from_checkpoint", "latest", *fast_args["pretrain"]),
+        )  # fmt: skip
+
+    base = pretrain / "final"
+    if (base / "eval_results.json").is_file():
+        steps.skip("evaluation", str(base / "eval_results.json"))
+    else:
+        steps.run(
+            "evaluation: held-out bits per byte and lm-eval tasks",
+            [py, "eval/run.py", str(base), "--tasks", recipe.eval_tasks, "--limit", str(recipe.eval_limit),
+             "--corpus", str(corpus), *fast_args["eval"]],
+        )  # fmt: skip
+
+    if (sft / "final" / "config.json").is_file():
+        steps.skip("instruction tuning", str(sft / "final"))
+    else:
+        steps.run(
+            "instruction tuning (SFT) on zh + en conversations",
+            launch(recipe, "--config", recipe.sft_config, "--model_name_or_path", str(base),
+                   "--output_dir", str(sft), "--resume_from_checkpoint", "latest", *fast_args["sft"]),
+        )  # fmt: skip
+
+    steps.header("report")
+    report = build_report(pretrain, corpus=corpus, chat_run=sft)
+    print(report.read_text(encoding="utf-8"), flush=True)
+
+    steps.header("talk to it")
+    print(f"report: {report}  (curves: {report.parent / 'loss.png'})")
+    print("chat with the instruction-tuned model, or continue text with the base model:")
+    print(f"  python -m shuangyu.chat {sft / 'final'}")
+    print(f'  python -m shuangyu.chat {base} --prompt "今天天气很好，"')
+    print(f"demo done in {(time.perf_counter() - steps.start) / 60:.1f} min", flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = refuse_in_one_line(argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0]))
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help="which recipe (auto: gpu if any)")
+    p.add_argument("--output_dir", type=Path, default=Path("outputs/demo"), help="every step's folder goes here")
+    p.add_argument("--fast", action="store_true", help="a minute-long run of the same flow (the model learns little)")
+    try:
+        args = p.parse_args(argv)
+        if not (REPO / CORPUS / "zh").is_dir() or not (REPO / CORPUS / "en").is_dir():
+            raise UsageError(f"no sample corpus at {(REPO / CORPUS).resolve()}: clone this next to shared/")
+        device = pick_device(args.device)
+        out = args.output_dir.resolve()
+        os.chdir(REPO)  # the configs name the corpus relative to the checkout, as the README's commands do
+        run_demo(device, Path(os.path.relpath(out)) if out.is_relative_to(REPO) else out, args.fast)
+    except UsageError as err:
+        return print_error(PROG, err)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; run it again to resume where it stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

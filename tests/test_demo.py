@@ -1,0 +1,90 @@
+"""The one-command demo (python -m shuangyu.demo): the whole flow end to end, shortened (--fast), every artifact
+checked; a second run skips what is done."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "shuangyu.demo", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def test_asking_for_a_gpu_without_one_is_one_line():
+    done = run_demo("--device", "gpu", "--output_dir", "/nonexistent/demo", timeout=120)
+    if "cuda" in done.stdout.lower() and done.returncode == 0:  # pragma: no cover - a GPU machine
+        pytest.skip("this machine has a GPU")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "python -m shuangyu.demo: error: --device gpu: this machine's torch sees no CUDA GPU; use --device cpu (or auto)"
+    ]
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_each_recipe_names_configs_train_clm_takes(device, tmp_path):
+    from shuangyu.demo import RECIPES
+    from shuangyu.training.arguments import parse_args
+
+    recipe = RECIPES[device]
+    assert (REPO / recipe.accelerate_config).is_file()
+    pretrain = parse_args(["--config", str(REPO / recipe.pretrain_config), "--output_dir", str(tmp_path / "p")])
+    sft = parse_args(["--config", str(REPO / recipe.sft_config), "--output_dir", str(tmp_path / "s")])
+    assert sft.sft.sft and not pretrain.sft.sft
+    for source in [*pretrain.data.train_files, *pretrain.data.validation_files, *sft.data.train_files]:
+        first_glob = source.split("=", 1)[-1].split(",")[0].rsplit(":", 1)[0]
+        assert list(REPO.glob(first_glob)), source  # the configs name the shared corpus relative to the checkout
+
+
+@pytest.mark.slow
+def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
+    out = tmp_path / "demo"
+    done = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = done.stdout
+    for step in ("[1/6] tokenizer", "[2/6] data + pretraining", "[3/6] evaluation", "[4/6] instruction tuning",
+                 "[5/6] report", "[6/6] talk to it"):  # fmt: skip
+        assert step in log, step
+    assert "recipe: CPU" in log
+    # every artifact exists and parses
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoTokenizer.from_pretrained(out / "tokenizer")
+    for final in (out / "pretrain" / "final", out / "sft" / "final"):
+        AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+    results = json.loads((out / "pretrain" / "final" / "eval_results.json").read_text())
+    tasks = {row["task"] for row in results["table"]}
+    assert {"arc_easy_local", "xcopa_zh_local"} <= tasks and results["limit"] == 5
+    assert all(row["random_guess"] is not None for row in results["table"])
+    assert set(results["held_out"]) == {"zh", "en"}
+    report = (out / "pretrain" / "report.md").read_text()
+    for heading in ("## Environment (recorded by the run)", "## Tokenizer", "### Recipe", "## Loss curves",
+                    "## Evaluation", "## Samples", "## Instruction tuning", "### Samples (replies", "## Talk to it"):  # fmt: skip
+        assert heading in report, heading
+    assert "| GPT-2 |" in report and "| MiniMind |" in report and "xcopa_zh_local" in report
+    assert (out / "pretrain" / "loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert "](loss.png)" in (out / "pretrain" / "final" / "README.md").read_text()
+    assert report.strip() in log  # printed as well as written
+    tail = log.strip().splitlines()[-4:]
+    assert any(line.strip() == f"python -m shuangyu.chat {out / 'sft' / 'final'}" for line in tail), tail
+    assert "\r" not in log + done.stderr  # a log file gets plain lines, no progress bars
+    assert "Removed shared tensor" not in log + done.stderr
+
+    # the same command again: every step is done, nothing is trained twice
+    again = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done already") == 4

@@ -100,10 +100,20 @@ class Steps:
         self.header(title)
         print(f"   done already ({why}): skipped", flush=True)
 
-    def run(self, title: str, cmd: list[str]) -> None:
+    def run(self, title: str, cmd: list[str], makes: Path | None = None) -> None:
+        """Run the step; `makes`: the file it must leave behind (a training run stopped by a signal exits 0
+        with a checkpoint, not a model)."""
         self.header(title)
-        print("$ " + shlex.join(cmd), flush=True)
-        code = subprocess.run(cmd).returncode
+        print("$ " + shlex.join(["python" if part == sys.executable else part for part in cmd]), flush=True)
+        process = subprocess.Popen(cmd)
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the step too (one process group): let it save its checkpoint before we stop
+            process.wait()
+            raise
+        if code == 0 and makes is not None and not makes.exists():
+            raise UsageError(f"step {self.done} ({title}) stopped before the end; run the demo again to resume it")
         if code:
             # the step has printed its own error; the demo only says where it stopped and how to go on
             raise UsageError(f"step {self.done} ({title}) failed with exit {code}; fix it and run the demo again")
@@ -144,6 +154,7 @@ def run_demo(device: str, out: Path, fast: bool) -> Path:
             "data + pretraining (resumes from the latest checkpoint if interrupted)",
             launch(recipe, "--config", recipe.pretrain_config, "--tokenizer_name", str(tokenizer),
                    "--output_dir", str(pretrain), "--resume_from_checkpoint", "latest", *fast_args["pretrain"]),
+            makes=pretrain / "final" / "config.json",
         )  # fmt: skip
 
     base = pretrain / "final"
@@ -163,6 +174,7 @@ def run_demo(device: str, out: Path, fast: bool) -> Path:
             "instruction tuning (SFT) on zh + en conversations",
             launch(recipe, "--config", recipe.sft_config, "--model_name_or_path", str(base),
                    "--output_dir", str(sft), "--resume_from_checkpoint", "latest", *fast_args["sft"]),
+            makes=sft / "final" / "config.json",
         )  # fmt: skip
 
     steps.header("report")

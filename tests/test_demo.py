@@ -3,6 +3,7 @@ checked; a second run skips what is done."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,11 @@ def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     again = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already") == 4
+
+    # a step that did not finish (here: its final model gone) resumes from its latest checkpoint
+    shutil.rmtree(out / "sft" / "final")
+    resumed = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("done already") == 3
+    assert f"resumed from {out / 'sft' / 'checkpoints' / 'step-00000010'}" in resumed.stdout
+    assert (out / "sft" / "final" / "config.json").is_file()

@@ -115,7 +115,16 @@ def eval_section(folder: Path) -> str:
         report.get("notes", []),
         report.get("held_out_conversations", {}),
     )
-    return f"## Evaluation\n\n`eval/run.py` (lm-eval{limit}; random guessing scores shown beside each task):\n\n{table}"
+    held_out = (
+        "\n\nThe held-out rows here are over every `<corpus>/<lang>/*_val.jsonl` file, sources the model did not "
+        "train on included; the training section's validation uses the run's own `--validation_files`."
+        if report.get("held_out")
+        else ""
+    )
+    return (
+        f"## Evaluation\n\n`eval/run.py` (lm-eval{limit}; random guessing scores shown beside each task):\n\n"
+        f"{table}{held_out}"
+    )
 
 
 def samples_section(folder: Path, chat: bool) -> str:
@@ -131,7 +140,7 @@ def samples_section(folder: Path, chat: bool) -> str:
     for row in rows:
         lines += [f"**{row['lang']}** `{row['prompt']}`", ""]
         for kind in ("greedy", "sampled"):
-            text = row[kind].replace("\n", " ⏎ ").strip()
+            text = row[kind].replace("\n", " ⏎ ").rstrip()  # the leading space is part of the continuation
             lines += [f"- {kind}: {row['prompt'] if not chat else ''}{text}", ""]
     return "\n".join(lines).rstrip()
 

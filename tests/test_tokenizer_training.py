@@ -89,6 +89,15 @@ def test_a_frequent_word_that_comes_late_is_still_counted():
     assert weights["the"] == pytest.approx(3000 / 2**counter.level, abs=1)
 
 
+def test_scaled_counts_are_rounded_without_bias():
+    counter = PretokenCounter(WORDS, max_pretokens=10**6)
+    counter.level = 3  # a sample of 1 in 8: a count of 20 is 2.5 in the sample
+    counter.counts.update({f"w{i}": 20 for i in range(4000)})
+    weights = [w for _, w in counter.weights()]
+    assert set(weights) == {2, 3}
+    assert sum(weights) / len(weights) == pytest.approx(2.5, abs=0.05)
+
+
 def test_frequent_words_alone_overflowing_raise_the_keep_count():
     counter = PretokenCounter(WORDS, max_pretokens=100)
     counter.add_texts([" ".join(f"w{i}" for i in range(300))] * 3)  # 300 words, each 3 times

@@ -23,6 +23,12 @@ Choices, and why:
   `<|im_start|>`, `<|im_end|>`. The saved tokenizer sets `split_special_tokens=True`: their text inside
   ordinary input is encoded as plain text, so user data can never inject them; pass
   `split_special_tokens=False` to a call (or add the ids) when you want them.
+* Training (`train`) counts pre-tokens in a bounded table (counting.py: memory stops growing with the text,
+  rare pre-tokens are sampled past the bound) and learns the merges from the counts with rustbpe, written
+  back as a `tokenizers` BPE model (merges.py). `tokenizers`' own BpeTrainer, which Shuangyu used before,
+  holds every distinct pre-token with its symbols: 5.5x the memory and 5.7-7.1x the time on the sample
+  corpus (bench/RESULTS.md). It stays as
+  `train_with_bpe_trainer` for the benchmark and as a reference.
 * A ChatML chat template over the reserved tokens (chat_template.py, which also says how the template's control
   tokens become ids while message text never does).
 """
@@ -60,7 +66,8 @@ PRETOKENIZE_PATTERN = "|".join(
 COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|[^\s\P{C}]+"
 # Distinct pre-tokens held while counting (counting.py); beyond it, rare ones are sampled. The 204 MB sample
 # corpus has 2.4 million, so it is sampled (1 in 4 of the rare ones): training then takes about a third of the
-# time and memory of exact counts, for 0.06% less held-out compression (bench/RESULTS.md).
+# time and memory of exact counts, for 0.05-0.07% less held-out compression at 32k, 0.1-0.2% at 64k
+# (bench/RESULTS.md).
 DEFAULT_MAX_PRETOKENS = 1_500_000
 
 

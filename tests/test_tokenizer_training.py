@@ -89,6 +89,19 @@ def test_a_frequent_word_that_comes_late_is_still_counted():
     assert weights["the"] == pytest.approx(3000 / 2**counter.level, abs=1)
 
 
+def test_duplicated_documents_do_not_thin_the_sample_further():
+    """Ten copies of the same 5,000 words, one copy after the other (a corpus of duplicated documents): the
+    copies repeat what the first one sampled, so the sample rate stays where one copy puts it."""
+    words = [f"w{i}" for i in range(5000)]
+    counter = PretokenCounter(WORDS, max_pretokens=2000)
+    for copy in range(10):
+        order = words[:]
+        random.Random(copy).shuffle(order)
+        counter.add_texts(" ".join(order[i : i + 100]) for i in range(0, 5000, 100))
+    assert counter.level <= 3  # 5,000 distinct words in a table of 2,000: 1 in 8 at most
+    assert all(is_sampled(w, counter.level) for w, _ in counter.weights())  # each seen once per copy: sampled
+
+
 def test_scaled_counts_are_rounded_without_bias():
     counter = PretokenCounter(WORDS, max_pretokens=10**6)
     counter.level = 3  # a sample of 1 in 8: a count of 20 is 2.5 in the sample

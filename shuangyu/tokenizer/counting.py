@@ -15,14 +15,19 @@ it occurs; when the table overflows, it is pruned to the pre-tokens that are eit
 
 and the sampling level rises by one as long as that leaves more than PRUNE_TO of the bound. `weights()`
 then gives each kept pre-token its weight in a 1-in-2**level sample of the text (an unbiased estimate of
-its count divided by 2**level): one counted at least 2**level times gets its count divided by 2**level,
+its count divided by 2**level): one counted at least 2**level times (and at least `keep_count` times, the
+count from which it cannot have been pruned before) gets its count divided by 2**level,
 rounded up or down at random (a second fixed hash) in proportion to the remainder; a rarer one keeps its
 count if it is sampled (it stands for 2**level like it) and is left out if not. The frequent pre-tokens
 that decide most merges are counted (almost) exactly, and the rare ones, mostly Chinese clauses seen once,
 are represented by a sample of them. A pre-token pruned while it was rare lost those occurrences (fewer
-than KEEP_COUNT per overflow): negligible for anything frequent enough to matter. Below the bound (level
+than KEEP_COUNT per overflow); one that occurs less often than that between overflows yet often overall
+is represented only through the sample, and a sampled one of those is scaled down like a frequent one,
+so such pre-tokens weigh less than they should: a bias towards pre-tokens that are frequent everywhere in
+the stream, small in natural text (few overflows), large in a corpus of many duplicated documents. Below the bound (level
 0) every count is exact and every weight is the count. Should the repeated pre-tokens alone fill the
-table, `keep_count` doubles.
+table (in natural text they do not, but a corpus with duplicated documents can), `keep_count` doubles
+instead of the level rising.
 """
 
 from __future__ import annotations
@@ -81,19 +86,22 @@ class PretokenCounter:
             self.counts = Counter({p: c for p, c in self.counts.items() if c >= keep or sample_bits(p) & mask == 0})
             if len(self.counts) <= target:
                 return
-            if sum(c >= keep for c in self.counts.values()) > target:
-                self.keep_count *= 2  # frequent ones alone overflow: keep only the more frequent
-            self.level += 1
+            if self.level > 0 and sum(c >= keep for c in self.counts.values()) > target:
+                self.keep_count *= 2  # repeated ones alone overflow: keep only the more frequent, same sample
+            else:
+                self.level += 1
 
     def weights(self) -> Iterator[tuple[str, int]]:
         """(pre-token, weight) in a 1-in-2**level sample of the text, emptying the table as it goes so that
         its memory is freed while a trainer builds its own."""
         step = 1 << self.level
+        # below keep_count a count may be partial (pruned before), so only the sample stands for those
+        heavy = max(step, self.keep_count if self.level else 1)
         counts = self.counts
         self.counts = Counter()
         while counts:
             pretoken, count = counts.popitem()
-            if count >= step:
+            if count >= heavy:
                 whole, rest = divmod(count, step)
                 yield pretoken, whole + (rest > rounding_bits(pretoken) % step)
             elif sample_bits(pretoken) & (step - 1) == 0:

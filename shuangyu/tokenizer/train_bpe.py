@@ -37,8 +37,8 @@ class TrainBPEArguments(SourceArguments):
         default_factory=list,
         metadata={"help": "Held-out text for the compression report, per language: LANG=GLOB[,GLOB...]."},
     )
-    # Memory is bounded by --max_pretokens, not by the amount of text; time grows with the text (about a
-    # minute per 200 MB on 2 cores), so the cap is there to keep a run on a huge dataset from reading forever.
+    # Memory is bounded by --max_pretokens, not by the amount of text; time grows with the text (40-45 s per
+    # 200 MB on 2 cores), so the cap is there to keep a run on a huge dataset from reading forever.
     max_bytes: str = field(
         default="2GB",
         metadata={

@@ -14,20 +14,18 @@ it occurs; when the table overflows, it is pruned to the pre-tokens that are eit
   sampled pre-token was sampled at every lower level too: never pruned, its count is exact;
 
 and the sampling level rises by one as long as that leaves more than PRUNE_TO of the bound. `weights()`
-then gives each kept pre-token its weight in a 1-in-2**level sample of the text (an unbiased estimate of
-its count divided by 2**level): one counted at least 2**level times (and at least `keep_count` times, the
-count from which it cannot have been pruned before) gets its count divided by 2**level,
-rounded up or down at random (a second fixed hash) in proportion to the remainder; a rarer one keeps its
-count if it is sampled (it stands for 2**level like it) and is left out if not. The frequent pre-tokens
-that decide most merges are counted (almost) exactly, and the rare ones, mostly Chinese clauses seen once,
-are represented by a sample of them. A pre-token pruned while it was rare lost those occurrences (fewer
-than KEEP_COUNT per overflow); one that occurs less often than that between overflows yet often overall
-is represented only through the sample, and a sampled one of those is scaled down like a frequent one,
-so such pre-tokens weigh less than they should: a bias towards pre-tokens that are frequent everywhere in
-the stream, small in natural text (few overflows), large in a corpus of many duplicated documents. Below the bound (level
-0) every count is exact and every weight is the count. Should the repeated pre-tokens alone fill the
-table (in natural text they do not, but a corpus with duplicated documents can), `keep_count` doubles
-instead of the level rising.
+then gives each kept pre-token its weight in a 1-in-2**level sample of the text (an estimate of its count
+divided by 2**level). A repeated one (sampled or not: counted `keep_count` times before some prune) gets its
+count divided by 2**level, rounded up or down at random (a second fixed hash) in proportion to the
+remainder; any other keeps its count if it is sampled (it stands for 2**level like it) and is left out if
+not. The frequent pre-tokens that decide most merges are counted (almost) exactly, and the rare ones,
+mostly Chinese clauses seen once, are represented by a sample of them. The estimate is biased where a
+pre-token is pruned while still rare and later repeats: it loses those earlier occurrences (fewer than
+keep_count per overflow), which matters only for pre-tokens spread thinly over a very long stream. Below
+the bound (level 0) every count is exact and every weight is the count. Should the repeated pre-tokens
+alone fill the table (in natural text they do not, but a corpus with duplicated documents can),
+`keep_count` doubles instead of the level rising; it does so as soon as they take half of what a prune
+leaves, so that the sample of rare pre-tokens always has room.
 """
 
 from __future__ import annotations
@@ -67,6 +65,7 @@ class PretokenCounter:
         self.counts: Counter[str] = Counter()
         self.level = 0
         self.keep_count = KEEP_COUNT
+        self.repeated: set[str] = set()  # counted keep_count times between two prunes: counted in full since
         self.pretokens_seen = 0  # occurrences counted, over all texts
 
     def add_texts(self, texts: Iterable[str]) -> None:
@@ -84,10 +83,14 @@ class PretokenCounter:
         while True:
             keep, mask = self.keep_count, (1 << self.level) - 1
             self.counts = Counter({p: c for p, c in self.counts.items() if c >= keep or sample_bits(p) & mask == 0})
+            # the same test for sampled and unsampled pre-tokens, so that weights() can treat both alike
+            self.repeated = {p for p in self.repeated if p in self.counts}
+            self.repeated.update(p for p, c in self.counts.items() if c >= keep)
             if len(self.counts) <= target:
                 return
-            if self.level > 0 and sum(c >= keep for c in self.counts.values()) > target:
-                self.keep_count *= 2  # repeated ones alone overflow: keep only the more frequent, same sample
+            if self.level > 0 and sum(c >= keep for c in self.counts.values()) > target // 2:
+                # repeated ones would leave the sample too little room: only the more frequent count as repeated
+                self.keep_count *= 2
             else:
                 self.level += 1
 
@@ -95,14 +98,14 @@ class PretokenCounter:
         """(pre-token, weight) in a 1-in-2**level sample of the text, emptying the table as it goes so that
         its memory is freed while a trainer builds its own."""
         step = 1 << self.level
-        # below keep_count a count may be partial (pruned before), so only the sample stands for those
-        heavy = max(step, self.keep_count if self.level else 1)
-        counts = self.counts
-        self.counts = Counter()
+        counts, repeated = self.counts, self.repeated
+        self.counts, self.repeated = Counter(), set()
         while counts:
             pretoken, count = counts.popitem()
-            if count >= heavy:
+            if step == 1 or pretoken in repeated:
                 whole, rest = divmod(count, step)
-                yield pretoken, whole + (rest > rounding_bits(pretoken) % step)
+                weight = whole + (rest > rounding_bits(pretoken) % step)
+                if weight:
+                    yield pretoken, weight
             elif sample_bits(pretoken) & (step - 1) == 0:
                 yield pretoken, count

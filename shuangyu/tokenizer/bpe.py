@@ -67,7 +67,7 @@ COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|[^\s\P{C}]+"
 # Distinct pre-tokens held while counting (counting.py); beyond it, rare ones are sampled. The 204 MB sample
 # corpus has 2.4 million, so it is sampled (1 in 4 of the rare ones): training then takes about a third of the
 # time and memory of exact counts, for 0.05-0.07% less held-out compression at 32k, 0.1-0.2% at 64k
-# (bench/RESULTS.md).
+# (bench/RESULTS.md; measured before the last changes to pruning, not re-measured).
 DEFAULT_MAX_PRETOKENS = 1_500_000
 
 

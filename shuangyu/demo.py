@@ -146,16 +146,28 @@ def run_demo(device: str, out: Path, fast: bool) -> Path:
              "--vocab_size", str(recipe.tokenizer_vocab), "--output_dir", str(tokenizer), *fast_args["tokenizer"]],
         )  # fmt: skip
 
-    # data preparation happens inside train_clm.py (cached in OUTPUT_DIR/data, keyed by its inputs)
-    if (pretrain / "final" / "config.json").is_file():
-        steps.skip("data + pretraining", str(pretrain / "final"))
-    else:
+    def train(title: str, config: str, output: Path, *args: str) -> None:
+        """A train_clm.py step: skipped once its final model exists, else started or resumed."""
+        if (output / "final" / "config.json").is_file():
+            steps.skip(title, str(output / "final"))
+            return
         steps.run(
-            "data + pretraining (resumes from the latest checkpoint if interrupted)",
-            launch(recipe, "--config", recipe.pretrain_config, "--tokenizer_name", str(tokenizer),
-                   "--output_dir", str(pretrain), "--resume_from_checkpoint", "latest", *fast_args["pretrain"]),
-            makes=pretrain / "final" / "config.json",
-        )  # fmt: skip
+            f"{title} (resumes from the latest checkpoint if interrupted)",
+            launch(
+                recipe, "--config", config, *args, "--output_dir", str(output), "--resume_from_checkpoint", "latest"
+            ),
+            makes=output / "final" / "config.json",
+        )
+
+    # data preparation happens inside train_clm.py (cached in OUTPUT_DIR/data, keyed by its inputs)
+    train(
+        "data + pretraining",
+        recipe.pretrain_config,
+        pretrain,
+        "--tokenizer_name",
+        str(tokenizer),
+        *fast_args["pretrain"],
+    )
 
     base = pretrain / "final"
     if (base / "eval_results.json").is_file():
@@ -167,15 +179,8 @@ def run_demo(device: str, out: Path, fast: bool) -> Path:
              "--corpus", str(corpus), *fast_args["eval"]],
         )  # fmt: skip
 
-    if (sft / "final" / "config.json").is_file():
-        steps.skip("instruction tuning", str(sft / "final"))
-    else:
-        steps.run(
-            "instruction tuning (SFT) on zh + en conversations",
-            launch(recipe, "--config", recipe.sft_config, "--model_name_or_path", str(base),
-                   "--output_dir", str(sft), "--resume_from_checkpoint", "latest", *fast_args["sft"]),
-            makes=sft / "final" / "config.json",
-        )  # fmt: skip
+    train("instruction tuning (SFT) on zh + en conversations", recipe.sft_config, sft,
+          "--model_name_or_path", str(base), *fast_args["sft"])  # fmt: skip
 
     steps.header("report")
     report = build_report(pretrain, corpus=corpus, chat_run=sft)

@@ -18,23 +18,13 @@ import argparse
 import fcntl
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from demo_sweep import CPU_LOCK  # bench/ is the script's folder: on sys.path
+from demo_sweep import run as timed
+
 CORPUS = "../shared/data/corpus"
-CPU_LOCK = Path("/tmp/shuangyu-cpu.lock")
-
-
-def timed(cmd: list[str], log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        done = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"demo_side_by_side.py: {' '.join(cmd[:4])}... failed (exit {done.returncode}); see {log}")
-    return time.perf_counter() - start
 
 
 def last_validation(run_dir: Path) -> dict:

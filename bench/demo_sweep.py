@@ -89,7 +89,7 @@ def run(cmd: list[str], log: Path) -> float:
     with open(log, "w") as out:
         done = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode:
-        sys.exit(f"demo_sweep.py: {' '.join(cmd[:4])}... failed (exit {done.returncode}); see {log}")
+        sys.exit(f"{Path(sys.argv[0]).name}: {' '.join(cmd[:4])}... failed (exit {done.returncode}); see {log}")
     return time.perf_counter() - start
 
 

@@ -29,7 +29,7 @@ ALLOWED = {
     "chat": {"errors", "files", "tokenizer", "sharing"},  # talks to a saved folder: needs nothing of training
     "planning": {"errors", "files", "modeling", "training"},  # the model's shapes, train_clm's flags and peaks
     # a run folder's report: reads what training, evaluation and the card wrote
-    "report": {"errors", "files", "environment", "text", "tokenizer", "sharing", "training"},
+    "report": {"errors", "files", "environment", "text", "tokenizer", "evaluation", "sharing", "training"},
     "demo": {"errors", "files", "report"},  # runs every step as its own command; builds the report at the end
 }
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from shuangyu.environment import describe_environment
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.evaluation.run import val_texts
 from shuangyu.files import atomic_write_text
 from shuangyu.report.compression import compression_rows, compression_table
 from shuangyu.report.curves import languages, plot_curves, read_log
 from shuangyu.report.samples import generate_samples
 from shuangyu.sharing.card import markdown_table, read_section, write_card
 from shuangyu.sharing.folder import is_chat_folder
-from shuangyu.text.readers import read_documents
 from shuangyu.training.checkpoint import complete_checkpoints
 
 PROG = "python -m shuangyu.report"
@@ -85,10 +85,10 @@ def environment_section(run_dir: Path) -> str:
 def tokenizer_section(folder: Path, corpus: Path, references: Path, langs: list[str]) -> str:
     texts = {}
     for lang in langs:
-        files = sorted((corpus / lang).glob("*_val.jsonl"))
-        if files:
-            per_file = max(1, COMPRESSION_BYTES // len(files))
-            texts[lang] = [doc for path in files for doc in read_documents([path], max_bytes=per_file)]
+        try:  # the held-out text eval/run.py measures bits per byte on, read the same way
+            texts[lang] = val_texts(corpus, lang, COMPRESSION_BYTES)
+        except UsageError:  # no `_val` files for this language: no column for it
+            pass
     if not texts:
         return f"## Tokenizer\n\nNo held-out text under {corpus}/<lang>/*_val.jsonl to measure compression on."
     rows = compression_rows(folder / "tokenizer.json", texts, references)

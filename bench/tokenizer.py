@@ -156,16 +156,21 @@ def train_job(kind: str, vocab_size: int, docs_path: str, out_path: str, coverag
     if kind == "spm":
         docs = spm_lines(docs)
     loaded_mb = _current_rss_mb()
+    worker_kib = 0
     start = time.perf_counter()
     if kind == "spm":
         _train_sentencepiece(docs, vocab_size, out_path, coverage)
     elif kind == "ours":
-        tok = bpe.train(_batches(docs), vocab_size)
+        counter = bpe.count_pretokens(_batches(docs))
+        worker_kib = sum(counter.worker_peak_kib)  # counting processes, added to this one's peak below
+        tok = bpe.train_from_counts(counter, vocab_size)
     else:
         base = bpe.gpt2_baseline_tokenizer() if kind == "baseline" else bpe.build_tokenizer()
         tok = bpe.train_with_bpe_trainer(_batches(docs), vocab_size, tokenizer=base, show_progress=False)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux; read before saving
+    # KiB on Linux; read before saving. Ours also counts in worker processes: their peaks are added (an upper
+    # bound on the memory held at once: the workers are gone before this process learns the merges)
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + worker_kib) * 1024 / 1e6
     if kind != "spm":
         tok.save(out_path)
     return {"seconds": seconds, "peak_mb": peak_mb, "loaded_mb": loaded_mb}

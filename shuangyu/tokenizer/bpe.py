@@ -42,7 +42,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 
 from shuangyu.tokenizer import merges
 from shuangyu.tokenizer.chat_template import CHAT_TEMPLATE
-from shuangyu.tokenizer.counting import PretokenCounter
+from shuangyu.tokenizer.counting import PretokenCounter, count_in_workers, default_workers
 from shuangyu.tokenizer.special_tokens import CHAT_TOKENS, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 
 BYTE_ALPHABET_SIZE = 256
@@ -68,7 +68,7 @@ COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|[^\s\P{C}]+"
 # corpus has 2.4 million, so it is sampled (1 in 4 of the rare ones): training then takes about a third of the
 # time and memory of exact counts, for 0.05-0.07% less held-out compression at 32k, 0.1-0.2% at 64k
 # (bench/RESULTS.md; measured before the last changes to pruning, not re-measured).
-DEFAULT_MAX_PRETOKENS = 1_500_000
+DEFAULT_MAX_PRETOKENS = 700_000
 
 
 def build_tokenizer() -> Tokenizer:
@@ -99,19 +99,22 @@ def train(
     min_frequency: int = 2,
     max_token_length: int | None = None,
     max_pretokens: int = DEFAULT_MAX_PRETOKENS,
+    workers: int | None = None,
 ) -> Tokenizer:
     """Train the BPE from a stream of texts (or batches of texts): count pre-tokens in bounded memory,
-    then learn merges from the counts (see counting.py and merges.py)."""
-    counter = count_pretokens(texts, max_pretokens)
+    in `workers` processes (default: one per core, at most 4), then learn merges from the counts (see
+    counting.py and merges.py)."""
+    counter = count_pretokens(texts, max_pretokens, workers)
     return train_from_counts(counter, vocab_size, min_frequency, max_token_length)
 
 
-def count_pretokens(texts: Iterable[str] | Iterable[list[str]], max_pretokens: int = DEFAULT_MAX_PRETOKENS):
-    """A PretokenCounter over the texts, split as `build_tokenizer()` splits them."""
-    counter = PretokenCounter(COUNT_PATTERN, max_pretokens)
-    for item in texts:
-        counter.add_texts([item] if isinstance(item, str) else item)
-    return counter
+def count_pretokens(
+    texts: Iterable[str] | Iterable[list[str]], max_pretokens: int = DEFAULT_MAX_PRETOKENS, workers: int | None = None
+) -> PretokenCounter:
+    """A PretokenCounter over the texts, split as `build_tokenizer()` splits them; with more than one
+    worker, counted in that many processes and merged."""
+    batches = ([item] if isinstance(item, str) else item for item in texts)
+    return count_in_workers(COUNT_PATTERN, max_pretokens, batches, default_workers() if workers is None else workers)
 
 
 def train_from_counts(

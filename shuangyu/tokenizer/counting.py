@@ -4,29 +4,30 @@ BPE learns merges from how often each distinct pre-token occurs, never from wher
 not Chinese (words, digits, punctuation, spaces) repeat: their distinct number grows slowly with the
 text (Zipf), 0.25 million in the 204 MB sample corpus. Chinese pre-tokens are whole Han runs (clauses, see
 bpe.py) and mostly occur once: 2.1 million distinct ones there (1.9 million seen once), growing with the
-text. So:
+text. So `PretokenCounter`:
 
-* every pre-token that does not start with a Han character is counted exactly, always;
-* Han runs enter the table when they occur; when it overflows `max_pretokens`, it is pruned of the Han runs
-  that are neither repeated (counted `keep_count`, KEEP_COUNT = 2, times since they entered) nor sampled
-  (their CRC-32 ends in `level` zero bits: 1 in 2**level runs; the hash is fixed, so a sampled run was
-  sampled at every lower level too and its count is exact). The level rises by one until at most PRUNE_TO
-  of the bound is left; should repeated runs alone take half of that (a corpus of duplicated documents),
+* counts every pre-token below SAMPLED_FROM (Latin, Cyrillic, digits, ASCII punctuation, ...) exactly,
+  always, however late in the stream it first occurs;
+* lets every Han run (any pre-token from SAMPLED_FROM on) enter the table as it occurs; when the table
+  overflows `max_pretokens`, it takes out the light runs, counted fewer than `keep_count` (KEEP_COUNT, 2)
+  times since they entered: a sampled one (its CRC-32 ends in `level` zero bits, 1 in 2**level runs; the
+  hash is fixed, so a run sampled at a level is sampled at every lower one) keeps the occurrences taken
+  out in a second table, `lost`; any other is dropped. The level rises by one until at most PRUNE_TO of the
+  bound is left; should repeated runs alone take half of that (a corpus of duplicated documents),
   `keep_count` doubles instead.
 
-`weights()` applies the same rule once more and gives each pre-token left its count, except a Han run
-counted fewer than `keep_count` times, which stands for 2**level such runs (weight count * 2**level):
-integer weights, so no frequent pre-token is ever thinned. Where the estimate is biased: a Han run that is
-pruned while still rare and repeats later loses its earlier occurrences (fewer than `keep_count` per
-prune), so runs spread thinly over a long stream are under-counted; sampled runs that end below
-`keep_count` stand in for them. Non-Han pre-tokens are exact (an earlier version sampled them as well, and
-English words that first occurred after the last prune were either dropped or counted 2**level times,
-which cost 17% of English compression), and so is everything below the bound. Non-Han pre-tokens are not
-bounded: a corpus with very many distinct ones (another script without spaces between words) holds them
-all.
+`weights()` gives each pre-token its count plus, for a sampled run, its lost occurrences times 2**level:
+those stand for the lost occurrences of the 2**level runs like it. Whether a run stays in the table never
+depends on its hash, so the weight is an unbiased estimate of every pre-token's count (over the hash), exact
+for non-Han pre-tokens and for everything below the bound, and made of integers: no frequent pre-token is
+thinned. The error is the sample's variance: a light run is in the sample as a whole or not at all.
+(The first version sampled all pre-tokens alike and scaled only those that had repeated before some
+prune: English words first seen after the last prune, most of them in the 204 MB corpus, whose English
+comes after its Chinese, were dropped or counted 2**level times, which cost 17% of English compression.)
+Pre-tokens below SAMPLED_FROM are not bounded: a corpus with very many distinct ones holds them all.
 
-Tables counted apart (by worker processes, `count_in_workers`) merge by pruning both to the higher of their
-levels and keep counts and adding them.
+Tables counted apart (by worker processes, `count_in_workers`) merge: both are taken to the higher of their
+levels and keep counts, and their counts and lost occurrences added.
 """
 
 from __future__ import annotations

@@ -48,8 +48,9 @@ class TrainBPEArguments(SourceArguments):
     max_pretokens: int = field(
         default=bpe.DEFAULT_MAX_PRETOKENS,
         metadata={
-            "help": "Distinct pre-tokens held while counting; beyond it the rare ones are sampled. Bounds "
-            "memory (about 1 GB at the default, training included)."
+            "help": "Distinct pre-tokens held while counting (in each counting process); beyond it the light "
+            "Chinese (Han) runs are sampled, other pre-tokens are always counted exactly. Bounds memory "
+            "(about 2 GB at the default with 2 counting processes, training included)."
         },
     )
     validation_max_bytes: str = field(default="16MB", metadata={"help": "Cap on held-out text per language."})
@@ -121,7 +122,9 @@ def _mb(n: float) -> str:
 
 
 def pretoken_line(p: dict) -> str:
-    kept = "all counted exactly" if p["sample_level"] == 0 else f"rare ones sampled 1 in {2 ** p['sample_level']:,}"
+    kept = (
+        "all counted exactly" if p["sample_level"] == 0 else f"light Han runs sampled 1 in {2 ** p['sample_level']:,}"
+    )
     return f"{p['counted']:,} counted, {p['distinct_kept']:,} distinct kept ({kept})"
 
 
@@ -183,7 +186,8 @@ def run(args: TrainBPEArguments) -> dict:
         counter = bpe.count_pretokens(texts, args.max_pretokens)
     if sum(s.bytes for s in stats) == 0:
         raise UsageError("the corpus is empty: no document with text in any source")
-    pretokens = {"counted": counter.pretokens_seen, "distinct_kept": len(counter.counts), "sample_level": counter.level}
+    pretokens = {"counted": counter.pretokens_seen, "distinct_kept": len(counter), "sample_level": counter.level}
+    worker_kib = sum(counter.worker_peak_kib)  # what the counting processes added to memory at their peaks
     tok = bpe.train_from_counts(counter, args.vocab_size, args.min_frequency, args.max_token_length)
     train_time = time.perf_counter() - start
 
@@ -214,7 +218,8 @@ def run(args: TrainBPEArguments) -> dict:
         ],
         "pretokens": pretokens,
         "time_s": {"read_and_train": round(train_time, 2)},
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # this process and the counting processes, added up (an upper bound: they peak at different times)
+        "peak_memory_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + worker_kib) / 1024, 1),
         "validation": compression,
         "arguments": asdict(args),
     }

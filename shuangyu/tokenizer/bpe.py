@@ -23,11 +23,11 @@ Choices, and why:
   `<|im_start|>`, `<|im_end|>`. The saved tokenizer sets `split_special_tokens=True`: their text inside
   ordinary input is encoded as plain text, so user data can never inject them; pass
   `split_special_tokens=False` to a call (or add the ids) when you want them.
-* Training (`train`) counts pre-tokens in a bounded table (counting.py: memory stops growing with the text,
-  rare pre-tokens are sampled past the bound) and learns the merges from the counts with rustbpe, written
-  back as a `tokenizers` BPE model (merges.py). `tokenizers`' own BpeTrainer, which Shuangyu used before,
-  holds every distinct pre-token with its symbols: 5.5x the memory and 5.7-7.1x the time on the sample
-  corpus (bench/RESULTS.md). It stays as
+* Training (`train`) counts pre-tokens in bounded tables, one per counting process (counting.py: memory
+  stops growing with the text, light Han runs are sampled past the bound, everything else is counted
+  exactly) and learns the merges from the counts with rustbpe, written back as a `tokenizers` BPE model
+  (merges.py). `tokenizers`' own BpeTrainer, which Shuangyu used before, holds every distinct pre-token
+  with its symbols: 3.2x the memory and 7-9x the time on the sample corpus (bench/RESULTS.md). It stays as
   `train_with_bpe_trainer` for the benchmark and as a reference.
 * A ChatML chat template over the reserved tokens (chat_template.py, which also says how the template's control
   tokens become ids while message text never does).
@@ -64,10 +64,10 @@ PRETOKENIZE_PATTERN = "|".join(
 # \p{C} but not spaces) the tokenizer's Split keeps as pieces of their own; re.findall would skip it, so
 # counting adds it as a last alternative.
 COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|[^\s\P{C}]+"
-# Distinct pre-tokens held while counting (counting.py); beyond it, rare ones are sampled. The 204 MB sample
-# corpus has 2.4 million, so it is sampled (1 in 4 of the rare ones): training then takes about a third of the
-# time and memory of exact counts, for 0.05-0.07% less held-out compression at 32k, 0.1-0.2% at 64k
-# (bench/RESULTS.md; measured before the last changes to pruning, not re-measured).
+# Distinct pre-tokens held while counting, in each counting process (counting.py); beyond it, light Han runs
+# are sampled. The 204 MB sample corpus has 2.4 million: with 2 processes its light Han runs end sampled 1 in
+# 16, and rustbpe's time grows with the distinct Han runs it gets (about 30 us each), so this default trains it
+# faster than sentencepiece for 0.2% less held-out compression at 32k than exact counts (bench/RESULTS.md).
 DEFAULT_MAX_PRETOKENS = 700_000
 
 

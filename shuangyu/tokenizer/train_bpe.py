@@ -37,7 +37,7 @@ class TrainBPEArguments(SourceArguments):
         default_factory=list,
         metadata={"help": "Held-out text for the compression report, per language: LANG=GLOB[,GLOB...]."},
     )
-    # Memory is bounded by --max_pretokens, not by the amount of text; time grows with the text (40-45 s per
+    # Memory is bounded by --max_pretokens, not by the amount of text; time grows with the text (30-35 s per
     # 200 MB on 2 cores), so the cap is there to keep a run on a huge dataset from reading forever.
     max_bytes: str = field(
         default="2GB",

@@ -362,7 +362,8 @@ Held-out text: every `*_val.jsonl` file, {info["heldout"]}.
 
 - **train s**: wall clock of training only; the text is already in memory and saving is not timed. Each
   trainer runs in a fresh process of its own; **peak RSS** is that process's `ru_maxrss` (interpreter and
-  text included), **RSS before training** is its resident memory once the text was loaded.
+  text included), plus for ours what each of its counting processes added at its own peak (an upper bound),
+  **RSS before training** is its resident memory once the text was loaded.
 - **encode MB/s**: held-out text (zh + en) encoded in batches of {ENCODE_BATCH_DOCS} documents, no special
   tokens, fastest of {info["encode_rounds"]} run(s), after all training; each round encodes with every tokenizer in turn:
   `Tokenizer.encode_batch` (tokenizers), `SentencePieceProcessor.encode` on a list with {os.cpu_count()} threads,

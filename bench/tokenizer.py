@@ -4,8 +4,11 @@
     python3 bench/tokenizer.py --max_bytes 5MB --vocab_sizes 4000  # quick check on a slice
 
 Trained side by side on the same text, read once through tokenizer.sources:
-  * ours       tokenizer.bpe.build_tokenizer (Han runs, single digits, ...);
-  * baseline   tokenizer.bpe.gpt2_baseline_tokenizer (byte-level BPE, GPT-2's pre-tokenizer);
+  * ours       tokenizer.bpe.train: pre-tokens counted in bounded memory, merges learned by rustbpe
+               (Han runs, single digits, ...: tokenizer.bpe.build_tokenizer's pre-tokenization);
+  * before     the same tokenizer trained the way Shuangyu did before issue 16: tokenizers' BpeTrainer
+               (tokenizer.bpe.train_with_bpe_trainer);
+  * baseline   tokenizer.bpe.gpt2_baseline_tokenizer (byte-level BPE, GPT-2's pre-tokenizer, BpeTrainer);
   * spm        sentencepiece BPE with byte fallback, fed the same documents split into lines (it skips a
                "sentence" longer than max_sentence_length, and newlines cannot be part of its pieces).
 Each trainer runs in a fresh process of its own, so that its peak memory (ru_maxrss) is its own; the
@@ -47,9 +50,10 @@ from shuangyu.tokenizer import bpe
 REPO = Path(__file__).resolve().parent.parent
 
 LANGS = ("zh", "en")
-TRAINERS = ("ours", "baseline", "spm")
+TRAINERS = ("ours", "before", "baseline", "spm")
 TRAINER_LABELS = {
     "ours": "ours (Shuangyu BPE)",
+    "before": "ours before issue 16 (tokenizers BpeTrainer)",
     "baseline": "plain byte-level BPE (GPT-2 pre-tokenizer)",
     "spm": "sentencepiece BPE",
 }
@@ -152,14 +156,21 @@ def train_job(kind: str, vocab_size: int, docs_path: str, out_path: str, coverag
     if kind == "spm":
         docs = spm_lines(docs)
     loaded_mb = _current_rss_mb()
+    worker_kib = 0
     start = time.perf_counter()
     if kind == "spm":
         _train_sentencepiece(docs, vocab_size, out_path, coverage)
+    elif kind == "ours":
+        counter = bpe.count_pretokens(_batches(docs))
+        worker_kib = sum(counter.worker_peak_kib)  # counting processes, added to this one's peak below
+        tok = bpe.train_from_counts(counter, vocab_size)
     else:
         base = bpe.gpt2_baseline_tokenizer() if kind == "baseline" else bpe.build_tokenizer()
-        tok = bpe.train(_batches(docs), vocab_size, tokenizer=base, show_progress=False)
+        tok = bpe.train_with_bpe_trainer(_batches(docs), vocab_size, tokenizer=base, show_progress=False)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux; read before saving
+    # KiB on Linux; read before saving. Ours also counts in worker processes: their peaks are added (an upper
+    # bound on the memory held at once: the workers are gone before this process learns the merges)
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + worker_kib) * 1024 / 1e6
     if kind != "spm":
         tok.save(out_path)
     return {"seconds": seconds, "peak_mb": peak_mb, "loaded_mb": loaded_mb}
@@ -282,21 +293,37 @@ def format_table(rows: list[Row]) -> str:
 
 
 def aims(trained: dict[tuple[str, int], Row], vocab_sizes: list[int]) -> list[str]:
-    """The issue's aims, checked per vocabulary size."""
+    """The issues' aims (2 and 16), checked per vocabulary size for the trainers that ran."""
     out = []
     for v in vocab_sizes:
-        ours, base, sp = trained[("ours", v)], trained[("baseline", v)], trained[("spm", v)]
-        faster = ours.train_s < sp.train_s
-        out.append(
-            f"- vocab {v:,}: training faster than sentencepiece: **{'met' if faster else 'not met'}** "
-            f"({ours.train_s:.1f} s vs {sp.train_s:.1f} s)."
-        )
-        for lang in LANGS:
-            a, b = ours.compression[lang].chars_per_token, base.compression[lang].chars_per_token
+        ours, before, base, sp = (trained.get((kind, v)) for kind in ("ours", "before", "baseline", "spm"))
+        if ours is None:
+            continue
+        if sp is not None:
             out.append(
-                f"- vocab {v:,}, {lang}: compression better than the plain byte-level baseline: "
-                f"**{'met' if a > b else 'not met'}** ({a:.3f} vs {b:.3f} chars/token, {a / b - 1:+.1%})."
+                f"- vocab {v:,}: training at most as long as sentencepiece's: "
+                f"**{'met' if ours.train_s <= sp.train_s else 'not met'}** ({ours.train_s:.1f} s vs {sp.train_s:.1f} s); "
+                f"peak memory at most sentencepiece's: **{'met' if ours.peak_mb <= sp.peak_mb else 'not met'}** "
+                f"({ours.peak_mb:,.0f} MB vs {sp.peak_mb:,.0f} MB)."
             )
+        for lang in LANGS:
+            a = ours.compression[lang]
+            if before is not None:
+                b = before.compression[lang]
+                out.append(
+                    f"- vocab {v:,}, {lang}: compression no worse than before: "
+                    f"**{'met' if a.bytes_per_token >= b.bytes_per_token else 'not met'}** "
+                    f"({a.chars_per_token:.3f} vs {b.chars_per_token:.3f} chars/token, "
+                    f"{a.bytes_per_token / b.bytes_per_token - 1:+.2%})."
+                )
+            if base is not None:
+                c = base.compression[lang]
+                out.append(
+                    f"- vocab {v:,}, {lang}: compression better than the plain byte-level baseline: "
+                    f"**{'met' if a.chars_per_token > c.chars_per_token else 'not met'}** "
+                    f"({a.chars_per_token:.3f} vs {c.chars_per_token:.3f} chars/token, "
+                    f"{a.chars_per_token / c.chars_per_token - 1:+.1%})."
+                )
     return out
 
 
@@ -328,14 +355,15 @@ Date: {info["date"]}. Machine: {info["machine"]}; {info["versions"]}.
 Command: `{info["command"]}`
 
 Training text: {info["train_text"]}, read once through `tokenizer.sources`.
-Ours and the plain baseline get the whole documents (in batches of 512); sentencepiece gets the same
+Ours and the BpeTrainer rows get the whole documents (in batches of 512); sentencepiece gets the same
 documents split at newlines into {info["spm_lines"]:,} non-empty lines (`sentence_iterator`, with
-`max_sentence_length` raised to the longest line so that none is skipped). All three train from memory.
+`max_sentence_length` raised to the longest line so that none is skipped). All train from memory.
 Held-out text: every `*_val.jsonl` file, {info["heldout"]}.
 
 - **train s**: wall clock of training only; the text is already in memory and saving is not timed. Each
   trainer runs in a fresh process of its own; **peak RSS** is that process's `ru_maxrss` (interpreter and
-  text included), **RSS before training** is its resident memory once the text was loaded.
+  text included), plus for ours what each of its counting processes added at its own peak (an upper bound),
+  **RSS before training** is its resident memory once the text was loaded.
 - **encode MB/s**: held-out text (zh + en) encoded in batches of {ENCODE_BATCH_DOCS} documents, no special
   tokens, fastest of {info["encode_rounds"]} run(s), after all training; each round encodes with every tokenizer in turn:
   `Tokenizer.encode_batch` (tokenizers), `SentencePieceProcessor.encode` on a list with {os.cpu_count()} threads,
@@ -350,7 +378,7 @@ Held-out text: every `*_val.jsonl` file, {info["heldout"]}.
 
 {table}
 
-Aims (issue 2):
+Aims (issues 2 and 16):
 {chr(10).join(aim_lines)}
 """
 
@@ -375,6 +403,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "data" / "corpus")
     parser.add_argument("--tokenizers_dir", type=Path, default=REPO.parent / "shared" / "data" / "tokenizers")
     parser.add_argument("--vocab_sizes", type=int, nargs="+", default=[32000, 64000])
+    parser.add_argument(
+        "--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS), help="Which trainers to run (default: all)."
+    )
     parser.add_argument("--max_bytes", default=None, help="Train on a slice of this size, e.g. 5MB (default: all).")
     parser.add_argument(
         "--encode_rounds",
@@ -391,7 +422,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def train_all(docs: list[str], vocab_sizes: list[int], workdir: Path) -> tuple[dict[tuple[str, int], Row], dict]:
+def train_all(
+    docs: list[str], vocab_sizes: list[int], workdir: Path, trainers=TRAINERS
+) -> tuple[dict[tuple[str, int], Row], dict]:
     """Train every trainer at every vocab size into workdir; rows hold time and memory so far."""
     docs_path = workdir / "docs.jsonl"
     with open(docs_path, "w", encoding="utf-8") as fh:
@@ -404,7 +437,7 @@ def train_all(docs: list[str], vocab_sizes: list[int], workdir: Path) -> tuple[d
 
     rows = {}
     for v in vocab_sizes:
-        for kind in TRAINERS:
+        for kind in trainers:
             print(f"training {kind} at vocab {v:,} ...", flush=True)
             stats = run_isolated(train_job, kind, v, str(docs_path), str(trained_path(workdir, kind, v)), coverages[v])
             name = f"{TRAINER_LABELS[kind]} {v / 1000:g}k"
@@ -460,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-tok-") as tmp:
         workdir = args.save_dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        trained, coverages = train_all(docs, args.vocab_sizes, workdir)
+        trained, coverages = train_all(docs, args.vocab_sizes, workdir, args.trainers)
         candidates = [load_trained(kind, row, trained_path(workdir, kind, v)) for (kind, v), row in trained.items()]
     candidates += load_references(args.tokenizers_dir)
     print(f"encoding the held-out text ({args.encode_rounds} round(s)) ...", flush=True)

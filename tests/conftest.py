@@ -58,7 +58,7 @@ def _train_tokenizer(files: list[Path], vocab_size: int, out: Path) -> Path:
                 for line in itertools.islice(fh, 2000):
                     yield json.loads(line)["text"]
 
-    tok = bpe.train(texts(), vocab_size, show_progress=False)
+    tok = bpe.train(texts(), vocab_size)
     bpe.to_transformers(tok).save_pretrained(str(out))
     return out
 

@@ -37,12 +37,21 @@ class TrainBPEArguments(SourceArguments):
         default_factory=list,
         metadata={"help": "Held-out text for the compression report, per language: LANG=GLOB[,GLOB...]."},
     )
-    # The BPE trainer keeps every distinct pre-token with its pair positions: about 40 bytes of memory per
-    # byte of mostly-Chinese text (whose Han runs are rarely repeated), so the default cap keeps a run
-    # near 10 GB whatever the corpus size. Raise it if you have the memory; `all` lifts the cap.
+    # Memory is bounded by --max_pretokens, not by the amount of text; time grows with the text (30-35 s per
+    # 200 MB on 2 cores), so the cap is there to keep a run on a huge dataset from reading forever.
     max_bytes: str = field(
-        default="256MB",
-        metadata={"help": "Cap on sampled training text, e.g. 200MB, 2GB, or 'all' (memory: ~40x the text)."},
+        default="2GB",
+        metadata={
+            "help": "Cap on sampled training text, e.g. 200MB, 2GB, or 'all' (time grows with it, memory does not)."
+        },
+    )
+    max_pretokens: int = field(
+        default=bpe.DEFAULT_MAX_PRETOKENS,
+        metadata={
+            "help": "Distinct pre-tokens held while counting (in each counting process); beyond it the light "
+            "Chinese (Han) runs are sampled, other pre-tokens are always counted exactly. Bounds memory "
+            "(at the default, with 2 counting processes: 1.1 GB for 2 GB of text, training included)."
+        },
     )
     validation_max_bytes: str = field(default="16MB", metadata={"help": "Cap on held-out text per language."})
     vocab_size: int = field(default=32000, metadata={"help": "Vocabulary size, special tokens included."})
@@ -70,6 +79,10 @@ def validate(args: TrainBPEArguments):
         )
     if args.min_frequency < 1:
         raise UsageError(f"--min_frequency {args.min_frequency} must be at least 1")
+    if args.max_pretokens < 1000:
+        raise UsageError(f"--max_pretokens {args.max_pretokens} is too small to learn from (at least 1000)")
+    if args.max_token_length is not None and args.max_token_length < 2:
+        raise UsageError(f"--max_token_length {args.max_token_length} must be at least 2")
     out = Path(args.output_dir)
     check_writable_folder(out, "--output_dir")
     if out.exists() and not args.overwrite:
@@ -89,7 +102,7 @@ def validate(args: TrainBPEArguments):
 
 
 def batched_texts(plans, opts: ReadOptions, stats: list[ReadStats], seed: int, split: str, bar, batch_docs=512):
-    """All sources' sampled documents as batches for `train_from_iterator`, advancing the progress bar."""
+    """All sources' sampled documents in batches, advancing the progress bar."""
     for plan, st in zip(plans, stats, strict=True):
         batch, batch_bytes = [], 0
         for doc in sample_source(plan, opts, st, seed, split):
@@ -106,6 +119,13 @@ def batched_texts(plans, opts: ReadOptions, stats: list[ReadStats], seed: int, s
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
+
+
+def pretoken_line(p: dict) -> str:
+    kept = (
+        "all counted exactly" if p["sample_level"] == 0 else f"light Han runs sampled 1 in {2 ** p['sample_level']:,}"
+    )
+    return f"{p['counted']:,} counted, {p['distinct_kept']:,} distinct kept ({kept})"
 
 
 def format_report(report: dict) -> str:
@@ -126,6 +146,7 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         f"vocab size   {report['vocab_size']:,}{short}",
+        f"pre-tokens   {pretoken_line(report['pretokens'])}",
         f"time         {report['time_s']['read_and_train']:.1f} s to read and train",
         f"peak memory  {report['peak_memory_mb']:,.0f} MB (resident)",
     ]
@@ -162,12 +183,13 @@ def run(args: TrainBPEArguments) -> dict:
     # disable=None: a bar on a terminal only, so logs and piped stderr keep just the messages
     with tqdm(total=bar_total, unit="B", unit_scale=True, desc="reading text", disable=None) as bar:
         texts = batched_texts(plans, opts, stats, args.seed, args.dataset_split, bar)
-        tok = bpe.train(
-            texts, args.vocab_size, args.min_frequency, args.max_token_length, show_progress=sys.stderr.isatty()
-        )
-    train_time = time.perf_counter() - start
+        counter = bpe.count_pretokens(texts, args.max_pretokens)
     if sum(s.bytes for s in stats) == 0:
         raise UsageError("the corpus is empty: no document with text in any source")
+    pretokens = {"counted": counter.pretokens_seen, "distinct_kept": len(counter), "sample_level": counter.level}
+    worker_kib = sum(counter.worker_peak_kib)  # what the counting processes added to memory at their peaks
+    tok = bpe.train_from_counts(counter, args.vocab_size, args.min_frequency, args.max_token_length)
+    train_time = time.perf_counter() - start
 
     val_cap = parse_size(args.validation_max_bytes, "--validation_max_bytes")
     compression = {}
@@ -194,8 +216,10 @@ def run(args: TrainBPEArguments) -> dict:
             }
             for p, st in zip(plans, stats, strict=True)
         ],
+        "pretokens": pretokens,
         "time_s": {"read_and_train": round(train_time, 2)},
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # this process and the counting processes, added up (an upper bound: they peak at different times)
+        "peak_memory_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + worker_kib) / 1024, 1),
         "validation": compression,
         "arguments": asdict(args),
     }

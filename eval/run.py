@@ -5,6 +5,9 @@ A thin entry point kept at the path the README documents; the code is shuangyu/e
 import sys
 
 try:
+    from shuangyu.progress import bars_only_on_a_terminal
+
+    bars_only_on_a_terminal()  # first: tqdm reads its TQDM_* defaults when it is imported
     from shuangyu.evaluation.run import main
 except ModuleNotFoundError as err:
     if err.name != "shuangyu":

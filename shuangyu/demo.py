@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 
 PROG = "python -m shuangyu.demo"
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="a minute-long run of the same flow (the model learns little)")
     try:
         args = p.parse_args(argv)
+        bars_only_on_a_terminal()  # for the report built here, and (TQDM_DISABLE) every step's process
         if not (REPO / CORPUS / "zh").is_dir() or not (REPO / CORPUS / "en").is_dir():
             raise UsageError(f"no sample corpus at {(REPO / CORPUS).resolve()}: clone this next to shared/")
         device = pick_device(args.device)

@@ -16,14 +16,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def run_demo(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "shuangyu.demo", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=timeout,
+    done = subprocess.run(
+        [sys.executable, "-m", "shuangyu.demo", *args], capture_output=True, cwd=REPO, env=env, timeout=timeout
     )
+    # decoded here, not with text=True: that turns carriage returns (a progress bar's redraws) into newlines
+    done.stdout, done.stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    return done
 
 
 def test_asking_for_a_gpu_without_one_is_one_line():

@@ -9,29 +9,37 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "shuangyu"
 
-# Each step may import only the steps below it (modules at the top of the package, errors and files, are
-# below everything).
+# Each step may import only the steps below it (modules at the top of the package, errors, files and progress,
+# are below everything).
 LAYERS = [
-    "errors", "files", "environment", "text", "tokenizer", "data", "modeling", "evaluation", "sharing", "training",
-    "chat", "planning", "report", "demo",
+    "errors", "files", "progress", "environment", "text", "tokenizer", "data", "modeling", "evaluation", "sharing",
+    "training", "chat", "planning", "report", "demo",
 ]  # fmt: skip
+# fmt: off
 ALLOWED = {
     "errors": set(),
     "files": {"errors"},
+    "progress": set(),  # progress bars on a terminal, plain lines in a log file: other libraries' switches
     "environment": set(),  # hardware, versions, commit: reads the machine, imports nothing of ours
     "text": {"errors", "files"},
     "tokenizer": {"errors", "files", "text"},
     "data": {"errors", "files", "text", "tokenizer"},
     "modeling": {"errors", "files"},  # the export command's errors; the model files themselves import nothing of ours
-    "evaluation": {"errors", "files", "text", "tokenizer", "sharing"},  # tokenizer: a chat model's reply loss
+    # tokenizer: a chat model's reply loss
+    "evaluation": {"errors", "files", "progress", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files"},
-    "training": {"errors", "files", "environment", "text", "tokenizer", "data", "modeling", "evaluation", "sharing"},
+    "training": {
+        "errors", "files", "progress", "environment", "text", "tokenizer", "data", "modeling", "evaluation", "sharing"
+    },
     "chat": {"errors", "files", "tokenizer", "sharing"},  # talks to a saved folder: needs nothing of training
     "planning": {"errors", "files", "modeling", "training"},  # the model's shapes, train_clm's flags and peaks
     # a run folder's report: reads what training, evaluation and the card wrote
-    "report": {"errors", "files", "environment", "text", "tokenizer", "evaluation", "sharing", "training"},
-    "demo": {"errors", "files", "report"},  # runs every step as its own command; builds the report at the end
+    "report": {
+        "errors", "files", "progress", "environment", "text", "tokenizer", "evaluation", "sharing", "training"
+    },
+    "demo": {"errors", "files", "progress", "report"},  # runs every step as its own command; builds the report at the end
 }
+# fmt: on
 
 
 def unit_of(module: str) -> str | None:

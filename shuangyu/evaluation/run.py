@@ -31,6 +31,7 @@ from shuangyu.evaluation.local_tasks import (
     write_task_yamls,
 )
 from shuangyu.files import atomic_write_text, check_writable_folder
+from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import markdown_table, write_card
 from shuangyu.sharing.folder import check_model_folder, is_chat_folder, needs_remote_code
 from shuangyu.text.conversations import read_conversation_files
@@ -83,6 +84,28 @@ def task_manager_for(tasks: list[str]):
     return task_manager
 
 
+def hf_model_class(bars: bool):
+    """lm-eval's Hugging Face model, or without progress bars when `bars` is false: its request bars set
+    `disable` themselves (TQDM_DISABLE does not reach them), from a `disable_tqdm` argument that its evaluator
+    never passes, so a log file would get them as lines of carriage returns."""
+    from lm_eval.models.huggingface import HFLM
+
+    if bars:
+        return HFLM
+
+    class HFLMWithoutBars(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return HFLMWithoutBars
+
+
 def run_lm_eval(
     ckpt: Path,
     tasks: list[str],
@@ -97,13 +120,14 @@ def run_lm_eval(
 
     model_args = f"pretrained={ckpt},trust_remote_code={remote_code},dtype=float32"
     try:
+        # built as simple_evaluate(model="hf", model_args=...) builds it, with the bars chosen here
+        model = hf_model_class(bars=sys.stderr.isatty()).create_from_arg_string(
+            model_args, {"batch_size": batch_size, "max_batch_size": None, "device": device}
+        )
         return lm_eval.simple_evaluate(
-            model="hf",
-            model_args=model_args,
+            model=model,
             tasks=tasks,
             limit=limit,
-            batch_size=batch_size,
-            device=device,
             task_manager=task_manager,
             apply_chat_template=apply_chat_template,
         )
@@ -256,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.checkpoint} is a LoRA adapter: merge it into a model folder first "
                 f"(python -m shuangyu.training.merge_lora {args.checkpoint} MERGED) and evaluate that"
             )
-        if not sys.stderr.isatty():  # a log file: no progress bars of carriage returns
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()
+        bars_only_on_a_terminal()
         output = args.output or args.checkpoint.resolve() / "eval_results.json"
         check_writable_folder(output.parent, "--output")
         import torch

@@ -23,6 +23,7 @@ from shuangyu.environment import describe_environment
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.evaluation.run import val_texts
 from shuangyu.files import atomic_write_text
+from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.compression import compression_rows, compression_table
 from shuangyu.report.curves import languages, plot_curves, read_log
 from shuangyu.report.samples import generate_samples
@@ -224,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_samples", action="store_true", help="leave out the samples (no model is loaded)")
     try:
         args = p.parse_args(argv)
-        if not sys.stderr.isatty():  # a log file: no progress bars of carriage returns
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()
+        bars_only_on_a_terminal()
         report = build_report(args.run_dir, args.corpus, args.references, args.chat_run, not args.no_samples)
     except UsageError as err:
         return print_error(PROG, err)

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers.utils import logging as transformers_logging
 
 from shuangyu.data.prepared import PreparedData
 from shuangyu.data.streaming import StreamedData
 from shuangyu.errors import RunDiverged, UsageError, print_error
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
+from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.tokenizer.chat_template import chat_token_ids
 from shuangyu.tokenizer.loading import load_tokenizer
 from shuangyu.training import checkpoint as ckpt
@@ -89,8 +89,7 @@ def train(config: TrainConfig) -> int:
 
 def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     stop_with_the_launcher()
-    if not sys.stderr.isatty():  # a log file (nohup, a cluster job): plain lines, not bars of carriage returns
-        transformers_logging.disable_progress_bar()
+    bars_only_on_a_terminal()
     accelerator = build_accelerator(config.train, config.logging, out)
     check_distributed(accelerator, config.train, config.optim)
     lock, refused = None, None

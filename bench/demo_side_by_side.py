@@ -21,23 +21,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from demo_sweep import CPU_LOCK  # bench/ is the script's folder: on sys.path
+from demo_sweep import (
+    CPU_LOCK,  # bench/ is the script's folder: on sys.path
+    last_validation,
+)
 from demo_sweep import run as timed
 
 CORPUS = "../shared/data/corpus"
-
-
-def last_validation(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    row = [r for r in rows if "eval/zh/bits_per_byte" in r][-1]
-    return {
-        "step": row["step"],
-        "tokens": row["train/tokens"],
-        "zh_bpb": round(row["eval/zh/bits_per_byte"], 4),
-        "en_bpb": round(row["eval/en/bits_per_byte"], 4),
-        "sample_zh": row.get("samples/zh"),
-        "sample_en": row.get("samples/en"),
-    }
 
 
 def before(out: Path) -> dict:

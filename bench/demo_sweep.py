@@ -93,6 +93,19 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
+def last_validation(run_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    row = [r for r in rows if "eval/zh/bits_per_byte" in r][-1]
+    return {
+        "step": row["step"],
+        "tokens": row["train/tokens"],
+        "zh_bpb": round(row["eval/zh/bits_per_byte"], 4),
+        "en_bpb": round(row["eval/en/bits_per_byte"], 4),
+        "sample_zh": row.get("samples/zh"),
+        "sample_en": row.get("samples/en"),
+    }
+
+
 def tokenizer(out: Path, vocab: int, text: str) -> tuple[Path, float]:
     folder = out / f"tokenizer-{vocab}-{text}"
     if (folder / "tokenizer.json").exists():
@@ -134,17 +147,10 @@ def main() -> int:
                    "train_clm.py", "--model_config", model_config(args.out, slug, tok, model), "--tokenizer_name", str(tok), "--output_dir", str(run_dir),
                    "--overwrite_output_dir", *overrides]  # fmt: skip
             train_s = run(cmd, args.out / f"{slug}.log")
-            log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-            last_eval = [row for row in log if "eval/zh/bits_per_byte" in row][-1]
             results[name] = {
                 "tokenizer_s": round(tok_s, 1),
                 "data_and_train_s": round(train_s, 1),
-                "step": last_eval["step"],
-                "tokens": last_eval["train/tokens"],
-                "zh_bpb": round(last_eval["eval/zh/bits_per_byte"], 4),
-                "en_bpb": round(last_eval["eval/en/bits_per_byte"], 4),
-                "sample_zh": last_eval.get("samples/zh"),
-                "sample_en": last_eval.get("samples/en"),
+                **last_validation(run_dir),
                 "overrides": overrides,
             }
             results_file.write_text(json.dumps(results, indent=1, ensure_ascii=False))

@@ -22,8 +22,8 @@ CORPUS = Path(os.environ.get("SHUANGYU_SHARED", REPO.parent / "shared")) / "data
 PRETOKENIZE_PATTERN = "|".join(
     [
         r"'(?i:[sdmt]|ll|ve|re)",
-        r"\p{Han}+",
-        r" ?[^\s\p{Han}\p{N}\p{P}\p{S}\p{C}]+",
+        r"[^\r\n\p{L}\p{N}]?\p{Han}+",
+        r"[^\r\n\p{L}\p{N}]?[^\s\p{Han}\p{N}\p{P}\p{S}\p{C}]+",
         r"\p{N}",
         r" ?[\p{P}\p{S}]+[\r\n]*",
         r"\s*[\r\n]+",

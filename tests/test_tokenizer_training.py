@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import regex
 import rustbpe
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 
 from shuangyu.tokenizer import bpe, merges
@@ -48,15 +50,15 @@ def test_below_the_bound_every_count_is_exact():
 
 
 def synthetic_stream(n_rare: int, heavy: dict[str, int], seed: int = 0, rare: str = "稀") -> list[str]:
-    """Each rare word (`rare` + a number: a Han run, so it may be sampled) once and each heavy word `count`
+    """Each rare word (a number + `rare`: it ends in Han, so it may be sampled) once and each heavy word `count`
     times, shuffled, in texts of 100 words."""
-    words = [f"{rare}{i}" for i in range(n_rare)] + [w for w, c in heavy.items() for _ in range(c)]
+    words = [f"{i}{rare}" for i in range(n_rare)] + [w for w, c in heavy.items() for _ in range(c)]
     random.Random(seed).shuffle(words)
     return [" ".join(words[i : i + 100]) for i in range(0, len(words), 100)]
 
 
 def test_the_table_never_outgrows_the_bound_and_rare_han_runs_are_sampled():
-    heavy = {f"重{i}": 2000 + 100 * i for i in range(20)}
+    heavy = {f"{i}重": 2000 + 100 * i for i in range(20)}
     texts = synthetic_stream(50_000, heavy)
     counter = PretokenCounter(WORDS, max_pretokens=2000)
     most = 0
@@ -69,11 +71,11 @@ def test_the_table_never_outgrows_the_bound_and_rare_han_runs_are_sampled():
     weights = dict(counter.weights())
     for word, count in heavy.items():  # heavy runs: exact, but for their light start (estimated)
         assert weights[word] == pytest.approx(count, abs=3 * 2**level)
-    rare = [w for w in weights if w.startswith("稀")]
+    rare = [w for w in weights if w.endswith("稀")]
     assert all(weights[w] == 2**level and is_sampled(w, level) for w in rare)  # each stands for 2**level
     expected = 50_000 / 2**level  # the hash sample of 1 in 2**level
     assert expected * 0.8 < len(rare) < expected * 1.2
-    assert len(rare) == sum(is_sampled(f"稀{i}", level) for i in range(50_000))  # none lost, none extra
+    assert len(rare) == sum(is_sampled(f"{i}稀", level) for i in range(50_000))  # none lost, none extra
 
 
 def test_words_that_are_not_han_are_counted_exactly_however_late_they_come():
@@ -91,10 +93,26 @@ def test_words_that_are_not_han_are_counted_exactly_however_late_they_come():
     assert (weights["film"], weights["the"], weights["rare-ish"], weights["once"]) == (700, 3000, 3, 1)
 
 
+def test_the_last_character_decides_what_may_be_sampled():
+    """A Han run may start with a mark below U+2E80 (“, or a space) and a Latin word with a full-width one
+    (（): the run is still sampled, the word still counted exactly."""
+    runs = [f"“{i}晚" for i in range(20_000)]
+    texts = [" ".join(runs[i : i + 100] + ["（film"] * 2) for i in range(0, len(runs), 100)]
+    counter = PretokenCounter(WORDS, max_pretokens=1000)
+    for i in range(0, len(texts), 5):
+        counter.add_texts(texts[i : i + 5])
+    level = counter.level
+    assert level >= 4
+    weights = dict(counter.weights())
+    assert weights["（film"] == 2 * len(texts)
+    kept = [w for w in weights if w.startswith("“")]
+    assert 0 < len(kept) < len(runs) / 8 and all(is_sampled(w, level) for w in kept)
+
+
 def test_duplicated_documents_do_not_thin_the_sample_further():
     """Ten copies of the same 5,000 Han runs, one copy after the other (a corpus of duplicated documents):
     the copies repeat what the first one sampled, so the sample rate stays where one copy puts it."""
-    words = [f"字{i}" for i in range(5000)]
+    words = [f"{i}字" for i in range(5000)]
     counter = PretokenCounter(WORDS, max_pretokens=2000)
     for copy in range(10):
         order = words[:]
@@ -109,7 +127,7 @@ def test_duplicated_documents_do_not_thin_the_sample_further():
 
 def test_repeated_han_runs_alone_overflowing_raise_the_keep_count():
     counter = PretokenCounter(WORDS, max_pretokens=100)
-    counter.add_texts([" ".join(f"字{i}" for i in range(300))] * 3)  # 300 runs, each 3 times
+    counter.add_texts([" ".join(f"{i}字" for i in range(300))] * 3)  # 300 runs, each 3 times
     counter.add_texts(["一 二"])
     assert len(counter) <= 100 and counter.keep_count > KEEP_COUNT
 
@@ -151,6 +169,18 @@ def test_count_pattern_splits_as_the_tokenizer_does(small_texts):
         ours = [merges.byte_level(p.encode("utf-8")) for p in find(text)]
         theirs = [p for p, _ in pre.pre_tokenize_str(text)]  # byte-level pieces
         assert ours == theirs, text[:80]
+
+
+PIECES = [*"\x00\x01\x1b\u200b\u0301aé字中ア \t\n，(1😀", "'s"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+def test_count_pattern_splits_mixed_text_as_the_tokenizer_does(text):
+    """Control and format characters next to words, marks, digits and spaces: the count pattern's last
+    alternative must leave a character that leads a word to the word, as the tokenizer's Split does."""
+    ours = [merges.byte_level(p.encode("utf-8")) for p in regex.findall(bpe.COUNT_PATTERN, text)]
+    assert ours == [p for p, _ in bpe.build_tokenizer().pre_tokenizer.pre_tokenize_str(text)]
 
 
 # --- merges and their conversion --------------------------------------------------------------------

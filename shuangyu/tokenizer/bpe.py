@@ -10,14 +10,19 @@ Choices, and why:
 * Pre-tokenization (`PRETOKENIZE_PATTERN`) cuts text into pieces that merges never cross:
   - runs of Han characters stay whole, so BPE can learn multi-character words (中国, 人工智能); Chinese
     has no spaces, so a run is a clause and merges are learned inside it;
-  - other letters (Latin, Cyrillic, kana, ... with combining marks) form words that may carry one
-    leading space, as in GPT-2, so ` the` is one token; Han and Latin never merge with each other
-    (`iPhone手机` -> `iPhone` | `手机`), which would waste vocabulary on accidental neighbours;
+  - other letters (Latin, Cyrillic, kana, ... with combining marks) form words; Han and Latin never
+    merge with each other (`iPhone手机` -> `iPhone` | `手机`), which would waste vocabulary on accidental
+    neighbours;
+  - a word or Han run may start with one character that is neither a letter, a digit nor a line break: a
+    space (` the`, as in GPT-2) or a punctuation mark (`，但是`, `(the`, `“我们`), as GPT-4's cl100k and
+    Qwen2's patterns allow. Chinese puts a mark every few characters, so tokens such as `，但` and `。我们`
+    raise held-out compression by 5% (zh) at 32k; English gains a little (bench/RESULTS.md, "Tokenizer
+    at scale"). It is also how llama.cpp's `qwen2` pre-tokenizer splits, which the GGUF export relies on;
   - English contractions ('s 't 're 've 'm 'll 'd) split off the word;
   - every digit is its own piece (as in LLaMA and Qwen): numbers get one consistent spelling, which
     small models learn arithmetic and dates from far more easily than from arbitrary digit chunks;
-  - punctuation and symbols (ASCII and CJK, emoji) group apart from letters, with an optional leading
-    space, and may absorb the newlines that follow them;
+  - other punctuation and symbols (ASCII and CJK, emoji) group apart from letters, with an optional
+    leading space, and may absorb the newlines that follow them; a mark never ends a word;
   - newlines group together; runs of spaces leave their last space to the next word (GPT-2's rule).
 * Special tokens `<|endoftext|>` (document separator, also BOS/EOS), `<|pad|>`, and reserved chat tokens
   `<|im_start|>`, `<|im_end|>`. The saved tokenizer sets `split_special_tokens=True`: their text inside
@@ -51,8 +56,9 @@ MIN_VOCAB_SIZE = BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS)
 PRETOKENIZE_PATTERN = "|".join(
     [
         r"'(?i:[sdmt]|ll|ve|re)",  # English contractions
-        r"\p{Han}+",  # Chinese: whole runs, so words can form inside them
-        r" ?[^\s\p{Han}\p{N}\p{P}\p{S}\p{C}]+",  # other letters and marks, one leading space allowed
+        # both word kinds may start with one space or punctuation mark (see above)
+        r"[^\r\n\p{L}\p{N}]?\p{Han}+",  # Chinese: whole runs, so words can form inside them
+        r"[^\r\n\p{L}\p{N}]?[^\s\p{Han}\p{N}\p{P}\p{S}\p{C}]+",  # other letters and marks
         r"\p{N}",  # one digit at a time
         r" ?[\p{P}\p{S}]+[\r\n]*",  # punctuation and symbols, with the newlines after them
         r"\s*[\r\n]+",  # newlines
@@ -61,9 +67,10 @@ PRETOKENIZE_PATTERN = "|".join(
     ]
 )
 # Counting splits text as the tokenizer does. What no alternative matches (control and format characters,
-# \p{C} but not spaces) the tokenizer's Split keeps as pieces of their own; re.findall would skip it, so
-# counting adds it as a last alternative.
-COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|[^\s\P{C}]+"
+# \p{C} but not spaces, unless one leads a word) the tokenizer's Split keeps as pieces of their own;
+# re.findall would skip it, so counting adds it as a last alternative, a run that stops before a character
+# that leads a word or Han run.
+COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|(?:[^\s\P{C}](?![^\s\p{N}\p{P}\p{S}\p{C}]))+"
 # Distinct pre-tokens held while counting, in each counting process (counting.py); beyond it, light Han runs
 # are sampled. The 204 MB sample corpus has 2.4 million: with 2 processes its light Han runs end sampled 1 in
 # 16, and rustbpe's time grows with the distinct Han runs it gets (about 30 us each), so this default trains it

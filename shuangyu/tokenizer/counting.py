@@ -6,9 +6,10 @@ text (Zipf), 0.25 million in the 204 MB sample corpus. Chinese pre-tokens are wh
 bpe.py) and mostly occur once: 2.1 million distinct ones there (1.9 million seen once), growing with the
 text. So `PretokenCounter`:
 
-* counts every pre-token below SAMPLED_FROM (Latin, Cyrillic, digits, ASCII punctuation, ...) exactly,
-  always, however late in the stream it first occurs;
-* lets every Han run (any pre-token from SAMPLED_FROM on) enter the table as it occurs; when the table
+* counts every pre-token whose last character lies below SAMPLED_FROM (Latin, Cyrillic, digits, ASCII
+  punctuation, ...) exactly, always, however late in the stream it first occurs;
+* lets every Han run (any pre-token ending at or past SAMPLED_FROM; the last character, since a run may
+  start with a space or a punctuation mark, see bpe.py) enter the table as it occurs; when the table
   overflows `max_pretokens`, it takes out the light runs, counted fewer than `keep_count` (KEEP_COUNT, 2)
   times since they entered: a sampled one (its CRC-32 ends in `level` zero bits, 1 in 2**level runs; the
   hash is fixed, so a run sampled at a level is sampled at every lower one) keeps the occurrences taken
@@ -24,7 +25,7 @@ thinned. The error is the sample's variance: a light run is in the sample as a w
 (The first version sampled all pre-tokens alike and scaled only those that had repeated before some
 prune: English words first seen after the last prune, most of them in the 204 MB corpus, whose English
 comes after its Chinese, were dropped or counted 2**level times, which cost 17% of English compression.)
-Pre-tokens below SAMPLED_FROM are not bounded: a corpus with very many distinct ones holds them all.
+Pre-tokens ending below SAMPLED_FROM are not bounded: a corpus with very many distinct ones holds them all.
 
 Tables counted apart (by worker processes, `count_in_workers`) merge: both are taken to the higher of their
 levels and keep counts, and their counts and lost occurrences added.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import resource
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -43,9 +45,11 @@ import regex
 
 KEEP_COUNT = 2  # a Han run counted this often since it entered the table survives pruning
 PRUNE_TO = 0.5  # after an overflow the table is pruned to at most this share of max_pretokens
-# Pre-tokens starting at or past this character may be sampled: the CJK blocks and all after them (Han runs
+# Pre-tokens ending at or past this character may be sampled: the CJK blocks and all after them (Han runs
 # above all, see bpe.PRETOKENIZE_PATTERN; also kana and Hangul runs, full-width punctuation, emoji), where
-# words are not cut apart by spaces. Latin, Greek, Cyrillic, digits and ASCII punctuation lie below it.
+# words are not cut apart by spaces. Latin, Greek, Cyrillic, digits and ASCII punctuation lie below it. The
+# last character decides: a Han run may start with a space or a mark such as “ (U+201C), a Latin word with
+# a full-width one such as （.
 SAMPLED_FROM = "\u2e80"
 MIN_SAMPLE_SHARE = 0.25  # of a prune's target, the least room left to the sample of light Han runs
 QUEUED_BATCHES = 4  # batches waiting for each worker: bounds the text held in flight
@@ -65,6 +69,19 @@ def rss_kib() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def max_rss_kib() -> int:
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def peak_memory_kib(counter: PretokenCounter) -> int:
+    """The most memory counting and training held at once, bounded from above: while the counting processes
+    lived, this process at its peak until counting ended plus each counting process at its own peak; after
+    them, this process alone at its peak (call this when training has ended). Adding every peak instead would
+    count the counting processes on top of the merge learning, which only starts once they have exited."""
+    return max(counter.counting_peak_kib, max_rss_kib())
+
+
 class PretokenCounter:
     """Counts of the pieces `pattern` finds in texts, in a table of at most `max_pretokens` entries (as long
     as the non-Han pre-tokens alone fit in it)."""
@@ -81,6 +98,7 @@ class PretokenCounter:
         self.keep_count = KEEP_COUNT
         self.pretokens_seen = 0  # occurrences counted, over all texts
         self.worker_peak_kib: list[int] = []  # resident memory each counting process added at its peak
+        self.counting_peak_kib = 0  # memory held while counting, at most (set by count_in_workers)
 
     def __len__(self) -> int:
         return len(self.counts) + len(self.lost)
@@ -99,7 +117,7 @@ class PretokenCounter:
         if self.level == 0:
             return
         keep, mask, crc = self.keep_count, (1 << self.level) - 1, zlib.crc32
-        light = [(p, c) for p, c in self.counts.items() if c < keep and p[0] >= SAMPLED_FROM]
+        light = [(p, c) for p, c in self.counts.items() if c < keep and p[-1] >= SAMPLED_FROM]
         self.note_memory()
         for p, c in light:
             del self.counts[p]
@@ -125,7 +143,7 @@ class PretokenCounter:
             if len(self) <= target:
                 break
             keep = self.keep_count
-            han = [c >= keep for p, c in self.counts.items() if p[0] >= SAMPLED_FROM]
+            han = [c >= keep for p, c in self.counts.items() if p[-1] >= SAMPLED_FROM]
             repeated = sum(han)
             light = len(self.lost) if self.level else len(han) - repeated  # the sample (at level 0: all light runs)
             del han
@@ -192,6 +210,7 @@ def count_in_workers(pattern: str, max_pretokens: int, batches: Iterable[list[st
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for batch in batches:
             counter.add_texts(batch)
+        counter.counting_peak_kib = max_rss_kib()
         return counter
     # fork, not spawn: spawn would run the caller's main script again in each worker
     ctx = multiprocessing.get_context("fork")
@@ -214,6 +233,7 @@ def count_in_workers(pattern: str, max_pretokens: int, batches: Iterable[list[st
             counter.merge(part)
         for p in procs:
             p.join()
+        counter.counting_peak_kib = max_rss_kib() + sum(counter.worker_peak_kib)
     finally:
         for p in procs:
             if p.is_alive():

@@ -46,6 +46,7 @@ from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
 from shuangyu.text.sources import parse_file_source, resolve_files
 from shuangyu.tokenizer import bpe
+from shuangyu.tokenizer.counting import peak_memory_kib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,21 +157,21 @@ def train_job(kind: str, vocab_size: int, docs_path: str, out_path: str, coverag
     if kind == "spm":
         docs = spm_lines(docs)
     loaded_mb = _current_rss_mb()
-    worker_kib = 0
+    counter = None
     start = time.perf_counter()
     if kind == "spm":
         _train_sentencepiece(docs, vocab_size, out_path, coverage)
     elif kind == "ours":
         counter = bpe.count_pretokens(_batches(docs))
-        worker_kib = sum(counter.worker_peak_kib)  # counting processes, added to this one's peak below
         tok = bpe.train_from_counts(counter, vocab_size)
     else:
         base = bpe.gpt2_baseline_tokenizer() if kind == "baseline" else bpe.build_tokenizer()
         tok = bpe.train_with_bpe_trainer(_batches(docs), vocab_size, tokenizer=base, show_progress=False)
     seconds = time.perf_counter() - start
-    # KiB on Linux; read before saving. Ours also counts in worker processes: their peaks are added (an upper
-    # bound on the memory held at once: the workers are gone before this process learns the merges)
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + worker_kib) * 1024 / 1e6
+    # KiB on Linux; read before saving. Ours also counts in worker processes: counting.peak_memory_kib bounds
+    # what both held at once (this process's peak until counting ended, plus each worker's; later, its own)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if counter is None else peak_memory_kib(counter)
+    peak_mb = peak_kib * 1024 / 1e6
     if kind != "spm":
         tok.save(out_path)
     return {"seconds": seconds, "peak_mb": peak_mb, "loaded_mb": loaded_mb}
@@ -362,8 +363,9 @@ Held-out text: every `*_val.jsonl` file, {info["heldout"]}.
 
 - **train s**: wall clock of training only; the text is already in memory and saving is not timed. Each
   trainer runs in a fresh process of its own; **peak RSS** is that process's `ru_maxrss` (interpreter and
-  text included), plus for ours what each of its counting processes added at its own peak (an upper bound),
-  **RSS before training** is its resident memory once the text was loaded.
+  text included); for ours, whose counting runs in worker processes, the larger of that and, while they
+  ran, this process's peak until counting ended plus each worker's own peak (an upper bound on what was
+  held at once); **RSS before training** is its resident memory once the text was loaded.
 - **encode MB/s**: held-out text (zh + en) encoded in batches of {ENCODE_BATCH_DOCS} documents, no special
   tokens, fastest of {info["encode_rounds"]} run(s), after all training; each round encodes with every tokenizer in turn:
   `Tokenizer.encode_batch` (tokenizers), `SentencePieceProcessor.encode` on a list with {os.cpu_count()} threads,

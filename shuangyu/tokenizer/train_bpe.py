@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
 from shuangyu.text.sources import SourceArguments, parse_file_source, resolve_files
 from shuangyu.tokenizer import bpe
+from shuangyu.tokenizer.counting import peak_memory_kib
 
 PROG = "train_bpe.py"
 
@@ -187,9 +187,9 @@ def run(args: TrainBPEArguments) -> dict:
     if sum(s.bytes for s in stats) == 0:
         raise UsageError("the corpus is empty: no document with text in any source")
     pretokens = {"counted": counter.pretokens_seen, "distinct_kept": len(counter), "sample_level": counter.level}
-    worker_kib = sum(counter.worker_peak_kib)  # what the counting processes added to memory at their peaks
     tok = bpe.train_from_counts(counter, args.vocab_size, args.min_frequency, args.max_token_length)
     train_time = time.perf_counter() - start
+    peak_kib = peak_memory_kib(counter)
 
     val_cap = parse_size(args.validation_max_bytes, "--validation_max_bytes")
     compression = {}
@@ -218,8 +218,7 @@ def run(args: TrainBPEArguments) -> dict:
         ],
         "pretokens": pretokens,
         "time_s": {"read_and_train": round(train_time, 2)},
-        # this process and the counting processes, added up (an upper bound: they peak at different times)
-        "peak_memory_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + worker_kib) / 1024, 1),
+        "peak_memory_mb": round(peak_kib / 1024, 1),  # counting processes included (counting.peak_memory_kib)
         "validation": compression,
         "arguments": asdict(args),
     }

@@ -32,7 +32,7 @@ Choices, and why:
   stops growing with the text, light Han runs are sampled past the bound, everything else is counted
   exactly) and learns the merges from the counts with rustbpe, written back as a `tokenizers` BPE model
   (merges.py). `tokenizers`' own BpeTrainer, which Shuangyu used before, holds every distinct pre-token
-  with its symbols: 3.2x the memory and 7-9x the time on the sample corpus (bench/RESULTS.md). It stays as
+  with its symbols: 4.4x the memory and 6-10x the time on the sample corpus (bench/RESULTS.md). It stays as
   `train_with_bpe_trainer` for the benchmark and as a reference.
 * A ChatML chat template over the reserved tokens (chat_template.py, which also says how the template's control
   tokens become ids while message text never does).
@@ -72,9 +72,9 @@ PRETOKENIZE_PATTERN = "|".join(
 # that leads a word or Han run.
 COUNT_PATTERN = PRETOKENIZE_PATTERN + r"|(?:[^\s\P{C}](?![^\s\p{N}\p{P}\p{S}\p{C}]))+"
 # Distinct pre-tokens held while counting, in each counting process (counting.py); beyond it, light Han runs
-# are sampled. The 204 MB sample corpus has 2.4 million: with 2 processes its light Han runs end sampled 1 in
+# are sampled. The 204 MB sample corpus has 2.6 million: with 2 processes its light Han runs end sampled 1 in
 # 16, and rustbpe's time grows with the distinct Han runs it gets (about 30 us each), so this default trains it
-# faster than sentencepiece for 0.2% less held-out compression at 32k than exact counts (bench/RESULTS.md).
+# faster than sentencepiece for 0.3% less held-out compression at 32k than exact counts (bench/RESULTS.md).
 DEFAULT_MAX_PRETOKENS = 700_000
 
 

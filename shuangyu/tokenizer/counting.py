@@ -2,8 +2,8 @@
 
 BPE learns merges from how often each distinct pre-token occurs, never from where. Pre-tokens that are
 not Chinese (words, digits, punctuation, spaces) repeat: their distinct number grows slowly with the
-text (Zipf), 0.25 million in the 204 MB sample corpus. Chinese pre-tokens are whole Han runs (clauses, see
-bpe.py) and mostly occur once: 2.1 million distinct ones there (1.9 million seen once), growing with the
+text (Zipf), 0.29 million in the 204 MB sample corpus. Chinese pre-tokens are whole Han runs (clauses, see
+bpe.py) and mostly occur once: 2.3 million distinct ones there (2.0 million seen once), growing with the
 text. So `PretokenCounter`:
 
 * counts every pre-token whose last character lies below SAMPLED_FROM (Latin, Cyrillic, digits, ASCII

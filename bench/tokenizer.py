@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shlex
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
 from shuangyu.text.sources import parse_file_source, resolve_files
 from shuangyu.tokenizer import bpe
-from shuangyu.tokenizer.counting import peak_memory_kib
+from shuangyu.tokenizer.counting import max_rss_kib, peak_memory_kib
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -170,7 +169,7 @@ def train_job(kind: str, vocab_size: int, docs_path: str, out_path: str, coverag
     seconds = time.perf_counter() - start
     # KiB on Linux; read before saving. Ours also counts in worker processes: counting.peak_memory_kib bounds
     # what both held at once (this process's peak until counting ended, plus each worker's; later, its own)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if counter is None else peak_memory_kib(counter)
+    peak_kib = max_rss_kib() if counter is None else peak_memory_kib(counter)
     peak_mb = peak_kib * 1024 / 1e6
     if kind != "spm":
         tok.save(out_path)

@@ -50,7 +50,7 @@ class TrainBPEArguments(SourceArguments):
         metadata={
             "help": "Distinct pre-tokens held while counting (in each counting process); beyond it the light "
             "Chinese (Han) runs are sampled, other pre-tokens are always counted exactly. Bounds memory "
-            "(at the default, with 2 counting processes: 1.1 GB for 2 GB of text, training included)."
+            "(at the default, with 2 counting processes: 0.9 GB for 2 GB of text, training included)."
         },
     )
     validation_max_bytes: str = field(default="16MB", metadata={"help": "Cap on held-out text per language."})

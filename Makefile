@@ -20,7 +20,8 @@ install: .make-installed
 	$(PYTHON) -m shuangyu.evaluation.local_tasks  # lm-eval task YAMLs for the local benchmark copies (they name lm-eval's path)
 	touch $@
 
-# the whole flow on the sample corpus; DEMO_FLAGS="--device cpu" forces the CPU recipe on a GPU machine
+# the whole flow on the sample corpus; DEMO_FLAGS="--device cpu" forces the CPU recipe on a GPU machine,
+# DEMO_FLAGS="--amx off" fp32 on a CPU with AMX
 demo: install
 	$(PYTHON) -m shuangyu.demo $(DEMO_FLAGS)
 

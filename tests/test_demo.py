@@ -34,7 +34,7 @@ def test_asking_for_a_gpu_without_one_is_one_line():
     ]
 
 
-@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("device", ["cpu", "cpu-amx", "gpu"])
 def test_each_recipe_names_configs_train_clm_takes(device, tmp_path):
     from shuangyu.demo import RECIPES
     from shuangyu.training.arguments import parse_args
@@ -49,10 +49,49 @@ def test_each_recipe_names_configs_train_clm_takes(device, tmp_path):
         assert list(REPO.glob(first_glob)), source  # the configs name the shared corpus relative to the checkout
 
 
+def test_the_cpu_recipe_trains_in_bf16_compiled_only_with_amx_and_a_compiler(monkeypatch, tmp_path):
+    from shuangyu import demo
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    def machine(amx: bool, compiler: str | None):
+        monkeypatch.setattr(demo, "cpu_has_amx_bf16", lambda: amx)
+        monkeypatch.setattr(demo, "cpp_compiler", lambda: compiler)
+
+    machine(True, "/usr/bin/g++")
+    assert demo.pick_recipe("cpu", "auto")[0] == "cpu-amx"
+    assert demo.pick_recipe("cpu", "off") == ("cpu", "fp32 (--amx off)")
+    assert demo.pick_recipe("gpu", "auto") == ("gpu", "")
+    machine(False, "/usr/bin/g++")
+    assert demo.pick_recipe("cpu", "auto") == (
+        "cpu",
+        "fp32: this CPU has no AMX bf16 (bf16 matmuls would be slower than fp32)",
+    )
+    machine(True, None)
+    key, why = demo.pick_recipe("cpu", "auto")
+    assert key == "cpu" and "no C++ compiler" in why
+    with pytest.raises(UsageError, match="^--amx on: no C\\+\\+ compiler"):
+        demo.pick_recipe("cpu", "on")
+    # the two CPU recipes differ in precision, compiling and steps only: the same model, data and schedule shape
+    plain, amx = (
+        parse_args(["--config", str(REPO / demo.RECIPES[key].pretrain_config), "--output_dir", str(tmp_path)])
+        for key in ("cpu", "cpu-amx")
+    )
+    assert (amx.train.mixed_precision, amx.train.compile, plain.train.mixed_precision, plain.train.compile) == (
+        "bf16",
+        True,
+        "auto",
+        False,
+    )
+    assert amx.train.max_steps == 750 and plain.train.max_steps == 600
+    assert amx.data == plain.data and amx.model == plain.model and amx.optim == plain.optim
+
+
 @pytest.mark.slow
 def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
+    # fp32 on every machine (--amx off): the AMX recipe's training is train_clm.py's compiled bf16 test
     out = tmp_path / "demo"
-    done = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
+    done = run_demo("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = done.stdout
     for step in ("[1/6] tokenizer", "[2/6] data + pretraining", "[3/6] evaluation", "[4/6] instruction tuning",
@@ -82,15 +121,18 @@ def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     assert any(line.strip() == f"python -m shuangyu.chat {out / 'sft' / 'final'}" for line in tail), tail
     assert "\r" not in log + done.stderr  # a log file gets plain lines, no progress bars
     assert "Removed shared tensor" not in log + done.stderr
+    # no framework warning a user cannot act on (accelerate's about a busy port comes from tests launched side by side)
+    noise = [line for line in (log + done.stderr).splitlines() if "Warning" in line and "already in use" not in line]
+    assert not noise, noise
 
     # the same command again: every step is done, nothing is trained twice
-    again = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
+    again = run_demo("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already") == 4
 
     # a step that did not finish (here: its final model gone) resumes from its latest checkpoint
     shutil.rmtree(out / "sft" / "final")
-    resumed = run_demo("--fast", "--device", "cpu", "--output_dir", str(out))
+    resumed = run_demo("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count("done already") == 3
     assert f"resumed from {out / 'sft' / 'checkpoints' / 'step-00000010'}" in resumed.stdout

@@ -80,6 +80,12 @@ def run(args: list[str], processes: int = 1, timeout: int = 600) -> subprocess.C
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def warnings_in(output: str) -> list[str]:
+    """Warning lines, less accelerate's about a busy port (tests launch side by side)."""
+    lines = output.splitlines()
+    return [line for line in lines if ("Warning" in line or "will be ignored" in line) and "already in use" not in line]
+
+
 def losses(out: Path) -> dict[int, float]:
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return {entry["step"]: entry["train/loss"] for entry in lines}
@@ -193,6 +199,23 @@ def test_two_processes_match_one(common, reference, tmp_path):
     b = load_file(reference / "final" / "model.safetensors")
     for name in b:
         torch.testing.assert_close(a[name], b[name], atol=5e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_two_compiled_bf16_processes_train_like_one_eager_fp32_and_warn_of_nothing(common, reference, tmp_path):
+    """The demo's recipe on a CPU with AMX: DDP over 2 processes, bf16 autocast, the model compiled. The same
+    losses as the fp32 reference within bf16's precision, and no framework warning in the output (DDP's buffer
+    sync and profiler range are what dynamo used to warn about, once per process)."""
+    out = tmp_path / "run"
+    args = [*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out)]
+    args += ["--per_device_train_batch_size", "2", "--mixed_precision", "bf16", "--compile"]
+    proc = run(args, processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, expected = losses(out), losses(reference)
+    assert got.keys() == expected.keys()
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=0.02), step
+    assert not warnings_in(proc.stdout + proc.stderr)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):

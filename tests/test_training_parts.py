@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from shuangyu.evaluation.bits_per_byte import HeldOutLoss, bits_per_byte
+from shuangyu.training.accelerator import sync_only_state_under_ddp
 from shuangyu.training.arguments import ScheduleArguments
 from shuangyu.training.checkpoint import (
     MARKER,
@@ -71,6 +72,27 @@ def test_flops_per_token_counts_every_matmul_once(tie):
     block = 2 * (32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 64)  # q, k and v (GQA), o, gate/up/down
     head = 100 * 32
     assert flops_per_token(model, seq_len=8) == 6 * (block + head) + 12 * 2 * 4 * 8 * 8
+
+
+@pytest.mark.parametrize("kind", ["MULTI_CPU", "MULTI_GPU", "FSDP", "NO"])
+def test_ddp_syncs_the_saved_state_only(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+
+    config = ShuangyuConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=16)  # fmt: skip
+    model = ShuangyuForCausalLM(config)
+    sync_only_state_under_ddp(SimpleNamespace(distributed_type=DistributedType[kind]), model)
+    ignored = getattr(model, "_ddp_params_and_buffers_to_ignore", None)
+    if kind.startswith("MULTI"):
+        buffers = {name for name, _ in model.named_buffers()}
+        assert set(ignored) == buffers and buffers  # the RoPE tables: derived from the config, never saved
+        assert not buffers & model.state_dict().keys()
+    else:
+        assert ignored is None
 
 
 def test_bits_per_byte_and_throughput():

@@ -16,6 +16,10 @@ from shuangyu.training.arguments import LoggingArguments, OptimizerArguments, Tr
 
 
 def build_accelerator(train_args: TrainArguments, logging_args: LoggingArguments, out: Path) -> Accelerator:
+    if train_args.compile and hasattr(torch._dynamo.config, "capture_profiler_record_function"):
+        # DDP's forward opens a profiler range; dynamo drops it (with a warning per process) unless it is told to
+        # keep it in the graph, where it costs nothing outside a profiler
+        torch._dynamo.config.capture_profiler_record_function = True
     return Accelerator(
         cpu=cpu_processes(),
         mixed_precision=mixed_precision(train_args.mixed_precision),
@@ -24,6 +28,17 @@ def build_accelerator(train_args: TrainArguments, logging_args: LoggingArguments
         project_dir=str(out),
         dynamo_plugin=TorchDynamoPlugin(backend="inductor") if train_args.compile else None,
     )
+
+
+def sync_only_state_under_ddp(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """DDP broadcasts every buffer from the first process before each forward. A non-persistent buffer (here the
+    RoPE tables) is not saved, so every process derives it from the config alike: syncing it is a collective per
+    step for nothing, and under --compile a call dynamo cannot trace. Call before `accelerator.prepare`."""
+    if accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        return
+    saved = model.state_dict().keys()
+    derived = [name for name, _ in model.named_buffers() if name not in saved]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
 
 
 def share_from_main(accelerator, value):

@@ -50,6 +50,7 @@ def training_summary(
         "schedule": f"{sched.lr_scheduler_type}, {sched.warmup_steps} warmup steps",
         "gradient_clipping": o.max_grad_norm,
         "precision": "fp32" if precision == "no" else precision,
+        "compiled": "yes (torch.compile)" if t.compile else "no",
         "attention": config.model.attn_implementation + (", per document" if config.data.document_attention else ""),
         "seed": t.seed,
     }

@@ -26,7 +26,13 @@ from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.tokenizer.chat_template import chat_token_ids
 from shuangyu.tokenizer.loading import load_tokenizer
 from shuangyu.training import checkpoint as ckpt
-from shuangyu.training.accelerator import build_accelerator, check_distributed, share_from_main, stop_with_the_launcher
+from shuangyu.training.accelerator import (
+    build_accelerator,
+    check_distributed,
+    share_from_main,
+    stop_with_the_launcher,
+    sync_only_state_under_ddp,
+)
 from shuangyu.training.arguments import TrainConfig, parse_args, total_steps
 from shuangyu.training.checks import check_run, is_first_process
 from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model, check_finetune, check_lora_launch
@@ -143,6 +149,7 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     }
     peak = device_peak_flops(accelerator.device, config.logging.peak_tflops)
     meter = Throughput(flops_per_token(model, data.block_size), peak, accelerator.num_processes)
+    sync_only_state_under_ddp(accelerator, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     # the scheduler is stepped by the loop once per optimizer step (a prepared one would step once per process)
     state = TrainState()

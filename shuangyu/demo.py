@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
@@ -46,27 +46,23 @@ class Recipe:
     eval_limit: int
 
 
+CPU = Recipe(
+    name="CPU (2 cores, about 10 minutes)",
+    tokenizer_vocab=8192,
+    tokenizer_text="20MB",
+    pretrain_config="configs/demo-cpu.yaml",
+    sft_config="configs/sft-demo-cpu.yaml",
+    accelerate_config="accelerate_configs/cpu.yaml",
+    eval_tasks="arc_easy_local,xcopa_zh_local,hellaswag_local",
+    eval_limit=100,
+)
 RECIPES = {
-    "cpu": Recipe(
-        name="CPU (2 cores, about 10 minutes)",
-        tokenizer_vocab=8192,
-        tokenizer_text="20MB",
-        pretrain_config="configs/demo-cpu.yaml",
-        sft_config="configs/sft-demo-cpu.yaml",
-        accelerate_config="accelerate_configs/cpu.yaml",
-        eval_tasks="arc_easy_local,xcopa_zh_local,hellaswag_local",
-        eval_limit=100,
-    ),
-    # the same model and time; AMX's bf16 matmuls and a compiled model train 1.25x the tokens in it
-    "cpu-amx": Recipe(
+    "cpu": CPU,
+    # the same model in the same time: AMX's bf16 matmuls and a compiled model train 1.25x the tokens in it
+    "cpu-amx": replace(
+        CPU,
         name="CPU with AMX (2 cores, bf16 matmuls, compiled; about 10 minutes)",
-        tokenizer_vocab=8192,
-        tokenizer_text="20MB",
         pretrain_config="configs/demo-cpu-amx.yaml",
-        sft_config="configs/sft-demo-cpu.yaml",
-        accelerate_config="accelerate_configs/cpu.yaml",
-        eval_tasks="arc_easy_local,xcopa_zh_local,hellaswag_local",
-        eval_limit=100,
     ),
     "gpu": Recipe(
         name="one GPU",

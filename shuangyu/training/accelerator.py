@@ -38,6 +38,8 @@ def sync_only_state_under_ddp(accelerator: Accelerator, model: torch.nn.Module) 
         return
     saved = model.state_dict().keys()
     derived = [name for name, _ in model.named_buffers() if name not in saved]
+    # torch's hook for leaving named tensors out of DDP (there since 1.8); DDP's own switch, broadcast_buffers,
+    # warns as deprecated in torch 2.13, and its successor still syncs at start
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, derived)
 
 

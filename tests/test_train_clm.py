@@ -204,8 +204,11 @@ def test_two_processes_match_one(common, reference, tmp_path):
 @pytest.mark.slow
 def test_two_compiled_bf16_processes_train_like_one_eager_fp32_and_warn_of_nothing(common, reference, tmp_path):
     """The demo's recipe on a CPU with AMX: DDP over 2 processes, bf16 autocast, the model compiled. The same
-    losses as the fp32 reference within bf16's precision, and no framework warning in the output (DDP's buffer
-    sync and profiler range are what dynamo used to warn about, once per process)."""
+    losses as the fp32 reference within bf16's precision, no framework warning in the output (DDP's buffer
+    sync and profiler range are what dynamo used to warn about, once per process), and folders that load."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
     out = tmp_path / "run"
     args = [*common, "--optimizer", "muon", "--max_steps", str(STEPS), "--output_dir", str(out)]
     args += ["--per_device_train_batch_size", "2", "--mixed_precision", "bf16", "--compile"]
@@ -216,6 +219,13 @@ def test_two_compiled_bf16_processes_train_like_one_eager_fp32_and_warn_of_nothi
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=0.02), step
     assert not warnings_in(proc.stdout + proc.stderr)
+    # the folders hold the model's own weight names (not torch.compile's wrapper's) and load whole
+    for folder in (out / "final", out / "checkpoints" / f"step-{STEPS:08d}" / "model"):
+        model, info = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (folder, info)
+    expected_weights = load_file(reference / "final" / "model.safetensors")
+    got_weights = load_file(out / "final" / "model.safetensors")
+    assert got_weights.keys() == expected_weights.keys()
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):

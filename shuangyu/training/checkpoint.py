@@ -153,7 +153,10 @@ def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | No
     a sharded model needs every rank; the main process writes."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        # a compiled model's state dict names every tensor under torch.compile's wrapper (`_orig_mod.`); the
+        # folder holds the model's own names, or nothing would load them
+        state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
         if getattr(unwrapped.config, "tie_word_embeddings", False):
             # a tied head is the embedding: leave it out, as save_pretrained does when it gathers the weights
             # itself (given both, it drops one and warns "Removed shared tensor" at every save)

@@ -227,6 +227,17 @@ def test_two_compiled_bf16_processes_train_like_one_eager_fp32_and_warn_of_nothi
     got_weights = load_file(out / "final" / "model.safetensors")
     assert got_weights.keys() == expected_weights.keys()
 
+    # resumed from step 8's checkpoint (saved from the compiled wrapper), it retrains steps 9..16 alike
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / f"step-{STEPS:08d}")
+    shutil.rmtree(resumed / "final")
+    args[args.index("--output_dir") + 1] = str(resumed)
+    proc = run([*args, "--resume_from_checkpoint", "latest"], processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = losses(resumed)
+    assert again.keys() == got.keys() and all(again[s] == pytest.approx(got[s], rel=1e-4) for s in got), again
+
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(common, tmp_path):
     out = tmp_path / "run"

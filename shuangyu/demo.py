@@ -104,20 +104,23 @@ def cpu_has_amx_bf16() -> bool:
 
 def cpp_compiler() -> str | None:
     """The C++ compiler torch.compile's CPU code needs (inductor looks for $CXX, then g++)."""
-    return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)), None)
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
 
 
 def pick_recipe(device: str, amx: str) -> tuple[str, str]:
     """The recipe's key, and a line saying why (or "")."""
     if device != "cpu":
         return device, ""
+    if amx == "off":
+        return "cpu", "fp32 (--amx off)"
     missing = [] if cpu_has_amx_bf16() else ["this CPU has no AMX bf16 (bf16 matmuls would be slower than fp32)"]
     if cpp_compiler() is None:
         missing.append("no C++ compiler for torch.compile (install g++ or set CXX)")
     if amx == "on" and missing:
         raise UsageError(f"--amx on: {'; '.join(missing)}; use --amx auto")
-    if amx == "off":
-        return "cpu", "fp32 (--amx off)"
     if missing:
         return "cpu", f"fp32: {'; '.join(missing)}"
     return "cpu-amx", "--amx off trains in fp32 (configs/demo-cpu.yaml)"

@@ -96,6 +96,35 @@ def test_parameter_groups_by_role():
         parameter_groups(model, "sgd", 0.1)
 
 
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_token_embedding_can_learn_at_its_own_rate(optimizer, tie):
+    model = tiny_llama(tie=tie)
+    names = {id(p): n for n, p in model.named_parameters()}
+    args = OptimizerArguments(optimizer=optimizer, learning_rate=1e-3, embedding_learning_rate=3e-2)
+    opt = build_optimizer(model, args)
+    by_lr = {
+        lr: sorted(names[id(p)] for g in opt.param_groups if g["lr"] == lr for p in g["params"]) for lr in (1e-3, 3e-2)
+    }
+    assert by_lr[3e-2] == ["model.embed_tokens.weight"]  # tied: the one matrix embedding and head share
+    head_elsewhere = any("lm_head.weight" in n for n in by_lr[1e-3])
+    assert head_elsewhere == (not tie)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    # a schedule scales every group from its own peak
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    before = model.get_input_embeddings().weight.detach().clone()
+    train_steps(model, opt, 1, seed=1, scheduler=sched)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [1e-3 * 0.5, 3e-2 * 0.5]
+    # Adam's first step moves every entry with a gradient by about the learning rate: 3e-2, not 1e-3
+    moved = (model.get_input_embeddings().weight.detach() - before).abs().amax().item()
+    assert 2e-2 < moved < 4e-2
+    # the option off leaves the groups as checkpoints from before it hold them
+    plain = build_optimizer(tiny_llama(tie=tie), OptimizerArguments(optimizer=optimizer, learning_rate=1e-3))
+    expected = {("muon", False): [14, 2, 5], ("muon", True): [14, 1, 5], ("adamw", False): [16, 5]}
+    expected[("adamw", True)] = [15, 5]
+    assert [len(g["params"]) for g in plain.param_groups] == expected[(optimizer, tie)]
+
+
 def test_muon_step_matches_float64_reference():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(24, 40))

@@ -99,6 +99,13 @@ class OptimizerArguments:
         default="adamw", metadata={"help": "muon: Muon for hidden matrices, AdamW for the rest."}
     )
     learning_rate: float = field(default=6e-4, metadata={"help": "Peak learning rate (AdamW's; Muon's is scaled)."})
+    embedding_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the token embedding (AdamW; with tied weights, of the matrix it shares "
+            "with the head). Default: --learning_rate. Small models learn faster with it about 10x higher."
+        },
+    )
     weight_decay: float = field(default=0.1, metadata={"help": "Decoupled weight decay on matrices and embeddings."})
     adam_beta1: float = field(default=0.9)
     adam_beta2: float = field(default=0.95)
@@ -310,6 +317,7 @@ RANGES = {
     "gradient_accumulation_steps": (1, None, True),
     "max_steps": (1, None, True),
     "learning_rate": (0, None, False),
+    "embedding_learning_rate": (0, None, False),
     "weight_decay": (0, None, True),
     "adam_beta1": (0, 1, True),
     "adam_beta2": (0, 1, True),

@@ -225,24 +225,28 @@ class MuonAdamW(torch.optim.Optimizer):
                 torch.where(finite, p.mul(decay).add_(o, alpha=alpha), p, out=p)
 
 
-def parameter_groups(model: nn.Module, optimizer: str, weight_decay: float) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, optimizer: str, weight_decay: float, embedding_learning_rate: float | None = None
+) -> list[dict]:
     """Split a causal LM's parameters by role, through the standard HF accessors only.
 
     muon:  2-D weight matrices inside the blocks (everything 2-D but the token embedding and the head)
     adamw: embeddings and head (with weight decay), then norms and biases (without)
-    """
-    io = {
-        id(p)
-        for module in (model.get_input_embeddings(), model.get_output_embeddings())
-        if module is not None
-        for p in module.parameters()
-    }
-    matrices, io_weights, vectors = [], [], []
+
+    With `embedding_learning_rate`, the input embedding (with tied weights: the matrix it shares with the head)
+    gets a group of its own at that learning rate. Without it the groups are as they always were, so checkpoints
+    saved before the option resume."""
+    embedding = {id(p) for p in model.get_input_embeddings().parameters()}
+    head = model.get_output_embeddings()
+    io = embedding | {id(p) for p in (head.parameters() if head is not None else ())}
+    matrices, io_weights, embeddings, vectors = [], [], [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if p.ndim < 2:
             vectors.append(p)
+        elif id(p) in embedding and embedding_learning_rate is not None:
+            embeddings.append(p)
         elif id(p) in io:
             io_weights.append(p)
         else:
@@ -256,6 +260,10 @@ def parameter_groups(model: nn.Module, optimizer: str, weight_decay: float) -> l
         groups = [{"params": matrices + io_weights, "algorithm": "adamw", "weight_decay": weight_decay}]
     else:
         raise ValueError(f"--optimizer {optimizer!r}: choose adamw or muon")
+    if embeddings:
+        groups.append(
+            {"params": embeddings, "algorithm": "adamw", "weight_decay": weight_decay, "lr": embedding_learning_rate}
+        )
     groups.append({"params": vectors, "algorithm": "adamw", "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
 
@@ -278,7 +286,7 @@ def build_optimizer(model: nn.Module, args: OptimizerArguments) -> MuonAdamW:
     """`args.optimizer`: "adamw" (everything under AdamW) or "muon" (hidden matrices under Muon)."""
     check_torch_version()
     return MuonAdamW(
-        parameter_groups(model, args.optimizer, args.weight_decay),
+        parameter_groups(model, args.optimizer, args.weight_decay, args.embedding_learning_rate),
         lr=args.learning_rate,
         weight_decay=args.weight_decay,
         betas=(args.adam_beta1, args.adam_beta2),

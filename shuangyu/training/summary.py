@@ -45,7 +45,9 @@ def training_summary(
         "planned_steps": max_steps,
         "tokens_seen": state.tokens,
         "optimizer": o.optimizer + (f" ({o.muon_scale})" if o.optimizer == "muon" else ""),
-        "learning_rate": o.learning_rate,
+        "learning_rate": o.learning_rate
+        if o.embedding_learning_rate is None
+        else f"{o.learning_rate} ({o.embedding_learning_rate} for the token embedding)",
         "weight_decay": o.weight_decay,
         "schedule": f"{sched.lr_scheduler_type}, {sched.warmup_steps} warmup steps",
         "gradient_clipping": o.max_grad_norm,

@@ -39,17 +39,32 @@ def test_muon_falls_back_to_adamw_for_the_adapter():
     assert adapter_optimizer(OptimizerArguments(optimizer="adamw"), said.append).optimizer == "adamw"
 
 
-def test_merged_folder_has_the_adapter_models_logits(base, tiny_base_model_dir, tmp_path, capsys):
+def untied_copy(folder, out):
+    """The tiny base model with an output head of its own (as the `mini` preset has), saved to `out`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(config, trust_remote_code=True).save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, tmp_path, capsys):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = tiny_base_model_dir if tied else untied_copy(tiny_base_model_dir, tmp_path / "untied")
+    base = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     args = LoraArguments(lora_r=4, lora_target_modules=["all-linear"])
     model = apply_lora(base, args, say=lambda _: None, token_ids=(2, 3))  # and the chat tokens' embeddings
     with torch.no_grad():  # a trained-looking adapter: B and the token deltas are zero at initialisation
         for name, p in model.named_parameters():
             if "lora_B" in name or "trainable_tokens_delta" in name:
                 p.normal_(0, 0.05)
-    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    tok = AutoTokenizer.from_pretrained(folder)
     as_chat_model(model, tok)
     adapter = tmp_path / "adapter"
     model.save_pretrained(adapter)
@@ -62,10 +77,13 @@ def test_merged_folder_has_the_adapter_models_logits(base, tiny_base_model_dir, 
     ids = torch.randint(4, 250, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
-        plain = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True).eval()
+        plain = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
         assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-3)  # the adapter is in it
-        changed = (merged.get_input_embeddings().weight != plain.get_input_embeddings().weight).any(-1)
-        assert changed.nonzero().flatten().tolist() == [2, 3]  # the chat tokens' rows, and no other
+        for layer in ("input", "output"):  # an untied head learns the chat tokens' rows too
+            weight = {m: getattr(m, f"get_{layer}_embeddings")().weight for m in (merged, plain)}
+            changed = (weight[merged] != weight[plain]).any(-1)
+            assert changed.nonzero().flatten().tolist() == [2, 3]  # the chat tokens' rows, and no other
+        assert (merged.lm_head.weight is merged.get_input_embeddings().weight) == tied
     assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
     assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err

@@ -55,9 +55,22 @@ def linear_module_names(model: nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
+def trainable_token_rows(model: nn.Module, token_ids: tuple[int, ...]) -> list[int] | dict[str, list[int]] | None:
+    """PEFT's `trainable_token_indices` for `token_ids`: the input embedding's rows, which a tied head follows; an
+    untied head (the `mini` preset's) gets the same rows of its own, or it would keep predicting the chat tokens
+    with rows pretraining only ever pushed down."""
+    if not token_ids:
+        return None
+    head = model.get_output_embeddings()
+    if head is None or head.weight is model.get_input_embeddings().weight:
+        return list(token_ids)
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    return {names[id(model.get_input_embeddings())]: list(token_ids), names[id(head)]: list(token_ids)}
+
+
 def lora_config(model, lora_args: LoraArguments, token_ids: tuple[int, ...] = ()):
     """PEFT's LoraConfig for the flags, after checking that every target module exists in the model; `token_ids`:
-    embedding rows trained too (PEFT's trainable tokens; a tied output head follows)."""
+    embedding (and head) rows trained too (PEFT's trainable tokens)."""
     from peft import LoraConfig
 
     targets = list(lora_args.lora_target_modules)
@@ -75,7 +88,7 @@ def lora_config(model, lora_args: LoraArguments, token_ids: tuple[int, ...] = ()
         lora_alpha=lora_args.lora_alpha,
         lora_dropout=lora_args.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
-        trainable_token_indices=list(token_ids) or None,
+        trainable_token_indices=trainable_token_rows(model, token_ids),
     )
 
 
@@ -84,8 +97,8 @@ def apply_lora(model, lora_args: LoraArguments, say=print, token_ids: tuple[int,
     trainable; every other weight frozen.
 
     An SFT run passes the chat tokens: a base model never saw <|im_start|> or <|im_end|> in pretraining, so their
-    embeddings are still the random ones it started with, and a frozen random <|im_end|> (in the tied head too)
-    would leave the adapter hard put to learn to end a reply."""
+    embeddings are still the random ones it started with, and a frozen random <|im_end|> (in the head too, tied or
+    not) would leave the adapter hard put to learn to end a reply."""
     from peft import get_peft_model
 
     model = get_peft_model(model, lora_config(model, lora_args, token_ids))

@@ -129,6 +129,25 @@ def test_a_finished_run_can_be_rerun_and_extended(flags, tmp_path):
     assert "| steps | 12 |" in (out / "final" / "README.md").read_text()
 
 
+def test_a_checkpoint_resumes_only_into_the_model_shape_that_saved_it(flags, tmp_path):
+    """As after a preset changed under an interrupted run (the `mini` preset lost its tied head): one line that
+    says what differs and what to do, said once by 2 processes, and the run left as it was."""
+    out = tmp_path / "run"
+    args = [*flags, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
+    assert train([*args, "--max_steps", "4"], launcher=True).returncode == 0
+    config = json.loads((out / "checkpoints" / "step-00000004" / "model" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True
+    untied = tmp_path / "untied.json"
+    untied.write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts)
+    proc = train([*args, "--max_steps", "8", "--model_config", str(untied)], launcher=True)
+    assert proc.returncode != 0, proc.stderr[-3000:]  # the launcher's own exit code for a failed process
+    lines = [line for line in proc.stderr.splitlines() if "saved by a different model" in line]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "tie_word_embeddings True there, False here" in lines[0] and "--model_config" in lines[0]
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts) == before
+
+
 def test_a_damaged_latest_checkpoint_is_passed_over_for_the_one_before(flags, tmp_path):
     out = tmp_path / "run"
     args = [*flags, "--max_steps", "8", "--output_dir", str(out)]

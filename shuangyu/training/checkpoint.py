@@ -120,6 +120,38 @@ def check_data_kind(path: Path, streaming: bool) -> None:
         )
 
 
+# What makes one model's saved state fit another's: a checkpoint from a different shape fails deep inside
+# load_state with a list of tensor sizes; these say it in a line.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "tie_word_embeddings",
+    "norm_type",
+    "mlp_type",
+    "attention_bias",
+    "mlp_bias",
+)
+
+
+def check_model_shape(path: Path, config) -> None:
+    """A checkpoint resumes only into the model shape that saved it (e.g. not after a preset changed)."""
+    saved_file = path / "model" / "config.json"
+    if not saved_file.is_file():  # a LoRA run's checkpoint holds the adapter only
+        return
+    saved, now = json.loads(saved_file.read_text()), config.to_dict()
+    differ = [f"{key} {saved[key]} there, {now[key]} here" for key in SHAPE_FIELDS if key in saved and key in now
+              and saved[key] != now[key]]  # fmt: skip
+    if differ:
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: saved by a different model ({'; '.join(differ)}): resume with the "
+            "--model_config it was trained with, or start over in a new --output_dir"
+        )
+
+
 def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
     """This process's stream position in a checkpoint saved by `world_size` processes."""
     try:

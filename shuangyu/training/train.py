@@ -159,6 +159,7 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     accelerator.register_save_state_pre_hook(ckpt.drop_tied_weights)
     if resume_dir:
         ckpt.check_data_kind(resume_dir, streaming)
+        ckpt.check_model_shape(resume_dir, accelerator.unwrap_model(model).config)
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))
         except Exception as err:  # torch, safetensors and pickle each raise their own types for a bad file

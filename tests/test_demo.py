@@ -83,7 +83,7 @@ def test_the_cpu_recipe_trains_in_bf16_compiled_only_with_amx_and_a_compiler(mon
         "auto",
         False,
     )
-    assert amx.train.max_steps == 750 and plain.train.max_steps == 600
+    assert amx.train.max_steps == 1000 and plain.train.max_steps == 800
     assert amx.data == plain.data and amx.model == plain.model and amx.optim == plain.optim
 
 

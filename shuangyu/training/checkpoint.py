@@ -143,8 +143,8 @@ def check_model_shape(path: Path, config) -> None:
     if not saved_file.is_file():  # a LoRA run's checkpoint holds the adapter only
         return
     saved, now = json.loads(saved_file.read_text()), config.to_dict()
-    differ = [f"{key} {saved[key]} there, {now[key]} here" for key in SHAPE_FIELDS if key in saved and key in now
-              and saved[key] != now[key]]  # fmt: skip
+    shared = [key for key in SHAPE_FIELDS if key in saved and key in now]
+    differ = [f"{key} {saved[key]} there, {now[key]} here" for key in shared if saved[key] != now[key]]
     if differ:
         raise UsageError(
             f"--resume_from_checkpoint {path}: saved by a different model ({'; '.join(differ)}): resume with the "

@@ -49,6 +49,27 @@ def test_each_recipe_names_configs_train_clm_takes(device, tmp_path):
         assert list(REPO.glob(first_glob)), source  # the configs name the shared corpus relative to the checkout
 
 
+@pytest.mark.parametrize("device", ["cpu", "cpu-amx", "gpu"])
+def test_the_tokenizer_learns_from_the_text_the_model_pretrains_on(device, tmp_path):
+    from shuangyu.demo import CORPUS, RECIPES, tokenizer_command
+    from shuangyu.training.arguments import parse_args
+
+    recipe = RECIPES[device]
+    cmd = tokenizer_command(recipe, tmp_path / "tokenizer", CORPUS)
+    pretrain = parse_args(["--config", str(REPO / recipe.pretrain_config), "--output_dir", str(tmp_path / "p")])
+
+    def values(flag: str) -> list[str]:
+        if flag not in cmd:
+            return []
+        start = cmd.index(flag) + 1
+        end = next((i for i in range(start, len(cmd)) if cmd[i].startswith("--")), len(cmd))
+        return cmd[start:end]
+
+    assert values("--files") == pretrain.data.train_files  # the same files in the same shares
+    assert values("--exclude") == (pretrain.data.exclude or [])
+    assert values("--vocab_size") == [str(recipe.tokenizer_vocab)]
+
+
 def test_the_cpu_recipe_trains_in_bf16_compiled_only_with_amx_and_a_compiler(monkeypatch, tmp_path):
     from shuangyu import demo
     from shuangyu.errors import UsageError

@@ -37,7 +37,9 @@ ALLOWED = {
     "report": {
         "errors", "files", "progress", "environment", "text", "tokenizer", "evaluation", "sharing", "training"
     },
-    "demo": {"errors", "files", "progress", "report"},  # runs every step as its own command; builds the report at the end
+    # runs every step as its own command; reads the pretraining config as train_clm.py does (its tokenizer
+    # learns from the same files); builds the report at the end
+    "demo": {"errors", "files", "progress", "report", "training"},
 }
 # fmt: on
 

@@ -48,7 +48,7 @@ class Recipe:
 
 
 CPU = Recipe(
-    name="CPU (2 cores, about 10 minutes)",
+    name="CPU (2 cores, fp32; 8-15 minutes by CPU and load)",
     tokenizer_vocab=8192,
     tokenizer_text="20MB",
     pretrain_config="configs/demo-cpu.yaml",
@@ -62,7 +62,7 @@ RECIPES = {
     # the same model in the same time: AMX's bf16 matmuls and a compiled model train 1.25x the tokens in it
     "cpu-amx": replace(
         CPU,
-        name="CPU with AMX (2 cores, bf16 matmuls, compiled; about 10 minutes)",
+        name="CPU with AMX (2 cores, bf16 matmuls, compiled; about 7 minutes)",
         pretrain_config="configs/demo-cpu-amx.yaml",
     ),
     "gpu": Recipe(

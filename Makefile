@@ -60,9 +60,10 @@ TEST_WORKERS ?= auto
 test: install
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
 
-# the slow end-to-end tests (the demo, compile, flex attention, the tiny-cpu preset learning): about 5 minutes on 2 cores
+# the slow end-to-end tests (the demo, compile, flex attention, the tiny-cpu preset learning): 5 minutes on 2 idle
+# Intel cores, 14 on a shared 2-core AMD EPYC (the demo's test alone 6); the timeout only stops a hung run
 test-slow: install
-	timeout 1200 $(PYTHON) -m pytest -m slow -n $(TEST_WORKERS) --maxprocesses 4
+	timeout 1800 $(PYTHON) -m pytest -m slow -n $(TEST_WORKERS) --maxprocesses 4
 
 lint: install
 	$(PYTHON) -m ruff format --check .

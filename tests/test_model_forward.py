@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 from shuangyu.modeling.modeling_shuangyu import causal_lm_loss, naive_causal_lm_loss
+from shuangyu.training.model import enable_activation_checkpointing
 
 BACKENDS = ["eager", "sdpa", "flex_attention"]
 
@@ -148,8 +150,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters()]
 
     plain = grads()
-    model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # --gradient_checkpointing must not warn at every run
+        enable_activation_checkpointing(model)
+    assert model.is_activation_checkpointing
     for a, b in zip(plain, grads(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 

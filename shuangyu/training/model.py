@@ -78,5 +78,12 @@ def build_model(model_args: ModelArguments, config):
     except ImportError as err:  # an attention backend whose package is missing (flash-attn)
         raise UsageError(f"--attn_implementation {model_args.attn_implementation}: {one_line(err)}") from None
     if model_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
     return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """transformers 5.2x renamed gradient_checkpointing_enable (the old name now warns at every run); older
+    releases, such as a GPU image's, have only the old one."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()

@@ -21,7 +21,7 @@ from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 from shuangyu.training.arguments import OptimizerArguments
 from shuangyu.training.optim import build_optimizer
 
-STEPS = 3  # the optimizer state exists from the first step on; the peak is the steady state's
+STEPS = 2  # the optimizer state exists from the first step on: the second step has the steady-state peak
 
 
 def kib(field: str) -> int:
@@ -32,7 +32,7 @@ def kib(field: str) -> int:
 def run_steps(config, micro_batch, seq_len, optimizer, accumulation, checkpointing, steps):
     model = ShuangyuForCausalLM(config)
     if checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model.train()
     opt = build_optimizer(model, OptimizerArguments(optimizer=optimizer, learning_rate=1e-3))
     gen = torch.Generator().manual_seed(0)

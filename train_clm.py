@@ -1,11 +1,12 @@
 """Pretrain a Shuangyu causal LM: `accelerate launch --config_file accelerate_configs/cpu.yaml train_clm.py --config configs/tiny-cpu.yaml ...`.
 
-A thin entry point kept at the path the README documents; the code is shuangyu/training/train.py (also `python -m shuangyu.training.train`)."""
+A thin entry point kept at the path the README documents; the code is shuangyu/training/cli.py (the flags)
+and train.py (the run); also `python -m shuangyu.training.cli`."""
 
 import sys
 
 try:
-    from shuangyu.training.train import main
+    from shuangyu.training.cli import main
 except ModuleNotFoundError as err:
     if err.name != "shuangyu":
         raise

@@ -48,7 +48,7 @@ class Recipe:
 
 
 CPU = Recipe(
-    name="CPU (2 cores, fp32; 8-15 minutes by CPU and load)",
+    name="CPU (2 cores, fp32; 8-25 minutes by CPU and load)",
     tokenizer_vocab=8192,
     tokenizer_text="20MB",
     pretrain_config="configs/demo-cpu.yaml",

@@ -191,7 +191,7 @@ def _copy_without_tokenizer(src, dst):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_checkpoint", "no_tokenizer", "unknown_task", "missing_data"])
-def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path):
+def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     ckpt, tasks, env = tiny_checkpoint, "piqa_local", {}
     if case == "missing":
         ckpt, expected = tmp_path / "nope", "is not a folder"
@@ -204,8 +204,17 @@ def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path):
     else:
         env = {task_utils.ENV_VAR: str(tmp_path)}
         expected = f"benchmark data missing: {tmp_path / 'piqa' / 'validation.jsonl'}"
-    proc = run_eval(ckpt, "--tasks", tasks, "--limit", 1, "--langs", "", "--output", tmp_path / "r.json", env=env)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("run.py: error: ") and expected in last, proc.stderr[-2000:]
+    args = [ckpt, "--tasks", tasks, "--limit", 1, "--langs", "", "--output", tmp_path / "r.json"]
+    if case == "unknown_task":  # the command as a user runs it (through lm-eval's task list)
+        proc = run_eval(*args, env=env)
+        status, stderr = proc.returncode, proc.stderr
+    else:  # its main() here: the same code without a fresh interpreter's 10 s of imports
+        from shuangyu.evaluation.run import main
+
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        status, stderr = main([str(a) for a in args]), capsys.readouterr().err
+    assert status == 2
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("run.py: error: ") and expected in last, stderr[-2000:]
     assert not (tmp_path / "r.json").exists()

@@ -1,5 +1,6 @@
 """The pieces a training run is built from, one job per module, and the loop (train.py) that puts them together.
 
+cli          train_clm.py's command: the flags and output folder checked before the heavy imports
 arguments    one config dataclass per component, parsed from flags and YAML
 checks       flags, output folder and launch checked before any heavy work
 accelerator  the Accelerator: processes, precision, trackers

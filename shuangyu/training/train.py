@@ -3,13 +3,13 @@
     accelerate launch --config_file accelerate_configs/cpu.yaml train_clm.py --config configs/tiny-cpu.yaml \\
         --tokenizer_name outputs/tokenizer --output_dir outputs/tiny-cpu
 
-`train_clm.py` at the repository root runs `main`, as does `python -m shuangyu.training.train`. Each piece is
-built by a module of shuangyu/training/ from its own config and tested there; this file only puts them together.
+`train_clm.py` at the repository root runs shuangyu/training/cli.py, which checks the flags before importing
+this module and calls `train`. Each piece is built by a module of shuangyu/training/ from its own config and
+tested there; this file only puts them together.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +33,8 @@ from shuangyu.training.accelerator import (
     stop_with_the_launcher,
     sync_only_state_under_ddp,
 )
-from shuangyu.training.arguments import TrainConfig, parse_args, total_steps
-from shuangyu.training.checks import check_run, is_first_process
+from shuangyu.training.arguments import TrainConfig, total_steps
+from shuangyu.training.checks import is_first_process
 from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model, check_finetune, check_lora_launch
 from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
 from shuangyu.training.model import build_config, build_model
@@ -51,9 +51,12 @@ from shuangyu.training.validation import evaluate, format_validation, generate_s
 PROG = "train_clm.py"
 
 
-def main(argv: list[str] | None = None) -> int:
+def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
+    """A run whose flags and output folder cli.check_run passed: set up, train, finish; the exit status."""
     try:
-        return train(parse_args(argv, PROG))
+        run = set_up(config, out, resume_dir)
+        stopped_by = train_loop(run)
+        return finish(run, stopped_by)
     except (UsageError, RunDiverged) as err:
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
@@ -84,13 +87,6 @@ class Run:
     lock: RunLock | None  # held by the main process while it trains
     byte_lengths: torch.Tensor  # UTF-8 bytes per token id, for bits per byte (on the device, computed once)
     validation: dict = field(default_factory=dict)  # the last held-out scores, for the model card
-
-
-def train(config: TrainConfig) -> int:
-    out, resume_dir = check_run(config)
-    run = set_up(config, out, resume_dir)
-    stopped_by = train_loop(run)
-    return finish(run, stopped_by)
 
 
 def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
@@ -334,7 +330,3 @@ def finish(run: Run, stopped_by: str | None) -> int:
         message = f"train_clm.py: {state.step} steps, {state.tokens:,} tokens"
         return 0 if push_final(run.out, run.out / "final", message, hub) else 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

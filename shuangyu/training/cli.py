@@ -1,0 +1,34 @@
+"""train_clm.py's command: read and check the flags and the output folder, then import the training stack and run.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml train_clm.py --config configs/tiny-cpu.yaml ...
+    accelerate launch -m shuangyu.training.cli ...          # the same, as a module
+
+The loop (train.py) imports torch, transformers' models, datasets and accelerate: 10-15 s of every process's
+start on a small CPU. A mistyped flag, a bad YAML value or an output folder that holds another run is answered
+before that, in a few seconds, by every process of a launch alike (one of them says it).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from shuangyu.errors import UsageError, print_error
+from shuangyu.training.arguments import parse_args
+from shuangyu.training.checks import check_run, is_first_process
+
+PROG = "train_clm.py"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_args(argv, PROG)
+        out, resume_dir = check_run(config)
+    except UsageError as err:
+        return print_error(PROG, err, show=is_first_process())
+    from shuangyu.training.train import train  # the heavy imports, for a run that can start
+
+    return train(config, out, resume_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

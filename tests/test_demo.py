@@ -108,7 +108,7 @@ def test_the_cpu_recipe_trains_in_bf16_compiled_only_with_amx_and_a_compiler(mon
     assert amx.data == plain.data and amx.model == plain.model and amx.optim == plain.optim
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     # fp32 on every machine (--amx off): the AMX recipe's training is train_clm.py's compiled bf16 test
     out = tmp_path / "demo"

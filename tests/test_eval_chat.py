@@ -59,7 +59,7 @@ def test_reply_loss_counts_only_the_replies(chat_checkpoint, sft_data_dir):
     assert 0 < scores["bits_per_byte"] < 20
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=1)
 def test_eval_run_with_the_chat_template_reports_reply_loss(chat_checkpoint, tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run(

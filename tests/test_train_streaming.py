@@ -56,7 +56,7 @@ def common(tiny_tokenizer_dir, tmp_path_factory) -> list[str]:
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=1.5)
 def test_two_processes_resume_a_stream_exactly(common, tmp_path):
     reference = tmp_path / "reference"
     proc = run([*common, "--max_steps", str(STEPS), "--output_dir", str(reference)], processes=2)

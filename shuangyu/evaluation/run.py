@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.evaluation.bits_per_byte import HeldOutLoss, token_byte_lengths
 from shuangyu.evaluation.local_tasks import (
     GROUPS,
     HELLASWAG_NOTE,
@@ -147,7 +146,10 @@ def val_texts(corpus: Path, lang: str, max_bytes: int) -> list[str]:
 
 def held_out_scores(model, tokenizer, texts: list[str], block_size: int, device: str) -> dict:
     """Bits per byte and perplexity of the documents, EOS-separated and cut into blocks of block_size tokens."""
+    # torch (and what imports it) inside the functions that use it: a bad flag or folder is answered at once
     import torch
+
+    from shuangyu.evaluation.bits_per_byte import HeldOutLoss, token_byte_lengths
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids = []
@@ -182,6 +184,8 @@ def conversation_scores(model, tokenizer, files: list[Path], max_conversations: 
     """Loss and bits per byte on the assistants' replies (and their <|im_end|>) of held-out conversations, one
     conversation per forward pass, cut to the context."""
     import torch
+
+    from shuangyu.evaluation.bits_per_byte import HeldOutLoss, token_byte_lengths
 
     conversations = read_conversation_files(files)[: max_conversations or None]
     meter = HeldOutLoss(token_byte_lengths(tokenizer), device)

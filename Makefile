@@ -55,15 +55,17 @@ dpo-tiny: install
 	$(PYTHON) -m shuangyu.training.dpo --config configs/dpo-tiny-cpu.yaml
 
 # tests in parallel processes (pytest-xdist), one per core up to 4: most tests wait on subprocesses (accelerate
-# launch, the CLIs), so a single process leaves a core idle; TEST_WORKERS=0 runs them in this process
+# launch, the CLIs), so a single process leaves a core idle; TEST_WORKERS=0 runs them in this process. The 10
+# slowest are listed at the end (each process a test starts spends 10-15 s importing torch and transformers on
+# a small CPU: that, not the test's own work, is most of the suite's time)
 TEST_WORKERS ?= auto
 test: install
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --maxprocesses 4
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --durations 10
 
-# the slow end-to-end tests (the demo, compile, flex attention, the tiny-cpu preset learning): 5 minutes on 2 idle
-# Intel cores, 14 on a shared 2-core AMD EPYC (the demo's test alone 6); the timeout only stops a hung run
+# the slow end-to-end tests (the demo, compile, flex attention, the tiny-cpu preset learning), the longest
+# first: 10 minutes on a shared 2-core AMD EPYC (the demo's test alone 6); the timeout only stops a hung run
 test-slow: install
-	timeout 1800 $(PYTHON) -m pytest -m slow -n $(TEST_WORKERS) --maxprocesses 4
+	timeout 1800 $(PYTHON) -m pytest -m slow -n $(TEST_WORKERS) --maxprocesses 4 --durations 10
 
 lint: install
 	$(PYTHON) -m ruff format --check .

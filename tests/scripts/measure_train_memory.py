@@ -19,6 +19,7 @@ import torch
 
 from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 from shuangyu.training.arguments import OptimizerArguments
+from shuangyu.training.model import enable_activation_checkpointing
 from shuangyu.training.optim import build_optimizer
 
 STEPS = 2  # the optimizer state exists from the first step on: the second step has the steady-state peak
@@ -32,7 +33,7 @@ def kib(field: str) -> int:
 def run_steps(config, micro_batch, seq_len, optimizer, accumulation, checkpointing, steps):
     model = ShuangyuForCausalLM(config)
     if checkpointing:
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
     model.train()
     opt = build_optimizer(model, OptimizerArguments(optimizer=optimizer, learning_rate=1e-3))
     gen = torch.Generator().manual_seed(0)

@@ -3,6 +3,8 @@ splits special-token text, the loss mask on real conversations, and the command 
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoTokenizer
@@ -143,3 +145,20 @@ def test_replies_with_leading_whitespace_match_the_template(data_tokenizer_dir, 
     ours, trained = encode_chat(tok, messages)
     asked = tok.apply_chat_template(messages, tokenizer_kwargs={"split_special_tokens": False})["input_ids"]
     assert ours == asked and any(trained)
+
+
+def test_template_command_on_a_model_folder_asks_nothing(tiny_base_model_dir, tmp_path):
+    """A checkpoint folder carries its model code (config.json's auto_map): loading its tokenizer must not stop to
+    ask "Do you wish to run the custom code? [y/N]" (it did, then warned about a model of type ``). A fresh
+    process: one that has imported shuangyu.modeling knows the model type and would not ask."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_base_model_dir, folder)
+    assert "auto_map" in json.loads((folder / "config.json").read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "shuangyu.tokenizer.chat_template", str(folder), "--overwrite"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout.strip().splitlines() == [
+        f"{folder}: already has Shuangyu's chat template: nothing to do"
+    ]

@@ -2,10 +2,12 @@
 folder with the same logits (in-process, no training loop: the end-to-end run is in test_sft_train.py)."""
 
 import json
+import warnings
 
 import pytest
 import torch
 
+from shuangyu.chat.cli import load as load_for_chat
 from shuangyu.errors import UsageError
 from shuangyu.training.arguments import LoraArguments, OptimizerArguments
 from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model
@@ -59,7 +61,9 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     folder = tiny_base_model_dir if tied else untied_copy(tiny_base_model_dir, tmp_path / "untied")
     base = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     args = LoraArguments(lora_r=4, lora_target_modules=["all-linear"])
-    model = apply_lora(base, args, say=lambda _: None, token_ids=(2, 3))  # and the chat tokens' embeddings
+    with warnings.catch_warnings():  # no framework warning the user cannot act on (PEFT reading a deprecated alias)
+        warnings.simplefilter("error", FutureWarning)
+        model = apply_lora(base, args, say=lambda _: None, token_ids=(2, 3))  # and the chat tokens' embeddings
     with torch.no_grad():  # a trained-looking adapter: B and the token deltas are zero at initialisation
         for name, p in model.named_parameters():
             if "lora_B" in name or "trainable_tokens_delta" in name:
@@ -70,13 +74,17 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     model.save_pretrained(adapter)
     tok.save_pretrained(adapter)
     assert (adapter / "adapter_model.safetensors").is_file()
-    assert merge_main([str(adapter), str(tmp_path / "merged")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert merge_main([str(adapter), str(tmp_path / "merged")]) == 0
+        chat_model, _ = load_for_chat(adapter, "cpu")  # as `python -m shuangyu.chat ADAPTER_FOLDER` loads it
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", trust_remote_code=True).eval()
     assert not any("lora" in n for n, _ in merged.named_parameters())  # a plain model: no PEFT needed
     reloaded = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
     ids = torch.randint(4, 250, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(chat_model(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
         plain = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
         assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-3)  # the adapter is in it
         for layer in ("input", "output"):  # an untied head learns the chat tokens' rows too

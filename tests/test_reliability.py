@@ -349,3 +349,31 @@ def test_probes_beyond_the_reported_cases_are_one_line(flags, tmp_path, capsys):
     assert len(lines) == 3 and all(": error: " in line for line in lines), lines
     assert "invalid int value: 'many'" in lines[0] and "invalid int value: 'some'" in lines[1]
     assert "is a file, not a folder" in lines[2]
+
+
+def test_every_command_answers_a_bad_flag_in_one_line(capsys):
+    """Commands that used to print their whole usage above the message (the DPO command's was 160 lines), or a
+    traceback for a flag no dataclass knows."""
+    from shuangyu.chat.cli import main as chat
+    from shuangyu.tokenizer.chat_template import main as add_template
+    from shuangyu.training.dpo import main as dpo
+    from shuangyu.training.merge_lora import main as merge
+
+    cases = [
+        (dpo, ["--bogus", "1"], "unknown arguments --bogus 1"),
+        (dpo, ["--learning_rate", "fast"], "--learning_rate/--learning-rate: invalid float value: 'fast'"),
+        (merge, ["only_the_adapter"], "the following arguments are required: output"),
+        (chat, ["folder", "--temperature", "hot"], "--temperature: invalid float value: 'hot'"),
+        (add_template, [], "the following arguments are required: folder"),
+    ]
+    for main, argv, needle in cases:
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (argv, lines)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert dpo(["--bf16", "true"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "python -m shuangyu.training.dpo: error: --bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
+        ]

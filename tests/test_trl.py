@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_dpo_sees_the_template_control_ids(tiny_chat_model_dir, sft_data_dir, tm
     tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, trust_remote_code=True)
     config = DPOConfig(
-        output_dir=str(tmp_path / "out"), report_to="none", bf16=False, gradient_checkpointing=False,
+        output_dir=str(tmp_path / "out"), report_to="none", bf16=False, activation_checkpointing=False,
         trust_remote_code=True, max_length=4096,
     )  # fmt: skip
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tok)
@@ -72,6 +73,20 @@ def test_preference_text_spelling_a_control_token_is_refused(tmp_path):
         read_pairs([str(path)], "--train_files")
 
 
+def test_dpo_command_keeps_activations_without_a_deprecation_warning():
+    """TRL's config turns gradient checkpointing on by default under its old name, which transformers 5.2x warns
+    about at every run; the command's default is off, silently, and either name still turns it on."""
+    from shuangyu.training.dpo import parse_args
+
+    common = ["--model_name_or_path", "m", "--train_files", "p.jsonl", "--output_dir", "out"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert not parse_args(common)[-1].activation_checkpointing
+        assert parse_args([*common, "--activation_checkpointing", "true"])[-1].activation_checkpointing
+    with pytest.warns(FutureWarning, match="Use `activation_checkpointing`"):  # the user's own old flag: theirs to fix
+        assert parse_args([*common, "--gradient_checkpointing", "true"])[-1].activation_checkpointing
+
+
 @pytest.mark.slow
 def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_dir, sft_data_dir, tmp_path):
     out = tmp_path / "dpo"
@@ -89,6 +104,8 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("Warning", "custom code", "instantiate a model of type", "\r"):  # nothing a user cannot act on,
+        assert noise not in proc.stdout + proc.stderr, proc.stderr[-3000:]  # and no progress bars in a log
     final = out / "final"
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     logged = [e for e in state["log_history"] if "loss" in e]
@@ -117,7 +134,7 @@ def test_a_shuangyu_checkpoint_trains_under_trl_sft_trainer(tiny_base_model_dir,
     model = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True)
     config = SFTConfig(
         output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
-        max_length=256, assistant_only_loss=True, report_to="none", bf16=False, gradient_checkpointing=False,
+        max_length=256, assistant_only_loss=True, report_to="none", bf16=False, activation_checkpointing=False,
         logging_steps=1, save_strategy="no",
     )  # fmt: skip
     data = Dataset.from_list([{"messages": m} for m in rows])

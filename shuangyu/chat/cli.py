@@ -25,7 +25,8 @@ import json
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
 from shuangyu.tokenizer.chat_template import chat_token_ids, encode_chat, encode_text, stop_token_ids
 
@@ -34,6 +35,7 @@ PROG = "python -m shuangyu.chat"
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    refuse_in_one_line(p)
     p.add_argument("checkpoint", type=Path, help="a model folder (or a LoRA adapter folder)")
     p.add_argument("--prompt", default=None, help="answer this one message (or continue this text) and exit")
     p.add_argument("--system", default=None, help="a system prompt for a chat model")
@@ -64,7 +66,8 @@ def load(folder: Path, device: str):
     if adapter:
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
+        with reading_the_old_checkpointing_name():
+            model = AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
         remote = False
     else:
         remote = needs_remote_code(json.loads((folder / "config.json").read_text(encoding="utf-8")))
@@ -180,8 +183,8 @@ def check_args(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         check_args(args)
         import torch
 

@@ -34,7 +34,7 @@ import json
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_write_text
 from shuangyu.tokenizer.special_tokens import CHAT_TOKENS, EOS_TOKEN
 
@@ -166,11 +166,13 @@ def add_template_to_folder(folder: Path, overwrite: bool = False) -> str:
     `chat_template.jinja` that transformers writes and reads; tokenizer.json, and so every token id, stays as it was."""
     from transformers import AutoTokenizer
 
+    from shuangyu.tokenizer.loading import carries_own_code
+
     config_path = folder / "tokenizer_config.json"
     if not config_path.is_file():
         raise UsageError(f"{folder}: no tokenizer_config.json (not a tokenizer folder)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=carries_own_code(folder))
     except Exception as err:  # many types, depending on what is wrong with the folder
         raise UsageError(f"{folder}: could not load the tokenizer ({type(err).__name__}: {err})") from None
     if chat_token_ids(tokenizer) is None:
@@ -192,11 +194,11 @@ def add_template_to_folder(folder: Path, overwrite: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = refuse_in_one_line(argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0]))
     parser.add_argument("folder", type=Path, help="a tokenizer folder (train_bpe.py output) or a model folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a chat template the folder already has")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         print(f"{args.folder}: {add_template_to_folder(args.folder, args.overwrite)}")
     except UsageError as err:
         return print_error(PROG, err)

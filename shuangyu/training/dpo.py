@@ -18,16 +18,20 @@ AdamW: Muon is train_clm.py's. OUTPUT_DIR/checkpoint-N are the Trainer's checkpo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.library_warnings import reading_the_old_checkpointing_name
+from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import write_card
 from shuangyu.sharing.folder import check_model_folder
 from shuangyu.text.conversations import iter_dataset_records, iter_file_records, read_preference
 from shuangyu.text.sources import parse_dataset_source, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_model, stop_token_ids
+from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
 from shuangyu.training.arguments import LoraArguments, load_yaml_config
 from shuangyu.training.finetune import lora_config
@@ -90,17 +94,36 @@ def parse_args(argv: list[str] | None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser(classes, prog=PROG)
+    parser = refuse_in_one_line(HfArgumentParser(classes, prog=PROG))
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
-    # CPU-friendly defaults where TRL's assume a GPU: bf16 only where the GPU has it; activations kept
+    # CPU-friendly defaults where TRL's assume a GPU: bf16 only where the GPU has it; activations kept.
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing and warns whenever the old
+    # field is set while the new one is not; TRL's default sets the old one (True). So the old one defaults to
+    # None: off, no warning, and a user's --gradient_checkpointing (with its warning) or --activation_checkpointing
+    # still applies. Older transformers have only the old field.
+    renamed = any(f.name == "activation_checkpointing" for f in dataclasses.fields(DPOConfig))
+    # Pinned memory only where there is a GPU to copy to (else torch warns at every loader); progress bars only on
+    # a terminal (a log file gets the Trainer's plain lines)
     parser.set_defaults(
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=False,
+        gradient_checkpointing=None if renamed else False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not sys.stderr.isatty(),
         report_to="none",
     )
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, classes, PROG))
-    *groups, _ = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
+    try:
+        *groups, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except UsageError:
+        raise
+    except ValueError as err:  # TrainingArguments' own checks of the values
+        message = str(err).strip().splitlines()[0]
+        if "bf16" in message:
+            message = "--bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
+        raise UsageError(message) from None
+    if unknown:
+        raise UsageError(f"unknown arguments {' '.join(unknown)} (see --help)")
     return groups
 
 
@@ -117,7 +140,9 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
             f"--model_name_or_path {folder} is a LoRA adapter: merge it first (shuangyu.training.merge_lora)"
         )
     # TRL tokenizes the rendered template as one string: the control tokens must be matched there
-    tokenizer = AutoTokenizer.from_pretrained(folder, split_special_tokens=False)
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder, split_special_tokens=False, trust_remote_code=carries_own_code(folder)
+    )
     check_chat_tokenizer(tokenizer, str(folder), "--model_name_or_path")
     for_chat_model(tokenizer)
     train, validation = load_pairs(args)
@@ -136,7 +161,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    with reading_the_old_checkpointing_name():  # TRL reads it at every step
+        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     final = Path(config.output_dir) / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
@@ -174,6 +200,7 @@ def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, confi
 
 
 def main(argv: list[str] | None = None) -> int:
+    bars_only_on_a_terminal()
     try:
         args, lora, config = parse_args(argv)
         final = train_dpo(args, lora, config)

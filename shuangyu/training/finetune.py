@@ -15,6 +15,7 @@ import dataclasses
 from torch import nn
 
 from shuangyu.errors import UsageError
+from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_model, stop_token_ids
 from shuangyu.training.arguments import LoraArguments, OptimizerArguments, TrainConfig
 
@@ -101,7 +102,8 @@ def apply_lora(model, lora_args: LoraArguments, say=print, token_ids: tuple[int,
     not) would leave the adapter hard put to learn to end a reply."""
     from peft import get_peft_model
 
-    model = get_peft_model(model, lora_config(model, lora_args, token_ids))
+    with reading_the_old_checkpointing_name():
+        model = get_peft_model(model, lora_config(model, lora_args, token_ids))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     say(f"LoRA r={lora_args.lora_r}: training {trainable:,} of {total:,} parameters ({trainable / total:.2%})")

@@ -15,10 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder
+from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.card import copy_section, write_card
 from shuangyu.tokenizer.chat_template import chat_token_ids, for_chat_model, stop_token_ids
+from shuangyu.tokenizer.loading import carries_own_code
 
 PROG = "python -m shuangyu.training.merge_lora"
 
@@ -45,7 +47,8 @@ def load_adapter_model(adapter_dir: Path, base_model: str | None = None):
         model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=True, dtype="float32")
     except (OSError, ValueError) as err:
         raise UsageError(f"base model {base}: could not load it ({err})") from None
-    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), base
+    with reading_the_old_checkpointing_name():
+        return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), base
 
 
 def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite: bool = False) -> Path:
@@ -56,7 +59,7 @@ def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite
     model, base = load_adapter_model(adapter_dir, base_model)
     merged = model.merge_and_unload()
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=carries_own_code(tokenizer_dir))
     if chat_token_ids(tokenizer) and getattr(tokenizer, "chat_template", None):
         for_chat_model(tokenizer)
         merged.generation_config.eos_token_id = stop_token_ids(tokenizer)
@@ -74,13 +77,13 @@ def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = refuse_in_one_line(argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0]))
     parser.add_argument("adapter", type=Path, help="the adapter folder (a --lora_r run's final/ or checkpoint model/)")
     parser.add_argument("output", type=Path, help="the merged model folder to write")
     parser.add_argument("--base_model", default=None, help="the base model, if not the one the adapter names")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         out = merge(args.adapter, args.output, args.base_model, args.overwrite)
     except UsageError as err:
         return print_error(PROG, err)

@@ -9,16 +9,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "shuangyu"
 
-# Each step may import only the steps below it (modules at the top of the package, errors, files, progress and
-# library_warnings, are below everything).
+# Each step may import only the steps below it (modules at the top of the package, errors, files, devices,
+# progress and library_warnings, are below everything).
 LAYERS = [
-    "errors", "files", "progress", "library_warnings", "environment", "text", "tokenizer", "data", "modeling",
-    "evaluation", "sharing", "training", "chat", "planning", "report", "demo",
+    "errors", "files", "devices", "progress", "library_warnings", "environment", "text", "tokenizer", "data",
+    "modeling", "evaluation", "sharing", "training", "chat", "planning", "report", "demo",
 ]  # fmt: skip
 # fmt: off
 ALLOWED = {
     "errors": set(),
     "files": {"errors"},
+    "devices": {"errors"},  # a command's --device against what this machine's torch sees
     "progress": set(),  # progress bars on a terminal, plain lines in a log file: other libraries' switches
     "library_warnings": set(),  # other libraries' warnings a user cannot act on, dropped around one call
     "environment": set(),  # hardware, versions, commit: reads the machine, imports nothing of ours
@@ -27,13 +28,14 @@ ALLOWED = {
     "data": {"errors", "files", "text", "tokenizer"},
     "modeling": {"errors", "files"},  # the export command's errors; the model files themselves import nothing of ours
     # tokenizer: a chat model's reply loss
-    "evaluation": {"errors", "files", "progress", "text", "tokenizer", "sharing"},
+    "evaluation": {"errors", "files", "devices", "progress", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files"},
     "training": {
-        "errors", "files", "progress", "library_warnings", "environment", "text", "tokenizer", "data", "modeling",
-        "evaluation", "sharing",
+        "errors", "files", "devices", "progress", "library_warnings", "environment", "text", "tokenizer", "data",
+        "modeling", "evaluation", "sharing",
     },
-    "chat": {"errors", "files", "library_warnings", "tokenizer", "sharing"},  # talks to a saved folder: needs nothing of training
+    # talks to a saved folder: needs nothing of training
+    "chat": {"errors", "files", "devices", "library_warnings", "tokenizer", "sharing"},
     "planning": {"errors", "files", "modeling", "training"},  # the model's shapes, train_clm's flags and peaks
     # a run folder's report: reads what training, evaluation and the card wrote
     "report": {

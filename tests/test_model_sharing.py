@@ -126,6 +126,29 @@ def test_export_refuses_incompatible_knobs_with_exit_status_2(tmp_path):
     assert not dst.exists()
 
 
+def test_export_replaces_nothing_unasked_and_never_its_source(tmp_path, capsys):
+    src, dst = tmp_path / "runs" / "final", tmp_path / "dst"
+    tiny_model().save_pretrained(src)
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    cases = [
+        ([str(src), str(dst)], f"{dst} exists; pass --overwrite to replace it"),
+        ([str(src), str(tmp_path / "runs"), "--overwrite"], "is or holds SRC"),  # it used to delete every run
+        ([str(src), str(src), "--overwrite"], "is or holds SRC"),
+    ]
+    for argv, needle in cases:
+        assert export_main(["--to", "llama", *argv]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], lines
+    assert (dst / "keep.txt").read_text() == "mine" and (src / "config.json").is_file()
+    assert export_main(["--to", "llama", str(src), str(dst), "--overwrite"]) == 0
+    assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
+    gguf = tmp_path / "model.gguf"
+    gguf.write_text("old")
+    assert export_main(["--to", "gguf", str(src), str(gguf)]) == 2 and gguf.read_text() == "old"
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------ transformers 4.x and 5.x alike
 LOADER_FLAGS = ("local_files_only", "is_local", "trust_remote_code", "cache_dir", "revision", "token")
 

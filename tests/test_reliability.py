@@ -365,6 +365,7 @@ def test_every_command_answers_a_bad_flag_in_one_line(capsys):
         (merge, ["only_the_adapter"], "the following arguments are required: output"),
         (chat, ["folder", "--temperature", "hot"], "--temperature: invalid float value: 'hot'"),
         (add_template, [], "the following arguments are required: folder"),
+        (chat, ["folder", "--device", "gpu"], "--device gpu: not a torch device; use cpu, cuda or cuda:N"),
     ]
     for main, argv, needle in cases:
         assert main(argv) == 2, argv
@@ -377,3 +378,19 @@ def test_every_command_answers_a_bad_flag_in_one_line(capsys):
         assert capsys.readouterr().err.strip().splitlines() == [
             "python -m shuangyu.training.dpo: error: --bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
         ]
+
+
+def test_a_device_this_machine_lacks_is_named_before_any_model_loads():
+    import torch
+
+    from shuangyu.devices import pick_device
+
+    assert pick_device("cpu") == "cpu"
+    assert pick_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match="^--device gpu: not a torch device; use cpu, cuda or cuda:N$"):
+        pick_device("gpu")
+    if not torch.cuda.is_available():  # eval/run.py and shuangyu.chat traced back here before
+        with pytest.raises(
+            UsageError, match="^--device cuda:1: this machine's torch sees no CUDA GPU; use --device cpu$"
+        ):
+            pick_device("cuda:1")

@@ -25,6 +25,7 @@ import json
 import sys
 from pathlib import Path
 
+from shuangyu.devices import pick_device
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         import torch
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick_device(args.device)
         model, tokenizer = load(args.checkpoint, device)
         if args.seed is not None:  # after loading, which may draw random numbers (a LoRA adapter's initialisation)
             torch.manual_seed(args.seed)

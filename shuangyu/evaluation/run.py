@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from shuangyu.devices import pick_device
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.evaluation.local_tasks import (
     GROUPS,
@@ -287,11 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         bars_only_on_a_terminal()
         output = args.output or args.checkpoint.resolve() / "eval_results.json"
         check_writable_folder(output.parent, "--output")
-        import torch
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: this machine's torch sees no CUDA GPU; use --device cpu")
+        device = pick_device(args.device)
         ckpt = args.checkpoint.resolve()
         remote_code = needs_remote_code(config)
         task_manager = task_manager_for(tasks) if tasks else None

@@ -61,12 +61,23 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(print_error(PROG, UsageError(f"{message} (see --help)")))
 
 
+def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """DST is replaced whole (written aside, then renamed): never without --overwrite, and never when it is SRC or
+    holds it (`export --to llama outputs/run/final outputs` would have deleted every run)."""
+    src, target = src.resolve(), dst.resolve()
+    if target == src or target in src.parents:
+        raise UsageError(f"{dst}: is or holds SRC {src}; name a new folder or file")
+    if dst.exists() and not overwrite:
+        raise UsageError(f"{dst} exists; pass --overwrite to replace it")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--to", choices=["llama", "gguf"], required=True, help="target: a Llama folder, or a GGUF")
     parser.add_argument("--dtype", choices=GGUF_DTYPES, default="auto", help="GGUF weights (auto: as SRC's)")
     parser.add_argument("src", help="a Shuangyu folder written by save_pretrained (with its tokenizer)")
     parser.add_argument("dst", help="output: a folder for --to llama, a .gguf file for --to gguf")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     src = Path(args.src)
     # stderr is for the one-line verdict: no "Loading weights" bars before it.
@@ -78,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_folder(args.dst, "DST")
         if not src.is_dir():
             raise UsageError(f"{src}: not a folder; pass a folder written by save_pretrained")
+        check_destination(src, Path(args.dst), args.overwrite)
         with torch.no_grad():
             if args.to == "llama":
                 export_to_llama(src, args.dst)

@@ -1,0 +1,26 @@
+"""The torch device a command runs its model on: its --device flag, checked against what this machine's torch
+sees before any model is loaded (torch would say it later, as a traceback)."""
+
+from __future__ import annotations
+
+from shuangyu.errors import UsageError
+
+
+def pick_device(asked: str | None, flag: str = "--device") -> str:
+    """`asked`, or cuda where torch sees a GPU and cpu elsewhere; UsageError for a device torch does not know or
+    this machine does not have."""
+    import torch
+
+    if asked is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(asked).type
+    except RuntimeError:
+        raise UsageError(f"{flag} {asked}: not a torch device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{flag} {asked}: this machine's torch sees no CUDA GPU; use {flag} cpu")
+    if kind == "cuda" and (index := torch.device(asked).index) is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"{flag} {asked}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{flag} {asked}: this machine's torch has no MPS device; use {flag} cpu")
+    return asked

@@ -95,6 +95,8 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
     assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err
+    assert merge_main([str(adapter), str(tmp_path), "--overwrite"]) == 2  # would delete the adapter with the rest
+    assert "is or holds the adapter" in capsys.readouterr().err and (adapter / "adapter_config.json").is_file()
     assert merge_main([str(tmp_path), str(tmp_path / "x")]) == 2  # not an adapter folder
 
 

@@ -54,6 +54,8 @@ def load_adapter_model(adapter_dir: Path, base_model: str | None = None):
 def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite: bool = False) -> Path:
     from transformers import AutoTokenizer
 
+    if out.resolve() == adapter_dir.resolve() or out.resolve() in adapter_dir.resolve().parents:
+        raise UsageError(f"{out}: is or holds the adapter {adapter_dir}; name a new folder")  # replaced whole
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
     model, base = load_adapter_model(adapter_dir, base_model)

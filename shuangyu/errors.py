@@ -31,12 +31,38 @@ def print_error(prog: str, err: Exception, show: bool = True) -> int:
     return EXIT_DIVERGED if isinstance(err, RunDiverged) else EXIT_USAGE
 
 
+def closest_flag(parser, unknown: list[str]) -> str:
+    """ "; did you mean --files?" for the first unknown flag that is near one the parser knows, else ""."""
+    import difflib
+
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    for word in unknown:
+        if word.startswith("--"):
+            near = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.8)
+            if near:
+                return f"; did you mean {near[0]}?"
+    return ""
+
+
 def refuse_in_one_line(parser):
     """Make an argparse (or HfArgumentParser) parser raise UsageError for a bad flag instead of printing its whole
-    usage above the message: the message already names the flag, and `--help` shows the rest."""
+    usage above the message: the message already names the flag, and `--help` shows the rest. An
+    HfArgumentParser's flags that no dataclass knows are refused the same way (it raises a bare ValueError)."""
 
     def error(message):
         raise UsageError(f"{message} (see --help)")
 
     parser.error = error
+    into_dataclasses = getattr(parser, "parse_args_into_dataclasses", None)
+    if into_dataclasses is not None:
+
+        def parse_args_into_dataclasses(*args, return_remaining_strings=False, **kwargs):
+            *parsed, unknown = into_dataclasses(*args, return_remaining_strings=True, **kwargs)
+            if return_remaining_strings:
+                return (*parsed, unknown)
+            if unknown:
+                raise UsageError(f"unknown arguments {' '.join(unknown)}{closest_flag(parser, unknown)} (see --help)")
+            return tuple(parsed)
+
+        parser.parse_args_into_dataclasses = parse_args_into_dataclasses
     return parser

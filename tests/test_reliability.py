@@ -355,7 +355,10 @@ def test_every_command_answers_a_bad_flag_in_one_line(capsys):
     """Commands that used to print their whole usage above the message (the DPO command's was 160 lines), or a
     traceback for a flag no dataclass knows."""
     from shuangyu.chat.cli import main as chat
+    from shuangyu.data.prepare import main as prepare
     from shuangyu.tokenizer.chat_template import main as add_template
+    from shuangyu.tokenizer.train_bpe import main as train_tokenizer
+    from shuangyu.training.cli import main as train_clm
     from shuangyu.training.dpo import main as dpo
     from shuangyu.training.merge_lora import main as merge
 
@@ -366,7 +369,21 @@ def test_every_command_answers_a_bad_flag_in_one_line(capsys):
         (chat, ["folder", "--temperature", "hot"], "--temperature: invalid float value: 'hot'"),
         (add_template, [], "the following arguments are required: folder"),
         (chat, ["folder", "--device", "gpu"], "--device gpu: not a torch device; use cpu, cuda or cuda:N"),
+        # an HfArgumentParser raised a bare ValueError (a traceback) for a flag no dataclass knows
+        (
+            prepare,
+            ["--bogus", "x", "--output_dir", "o", "--tokenizer_name", "t"],
+            "unknown arguments --bogus x (see --help)",
+        ),
+        (train_tokenizer, ["--output_dir", "o", "--vocab_sise", "300"], "--vocab_sise 300; did you mean --vocab_size?"),
+        (train_clm, ["--output_dir", "o", "--lerning_rate", "1"], "--lerning_rate 1; did you mean --learning_rate?"),
+        # train_clm.py's name for the training files works in prepare (and train_bpe.py) too
+        (prepare, ["--tokenizer_name", "t", "--train_files", "no.jsonl", "--output_dir", "o"], "'no.jsonl': no file"),
     ]
+    from shuangyu.tokenizer.loading import load_tokenizer
+
+    with pytest.raises(UsageError, match=r"^--tokenizer_name \./no/such: no such folder \(train one with"):
+        load_tokenizer("./no/such")  # not a Hub id: not sent to the Hub as one
     for main, argv, needle in cases:
         assert main(argv) == 2, argv
         lines = capsys.readouterr().err.strip().splitlines()

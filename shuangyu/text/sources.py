@@ -31,7 +31,10 @@ class SourceArguments:
 
     files: list[str] = field(
         default_factory=list,
-        metadata={"help": "Sources of local files: [NAME=]GLOB[,GLOB...][:WEIGHT], e.g. 'zh=data/zh/*.jsonl:0.5'."},
+        metadata={
+            "help": "Sources of local files: [NAME=]GLOB[,GLOB...][:WEIGHT], e.g. 'zh=data/zh/*.jsonl:0.5'.",
+            "aliases": ["--train_files"],  # train_clm.py's name for them
+        },
     )
     dataset: list[str] = field(
         default_factory=list,

@@ -17,9 +17,16 @@ def carries_own_code(folder: str | Path) -> bool:
     return config.is_file() and "auto_map" in json.loads(config.read_text(encoding="utf-8"))
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A Hub id is NAME or OWNER/NAME; a path starts with /, ./, ../ or ~, or has more than one slash."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    if looks_like_a_path(name) and not Path(name).exists():
+        raise UsageError(f"--tokenizer_name {name}: no such folder (train one with tokenizer/train_bpe.py)")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=carries_own_code(name))
     except Exception as err:  # OSError, ValueError, ... depending on what is wrong with the folder or name

@@ -273,9 +273,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config))
-    *groups, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        raise UsageError(f"unknown arguments {' '.join(unknown)} (see {prog} --help)")
+    *groups, _ = parser.parse_args_into_dataclasses(args=argv)  # unknown flags: UsageError (refuse_in_one_line)
     config = TrainConfig(*groups)
     check_values(config, known.config)
     if config.model.tokenizer_name is None and config.model.model_name_or_path:

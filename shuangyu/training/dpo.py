@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None):
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, classes, PROG))
     try:
-        *groups, _, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        *groups, _ = parser.parse_args_into_dataclasses(args=argv)
     except UsageError:
         raise
     except ValueError as err:  # TrainingArguments' own checks of the values
@@ -122,8 +122,6 @@ def parse_args(argv: list[str] | None):
         if "bf16" in message:
             message = "--bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
         raise UsageError(message) from None
-    if unknown:
-        raise UsageError(f"unknown arguments {' '.join(unknown)} (see --help)")
     return groups
 
 

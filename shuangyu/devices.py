@@ -14,13 +14,13 @@ def pick_device(asked: str | None, flag: str = "--device") -> str:
     if asked is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        kind = torch.device(asked).type
+        device = torch.device(asked)
     except RuntimeError:
         raise UsageError(f"{flag} {asked}: not a torch device; use cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"{flag} {asked}: this machine's torch sees no CUDA GPU; use {flag} cpu")
-    if kind == "cuda" and (index := torch.device(asked).index) is not None and index >= torch.cuda.device_count():
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"{flag} {asked}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
-    if kind == "mps" and not torch.backends.mps.is_available():
+    if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"{flag} {asked}: this machine's torch has no MPS device; use {flag} cpu")
     return asked

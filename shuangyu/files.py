@@ -34,6 +34,16 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_replaceable(dest: str | Path, source: str | Path, source_name: str, overwrite: bool) -> None:
+    """Before writing `dest` whole (atomic_folder, or a file renamed into place): refuse to replace it unless
+    `overwrite`, and always when it is, or holds, the `source` being read (replacing it would delete it)."""
+    dest, source = Path(dest), Path(source).resolve()
+    if dest.resolve() == source or dest.resolve() in source.parents:
+        raise UsageError(f"{dest}: is or holds {source_name} {source}; name a new one")
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} exists; pass --overwrite to replace it")
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a file through a temporary name, so a reader never sees half of it."""
     path = Path(path)

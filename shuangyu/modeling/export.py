@@ -30,7 +30,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from shuangyu.errors import UsageError, print_error
-from shuangyu.files import check_writable_folder
+from shuangyu.files import check_replaceable, check_writable_folder
 
 from .gguf_export import (
     CHECK_TEXT,
@@ -61,16 +61,6 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(print_error(PROG, UsageError(f"{message} (see --help)")))
 
 
-def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
-    """DST is replaced whole (written aside, then renamed): never without --overwrite, and never when it is SRC or
-    holds it (`export --to llama outputs/run/final outputs` would have deleted every run)."""
-    src, target = src.resolve(), dst.resolve()
-    if target == src or target in src.parents:
-        raise UsageError(f"{dst}: is or holds SRC {src}; name a new folder or file")
-    if dst.exists() and not overwrite:
-        raise UsageError(f"{dst} exists; pass --overwrite to replace it")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--to", choices=["llama", "gguf"], required=True, help="target: a Llama folder, or a GGUF")
@@ -89,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_folder(args.dst, "DST")
         if not src.is_dir():
             raise UsageError(f"{src}: not a folder; pass a folder written by save_pretrained")
-        check_destination(src, Path(args.dst), args.overwrite)
+        # DST is replaced whole: `export --to llama outputs/run/final outputs` would have deleted every run
+        check_replaceable(args.dst, src, "SRC", args.overwrite)
         with torch.no_grad():
             if args.to == "llama":
                 export_to_llama(src, args.dst)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_write_text
+from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import CHAT_TOKENS, EOS_TOKEN
 
 IM_START, IM_END = CHAT_TOKENS
@@ -165,8 +166,6 @@ def add_template_to_folder(folder: Path, overwrite: bool = False) -> str:
     """Give the tokenizer in FOLDER (a tokenizer folder or a model folder) the template, as the file
     `chat_template.jinja` that transformers writes and reads; tokenizer.json, and so every token id, stays as it was."""
     from transformers import AutoTokenizer
-
-    from shuangyu.tokenizer.loading import carries_own_code
 
     config_path = folder / "tokenizer_config.json"
     if not config_path.is_file():

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.files import atomic_folder
+from shuangyu.files import atomic_folder, check_replaceable
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.card import copy_section, write_card
 from shuangyu.tokenizer.chat_template import chat_token_ids, for_chat_model, stop_token_ids
@@ -54,10 +54,7 @@ def load_adapter_model(adapter_dir: Path, base_model: str | None = None):
 def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite: bool = False) -> Path:
     from transformers import AutoTokenizer
 
-    if out.resolve() == adapter_dir.resolve() or out.resolve() in adapter_dir.resolve().parents:
-        raise UsageError(f"{out}: is or holds the adapter {adapter_dir}; name a new folder")  # replaced whole
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    check_replaceable(out, adapter_dir, "the adapter", overwrite)
     model, base = load_adapter_model(adapter_dir, base_model)
     merged = model.merge_and_unload()
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)

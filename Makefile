@@ -8,7 +8,7 @@ CORPUS ?= $(SHARED)/data/corpus
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install demo tokenizer train-tiny sft-tiny sft-tiny-lora dpo-tiny test test-slow lint format bench-tokenizer
+.PHONY: install install-llama-cpp demo tokenizer train-tiny sft-tiny sft-tiny-lora dpo-tiny test test-slow lint format bench-tokenizer
 
 install: .make-installed
 
@@ -61,6 +61,13 @@ dpo-tiny: install
 TEST_WORKERS ?= auto
 test: install
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --durations 10
+
+# llama.cpp itself, for the slow tests that run an exported GGUF (tests/test_model_gguf.py; skipped without it).
+# llama-cpp-python is on PyPI as source only: this compiles llama.cpp's CPU library (cmake and a C++ compiler;
+# about 3 minutes on 2 cores), without its tools and multimodal library, which the tests do not use.
+install-llama-cpp: install
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install -r requirements-llama-cpp.txt
 
 # the slow end-to-end tests (the demo, compile, flex attention, the tiny-cpu preset learning), the longest
 # first: 10 minutes on a shared 2-core AMD EPYC (the demo's test alone 6); the timeout only stops a hung run

@@ -1,6 +1,6 @@
 """`python -m shuangyu.modeling.export --to gguf SRC OUT.gguf`: metadata, tensors and token ids read back through
-the `gguf` package (the one llama.cpp maintains), refusals, and (slow, when llama-cpp-python is installed)
-llama.cpp itself running the file."""
+the `gguf` package (the one llama.cpp maintains), refusals, and (slow, once `make install-llama-cpp` has
+built llama-cpp-python; CI does) llama.cpp itself running the file."""
 
 import json
 import subprocess
@@ -325,7 +325,7 @@ LLAMA_CPP_ROPE = {
 
 
 def llama_cpp_model(path):
-    llama_cpp = pytest.importorskip("llama_cpp")  # pip install llama-cpp-python (it builds llama.cpp)
+    llama_cpp = pytest.importorskip("llama_cpp", reason="make install-llama-cpp (it builds llama.cpp)")
     # An f32 KV cache, so the comparison sees the export, not llama.cpp's default f16 cache rounding (~1e-3).
     return llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
 

@@ -12,8 +12,10 @@ from test_model_support import EOS_ID, PAD_ID, REPO, VOCAB_SIZE, corpus_lines, m
 
 from shuangyu.modeling.export import CHECK_TEXT, gguf_field, interleave_rotary_rows, main, tokenizer_from_gguf
 from shuangyu.modeling.modeling_shuangyu import ShuangyuRotaryEmbedding
+from shuangyu.tokenizer.chat_template import add_template_to_folder, encode_chat, stop_token_ids
 
 gguf = pytest.importorskip("gguf")
+IM_END_ID = 3  # the test tokenizer's <|im_end|> (tests/test_model_support.py)
 
 
 def run_main(argv) -> int:
@@ -154,6 +156,31 @@ def test_gguf_from_a_tokenizer_json_alone(tmp_path):
     reader, _ = read(out)
     assert gguf_field(reader, "tokenizer.ggml.eos_token_id") == EOS_ID
     assert gguf_field(reader, "tokenizer.ggml.padding_token_id") == PAD_ID
+
+
+def instruction_tuned_folder(src):
+    """What SFT leaves in a model folder: the chat template, and a generation config that stops at <|im_end|>."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    add_template_to_folder(src)
+    stops = stop_token_ids(AutoTokenizer.from_pretrained(src))
+    GenerationConfig(bos_token_id=EOS_ID, eos_token_id=stops, pad_token_id=PAD_ID).save_pretrained(src)
+    return stops
+
+
+def test_an_instruction_tuned_gguf_names_its_end_of_turn_token_and_template(tmp_path):
+    src, _ = model_folder(tmp_path / "src")
+    base = tmp_path / "base.gguf"
+    assert export(src, base) == 0
+    reader, _ = read(base)
+    assert gguf_field(reader, "tokenizer.ggml.eot_token_id") is None and "tokenizer.chat_template" not in reader.fields
+    assert instruction_tuned_folder(src) == [EOS_ID, IM_END_ID]
+    chat = tmp_path / "chat.gguf"
+    assert export(src, chat) == 0
+    reader, _ = read(chat)
+    assert gguf_field(reader, "tokenizer.ggml.eos_token_id") == EOS_ID
+    assert gguf_field(reader, "tokenizer.ggml.eot_token_id") == IM_END_ID
+    assert gguf_field(reader, "tokenizer.chat_template") == (src / "chat_template.jinja").read_text(encoding="utf-8")
 
 
 def test_gguf_untied_head_biases_gqa_and_f16(tmp_path):
@@ -353,6 +380,38 @@ def test_llama_cpp_tokenizes_and_generates_like_our_model(tmp_path):
     assert generated == greedy[0, len(prompt) :].tolist()
     assert llm.detokenize(generated).decode("utf-8", "replace") == tok.decode(generated)
     llm.close()
+
+
+@pytest.mark.slow
+def test_llama_cpp_chats_with_an_instruction_tuned_model_as_transformers_does(tmp_path):
+    """llama.cpp formats the conversation with the GGUF's template, ends the reply at <|im_end|> and answers
+    what our model answers (greedy); the head is nudged so that <|im_end|> comes within a few tokens."""
+    from transformers import AutoTokenizer
+
+    src, model = model_folder(tmp_path / "src", initializer_range=0.1, tie_word_embeddings=False)
+    stops = instruction_tuned_folder(src)
+    tok = AutoTokenizer.from_pretrained(src)
+    messages = [{"role": "user", "content": "给出三个保持健康的秘诀。"}]
+    prompt, _ = encode_chat(tok, messages, add_generation_prompt=True)  # as `python -m shuangyu.chat` does
+    with torch.no_grad():
+        hidden = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states[-1][0].mean(0)
+        row = model.lm_head.weight[IM_END_ID].clone()
+        for nudge in torch.linspace(0, 2, 41):  # the least that ends the reply after a few tokens
+            model.lm_head.weight[IM_END_ID] = row + nudge * hidden / hidden.norm() ** 2
+            reply = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, eos_token_id=stops)
+            reply = reply[0, len(prompt) :].tolist()
+            if reply[-1] == IM_END_ID and len(reply) > 3:
+                break
+    assert reply[-1] == IM_END_ID and len(reply) > 3, reply
+    model.save_pretrained(src)
+    out = tmp_path / "chat.gguf"
+    assert export(src, out) == 0
+    llm = llama_cpp_model(out)
+    theirs = llm.create_chat_completion(messages=messages, max_tokens=40, temperature=0.0, top_k=1)
+    llm.close()
+    assert theirs["choices"][0]["finish_reason"] == "stop"
+    # the random model's reply cuts characters between tokens: transformers shows U+FFFD, llama-cpp-python drops them
+    assert theirs["choices"][0]["message"]["content"] == tok.decode(reply[:-1]).replace("\ufffd", "")
 
 
 @pytest.mark.slow

@@ -115,6 +115,17 @@ def _special_token_ids(src: Path, config: ShuangyuConfig, ids: dict) -> dict[str
     return found
 
 
+def _end_of_turn_id(src: Path, eos: int | None) -> int | None:
+    """The reply-ending token an instruction-tuned model stops at besides eos (`<|im_end|>` after SFT): its
+    generation_config.json lists both. llama.cpp would guess it from the token's text; the GGUF names it."""
+    config_file = src / "generation_config.json"
+    if not config_file.is_file():
+        return None
+    stops = json.loads(config_file.read_text(encoding="utf-8")).get("eos_token_id")
+    others = [i for i in (stops if isinstance(stops, list) else [stops]) if i is not None and i != eos]
+    return int(others[0]) if others else None
+
+
 def _chat_template(src: Path) -> str | None:
     if (src / "chat_template.jinja").is_file():
         return (src / "chat_template.jinja").read_text(encoding="utf-8")
@@ -225,6 +236,8 @@ def write_gguf(src: Path, out: Path, dtype: str = "auto") -> None:
     ):
         if name in specials:
             add(specials[name])
+    if (end_of_turn := _end_of_turn_id(src, specials.get("eos"))) is not None:
+        writer.add_eot_token_id(end_of_turn)
     writer.add_add_bos_token(False)  # our tokenizer adds nothing; llama.cpp would otherwise prepend BOS
     writer.add_add_eos_token(False)
     if (template := _chat_template(src)) is not None:

@@ -1,5 +1,6 @@
 """Instruction tuning end to end on CPU: train_clm.py --sft on a tiny model, the chat folder it leaves, the chat
-command answering in format and stopping at <|im_end|>, exact resume, LoRA and merging, and bad flags."""
+command answering in format and stopping at <|im_end|> (one prompt, and a conversation on a terminal), exact
+resume, LoRA and merging, and bad flags."""
 
 import json
 import shutil
@@ -102,6 +103,58 @@ def test_chat_prompt_answers_in_format_and_stops_at_im_end(sft_run):
         [str(sft_run / "final"), "--prompt", "今天天气", "--system", "你是助手", "--seed", "0"], module="shuangyu.chat"
     )
     assert proc.returncode == 0 and proc.stdout.strip() and "<|im" not in proc.stdout, proc.stdout
+
+
+def test_chat_on_a_terminal_keeps_the_conversation_until_reset(sft_run, monkeypatch, capsys):
+    """The interactive loop: each question is asked with the conversation so far, /reset forgets it, an empty
+    line asks nothing, a reply cut off with Ctrl-C takes its question with it, /exit ends with status 0."""
+    from shuangyu.chat import cli
+
+    lines = iter(["你好", "你好", "cut off", "你好", "/reset", "", "你好", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    prompts, real_reply = [], cli.reply
+
+    def recording_reply(model, tokenizer, prompt_ids, kwargs):
+        prompts.append(prompt_ids)
+        if len(prompts) == 3:
+            raise KeyboardInterrupt  # Ctrl-C while "cut off" is being answered
+        return real_reply(model, tokenizer, prompt_ids, kwargs)
+
+    monkeypatch.setattr(cli, "reply", recording_reply)
+    assert cli.main([str(sft_run / "final"), "--greedy"]) == 0
+    replies = capsys.readouterr().out.split("\n")
+    assert len(replies) == 5 and replies[0] == replies[3] == "你好！" and replies[4] == ""  # 1st == after /reset
+    first, second, cut, fourth, after_reset = prompts
+    assert second[: len(first)] == first and len(second) > len(first) + 3  # the first exchange, then the question
+    assert cut[: len(second)] == second and fourth[: len(second)] == second  # each exchange is kept...
+    tok = cli.load(sft_run / "final", "cpu")[1]
+    assert "cut off" in tok.decode(cut) and "cut off" not in tok.decode(fourth)  # ...but an answer cut off
+    assert after_reset == first  # ... until /reset
+
+
+def test_a_long_chat_drops_its_oldest_exchanges_to_fit_the_context(sft_run):
+    from transformers import AutoTokenizer
+
+    from shuangyu.chat.cli import Conversation
+    from shuangyu.tokenizer.chat_template import encode_chat
+
+    tok = AutoTokenizer.from_pretrained(sft_run / "final", trust_remote_code=True)
+    chat = Conversation(tok, "你是助手", context=160, reserve=16)
+    questions = [f"第{i}个问题：今天天气怎么样？" for i in range(4)]
+    for question in questions[:-1]:
+        chat.prompt_ids(question)
+        chat.add_reply("很好。")
+    ids = chat.prompt_ids(questions[-1])
+    assert len(ids) + 16 <= 160 and len(chat.turns) == 3  # two exchanges went, one stays with the question
+    assert [t["content"] for t in chat.turns] == [questions[2], "很好。", questions[3]]
+    assert ids == encode_chat(tok, [{"role": "system", "content": "你是助手"}, *chat.turns], True)[0]
+    assert "你是助手" in tok.decode(ids)  # the system prompt stays
+    chat.add_reply("很好。")
+    # a question longer than the context on its own: everything before it goes, then its last tokens, one
+    # place left for the reply
+    long_question = "很长的问题，" * 80
+    ids = chat.prompt_ids(long_question)
+    assert len(ids) == 159 and [t["content"] for t in chat.turns] == [long_question]
 
 
 def test_sft_resume_continues_step_for_step(common, sft_run, tmp_path):

@@ -102,10 +102,18 @@ class Conversation:
             ids, _ = encode_chat(self.tokenizer, self.system + self.turns, add_generation_prompt=True)
             if len(ids) + self.reserve <= self.context or len(self.turns) <= 1:
                 return ids[-(self.context - 1) :]
-            self.turns = self.turns[2:]  # the oldest exchange goes
+            # the oldest exchange goes: its question, then whatever comes before the next question
+            self.turns = self.turns[1:]
+            while len(self.turns) > 1 and self.turns[0]["role"] != "user":
+                self.turns = self.turns[1:]
 
     def add_reply(self, reply: str) -> None:
         self.turns.append({"role": "assistant", "content": reply})
+
+    def withdraw(self) -> None:
+        """Forget the last question when its reply was cut off (Ctrl-C): turns keep alternating."""
+        if self.turns and self.turns[-1]["role"] == "user":
+            self.turns.pop()
 
     def reset(self) -> None:
         self.turns = []
@@ -232,4 +240,5 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, end="", flush=True)
                 reply(model, tokenizer, encode_text(tokenizer, line).ids[-(context - 1) :], kwargs)
         except KeyboardInterrupt:  # stops this reply, not the chat
+            conversation.withdraw()
             print(file=sys.stderr)

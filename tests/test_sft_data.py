@@ -174,6 +174,33 @@ def test_overlong_conversations_are_truncated_after_a_whole_reply_or_skipped(tin
     assert (source["examples"], source["truncated"], source["skipped"]) == (1, 0, 2)
 
 
+def test_every_documented_file_format_gives_the_same_rows(synthetic_chats, tiny_tokenizer_dir, tmp_path):
+    """docs/sft.md: JSON lines or a .json array, either optionally .gz, or .parquet: the same conversations, the
+    same training rows. A gzipped parquet file is refused in one line (parquet needs random access)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in synthetic_chats["zh_train"].read_text(encoding="utf-8").splitlines()]
+    files = {"jsonl": tmp_path / "c.jsonl", "json": tmp_path / "c.json", "parquet": tmp_path / "c.parquet"}
+    files["jsonl"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    files["json"].write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), files["parquet"])
+    for kind in list(files):
+        files[f"{kind}.gz"] = tmp_path / f"c.{kind}.gz"
+        files[f"{kind}.gz"].write_bytes(gzip.compress(files[kind].read_bytes()))
+    with pytest.raises(UsageError, match=r"c\.parquet\.gz: a gzipped parquet file; gunzip it"):
+        prepared(tmp_path / "refused", {"zh": files.pop("parquet.gz")}, tiny_tokenizer_dir, block_size=64)
+    tokens = {}
+    for kind, path in files.items():
+        data = prepared(tmp_path / kind, {"zh": path}, tiny_tokenizer_dir, block_size=64)
+        assert data.manifest["sources"][0]["examples"] == len(rows), kind
+        ds = data.train_dataset()
+        tokens[kind] = ds.__getitems__(list(range(len(ds))))[0]
+    assert all(torch.equal(torch.as_tensor(t), torch.as_tensor(tokens["jsonl"])) for t in tokens.values())
+
+
 def test_a_second_prepare_with_the_same_inputs_does_no_work(synthetic_chats, tiny_tokenizer_dir, tmp_path):
     files = {"zh": synthetic_chats["zh_train"]}
     first = prepared(tmp_path, files, tiny_tokenizer_dir, block_size=64)

@@ -39,7 +39,7 @@ _STRICT = ReadOptions(skip_flag="(no skipping for conversations: fix the line)")
 
 
 def iter_file_records(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, record) for each row of a .jsonl / .json / .parquet file (optionally .gz); `where` is `file:line`
+    """(where, record) for each row of a .jsonl / .json (optionally .gz) or .parquet file; `where` is `file:line`
     (or `file: record N`, `file: row N`) for error messages."""
     suffix, gz = file_kind(path)
     if suffix == ".txt":

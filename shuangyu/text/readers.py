@@ -1,7 +1,7 @@
 """Reading documents from text files and Hub datasets.
 
-Files may be `.txt` (a document per line, or per file), `.jsonl`/`.json` (field `text_column`) or `.parquet`,
-each optionally gzip-compressed (`.gz`). The file readers are written by hand rather than through
+Files may be `.txt` (a document per line, or per file), `.jsonl`/`.json` (field `text_column`), each optionally
+gzip-compressed (`.gz`), or `.parquet`. The file readers are written by hand rather than through
 `datasets.load_dataset(..., streaming=True)` because users need errors that name the file and line (bad UTF-8,
 a line that is not JSON, a missing field) and a way to skip bad lines and count them; the Hub path does use
 `datasets`.

@@ -126,8 +126,10 @@ def file_kind(path: str | Path) -> tuple[str, bool]:
         name = name[:-3]
     for suffix in TEXT_SUFFIXES:
         if name.endswith(suffix):
+            if gz and suffix == ".parquet":  # parquet needs random access, and compresses inside the file anyway
+                raise UsageError(f"{path}: a gzipped parquet file; gunzip it (parquet is compressed inside)")
             return suffix, gz
-    raise UsageError(f"{path}: unsupported file type; use {', '.join(TEXT_SUFFIXES)} (optionally .gz)")
+    raise UsageError(f"{path}: unsupported file type; use {', '.join(TEXT_SUFFIXES)} (text ones optionally .gz)")
 
 
 def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), flag: str = "--files") -> list[Path]:

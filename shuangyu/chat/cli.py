@@ -164,10 +164,13 @@ def generation_kwargs(args, model, tokenizer) -> dict:
     return kwargs | {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
 
 
-def reply(model, tokenizer, prompt_ids: list[int], kwargs: dict, out=sys.stdout) -> str:
-    """Generate after `prompt_ids`, streaming the text to `out`; returns the reply's text (no special tokens)."""
+def reply(model, tokenizer, prompt_ids: list[int], kwargs: dict, out=None) -> str:
+    """Generate after `prompt_ids`, streaming the text to `out` (default: sys.stdout as it is when called, not as it
+    was at import); returns the reply's text (no special tokens)."""
     import torch
     from transformers import TextStreamer
+
+    out = out or sys.stdout
 
     class Printer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False):

@@ -105,6 +105,16 @@ def test_chat_prompt_answers_in_format_and_stops_at_im_end(sft_run):
     assert proc.returncode == 0 and proc.stdout.strip() and "<|im" not in proc.stdout, proc.stdout
 
 
+def test_transformers_chat_pipeline_answers_as_the_chat_command_does(sft_run):
+    """A stock client: transformers' text-generation pipeline given messages applies the folder's chat template
+    and stops at <|im_end|> (generation_config.json), as `python -m shuangyu.chat --greedy` does."""
+    from transformers import pipeline
+
+    chat = pipeline("text-generation", model=str(sft_run / "final"), trust_remote_code=True)
+    out = chat([{"role": "user", "content": "你好"}], max_new_tokens=20, do_sample=False)
+    assert out[0]["generated_text"][-1] == {"role": "assistant", "content": "你好！"}
+
+
 def test_chat_on_a_terminal_keeps_the_conversation_until_reset(sft_run, monkeypatch, capsys):
     """The interactive loop: each question is asked with the conversation so far, /reset forgets it, an empty
     line asks nothing, a reply cut off with Ctrl-C takes its question with it, /exit ends with status 0."""

@@ -73,7 +73,7 @@ install-llama-cpp: install
 	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install -r requirements-llama-cpp.txt
 
 # transformers 4.x in its own environment (.transformers4/), for the exported LlamaForCausalLM folder
-# (tests/test_model_sharing.py); about 40 s
+# (tests/test_model_sharing.py); about 30 s
 install-transformers4:
 	$(PYTHON) -m venv .transformers4
 	.transformers4/bin/python -m pip install -q -r requirements-transformers4.txt

@@ -118,6 +118,8 @@ def test_transformers_chat_pipeline_answers_as_the_chat_command_does(sft_run):
 def test_chat_on_a_terminal_keeps_the_conversation_until_reset(sft_run, monkeypatch, capsys):
     """The interactive loop: each question is asked with the conversation so far, /reset forgets it, an empty
     line asks nothing, a reply cut off with Ctrl-C takes its question with it, /exit ends with status 0."""
+    from transformers import AutoTokenizer
+
     from shuangyu.chat import cli
 
     lines = iter(["你好", "你好", "cut off", "你好", "/reset", "", "你好", "/exit"])
@@ -137,7 +139,7 @@ def test_chat_on_a_terminal_keeps_the_conversation_until_reset(sft_run, monkeypa
     first, second, cut, fourth, after_reset = prompts
     assert second[: len(first)] == first and len(second) > len(first) + 3  # the first exchange, then the question
     assert cut[: len(second)] == second and fourth[: len(second)] == second  # each exchange is kept...
-    tok = cli.load(sft_run / "final", "cpu")[1]
+    tok = AutoTokenizer.from_pretrained(sft_run / "final", trust_remote_code=True)
     assert "cut off" in tok.decode(cut) and "cut off" not in tok.decode(fourth)  # ...but an answer cut off
     assert after_reset == first  # ... until /reset
 

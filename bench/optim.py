@@ -215,8 +215,8 @@ def race(args) -> str:
             str(args.eval_steps),
             "--logging_steps",
             str(args.eval_steps),
-            "--eval_batches",
-            str(args.eval_batches),
+            "--eval_rows",
+            str(args.eval_rows),
             "--save_steps",
             str(args.max_steps),
             "--gradient_accumulation_steps",
@@ -284,7 +284,7 @@ def main() -> None:
     r.add_argument("--warmup_steps", type=int, default=100)
     r.add_argument("--learning_rate", type=float, default=2e-3)
     r.add_argument("--eval_steps", type=int, default=150)
-    r.add_argument("--eval_batches", type=int, default=20)
+    r.add_argument("--eval_rows", type=int, default=160)
     r.add_argument("--train_args", default="", help="More train_clm.py flags, e.g. '--model_config tiny'.")
     for p in (o, lp, r):
         p.add_argument("--results", help="Append the markdown to this file too.")

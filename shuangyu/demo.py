@@ -79,8 +79,8 @@ RECIPES = {
 # --fast: the same flow in about a minute (the end-to-end test runs it); the model learns little
 FAST_OVERRIDES = {
     "tokenizer": ["--max_bytes", "2MB", "--validation_max_bytes", "200KB"],
-    "pretrain": ["--max_steps", "20", "--eval_steps", "10", "--save_steps", "10", "--eval_batches", "2"],
-    "sft": ["--max_steps", "10", "--eval_steps", "10", "--save_steps", "10", "--eval_batches", "2"],
+    "pretrain": ["--max_steps", "20", "--eval_steps", "10", "--save_steps", "10", "--eval_rows", "32"],
+    "sft": ["--max_steps", "10", "--eval_steps", "10", "--save_steps", "10", "--eval_rows", "32"],
     "eval": ["--limit", "5", "--bpb_max_bytes", "100000"],
 }
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shuangyu.data.inputs import PrepareArguments
-from shuangyu.data.loader import document_position_ids
+from shuangyu.data.loader import ValidationShard, document_position_ids
 from shuangyu.data.prepare import prepare
 from shuangyu.errors import UsageError
 
@@ -122,6 +122,27 @@ def test_ranks_are_disjoint_in_process(prepared):
     assert all(len(rows) == len(per_rank[0]) for rows in per_rank)  # lock-step: same number of batches
     together = Counter(per_rank[0]) + Counter(per_rank[1]) + Counter(per_rank[2])
     assert together.total() == n // 12 * 12 and not together - Counter(all_rows(prepared))
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+@pytest.mark.parametrize("rows", [0, 1, 5, 100])
+def test_validation_scores_the_first_rows_once_whatever_the_processes(world_size, batch_size, rows):
+    dataset = torch.arange(7).repeat_interleave(3).view(7, 3)  # row i holds i
+
+    def collate(items):
+        return {"input_ids": torch.stack(items)}
+
+    scored, batches = Counter(), set()
+    for rank in range(world_size):
+        shard = ValidationShard(dataset, collate, batch_size, rows, rank, world_size)
+        count = 0
+        for batch, real in shard.batches():
+            scored.update(batch["input_ids"][:real, 0].tolist())
+            count += 1
+        batches.add(count)
+    assert scored == Counter(range(min(rows, 7) if rows else 7))  # the first rows, each once
+    assert len(batches) == 1  # every process runs as many forwards (FSDP and DeepSpeed gather inside each)
 
 
 def test_document_position_ids_restart_after_eos():

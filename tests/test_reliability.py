@@ -38,7 +38,7 @@ def flags(synthetic_corpus, tiny_tokenizer_dir, tmp_path) -> list[str]:
         "--validation_files", f"zh={c['zh_val']}", f"en={c['en_val']}",
         "--data_dir", str(tmp_path / "data"), "--model_config", "tiny", "--block_size", "32",
         "--per_device_train_batch_size", "4", "--report_to", "none", "--logging_steps", "1", "--eval_steps", "4",
-        "--eval_batches", "1", "--save_steps", "4", "--preprocessing_num_workers", "1", "--seed", "0",
+        "--eval_rows", "8", "--save_steps", "4", "--preprocessing_num_workers", "1", "--seed", "0",
     ]  # fmt: skip
 
 

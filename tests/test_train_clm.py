@@ -55,8 +55,8 @@ def common(data_tokenizer_dir, data_corpus_slices, tmp_path_factory) -> list[str
         "1",
         "--eval_steps",
         "8",
-        "--eval_batches",
-        "2",
+        "--eval_rows",
+        "16",
         "--save_steps",
         "8",
     ]
@@ -101,6 +101,11 @@ def warnings_in(output: str) -> list[str]:
 def losses(out: Path) -> dict[int, float]:
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return {entry["step"]: entry["train/loss"] for entry in lines}
+
+
+def validation(out: Path) -> dict[int, list[float]]:
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {e["step"]: [e[f"eval/{lang}/bits_per_byte"] for lang in ("zh", "en")] for e in lines if "eval/zh/loss" in e}
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +203,8 @@ def test_two_processes_match_one(common, reference, tmp_path):
         str(out),
         "--per_device_train_batch_size",
         "2",
+        "--per_device_eval_batch_size",
+        "3",
     ]
     proc = run(args, processes=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -205,6 +212,11 @@ def test_two_processes_match_one(common, reference, tmp_path):
     assert got.keys() == expected.keys()
     for step in expected:
         assert got[step] == pytest.approx(expected[step], abs=2e-4), step
+    # validation scores the same rows (--eval_rows), each once, whatever the processes and the eval batch size
+    got, expected = validation(out), validation(reference)
+    assert got.keys() == expected.keys() == {8, 16}
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-3), step
     from safetensors.torch import load_file
 
     a = load_file(out / "final" / "model.safetensors")
@@ -385,6 +397,22 @@ def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, capsys, 
     assert len(lines) == 1 and lines[0].startswith("train_clm.py: error:") and needle in lines[0], lines
     assert not (tmp_path / "out" / "checkpoints").exists()
     assert time.time() - start < 60  # before any heavy work
+
+
+def test_a_renamed_flag_names_its_new_name(tmp_path):
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("eval_batches: 10\n")
+    for argv, said in (
+        (["--eval_batches", "10"], "--eval_batches is now --eval_rows"),
+        (["--eval_batches=10"], "--eval_batches is now --eval_rows"),
+        (["--config", str(cfg)], f"--config {cfg}: eval_batches is now eval_rows"),
+    ):
+        with pytest.raises(UsageError, match=said):
+            parse_args(argv)
+    assert parse_args(["--eval_rows", "10", "--max_steps", "1"]).logging.eval_rows == 10
 
 
 def test_yaml_config_with_command_line_overrides(tmp_path):

@@ -49,8 +49,8 @@ def common(tiny_tokenizer_dir, tmp_path_factory) -> list[str]:
         "1",
         "--eval_steps",
         "4",
-        "--eval_batches",
-        "2",
+        "--eval_rows",
+        "16",
         "--save_steps",
         "4",
     ]

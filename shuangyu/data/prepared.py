@@ -14,10 +14,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from shuangyu.data.inputs import FORMAT_VERSION
-from shuangyu.data.loader import BlockCollator, BlockLoader, ConversationCollator, PackedBlocks, process_rank
+from shuangyu.data.loader import (
+    BlockCollator,
+    BlockLoader,
+    ConversationCollator,
+    PackedBlocks,
+    ValidationShard,
+    process_rank,
+)
 from shuangyu.errors import UsageError
 from shuangyu.tokenizer.loading import tokenizer_fingerprint
 
@@ -105,11 +110,11 @@ class PreparedData:
             if v["blocks"] > 0
         }
 
-    def validation_loaders(self, batch_size: int) -> dict[str, torch.utils.data.DataLoader]:
-        """A DataLoader per validation source, in order, of `{"input_ids": [batch, block]}`; pass each to
-        `accelerator.prepare` to split it over processes."""
+    def validation_shards(self, batch_size: int, rows: int, rank: int, world_size: int) -> dict[str, ValidationShard]:
+        """This process's share of each validation source's first `rows` rows (0: all), in batches of
+        `{"input_ids": [batch, block]}` (and labels and positions for conversations)."""
         return {
-            name: torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=self.collator())
+            name: ValidationShard(ds, self.collator(), batch_size, rows, rank, world_size)
             for name, ds in self.validation_datasets().items()
         }
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from shuangyu.data.documents import document_ids
-from shuangyu.data.loader import BlockCollator, process_rank
+from shuangyu.data.loader import BlockCollator, ValidationShard, process_rank
 from shuangyu.data.packing import BlockPacker
 from shuangyu.data.stream_sources import (
     SourceReader,
@@ -277,10 +277,11 @@ class StreamedData:
         """Blocks per validation source ([blocks, block_size] int64); a source with less than a block is left out."""
         return {name: blocks for name, blocks in self.validation.items() if len(blocks)}
 
-    def validation_loaders(self, batch_size: int) -> dict[str, torch.utils.data.DataLoader]:
-        """A DataLoader per validation source, of `{"input_ids": [batch, block]}`; `accelerator.prepare` each."""
+    def validation_shards(self, batch_size: int, rows: int, rank: int, world_size: int) -> dict[str, ValidationShard]:
+        """This process's share of each validation source's first `rows` rows (0: all), in batches of
+        `{"input_ids": [batch, block]}`."""
         return {
-            name: torch.utils.data.DataLoader(blocks, batch_size=batch_size, collate_fn=_as_batch)
+            name: ValidationShard(blocks, _as_batch, batch_size, rows, rank, world_size)
             for name, blocks in self.validation_datasets().items()
         }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -149,7 +150,13 @@ class LoggingArguments:
 
     logging_steps: int = field(default=10)
     eval_steps: int = field(default=500, metadata={"help": "Evaluate (and show samples) every N steps."})
-    eval_batches: int = field(default=20, metadata={"help": "Batches per language per evaluation (0: all)."})
+    eval_rows: int = field(
+        default=320,
+        metadata={
+            "help": "Validation rows (blocks) per source per evaluation: the first N, the same whatever the number "
+            "of processes or batch size, so runs compare (0: all)."
+        },
+    )
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Rows per process in evaluation."})
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none."})
     peak_tflops: float | None = field(default=None, metadata={"help": "Device peak for MFU, if not in the table."})
@@ -261,6 +268,28 @@ ARGUMENT_CLASSES = (
 )  # in TrainConfig's order
 
 
+# flags that changed name: a command or config written for the old one is told what to write instead
+RENAMED = {
+    "eval_batches": (
+        "eval_rows",
+        "the validation rows per source, the same whatever the number of processes (the old value x "
+        "per_device_eval_batch_size x processes scores the rows it scored)",
+    ),
+}
+
+
+def refuse_renamed(names: list[str], where: str | None = None) -> None:
+    """UsageError for a renamed flag among command-line words (`where` None) or a --config file's keys."""
+    for name in names:
+        if where is None and not name.startswith("--"):
+            continue
+        old = name.removeprefix("--").split("=", 1)[0]
+        if old in RENAMED:
+            new, meaning = RENAMED[old]
+            dash = "--" if where is None else ""
+            raise UsageError(f"{where + ': ' if where else ''}{dash}{old} is now {dash}{new}: {meaning}")
+
+
 def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> TrainConfig:
     """Parse `--config FILE.yaml` first, use its values as defaults, then the command line on top."""
 
@@ -269,6 +298,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
+    refuse_renamed(sys.argv[1:] if argv is None else argv)
     parser = refuse_in_one_line(HfArgumentParser(ARGUMENT_CLASSES, prog=prog))
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
     if known.config:
@@ -293,6 +323,7 @@ def load_yaml_config(path: str, classes=ARGUMENT_CLASSES, prog: str = "train_clm
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
     known = {f.name for cls in classes for f in fields(cls)}
     unknown = sorted(set(values) - known)
+    refuse_renamed(unknown, f"--config {path}")
     if unknown:
         raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see {prog} --help)")
     return values
@@ -329,7 +360,7 @@ RANGES = {
     "save_total_limit": (1, None, True),
     "logging_steps": (1, None, True),
     "eval_steps": (1, None, True),
-    "eval_batches": (0, None, True),
+    "eval_rows": (0, None, True),
     "max_bad_steps": (1, None, True),
     "block_size": (2, None, True),
     "preprocessing_num_workers": (1, None, True),

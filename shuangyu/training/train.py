@@ -78,7 +78,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     loader: object
-    val_loaders: dict
+    val_shards: dict
     state: TrainState
     max_steps: int
     tokens_per_step: int
@@ -139,10 +139,12 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
     )
     if config.data.streaming:
         check_stream(loader, accelerator)
-    val_loaders = {
-        name: accelerator.prepare(loader)
-        for name, loader in data.validation_loaders(config.logging.per_device_eval_batch_size).items()
-    }
+    val_shards = data.validation_shards(
+        config.logging.per_device_eval_batch_size,
+        config.logging.eval_rows,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
     peak = device_peak_flops(accelerator.device, config.logging.peak_tflops)
     meter = Throughput(flops_per_token(model, data.block_size), peak, accelerator.num_processes)
     sync_only_state_under_ddp(accelerator, model)
@@ -177,7 +179,7 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
             "shuangyu", config={k: str(v) for group in config.as_dict().values() for k, v in group.items()}
         )
     log = RunLog(accelerator, out)
-    return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_loaders,
+    return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_shards,
                state, max_steps, tokens_per_step, meter, log, lock,
                token_byte_lengths(tokenizer).to(accelerator.device))  # fmt: skip
 
@@ -221,7 +223,7 @@ def train_loop(run: Run) -> str | None:
                 # and read the bad-step counts first: a diverged run stops at the first of them.
                 last = state.step == run.max_steps
                 log_now = state.step % cfg.logging.logging_steps == 0 or last
-                eval_now = run.val_loaders and (state.step % cfg.logging.eval_steps == 0 or last)
+                eval_now = run.val_shards and (state.step % cfg.logging.eval_steps == 0 or last)
                 if log_now or eval_now:
                     state.check(max_bad, accelerator.print)
                 logs = {}
@@ -270,7 +272,7 @@ def show_progress(run: Run, bar, logs: dict) -> None:
 def validate(run: Run) -> dict:
     """Held-out scores per validation source and samples; kept for the card, printed, returned as logs."""
     accelerator = run.accelerator
-    results = evaluate(run.model, run.val_loaders, run.byte_lengths, accelerator, run.config.logging.eval_batches)
+    results = evaluate(run.model, run.val_shards, run.byte_lengths, accelerator)
     samples = generate_samples(
         accelerator.unwrap_model(run.model), run.tokenizer, accelerator.device, chat=run.config.sft.sft
     )

@@ -13,20 +13,21 @@ SAMPLE_QUESTIONS = {"zh": "给出三个保持健康的秘诀。", "en": "Give th
 
 
 @torch.no_grad()
-def evaluate(model, loaders: dict, byte_lengths: torch.Tensor, accelerator, max_batches: int = 0) -> dict:
-    """{source name: {"loss": mean per token, "bits_per_byte": ...}} (every predicted token counted, over all
-    ranks). Names are whatever the user gave (paths included): they are keys, never parsed."""
+def evaluate(model, shards: dict, byte_lengths: torch.Tensor, accelerator) -> dict:
+    """{source name: {"loss": mean per token, "bits_per_byte": ...}} over each source's validation rows, every
+    predicted token counted once, whatever the number of processes (`shards`: this process's ValidationShard
+    per source). Names are whatever the user gave (paths included): they are keys, never parsed."""
     model.eval()
     results = {}
-    for name, loader in loaders.items():
+    for name, shard in shards.items():
         meter = HeldOutLoss(byte_lengths, accelerator.device)
-        for i, batch in enumerate(loader):
-            if max_batches and i >= max_batches:
-                break
-            if isinstance(batch, dict):  # conversations also carry labels (replies only) and per-example positions
-                meter.add(model, batch["input_ids"], batch.get("labels"), batch.get("position_ids"))
-            else:
-                meter.add(model, batch)
+        for batch, real_rows in shard.batches():
+            batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+            labels = batch.get("labels", batch["input_ids"])
+            if real_rows < len(labels):  # the padding rows that keep processes in step: scored nothing
+                labels = labels.clone()
+                labels[real_rows:] = -100
+            meter.add(model, batch["input_ids"], labels, batch.get("position_ids"))
         scores = meter.reduce(lambda t: accelerator.reduce(t, "sum")).result()
         results[name] = {"loss": scores["loss"], "bits_per_byte": scores["bits_per_byte"]}
     model.train()

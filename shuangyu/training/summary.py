@@ -55,6 +55,7 @@ def training_summary(
         "compiled": "yes (torch.compile)" if t.compile else "no",
         "attention": config.model.attn_implementation + (", per document" if config.data.document_attention else ""),
         "seed": t.seed,
+        "validation": validation_rows(config, data),
     }
     if config.lora.lora_r:
         recipe["optimizer"] = "adamw (the LoRA adapter; shuangyu/training/finetune.py says why)"
@@ -90,3 +91,13 @@ def finetune_summary(config: TrainConfig, data: PreparedData | StreamedData) -> 
             "target_modules": list(lora.lora_target_modules),
         }
     return extra
+
+
+def validation_rows(config: TrainConfig, data: PreparedData | StreamedData) -> str:
+    """What the held-out numbers are measured on: how many rows of each validation source, how often."""
+    rows = config.logging.eval_rows
+    counts = {name: min(rows, len(ds)) if rows else len(ds) for name, ds in data.validation_datasets().items()}
+    if not counts:
+        return "none"
+    each = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    return f"every {config.logging.eval_steps} steps, the first rows of each source: {each} (rows of {data.block_size} tokens)"

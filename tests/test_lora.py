@@ -92,7 +92,8 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
             changed = (weight[merged] != weight[plain]).any(-1)
             assert changed.nonzero().flatten().tolist() == [2, 3]  # the chat tokens' rows, and no other
         assert (merged.lm_head.weight is merged.get_input_embeddings().weight) == tied
-    assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    generation = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [0, 3] and generation["do_sample"] is True
     assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err
     assert merge_main([str(adapter), str(tmp_path), "--overwrite"]) == 2  # would delete the adapter with the rest

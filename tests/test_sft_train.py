@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from shuangyu.tokenizer.chat_template import CHAT_SAMPLING
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 40
 
@@ -87,6 +89,7 @@ def test_sft_learns_and_leaves_a_chat_model(sft_run, tiny_base_model_dir):
     final = sft_run / "final"
     generation = json.loads((final / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [0, 3]  # <|endoftext|> and <|im_end|>
+    assert {key: generation[key] for key in CHAT_SAMPLING} == CHAT_SAMPLING  # sampled, as the chat command does
     assert json.loads((final / "tokenizer_config.json").read_text())["split_special_tokens"] is False
     assert (final / "chat_template.jinja").is_file()
     card = (final / "README.md").read_text()
@@ -111,6 +114,7 @@ def test_transformers_chat_pipeline_answers_as_the_chat_command_does(sft_run):
     from transformers import pipeline
 
     chat = pipeline("text-generation", model=str(sft_run / "final"), trust_remote_code=True)
+    assert chat.model.generation_config.do_sample and chat.model.generation_config.top_p == CHAT_SAMPLING["top_p"]
     out = chat([{"role": "user", "content": "你好"}], max_new_tokens=20, do_sample=False)
     assert out[0]["generated_text"][-1] == {"role": "assistant", "content": "你好！"}
 

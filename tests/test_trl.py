@@ -111,7 +111,8 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     logged = [e for e in state["log_history"] if "loss" in e]
     assert len(logged) == 3 and all(0 < e["loss"] < 5 for e in logged), logged
     assert any("eval_loss" in e for e in state["log_history"])
-    assert json.loads((final / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    generation = json.loads((final / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [0, 3] and generation["do_sample"] is True
     card = (final / "README.md").read_text()
     assert "DPO" in card and "instruction-tuned" in card and str(tiny_chat_model_dir) in card
     from transformers import AutoModelForCausalLM

@@ -29,7 +29,7 @@ from shuangyu.devices import pick_device
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
-from shuangyu.tokenizer.chat_template import chat_token_ids, encode_chat, encode_text, stop_token_ids
+from shuangyu.tokenizer.chat_template import CHAT_SAMPLING, chat_token_ids, encode_chat, encode_text, stop_token_ids
 
 PROG = "python -m shuangyu.chat"
 
@@ -42,9 +42,9 @@ def parse_args(argv):
     p.add_argument("--system", default=None, help="a system prompt for a chat model")
     p.add_argument("--mode", choices=("auto", "chat", "continue"), default="auto")
     p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top_p", type=float, default=0.9)
-    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=CHAT_SAMPLING["temperature"])
+    p.add_argument("--top_p", type=float, default=CHAT_SAMPLING["top_p"])
+    p.add_argument("--top_k", type=int, default=CHAT_SAMPLING["top_k"])
     p.add_argument("--repetition_penalty", type=float, default=1.1)
     p.add_argument("--no_repeat_ngram_size", type=int, default=0, help="never repeat an n-token run (0: off)")
     p.add_argument("--greedy", action="store_true", help="the most likely token every time (no sampling)")

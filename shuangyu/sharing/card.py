@@ -155,7 +155,8 @@ def chat_usage_section(load_path: str, remote_code: bool, adapter: bool) -> str:
             "```",
             "",
             f"Or on a terminal, with Shuangyu: `python -m shuangyu.chat {load_path}`. The tokenizer's chat template is "
-            "ChatML (`<|im_start|>role ... <|im_end|>`); generation stops at `<|im_end|>` (generation_config.json). "
+            "ChatML (`<|im_start|>role ... <|im_end|>`); generation stops at `<|im_end|>` and samples by default "
+            "(generation_config.json: temperature 0.7, top-p 0.9, top-k 50; `do_sample=False` for greedy). "
             f"With lm-evaluation-harness: `lm_eval --model hf --model_args pretrained={load_path}"
             f"{',trust_remote_code=True' if remote_code else ''} --apply_chat_template --tasks ...`.",
         ]

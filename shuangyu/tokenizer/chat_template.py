@@ -110,6 +110,20 @@ def stop_token_ids(tokenizer) -> list[int]:
     return [i for i in dict.fromkeys(ids) if i is not None]
 
 
+# How a chat model's replies are sampled unless the caller says otherwise: `python -m shuangyu.chat`'s defaults, and
+# through the folder's generation_config.json every client's (pipeline, generate), as stock instruct models ship
+# theirs. Greedy decoding makes a small model loop on one phrase; do_sample=False still asks for it.
+CHAT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50}
+
+
+def chat_generation(generation_config, tokenizer) -> None:
+    """A chat model's generation config: stop at <|im_end|> (or <|endoftext|>), pad with the tokenizer's pad, and
+    sample as CHAT_SAMPLING says."""
+    generation_config.eos_token_id = stop_token_ids(tokenizer)
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config.update(**CHAT_SAMPLING)
+
+
 def encode_text(tokenizer, text: str):
     """The backend encoding (ids and character offsets) of `text` with every special token's text kept as text,
     whatever the tokenizer's own split_special_tokens setting."""

@@ -30,7 +30,7 @@ from shuangyu.sharing.card import write_card
 from shuangyu.sharing.folder import check_model_folder
 from shuangyu.text.conversations import iter_dataset_records, iter_file_records, read_preference
 from shuangyu.text.sources import parse_dataset_source, parse_file_source, resolve_files
-from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_model, stop_token_ids
+from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
 from shuangyu.training.arguments import LoraArguments, load_yaml_config
@@ -172,7 +172,7 @@ def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, confi
     """The saved model as a Shuangyu chat folder: tokenizer with the template, stop at <|im_end|>, our card."""
     tokenizer.save_pretrained(final)
     if not lora.lora_r:
-        model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+        chat_generation(model.generation_config, tokenizer)
         model.generation_config.save_pretrained(final)
     (final / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
     files = [Path(f).name for f in args.train_files]

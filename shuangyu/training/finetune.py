@@ -16,7 +16,7 @@ from torch import nn
 
 from shuangyu.errors import UsageError
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
-from shuangyu.tokenizer.chat_template import check_chat_tokenizer, for_chat_model, stop_token_ids
+from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.training.arguments import LoraArguments, OptimizerArguments, TrainConfig
 
 
@@ -46,10 +46,9 @@ def check_finetune(config: TrainConfig, tokenizer, model_config) -> None:
 
 def as_chat_model(model, tokenizer) -> None:
     """An SFT run's model and tokenizer save as a chat model: the chat template, split_special_tokens=False for tools
-    that tokenize the template (shuangyu.tokenizer.chat_template), and generation that stops at <|im_end|>."""
+    that tokenize the template (shuangyu.tokenizer.chat_template), and generation that stops at <|im_end|> and samples."""
     for_chat_model(tokenizer)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    chat_generation(model.generation_config, tokenizer)
 
 
 def linear_module_names(model: nn.Module) -> set[str]:

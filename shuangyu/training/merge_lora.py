@@ -19,7 +19,7 @@ from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_replaceable
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.card import copy_section, write_card
-from shuangyu.tokenizer.chat_template import chat_token_ids, for_chat_model, stop_token_ids
+from shuangyu.tokenizer.chat_template import chat_generation, chat_token_ids, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
 
 PROG = "python -m shuangyu.training.merge_lora"
@@ -61,8 +61,7 @@ def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=carries_own_code(tokenizer_dir))
     if chat_token_ids(tokenizer) and getattr(tokenizer, "chat_template", None):
         for_chat_model(tokenizer)
-        merged.generation_config.eos_token_id = stop_token_ids(tokenizer)
-        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+        chat_generation(merged.generation_config, tokenizer)
     card = adapter_dir / "README.md"
     with atomic_folder(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shuangyu.tokenizer.chat_template import CHAT_SAMPLING
+
 PROMPTS = {
     "zh": ["今天天气很好，我们", "中国的首都是"],
     "en": ["Once upon a time, there was a", "The capital of France is"],
 }
 QUESTIONS = {"zh": ["给出三个保持健康的秘诀。"], "en": ["Give three tips for staying healthy."]}  # chat models
-SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1}
+# the chat command's sampling, with transformers' own repetition penalty (the command's own spares the byte pieces
+# of rare Chinese characters, which transformers' can garble; a report's short samples rarely meet one)
+SAMPLING = CHAT_SAMPLING | {"repetition_penalty": 1.1}
 
 
 def generate_samples(folder: Path, chat: bool, max_new_tokens: int = 48, seed: int = 0) -> list[dict]:

@@ -93,14 +93,16 @@ def process_rank(accelerator=None, rank: int | None = None, world_size: int | No
 class ValidationShard:
     """This process's share of a validation source: the source's first `rows` rows (0: all), strided over the
     processes, so every launch scores the same rows whatever its number of processes or batch size, each once.
-    Padded with row 0 up to the count every process has, so each runs the same number of forwards (FSDP and
-    DeepSpeed gather inside every one); `scored_rows` says how many of the rows are real."""
+    Padded with row 0 to whole batches, as many on every process: each runs the same number of forwards (FSDP
+    gathers inside every one) of one shape (a compiled model compiles it once); `scored_rows` says how many of the
+    rows are real."""
 
     def __init__(self, dataset, collate_fn, batch_size: int, rows: int, rank: int, world_size: int):
         n = min(rows, len(dataset)) if rows else len(dataset)
         mine = list(range(rank, n, world_size))
         self.scored_rows = len(mine)
-        padded = mine + [0] * (-(-n // world_size) - len(mine))
+        batches = -(-n // (world_size * batch_size))
+        padded = mine + [0] * (batches * batch_size - len(mine))
         subset = torch.utils.data.Subset(dataset, padded)
         self.loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn)
 

@@ -100,4 +100,5 @@ def validation_rows(config: TrainConfig, data: PreparedData | StreamedData) -> s
     if not counts:
         return "none"
     each = ", ".join(f"{name} {count:,}" for name, count in counts.items())
-    return f"every {config.logging.eval_steps} steps, the first rows of each source: {each} (rows of {data.block_size} tokens)"
+    every = f"every {config.logging.eval_steps} steps"
+    return f"{every}, the first rows of each source: {each} (rows of {data.block_size} tokens)"

@@ -407,7 +407,7 @@ def test_a_renamed_flag_names_its_new_name(tmp_path):
     cfg.write_text("eval_batches: 10\n")
     for argv, said in (
         (["--eval_batches", "10"], "--eval_batches is now --eval_rows"),
-        (["--eval_batches=10"], "--eval_batches is now --eval_rows"),
+        (["--eval-batches=10"], "--eval_batches is now --eval_rows"),
         (["--config", str(cfg)], f"--config {cfg}: eval_batches is now eval_rows"),
     ):
         with pytest.raises(UsageError, match=said):

@@ -283,7 +283,7 @@ def refuse_renamed(names: list[str], where: str | None = None) -> None:
     for name in names:
         if where is None and not name.startswith("--"):
             continue
-        old = name.removeprefix("--").split("=", 1)[0]
+        old = name.removeprefix("--").split("=", 1)[0].replace("-", "_")  # HfArgumentParser takes --eval-rows too
         if old in RENAMED:
             new, meaning = RENAMED[old]
             dash = "--" if where is None else ""

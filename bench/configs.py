@@ -90,13 +90,21 @@ def loads_and_generates(final: Path) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else "FAILED: " + proc.stderr.strip().splitlines()[-1]
 
 
+def failure(log: str, rc: int) -> str:
+    """train_clm.py's own one-line error when it gave one (the launcher prints its report below it), else the last
+    line of the output."""
+    lines = log.strip().splitlines()
+    said = [line for line in lines if line.startswith(("train_clm.py: error:", "train_clm.py: stopped:"))]
+    return (said or lines or [f"exit {rc}"])[-1]
+
+
 def check(config: str, args, work: Path) -> dict:
     out, resumed = work / config, work / f"{config}-resumed"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(resumed, ignore_errors=True)
     rc, seconds, log = train(config, out, args, [])
     if rc:
-        return {"config": config, "error": log.strip().splitlines()[-1] if log.strip() else f"exit {rc}", "log": log}
+        return {"config": config, "error": failure(log, rc), "log": log}
     full = losses(out)
     half = args.max_steps // 2
     (resumed / "checkpoints").mkdir(parents=True)
@@ -110,7 +118,7 @@ def check(config: str, args, work: Path) -> dict:
         "first_loss": full[min(full)],
         "last_loss": full[max(full)],
         "resume_max_diff": max((abs(after[s] - full[s]) for s in shared), default=float("nan")),
-        "resume_error": None if rc2 == 0 else log2.strip().splitlines()[-1],
+        "resume_error": None if rc2 == 0 else failure(log2, rc2),
         "generates": loads_and_generates(out / "final"),
         "log": log,
     }

@@ -12,7 +12,7 @@ from test_model_support import EOS_ID, PAD_ID, REPO, VOCAB_SIZE, corpus_lines, m
 
 from shuangyu.modeling.export import CHECK_TEXT, gguf_field, interleave_rotary_rows, main, tokenizer_from_gguf
 from shuangyu.modeling.modeling_shuangyu import ShuangyuRotaryEmbedding
-from shuangyu.tokenizer.chat_template import add_template_to_folder, encode_chat, stop_token_ids
+from shuangyu.tokenizer.chat_template import CHAT_SAMPLING, add_template_to_folder, encode_chat, stop_token_ids
 
 gguf = pytest.importorskip("gguf")
 IM_END_ID = 3  # the test tokenizer's <|im_end|> (tests/test_model_support.py)
@@ -164,7 +164,8 @@ def instruction_tuned_folder(src):
 
     add_template_to_folder(src)
     stops = stop_token_ids(AutoTokenizer.from_pretrained(src))
-    GenerationConfig(bos_token_id=EOS_ID, eos_token_id=stops, pad_token_id=PAD_ID).save_pretrained(src)
+    generation = GenerationConfig(bos_token_id=EOS_ID, eos_token_id=stops, pad_token_id=PAD_ID, **CHAT_SAMPLING)
+    generation.save_pretrained(src)
     return stops
 
 
@@ -174,6 +175,7 @@ def test_an_instruction_tuned_gguf_names_its_end_of_turn_token_and_template(tmp_
     assert export(src, base) == 0
     reader, _ = read(base)
     assert gguf_field(reader, "tokenizer.ggml.eot_token_id") is None and "tokenizer.chat_template" not in reader.fields
+    assert not [name for name in reader.fields if name.startswith("general.sampling.")]  # greedy: llama.cpp's own
     assert instruction_tuned_folder(src) == [EOS_ID, IM_END_ID]
     chat = tmp_path / "chat.gguf"
     assert export(src, chat) == 0
@@ -181,6 +183,10 @@ def test_an_instruction_tuned_gguf_names_its_end_of_turn_token_and_template(tmp_
     assert gguf_field(reader, "tokenizer.ggml.eos_token_id") == EOS_ID
     assert gguf_field(reader, "tokenizer.ggml.eot_token_id") == IM_END_ID
     assert gguf_field(reader, "tokenizer.chat_template") == (src / "chat_template.jinja").read_text(encoding="utf-8")
+    # the chat model's sampling (generation_config.json) for llama-cli and llama-server, as llama.cpp's converter does
+    sampling = {key: gguf_field(reader, f"general.sampling.{key}") for key in ("temp", "top_p", "top_k")}
+    expected = {"temp": CHAT_SAMPLING["temperature"], "top_p": CHAT_SAMPLING["top_p"], "top_k": CHAT_SAMPLING["top_k"]}
+    assert sampling == pytest.approx(expected)
 
 
 def test_gguf_untied_head_biases_gqa_and_f16(tmp_path):

@@ -115,15 +115,31 @@ def _special_token_ids(src: Path, config: ShuangyuConfig, ids: dict) -> dict[str
     return found
 
 
+def _generation_config(src: Path) -> dict:
+    config_file = src / "generation_config.json"
+    return json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+
+
 def _end_of_turn_id(src: Path, eos: int | None) -> int | None:
     """The reply-ending token an instruction-tuned model stops at besides eos (`<|im_end|>` after SFT): its
     generation_config.json lists both. llama.cpp would guess it from the token's text; the GGUF names it."""
-    config_file = src / "generation_config.json"
-    if not config_file.is_file():
-        return None
-    stops = json.loads(config_file.read_text(encoding="utf-8")).get("eos_token_id")
+    stops = _generation_config(src).get("eos_token_id")
     others = [i for i in (stops if isinstance(stops, list) else [stops]) if i is not None and i != eos]
     return int(others[0]) if others else None
+
+
+def _add_sampling_defaults(writer, src: Path) -> None:
+    """A folder that samples by default (a chat model's generation_config.json) carries its temperature, top-k and
+    top-p into general.sampling.*, as llama.cpp's own converter does: llama-cli and llama-server then start from
+    them. A greedy folder writes none (llama.cpp's own defaults apply)."""
+    config = _generation_config(src)
+    if not config.get("do_sample"):
+        return
+    for key, add in (("temperature", writer.add_sampling_temp), ("top_p", writer.add_sampling_top_p)):
+        if config.get(key) is not None:
+            add(float(config[key]))
+    if config.get("top_k") is not None:
+        writer.add_sampling_top_k(int(config["top_k"]))
 
 
 def _chat_template(src: Path) -> str | None:
@@ -242,6 +258,7 @@ def write_gguf(src: Path, out: Path, dtype: str = "auto") -> None:
     writer.add_add_eos_token(False)
     if (template := _chat_template(src)) is not None:
         writer.add_chat_template(template)
+    _add_sampling_defaults(writer, src)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     with torch.no_grad():

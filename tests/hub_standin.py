@@ -14,6 +14,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -276,3 +279,10 @@ class HubStandIn:
         req.end_headers()
         if not req.head_only:
             req.wfile.write(body)
+
+
+def run_card_code(card: str, env: dict) -> subprocess.CompletedProcess:
+    """What a Hub user does with a model card: run its Python blocks, as written, in a fresh process."""
+    code = "\n".join(re.findall(r"```python\n(.*?)```", card, flags=re.S))
+    assert code, "the card has no Python block"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd="/")

@@ -285,7 +285,7 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
 @pytest.mark.slow
 def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
     """--push_to_hub after SFT, against the local stand-in for the Hub (tests/hub_standin.py)."""
-    from hub_standin import HubStandIn
+    from hub_standin import HubStandIn, run_card_code
 
     token = "hf_ShuangyuTestToken0123456789abcdef"
     out = tmp_path / "run"
@@ -303,6 +303,11 @@ def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         files = hub.files("alice/shuangyu-chat")
+        # the card's own snippet, copied as is by a Hub user, runs and prints the (sampled) reply alone: neither
+        # the prompt nor the chat markup (a 4-step model's reply may also be empty)
+        snippet = run_card_code(files["README.md"].decode(), {**hub_env, "HF_TOKEN": ""})
+        assert snippet.returncode == 0, snippet.stderr[-3000:]
+        assert "给出三个保持健康的秘诀" not in snippet.stdout and "<|im" not in snippet.stdout
     assert {"chat_template.jinja", "generation_config.json", "model.safetensors", "README.md"} <= set(files)
     assert json.loads(files["generation_config.json"])["eos_token_id"] == [0, 3]
     card = files["README.md"].decode()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hub_standin import HubStandIn
+from hub_standin import HubStandIn, run_card_code
 from huggingface_hub import ModelCard
 
 from shuangyu.sharing.card import write_card
@@ -249,6 +249,9 @@ def test_train_clm_pushes_the_final_model_and_a_hub_user_loads_it(
     loaded = read_back("alice/shuangyu-tiny", out / "final", hub_env(hub, tmp_path, token=None))
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.strip() == "loaded ShuangyuForCausalLM 3"
+    # the card's own snippet, copied as is by a Hub user, continues its prompt
+    snippet = run_card_code(card, hub_env(hub, tmp_path, token=None))
+    assert snippet.returncode == 0 and snippet.stdout.startswith("人工智能是"), snippet.stderr[-3000:]
 
 
 def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_path):

@@ -90,6 +90,11 @@ def process_rank(accelerator=None, rank: int | None = None, world_size: int | No
     return 0, 1
 
 
+def validation_rows(available: int, rows: int) -> int:
+    """How many rows of a validation source evaluation scores: the first `rows` (0: all) of those `available`."""
+    return min(rows, available) if rows else available
+
+
 class ValidationShard:
     """This process's share of a validation source: the source's first `rows` rows (0: all), strided over the
     processes, so every launch scores the same rows whatever its number of processes or batch size, each once.
@@ -98,7 +103,7 @@ class ValidationShard:
     rows are real."""
 
     def __init__(self, dataset, collate_fn, batch_size: int, rows: int, rank: int, world_size: int):
-        n = min(rows, len(dataset)) if rows else len(dataset)
+        n = validation_rows(len(dataset), rows)
         mine = list(range(rank, n, world_size))
         self.scored_rows = len(mine)
         batches = -(-n // (world_size * batch_size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shuangyu.data.loader import validation_rows
 from shuangyu.data.prepared import PreparedData
 from shuangyu.data.streaming import StreamedData
 from shuangyu.training.arguments import TrainConfig
@@ -55,7 +56,7 @@ def training_summary(
         "compiled": "yes (torch.compile)" if t.compile else "no",
         "attention": config.model.attn_implementation + (", per document" if config.data.document_attention else ""),
         "seed": t.seed,
-        "validation": validation_rows(config, data),
+        "validation": validation_measure(config, data),
     }
     if config.lora.lora_r:
         recipe["optimizer"] = "adamw (the LoRA adapter; shuangyu/training/finetune.py says why)"
@@ -93,10 +94,10 @@ def finetune_summary(config: TrainConfig, data: PreparedData | StreamedData) -> 
     return extra
 
 
-def validation_rows(config: TrainConfig, data: PreparedData | StreamedData) -> str:
+def validation_measure(config: TrainConfig, data: PreparedData | StreamedData) -> str:
     """What the held-out numbers are measured on: how many rows of each validation source, how often."""
     rows = config.logging.eval_rows
-    counts = {name: min(rows, len(ds)) if rows else len(ds) for name, ds in data.validation_datasets().items()}
+    counts = {name: validation_rows(len(ds), rows) for name, ds in data.validation_datasets().items()}
     if not counts:
         return "none"
     each = ", ".join(f"{name} {count:,}" for name, count in counts.items())

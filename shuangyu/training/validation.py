@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from shuangyu.data.loader import IGNORE_INDEX
 from shuangyu.evaluation.bits_per_byte import HeldOutLoss
 from shuangyu.tokenizer.chat_template import encode_chat, stop_token_ids
 
@@ -26,7 +27,7 @@ def evaluate(model, shards: dict, byte_lengths: torch.Tensor, accelerator) -> di
             labels = batch.get("labels", batch["input_ids"])
             if real_rows < len(labels):  # the padding rows that keep processes in step: scored nothing
                 labels = labels.clone()
-                labels[real_rows:] = -100
+                labels[real_rows:] = IGNORE_INDEX
             meter.add(model, batch["input_ids"], labels, batch.get("position_ids"))
         scores = meter.reduce(lambda t: accelerator.reduce(t, "sum")).result()
         results[name] = {"loss": scores["loss"], "bits_per_byte": scores["bits_per_byte"]}

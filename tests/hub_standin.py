@@ -132,7 +132,8 @@ class HubStandIn:
                 return self._preupload(req, json.loads(body))
             return self._commit(req, repo_id, repo, branch, body)
         if method == "GET" and action and action[0] == "tree":
-            return self._tree(req, repo, action[1], "/".join(action[2:]))
+            recursive = "recursive=true" in urlsplit(req.path).query
+            return self._tree(req, repo, action[1], "/".join(action[2:]), recursive)
         if method == "GET" and (not action or action[0] == "revision"):
             branch = "/".join(action[1:]) or "main"
             if branch not in repo.branches:
@@ -151,8 +152,10 @@ class HubStandIn:
             return self._json(req, 200, info)
         return self._error(req, 404, "EntryNotFound", f"not served here: {method} /api/models/{'/'.join(rest)}")
 
-    def _tree(self, req, repo, revision, folder):
-        files = repo.branches.get(revision)
+    def _tree(self, req, repo, revision, folder, recursive=False):
+        # a branch, or a commit id as snapshot_download asks for the one it resolved (the head of a branch here)
+        branch = next((b for b, head in repo.heads.items() if head == revision), revision)
+        files = repo.branches.get(branch)
         if files is None:
             return self._error(req, 404, "RevisionNotFound", f"Invalid rev id: {revision}")
         prefix = f"{folder.rstrip('/')}/" if folder else ""
@@ -160,7 +163,7 @@ class HubStandIn:
         for name, content in files.items():
             if name.startswith(prefix):
                 head, sep, _ = name[len(prefix) :].partition("/")
-                if sep:
+                if sep and not recursive:
                     entries[prefix + head] = {"type": "directory", "path": prefix + head, "oid": "0" * 40, "size": 0}
                 else:
                     oid = hashlib.sha1(content).hexdigest()

@@ -3,6 +3,7 @@ command answering in format and stopping at <|im_end|> (one prompt, and a conver
 resume, LoRA and merging, and bad flags."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -166,11 +167,17 @@ def test_a_long_chat_drops_its_oldest_exchanges_to_fit_the_context(sft_run):
     assert ids == encode_chat(tok, [{"role": "system", "content": "你是助手"}, *chat.turns], True)[0]
     assert "你是助手" in tok.decode(ids)  # the system prompt stays
     chat.add_reply("很好。")
-    # a question longer than the context on its own: everything before it goes, then its last tokens, one
-    # place left for the reply
-    long_question = "很长的问题，" * 80
+    # a question longer than the context on its own: everything before it goes, then the start of the question;
+    # the system prompt and the turn's markers stay, and the reply keeps its room
+    long_question = "很长的问题，" * 40 + "天气怎么样？"
     ids = chat.prompt_ids(long_question)
-    assert len(ids) == 159 and [t["content"] for t in chat.turns] == [long_question]
+    assert 160 - 16 - 4 <= len(ids) <= 160 - 16 and chat.cut > 0, (len(ids), chat.cut)
+    (question,) = [t["content"] for t in chat.turns]
+    assert long_question.endswith(question) and question.endswith("天气怎么样？") and "\ufffd" not in question
+    assert ids == encode_chat(tok, [{"role": "system", "content": "你是助手"}, *chat.turns], True)[0]
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>system\n你是助手<|im_end|>\n<|im_start|>user\n")
+    assert text.endswith("天气怎么样？<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_sft_resume_continues_step_for_step(common, sft_run, tmp_path):
@@ -296,7 +303,7 @@ def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
         hub_env |= {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home),
                     "HF_TOKEN": token}  # fmt: skip
         args = [*common, "--max_steps", "4", "--eval_steps", "4", "--save_steps", "4", "--output_dir", str(out)]
-        args += ["--push_to_hub", "--hub_model_id", "alice/shuangyu-chat"]
+        args += ["--push_to_hub", "--hub_model_id", "alice/shuangyu-chat", "--report_to", "tensorboard"]  # + runs/
         proc = subprocess.run(
             [sys.executable, str(REPO / "train_clm.py"), *args], env=hub_env, capture_output=True, text=True,
             cwd=REPO, timeout=600,
@@ -308,6 +315,23 @@ def test_sft_push_to_hub_shares_a_chat_model(common, tmp_path):
         snippet = run_card_code(files["README.md"].decode(), {**hub_env, "HF_TOKEN": ""})
         assert snippet.returncode == 0, snippet.stderr[-3000:]
         assert "给出三个保持健康的秘诀" not in snippet.stdout and "<|im" not in snippet.stdout
+        # so does the chat command the card names, given the Hub id: it downloads the model's files, not the logs
+        command = re.search(r"`(python -m shuangyu\.chat [^`]+)`", files["README.md"].decode()).group(1)
+        assert command == "python -m shuangyu.chat alice/shuangyu-chat", command
+        chat = subprocess.run(
+            [sys.executable, *command.split()[1:], "--prompt", "你好", "--max_new_tokens", "8"],
+            env={**hub_env, "HF_TOKEN": ""}, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        assert chat.returncode == 0 and "<|im" not in chat.stdout, chat.stderr[-3000:]
+        downloaded = {p.name for p in home.rglob("*") if p.is_file()}
+        assert any(name.startswith("runs/") for name in files)  # pushed, and not needed to chat:
+        assert "model.safetensors" in downloaded and not any(name.startswith("events.out") for name in downloaded)
+        missing = subprocess.run(
+            [sys.executable, "-m", "shuangyu.chat", "alice/no-such-model", "--prompt", "你好"],
+            env={**hub_env, "HF_TOKEN": ""}, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0, missing.stderr
+        assert "alice/no-such-model is not a folder" in missing.stderr and "no such model" in missing.stderr
     assert {"chat_template.jinja", "generation_config.json", "model.safetensors", "README.md"} <= set(files)
     assert json.loads(files["generation_config.json"])["eos_token_id"] == [0, 3]
     card = files["README.md"].decode()

@@ -5,9 +5,10 @@
     python -m shuangyu.chat outputs/tiny-cpu/final --prompt "今天天气"     # a base model: plain continuation
 
 A chat model (an SFT, DPO or merged folder: its generation stops at <|im_end|>) is prompted in its ChatML format,
-with the whole conversation so far and an optional `--system` prompt; the oldest turns are dropped when the
-context fills. Any other model continues the text (`--mode continue` forces that for a chat model too). A LoRA
-adapter folder is loaded on its base model through PEFT.
+with the whole conversation so far and an optional `--system` prompt. Any other model continues the text (`--mode
+continue` forces that for a chat model too). A LoRA adapter folder is loaded on its base model through PEFT; a
+name that is not a folder is read as a Hub id (USER/NAME), as a pushed model card tells its readers to run it.
+The prompt leaves room for the reply: the oldest exchanges go first, then the start of a too-long text.
 
 Small models fall into loops ("的的的的", one sentence over and over). The defaults keep them out: sampling
 (temperature 0.7, top-p 0.9, top-k 50) rather than greedy decoding, and `--repetition_penalty 1.1`, which lowers
@@ -30,6 +31,7 @@ from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
 from shuangyu.tokenizer.chat_template import CHAT_SAMPLING, chat_token_ids, encode_chat, encode_text, stop_token_ids
+from shuangyu.tokenizer.special_tokens import EOS_TOKEN
 
 PROG = "python -m shuangyu.chat"
 
@@ -37,7 +39,7 @@ PROG = "python -m shuangyu.chat"
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     refuse_in_one_line(p)
-    p.add_argument("checkpoint", type=Path, help="a model folder (or a LoRA adapter folder)")
+    p.add_argument("checkpoint", help="a model folder or a LoRA adapter folder, or a Hub id (USER/NAME) of either")
     p.add_argument("--prompt", default=None, help="answer this one message (or continue this text) and exit")
     p.add_argument("--system", default=None, help="a system prompt for a chat model")
     p.add_argument("--mode", choices=("auto", "chat", "continue"), default="auto")
@@ -51,6 +53,38 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     return p.parse_args(argv)
+
+
+def local_folder(name: str) -> Path:
+    """The folder NAME, or for a Hub id (USER/NAME, as a pushed model card tells its readers to run) the local copy
+    of that repository, downloaded once into the Hugging Face cache (or read from it offline)."""
+    folder = Path(name)
+    if folder.is_dir():
+        return folder
+    if folder.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise UsageError(f"{name} is not a folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    try:  # the model's files only: a pushed run also carries its logs and plots
+        return Path(snapshot_download(repo_id=name, ignore_patterns=["runs/*", "*.png", "*.gguf"]))
+    except Exception as err:  # offline without a cached copy, no such repo, no access, a bad id: say which, once
+        raise UsageError(f"{name} is not a folder, and the Hub did not give it: {hub_failure(err)}") from None
+
+
+def hub_failure(err: Exception) -> str:
+    """One line for why a download failed (huggingface_hub's own messages run over several lines)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(err, RepositoryNotFoundError):
+        return "no such model, or a private one (log in with `hf auth login`)"
+    if isinstance(err, RevisionNotFoundError):
+        return "the repository has no main branch"
+    if isinstance(err, LocalEntryNotFoundError):
+        return "not downloaded before, and the Hub cannot be reached (or HF_HUB_OFFLINE=1 is set)"
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def load(folder: Path, device: str):
@@ -89,23 +123,37 @@ def is_chat_model(model, tokenizer) -> bool:
 
 
 class Conversation:
-    """The messages so far, encoded for the model, oldest turns dropped to fit the context."""
+    """The messages so far, encoded for the model to fit its context with `reserve` tokens left for the reply: the
+    oldest exchanges go first, then the start of a question too long on its own (its turn markers and the system
+    prompt stay, so the model still sees a chat)."""
 
     def __init__(self, tokenizer, system: str | None, context: int, reserve: int):
         self.tokenizer, self.context, self.reserve = tokenizer, context, reserve
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[dict] = []
+        self.cut = 0  # tokens cut from the start of the last question
+
+    def encode(self) -> list[int]:
+        return encode_chat(self.tokenizer, self.system + self.turns, add_generation_prompt=True)[0]
 
     def prompt_ids(self, user: str) -> list[int]:
         self.turns.append({"role": "user", "content": user})
-        while True:
-            ids, _ = encode_chat(self.tokenizer, self.system + self.turns, add_generation_prompt=True)
-            if len(ids) + self.reserve <= self.context or len(self.turns) <= 1:
-                return ids[-(self.context - 1) :]
-            # the oldest exchange goes: its question, then whatever comes before the next question
-            self.turns = self.turns[1:]
-            while len(self.turns) > 1 and self.turns[0]["role"] != "user":
+        budget, self.cut = self.context - self.reserve, 0
+        while len(ids := self.encode()) > budget:
+            if len(self.turns) > 1:  # the oldest exchange goes: its question, then what comes before the next one
                 self.turns = self.turns[1:]
+                while len(self.turns) > 1 and self.turns[0]["role"] != "user":
+                    self.turns = self.turns[1:]
+                continue
+            question = self.turns[0]["content"]
+            pieces = encode_text(self.tokenizer, question).ids
+            if not pieces:
+                raise UsageError(f"the system prompt leaves no room in the model's {self.context}-token context")
+            cut = min(len(ids) - budget, len(pieces))
+            self.cut += cut
+            # decoding from inside a character gives U+FFFD for its first bytes: those go too
+            self.turns[0]["content"] = self.tokenizer.decode(pieces[cut:]).lstrip("\ufffd")
+        return ids
 
     def add_reply(self, reply: str) -> None:
         self.turns.append({"role": "assistant", "content": reply})
@@ -117,6 +165,18 @@ class Conversation:
 
     def reset(self) -> None:
         self.turns = []
+
+
+def continuation_ids(tokenizer, text: str, budget: int) -> tuple[list[int], int]:
+    """The ids a base model continues from (an empty text: the start of a new document, after <|endoftext|>, as
+    pretraining packs them), the last `budget` of them; and how many were cut from the start."""
+    ids = encode_text(tokenizer, text).ids or [tokenizer.convert_tokens_to_ids(EOS_TOKEN)]
+    return ids[-budget:], max(0, len(ids) - budget)
+
+
+def within_context(kwargs: dict, prompt_ids: list[int], context: int) -> dict:
+    """The reply stops where the model's context ends (its position embeddings were trained that far)."""
+    return kwargs | {"max_new_tokens": min(kwargs["max_new_tokens"], context - len(prompt_ids))}
 
 
 def character_pieces(tokenizer, vocab_size: int):
@@ -190,8 +250,21 @@ def check_args(args) -> None:
         raise UsageError(f"--temperature {args.temperature} must be positive (or pass --greedy)")
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top_p {args.top_p} must be in (0, 1]")
+    if args.top_k < 0:
+        raise UsageError(f"--top_k {args.top_k} must be 0 (off) or more")
+    if args.no_repeat_ngram_size < 0:
+        raise UsageError(f"--no_repeat_ngram_size {args.no_repeat_ngram_size} must be 0 (off) or more")
     if args.repetition_penalty <= 0:
         raise UsageError(f"--repetition_penalty {args.repetition_penalty} must be positive (1.0: none)")
+
+
+def note_cut(cut: int, context: int, reserve: int) -> None:
+    if cut:
+        print(
+            f"{PROG}: note: the start of your text ({cut} tokens) was cut: the model's context is {context} tokens, "
+            f"{reserve} of them kept for the reply (--max_new_tokens)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,25 +274,37 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         device = pick_device(args.device)
-        model, tokenizer = load(args.checkpoint, device)
+        folder = local_folder(args.checkpoint)
+        model, tokenizer = load(folder, device)
         if args.seed is not None:  # after loading, which may draw random numbers (a LoRA adapter's initialisation)
             torch.manual_seed(args.seed)
-        guess = is_chat_model(model, tokenizer) or is_chat_folder(args.checkpoint)
+        guess = is_chat_model(model, tokenizer) or is_chat_folder(folder)
         chat = args.mode == "chat" or (args.mode == "auto" and guess)
         if chat and not chat_token_ids(tokenizer):
             raise UsageError(f"--mode chat: {args.checkpoint}'s tokenizer has no <|im_start|>/<|im_end|> tokens")
+        context = getattr(model.config, "max_position_embeddings", 2048)
+        reserve = min(args.max_new_tokens, context // 2)  # a longer reply runs into the room the prompt left
+        conversation = Conversation(tokenizer, args.system if chat else None, context, reserve)
+        if chat and len(conversation.encode()) + 4 > context - reserve:  # + a question's markers
+            raise UsageError(f"--system: too long for the model's {context}-token context with room for a reply")
     except UsageError as err:
         return print_error(PROG, err)
     if args.system and not chat:
         print(f"{PROG}: note: --system is ignored: {args.checkpoint} is not a chat model", file=sys.stderr)
     kwargs = generation_kwargs(args, model, tokenizer)
-    context = getattr(model.config, "max_position_embeddings", 2048)
-    conversation = Conversation(tokenizer, args.system, context, min(args.max_new_tokens, context // 2))
+
+    def answer(text: str) -> str:
+        if chat:
+            ids = conversation.prompt_ids(text)
+            note_cut(conversation.cut, context, reserve)
+        else:
+            ids, cut = continuation_ids(tokenizer, text, context - reserve)
+            note_cut(cut, context, reserve)
+            print(text, end="", flush=True)
+        return reply(model, tokenizer, ids, within_context(kwargs, ids, context))
+
     if args.prompt is not None:
-        ids = conversation.prompt_ids(args.prompt) if chat else encode_text(tokenizer, args.prompt).ids
-        if not chat:
-            print(args.prompt, end="", flush=True)
-        reply(model, tokenizer, ids[-(context - 1) :], kwargs)
+        answer(args.prompt)
         return 0
     what = "chat" if chat else "continuation (a base model)"
     print(f"{args.checkpoint}: {what}. /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
@@ -237,11 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         if not line.strip():
             continue
         try:
+            text = answer(line)
             if chat:
-                conversation.add_reply(reply(model, tokenizer, conversation.prompt_ids(line), kwargs))
-            else:
-                print(line, end="", flush=True)
-                reply(model, tokenizer, encode_text(tokenizer, line).ids[-(context - 1) :], kwargs)
+                conversation.add_reply(text)
         except KeyboardInterrupt:  # stops this reply, not the chat
             conversation.withdraw()
             print(file=sys.stderr)

@@ -218,3 +218,22 @@ def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path, capsys,
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("run.py: error: ") and expected in last, stderr[-2000:]
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("cap", [5_000, 20_000, 300_000])
+def test_held_out_text_is_capped_at_the_bytes_asked_with_a_share_from_every_file(corpus_dir, cap):
+    """--bpb_max_bytes is a cap, not a hint: a news article can be longer than a small cap's share of a file."""
+    from shuangyu.evaluation.run import val_texts
+    from shuangyu.text.readers import read_documents
+
+    for lang in ("zh", "en"):
+        texts = val_texts(corpus_dir, lang, cap)
+        size = sum(len(t.encode("utf-8")) for t in texts)
+        files = sorted((corpus_dir / lang).glob("*_val.jsonl"))
+        # an equal share of every file (all of a file smaller than its share), each ending at a whole character
+        have = [sum(len(d.encode("utf-8")) for d in read_documents([path])) for path in files]
+        expected = sum(min(n, cap // len(files)) for n in have)
+        assert expected - len(files) * 4 <= size <= expected <= cap, (lang, size, expected)
+        assert all("\ufffd" not in t for t in texts)
+        first_lines = [json.loads(path.open(encoding="utf-8").readline())["text"] for path in files]
+        assert all(any(t and line.startswith(t[:20]) for t in texts) for line in first_lines)  # every source

@@ -136,13 +136,22 @@ def run_lm_eval(
 
 
 def val_texts(corpus: Path, lang: str, max_bytes: int) -> list[str]:
-    """Documents of the `<corpus>/<lang>/*_val.jsonl` files, up to about max_bytes of text, taken from every
-    file in turn so that a byte cap samples all sources of the language."""
+    """Documents of the `<corpus>/<lang>/*_val.jsonl` files, at most max_bytes of text (0: all), an equal share
+    from every file so that a byte cap samples all sources of the language; the last document of a share is cut
+    (at a character) where the share ends, as one news article can be longer than a small cap."""
     files = sorted((corpus / lang).glob("*_val.jsonl"))
     if not files:
         raise UsageError(f"no held-out files {corpus / lang / '*_val.jsonl'} (set --corpus or SHUANGYU_CORPUS)")
-    per_file = max(1, max_bytes // len(files)) if max_bytes else 0
-    return [doc for path in files for doc in read_documents([path], max_bytes=per_file)]
+    if not max_bytes:
+        return read_documents(files)
+    share, texts = max(1, max_bytes // len(files)), []
+    for path in files:
+        left = share
+        for doc in read_documents([path], max_bytes=share):
+            data = doc.encode("utf-8")[:left]
+            texts.append(data.decode("utf-8", errors="ignore"))
+            left -= len(data)
+    return [text for text in texts if text]
 
 
 def held_out_scores(model, tokenizer, texts: list[str], block_size: int, device: str) -> dict:
@@ -254,7 +263,12 @@ def parse_args(argv):
     p.add_argument("--output", type=Path, default=None, help="results JSON (default CKPT/eval_results.json)")
     p.add_argument("--corpus", type=Path, default=Path(os.environ.get("SHUANGYU_CORPUS") or DEFAULT_CORPUS))
     p.add_argument("--langs", default="zh,en", help="languages (sub-folders of --corpus) for bits per byte")
-    p.add_argument("--bpb_max_bytes", type=int, default=1_000_000, help="text per language for bits per byte (0: all)")
+    p.add_argument(
+        "--bpb_max_bytes",
+        type=int,
+        default=1_000_000,
+        help="bytes of held-out text per language for bits per byte (0: all)",
+    )
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no_model_card", action="store_true", help="leave CKPT/README.md (the model card) as it is")

@@ -81,12 +81,14 @@ def test_the_eval_table_comes_from_eval_results(run_copy):
     report = {
         "limit": 5,
         "table": [{"task": "arc_easy_local", "metric": "acc", "value": 0.4, "random_guess": 0.25, "dataset": None}],
-        "held_out": {"zh": {"bits_per_byte": 2.5, "perplexity": 100.0, "tokens": 10, "bytes": 30}},
+        "held_out": {"zh": {"bits_per_byte": 2.5, "perplexity": 100.0, "tokens": 10_000, "bytes": 30_000}},
         "notes": [],
+        "apply_chat_template": True,
     }
     (run_copy / "final" / "eval_results.json").write_text(json.dumps(report))
     text = build_report(run_copy, samples=False).read_text()
-    assert "at most 5 examples per task" in text
+    assert "at most 5 examples per task, task prompts in the chat format" in text
+    assert "held-out rows here are over 30 kB of zh from every" in text  # how much text: runs may differ
     assert "arc_easy_local" in text and "0.25" in text and "2.5" in text
     assert "## Samples" not in text
 

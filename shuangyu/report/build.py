@@ -116,15 +116,23 @@ def eval_section(folder: Path) -> str:
         report.get("notes", []),
         report.get("held_out_conversations", {}),
     )
-    held_out = (
-        "\n\nThe held-out rows here are over every `<corpus>/<lang>/*_val.jsonl` file, sources the model did not "
-        "train on included; the training section's validation uses the run's own `--validation_files`."
-        if report.get("held_out")
-        else ""
-    )
+    chat = ", task prompts in the chat format (`--apply_chat_template`)" if report.get("apply_chat_template") else ""
+    held_out = ""
+    if report.get("held_out"):
+        # base and chat models may be scored on different amounts of text (--bpb_max_bytes): say how much
+        sizes = " and ".join(
+            f"{scores['bytes'] / 1e3:,.0f} kB of {lang}"
+            for lang, scores in report["held_out"].items()
+            if "bytes" in scores
+        )
+        held_out = (
+            f"\n\nThe held-out rows here are over {sizes or 'text'} from every `<corpus>/<lang>/*_val.jsonl` file, "
+            "sources the model did not train on included; the training section's validation uses the run's own "
+            "`--validation_files`."
+        )
     return (
-        f"## Evaluation\n\n`eval/run.py` (lm-eval{limit}; random guessing scores shown beside each task):\n\n"
-        f"{table}{held_out}"
+        f"## Evaluation\n\n`eval/run.py` (lm-eval{limit}{chat}; random guessing scores shown beside each task):"
+        f"\n\n{table}{held_out}"
     )
 
 

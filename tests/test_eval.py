@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shuangyu.errors import UsageError
 from shuangyu.evaluation import local_tasks as make_tasks
-from shuangyu.evaluation.tasks import utils as task_utils
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "eval" / "run.py")]
@@ -85,12 +85,14 @@ def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
     }
     for name, (local_file, stock_file) in pairs.items():
         local, stock = load_yaml(tasks_dir / local_file), load_yaml(stock_dir / stock_file)
-        assert local["task"] == name and local["dataset_path"] == "json" and callable(local["custom_dataset"])
+        # lm-eval's own loader (datasets' json builder): no callable custom_dataset, so no --metadata warning
+        assert local["task"] == name and local["dataset_path"] == "json" and "custom_dataset" not in local
         for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "output_type", "description"):
             assert repr(local.get(key)) == repr(stock.get(key)), (name, key)
         # No split the local copy lacks: the shipped files are exactly the splits lm-eval reads.
         splits = {local.get(k) for k in ("training_split", "validation_split", "test_split", "fewshot_split")} - {None}
-        assert splits == set(local["dataset_kwargs"]["local_files"]), name
+        assert splits == set(local["dataset_kwargs"]["data_files"]), name
+        assert local["dataset_kwargs"]["data_dir"] == str(make_tasks.benchmarks_dir())
     assert len(make_tasks.group_subjects("cmmlu_local")) == 67
     assert len(make_tasks.group_subjects("ceval_valid_local")) == 52
     assert len(load_yaml(tasks_dir / "ceval_valid_local.yaml")["task"]) == 52
@@ -98,12 +100,14 @@ def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
 
 
 def test_missing_benchmark_data_names_the_path(tmp_path, monkeypatch):
-    monkeypatch.setenv(task_utils.ENV_VAR, str(tmp_path))
-    with pytest.raises(task_utils.BenchmarkDataMissing, match=str(tmp_path / "piqa" / "validation.jsonl")):
-        task_utils.load_benchmark(local_files={"validation": "piqa/validation.jsonl"})
+    monkeypatch.setenv(make_tasks.ENV_VAR, str(tmp_path))
+    with pytest.raises(UsageError, match=str(tmp_path / "piqa" / "validation.jsonl")):
+        make_tasks.check_benchmark_data(["piqa_local"])
+    with pytest.raises(UsageError, match=str(tmp_path / "cmmlu" / "test" / "agronomy.jsonl")):
+        make_tasks.check_benchmark_data(["cmmlu_local"])
     (tmp_path / "piqa").mkdir()
     (tmp_path / "piqa" / "validation.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b", "label": 1}\n')
-    assert task_utils.load_benchmark(local_files={"validation": "piqa/validation.jsonl"})["validation"][0]["label"] == 1
+    make_tasks.check_benchmark_data(["piqa_local", "arc_easy"])  # a stock task reads no local file
 
 
 ALL_LOCAL = [*SINGLE_TASKS, *make_tasks.GROUPS]
@@ -202,7 +206,7 @@ def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path, capsys,
     elif case == "unknown_task":
         tasks, expected = "piqa_local,no_such_task", "unknown task(s) no_such_task"
     else:
-        env = {task_utils.ENV_VAR: str(tmp_path)}
+        env = {make_tasks.ENV_VAR: str(tmp_path)}
         expected = f"benchmark data missing: {tmp_path / 'piqa' / 'validation.jsonl'}"
     args = [ckpt, "--tasks", tasks, "--limit", 1, "--langs", "", "--output", tmp_path / "r.json"]
     if case == "unknown_task":  # the command as a user runs it (through lm-eval's task list)

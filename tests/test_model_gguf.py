@@ -106,6 +106,22 @@ def test_gguf_metadata_is_llama_with_a_qwen2_bpe_tokenizer(exported):
     assert len(merges) == len(tok) - 256 - 4  # one merge per learned token
 
 
+def test_gguf_name_is_the_models_not_its_folders(tmp_path):
+    from shuangyu.sharing.card import write_card
+
+    def name(src):
+        assert export(src, tmp_path / "model.gguf", "--overwrite") == 0
+        return gguf_field(read(tmp_path / "model.gguf")[0], "general.name")
+
+    final, _ = model_folder(tmp_path / "zh-en-run" / "final")
+    assert name(final) == "zh-en-run"  # a run's final/ folder: the run's name
+    checkpoint, _ = model_folder(tmp_path / "zh-en-run" / "checkpoints" / "step-24" / "model")
+    assert name(checkpoint) == "zh-en-run-step-24"
+    write_card(final, name="bilingual-tiny")  # the title train_clm.py, DPO and merge_lora give the card
+    assert name(final) == "bilingual-tiny"
+    assert name(model_folder(tmp_path / "my-model")[0]) == "my-model"
+
+
 def test_gguf_tensors_are_the_weights_with_rotary_rows_interleaved(exported):
     _, model, out = exported
     _, tensors = read(out)
@@ -297,6 +313,7 @@ def test_gguf_refuses_dynamic_rope(tmp_path, capsys):
         ("bad_dtype", "--dtype"),
         ("bad_target", "--to"),
         ("dtype_for_llama", "--dtype f16: applies to --to gguf"),
+        ("adapter", "is a LoRA adapter: merge it into a model folder first (python -m shuangyu.training.merge_lora"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, case, expected):
@@ -305,6 +322,9 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, case, expecte
         model_folder(src, **({"mlp_type": "gelu"} if case == "gelu" else {}))
     if case == "no_tokenizer":
         (src / "tokenizer.json").unlink()
+    if case == "adapter":  # what a --lora_r run saves: no config.json, an adapter_config.json naming the base
+        (src / "config.json").unlink()
+        (src / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "b"}))
     if case == "not_gguf_name":
         out = tmp_path / "model.bin"
     if case == "no_out_folder":
@@ -359,7 +379,7 @@ LLAMA_CPP_ROPE = {
 
 def llama_cpp_model(path):
     llama_cpp = pytest.importorskip("llama_cpp", reason="make install-llama-cpp (it builds llama.cpp)")
-    # An f32 KV cache, so the comparison sees the export, not llama.cpp's default f16 cache rounding (~1e-3).
+    # An f32 KV cache, so the comparison sees the export, not llama.cpp's default f16 cache rounding (up to 4e-3 to 7e-3 over 200 positions).
     return llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=1, type_k=0, type_v=0)
 
 

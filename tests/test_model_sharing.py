@@ -35,11 +35,14 @@ REMOTE_LOAD = """
 import sys
 sys.modules["shuangyu"] = None  # the package is installed (editable): make it unimportable, as on a user's machine
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+bare = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+x = torch.load(sys.argv[2])
 with torch.no_grad():
-    torch.save(model(torch.load(sys.argv[2])).logits, sys.argv[3])
-print(type(model).__module__)
+    torch.save({"logits": model(x).logits, "hidden": bare(x).last_hidden_state}, sys.argv[3])
+model.save_pretrained(sys.argv[4])  # saved again by the folder's own code, as a Hub user fine-tuning it would
+print(type(model).__module__, type(bare).__name__)
 """
 
 
@@ -52,16 +55,27 @@ def test_saved_folder_loads_with_remote_code_in_a_clean_process(tmp_path):
     files = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "configuration_shuangyu.py", "modeling_shuangyu.py"} <= files
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"] == {
+    auto_map = {
         "AutoConfig": "configuration_shuangyu.ShuangyuConfig",
+        "AutoModel": "modeling_shuangyu.ShuangyuModel",  # the bare model, as stock custom-code models map it
         "AutoModelForCausalLM": "modeling_shuangyu.ShuangyuForCausalLM",
     }
+    assert config["auto_map"] == auto_map
     x = token_ids()
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
-        expected = model(x).logits
+        expected, hidden = model(x).logits, model.model(x).last_hidden_state
+    resaved = tmp_path / "resaved"
     run = subprocess.run(
-        [sys.executable, "-c", REMOTE_LOAD, str(folder), str(tmp_path / "x.pt"), str(tmp_path / "logits.pt")],
+        [
+            sys.executable,
+            "-c",
+            REMOTE_LOAD,
+            str(folder),
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "out.pt"),
+            str(resaved),
+        ],
         cwd=tmp_path,
         env=clean_env(tmp_path),
         capture_output=True,
@@ -69,8 +83,10 @@ def test_saved_folder_loads_with_remote_code_in_a_clean_process(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().startswith("transformers_modules")
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    assert run.stdout.strip().startswith("transformers_modules") and run.stdout.strip().endswith(" ShuangyuModel")
+    out = torch.load(tmp_path / "out.pt")
+    assert torch.equal(out["logits"], expected) and torch.equal(out["hidden"], hidden)
+    assert json.loads((resaved / "config.json").read_text())["auto_map"] == auto_map
 
 
 def test_from_pretrained_round_trip_in_process(tmp_path):

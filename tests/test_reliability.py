@@ -183,6 +183,21 @@ def test_latest_skips_checkpoints_taken_in_a_run_of_bad_steps(tmp_path):
     assert resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 20))) == checkpoint_dir(tmp_path, 20)  # if asked
 
 
+def test_a_resume_drops_a_log_row_the_stopped_run_left_half_written(tmp_path):
+    from shuangyu.training.run_log import write_run_args
+
+    rows = [{"step": s, "train/loss": 1.0, "samples/zh": "今天"} for s in (1, 2, 3)]
+    log = tmp_path / "train_log.jsonl"
+    full = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+    log.write_bytes(full[:-5])  # the run was killed inside the last row (inside a character of it)
+    assert write_run_args(tmp_path, {}, resumed_step=3) is True
+    assert log.read_text() == "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows[:2])
+    assert write_run_args(tmp_path, {}, resumed_step=1) is False and log.read_text().count("\n") == 1
+    log.write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')  # a damaged row that is not the last
+    with pytest.raises(UsageError, match=r"train_log.jsonl:2: not valid JSON"):
+        write_run_args(tmp_path, {}, resumed_step=3)
+
+
 def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(tmp_path, tiny_tokenizer_dir):
     from accelerate import Accelerator
     from transformers import AutoTokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shuangyu.report.build import build_report, training_time
+from shuangyu.report.build import build_report, main, training_time
 from shuangyu.report.compression import compression
 from shuangyu.report.curves import plot_curves, read_log
 
@@ -110,4 +110,40 @@ def test_the_report_command_rebuilds_and_refuses_a_missing_folder(run_copy, tmp_
 def test_read_log_sorts_by_step(tmp_path):
     rows = [{"step": 20, "train/loss": 1.0}, {"step": 10, "train/loss": 2.0}]
     (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert [r["step"] for r in read_log(tmp_path)] == [10, 20]
+    assert [r["step"] for r in read_log(tmp_path)[0]] == [10, 20]
+    assert read_log(tmp_path / "nowhere") == (None, False)
+
+
+def test_a_log_cut_off_mid_row_is_read_up_to_it_and_reported(run_copy, capsys):
+    # a run killed while it wrote a row, or a folder copied while it trained: here the cut falls inside a UTF-8
+    # character of the last row's Chinese sample
+    log = run_copy / "train_log.jsonl"
+    data = log.read_bytes()
+    start = data.rstrip(b"\n").rindex(b"\n") + 1
+    lead = next(i for i in range(start, len(data)) if data[i] >= 0xC0)  # the first byte of a multi-byte character
+    log.write_bytes(data[: lead + 1])
+    rows, cut_off = read_log(run_copy)
+    assert cut_off and len(rows) == data.count(b"\n") - 1
+    assert main([str(run_copy), "--no_samples"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {log}: its last line is cut off; left out" in err and "Traceback" not in err
+
+
+def test_a_malformed_row_before_the_last_is_one_error_line(run_copy, capsys):
+    log = run_copy / "train_log.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join([lines[0], lines[1][:20] + "\n", *lines[2:]]))
+    assert main([str(run_copy), "--no_samples"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m shuangyu.report: error: {log}:2: not valid JSON (") and err.count("\n") == 1
+
+
+def test_a_run_without_its_log_says_so_and_claims_no_plot(run_copy, capsys):
+    (run_copy / "train_log.jsonl").unlink()
+    assert main([str(run_copy), "--no_samples"]) == 0
+    captured = capsys.readouterr()
+    assert "The training log (train_log.jsonl) is missing from this folder" in captured.out
+    assert "Training time: not known (no train_log.jsonl)." in captured.out
+    assert "Trained 0 steps" not in captured.out and "0.0 min" not in captured.out
+    assert "max_steps" in captured.out or "| steps |" in captured.out  # the card's recipe is still there
+    assert captured.err.strip() == f"wrote {run_copy / 'report.md'}" and not (run_copy / "loss.png").exists()

@@ -131,7 +131,9 @@ def test_a_shuangyu_checkpoint_trains_under_trl_sft_trainer(tiny_base_model_dir,
     from shuangyu.tokenizer.chat_template import encode_chat
 
     rows = read_conversation_files([first_rows(sft_data_dir / "en" / "alpaca_en_val.jsonl", 8, tmp_path / "c.jsonl")])
-    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir, split_special_tokens=False)
+    # trust_remote_code: AutoTokenizer reads the model folder's config.json, whose auto_map names code (without it,
+    # a terminal stops at transformers' y/N prompt where shuangyu is not imported)
+    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir, split_special_tokens=False, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True)
     config = SFTConfig(
         output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3,
@@ -149,3 +151,12 @@ def test_a_shuangyu_checkpoint_trains_under_trl_sft_trainer(tiny_base_model_dir,
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    # docs/sft.md: TRL leaves generation's stop at <|endoftext|>, so the model would talk past <|im_end|>, unless
+    # SFTConfig(eos_token="<|im_end|>"), which adds it to the stop ids and leaves the training tokens as they were
+    endoftext, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert model.generation_config.eos_token_id == endoftext
+    config.eos_token = "<|im_end|>"
+    stopping = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
+    assert model.generation_config.eos_token_id == [im_end, endoftext]
+    assert stopping.train_dataset[0]["input_ids"] == first["input_ids"]
+    assert stopping.train_dataset[0]["labels"] == first["labels"]

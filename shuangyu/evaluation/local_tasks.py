@@ -1,11 +1,13 @@
 """Writes the lm-eval task YAMLs for the local benchmark copies into shuangyu/evaluation/tasks/.
 
 Each task `include`s the stock lm-eval YAML (so prompts, answer choices, metrics and helper functions are the
-stock ones) and then `_local_dataset_yaml` (data from local files), overriding only the task name, the splits
-that exist locally and the files to read. `include` takes only a file path, and the stock YAMLs live wherever
-lm-eval is installed, so the YAMLs are generated for the installed lm-eval rather than committed; eval/run.py
-regenerates them on every run, and `python -m shuangyu.evaluation.local_tasks` (run by `make install`) does it
-for the plain `lm_eval` CLI.
+stock ones) and then `_local_dataset_yaml` (data from local JSON Lines files through lm-eval's plain
+`datasets.load_dataset("json", ...)`), overriding only the task name, the splits that exist locally and the files to
+read: `dataset_kwargs: {data_dir: <benchmarks folder>, data_files: {split: file}}`. `include` takes only a file
+path, and the stock YAMLs live wherever lm-eval is installed, so the YAMLs are generated for the installed lm-eval
+and the benchmarks folder rather than committed; eval/run.py regenerates them on every run, and
+`python -m shuangyu.evaluation.local_tasks` (run by `make install`) does it for the plain `lm_eval` CLI (run it
+again after moving the data or changing $SHUANGYU_BENCHMARKS).
 
     python -m shuangyu.evaluation.local_tasks && lm_eval --model hf \\
         --model_args pretrained=CKPT,trust_remote_code=True \\
@@ -15,12 +17,17 @@ for the plain `lm_eval` CLI.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
+from shuangyu.errors import UsageError
+
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+REPO = Path(__file__).resolve().parents[2]
+ENV_VAR = "SHUANGYU_BENCHMARKS"
 # Found without importing lm_eval: the model card (written while training) reads the stock YAMLs, and a
 # training-only install may lack lm-eval.
 _LM_EVAL = importlib.util.find_spec("lm_eval")
@@ -58,7 +65,12 @@ GROUPS = {
 }
 
 
-def _task_yaml(name: str, stock: str, local_files: dict[str, str], include_template: str) -> dict:
+def benchmarks_dir() -> Path:
+    """The local benchmark copies: $SHUANGYU_BENCHMARKS, by default <repo>/../shared/data/benchmarks."""
+    return Path(os.environ.get(ENV_VAR) or REPO.parent / "shared" / "data" / "benchmarks").expanduser().resolve()
+
+
+def _task_yaml(name: str, stock: str, local_files: dict[str, str], include_template: str, root: Path) -> dict:
     splits = {
         key: (split if split in local_files else None)
         for key, split in (("training_split", "train"), ("validation_split", "validation"), ("test_split", "test"))
@@ -69,7 +81,9 @@ def _task_yaml(name: str, stock: str, local_files: dict[str, str], include_templ
         "include": [str(STOCK_DIR / stock), include_template],
         "task": name,
         "tag": [],  # do not join the stock task's tags
-        "dataset_kwargs": {"local_files": local_files},
+        # the stock loader (no callable custom_dataset, whose lm-eval prints a --metadata warning per task); files
+        # are named relative to the benchmarks folder, as datasets resolves data_files against data_dir
+        "dataset_kwargs": {"data_dir": str(root), "data_files": local_files},
         **splits,
     }
     if name == "hellaswag_local":
@@ -119,22 +133,48 @@ def stock_dataset(local_task: str) -> dict:
     return {"path": fields["dataset_path"], "config": None, "split": split}
 
 
+def task_files(task: str) -> list[str]:
+    """The data files (relative to the benchmarks folder) a local task or group reads; [] for other tasks."""
+    if task in SINGLE_TASKS:
+        return list(SINGLE_TASKS[task][1].values())
+    if task in GROUPS:
+        return [f for subject in group_subjects(task) for f in _subject_files(task, subject).values()]
+    return []
+
+
+def _subject_files(group: str, subject: str) -> dict[str, str]:
+    _stock_group, _stock_prefix, _prefix, folder, split = GROUPS[group]
+    return {split: f"{folder}/{split}/{subject}.jsonl", "dev": f"{folder}/dev/{subject}.jsonl"}
+
+
+def check_benchmark_data(tasks: list[str]) -> None:
+    """Refuse, naming the first missing file and where the data is looked for, before any model is loaded."""
+    root = benchmarks_dir()
+    for task in tasks:
+        for rel in task_files(task):
+            if not (root / rel).is_file():
+                raise UsageError(
+                    f"benchmark data missing: {root / rel} (set {ENV_VAR} to the benchmarks folder, default "
+                    f"<repo>/../shared/data/benchmarks; its README.md says where each file comes from)"
+                )
+
+
 def write_task_yamls(out_dir: Path = TASKS_DIR) -> list[str]:
-    """Writes every local task and group YAML; returns the task and group names."""
+    """Writes every local task and group YAML, reading from benchmarks_dir(); returns the task and group names."""
     if not (out_dir / TEMPLATE).is_file():
         raise FileNotFoundError(f"{out_dir / TEMPLATE} is missing (it ships with the repository)")
+    root = benchmarks_dir()
     names = []
     for name, (stock, files) in SINGLE_TASKS.items():
-        _write(out_dir / f"{name}.yaml", _task_yaml(name, stock, files, TEMPLATE))
+        _write(out_dir / f"{name}.yaml", _task_yaml(name, stock, files, TEMPLATE, root))
         names.append(name)
-    for group, (stock_group, stock_prefix, prefix, folder, split) in GROUPS.items():
+    for group, (stock_group, stock_prefix, prefix, folder, _split) in GROUPS.items():
         stock = yaml.safe_load((STOCK_DIR / stock_group).read_text(encoding="utf-8"))
         subtasks = []
         for subject in group_subjects(group):
-            files = {split: f"{folder}/{split}/{subject}.jsonl", "dev": f"{folder}/dev/{subject}.jsonl"}
-            cfg = _task_yaml(
-                prefix + subject, f"{Path(stock_group).parent}/{stock_prefix}{subject}.yaml", files, f"../{TEMPLATE}"
-            )
+            files = _subject_files(group, subject)
+            stock_subject = f"{Path(stock_group).parent}/{stock_prefix}{subject}.yaml"
+            cfg = _task_yaml(prefix + subject, stock_subject, files, f"../{TEMPLATE}", root)
             _write(out_dir / folder / f"{prefix}{subject}.yaml", cfg)
             subtasks.append(prefix + subject)
         _write(

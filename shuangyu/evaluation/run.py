@@ -27,6 +27,7 @@ from shuangyu.evaluation.local_tasks import (
     HELLASWAG_NOTE,
     SINGLE_TASKS,
     TASKS_DIR,
+    check_benchmark_data,
     stock_dataset,
     write_task_yamls,
 )
@@ -78,6 +79,7 @@ def task_manager_for(tasks: list[str]):
     """An lm-eval TaskManager that knows the local tasks (YAMLs regenerated); checks the task names."""
     from lm_eval.tasks import TaskManager
 
+    check_benchmark_data(tasks)  # first: YAMLs naming a folder without the data are never written
     write_task_yamls()
     task_manager = TaskManager(include_path=str(TASKS_DIR))
     check_tasks(task_manager, tasks)
@@ -131,7 +133,7 @@ def run_lm_eval(
             task_manager=task_manager,
             apply_chat_template=apply_chat_template,
         )
-    except FileNotFoundError as err:  # the local tasks' BenchmarkDataMissing names the path and the variable
+    except FileNotFoundError as err:  # a data file gone since check_benchmark_data (datasets names its path)
         raise UsageError(str(err)) from err
 
 

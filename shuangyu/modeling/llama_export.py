@@ -66,6 +66,11 @@ def llama_incompatibilities(config: ShuangyuConfig) -> list[str]:
 def load_source_config(src: Path) -> ShuangyuConfig:
     """SRC's config, after checking that SRC is a Shuangyu folder."""
     config_file = src / "config.json"
+    if not config_file.is_file() and (src / "adapter_config.json").is_file():
+        raise UsageError(
+            f"{src} is a LoRA adapter: merge it into a model folder first "
+            f"(python -m shuangyu.training.merge_lora {src} MERGED) and export that"
+        )
     if not config_file.is_file():
         raise UsageError(f"{src}: no config.json there; pass a folder written by save_pretrained")
     try:

@@ -481,6 +481,18 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes into auto_map only the saved class's own Auto class; a folder that carries its code
+        # also names the bare model for AutoModel, as stock custom-code models do, so that
+        # AutoModel.from_pretrained(folder, trust_remote_code=True) works where this package is not imported
+        if self._auto_class is not None:
+            base = type(self.model)
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{base.__module__.rsplit('.', 1)[-1]}.{base.__name__}",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _head_weight(self) -> torch.Tensor:
         """The output head's weight for the chunked loss; under tensor parallelism (a DTensor sharded over the
         vocabulary) all of it, gathered, so the loss runs on plain tensors (gradients flow back to the shards)."""

@@ -30,6 +30,7 @@ from shuangyu.report.samples import generate_samples
 from shuangyu.sharing.card import markdown_table, read_section, write_card
 from shuangyu.sharing.folder import is_chat_folder
 from shuangyu.training.checkpoint import complete_checkpoints
+from shuangyu.training.run_log import LOG_NAME
 
 PROG = "python -m shuangyu.report"
 REPO = Path(__file__).resolve().parents[2]
@@ -163,16 +164,34 @@ def talk_section(folder: Path, chat_folder: Path | None) -> str:
     return "\n".join(lines)
 
 
-def summary_line(rows: list[dict], seconds: float) -> str:
+def summary_line(rows: list[dict] | None, seconds: float) -> str:
+    if rows is None:
+        return (
+            "The training log (train_log.jsonl) is missing from this folder, so how many steps the run trained, "
+            "for how long and at what loss is not known here (the recipe below is what it was set to do); "
+            "copy the log from the machine that trained it and rebuild this report."
+        )
+    if not rows:
+        return "No training step logged yet."
     last = next((row for row in reversed(rows) if any(k.endswith("/bits_per_byte") for k in row)), None)
-    tokens = rows[-1].get("train/tokens") if rows else None
-    text = f"Trained {rows[-1]['step'] if rows else 0} steps"
+    tokens = rows[-1].get("train/tokens")
+    text = f"Trained {rows[-1]['step']} steps"
     text += f", {tokens:,} tokens" if tokens else ""
     text += f" in {seconds / 60:.1f} min"
     if last:
         bpb = ", ".join(f"{lang} {last[f'eval/{lang}/bits_per_byte']:.3f}" for lang in languages([last]))
         text += f"; held-out bits per byte at step {last['step']}: {bpb}"
     return text + "."
+
+
+def training_time_line(rows: list[dict] | None, seconds: float) -> str:
+    if rows is None:
+        return "Training time: not known (no train_log.jsonl)."
+    return f"Training time: {seconds / 60:.1f} min ({seconds:.0f} s) over {len(rows)} logged steps."
+
+
+def curves_missing(rows: list[dict] | None) -> str:
+    return "No training log (train_log.jsonl) to draw them from." if rows is None else "No training loss logged yet."
 
 
 def build_report(
@@ -189,10 +208,13 @@ def build_report(
         raise UsageError(f"{run_dir}: no such run folder")
     folder = model_folder(run_dir)
     chat_folder = model_folder(chat_run) if chat_run else None
-    rows = read_log(run_dir)
-    seconds = training_time(rows)
-    langs = languages(rows) or ["zh", "en"]
-    png = plot_curves(rows, run_dir / "loss.png", f"{run_dir.resolve().name}: {summary_line(rows, seconds)[:-1]}")
+    rows, cut_off = read_log(run_dir)
+    if cut_off:  # a run killed while it wrote, or a folder copied while it trained
+        print(f"{PROG}: note: {run_dir / LOG_NAME}: its last line is cut off; left out", file=sys.stderr)
+    seconds = training_time(rows or [])
+    langs = languages(rows or []) or ["zh", "en"]
+    title = f"{run_dir.resolve().name}: {summary_line(rows, seconds)[:-1]}"
+    png = plot_curves(rows, run_dir / "loss.png", title) if rows else None
     card = (folder / "README.md").read_text(encoding="utf-8") if (folder / "README.md").is_file() else ""
     parts = [
         f"# Report: {run_dir.resolve().name}",
@@ -200,8 +222,8 @@ def build_report(
         environment_section(run_dir),
         tokenizer_section(folder, corpus, references, langs),
         (read_section(card, "training") or "## Training\n\nThe model card has no training section.").strip(),
-        f"Training time: {seconds / 60:.1f} min ({seconds:.0f} s) over {len(rows)} logged steps.",
-        "## Loss curves\n\n![loss curves](loss.png)" if png else "## Loss curves\n\nNo training loss logged yet.",
+        training_time_line(rows, seconds),
+        "## Loss curves\n\n" + ("![loss curves](loss.png)" if png else curves_missing(rows)),
         eval_section(folder),
     ]
     if samples:
@@ -238,5 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     print(report.read_text(encoding="utf-8"))
-    print(f"wrote {report} and {report.parent / 'loss.png'}", file=sys.stderr)
+    drawn = "](loss.png)" in report.read_text(encoding="utf-8")  # the report links the PNG only when it drew one
+    print(f"wrote {report}" + (f" and {report.parent / 'loss.png'}" if drawn else ""), file=sys.stderr)
     return 0

@@ -3,18 +3,20 @@ held-out bits per byte per language (right), from OUTPUT_DIR/train_log.jsonl."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from shuangyu.training.run_log import LOG_NAME, read_train_log
 
-def read_log(run_dir: Path) -> list[dict]:
-    """The log's rows in step order; a resumed run rewrote the rows past its checkpoint, so steps are unique."""
-    path = run_dir / "train_log.jsonl"
+
+def read_log(run_dir: Path) -> tuple[list[dict] | None, bool]:
+    """The log's rows in step order (None when the run folder has no log), and whether its last line was cut off
+    and left out; a resumed run rewrote the rows past its checkpoint, so steps are unique."""
+    path = run_dir / LOG_NAME
     if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return sorted(rows, key=lambda row: row["step"])
+        return None, False
+    rows, cut_off = read_train_log(path)
+    return sorted(rows, key=lambda row: row["step"]), cut_off
 
 
 def languages(rows: list[dict]) -> list[str]:

@@ -7,18 +7,46 @@ import json
 from pathlib import Path
 
 from shuangyu.environment import describe_environment
+from shuangyu.errors import UsageError
 from shuangyu.files import atomic_write_text
 
+LOG_NAME = "train_log.jsonl"
 
-def write_run_args(out: Path, arguments: dict, resumed_step: int) -> None:
+
+def read_train_log(path: Path) -> tuple[list[dict], bool]:
+    """The rows of a train_log.jsonl in file order, and whether its last line was cut off: a run killed while it
+    wrote a row, or a folder copied while the run trained, ends mid-row (RunLog writes whole lines, so only the last
+    can be partial); that row is left out. Any other unreadable line is a UsageError naming the file and line."""
+    lines = Path(path).read_bytes().split(b"\n")  # bytes: a cut can fall inside a UTF-8 character
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for a cut character
+            if lineno == len(lines):  # no newline after it: the row was never finished
+                return rows, True
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({getattr(err, 'msg', 'not UTF-8')})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise UsageError(f"{path}:{lineno}: not a training log row (it has no step number)")
+        rows.append(row)
+    return rows, False
+
+
+def write_run_args(out: Path, arguments: dict, resumed_step: int) -> bool:
     """The run's arguments, next to its log; on a resume, log lines past the checkpoint are dropped
-    (those steps are about to be trained again)."""
+    (those steps are about to be trained again), and so is a last line the stopped run left half written, which
+    the new rows would otherwise be appended to. Returns whether there was such a line."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "run_args.json", json.dumps(arguments, indent=2, ensure_ascii=False) + "\n")
-    log = out / "train_log.jsonl"
-    if log.is_file():
-        lines = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
-        atomic_write_text(log, "".join(line + "\n" for line in lines))
+    log = out / LOG_NAME
+    if not log.is_file():
+        return False
+    rows, cut_off = read_train_log(log)
+    kept = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows if row["step"] <= resumed_step]
+    atomic_write_text(log, "".join(kept))
+    return cut_off
 
 
 def write_environment(out: Path, processes: int, mixed_precision: str) -> None:
@@ -33,7 +61,7 @@ class RunLog:
 
     def __init__(self, accelerator, out: Path):
         self.accelerator = accelerator
-        self.file = open(out / "train_log.jsonl", "a", encoding="utf-8") if accelerator.is_main_process else None
+        self.file = open(out / LOG_NAME, "a", encoding="utf-8") if accelerator.is_main_process else None
 
     def __call__(self, step: int, logs: dict) -> None:
         self.accelerator.log(logs, step=step)

@@ -173,7 +173,10 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
                 raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}") from None
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if accelerator.is_main_process:
-        write_run_args(out, config.as_dict(), state.step)
+        if write_run_args(out, config.as_dict(), state.step):
+            accelerator.print(
+                f"note: {out / 'train_log.jsonl'}: its last line was cut off when the run stopped; left out"
+            )
         write_environment(out, accelerator.num_processes, accelerator.mixed_precision)
         accelerator.init_trackers(
             "shuangyu", config={k: str(v) for group in config.as_dict().values() for k, v in group.items()}

@@ -220,11 +220,22 @@ def training_section(training: dict) -> str:
         lines.insert(2, f"Preference-tuned (DPO) from the chat model `{training.get('base_model')}`.")
         lines.insert(3, "")
     if sources and "pairs" in sources[0]:
-        lines += ["| source | files or dataset | preference pairs |", "|---|---|---|"]
+        lines += [
+            "| source | files or dataset | preference pairs | left out | cut short | used |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in sources:
             where = s.get("dataset") or ", ".join(f"`{f}`" for f in s.get("files", [])) or "?"
-            lines.append(f"| {s['name']} | {where} | {_value(s['pairs'])} |")
-        lines.append("")
+            counts = " | ".join(_value(s.get(key, "-")) for key in ("pairs", "left_out", "cut", "used"))
+            lines.append(f"| {s['name']} | {where} | {counts} |")
+        length = _value((training.get("recipe") or {}).get("max_length", "?"))
+        lines += [
+            "",
+            f"Fitted to the max length of {length} tokens by TRL: a pair whose prompt alone is that long is left out, "
+            "a longer one is cut short (the end of its replies is lost)."
+            + (" The held-out pairs give the eval loss only." if any(s.get("held_out") for s in sources) else ""),
+            "",
+        ]
     elif sources and "conversations" in sources[0]:
         lines += [
             "| source | files or dataset | conversations | truncated | skipped | trained tokens |",

@@ -161,6 +161,7 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     assert generation["eos_token_id"] == [0, 3] and generation["do_sample"] is True
     card = (final / "README.md").read_text()
     assert "DPO" in card and "instruction-tuned" in card and str(tiny_chat_model_dir) in card
+    assert "preference-tuned (DPO) on the pairs listed above" in card and "conversations listed" not in card
     # the pairs TRL leaves out or cuts at --max_length 128: told in one line, and the card counts what was used
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -179,6 +180,30 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     assert f"| held out | `preference_val.jsonl` | 52 | {left_out} | {cut} | {used} |" in card
     assert f"done: DPO on {used} of 52 preference pairs" in proc.stdout
     AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+
+
+@pytest.mark.slow
+def test_a_dpo_adapter_merges_into_a_dpo_model(tiny_chat_model_dir, sft_data_dir, tmp_path):
+    """--lora_r: the adapter's card and the merged model's say DPO on the pairs they list, not SFT."""
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "p.jsonl")
+    adapter = tmp_path / "dpo" / "final"
+    proc = run_dpo([
+        "--config", str(REPO / "configs/dpo-tiny-cpu.yaml"), "--model_name_or_path", str(tiny_chat_model_dir),
+        "--output_dir", str(tmp_path / "dpo"), "--train_files", str(pairs), "--validation_files", str(pairs),
+        "--max_steps", "1", "--per_device_train_batch_size", "2", "--eval_steps", "1", "--save_steps", "1",
+        "--lora_r", "8",
+    ])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = tmp_path / "merged"
+    proc = run_dpo([str(adapter), str(merged)], module="shuangyu.training.merge_lora")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cards = [(folder / "README.md").read_text() for folder in (adapter, merged)]
+    assert "preference-tuned (DPO) on the pairs listed below" in cards[0]
+    assert "preference-tuned with Shuangyu by DPO on the pairs listed below" in cards[1]
+    for card in cards:
+        assert "Preference-tuned (DPO) from the chat model" in card and "| preference | `p.jsonl` | 8 |" in card
+        assert "preference-tuned (DPO) on the pairs listed above" in card and "- dpo\n" in card
+        assert "conversations" not in card and "supervised" not in card, card
 
 
 def test_a_shuangyu_checkpoint_trains_under_trl_sft_trainer(tiny_base_model_dir, sft_data_dir, tmp_path):

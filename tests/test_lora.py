@@ -101,6 +101,55 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     assert merge_main([str(tmp_path), str(tmp_path / "x")]) == 2  # not an adapter folder
 
 
+RECORDS = {  # what each kind of run records for its card (the sources' shape tells the table apart)
+    "sft": [{"name": "zh", "files": ["zh.jsonl"], "conversations": 60, "truncated": 0, "skipped": 0,
+             "trained_tokens": 900}],
+    "dpo": [{"name": "preference", "files": ["p.jsonl"], "pairs": 9, "left_out": 2, "cut": 3, "used": 7}],
+    "fine-tuning": [{"name": "zh", "files": ["zh.jsonl"], "weight": 1.0, "docs_taken": 5, "tokens_taken": 800,
+                     "passes": 1}],
+}  # fmt: skip
+SAYS = {  # (the adapter's card, the merged model's card, the limitations of both)
+    "sft": ("instruction-tuned (SFT) on the conversations listed below",
+            "instruction-tuned with Shuangyu by supervised fine-tuning on the conversations listed below",
+            "instruction-tuned on the conversations listed above"),
+    "dpo": ("preference-tuned (DPO) on the pairs listed below",
+            "preference-tuned with Shuangyu by DPO on the pairs listed below",
+            "preference-tuned (DPO) on the pairs listed above"),
+    "fine-tuning": ("trained on the data listed below", "base language model", "trained further on the data listed"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "fine-tuning"])
+def test_the_merged_card_keeps_the_adapters_stage(stage, base, tiny_base_model_dir, tmp_path):
+    """A merged DPO adapter is a DPO model, a merged SFT one an SFT model; each card says what it lists."""
+    from transformers import AutoTokenizer
+
+    from shuangyu.sharing.card import card_stage, write_card
+
+    model = apply_lora(base, LoraArguments(lora_r=4), say=lambda _: None)
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_base_model_dir).save_pretrained(adapter)
+    training = {"stage": stage, "base_model": str(tiny_base_model_dir), "sources": RECORDS[stage]}
+    write_card(adapter, name="adapter", training=training)
+    assert merge_main([str(adapter), str(tmp_path / "merged")]) == 0
+    cards = [(folder / "README.md").read_text() for folder in (adapter, tmp_path / "merged")]
+    for card, opening in zip(cards, SAYS[stage][:2], strict=True):
+        assert opening in card and SAYS[stage][2] in card, card
+        assert "pretrained from scratch" not in card and "and nothing else" not in card
+        if stage != "sft":
+            assert "conversations listed" not in card and "supervised" not in card
+        if stage != "dpo":
+            assert "pairs listed" not in card and "DPO" not in card
+    assert f"trained further from `{tiny_base_model_dir}`" in cards[1] or stage != "fine-tuning"
+    assert cards[1].count("| preference | `p.jsonl` | 9 | 2 | 3 | 7 |") == (stage == "dpo")  # the adapter's record
+    assert card_stage(tmp_path / "merged") == stage
+    if stage == "dpo":  # a card written before the stage was a tag: its training section says DPO
+        old = (adapter / "README.md").read_text().replace("- dpo\n", "")
+        (adapter / "README.md").write_text(old)
+        assert "- dpo\n" not in old and card_stage(adapter) == "dpo"
+
+
 def test_lora_is_refused_under_deepspeed():
     from types import SimpleNamespace
 

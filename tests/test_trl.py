@@ -22,6 +22,23 @@ def first_rows(path: Path, n: int, out: Path) -> Path:
     return out
 
 
+def overlong(tok, pairs: list[dict], max_length: int) -> tuple[int, int]:
+    """(pairs whose prompt alone is max_length tokens or more, pairs with a reply that goes past it), measured on
+    Shuangyu's own encoding of the template (what TRL tokenizes, test_dpo_sees_the_template_control_ids)."""
+    from shuangyu.tokenizer.chat_template import encode_chat
+
+    prompt = [len(encode_chat(tok, p["prompt"], add_generation_prompt=True)[0]) for p in pairs]
+    whole = [max(len(encode_chat(tok, p["prompt"] + p[k])[0]) for k in ("chosen", "rejected")) for p in pairs]
+    return sum(n >= max_length for n in prompt), sum(n < max_length < w for n, w in zip(prompt, whole, strict=True))
+
+
+def run_dpo(args: list[str], module: str = "shuangyu.training.dpo") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_chat_model_dir(tiny_base_model_dir, tmp_path_factory) -> Path:
     """The tiny base model saved as a chat folder, as an SFT run would (template, stops at <|im_end|>)."""
@@ -64,6 +81,39 @@ def test_dpo_sees_the_template_control_ids(tiny_chat_model_dir, sft_data_dir, tm
     assert row["prompt_ids"] == encode_chat(tok, pairs[0]["prompt"], add_generation_prompt=True)[0]
 
 
+def test_dpo_counts_the_pairs_trl_leaves_out_or_cuts(tiny_chat_model_dir, sft_data_dir, tmp_path, capsys):
+    """Real pairs, some longer than max_length: TRL drops a pair whose prompt alone fills it and cuts the reply of a
+    longer one; the counts (and the one line telling them) are those, measured here on our own encoding."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from shuangyu.training.dpo import check_fits, fitted_pairs, read_pairs
+
+    pairs = read_pairs([str(first_rows(sft_data_dir / "preference.jsonl", 24, tmp_path / "p.jsonl"))], "--x")
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    max_length = 160
+    left_out, cut = overlong(tok, pairs, max_length)
+    assert 0 < left_out < len(pairs) and cut > 0  # the data has both kinds at this length
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, trust_remote_code=True)
+    config = DPOConfig(
+        output_dir=str(tmp_path / "out"), report_to="none", bf16=False, activation_checkpointing=False,
+        trust_remote_code=True, max_length=max_length,
+    )  # fmt: skip
+    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tok)
+    fit = fitted_pairs(len(pairs), trainer.train_dataset, max_length)
+    assert fit == {"pairs": 24, "left_out": left_out, "cut": cut, "used": 24 - left_out}
+    capsys.readouterr()  # the libraries' progress bars
+    check_fits({"train": fit}, max_length, 256, tell=True)
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and f"--max_length {max_length}: {left_out} of 24 training pairs are left out" in note
+    assert f"{cut} of 24 training pairs are cut" in note and "raise --max_length (the model's context is 256)" in note
+    check_fits({"train": {**fit, "left_out": 0, "cut": 0}}, max_length, 256, tell=True)
+    assert capsys.readouterr().err == ""  # nothing to tell
+    with pytest.raises(UsageError, match="--validation_files: every pair's prompt is --max_length 8 tokens or longer"):
+        check_fits({"train": fit, "validation": {"pairs": 3, "left_out": 3, "cut": 0, "used": 0}}, 8, 8, tell=True)
+
+
 def test_preference_text_spelling_a_control_token_is_refused(tmp_path):
     from shuangyu.training.dpo import read_pairs
 
@@ -98,11 +148,7 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
         "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--max_length", "128",
         "--learning_rate", "1e-3",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "shuangyu.training.dpo", *args], env=env, capture_output=True, text=True, cwd=REPO,
-        timeout=600,
-    )  # fmt: skip
+    proc = run_dpo(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for noise in ("Warning", "custom code", "instantiate a model of type", "\r"):  # nothing a user cannot act on,
         assert noise not in proc.stdout + proc.stderr, proc.stderr[-3000:]  # and no progress bars in a log
@@ -115,9 +161,49 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     assert generation["eos_token_id"] == [0, 3] and generation["do_sample"] is True
     card = (final / "README.md").read_text()
     assert "DPO" in card and "instruction-tuned" in card and str(tiny_chat_model_dir) in card
-    from transformers import AutoModelForCausalLM
+    assert "preference-tuned (DPO) on the pairs listed above" in card and "conversations listed" not in card
+    # the pairs TRL leaves out or cuts at --max_length 128: told in one line, and the card counts what was used
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from shuangyu.training.dpo import read_pairs
+
+    left_out, cut = overlong(AutoTokenizer.from_pretrained(tiny_chat_model_dir), read_pairs([str(pairs)], "--x"), 128)
+    assert left_out and cut, (left_out, cut)
+    note = [line for line in proc.stderr.splitlines() if "--max_length 128:" in line]
+    assert (
+        len(note) == 1
+        and f"{left_out} of 52 training pairs and {left_out} of 52 held-out pairs are left out" in note[0]
+    )
+    assert f"{cut} of 52 training pairs and {cut} of 52 held-out pairs are cut" in note[0]
+    used = 52 - left_out
+    assert f"| preference | `preference_val.jsonl` | 52 | {left_out} | {cut} | {used} |" in card
+    assert f"| held out | `preference_val.jsonl` | 52 | {left_out} | {cut} | {used} |" in card
+    assert f"done: DPO on {used} of 52 preference pairs" in proc.stdout
     AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
+
+
+@pytest.mark.slow
+def test_a_dpo_adapter_merges_into_a_dpo_model(tiny_chat_model_dir, sft_data_dir, tmp_path):
+    """--lora_r: the adapter's card and the merged model's say DPO on the pairs they list, not SFT."""
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "p.jsonl")
+    adapter = tmp_path / "dpo" / "final"
+    proc = run_dpo([
+        "--config", str(REPO / "configs/dpo-tiny-cpu.yaml"), "--model_name_or_path", str(tiny_chat_model_dir),
+        "--output_dir", str(tmp_path / "dpo"), "--train_files", str(pairs), "--validation_files", str(pairs),
+        "--max_steps", "1", "--per_device_train_batch_size", "2", "--eval_steps", "1", "--save_steps", "1",
+        "--lora_r", "8",
+    ])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = tmp_path / "merged"
+    proc = run_dpo([str(adapter), str(merged)], module="shuangyu.training.merge_lora")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cards = [(folder / "README.md").read_text() for folder in (adapter, merged)]
+    assert "preference-tuned (DPO) on the pairs listed below" in cards[0]
+    assert "preference-tuned with Shuangyu by DPO on the pairs listed below" in cards[1]
+    for card in cards:
+        assert "Preference-tuned (DPO) from the chat model" in card and "| preference | `p.jsonl` | 8 |" in card
+        assert "preference-tuned (DPO) on the pairs listed above" in card and "- dpo\n" in card
+        assert "conversations" not in card and "supervised" not in card, card
 
 
 def test_a_shuangyu_checkpoint_trains_under_trl_sft_trainer(tiny_base_model_dir, sft_data_dir, tmp_path):

@@ -24,6 +24,15 @@ from safetensors import safe_open
 from shuangyu.files import atomic_write_text
 
 SECTIONS = ("usage", "training", "curves", "evaluation")
+# What an adapter's training did, per stage, as its card's first paragraph says it
+ADAPTER_TRAINING = {
+    "pretraining": "trained on the data listed below",
+    "fine-tuning": "trained on the data listed below",
+    "sft": "instruction-tuned (SFT) on the conversations listed below",
+    "dpo": "preference-tuned (DPO) on the pairs listed below",
+}
+# The stages that make a chat model; a chat card carries its stage as a tag too, so merge_lora can keep it
+CHAT_STAGES = ("sft", "dpo")
 TAGS = ["shuangyu", "causal-lm", "pretrained", "bilingual", "chinese", "english"]
 DEFAULT_LANGUAGES = ["zh", "en"]
 
@@ -95,14 +104,13 @@ def describe(config: dict, parameters: int | None, training: dict | None = None)
     base = (training or {}).get("base_model")
     adapter = config.get("adapter")
     if adapter:
+        trained = ADAPTER_TRAINING.get(stage, "fine-tuned")
         return (
             f"A LoRA adapter (rank {adapter.get('r')}, {human_count(parameters) if parameters else '?'} parameters) "
-            f"for the Shuangyu model `{adapter.get('base_model_name_or_path')}`, "
-            + ("instruction-tuned (SFT) on the conversations listed below." if stage == "sft" else "fine-tuned.")
-            + " Load it with PEFT on top of that model, or merge it into a full model folder "
-            "(`python -m shuangyu.training.merge_lora`)."
+            f"for the Shuangyu model `{adapter.get('base_model_name_or_path')}`, {trained}. Load it with PEFT on top "
+            "of that model, or merge it into a full model folder (`python -m shuangyu.training.merge_lora`)."
         )
-    if stage in ("sft", "dpo"):
+    if stage in CHAT_STAGES:
         if stage == "sft":
             how = f"instruction-tuned with Shuangyu by supervised fine-tuning on the conversations listed below, from `{base}`"
         else:
@@ -112,10 +120,14 @@ def describe(config: dict, parameters: int | None, training: dict | None = None)
             "base model: it answers in the ChatML chat format (its tokenizer carries the template) and stops at "
             "`<|im_end|>`."
         )
+    how = (
+        f"trained further from `{base}` with Shuangyu"
+        if stage == "fine-tuning"
+        else "pretrained from scratch with Shuangyu"
+    )
     return (
-        f"A {size}Chinese-English base language model (`{config.get('model_type', '?')}`: {shape}), pretrained "
-        "from scratch with Shuangyu. It is a base model: it continues text, and has not been instruction-tuned "
-        "or aligned."
+        f"A {size}Chinese-English base language model (`{config.get('model_type', '?')}`: {shape}), {how}. It is a "
+        "base model: it continues text, and has not been instruction-tuned or aligned."
     )
 
 
@@ -220,11 +232,22 @@ def training_section(training: dict) -> str:
         lines.insert(2, f"Preference-tuned (DPO) from the chat model `{training.get('base_model')}`.")
         lines.insert(3, "")
     if sources and "pairs" in sources[0]:
-        lines += ["| source | files or dataset | preference pairs |", "|---|---|---|"]
+        lines += [
+            "| source | files or dataset | preference pairs | left out | cut short | used |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in sources:
             where = s.get("dataset") or ", ".join(f"`{f}`" for f in s.get("files", [])) or "?"
-            lines.append(f"| {s['name']} | {where} | {_value(s['pairs'])} |")
-        lines.append("")
+            counts = " | ".join(_value(s.get(key, "-")) for key in ("pairs", "left_out", "cut", "used"))
+            lines.append(f"| {s['name']} | {where} | {counts} |")
+        length = _value((training.get("recipe") or {}).get("max_length", "?"))
+        lines += [
+            "",
+            f"Fitted to the max length of {length} tokens by TRL: a pair whose prompt alone is that long is left out, "
+            "a longer one is cut short (the end of its replies is lost)."
+            + (" The held-out pairs give the eval loss only." if any(s.get("held_out") for s in sources) else ""),
+            "",
+        ]
     elif sources and "conversations" in sources[0]:
         lines += [
             "| source | files or dataset | conversations | truncated | skipped | trained tokens |",
@@ -375,6 +398,18 @@ def _languages(training: dict) -> list[str]:
     return codes or DEFAULT_LANGUAGES
 
 
+def card_stage(folder: Path) -> str:
+    """The training stage FOLDER's card records (its tags): "sft", "dpo", or "fine-tuning" for any other. A card
+    written before the stage was a tag says DPO only in its training section."""
+    path = Path(folder) / "README.md"
+    card = ModelCard(path.read_text(encoding="utf-8")) if path.is_file() else None
+    tags = (card.data.tags or []) if card else []
+    stage = next((t for t in tags if t in CHAT_STAGES), None)
+    if stage is None and "conversational" in tags:
+        stage = "dpo" if "Preference-tuned (DPO)" in (read_section(card.text, "training") or "") else "sft"
+    return stage or "fine-tuning"
+
+
 def read_folder_config(folder: Path) -> dict:
     """config.json; for a LoRA adapter folder (adapter_config.json, no config.json), {"adapter": its config}."""
     path = folder / "config.json"
@@ -386,10 +421,10 @@ def read_folder_config(folder: Path) -> dict:
 def new_card(folder: Path, config: dict, name: str, training: dict | None = None) -> ModelCard:
     remote_code = "auto_map" in config
     stage = (training or {}).get("stage", "pretraining")
-    chat = stage in ("sft", "dpo")
+    chat = stage in CHAT_STAGES
     adapter = "adapter" in config
     tags = [t for t in TAGS if not (chat and t == "pretrained")]
-    tags += (["instruction-tuned", "conversational"] if chat else []) + (["lora", "peft"] if adapter else [])
+    tags += (["instruction-tuned", "conversational", stage] if chat else []) + (["lora", "peft"] if adapter else [])
     data = ModelCardData(
         language=DEFAULT_LANGUAGES,
         license="apache-2.0",
@@ -398,16 +433,20 @@ def new_card(folder: Path, config: dict, name: str, training: dict | None = None
         tags=tags + (["custom_code"] if remote_code else []),
     )
     if chat:
+        what = {"sft": "instruction-tuned on the conversations", "dpo": "preference-tuned (DPO) on the pairs"}[stage]
         limitations = (
-            "A small model instruction-tuned on the conversations listed above: it follows the chat format but makes "
-            "up facts, repeats itself, and reflects the biases of its training text. It has had no safety training; "
-            "use it for research and teaching."
+            f"A small model {what} listed above: it follows the chat format but makes up facts, repeats itself, and "
+            "reflects the biases of its training text. It has had no safety training; use it for research and "
+            "teaching."
         )
     else:
+        what = "pretrained on the data listed above and nothing else"
+        if stage == "fine-tuning":
+            what = f"trained further on the data listed above from `{(training or {}).get('base_model')}`"
         limitations = (
-            "A small model pretrained on the data listed above and nothing else: it makes up "
-            "facts, repeats itself, and reflects the biases of its training text. It has had no instruction "
-            "tuning or safety training; use it for research and as a starting point for fine-tuning."
+            f"A small model {what}: it makes up facts, repeats itself, and reflects the biases of its training "
+            "text. It has had no instruction tuning or safety training; use it for research and as a starting point "
+            "for fine-tuning."
         )
     body = "\n\n".join(
         [

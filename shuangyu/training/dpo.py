@@ -9,7 +9,8 @@ Data: JSON lines (or .json / .parquet) in TRL's conversational preference format
 with a user turn], "chosen": [one assistant message], "rejected": [one assistant message]}` (strings are taken
 as one message), checked row by row (shuangyu.text.conversations.read_preference), or a Hub dataset
 (`--dataset_name`). Every flag of TRL's `DPOConfig` (`--beta`, `--loss_type`, `--max_length`, `--learning_rate`,
-`--max_steps`, `--save_steps`, `--resume_from_checkpoint`, ...) is a flag here too; `--lora_r` trains a LoRA
+`--max_steps`, `--save_steps`, `--resume_from_checkpoint`, ...) is a flag here too (`--max_length` defaults to the
+model's context, and the pairs TRL leaves out or cuts for it are counted and told); `--lora_r` trains a LoRA
 adapter instead of the whole model (the reference is then the model without it). The optimizer is the Trainer's
 AdamW: Muon is train_clm.py's. OUTPUT_DIR/checkpoint-N are the Trainer's checkpoints (resume with
 `--resume_from_checkpoint OUTPUT_DIR/checkpoint-N`); OUTPUT_DIR/final is the model to share.
@@ -110,6 +111,7 @@ def parse_args(argv: list[str] | None):
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not sys.stderr.isatty(),
         report_to="none",
+        max_length=None,  # the model's context, once it is loaded (train_dpo): TRL's 1024 is no model's
     )
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, classes, PROG))
@@ -125,7 +127,7 @@ def parse_args(argv: list[str] | None):
     return groups
 
 
-def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
+def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> tuple[Path, dict]:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
@@ -133,6 +135,11 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
     if not args.model_name_or_path:
         raise UsageError("give --model_name_or_path (an SFT run's final/ folder)")
     folder = Path(args.model_name_or_path)
+    if config.truncation_mode != "keep_start":  # the counts below, the note and the card are keep_start's
+        raise UsageError(
+            f"--truncation_mode {config.truncation_mode} is deprecated in TRL and cuts the start of the chat (its "
+            "system message); leave it at keep_start and raise --max_length instead"
+        )
     if "adapter" in check_model_folder(folder):
         raise UsageError(
             f"--model_name_or_path {folder} is a LoRA adapter: merge it first (shuangyu.training.merge_lora)"
@@ -147,9 +154,10 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
     config.trust_remote_code = True  # TRL loads the reference model from the folder too: its code is ours
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
     context = model.config.max_position_embeddings
-    if config.max_length is None or config.max_length > context:
+    if config.max_length is not None and config.max_length > context:
         print(f"{PROG}: note: --max_length {config.max_length} -> {context} (the model's context)", file=sys.stderr)
-        config.max_length = context
+    # every pair the model can see whole by default; a lower --max_length saves memory and is told what it costs
+    config.max_length = min(config.max_length or context, context)
     peft_config = lora_config(model, lora) if lora.lora_r else None
     trainer = DPOTrainer(
         model=model,
@@ -159,16 +167,51 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> Path:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    fits = {"train": fitted_pairs(len(train), trainer.train_dataset, config.max_length)}
+    if validation:
+        fits["validation"] = fitted_pairs(len(validation), trainer.eval_dataset, config.max_length)
+    check_fits(fits, config.max_length, context, trainer.is_world_process_zero())
     with reading_the_old_checkpointing_name():  # TRL reads it at every step
         trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     final = Path(config.output_dir) / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
-        finish_folder(final, trainer.model, tokenizer, args, lora, config, len(train))
-    return final
+        finish_folder(final, trainer.model, tokenizer, args, lora, config, fits)
+    return final, fits["train"]
 
 
-def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, config, pairs: int) -> None:
+def fitted_pairs(given: int, prepared, max_length: int) -> dict:
+    """How TRL's DPOTrainer (1.16) fits `given` pairs into max_length, counted on its prepared dataset (prompt_ids,
+    chosen_ids, rejected_ids): a pair whose prompt alone fills max_length is dropped there (no reply token would
+    be left), and prompt + reply longer than max_length is cut when batched, losing the end of the reply."""
+    rows = prepared.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+    cut = sum(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > max_length for r in rows)
+    return {"pairs": given, "left_out": given - len(rows), "cut": cut, "used": len(rows)}
+
+
+def check_fits(fits: dict, max_length: int, context: int, tell: bool) -> None:
+    """Refuse data of which nothing is left; else tell in one line what TRL leaves out or cuts (its own notice is a
+    progress bar, hidden off a terminal)."""
+    fix = (
+        f"raise --max_length (the model's context is {context})"
+        if max_length < context
+        else "that is the model's context: shorten those pairs to train on them whole"
+    )
+    for split, flag in (("train", "--train_files"), ("validation", "--validation_files")):
+        if split in fits and not fits[split]["used"]:
+            raise UsageError(f"{flag}: every pair's prompt is --max_length {max_length} tokens or longer; {fix}")
+    named = [(fits[s], name) for s, name in (("train", "training"), ("validation", "held-out")) if s in fits]
+
+    def counted(key: str) -> str:
+        return " and ".join(f"{f[key]:,} of {f['pairs']:,} {name} pairs" for f, name in named if f[key])
+
+    parts = [f"{counted('left_out')} are left out (the prompt alone is that long)"] if counted("left_out") else []
+    parts += [f"{counted('cut')} are cut to that length (the end of a reply is lost)"] if counted("cut") else []
+    if parts and tell:
+        print(f"{PROG}: note: --max_length {max_length}: {'; '.join(parts)}; {fix}", file=sys.stderr, flush=True)
+
+
+def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, config, fits: dict) -> None:
     """The saved model as a Shuangyu chat folder: tokenizer with the template, stop at <|im_end|>, our card."""
     tokenizer.save_pretrained(final)
     if not lora.lora_r:
@@ -176,7 +219,10 @@ def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, confi
         model.generation_config.save_pretrained(final)
     (final / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
     files = [Path(f).name for f in args.train_files]
-    sources = [{"name": "preference", "files": files, "dataset": args.dataset_name, "pairs": pairs}]
+    sources = [{"name": "preference", "files": files, "dataset": args.dataset_name, **fits["train"]}]
+    if "validation" in fits:
+        files = [Path(f).name for f in args.validation_files]
+        sources.append({"name": "held out", "files": files, "dataset": None, "held_out": True, **fits["validation"]})
     training = {
         "stage": "dpo",
         "base_model": args.model_name_or_path,
@@ -201,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     bars_only_on_a_terminal()
     try:
         args, lora, config = parse_args(argv)
-        final = train_dpo(args, lora, config)
+        final, fit = train_dpo(args, lora, config)
     except UsageError as err:
         return print_error(PROG, err)
-    print(f"done: model in {final}")
+    print(f"done: DPO on {fit['used']:,} of {fit['pairs']:,} preference pairs; model in {final}")
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_replaceable
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
-from shuangyu.sharing.card import copy_section, write_card
+from shuangyu.sharing.card import card_stage, copy_section, write_card
 from shuangyu.tokenizer.chat_template import chat_generation, chat_token_ids, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
 
@@ -62,12 +62,10 @@ def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite
     if chat_token_ids(tokenizer) and getattr(tokenizer, "chat_template", None):
         for_chat_model(tokenizer)
         chat_generation(merged.generation_config, tokenizer)
-    card = adapter_dir / "README.md"
     with atomic_folder(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        chat = card.is_file() and "conversational" in card.read_text(encoding="utf-8")
-        training = {"stage": "sft" if chat else "fine-tuning", "base_model": base}
+        training = {"stage": card_stage(adapter_dir), "base_model": base}  # the adapter's: sft, dpo or fine-tuning
         write_card(tmp, name=out.resolve().name, training=training)
         copy_section(adapter_dir, tmp, "training")  # the adapter run's data and recipe
         write_card(tmp, load_path=str(out))

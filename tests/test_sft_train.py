@@ -217,6 +217,7 @@ def test_lora_run_saves_an_adapter_that_merges_to_the_same_logits(common, tmp_pa
     merged = tmp_path / "merged"
     proc = run([str(final), str(merged)], module="shuangyu.training.merge_lora", timeout=120)
     assert proc.returncode == 0 and "FutureWarning" not in proc.stderr, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr  # not a terminal: no progress bars (transformers' loading and writing ones)
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 

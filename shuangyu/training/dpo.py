@@ -159,14 +159,15 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> tuple[Path, di
     # every pair the model can see whole by default; a lower --max_length saves memory and is told what it costs
     config.max_length = min(config.max_length or context, context)
     peft_config = lora_config(model, lora) if lora.lora_r else None
-    trainer = DPOTrainer(
-        model=model,
-        args=config,
-        train_dataset=datasets.Dataset.from_list(train),
-        eval_dataset=datasets.Dataset.from_list(validation) if validation else None,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
+    with reading_the_old_checkpointing_name():  # PEFT reads it when it wraps the model for LoRA
+        trainer = DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=datasets.Dataset.from_list(train),
+            eval_dataset=datasets.Dataset.from_list(validation) if validation else None,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
     fits = {"train": fitted_pairs(len(train), trainer.train_dataset, config.max_length)}
     if validation:
         fits["validation"] = fitted_pairs(len(validation), trainer.eval_dataset, config.max_length)

@@ -18,6 +18,7 @@ from pathlib import Path
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_replaceable
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
+from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import card_stage, copy_section, write_card
 from shuangyu.tokenizer.chat_template import chat_generation, chat_token_ids, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     try:
         args = parser.parse_args(argv)
+        bars_only_on_a_terminal()
         out = merge(args.adapter, args.output, args.base_model, args.overwrite)
     except UsageError as err:
         return print_error(PROG, err)

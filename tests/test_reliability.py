@@ -198,7 +198,22 @@ def test_a_resume_drops_a_log_row_the_stopped_run_left_half_written(tmp_path):
         write_run_args(tmp_path, {}, resumed_step=3)
 
 
-def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(tmp_path, tiny_tokenizer_dir):
+def _disk_full_errors():
+    from safetensors import SafetensorError
+
+    return [
+        # torch's zip writer (accelerate's optimizer state)
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos: basic_ios::clear: iostream error"),
+        # safetensors (the model's weights): an Exception of its own, neither OSError nor RuntimeError
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ]
+
+
+@pytest.mark.parametrize("error_index", range(3))
+def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(
+    tmp_path, tiny_tokenizer_dir, monkeypatch, error_index
+):
     from accelerate import Accelerator
     from transformers import AutoTokenizer
 
@@ -210,22 +225,48 @@ def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(
     model = accelerator.prepare(ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=512)))
     card = {"name": "run"}
     ckpt.save_checkpoint(accelerator, tmp_path, 4, model, tokenizer, card=card, info={})
+    ckpt.publish_final(tmp_path)
+    error = _disk_full_errors()[error_index]
 
     def full_disk(*args, **kwargs):
-        raise RuntimeError(
-            "[enforce fail at inline_container.cc:664] . unexpected pos: basic_ios::clear: iostream error"
-        )
+        raise error
 
-    original = ckpt.save_model_folder
-    ckpt.save_model_folder = full_disk
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt, "save_model_folder", full_disk)
         with pytest.raises(UsageError, match="no space left on the device while saving .*step-00000008.*is intact"):
             ckpt.save_checkpoint(accelerator, tmp_path, 8, model, tokenizer, card=card, info={})
-    finally:
-        ckpt.save_model_folder = original
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
     assert ckpt.find_damage(tmp_path / "checkpoints" / "step-00000004") is None
-    assert isinstance(OSError(errno.ENOSPC, "No space left on device"), OSError)
+
+    # the final model's copy: the previous final/ stays whole, and nothing half-written is left beside it
+    before = sorted(p.name for p in (tmp_path / "final").iterdir())
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt.shutil, "copytree", full_disk)
+        with pytest.raises(UsageError, match=r"no space left on the device while writing .*final .*--resume_from"):
+            ckpt.publish_final(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "final"]
+
+
+def test_an_error_that_is_not_a_full_disk_is_not_called_one(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    from accelerate import Accelerator
+    from safetensors import SafetensorError
+    from transformers import AutoTokenizer
+
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+    from shuangyu.training import checkpoint as ckpt
+
+    accelerator = Accelerator(cpu=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = accelerator.prepare(ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=512)))
+
+    def broken(*args, **kwargs):
+        raise SafetensorError("Error while serializing: some other trouble")
+
+    monkeypatch.setattr(ckpt, "save_model_folder", broken)
+    with pytest.raises(SafetensorError, match="other trouble"):
+        ckpt.save_checkpoint(accelerator, tmp_path, 4, model, tokenizer, card={"name": "run"}, info={})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
 def test_a_second_run_into_the_same_folder_is_refused(flags, tmp_path):

@@ -185,7 +185,12 @@ class TrainArguments:
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per process per micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train."})
-    max_train_tokens: str | None = field(default=None, metadata={"help": "Or tokens to train on, e.g. 2.5B."})
+    max_train_tokens: str | None = field(
+        default=None,
+        metadata={
+            "help": "Or tokens to train on, e.g. 2.5B. Either one on the command line replaces the other in --config."
+        },
+    )
     seed: int = field(default=42)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
         default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 with loss scaling else, fp32 on CPU."}
@@ -301,10 +306,28 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     refuse_renamed(sys.argv[1:] if argv is None else argv)
     parser = refuse_in_one_line(HfArgumentParser(ARGUMENT_CLASSES, prog=prog))
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
-    if known.config:
-        parser.set_defaults(**load_yaml_config(known.config))
-    *groups, _ = parser.parse_args_into_dataclasses(args=argv)  # unknown flags: UsageError (refuse_in_one_line)
-    config = TrainConfig(*groups)
+    # the command line alone first: its own mistakes are its own, and it tells which flags the user typed
+    *typed, _ = parser.parse_args_into_dataclasses(args=argv)  # unknown flags: UsageError (refuse_in_one_line)
+    typed_train = typed[ARGUMENT_CLASSES.index(TrainArguments)]
+    if typed_train.max_steps and typed_train.max_train_tokens:
+        raise UsageError("give one of --max_steps / --max_train_tokens: both set how long to train")
+    if not known.config:
+        config = TrainConfig(*typed)
+    else:
+        values = load_yaml_config(known.config)
+        # how long to train is one setting: either flag on the command line replaces the config's other one
+        if typed_train.max_train_tokens:
+            values.pop("max_steps", None)
+        if typed_train.max_steps:
+            values.pop("max_train_tokens", None)
+        if values.get("max_steps") is not None and values.get("max_train_tokens") is not None:
+            raise UsageError(f"--config {known.config}: give one of max_steps / max_train_tokens, not both")
+        parser.set_defaults(**values)
+        try:
+            *groups, _ = parser.parse_args_into_dataclasses(args=argv)
+        except UsageError as err:  # argparse converts a YAML string as if typed: say where it came from
+            raise UsageError(f"{str(err).removesuffix(' (see --help)')} (from --config {known.config})") from None
+        config = TrainConfig(*groups)
     check_values(config, known.config)
     if config.model.tokenizer_name is None and config.model.model_name_or_path:
         config.model.tokenizer_name = config.model.model_name_or_path  # a model folder carries its tokenizer
@@ -389,6 +412,11 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
                 if too_low or too_high:
                     bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high else "")
                     raise UsageError(f"--{f.name} {value!r}{where}: must be {bound}")
+    if config.train.max_train_tokens is not None:
+        try:
+            parse_size(config.train.max_train_tokens, "--max_train_tokens")
+        except UsageError as err:
+            raise UsageError(str(err).replace(": ", f"{where}: ", 1)) from None
     check_streaming(config)
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows

@@ -283,6 +283,51 @@ def test_a_second_run_into_the_same_folder_is_refused(flags, tmp_path):
     assert "is in use by another run (pid" in line and not (out / "train_log.jsonl").exists()
 
 
+def test_a_run_stopped_in_its_set_up_leaves_no_folder_it_made(tmp_path):
+    from shuangyu.training.run_lock import RunLock
+
+    made = tmp_path / "new" / "run"
+    RunLock(made).abandon()
+    assert not made.exists() and (tmp_path / "new").is_dir()  # only the folder the lock made, not its parent
+    existed = tmp_path / "existed"
+    existed.mkdir()
+    RunLock(existed).abandon()
+    assert existed.is_dir() and list(existed.iterdir()) == []  # kept as it was: empty
+    busy = tmp_path / "busy"
+    lock = RunLock(busy)
+    (busy / "train_log.jsonl").write_text("{}\n")  # written by the run: not an empty folder any more
+    lock.abandon()
+    assert sorted(p.name for p in busy.iterdir()) == [".lock", "train_log.jsonl"]
+    kept = tmp_path / "kept"
+    RunLock(kept).release()  # an earlier run's lock file
+    RunLock(kept).abandon()
+    assert [p.name for p in kept.iterdir()] == [".lock"]
+
+
+def test_a_folder_of_other_files_is_no_output_dir_unless_told(tmp_path, tiny_tokenizer_dir):
+    import shutil
+
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    copy = tmp_path / "tokenizer-copy"
+    shutil.copytree(tiny_tokenizer_dir, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    base = ["--tokenizer_name", str(tiny_tokenizer_dir), "--max_steps", "2", "--output_dir", str(copy)]
+    for extra in ([], ["--resume_from_checkpoint", "latest"]):
+        with pytest.raises(UsageError, match=f"--output_dir {copy} holds files that are not a run's .*tokenizer"):
+            check_run(parse_args([*base, *extra]))
+    assert check_run(parse_args([*base, "--overwrite_output_dir"]))[0] == copy
+    assert sorted(p.name for p in copy.iterdir()) == before  # checked, nothing deleted
+    # a run's own files (a crashed first run, a report, the data cache) are not in the way
+    run = tmp_path / "run"
+    for folder in ("data", "shuangyu"):
+        (run / folder).mkdir(parents=True)
+    for file in (".lock", "train_log.jsonl", "run_args.json", "report.md"):
+        (run / file).write_text("")
+    assert check_run(parse_args([*base[:-1], str(run)]))[0] == run
+
+
 # ------------------------------------------------------------------------------------- through accelerate launch
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -451,6 +452,29 @@ def test_max_train_tokens_on_the_command_line_replaces_a_configs_max_steps(tmp_p
         with pytest.raises(UsageError, match=said):
             parse_args(argv)
     assert parse_args(["--config", str(both), "--max_train_tokens", "5K"]).train.max_train_tokens == "5K"
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        (
+            "max_steps: 6\nlr: [1, 2\n",
+            r":3:1: not valid YAML \(expected ',' or '\]'.* flow sequence that starts on line 2\)$",
+        ),
+        ("max_steps: 6\n  learning_rate: 1\n", r":2:16: not valid YAML \(mapping values are not allowed here\)$"),
+    ],
+)
+def test_a_config_that_is_not_yaml_is_named_with_its_line_in_one_line(tmp_path, text, said):
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError) as caught:
+        parse_args(["--config", str(cfg)])
+    message = str(caught.value)
+    assert message.startswith(f"--config {cfg}:") and "\n" not in message and "unicode string" not in message
+    assert re.search(said, message), message
 
 
 def test_a_yaml_value_of_the_wrong_type_names_the_config_file(tmp_path):

@@ -341,7 +341,7 @@ def load_yaml_config(path: str, classes=ARGUMENT_CLASSES, prog: str = "train_clm
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
     except yaml.YAMLError as err:
-        raise UsageError(f"--config {path}: not valid YAML ({err})") from None
+        raise UsageError(f"--config {yaml_error_line(path, err)}") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
     known = {f.name for cls in classes for f in fields(cls)}
@@ -350,6 +350,21 @@ def load_yaml_config(path: str, classes=ARGUMENT_CLASSES, prog: str = "train_clm
     if unknown:
         raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see {prog} --help)")
     return values
+
+
+def yaml_error_line(path: str, err: yaml.YAMLError) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML (what the parser expected)` in one line; PyYAML's own message is several, with
+    the text quoted under a caret and the file called "<unicode string>"."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML ({str(err).splitlines()[0]})"
+    problem = getattr(err, "problem", None) or "cannot be read"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and start.line != mark.line:
+        problem += f", {context} that starts on line {start.line + 1}"
+    elif context:
+        problem += f", {context}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML ({problem})"
 
 
 def total_steps(train_args: TrainArguments, tokens_per_step: int) -> int:

@@ -25,7 +25,8 @@ from pathlib import Path
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
-from shuangyu.training.arguments import load_yaml_config
+from shuangyu.training.arguments import ARGUMENT_CLASSES
+from shuangyu.training.config_file import load_yaml_config
 
 PROG = "python -m shuangyu.demo"
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def tokenizer_command(recipe: Recipe, output: Path, corpus: Path) -> list[str]:
     it packs more of it into each token (the CPU recipe's news and novels: 11% more bytes per token in Chinese,
     5% in English than one trained on the whole corpus; bench/RESULTS.md). The compression report still covers
     every held-out file."""
-    pretraining = load_yaml_config(recipe.pretrain_config)
+    pretraining = load_yaml_config(recipe.pretrain_config, ARGUMENT_CLASSES)
     exclude = ["--exclude", *pretraining["exclude"]] if pretraining.get("exclude") else []
     return [sys.executable, "tokenizer/train_bpe.py", "--files", *pretraining["train_files"], *exclude,
             "--validation_files", f"zh={corpus}/zh/*_val.jsonl", f"en={corpus}/en/*_val.jsonl",

@@ -229,6 +229,17 @@ def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path, capsys,
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("flags", [["--limit", "0"], ["--limit", "-3"], ["--batch_size", "0"]])
+def test_counts_below_their_least_are_refused_before_the_model_loads(flags, tmp_path, capsys, monkeypatch):
+    from shuangyu.evaluation import run
+
+    monkeypatch.setattr(run, "check_model_folder", lambda path: pytest.fail("the checkpoint was read"))
+    assert run.main([str(tmp_path), "--tasks", "arc_easy_local", *flags]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"run.py: error: {flags[0]} {flags[1]}: must be at least 1 ("), lines
+    assert not (tmp_path / "eval_results.json").exists()
+
+
 @pytest.mark.parametrize("cap", [5_000, 20_000, 300_000])
 def test_held_out_text_is_capped_at_the_bytes_asked_with_a_share_from_every_file(corpus_dir, cap):
     """--bpb_max_bytes is a cap, not a hint: a news article can be longer than a small cap's share of a file."""

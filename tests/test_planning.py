@@ -260,7 +260,10 @@ def test_the_shipped_configs_are_the_planners_output(name, tmp_path):
         (["--model", "124m", "--tokens", "1B", "--hours", "3"], "three times over"),
         (["--hours", "8", "--flops", "1e19"], "give the budget once"),
         (["--model", "nope", "--hours", "1"], "--model 'nope': not a preset"),
-        (["--hours", "-1"], "--hours -1.0: must be above 0"),
+        (["--hours", "-1"], "--hours -1.0: must be a finite number above 0"),
+        (["--hours", "inf"], "--hours inf: must be a finite number above 0"),
+        (["--flops", "1e400"], "--flops inf: must be a finite number above 0"),  # too large for a float
+        (["--hours", "nan"], "--hours nan: must be a finite number above 0"),
         (["--mfu", "30", "--hours", "1"], "at most 1"),
         (["--hours", "x"], "--hours: invalid float value"),
         (["--law", "kaplan", "--hours", "1"], "--law: invalid choice"),
@@ -272,6 +275,22 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("python -m shuangyu.planning.plan: error: "), err
     assert needle in err[0], err[0]
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    import shuangyu.files
+
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    # a read-only file system (or a folder of another user's) as os.access reports it; root writes anywhere else
+    real = shuangyu.files.os.access
+    monkeypatch.setattr(shuangyu.files.os, "access", lambda path, mode: Path(path) != folder and real(path, mode))
+    argv = ["--gpu", "cpu", "--peak_tflops", "0.2", "--memory_gib", "8", "--hours", "0.01"]
+    for model in ("tiny", "d2"):  # a preset, and a shape written to models/ beside the YAML
+        assert main([*argv, "--model", model, "--output", str(folder / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(f"--output {folder}: {folder} is not writable" in line for line in err), err
+    assert list(folder.iterdir()) == []
 
 
 def test_an_unknown_gpu_is_accepted_with_its_peak_and_memory():

@@ -198,7 +198,22 @@ def test_a_resume_drops_a_log_row_the_stopped_run_left_half_written(tmp_path):
         write_run_args(tmp_path, {}, resumed_step=3)
 
 
-def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(tmp_path, tiny_tokenizer_dir):
+def _disk_full_errors():
+    from safetensors import SafetensorError
+
+    return [
+        # torch's zip writer (accelerate's optimizer state)
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos: basic_ios::clear: iostream error"),
+        # safetensors (the model's weights): an Exception of its own, neither OSError nor RuntimeError
+        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ]
+
+
+@pytest.mark.parametrize("error_index", range(3))
+def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(
+    tmp_path, tiny_tokenizer_dir, monkeypatch, error_index
+):
     from accelerate import Accelerator
     from transformers import AutoTokenizer
 
@@ -210,22 +225,48 @@ def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(
     model = accelerator.prepare(ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=512)))
     card = {"name": "run"}
     ckpt.save_checkpoint(accelerator, tmp_path, 4, model, tokenizer, card=card, info={})
+    ckpt.publish_final(tmp_path)
+    error = _disk_full_errors()[error_index]
 
     def full_disk(*args, **kwargs):
-        raise RuntimeError(
-            "[enforce fail at inline_container.cc:664] . unexpected pos: basic_ios::clear: iostream error"
-        )
+        raise error
 
-    original = ckpt.save_model_folder
-    ckpt.save_model_folder = full_disk
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt, "save_model_folder", full_disk)
         with pytest.raises(UsageError, match="no space left on the device while saving .*step-00000008.*is intact"):
             ckpt.save_checkpoint(accelerator, tmp_path, 8, model, tokenizer, card=card, info={})
-    finally:
-        ckpt.save_model_folder = original
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000004"]
     assert ckpt.find_damage(tmp_path / "checkpoints" / "step-00000004") is None
-    assert isinstance(OSError(errno.ENOSPC, "No space left on device"), OSError)
+
+    # the final model's copy: the previous final/ stays whole, and nothing half-written is left beside it
+    before = sorted(p.name for p in (tmp_path / "final").iterdir())
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt.shutil, "copytree", full_disk)
+        with pytest.raises(UsageError, match=r"no space left on the device while writing .*final .*--resume_from"):
+            ckpt.publish_final(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "final"]
+
+
+def test_an_error_that_is_not_a_full_disk_is_not_called_one(tmp_path, tiny_tokenizer_dir, monkeypatch):
+    from accelerate import Accelerator
+    from safetensors import SafetensorError
+    from transformers import AutoTokenizer
+
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+    from shuangyu.training import checkpoint as ckpt
+
+    accelerator = Accelerator(cpu=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = accelerator.prepare(ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=512)))
+
+    def broken(*args, **kwargs):
+        raise SafetensorError("Error while serializing: some other trouble")
+
+    monkeypatch.setattr(ckpt, "save_model_folder", broken)
+    with pytest.raises(SafetensorError, match="other trouble"):
+        ckpt.save_checkpoint(accelerator, tmp_path, 4, model, tokenizer, card={"name": "run"}, info={})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
 
 
 def test_a_second_run_into_the_same_folder_is_refused(flags, tmp_path):
@@ -240,6 +281,51 @@ def test_a_second_run_into_the_same_folder_is_refused(flags, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert "is in use by another run (pid" in line and not (out / "train_log.jsonl").exists()
+
+
+def test_a_run_stopped_in_its_set_up_leaves_no_folder_it_made(tmp_path):
+    from shuangyu.training.run_lock import RunLock
+
+    made = tmp_path / "new" / "run"
+    RunLock(made).abandon()
+    assert not made.exists() and (tmp_path / "new").is_dir()  # only the folder the lock made, not its parent
+    existed = tmp_path / "existed"
+    existed.mkdir()
+    RunLock(existed).abandon()
+    assert existed.is_dir() and list(existed.iterdir()) == []  # kept as it was: empty
+    busy = tmp_path / "busy"
+    lock = RunLock(busy)
+    (busy / "train_log.jsonl").write_text("{}\n")  # written by the run: not an empty folder any more
+    lock.abandon()
+    assert sorted(p.name for p in busy.iterdir()) == [".lock", "train_log.jsonl"]
+    kept = tmp_path / "kept"
+    RunLock(kept).release()  # an earlier run's lock file
+    RunLock(kept).abandon()
+    assert [p.name for p in kept.iterdir()] == [".lock"]
+
+
+def test_a_folder_of_other_files_is_no_output_dir_unless_told(tmp_path, tiny_tokenizer_dir):
+    import shutil
+
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    copy = tmp_path / "tokenizer-copy"
+    shutil.copytree(tiny_tokenizer_dir, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    base = ["--tokenizer_name", str(tiny_tokenizer_dir), "--max_steps", "2", "--output_dir", str(copy)]
+    for extra in ([], ["--resume_from_checkpoint", "latest"]):
+        with pytest.raises(UsageError, match=f"--output_dir {copy} holds files that are not a run's .*tokenizer"):
+            check_run(parse_args([*base, *extra]))
+    assert check_run(parse_args([*base, "--overwrite_output_dir"]))[0] == copy
+    assert sorted(p.name for p in copy.iterdir()) == before  # checked, nothing deleted
+    # a run's own files (a crashed first run, a report, the data cache) are not in the way
+    run = tmp_path / "run"
+    for folder in ("data", "shuangyu"):
+        (run / folder).mkdir(parents=True)
+    for file in (".lock", "train_log.jsonl", "run_args.json", "report.md"):
+        (run / file).write_text("")
+    assert check_run(parse_args([*base[:-1], str(run)]))[0] == run
 
 
 # ------------------------------------------------------------------------------------- through accelerate launch

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -395,7 +396,7 @@ def test_bad_flags_fail_fast_with_one_line(common, reference, tmp_path, capsys, 
     assert status == 2, stderr[-2000:]
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train_clm.py: error:") and needle in lines[0], lines
-    assert not (tmp_path / "out" / "checkpoints").exists()
+    assert not (tmp_path / "out").exists()  # not even the folder the run made for itself, with its lock
     assert time.time() - start < 60  # before any heavy work
 
 
@@ -423,6 +424,70 @@ def test_yaml_config_with_command_line_overrides(tmp_path):
     config = parse_args(["--config", str(cfg), "--max_steps", "7"])
     assert (config.optim.learning_rate, config.train.max_steps, config.optim.optimizer) == (0.01, 7, "muon")
     assert config.data.train_files == ["a.jsonl:1"] and config.model.model_config == "tiny"
+
+
+def test_max_train_tokens_on_the_command_line_replaces_a_configs_max_steps(tmp_path):
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args, total_steps
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("max_steps: 6\nlearning_rate: 0.01\n")
+    for flag in (["--max_train_tokens", "10K"], ["--max-train-tokens=10K"]):
+        config = parse_args(["--config", str(cfg), *flag])
+        assert (config.train.max_steps, config.train.max_train_tokens) == (None, "10K")
+        assert total_steps(config.train, tokens_per_step=1000) == 10 and config.optim.learning_rate == 0.01
+    assert parse_args(["--config", str(cfg)]).train.max_steps == 6  # the config alone: as written
+    tokens_cfg = tmp_path / "tokens.yaml"
+    tokens_cfg.write_text("max_train_tokens: 2B\n")
+    config = parse_args(["--config", str(tokens_cfg), "--max_steps", "3"])  # and the other way round
+    assert (config.train.max_steps, config.train.max_train_tokens) == (3, None)
+    both = tmp_path / "both.yaml"
+    both.write_text("max_steps: 6\nmax_train_tokens: 10K\n")
+    for argv, said in (
+        (["--max_steps", "3", "--max_train_tokens", "10K"], "give one of --max_steps / --max_train_tokens"),
+        (["--config", str(cfg), "--max_steps", "3", "--max_train_tokens", "1M"], "give one of --max_steps"),
+        (["--config", str(both)], f"--config {both}: give one of max_steps / max_train_tokens"),
+        (["--max_train_tokens", "lots"], "--max_train_tokens 'lots': expected a number"),  # before any work
+    ):
+        with pytest.raises(UsageError, match=said):
+            parse_args(argv)
+    assert parse_args(["--config", str(both), "--max_train_tokens", "5K"]).train.max_train_tokens == "5K"
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        (
+            "max_steps: 6\nlr: [1, 2\n",
+            r":3:1: not valid YAML \(expected ',' or '\]'.* flow sequence that starts on line 2\)$",
+        ),
+        ("max_steps: 6\n  learning_rate: 1\n", r":2:16: not valid YAML \(mapping values are not allowed here\)$"),
+    ],
+)
+def test_a_config_that_is_not_yaml_is_named_with_its_line_in_one_line(tmp_path, text, said):
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError) as caught:
+        parse_args(["--config", str(cfg)])
+    message = str(caught.value)
+    assert message.startswith(f"--config {cfg}:") and "\n" not in message and "unicode string" not in message
+    assert re.search(said, message), message
+
+
+def test_a_yaml_value_of_the_wrong_type_names_the_config_file(tmp_path):
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("learning_rate: fast\n")
+    with pytest.raises(UsageError, match=f"invalid float value: 'fast' \\(from --config {cfg}\\)"):
+        parse_args(["--config", str(cfg)])
+    with pytest.raises(UsageError, match=r"invalid float value: 'slow' \(see --help\)$"):
+        parse_args(["--config", str(cfg), "--learning_rate", "slow"])  # the command line's own mistake
+    assert parse_args(["--config", str(cfg), "--learning_rate", "1e-3"]).optim.learning_rate == 1e-3
 
 
 @pytest.mark.slow(minutes=3)

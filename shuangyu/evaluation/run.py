@@ -284,7 +284,18 @@ def parse_args(argv):
         help="held-out conversations (<lang>/*_val.jsonl) for a chat model's reply loss",
     )
     p.add_argument("--conversation_max", type=int, default=200, help="held-out conversations per language (0: all)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # before the model loads: lm-eval finds no documents at 0 and fails in islice below it, each with a traceback
+    for flag, lowest, meaning in (
+        ("limit", 1, "documents per task; leave it out to score them all"),
+        ("batch_size", 1, "rows per forward pass"),
+        ("bpb_max_bytes", 0, "0: all"),
+        ("conversation_max", 0, "0: all"),
+    ):
+        value = getattr(args, flag)
+        if value is not None and value < lowest:
+            raise UsageError(f"--{flag} {value}: must be at least {lowest} ({meaning})")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

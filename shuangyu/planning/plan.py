@@ -12,6 +12,7 @@ The arithmetic is in planner.py; the laws and their sources in laws.py; the memo
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from dataclasses import fields
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.files import parse_size
+from shuangyu.files import check_writable_folder, parse_size
 from shuangyu.planning import hardware, laws, memory
 from shuangyu.planning.planner import Plan, Request, make_plan
 
@@ -67,8 +68,8 @@ def request_from_args(args: argparse.Namespace) -> Request:
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least {2 if flag == 'seq_len' else 1}")
     for flag in ("hours", "flops", "peak_tflops", "memory_gib", "usd_per_gpu_hour", "mfu"):
         value = getattr(args, flag)
-        if value is not None and not value > 0:
-            raise UsageError(f"--{flag} {value}: must be above 0")
+        if value is not None and not (value > 0 and math.isfinite(value)):  # 1e400 reads as inf
+            raise UsageError(f"--{flag} {value}: must be a finite number above 0")
     if args.mfu is not None and args.mfu > 1:
         raise UsageError(f"--mfu {args.mfu}: a fraction of the peak, at most 1 (e.g. 0.3)")
     if args.hours and args.flops:
@@ -224,6 +225,7 @@ def training_config(plan: Plan, model_config: str, args: argparse.Namespace) -> 
 def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list[str]:
     """The YAML and, for a shape train_clm does not know by name, its config.json under models/ beside it."""
     output = Path(args.output)
+    check_writable_folder(output.parent, "--output")  # and models/ beside it
     if output.exists() and not args.overwrite:
         raise UsageError(f"--output {output} exists: pass --overwrite to replace it")
     if output.is_dir():

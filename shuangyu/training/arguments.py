@@ -11,13 +11,11 @@ import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Literal
-
-import yaml
 
 from shuangyu.errors import UsageError, refuse_in_one_line
 from shuangyu.files import parse_size
+from shuangyu.training.config_file import load_yaml_config, refuse_renamed
 
 
 @dataclass
@@ -185,7 +183,12 @@ class TrainArguments:
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per process per micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train."})
-    max_train_tokens: str | None = field(default=None, metadata={"help": "Or tokens to train on, e.g. 2.5B."})
+    max_train_tokens: str | None = field(
+        default=None,
+        metadata={
+            "help": "Or tokens to train on, e.g. 2.5B. Either one on the command line replaces the other in --config."
+        },
+    )
     seed: int = field(default=42)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
         default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 with loss scaling else, fp32 on CPU."}
@@ -268,28 +271,6 @@ ARGUMENT_CLASSES = (
 )  # in TrainConfig's order
 
 
-# flags that changed name: a command or config written for the old one is told what to write instead
-RENAMED = {
-    "eval_batches": (
-        "eval_rows",
-        "the validation rows per source, the same whatever the number of processes (the old value x "
-        "per_device_eval_batch_size x processes scores the rows it scored)",
-    ),
-}
-
-
-def refuse_renamed(names: list[str], where: str | None = None) -> None:
-    """UsageError for a renamed flag among command-line words (`where` None) or a --config file's keys."""
-    for name in names:
-        if where is None and not name.startswith("--"):
-            continue
-        old = name.removeprefix("--").split("=", 1)[0].replace("-", "_")  # HfArgumentParser takes --eval-rows too
-        if old in RENAMED:
-            new, meaning = RENAMED[old]
-            dash = "--" if where is None else ""
-            raise UsageError(f"{where + ': ' if where else ''}{dash}{old} is now {dash}{new}: {meaning}")
-
-
 def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> TrainConfig:
     """Parse `--config FILE.yaml` first, use its values as defaults, then the command line on top."""
 
@@ -301,32 +282,32 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
     refuse_renamed(sys.argv[1:] if argv is None else argv)
     parser = refuse_in_one_line(HfArgumentParser(ARGUMENT_CLASSES, prog=prog))
     parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
-    if known.config:
-        parser.set_defaults(**load_yaml_config(known.config))
-    *groups, _ = parser.parse_args_into_dataclasses(args=argv)  # unknown flags: UsageError (refuse_in_one_line)
-    config = TrainConfig(*groups)
+    # the command line alone first: its own mistakes are its own, and it tells which flags the user typed
+    *typed, _ = parser.parse_args_into_dataclasses(args=argv)  # unknown flags: UsageError (refuse_in_one_line)
+    typed_train = typed[ARGUMENT_CLASSES.index(TrainArguments)]
+    if typed_train.max_steps and typed_train.max_train_tokens:
+        raise UsageError("give one of --max_steps / --max_train_tokens: both set how long to train")
+    if not known.config:
+        config = TrainConfig(*typed)
+    else:
+        values = load_yaml_config(known.config, ARGUMENT_CLASSES, prog)
+        # how long to train is one setting: either flag on the command line replaces the config's other one
+        if typed_train.max_train_tokens:
+            values.pop("max_steps", None)
+        if typed_train.max_steps:
+            values.pop("max_train_tokens", None)
+        if values.get("max_steps") is not None and values.get("max_train_tokens") is not None:
+            raise UsageError(f"--config {known.config}: give one of max_steps / max_train_tokens, not both")
+        parser.set_defaults(**values)
+        try:
+            *groups, _ = parser.parse_args_into_dataclasses(args=argv)
+        except UsageError as err:  # argparse converts a YAML string as if typed: say where it came from
+            raise UsageError(f"{str(err).removesuffix(' (see --help)')} (from --config {known.config})") from None
+        config = TrainConfig(*groups)
     check_values(config, known.config)
     if config.model.tokenizer_name is None and config.model.model_name_or_path:
         config.model.tokenizer_name = config.model.model_name_or_path  # a model folder carries its tokenizer
     return config
-
-
-def load_yaml_config(path: str, classes=ARGUMENT_CLASSES, prog: str = "train_clm.py") -> dict:
-    """Flag values from a YAML mapping; keys that are no field of `classes` are refused."""
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UsageError(f"--config {path}: no such file") from None
-    except yaml.YAMLError as err:
-        raise UsageError(f"--config {path}: not valid YAML ({err})") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"--config {path}: expected a mapping of flag names to values")
-    known = {f.name for cls in classes for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    refuse_renamed(unknown, f"--config {path}")
-    if unknown:
-        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see {prog} --help)")
-    return values
 
 
 def total_steps(train_args: TrainArguments, tokens_per_step: int) -> int:
@@ -389,6 +370,11 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
                 if too_low or too_high:
                     bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high else "")
                     raise UsageError(f"--{f.name} {value!r}{where}: must be {bound}")
+    if config.train.max_train_tokens is not None:
+        try:
+            parse_size(config.train.max_train_tokens, "--max_train_tokens")
+        except UsageError as err:
+            raise UsageError(str(err).replace(": ", f"{where}: ", 1)) from None
     check_streaming(config)
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows

@@ -213,36 +213,68 @@ def save_checkpoint(
 ) -> Path:
     """Save on every rank (`save_state` is collective) into a temporary folder, which the main process renames
     into place once everything, the marker last, is written; then prune. `stream_positions`: every process's
-    streaming loader state, in rank order (gathered by the caller)."""
+    streaming loader state, in rank order (gathered by the caller). A full disk met by any process is a
+    UsageError on every process, the temporary folder removed."""
+    from shuangyu.training.accelerator import first_failure  # torch: not for the flag checks that import this module
+
     final = checkpoint_dir(output_dir, step)
     tmp = final.parent / f".{final.name}.tmp"  # one name every rank knows
+    main = accelerator.is_main_process
+    full = None  # what a full disk said to this process
     try:
-        with atomic_folder(final, tmp) if accelerator.is_main_process else nullcontext(tmp):
+        with atomic_folder(final, tmp) if main else nullcontext(tmp):
             accelerator.wait_for_everyone()  # the folder exists
-            accelerator.save_state(str(tmp / "accelerate"))
-            save_model_folder(accelerator, model, tokenizer, tmp / "model", card)
-            accelerator.wait_for_everyone()  # every rank has written its part
-            if accelerator.is_main_process:
-                if stream_positions is not None:
-                    (tmp / STREAM_POSITIONS).write_text(json.dumps({"processes": stream_positions}) + "\n")
-                # sizes of what was written, so that a damaged checkpoint is recognised before it is loaded
-                files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
-                marker = {"step": step, "time": time.time(), **info, "files": files}
-                (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    except (OSError, RuntimeError) as err:
-        if not is_disk_full(err):
-            raise
+            full = _unless_disk_full(
+                lambda: (
+                    accelerator.save_state(str(tmp / "accelerate")),
+                    save_model_folder(accelerator, model, tokenizer, tmp / "model", card),
+                )
+            )
+            # every rank has written its part, or all of them stop: one left waiting for the others would hang
+            full = first_failure(accelerator, full)
+            if main and not full:
+                full = _unless_disk_full(lambda: _write_marker(tmp, step, info, stream_positions))
+            if full:
+                raise _Abandoned  # the temporary folder goes
+    except _Abandoned:
+        pass
+    full = first_failure(accelerator, full)  # the marker is the main process's: the others learn of it here
+    if full:
         done = complete_checkpoints(output_dir)
         kept = f"the last checkpoint, {done[-1][1]}, is intact" if done else "no earlier checkpoint exists"
         raise UsageError(
             f"no space left on the device while saving {final} ({shutil.disk_usage(final.parent).free:,} bytes "
             f"free); the partial checkpoint was removed and {kept}: free space (or lower --save_total_limit), then "
             "rerun with --resume_from_checkpoint latest"
-        ) from None
-    if accelerator.is_main_process:
+        )
+    if main:
         prune(output_dir, keep_last)
     accelerator.wait_for_everyone()
     return final
+
+
+class _Abandoned(Exception):
+    """Leaves a save's `atomic_folder` block so that the partial folder is removed."""
+
+
+def _unless_disk_full(write) -> str | None:
+    """Run `write`; what a full disk said, or None. Any other error is raised."""
+    try:
+        write()
+    except Exception as err:  # torch's zip writer raises RuntimeError, safetensors its own SafetensorError
+        if not is_disk_full(err):
+            raise
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _write_marker(tmp: Path, step: int, info: dict, stream_positions: list[dict] | None) -> None:
+    if stream_positions is not None:
+        (tmp / STREAM_POSITIONS).write_text(json.dumps({"processes": stream_positions}) + "\n")
+    # sizes of what was written, so that a damaged checkpoint is recognised before it is loaded
+    files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+    marker = {"step": step, "time": time.time(), **info, "files": files}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def prune(output_dir: str | Path, keep_last: int | None) -> None:
@@ -258,12 +290,21 @@ def prune(output_dir: str | Path, keep_last: int | None) -> None:
 
 def publish_final(output_dir: str | Path) -> Path:
     """Copy the last checkpoint's model folder to OUTPUT_DIR/final (replacing a previous one whole); its card
-    then says to load it from there."""
+    then says to load it from there. A full disk leaves the previous final/ as it was and says so in a line."""
     final = Path(output_dir) / "final"
-    with atomic_folder(final) as tmp:
-        shutil.copytree(complete_checkpoints(output_dir)[-1][1] / "model", tmp, dirs_exist_ok=True)
-        if (tmp / "README.md").is_file():
-            write_card(tmp, load_path=str(final))
+    try:
+        with atomic_folder(final) as tmp:
+            shutil.copytree(complete_checkpoints(output_dir)[-1][1] / "model", tmp, dirs_exist_ok=True)
+            if (tmp / "README.md").is_file():
+                write_card(tmp, load_path=str(final))
+    except Exception as err:  # copytree gathers its files' errors into one shutil.Error
+        if not is_disk_full(err):
+            raise
+        raise UsageError(
+            f"no space left on the device while writing {final} ({shutil.disk_usage(final.parent).free:,} bytes "
+            "free); the checkpoints are intact: free space, then rerun with --resume_from_checkpoint latest, which "
+            "writes final/ again"
+        ) from None
     return final
 
 

@@ -34,9 +34,17 @@ def is_first_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# What a run writes into its --output_dir (train_clm.py; accelerate's trackers under shuangyu/ and wandb/;
+# python -m shuangyu.report), besides dot-named temporary files and the lock
+RUN_ENTRIES = frozenset(
+    {"checkpoints", "final", "data", "shuangyu", "wandb", "run_args.json", "environment.json", "train_log.jsonl",
+     "report.md", "loss.png"}
+)  # fmt: skip
+
+
 def check_output_dir(out: Path, overwrite: bool, resume: str | None) -> None:
-    """Refuse to train over another run unless resuming it or told to overwrite it, and a folder that cannot be
-    written, before the work rather than after it."""
+    """Refuse to train over another run unless resuming it or told to overwrite it, into a folder of other files
+    unless told to, and into a folder that cannot be written, before the work rather than after it."""
     check_writable_folder(out, "--output_dir")
     holds_run = ckpt.complete_checkpoints(out) or (out / "final").exists()
     if holds_run and not resume and not overwrite:
@@ -44,3 +52,15 @@ def check_output_dir(out: Path, overwrite: bool, resume: str | None) -> None:
             f"--output_dir {out} holds another run; pass --resume_from_checkpoint latest to continue it, "
             "or --overwrite_output_dir to start over"
         )
+    others = [] if holds_run or not out.is_dir() else foreign_entries(out)
+    if others and not overwrite:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise UsageError(
+            f"--output_dir {out} holds files that are not a run's ({shown}): choose a new or empty folder, or pass "
+            "--overwrite_output_dir to train there anyway (they are left as they are)"
+        )
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """The names in `out` that no run writes (a copied tokenizer, a user's files): training would mix its own in."""
+    return sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))

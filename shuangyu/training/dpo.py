@@ -34,7 +34,8 @@ from shuangyu.text.sources import parse_dataset_source, parse_file_source, resol
 from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
-from shuangyu.training.arguments import LoraArguments, load_yaml_config
+from shuangyu.training.arguments import LoraArguments
+from shuangyu.training.config_file import load_yaml_config
 from shuangyu.training.finetune import lora_config
 
 PROG = "python -m shuangyu.training.dpo"

@@ -15,8 +15,10 @@ LOCK_FILE = ".lock"
 
 class RunLock:
     def __init__(self, output_dir: Path):
+        self.created = not output_dir.exists()  # by this run: `abandon` may remove it
         output_dir.mkdir(parents=True, exist_ok=True)
         self.path = output_dir / LOCK_FILE
+        self.created_file = not self.path.exists()
         self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the run's lifetime
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the OS if the process dies
@@ -37,3 +39,17 @@ class RunLock:
         if not self.file.closed:
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
+
+    def abandon(self) -> None:
+        """Release the lock of a run that stopped before writing anything (a bad flag or file found in its set-up),
+        so that the failed command leaves no trace: the lock file goes if this run made it, and so does the folder
+        if this run made it and nothing else is in it. A folder holding anything else is left as it is."""
+        folder = self.path.parent
+        if self.created_file and not self.file.closed and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            self.path.unlink(missing_ok=True)  # while still held: no other command can have taken the folder
+            if self.created:
+                try:
+                    folder.rmdir()
+                except OSError:  # something appeared in it meanwhile: it stays
+                    pass
+        self.release()

@@ -102,6 +102,15 @@ def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
             refused = str(err)
     if refused := share_from_main(accelerator, refused):
         raise UsageError(refused)
+    try:
+        return build_run(config, out, resume_dir, accelerator, lock)
+    except BaseException:
+        if lock:
+            lock.abandon()  # a folder this run made and left empty does not outlive the error
+        raise
+
+
+def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerator, lock: RunLock | None) -> Run:
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model.tokenizer_name)
     model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work

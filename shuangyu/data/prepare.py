@@ -40,22 +40,27 @@ from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
 
 
-def check_existing(out: Path, tokenizer_sha: str, overwrite: bool) -> dict | None:
+def check_existing(args: PrepareArguments, tokenizer_sha: str) -> dict | None:
     """The manifest of an existing --output_dir, after refusing to replace what the user may need."""
+    out, flag = Path(args.output_dir), args.flag("--output_dir")
+    # train_clm.py has no --overwrite for its data folder: another folder is the way there
+    it, them = ("pass --overwrite to replace it, or ", "pass --overwrite to replace them, or ")
+    if not args.flag("--overwrite"):
+        it = them = ""
     if not out.exists():
         return None
     if not out.is_dir():
-        raise UsageError(f"--output_dir {out} is a file, not a folder")
+        raise UsageError(f"{flag} {out} is a file, not a folder")
     manifest = read_manifest(out)
     if manifest is None:
-        if any(out.iterdir()) and not overwrite:
-            raise UsageError(f"--output_dir {out} exists and holds no prepared data; pass --overwrite to replace it")
+        if any(out.iterdir()) and not args.overwrite:
+            raise UsageError(f"{flag} {out} exists and holds no prepared data; {it}choose another {flag}")
         return None
-    if manifest["tokenizer"]["sha256"] != tokenizer_sha and not overwrite:
+    if manifest["tokenizer"]["sha256"] != tokenizer_sha and not args.overwrite:
         theirs = manifest["tokenizer"]
         raise UsageError(
-            f"--output_dir {out} holds blocks of another tokenizer ({theirs['name']}, vocab {theirs['vocab_size']:,}); "
-            "pass --overwrite to replace them, or choose another --output_dir"
+            f"{flag} {out} holds blocks of another tokenizer ({theirs['name']}, vocab {theirs['vocab_size']:,}); "
+            f"{them}choose another {flag}"
         )
     return manifest
 
@@ -64,13 +69,13 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
     """Tokenise, split, mix and pack the sources into `args.output_dir`, unless it is already up to date."""
     import datasets
 
-    check_writable_folder(args.output_dir, "--output_dir")
+    check_writable_folder(args.output_dir, args.flag("--output_dir"))
     inputs = plan_inputs(args)
     tok = load_tokenizer(args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)
     key = cache_key(args, inputs, sha)
     out = Path(args.output_dir)
-    existing = check_existing(out, sha, args.overwrite)
+    existing = check_existing(args, sha)
     if existing is not None and existing["key"] == key:
         return PreparedData(out, existing, reused=True)
 

@@ -175,3 +175,19 @@ def test_train_clm_names_its_own_flags(tmp_path, data_tokenizer_dir):
     with pytest.raises(UsageError, match="--skip_bad_lines with --streaming"):
         parse_args(["--streaming", "--skip_bad_lines", "--train_files", str(src), "--tokenizer_name",
                     str(data_tokenizer_dir), "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tmp_path, data_tokenizer_dir, monkeypatch):
+    import errno
+
+    src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
+
+    def full(*args, **kwargs):  # as datasets raises it: its own error, caused by the OSError
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("An error occurred while generating the dataset") from err
+
+    monkeypatch.setattr(prepare_module, "write_packed", full)
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert_one_line_error(code, err, tmp_path, "no space left on the device while writing", "another --output_dir")

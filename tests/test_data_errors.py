@@ -140,3 +140,54 @@ def test_a_failure_keeps_the_previous_cache(capsys, tmp_path, data_tokenizer_dir
         run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "32")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_train_clm_names_its_own_flags(tmp_path, data_tokenizer_dir):
+    """train_clm.py prepares through the same code under its own flag names: every message names a flag it takes."""
+    from types import SimpleNamespace
+
+    from shuangyu.training.arguments import DataArguments, parse_args
+    from shuangyu.training.training_data import prepare_blocks_for
+
+    src = tmp_path / "bad.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in good_docs()) + '{"text": "broken\n', encoding="utf-8")
+    main = SimpleNamespace(is_local_main_process=False)
+
+    def prepare(**data):
+        return prepare_blocks_for(DataArguments(block_size=16, **data), str(tmp_path / "data"), str(data_tokenizer_dir),
+                                  0, main)  # fmt: skip
+
+    with pytest.raises(UsageError, match=f"{src}:201: not valid JSON .*, or pass --skip_bad_lines$"):
+        prepare(train_files=[str(src)])
+    assert prepare(train_files=[str(src)], skip_bad_lines=True).manifest["skipped_lines"] == 1
+    with pytest.raises(UsageError, match=r"^--train_files '.*nothing\*.jsonl': no file matches"):
+        prepare(train_files=[str(tmp_path / "nothing*.jsonl")])
+    with pytest.raises(UsageError, match=r"^--preprocessing_num_workers -1 must be at least 1"):
+        prepare(train_files=[str(src)], preprocessing_num_workers=-1)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    (tmp_path / "data" / "manifest.json").unlink(missing_ok=True)
+    with pytest.raises(
+        UsageError, match=r"--data_dir .*data exists and holds no prepared data; choose another --data_dir$"
+    ):
+        prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
+                           str(data_tokenizer_dir), 0, main)  # fmt: skip
+    with pytest.raises(UsageError, match="--skip_bad_lines with --streaming"):
+        parse_args(["--streaming", "--skip_bad_lines", "--train_files", str(src), "--tokenizer_name",
+                    str(data_tokenizer_dir), "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tmp_path, data_tokenizer_dir, monkeypatch):
+    import errno
+
+    src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
+
+    def full(*args, **kwargs):  # as datasets raises it: its own error, caused by the OSError
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("An error occurred while generating the dataset") from err
+
+    monkeypatch.setattr(prepare_module, "write_packed", full)
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert_one_line_error(code, err, tmp_path, "no space left on the device while writing", "another --output_dir")

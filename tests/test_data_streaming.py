@@ -1,8 +1,10 @@
 """Streaming (`train_clm.py --streaming`): local jsonl/parquet/txt shards read through datasets streaming, split by
 rank, shuffled in windows, mixed in tokens, packed on the fly, and resumed exactly from a saved position."""
 
+import itertools
 import json
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -246,3 +248,45 @@ def test_reading_ahead_changes_nothing(tmp_path, tok):
     it.close()
     assert all((a == b).all() for a, b in zip(expected, got, strict=True))
     assert json.dumps(ahead.state_dict()) == json.dumps(plain.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"text": "caf\xe9 au lait"}', r"not valid UTF-8 \(invalid continuation byte at byte \d+\); fix the file$"),
+        (b'{"text": "broken', r"not valid JSON \(.*\); fix or remove the line$"),
+        (b'{"content": "no text field"}', r"no field 'text' \(fields: content\); set --text_column$"),
+    ],
+)
+def test_a_bad_line_is_named_by_file_and_line_as_prepare_names_it(tmp_path, tok, capsys, line, message):
+    """datasets reads the stream; a line it chokes on (or lets through as a null) is found with prepare's checks,
+    mid-run as at the start, and all processes stop together at the same batch (StreamFailed)."""
+    path = tmp_path / "en.jsonl"
+    lines = [json.dumps({"text": d}).encode() for d in documents("en", 200, seed=3)]
+    lines[150] = line  # line 151: a few windows in
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(UsageError, match=re.escape(f"{path}:151: ") + message) as caught:
+        loader = open_data(tok, [str(path)], window=16).train_loader(2, agree_every=3)
+        loader.check_sources()  # not in the first window: training starts
+        for _ in itertools.islice(iter(loader), 10_000):
+            pass
+    # datasets parses the first 10 MB of a json file at once: a line that is not JSON stops the run at its start
+    assert type(caught.value).__name__ == ("UsageError" if b"broken" in line else "StreamFailed")
+    assert "Failed to load JSON" not in capsys.readouterr().err  # pyarrow's message, logged by datasets, is not shown
+    # in the first window, it stops the run before training
+    path.write_bytes(b"\n".join([*lines[:5], line, *lines[5:20]]) + b"\n")
+    with pytest.raises(UsageError, match=re.escape(f"{path}:6: ") + message):
+        open_data(tok, [str(path)], window=16).train_loader(2).check_sources()
+
+
+def test_a_json_null_is_no_document_and_an_empty_source_is_named(tmp_path, tok):
+    path = tmp_path / "en.jsonl"
+    lines = [json.dumps({"text": d}) for d in documents("en", 40)]
+    lines[20] = json.dumps({"text": None})  # prepare passes over a null text too
+    path.write_text("\n".join(lines) + "\n")
+    loader = open_data(tok, [str(path)], window=16).train_loader(2)
+    assert len(stream_docs(tok, first_pass_blocks(loader))) > 20
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UsageError, match=re.escape(f"--train_files {empty}: empty (its files hold no rows)")):
+        open_data(tok, [str(empty)])

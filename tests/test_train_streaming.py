@@ -139,3 +139,26 @@ def test_a_checkpoint_resumes_only_in_the_mode_it_was_saved_in(tmp_path):
     assert ckpt.read_stream_position(streamed, 1, 2) == {"p": 1}
     with pytest.raises(UsageError, match="for 2 processes, not 3: .* resume with 2 processes"):
         ckpt.read_stream_position(streamed, 0, 3)
+
+
+@pytest.mark.slow
+def test_a_bad_line_mid_run_stops_both_processes_at_one_step_in_one_line(common, tmp_path):
+    """Each process reads ahead of the loop; at every logging step they agree whether a stream failed, so both stop
+    at the same step, save it, and one of them names the line (no gloo error from the other)."""
+    path = tmp_path / "en.jsonl"
+    lines = [json.dumps({"text": d}).encode() for d in documents("en", 400, seed=4)]
+    lines[150] = b'{"text": "caf\xe9"}'
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    i = common.index("--train_files")
+    args = [*common[:i], "--train_files", str(path), *common[i + 3 :]]
+    out = tmp_path / "run"
+    proc = run([*args, "--max_steps", "500", "--save_steps", "1000", "--logging_steps", "5", "--output_dir", str(out)],
+               processes=2)  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if "train_clm.py: error:" in line]
+    assert len(errors) == 1 and f"{path}:151: not valid UTF-8" in errors[0], proc.stderr[-3000:]
+    saved = sorted((out / "checkpoints").iterdir())
+    step = int(saved[0].name[5:])
+    assert len(saved) == 1 and f"(stopped at step {step}; the steps so far are saved" in errors[0]
+    assert proc.returncode != 0 and step % 5 == 0  # they agree at the logging steps
+    assert "Connection closed by peer" not in proc.stderr and "UnicodeDecodeError" not in proc.stderr
+    assert len(re.findall(r"exitcode\s*: 2 ", proc.stderr)) == 2  # both processes (the launcher reports them)

@@ -89,14 +89,15 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
     if not 0 <= args.validation_fraction < 1:
         raise UsageError(f"--validation_fraction {args.validation_fraction} must be in [0, 1)")
     if args.num_proc < 1:
-        raise UsageError(f"--num_proc {args.num_proc} must be at least 1")
+        raise UsageError(f"{args.flag('--num_proc')} {args.num_proc} must be at least 1")
     sources, files = args.resolve_sources()
     validation, validation_files = resolve_validation_sources(args.validation_files)
     opts = ReadOptions(
         text_column=args.text_column,
         document_per_file=args.document_per_file,
         on_decode_error="skip" if args.skip_bad_lines else "error",
-        skip_flag="--skip_bad_lines",
+        skip_flag=args.flag("--skip_bad_lines"),
+        dataset_flag=args.flag("--dataset"),
     )
     max_tokens = parse_size(args.max_tokens, "--max_tokens") if args.max_tokens else None
     return Inputs(sources, files, validation, validation_files, opts, max_tokens)

@@ -20,6 +20,7 @@ never leaves a half-written cache.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -34,28 +35,33 @@ from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.files import atomic_folder, check_writable_folder
+from shuangyu.files import atomic_folder, check_writable_folder, is_disk_full
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
 
 
-def check_existing(out: Path, tokenizer_sha: str, overwrite: bool) -> dict | None:
+def check_existing(args: PrepareArguments, tokenizer_sha: str) -> dict | None:
     """The manifest of an existing --output_dir, after refusing to replace what the user may need."""
+    out, flag = Path(args.output_dir), args.flag("--output_dir")
+    # train_clm.py has no --overwrite for its data folder: another folder is the way there
+    it, them = ("pass --overwrite to replace it, or ", "pass --overwrite to replace them, or ")
+    if not args.flag("--overwrite"):
+        it = them = ""
     if not out.exists():
         return None
     if not out.is_dir():
-        raise UsageError(f"--output_dir {out} is a file, not a folder")
+        raise UsageError(f"{flag} {out} is a file, not a folder")
     manifest = read_manifest(out)
     if manifest is None:
-        if any(out.iterdir()) and not overwrite:
-            raise UsageError(f"--output_dir {out} exists and holds no prepared data; pass --overwrite to replace it")
+        if any(out.iterdir()) and not args.overwrite:
+            raise UsageError(f"{flag} {out} exists and holds no prepared data; {it}choose another {flag}")
         return None
-    if manifest["tokenizer"]["sha256"] != tokenizer_sha and not overwrite:
+    if manifest["tokenizer"]["sha256"] != tokenizer_sha and not args.overwrite:
         theirs = manifest["tokenizer"]
         raise UsageError(
-            f"--output_dir {out} holds blocks of another tokenizer ({theirs['name']}, vocab {theirs['vocab_size']:,}); "
-            "pass --overwrite to replace them, or choose another --output_dir"
+            f"{flag} {out} holds blocks of another tokenizer ({theirs['name']}, vocab {theirs['vocab_size']:,}); "
+            f"{them}choose another {flag}"
         )
     return manifest
 
@@ -64,13 +70,13 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
     """Tokenise, split, mix and pack the sources into `args.output_dir`, unless it is already up to date."""
     import datasets
 
-    check_writable_folder(args.output_dir, "--output_dir")
+    check_writable_folder(args.output_dir, args.flag("--output_dir"))
     inputs = plan_inputs(args)
     tok = load_tokenizer(args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)
     key = cache_key(args, inputs, sha)
     out = Path(args.output_dir)
-    existing = check_existing(out, sha, args.overwrite)
+    existing = check_existing(args, sha)
     if existing is not None and existing["key"] == key:
         return PreparedData(out, existing, reused=True)
 
@@ -79,7 +85,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
     if not show_progress:
         datasets.disable_progress_bars()
     try:
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out) as tmp, disk_full_is_one_line(args):
             stats = [ReadStats() for _ in inputs.all]
             docs, read_s = tokenize_sources(args, inputs, tok, key, stats, tmp / "arrow")
             times = {"read": round(read_s, 2), "tokenize": round(time.perf_counter() - start - read_s, 2)}
@@ -94,6 +100,26 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
         if not show_progress:
             datasets.enable_progress_bars()
     return PreparedData(out, manifest)
+
+
+@contextlib.contextmanager
+def disk_full_is_one_line(args: PrepareArguments):
+    """A full disk while preparing (datasets wraps the OSError in its own error): one line, inside atomic_folder so
+    that the half-written folder is removed first."""
+    try:
+        yield
+    except Exception as err:
+        causes, cause = [], err
+        while cause is not None and cause not in causes:  # a chain of contexts can loop
+            causes.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if not any(is_disk_full(c) for c in causes):
+            raise
+        flag = args.flag("--output_dir")
+        raise UsageError(
+            f"no space left on the device while writing {args.output_dir}; nothing was written: free space or choose "
+            f"another {flag}"
+        ) from None
 
 
 class TokenizedDocuments:

@@ -14,13 +14,20 @@ exactly where it was:
   loses, a window is read again from datasets' `state_dict()` at its start and shuffled the same way, so the
   position (pass, window, documents taken) resumes exactly;
 - documents equal to a held-out validation document are skipped (held out by content, not position).
+
+datasets' builders tell a bad line by a row of a chunk, or not at all (bytes that are not UTF-8 reach the text
+column; a row without the text field is a null), so when a source fails or holds nulls its files are read again
+with `prepare`'s own checks (shuangyu.text.readers), which name the file and line as `prepare` does.
 """
 
 from __future__ import annotations
 
+import codecs
 import copy
+import gzip
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +36,7 @@ import numpy as np
 
 from shuangyu.data.documents import document_ids
 from shuangyu.errors import UsageError
-from shuangyu.text.readers import has_text
+from shuangyu.text.readers import ReadOptions, ReadStats, has_text, iter_file_documents
 from shuangyu.text.sources import (
     SourceSpec,
     check_weights,
@@ -86,26 +93,71 @@ class StreamSource:
         the column's name. A missing column is a UsageError that lists the columns there are."""
         import datasets
 
+        # the json builder logs pyarrow's error for a bad line before raising it; ours names the line instead
+        logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
         try:
             if self.spec.is_dataset:
                 ds = datasets.load_dataset(self.spec.dataset, self.spec.config, split=split, streaming=True)
             else:
                 ds = datasets.load_dataset(self.builder, data_files=list(self.files), split="train", streaming=True)
+        except StopIteration:  # datasets' json builder, when every file is empty
+            raise self.empty() from None
         except Exception as err:  # connection, missing config or split, unreadable files: datasets raises many types
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            raise UsageError(f"{self.label}: could not stream it ({type(err).__name__}: {first_line})") from None
+            raise self.read_error(text_column, err, "could not stream it") from None
         column = "text" if self.builder == "text" else text_column
         columns = ds.column_names
         if columns is None:  # features not known before reading (some json files): look at the first row
             try:
                 columns = list(next(iter(ds.take(1)), {}))
             except Exception as err:
-                raise UsageError(f"{self.label}: could not read it ({type(err).__name__}: {err})") from None
+                raise self.read_error(column, err) from None
+        if not columns and self.files:
+            raise self.empty()
         if column not in columns:
             raise UsageError(
                 f"{self.label}: no column {column!r} (columns: {', '.join(columns) or 'none'}); set --text_column"
             )
         return ds.select_columns([column]), column
+
+    def empty(self) -> UsageError:
+        return UsageError(f"{self.label}: empty (its files hold no rows); give it files with text, or leave it out")
+
+    def bad_line(self, column: str, find_not_utf8: bool = False) -> UsageError | None:
+        """The first line of the source's files that `prepare` refuses (not UTF-8, not JSON, no text field), read
+        with its checks; None if there is none. `find_not_utf8`: only files that are not UTF-8 are read line by line
+        (checking the bytes alone is fast)."""
+        if not self.files or self.builder == "parquet":  # pyarrow checks a parquet file's text itself
+            return None
+        opts = ReadOptions(text_column=column, skip_flag=None)  # --streaming cannot skip a line: see check_streaming
+        for path in self.files:
+            if find_not_utf8 and is_utf8(path):
+                continue
+            try:
+                for _ in iter_file_documents(Path(path), opts, ReadStats()):
+                    pass
+            except UsageError as err:
+                return err
+        return None
+
+    def read_error(self, column: str, err: Exception, what: str = "could not read it") -> UsageError:
+        """A datasets or pyarrow error while streaming, as the bad line behind it when there is one."""
+        found = self.bad_line(column, find_not_utf8=isinstance(err, UnicodeDecodeError))
+        if found is not None:
+            return found
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        return UsageError(f"{self.label}: {what} ({type(err).__name__}: {first_line})")
+
+
+def is_utf8(path: str) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with gzip.open(path, "rb") if file_kind(path)[1] else open(path, "rb") as fh:
+        try:
+            while chunk := fh.read(1 << 24):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def stream_sources(train_files: list[str], dataset_names: list[str], exclude: list[str]) -> list[StreamSource]:
@@ -140,7 +192,8 @@ def stream_sources(train_files: list[str], dataset_names: list[str], exclude: li
 def read_first_documents(source: StreamSource, dataset, column: str, count: int) -> list[str]:
     """The first `count` documents with text of a source, in stored order (its held-out validation slice)."""
     texts: list[str] = []
-    for table in dataset.with_format("arrow").iter(batch_size=min(count, 1000)):
+    tables = dataset.with_format("arrow").iter(batch_size=min(count, 1000))
+    while (table := next_table(tables, source, column)) is not None:
         texts += [t for t in column_texts(table, column, source) if has_text(t)][: count - len(texts)]
         if len(texts) >= count:
             return texts
@@ -150,15 +203,36 @@ def read_first_documents(source: StreamSource, dataset, column: str, count: int)
     )
 
 
+def next_table(tables, source: StreamSource, column: str):
+    """The next Arrow table of a stream (None at its end); a bad line in it as a UsageError."""
+    try:
+        return next(tables, None)
+    except UsageError:
+        raise
+    except Exception as err:  # pyarrow's ArrowInvalid for a line that is not JSON, and the other types datasets raises
+        raise source.read_error(column, err) from None
+
+
+_NULLS_CHECKED: set[tuple[StreamSource, str]] = set()  # sources whose nulls were found to be JSON nulls, not gaps
+
+
 def column_texts(table, column: str, source: StreamSource) -> list:
     import pyarrow as pa
 
     values = table.column(column)
+    if values.null_count and (source, column) not in _NULLS_CHECKED:
+        # a null is a missing field or a JSON null: `prepare` refuses the first and passes over the second
+        if (found := source.bad_line(column)) is not None:
+            raise found
+        _NULLS_CHECKED.add((source, column))
     if pa.types.is_null(values.type):  # a shard whose text is all null (json): no documents
         return []
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise UsageError(f"{source.label}: column {column!r} holds {values.type}, not text; set --text_column")
-    return values.to_pylist()
+    try:
+        return values.to_pylist()
+    except UnicodeDecodeError as err:  # pyarrow's json reader lets bytes that are not UTF-8 through
+        raise source.read_error(column, err) from None
 
 
 class SourceReader:
@@ -254,7 +328,7 @@ class SourceReader:
             if self.window_start is not None:  # a copy: datasets keeps the dict it is given
                 self._dataset.load_state_dict(copy.deepcopy(self.window_start))
             self._batches = self._dataset.iter(batch_size=self.window)
-        table = next(self._batches, None)
+        table = next_table(self._batches, self.source, self.column)
         if table is None:
             if self.docs_in_pass == 0 and self.pass_ == 0:  # later passes give each process other shards
                 raise UsageError(

@@ -21,8 +21,10 @@ saved between two steps resumes with exactly the batches an uninterrupted run se
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -110,7 +112,13 @@ class StreamLoader:
     outside the GIL), so the training step does not wait for text; each batch comes with the stream's position
     right after it, and `state_dict()` is the position after the last batch the loop *received*, not the last
     one read. The state is this process's own: save every process's (train_clm.py writes them to the
-    checkpoint's data_stream.json). Call `load_state_dict` before iterating, not during."""
+    checkpoint's data_stream.json). Call `load_state_dict` before iterating, not during.
+
+    A bad line met while reading ahead stops only the process that reads it, and the others would wait for it in
+    their next collective. With `agree_every` N (a multiple of the batches in a step) and an `accelerator`, before
+    the first batch and every N batches the processes wait until their thread is N batches ahead (or has
+    stopped) and agree whether any stream failed: if one did, every process raises `StreamFailed` at the same step,
+    and no process has taken a batch it could not match."""
 
     def __init__(
         self,
@@ -121,8 +129,11 @@ class StreamLoader:
         pin_memory: bool = False,
         eos_token_id: int | None = None,
         prefetch: int = 4,
+        accelerator=None,
+        agree_every: int = 0,
     ):
         self.blocks, self.batch_size, self.key, self.prefetch = blocks, batch_size, key, prefetch
+        self.accelerator, self.agree_every = accelerator, agree_every
         self.pin_memory = pin_memory  # the loop copies with non_blocking=True only from pinned memory
         self.collate = BlockCollator(eos_token_id)
         self._position: dict | None = None  # after the last batch delivered; None: the blocks' own state
@@ -138,15 +149,29 @@ class StreamLoader:
             while True:
                 batch, self._position = self._next_batch()
                 yield batch
-        reader = _ReadAhead(self._next_batch, self.prefetch)
+        reader = _ReadAhead(self._next_batch, max(self.prefetch, self.agree_every + 1))
         try:
-            while True:
+            for taken in itertools.count():
+                if self.agree_every and taken % self.agree_every == 0:
+                    self._agree(reader)
                 batch, self._position = reader.get()
                 yield batch
         finally:
             reader.stop()
             # the thread read past what the loop received: go back, so a new iteration continues exactly
             self.blocks.load_state_dict(StreamingBlocks.as_state(self._position))
+
+    def _agree(self, reader: _ReadAhead) -> None:
+        failure = reader.failure_ahead()
+        accelerator = self.accelerator
+        if accelerator is not None and accelerator.num_processes > 1:
+            flag = torch.tensor(float(failure is not None), device=accelerator.device)
+            if accelerator.reduce(flag, "max").item():  # a message is gathered only when there is one
+                from accelerate.utils import gather_object
+
+                failure = next(f for f in gather_object([failure]) if f)
+        if failure:
+            raise StreamFailed(failure)
 
     def check_sources(self) -> None:
         """Every source has documents for this process (read, then put back): checked before training, where one
@@ -176,13 +201,18 @@ class StreamLoader:
         self._position = None
 
 
+class StreamFailed(UsageError):
+    """A bad line in some process's stream, raised on every process at the same step (StreamLoader.agree_every)."""
+
+
 class _ReadAhead:
     """`make()` called over and over on a thread, its results queued (at most `depth`); an exception it raises is
-    raised again by `get`."""
+    raised again by `get`, and a UsageError's is told by `failure_ahead` as soon as it is met."""
 
     def __init__(self, make, depth: int):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stopping = threading.Event()
+        self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(make,), name="shuangyu-stream", daemon=True)
         self.thread.start()
 
@@ -191,7 +221,7 @@ class _ReadAhead:
             try:
                 item = make()
             except BaseException as err:  # noqa: BLE001 -- handed to the training loop, which raises it
-                item = err
+                item = self.failure = err
             while not self.stopping.is_set():
                 try:
                     self.queue.put(item, timeout=0.1)
@@ -206,6 +236,13 @@ class _ReadAhead:
         if isinstance(item, BaseException):
             raise item
         return item
+
+    def failure_ahead(self) -> str | None:
+        """The message of a UsageError the thread met, once the queue is full or the thread has stopped (so the next
+        `depth - 1` batches are known to be good when it is None)."""
+        while self.failure is None and not self.queue.full() and self.thread.is_alive():
+            time.sleep(0.001)
+        return str(self.failure) if isinstance(self.failure, UsageError) else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -310,9 +347,10 @@ class StreamedData:
         num_workers: int = 0,
         pin_memory: bool = False,
         position_ids: bool = False,
+        agree_every: int = 0,
     ) -> StreamLoader:
         """This process's training loader. Do not pass it to `accelerator.prepare` (it already streams this
-        process's part); save its `state_dict()` per process."""
+        process's part); save its `state_dict()` per process. `agree_every`: see StreamLoader."""
         if num_workers:
             raise UsageError(
                 f"--dataloader_num_workers {num_workers} with --streaming: the stream is read in the training "
@@ -334,6 +372,8 @@ class StreamedData:
             key=self.key(seed, world_size),
             pin_memory=pin_memory,
             eos_token_id=self.eos_token_id if position_ids else None,
+            accelerator=accelerator,
+            agree_every=agree_every,
         )
 
     def record_positions(self, positions: list[dict]) -> None:

@@ -36,7 +36,8 @@ class ReadOptions:
     text_column: str = "text"
     document_per_file: bool = False
     on_decode_error: str = "error"  # or "skip"
-    skip_flag: str = "--on_decode_error skip"  # the calling tool's flag that skips bad lines, named in errors
+    skip_flag: str | None = "--on_decode_error skip"  # the calling tool's flag that skips bad lines (None: it has none)
+    dataset_flag: str = "--dataset"  # the calling tool's flag for Hub datasets
 
 
 DEFAULT_OPTIONS = ReadOptions()
@@ -55,9 +56,12 @@ def _decode_line(raw: bytes, path: Path, lineno: int, opts: ReadOptions, stats: 
             stats.skipped_lines += 1
             return None
         raise UsageError(
-            f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
-            f"fix the file or pass {opts.skip_flag}"
+            f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); fix the file{_or_skip(opts, ' or')}"
         ) from None
+
+
+def _or_skip(opts: ReadOptions, joint: str) -> str:
+    return f"{joint} pass {opts.skip_flag}" if opts.skip_flag else ""
 
 
 def _decode_whole(data: bytes, path: Path) -> str:
@@ -133,7 +137,7 @@ def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) 
                         stats.skipped_lines += 1
                         continue
                     raise UsageError(
-                        f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line, or pass {opts.skip_flag}"
+                        f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line{_or_skip(opts, ', or')}"
                     ) from None
                 text = _text_field(record, path, f"{path}:{lineno}", opts.text_column)
             if has_text(text):
@@ -175,10 +179,13 @@ def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed
     try:
         ds = datasets.load_dataset(spec.dataset, spec.config, split=split, streaming=True)
     except Exception as err:  # datasets raises many types (connection, missing config, missing split)
-        raise UsageError(f"--dataset {spec.dataset!r}: could not open it ({type(err).__name__}: {err})") from None
+        raise UsageError(
+            f"{opts.dataset_flag} {spec.dataset!r}: could not open it ({type(err).__name__}: {err})"
+        ) from None
     ds = ds.shuffle(seed=seed, buffer_size=10_000)
     for i, record in enumerate(ds):
-        text = _text_field(record, Path(spec.dataset), f"--dataset {spec.dataset}: row {i}", opts.text_column)
+        where = f"{opts.dataset_flag} {spec.dataset}: row {i}"
+        text = _text_field(record, Path(spec.dataset), where, opts.text_column)
         if has_text(text):
             yield text
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import ClassVar
 
 from shuangyu.errors import UsageError
 
@@ -49,13 +50,23 @@ class SourceArguments:
         default=False, metadata={"help": "Treat each .txt file as one document (default: one per line)."}
     )
 
+    # The calling command's name for a flag, where it is not this command's (train_clm.py prepares its data with
+    # --train_files, --dataset_name, ...): errors name the flag the user typed.
+    flag_names: ClassVar[dict[str, str]] = {}
+
+    def flag(self, name: str) -> str:
+        return self.flag_names.get(name, name)
+
     def resolve_sources(self) -> tuple[list[SourceSpec], list[list[Path]]]:
         """The named sources, checked, with each one's files (none for a dataset)."""
-        specs = [parse_file_source(s) for s in self.files] + [parse_dataset_source(s) for s in self.dataset]
+        files, dataset = self.flag("--files"), self.flag("--dataset")
+        specs = [parse_file_source(s, files) for s in self.files] + [
+            parse_dataset_source(s, dataset) for s in self.dataset
+        ]
         if not specs:
-            raise UsageError("no training text: give --files and/or --dataset")
+            raise UsageError(f"no training text: give {files} and/or {dataset}")
         check_weights(specs)
-        return specs, [[] if s.is_dataset else resolve_files(s, self.exclude) for s in specs]
+        return specs, [[] if s.is_dataset else resolve_files(s, self.exclude, files) for s in specs]
 
 
 @dataclass(frozen=True)

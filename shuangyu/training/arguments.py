@@ -1,7 +1,8 @@
 """train_clm.py's arguments: one dataclass per component (as torchtitan configures its trainer), each builder
 taking only its own; parsed by HfArgumentParser with flag names as in transformers' run_clm.py where the meaning
 is the same, and `--config FILE.yaml` whose values the command line overrides. Flags stay flat on the command
-line and in the YAML files; the grouping is for the code."""
+line and in the YAML files; the grouping is for the code. One job, however many flags: every flag of the command
+and the checks that need no work, in one file."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ class DataArguments:
         metadata={
             "help": "--streaming without --validation_files: the first N documents of each source are held out "
             "for validation (training skips every document with the same text)."
+        },
+    )
+    skip_bad_lines: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip (and count) lines that are not UTF-8 or not JSON instead of stopping (not --streaming)."
         },
     )
     data_dir: str | None = field(
@@ -394,6 +401,11 @@ def check_streaming(config: TrainConfig) -> None:
         raise UsageError(
             f"--data_dir {data.data_dir} names prepared blocks, and --streaming reads the sources while training "
             "instead: drop one of them"
+        )
+    if data.skip_bad_lines:
+        raise UsageError(
+            "--skip_bad_lines with --streaming: a streamed source is read in chunks that a bad line stops; fix or "
+            "remove the lines the error names, or drop --streaming to prepare the data with --skip_bad_lines"
         )
     if data.dataloader_num_workers:
         raise UsageError(

@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from shuangyu.data.prepared import PreparedData
-from shuangyu.data.streaming import StreamedData
+from shuangyu.data.streaming import StreamedData, StreamFailed
 from shuangyu.errors import RunDiverged, UsageError, print_error
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
 from shuangyu.progress import bars_only_on_a_terminal
@@ -145,6 +145,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         num_workers=config.data.dataloader_num_workers,
         pin_memory=accelerator.device.type == "cuda",
         position_ids=config.data.document_attention,
+        **({"agree_every": stream_agreement(config)} if config.data.streaming else {}),
     )
     if config.data.streaming:
         check_stream(loader, accelerator)
@@ -253,11 +254,30 @@ def train_loop(run: Run) -> str | None:
                     run.meter.measure()  # evaluation and saving are not training throughput
                 if last or stopping:
                     break
+    except StreamFailed as err:  # every process stops here, at the same step
+        raise UsageError(f"{err}{save_before_stopping(run)}") from None
     finally:
         bar.close()
         run.log.close()
         stop.restore()
     return stop.requested if stopping else None
+
+
+def stream_agreement(config: TrainConfig) -> int:
+    """--streaming: batches between two checks that no process's stream has failed (StreamLoader.agree_every), at
+    the logging steps, or more often when a step takes many batches: each process reads that many batches ahead."""
+    accumulation = config.train.gradient_accumulation_steps
+    return accumulation * max(1, min(config.logging.logging_steps, 256 // accumulation))
+
+
+def save_before_stopping(run: Run) -> str:
+    """A stream that fails mid-run: the steps taken since the last checkpoint are saved first."""
+    state = run.state
+    if state.step == 0 or ckpt.checkpoint_dir(run.out, state.step).exists():
+        return ""
+    state.check(run.config.train.max_bad_steps, run.accelerator.print)
+    save(run)
+    return f" (stopped at step {state.step}; the steps so far are saved in {ckpt.checkpoint_dir(run.out, state.step)})"
 
 
 def training_logs(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> dict:

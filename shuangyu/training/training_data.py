@@ -63,23 +63,33 @@ def open_training_data(
     return data
 
 
+# prepare's flags under train_clm.py's names; "" for one it does not have
+TRAIN_CLM_FLAGS = {
+    "--files": "--train_files",
+    "--dataset": "--dataset_name",
+    "--output_dir": "--data_dir",
+    "--num_proc": "--preprocessing_num_workers",
+    "--overwrite": "",
+}
+
+
 def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: str, seed: int, accelerator):
-    return prepare(
-        PrepareArguments(
-            output_dir=folder,
-            tokenizer_name=tokenizer_name,
-            files=data_args.train_files,
-            dataset=data_args.dataset_name,
-            dataset_split=data_args.dataset_split,
-            exclude=data_args.exclude,
-            text_column=data_args.text_column,
-            validation_files=data_args.validation_files,
-            block_size=data_args.block_size,
-            num_proc=data_args.preprocessing_num_workers or 1,
-            seed=seed,
-        ),
-        show_progress=accelerator.is_local_main_process,
+    args = PrepareArguments(
+        output_dir=folder,
+        tokenizer_name=tokenizer_name,
+        files=data_args.train_files,
+        dataset=data_args.dataset_name,
+        dataset_split=data_args.dataset_split,
+        exclude=data_args.exclude,
+        text_column=data_args.text_column,
+        validation_files=data_args.validation_files,
+        block_size=data_args.block_size,
+        num_proc=data_args.preprocessing_num_workers or 1,
+        seed=seed,
+        skip_bad_lines=data_args.skip_bad_lines,
     )
+    args.flag_names = TRAIN_CLM_FLAGS
+    return prepare(args, show_progress=accelerator.is_local_main_process)
 
 
 def prepare_conversations_for(data_args: DataArguments, sft_args: SFTArguments, folder: str, tokenizer_name: str, seed):

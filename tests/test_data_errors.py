@@ -82,6 +82,17 @@ def test_fewer_tokens_than_one_block(capsys, tmp_path, data_tokenizer_dir):
     assert_one_line_error(code, err, tmp_path, "fewer than one block", "--block_size 4096")
 
 
+def test_an_empty_validation_source_is_refused(capsys, tmp_path, data_tokenizer_dir):
+    """It would drop its language from validation without a word (an empty training source is refused too)."""
+    src = write_jsonl(tmp_path / "train.jsonl", good_docs())
+    val = write_jsonl(tmp_path / "zh_val.jsonl", good_docs(20))
+    empty = tmp_path / "en_val.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    flags = ["--files", src, "--block_size", "16", "--validation_files", f"zh={val}", f"en={empty}"]
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
+    assert_one_line_error(code, err, tmp_path, f"--validation_files en={empty}: no document with text")
+
+
 def test_tokenizer_mismatch_with_existing_cache(capsys, tmp_path, data_tokenizer_dir, data_other_tokenizer_dir):
     src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
     code, _, _ = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")

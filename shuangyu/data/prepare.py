@@ -227,6 +227,12 @@ def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) 
     with open(path, "wb") as fh:
         for name, src in groups:
             chosen = np.flatnonzero(docs.held & (docs.source == src))
+            if inputs.validation and not len(chosen):  # else the language drops out of validation unsaid
+                spec = inputs.validation[src - n_train]
+                raise UsageError(
+                    f"--validation_files {name}={','.join(spec.patterns)}: no document with text (empty files?); give "
+                    "it text, or leave the source out"
+                )
             blocks, dropped = write_packed(chosen, docs.offsets, docs.values, args.block_size, fh)
             validation[name] = {
                 "docs": len(chosen),

@@ -202,3 +202,23 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tmp_path, data_token
     monkeypatch.setattr(prepare_module, "write_packed", full)
     code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
     assert_one_line_error(code, err, tmp_path, "no space left on the device while writing", "another --output_dir")
+
+
+@pytest.mark.parametrize("command", ["prepare", "train_bpe"])
+def test_ctrl_c_is_one_line_and_exit_130(command, capsys, tmp_path, monkeypatch):
+    """Ctrl-C while reading and tokenising: the folder is written whole or not at all (atomic_folder), so the
+    command says so in one line and exits 130 as an interrupted command does, without a traceback."""
+    import shuangyu.tokenizer.train_bpe as train_bpe_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module = prepare_module if command == "prepare" else train_bpe_module
+    monkeypatch.setattr(module, "prepare" if command == "prepare" else "run", interrupted)
+    out = tmp_path / "out"
+    flags = ["--output_dir", str(out), "--files", str(write_jsonl(tmp_path / "a.jsonl", good_docs(5)))]
+    if command == "prepare":
+        flags += ["--tokenizer_name", str(tmp_path)]
+    assert module.main(flags) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{module.PROG}: interrupted; {out} was left as it was"], err

@@ -318,11 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
     parser = refuse_in_one_line(HfArgumentParser(PrepareArguments, prog=PROG, description=__doc__.split("\n\n")[0]))
+    args = None
     try:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
         data = prepare(args)
     except UsageError as err:
         return print_error(PROG, err)
+    except KeyboardInterrupt:  # Ctrl-C: the folder is written whole or not at all, so there is nothing to clean
+        left = f"{args.output_dir} was left as it was" if args else "nothing was written"
+        print(f"\n{PROG}: interrupted; {left}", file=sys.stderr)
+        return 130
     if data.reused:
         print(f"{data.path} is up to date (same tokenizer, sources, weights and block size): nothing to do")
     print(format_report(data))

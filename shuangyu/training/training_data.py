@@ -73,19 +73,26 @@ TRAIN_CLM_FLAGS = {
 }
 
 
+def sources_for(data_args: DataArguments, folder: str, tokenizer_name: str, seed: int) -> dict:
+    """What text and conversations are prepared from, in train_clm.py's flags."""
+    return {
+        "output_dir": folder,
+        "tokenizer_name": tokenizer_name,
+        "files": data_args.train_files,
+        "dataset": data_args.dataset_name,
+        "dataset_split": data_args.dataset_split,
+        "exclude": data_args.exclude,
+        "validation_files": data_args.validation_files,
+        "block_size": data_args.block_size,
+        "seed": seed,
+    }
+
+
 def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: str, seed: int, accelerator):
     args = PrepareArguments(
-        output_dir=folder,
-        tokenizer_name=tokenizer_name,
-        files=data_args.train_files,
-        dataset=data_args.dataset_name,
-        dataset_split=data_args.dataset_split,
-        exclude=data_args.exclude,
+        **sources_for(data_args, folder, tokenizer_name, seed),
         text_column=data_args.text_column,
-        validation_files=data_args.validation_files,
-        block_size=data_args.block_size,
         num_proc=data_args.preprocessing_num_workers or 1,
-        seed=seed,
         skip_bad_lines=data_args.skip_bad_lines,
     )
     args.flag_names = TRAIN_CLM_FLAGS
@@ -95,20 +102,9 @@ def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: st
 def prepare_conversations_for(data_args: DataArguments, sft_args: SFTArguments, folder: str, tokenizer_name: str, seed):
     from shuangyu.data.conversations import ConversationArguments, prepare_conversations
 
+    sources = sources_for(data_args, folder, tokenizer_name, seed)
     return prepare_conversations(
-        ConversationArguments(
-            output_dir=folder,
-            tokenizer_name=tokenizer_name,
-            files=data_args.train_files,
-            dataset=data_args.dataset_name,
-            dataset_split=data_args.dataset_split,
-            exclude=data_args.exclude,
-            validation_files=data_args.validation_files,
-            block_size=data_args.block_size,
-            packing=sft_args.packing,
-            overlong=sft_args.sft_overlong,
-            seed=seed,
-        )
+        ConversationArguments(**sources, packing=sft_args.packing, overlong=sft_args.sft_overlong)
     )
 
 

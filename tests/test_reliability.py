@@ -331,6 +331,18 @@ def test_a_folder_of_other_files_is_no_output_dir_unless_told(tmp_path, tiny_tok
 # ------------------------------------------------------------------------------------- through accelerate launch
 
 
+def test_a_two_process_run_ends_without_a_ddp_model_outliving_its_process_group(tmp_path):
+    """A 2-process run hung after "done:" (CI, 2 of 3 runs): the DDP model, freed after the process group was
+    destroyed, destroyed the group from its reducer with the GIL held while gloo's thread waited for the GIL.
+    finish() must free the model first; the script counts the DDP modules alive when the group is destroyed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(REPO / "tests/scripts/end_of_run.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env={**env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [line for line in proc.stdout.splitlines() if line.startswith("DDP modules alive")]
+    assert counts == ["DDP modules alive when the process group was destroyed: [0]"] * 2, proc.stdout
+
+
 @pytest.mark.slow
 def test_two_processes_say_a_data_error_once_and_stop_together(flags, tmp_path):
     bad = tmp_path / "bad.jsonl"

@@ -3,6 +3,7 @@ for that the run must adapt to."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,23 @@ def first_failure(accelerator, failure: str | None) -> str | None:
     from accelerate.utils import gather_object
 
     return next((f for f in gather_object([failure]) if f), None)
+
+
+def end_processes(accelerator: Accelerator | None) -> None:
+    """End the trackers and the process group. The caller drops its own references to the prepared model first.
+
+    Why the order: DDP's C++ reducer holds the gloo process group. Were it the group's last holder, the group would
+    be destroyed as the reducer is freed, with the GIL held, while gloo's worker thread may wait for the GIL to free
+    a tensor of an earlier gather_object: both wait forever (torch 2.13; a 2-process CPU run hung so after "done:").
+    With the model freed first, the last holder is the group's Python object, whose destruction lets go of the GIL.
+    `accelerator` None: set-up failed before the run had one; whatever it prepared is collected here."""
+    if accelerator is not None:
+        accelerator.free_memory()  # its own references to what it prepared
+    gc.collect()  # frames of a failed set-up, cycles
+    if accelerator is not None:
+        accelerator.end_training()
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def stop_with_the_launcher() -> None:

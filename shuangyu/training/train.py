@@ -29,6 +29,7 @@ from shuangyu.training import checkpoint as ckpt
 from shuangyu.training.accelerator import (
     build_accelerator,
     check_distributed,
+    end_processes,
     share_from_main,
     stop_with_the_launcher,
     sync_only_state_under_ddp,
@@ -53,6 +54,7 @@ PROG = "train_clm.py"
 
 def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
     """A run whose flags and output folder cli.check_run passed: set up, train, finish; the exit status."""
+    run = None
     try:
         run = set_up(config, out, resume_dir)
         stopped_by = train_loop(run)
@@ -60,9 +62,11 @@ def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
     except (UsageError, RunDiverged) as err:
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        return status
+    # past the handler, the traceback (and the model in its frames) can go before the process group does
+    accelerator = run.accelerator if run else None
+    run = None
+    end_processes(accelerator)
+    return status
 
 
 @dataclass
@@ -355,7 +359,8 @@ def finish(run: Run, stopped_by: str | None) -> int:
     elif accelerator.is_main_process:
         final = ckpt.publish_final(run.out)
         accelerator.print(f"done: {state.step} steps, {state.tokens:,} tokens; model in {final}")
-    accelerator.end_training()  # flushes the trackers' logs, which the push takes along
+    run.model = None  # the process group outlives the model (accelerator.end_processes)
+    end_processes(accelerator)  # flushes the trackers' logs, which the push takes along
     if run.lock:
         run.lock.release()
     if hub.push_to_hub and not stopped_by and accelerator.is_main_process:

@@ -161,6 +161,7 @@ def test_a_bad_line_mid_run_stops_both_processes_at_one_step_in_one_line(common,
     assert len(saved) == 1 and f"(stopped at step {step}; the steps so far are saved" in errors[0]
     assert proc.returncode != 0 and step % 5 == 0  # they agree at the logging steps
     assert "Connection closed by peer" not in proc.stderr and "UnicodeDecodeError" not in proc.stderr
-    # the launcher lists every process that failed before it stopped the others: each with our usage exit code
+    # the launcher lists the processes that failed (with our usage exit code) before it stopped the rest: a
+    # process still ending when the first one exits is stopped by its SIGTERM (-15), its step already saved
     codes = re.findall(r"exitcode\s*: (-?\d+)", proc.stderr)
-    assert codes and set(codes) == {"2"}, proc.stderr[-3000:]
+    assert "2" in codes and set(codes) <= {"2", "-15"}, proc.stderr[-3000:]

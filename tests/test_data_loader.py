@@ -124,6 +124,19 @@ def test_ranks_are_disjoint_in_process(prepared):
     assert together.total() == n // 12 * 12 and not together - Counter(all_rows(prepared))
 
 
+def test_reading_batches_leaves_torchs_global_generator_alone(prepared):
+    """Dropout (LoRA's) draws from torch's global generator, which a checkpoint saves and a resume restores; a
+    DataLoader without a generator of its own draws its workers' seed from it at every new iterator, which a
+    resumed run creates after the restore: its first steps' dropout then differed from the uninterrupted run's."""
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    train = prepared.train_loader(batch_size=8, seed=0)
+    next(iter(train))
+    for shard in prepared.validation_shards(batch_size=2, rows=4, rank=0, world_size=1).values():
+        list(shard.batches())
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("batch_size", [1, 2, 4])
 @pytest.mark.parametrize("rows", [0, 1, 5, 100])

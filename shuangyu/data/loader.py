@@ -109,7 +109,10 @@ class ValidationShard:
         batches = -(-n // (world_size * batch_size))
         padded = mine + [0] * (batches * batch_size - len(mine))
         subset = torch.utils.data.Subset(dataset, padded)
-        self.loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=collate_fn)
+        # its own generator: scoring leaves torch's global one (dropout's, saved in checkpoints) as it was
+        self.loader = torch.utils.data.DataLoader(
+            subset, batch_size=batch_size, collate_fn=collate_fn, generator=torch.Generator()
+        )
 
     def batches(self) -> Iterator[tuple[dict, int]]:
         """(batch, how many of its first rows are real ones to score)."""
@@ -229,6 +232,10 @@ class BlockLoader:
             pin_memory=pin_memory,
             collate_fn=collate_fn or BlockCollator(eos_token_id),
             persistent_workers=False,
+            # each iterator draws its workers' base seed from this generator; without one it draws from torch's
+            # global generator, which a resumed run restores before its first iterator and an uninterrupted one
+            # after: dropout (LoRA's) would then differ from the first step after a resume
+            generator=torch.Generator().manual_seed(seed),
         )
 
     @property

@@ -92,4 +92,4 @@ format: install
 	$(PYTHON) -m ruff check --fix .
 
 bench-tokenizer: install
-	$(PYTHON) bench/tokenizer.py --corpus $(CORPUS)
+	$(PYTHON) bench/tokenizer.py --corpus $(CORPUS) --write_results

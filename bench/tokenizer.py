@@ -1,7 +1,7 @@
 """Benchmark Shuangyu's BPE trainer against sentencepiece, a plain GPT-2-style BPE and reference tokenizers.
 
-    python3 bench/tokenizer.py                                   # whole corpus, vocab 32k and 64k
-    python3 bench/tokenizer.py --max_bytes 5MB --vocab_sizes 4000  # quick check on a slice
+    python3 bench/tokenizer.py --write_results                   # whole corpus, vocab 32k and 64k
+    python3 bench/tokenizer.py --max_bytes 5MB --vocab_sizes 4000  # quick check on a slice (prints only)
 
 Trained side by side on the same text, read once through tokenizer.sources:
   * ours       tokenizer.bpe.train: pre-tokens counted in bounded memory, merges learned by rustbpe
@@ -17,8 +17,8 @@ ends (saving is not timed). The reference tokenizers in ../shared/data/tokenizer
 
 On the held-out `*_val.jsonl` files of each language: compression (characters and UTF-8 bytes per token,
 no special tokens) and batched encode throughput (after all training; fastest of 3 rounds, or of 1 in a
-quick check with --max_bytes). Prints a markdown table and writes it as the
-`## Tokenizer` section of bench/RESULTS.md (other sections are kept).
+quick check with --max_bytes). Prints a markdown table; with --write_results also writes it as the
+`## Tokenizer` section of bench/RESULTS.md (other sections are kept), which a quick check must not replace.
 """
 
 from __future__ import annotations
@@ -414,6 +414,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"Encode timing rounds, fastest kept (default: {ENCODE_ROUNDS}; 1 for a quick check with --max_bytes).",
     )
+    parser.add_argument("--write_results", action="store_true", help="Replace the ## Tokenizer section of --results.")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     parser.add_argument("--save_dir", type=Path, default=None, help="Keep the trained tokenizers here.")
     parser.add_argument("--seed", type=int, default=42)
@@ -517,8 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     aim_lines = aims(trained, args.vocab_sizes)
     print("\n" + table + "\n\n" + "\n".join(aim_lines))
-    write_section(args.results, results_section(table, aim_lines, info))
-    print(f"\nwrote the ## Tokenizer section of {args.results}")
+    if args.write_results:
+        write_section(args.results, results_section(table, aim_lines, info))
+        print(f"\nwrote the ## Tokenizer section of {args.results}")
     return 0
 
 

@@ -13,7 +13,7 @@ except ModuleNotFoundError as err:
     if err.name != "shuangyu":
         raise
     sys.exit(
-        "run.py: error: the shuangyu package is not installed: run `make install` (or `pip install -e .`) in the repository"
+        "eval/run.py: error: the shuangyu package is not installed: run `make install` (or `pip install -e .`) in the repository"
     )
 
 if __name__ == "__main__":

@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         help="on a CPU: train in bf16 on AMX, compiled (auto: when the CPU has AMX and a C++ compiler is found)",
     )
     p.add_argument("--output_dir", type=Path, default=Path("outputs/demo"), help="every step's folder goes here")
-    p.add_argument("--fast", action="store_true", help="a minute-long run of the same flow (the model learns little)")
+    p.add_argument(
+        "--fast", action="store_true", help="a run of the same flow in a few minutes (the model learns little)"
+    )
     try:
         args = p.parse_args(argv)
         bars_only_on_a_terminal()  # for the report built here, and (TQDM_DISABLE) every step's process

@@ -45,7 +45,13 @@ def test_small_benchmark_reports_every_tokenizer(tmp_path):
         "--results",
         str(results),
     ]
-    subprocess.run(cmd, cwd=REPO, check=True, timeout=300, capture_output=True)
+    # without --write_results (a quick check) the results file is left as it was
+    quick = subprocess.run(
+        [*cmd, "--trainers", "ours"], cwd=REPO, check=True, timeout=300, capture_output=True, text=True
+    )
+    assert "| ours" in quick.stdout and "wrote" not in quick.stdout
+    assert results.read_text() == "# Benchmark results\n\n## Model\n\nkept as is\n"
+    subprocess.run([*cmd, "--write_results"], cwd=REPO, check=True, timeout=300, capture_output=True)
 
     text = results.read_text()
     assert "## Model\n\nkept as is" in text  # other sections survive

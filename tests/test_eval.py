@@ -225,7 +225,7 @@ def test_bad_input_one_line_and_nonzero(case, tiny_checkpoint, tmp_path, capsys,
         status, stderr = main([str(a) for a in args]), capsys.readouterr().err
     assert status == 2
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("run.py: error: ") and expected in last, stderr[-2000:]
+    assert last.startswith("eval/run.py: error: ") and expected in last, stderr[-2000:]
     assert not (tmp_path / "r.json").exists()
 
 
@@ -236,7 +236,9 @@ def test_counts_below_their_least_are_refused_before_the_model_loads(flags, tmp_
     monkeypatch.setattr(run, "check_model_folder", lambda path: pytest.fail("the checkpoint was read"))
     assert run.main([str(tmp_path), "--tasks", "arc_easy_local", *flags]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"run.py: error: {flags[0]} {flags[1]}: must be at least 1 ("), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        f"eval/run.py: error: {flags[0]} {flags[1]}: must be at least 1 ("
+    ), lines
     assert not (tmp_path / "eval_results.json").exists()
 
 

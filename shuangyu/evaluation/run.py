@@ -39,7 +39,7 @@ from shuangyu.text.conversations import read_conversation_files
 from shuangyu.text.readers import read_documents
 from shuangyu.tokenizer.chat_template import encode_chat, labels_from_mask
 
-PROG = "run.py"
+PROG = "eval/run.py"  # as the user types it
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
 DEFAULT_CONVERSATIONS = REPO.parent / "shared" / "data" / "sft"

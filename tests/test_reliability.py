@@ -331,6 +331,42 @@ def test_a_folder_of_other_files_is_no_output_dir_unless_told(tmp_path, tiny_tok
 # ------------------------------------------------------------------------------------- through accelerate launch
 
 
+def test_ctrl_c_during_the_set_up_is_one_line_and_exit_130(flags, tmp_path, monkeypatch, capsys):
+    """Before the loop turns a signal into a clean stop, Ctrl-C was a KeyboardInterrupt traceback per process."""
+    from shuangyu.training import cli
+    from shuangyu.training import train as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "build_model", interrupted)
+    out = tmp_path / "run"
+    status = cli.main([*flags, "--max_steps", "2", "--output_dir", str(out)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 130
+    assert lines == ["train_clm.py: interrupted; no step was saved: rerun the same command to start again"], lines
+    assert not out.exists()  # the folder this run made, left empty, goes
+
+
+def test_a_signal_during_the_last_step_still_finishes_the_run(flags, tmp_path, monkeypatch, capsys):
+    """The step was trained and saved: the run is complete, with its final/ folder, not "stopped at step N"."""
+    from shuangyu.training import cli
+    from shuangyu.training import train as training
+
+    def signal_in_the_last_step(stop, accelerator, step, every):
+        if step == 3:
+            stop.requested = "SIGTERM"
+        return real(stop, accelerator, step, every)
+
+    real = training.should_stop
+    monkeypatch.setattr(training, "should_stop", signal_in_the_last_step)
+    out = tmp_path / "run"
+    assert cli.main([*flags, "--max_steps", "3", "--output_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "done: 3 steps" in printed and "stopped by" not in printed, printed
+    assert (out / "final" / "model.safetensors").is_file()
+
+
 def test_a_two_process_run_ends_without_a_ddp_model_outliving_its_process_group(tmp_path):
     """A 2-process run hung after "done:" (CI, 2 of 3 runs): the DDP model, freed after the process group was
     destroyed, destroyed the group from its reducer with the GIL held while gloo's thread waited for the GIL.

@@ -10,6 +10,7 @@ tested there; this file only puts them together.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,11 @@ def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
     except (UsageError, RunDiverged) as err:
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
+    except KeyboardInterrupt:
+        # Ctrl-C during the set-up (the loop turns the first one into a clean stop) or a second one in the loop
+        if is_first_process():
+            print(f"\n{PROG}: interrupted; {interrupted_state(out)}", file=sys.stderr, flush=True)
+        status = 130
     # past the handler, the traceback (and the model in its frames) can go before the process group does
     accelerator = run.accelerator if run else None
     run = None
@@ -264,7 +270,16 @@ def train_loop(run: Run) -> str | None:
         bar.close()
         run.log.close()
         stop.restore()
-    return stop.requested if stopping else None
+    # a signal during the last step: the run is complete all the same
+    return stop.requested if stopping and state.step < run.max_steps else None
+
+
+def interrupted_state(out: Path) -> str:
+    """What an interrupted run leaves: its checkpoints, each written whole, or nothing to resume."""
+    done = ckpt.complete_checkpoints(out)
+    if done:
+        return f"the last checkpoint, {done[-1][1]}, is intact: rerun with --resume_from_checkpoint latest"
+    return "no step was saved: rerun the same command to start again"
 
 
 def stream_agreement(config: TrainConfig) -> int:

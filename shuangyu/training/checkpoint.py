@@ -167,16 +167,21 @@ def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
 
 
 def drop_tied_weights(models, weights, output_dir) -> None:
-    """`accelerator.register_save_state_pre_hook`: leave a tied head out of the saved state, since it *is* the
-    embedding (safetensors refuses aliased tensors, so accelerate would drop one itself and warn "Removed shared
-    tensor" at every save). Loading restores it through the tie."""
-    for model, state_dict in zip(models, weights, strict=False):
-        inner = getattr(model, "module", model)  # DDP wraps the model; its state dict's keys start with module.
-        if not getattr(getattr(inner, "config", None), "tie_word_embeddings", False):
-            continue
-        tied = getattr(inner, "_tied_weights_keys", None) or {}
-        for key in [k for k in state_dict if any(k == t or k.endswith("." + t) for t in tied)]:
-            del state_dict[key]
+    """`accelerator.register_save_state_pre_hook`: keep one name of each tensor that several names share (a tied
+    head *is* the embedding; a LoRA run's token rows for a tied head are the embedding's). safetensors refuses
+    aliased tensors, so accelerate would drop the same later names itself and warn "Removed shared tensor" at
+    every save. Loading restores them: the model is built tied again before its state is loaded."""
+    import torch
+    from accelerate.utils import id_tensor_storage
+
+    for state_dict in weights:
+        first = {}  # storage -> the first name holding it
+        for key in list(state_dict):
+            tensor = state_dict[key]
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if first.setdefault((id_tensor_storage(tensor), tensor.shape), key) != key:
+                del state_dict[key]
 
 
 def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:

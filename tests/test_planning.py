@@ -254,9 +254,9 @@ def test_the_shipped_configs_are_the_planners_output(name, tmp_path):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--flops", "1e12"], "too small for the smallest preset (tiny"),
+        (["--flops", "1e12"], "too small: it trains even the smallest shape (tiny"),
         (["--gpu", "B300", "--hours", "3"], "not a GPU the planner knows (H100, "),
-        (["--model", "1b", "--gpu", "T4", "--hours", "10"], "does not fit on this GPU (T4"),
+        (["--model", "1b", "--gpu", "T4", "--hours", "10"], "does not fit on 1 x T4 (16 GiB"),
         (["--model", "124m", "--tokens", "1B", "--hours", "3"], "three times over"),
         (["--hours", "8", "--flops", "1e19"], "give the budget once"),
         (["--model", "nope", "--hours", "1"], "--model 'nope': not a preset"),
@@ -346,3 +346,93 @@ def test_a_tiny_cpu_plan_trains_as_written(model, synthetic_corpus, tiny_tokeniz
         tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
         assert saved["eos_token_id"] == tok.eos_token_id and saved["pad_token_id"] == tok.pad_token_id
         assert re.fullmatch(r"d2", Path(values["model_config"]).stem)
+
+
+# ------------------------------------------------------------------------------- the tester's findings
+
+
+def readme_preset_rows() -> dict:
+    """The README's estimated rows: preset -> (tokens/s, GiB, micro-batch)."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"\| `(\w+)` \| [\d.]+M \| ~([\d,]+) \| ~([\d.]+) GiB at (\d+) x 1024 \(planner\)", text)
+    return {name: (int(rate.replace(",", "")), float(gib), int(micro)) for name, rate, gib, micro in rows}
+
+
+def test_a_model_and_gpu_without_a_budget_estimate_memory_and_speed(capsys):
+    rows = readme_preset_rows()
+    assert set(rows) == {"350m", "760m", "1b"}
+    for name, (rate, gib, micro) in rows.items():
+        assert main(["--gpu", "H100", "--model", name]) == 0
+        out = capsys.readouterr().out
+        assert f"micro-batch {micro} x 1024" in out and ": fits" in out, out
+        assert abs(float(re.search(r"([\d.]+) GiB per GPU", out).group(1)) - gib) <= 0.5, (name, out)
+        printed = int(re.search(r"([\d,]+) tokens/s", out).group(1).replace(",", ""))
+        assert round(printed, -3) == rate, (name, printed)
+        assert "tokens/hour" in out and "  steps " not in out and "wrote" not in out
+    # the Troubleshooting line's order of flags, and --gpus; a YAML needs a plan (steps): one line
+    assert main(["--model", "124m", "--gpu", "L4", "--gpus", "2", "--seq_len", "2048"]) == 0
+    assert "2 x L4" in capsys.readouterr().out
+    assert main(["--model", "124m", "--gpu", "H100", "--output", "unused.yaml"]) == 2
+    assert "--output needs a plan" in capsys.readouterr().err
+
+
+def test_a_model_that_needs_sharding_says_so_without_circular_advice(capsys):
+    assert main(["--model", "d48", "--gpus", "8", "--hours", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "FSDP2" in err and "fsdp2.yaml" in err and "--gpus 8 with" not in err, err
+    assert re.search(r"about [\d.]+ GiB per GPU with FSDP2 over 8 GPUs", err), err
+    # a model the law chose is capped at the largest shape that fits, with a note saying so
+    plan = h100_plan(hours=24 * 30, gpus=8)
+    assert plan.memory.total <= plan.usable_bytes
+    assert any("largest shape that fits" in note for note in plan.notes), plan.notes
+
+
+def test_budgets_beyond_the_largest_shape_are_refused_and_big_counts_read_well(capsys):
+    for argv, flag in [
+        (["--flops", "1e30", "--gpu", "H200"], "--flops"),
+        (["--hours", "1e9", "--gpus", "1000"], "--hours"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"error: {flag} " in err and "the largest budget it plans for" in err, err
+    assert main(["--tokens", "1T", "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "1T tokens" in out and "1T (465,848 per parameter)" in out, out
+    assert "over-trained" in out and "e+" not in out.split("laws at C")[0].split("budget")[0]
+
+
+@pytest.mark.parametrize("hours, gpus", [(0.25, 2), (0.5, 1), (1, 1), (3, 1)])
+def test_the_too_small_threshold_is_what_the_plans_use(hours, gpus, capsys):
+    argv = ["--gpu", "cpu", "--peak_tflops", "0.2", "--hours", str(hours), "--gpus", str(gpus)]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "under-trained" not in out, out
+    assert main(["--flops", "1e12"]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than 10 tokens per parameter" in err, err
+
+
+def test_an_exclude_is_written_only_for_the_default_corpus(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    base = ["--gpu", "cpu", "--peak_tflops", "0.2", "--memory_gib", "8", "--model", "tiny", "--hours", "0.01"]
+    assert main([*base, "--output", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["exclude"] == ["*_val.jsonl"]
+    assert main([*base, "--train_files", "a_val.jsonl", "--output", str(out), "--overwrite"]) == 0
+    assert "exclude" not in yaml.safe_load(out.read_text())
+    assert main([*base, "--train_files", "a.jsonl", "--exclude", "b*", "--output", str(out), "--overwrite"]) == 0
+    assert yaml.safe_load(out.read_text())["exclude"] == ["b*"]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--flops", "1e19", "--vocab_size", "100"], "--vocab_size 100 is smaller than the byte alphabet"),
+        (["--flops", "-1e19"], "--flops -1e+19: must be a finite number above 0"),
+        (["--hours", "-1.5e1", "--gpus", "2"], "--hours -15.0: must be a finite number above 0"),
+        (["--model", "tiny", "--mfu", "-.5", "--hours", "1"], "--mfu -0.5: must be"),
+    ],
+)
+def test_more_bad_input_is_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err

@@ -5,6 +5,7 @@ and a training config that train_clm.py takes as is.
     python -m shuangyu.planning.plan --model 124m --gpu H100 --hours 8 --output plans/124m.yaml
     python -m shuangyu.planning.plan --model 1b --tokens 20B --gpu H100 --gpus 8     # how long, how much
     python -m shuangyu.planning.plan --flops 1e19 --law chinchilla
+    python -m shuangyu.planning.plan --model 1b --gpu H100                          # memory and tokens/s only
 
 The arithmetic is in planner.py; the laws and their sources in laws.py; the memory model in memory.py.
 """
@@ -23,13 +24,15 @@ import yaml
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import check_writable_folder, parse_size
 from shuangyu.planning import hardware, laws, memory
-from shuangyu.planning.planner import Plan, Request, make_plan
+from shuangyu.planning.planner import Estimate, Plan, Request, estimate_model, make_plan
 
 PROG = "python -m shuangyu.planning.plan"
 SHARED_CORPUS = "../shared/data/corpus"
 DEFAULT_TRAIN_FILES = [f"zh={SHARED_CORPUS}/zh/*.jsonl:0.5", f"en={SHARED_CORPUS}/en/*.jsonl:0.5"]
 DEFAULT_VALIDATION_FILES = [f"zh={SHARED_CORPUS}/zh/*_val.jsonl", f"en={SHARED_CORPUS}/en/*_val.jsonl"]
-DEFAULT_EXCLUDE = ["*_val.jsonl"]
+DEFAULT_EXCLUDE = ["*_val.jsonl"]  # only with the default corpus: files a user names are theirs to choose
+NUMERIC_FLAGS = ("--gpus", "--hours", "--flops", "--mfu", "--peak_tflops", "--memory_gib", "--usd_per_gpu_hour")
+NUMERIC_FLAGS += ("--seq_len", "--vocab_size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     out.add_argument("--train_files", nargs="+", default=DEFAULT_TRAIN_FILES, help="as train_clm.py takes them")
     out.add_argument("--validation_files", nargs="+", default=DEFAULT_VALIDATION_FILES)
-    out.add_argument("--exclude", nargs="*", default=DEFAULT_EXCLUDE)
+    out.add_argument(
+        "--exclude",
+        nargs="*",
+        help=f"as train_clm.py takes them (default with the default corpus: {DEFAULT_EXCLUDE[0]})",
+    )
     return p
 
 
@@ -70,6 +77,13 @@ def request_from_args(args: argparse.Namespace) -> Request:
         value = getattr(args, flag)
         if value is not None and not (value > 0 and math.isfinite(value)):  # 1e400 reads as inf
             raise UsageError(f"--{flag} {value}: must be a finite number above 0")
+    from shuangyu.tokenizer.bpe import BYTE_ALPHABET_SIZE, MIN_VOCAB_SIZE, SPECIAL_TOKENS
+
+    if args.vocab_size < MIN_VOCAB_SIZE:  # what tokenizer/train_bpe.py refuses: no tokenizer has such a vocabulary
+        raise UsageError(
+            f"--vocab_size {args.vocab_size} is smaller than the byte alphabet plus special tokens "
+            f"({BYTE_ALPHABET_SIZE} + {len(SPECIAL_TOKENS)} = {MIN_VOCAB_SIZE})"
+        )
     if args.mfu is not None and args.mfu > 1:
         raise UsageError(f"--mfu {args.mfu}: a fraction of the peak, at most 1 (e.g. 0.3)")
     if args.hours and args.flops:
@@ -93,10 +107,18 @@ def request_from_args(args: argparse.Namespace) -> Request:
 
 
 def _count(n: float) -> str:
+    rounded = float(f"{n:.3g}")  # 999.9B is 1T, not 1e+03B
+    if rounded >= 1e15:
+        return f"{n:.3g}"
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
+        if rounded >= scale:
             return f"{n / scale:.3g}{unit}"
     return f"{n:.3g}"
+
+
+def _per_parameter(tokens: float, parameters: int) -> str:
+    ratio = tokens / parameters
+    return f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.2g}"
 
 
 def report(plan: Plan) -> list[str]:
@@ -104,7 +126,7 @@ def report(plan: Plan) -> list[str]:
     r, s, seq = plan.request, plan.shape, plan.request.seq_len
     gpu = r.gpu
     device = f"{r.gpus} x {gpu.name}"
-    lines = [f"plan: {s.name} on {device}, {plan.tokens / 1e9:.3g}B tokens"]
+    lines = [f"plan: {s.name} on {device}, {_count(plan.tokens)} tokens"]
     if gpu.peak_flops:
         lines.append(
             f"  budget       {plan.train_flops:.3g} FLOPs = {gpu.peak_flops / 1e12:g} TFLOP/s peak x MFU {plan.mfu:.3f} "
@@ -116,7 +138,7 @@ def report(plan: Plan) -> list[str]:
         f"  model        {s.name}: {s.describe()}; {s.parameters / 1e6:,.1f}M parameters",
         f"               M = {_count(s.model_scale(seq))} non-embedding FLOPs/token; "
         f"{_count(s.train_flops_per_token(seq))} training FLOPs/token at sequence {seq}",
-        f"  tokens       {_count(plan.tokens)} ({plan.tokens / s.parameters:.2g} per parameter); "
+        f"  tokens       {_count(plan.tokens)} ({_per_parameter(plan.tokens, s.parameters)} per parameter); "
         f"C = M x D = {plan.compute:.3g} FLOPs",
     ]
     m_opt, d_opt = laws.deepseek_allocation(plan.compute)
@@ -150,7 +172,30 @@ def report(plan: Plan) -> list[str]:
     return lines
 
 
-def alternatives_line(plan: Plan) -> str:
+def estimate_report(e: Estimate) -> list[str]:
+    """A model on a GPU without a budget: the memory a plan would hold and the speed it would run at."""
+    r, s = e.request, e.shape
+    unit = "process" if r.gpu.is_cpu else "GPU"
+    gc = ", with gradient checkpointing (+1/3 compute)" if e.gradient_checkpointing else ""
+    lines = [
+        f"estimate: {s.name} on {r.gpus} x {r.gpu.name}, sequence {r.seq_len} (no budget: no tokens, steps or time)",
+        f"  model        {s.name}: {s.describe()}; {s.parameters / 1e6:,.1f}M parameters",
+        f"  memory       {memory.size(e.memory.total)} per {unit} of {memory.size(e.usable_bytes)} usable at "
+        f"micro-batch {e.micro_batch} x {r.seq_len} ({e.memory.describe()}){gc}: fits",
+        f"               {alternatives_line(e)}",
+    ]
+    rate = e.tokens_per_second
+    if rate is None:
+        lines.append("  throughput   unknown on a CPU without --peak_tflops")
+    else:
+        lines.append(
+            f"  throughput   {rate:,.0f} tokens/s, {_count(rate * 3600)} tokens/hour on {r.gpus} x {r.gpu.name} "
+            f"at MFU {e.mfu:.3f} ({e.mfu_source})"
+        )
+    return lines
+
+
+def alternatives_line(plan: Plan | Estimate) -> str:
     """What the other choices would hold: both optimizers' state (AdamW 8 bytes per parameter, Muon 4 on its
     matrices) and the activations with and without gradient checkpointing, at the plan's micro-batch."""
     r = plan.request
@@ -188,7 +233,7 @@ def training_config(plan: Plan, model_config: str, args: argparse.Namespace) -> 
     values = {
         "model_config": model_config,
         "train_files": list(args.train_files),
-        "exclude": list(args.exclude),
+        "exclude": exclude_patterns(args),
         "validation_files": list(args.validation_files),
         "block_size": r.seq_len,
         "per_device_train_batch_size": plan.micro_batch,
@@ -220,6 +265,31 @@ def training_config(plan: Plan, model_config: str, args: argparse.Namespace) -> 
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
     assert set(values) <= known, sorted(set(values) - known)
     return values
+
+
+def exclude_patterns(args: argparse.Namespace) -> list[str]:
+    if args.exclude is not None:
+        return list(args.exclude)
+    return list(DEFAULT_EXCLUDE) if args.train_files == DEFAULT_TRAIN_FILES else []
+
+
+def negative_values_joined(argv: list[str]) -> list[str]:
+    """`--flops -1e19` as `--flops=-1e19`: argparse takes a word starting with '-' that is not a plain negative
+    number (an exponent, `-inf`) for a flag, and would say `expected one argument` instead of the range error."""
+    joined, i = [], 0
+    while i < len(argv):
+        if argv[i] in NUMERIC_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            try:
+                float(argv[i + 1])
+            except ValueError:
+                pass
+            else:
+                joined.append(f"{argv[i]}={argv[i + 1]}")
+                i += 2
+                continue
+        joined.append(argv[i])
+        i += 1
+    return joined
 
 
 def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list[str]:
@@ -265,8 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = refuse_in_one_line(build_parser())
     try:
-        args = parser.parse_args(argv)
-        plan = make_plan(request_from_args(args))
+        args = parser.parse_args(negative_values_joined(argv))
+        request = request_from_args(args)
+        if request.model and request.tokens is None and request.hours is None and request.flops is None:
+            if args.output:
+                raise UsageError("--output needs a plan: give a budget (--hours or --flops) or --tokens")
+            lines = estimate_report(estimate_model(request))
+            print("\n".join(lines))
+            return 0
+        plan = make_plan(request)
         written = write_outputs(plan, args, argv) if args.output else []
     except UsageError as err:
         return print_error(PROG, err)

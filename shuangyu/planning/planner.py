@@ -25,6 +25,12 @@ NAMED_PREFERENCE = math.log(1.3)  # IsoFLOP curves are flat near the optimum: 30
 MAX_MICRO_BATCH = 64
 GRADIENT_CHECKPOINTING_COST = 4 / 3  # one more forward pass: 8 FLOPs per weight instead of 6
 CHECKPOINT_EVERY_S = 1800  # a preemption loses at most about half an hour
+# Tokens per parameter, half and ten times Chinchilla's 20: below the first a model is under-trained, so the planner
+# never picks one that would be, and a budget that leaves even the smallest shape there is too small; above the
+# second the same compute would train a larger model to a lower loss, and a budget that takes even the largest
+# shape there is beyond what the planner plans for.
+MIN_TOKENS_PER_PARAMETER = 10
+MAX_TOKENS_PER_PARAMETER = 200
 
 
 @dataclass
@@ -106,11 +112,14 @@ def budget_flops(request: Request, mfu: float) -> float | None:
 
 def choose_shape(request: Request, budget: float) -> tuple[Shape, list[str]]:
     """The shape the allocation law wants for `budget` hardware FLOPs, each candidate judged at its own compute:
-    D = budget / (its FLOPs per token), C = M * D."""
+    D = budget / (its FLOPs per token), C = M * D; among the shapes that the budget trains on at least
+    MIN_TOKENS_PER_PARAMETER and that fit on the GPUs."""
     seq = request.seq_len
-    scored = []
+    scored, notes = [], []
     for shape in shapes.candidates(request.vocab_size):
         tokens = budget / shape.train_flops_per_token(seq)
+        if tokens < MIN_TOKENS_PER_PARAMETER * shape.parameters:
+            continue  # the law alone would pick some of these at small budgets (it counts no embedding)
         if request.tokens:
             distance = abs(math.log(tokens / request.tokens))
         elif request.law == "chinchilla":
@@ -119,23 +128,53 @@ def choose_shape(request: Request, budget: float) -> tuple[Shape, list[str]]:
             m_opt, _ = laws.deepseek_allocation(shape.model_scale(seq) * tokens)
             distance = abs(math.log(shape.model_scale(seq) / m_opt))
         scored.append((distance, shape))
-    best_distance, best = min(scored, key=lambda pair: pair[0])
-    named = [(d, s) for d, s in scored if not s.name.startswith("d") and d <= best_distance + NAMED_PREFERENCE]
-    notes = []
+    if not scored:
+        smallest = min(shapes.candidates(request.vocab_size), key=lambda s: s.train_flops_per_token(seq) * s.parameters)
+        least = smallest.train_flops_per_token(seq) * MIN_TOKENS_PER_PARAMETER * smallest.parameters
+        raise UsageError(
+            f"a budget of {budget:.3g} FLOPs is too small: it trains even the smallest shape ({smallest.name}, "
+            f"{smallest.parameters:,} parameters at vocab {request.vocab_size:,}) on fewer than "
+            f"{MIN_TOKENS_PER_PARAMETER} tokens per parameter ({least:.3g} FLOPs): give more hours or GPUs, "
+            "or fix --model and --tokens"
+        )
+    # The planner plans data parallelism only, so it picks among the shapes whose whole state fits on one GPU: a
+    # user who asked for a budget wants a run, and the largest shape that fits is the law's best choice that runs
+    # (a --model that does not fit is refused instead, with what sharding it would take).
+    law_best = min(scored, key=lambda pair: pair[0])[1]
+    fitting = [(d, s) for d, s in scored if fits_at_all(request, s)]
+    if not fitting:
+        smallest = min((s for _, s in scored), key=lambda s: s.parameters)
+        est = memory.estimate(smallest, 1, seq, request.optimizer, True, request.gpus, request.gpu.is_cpu)
+        raise UsageError(does_not_fit(request, smallest, est, memory.usable_bytes(request.gpu.memory_gib)))
+    if not fits_at_all(request, law_best):
+        largest = max((s for _, s in fitting), key=lambda s: s.parameters)
+        fitting = [(d, s) for d, s in fitting if s is largest]
+        notes.append(
+            f"the law's choice {law_best.name} ({law_best.parameters / 1e6:,.0f}M parameters) does not fit on "
+            f"{request.gpus} x {request.gpu.name} without sharding: capped at {largest.name}, the largest shape "
+            f"that fits (for {law_best.name}, see what --model {law_best.name} says)"
+        )
+    best_distance, best = min(fitting, key=lambda pair: pair[0])
+    named = [(d, s) for d, s in fitting if not s.name.startswith("d") and d <= best_distance + NAMED_PREFERENCE]
     if named:
         chosen = min(named, key=lambda pair: pair[0])[1]
         if chosen is not best:
             notes.append(f"{chosen.name} chosen over the law's nearest shape {best.name} ({best.describe()})")
         best = chosen
-    smallest = min(shapes.named(request.vocab_size), key=lambda s: s.parameters)
-    least = smallest.train_flops_per_token(seq) * laws.CHINCHILLA_TOKENS_PER_PARAMETER * smallest.parameters
-    if budget < least:
-        raise UsageError(
-            f"a budget of {budget:.3g} FLOPs is too small for the smallest preset ({smallest.name}, "
-            f"{smallest.parameters:,} parameters at vocab {request.vocab_size:,}: {least:.3g} FLOPs train it on "
-            "20 tokens per parameter): give more hours or GPUs, or fix --model and --tokens"
-        )
     return best, notes
+
+
+def fits_at_all(request: Request, shape: Shape) -> bool:
+    """At micro-batch 1 with gradient checkpointing, the least a plan can hold."""
+    est = memory.estimate(shape, 1, request.seq_len, request.optimizer, True, request.gpus, request.gpu.is_cpu)
+    return est.total <= memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
+
+
+def largest_budget(request: Request) -> float:
+    """The budget that trains the largest shape on MAX_TOKENS_PER_PARAMETER: beyond it every shape would be
+    over-trained, and the laws (fitted up to 3e20 FLOPs) are far from their data."""
+    largest = max(shapes.candidates(request.vocab_size), key=lambda s: s.parameters)
+    return largest.train_flops_per_token(request.seq_len) * MAX_TOKENS_PER_PARAMETER * largest.parameters
 
 
 def split_batch(request: Request, shape: Shape, batch_tokens: float) -> tuple[int, int, bool, memory.MemoryEstimate]:
@@ -159,23 +198,32 @@ def split_batch(request: Request, shape: Shape, batch_tokens: float) -> tuple[in
 def does_not_fit(request: Request, shape: Shape, est: memory.MemoryEstimate, usable: float) -> str:
     gpu = request.gpu
     need = est.total / memory.GIB
-    where = f"{gpu.name}, {gpu.memory_gib:g} GiB, {memory.size(usable)} usable"
+    where = f"{gpu.memory_gib:g} GiB, {memory.size(usable)} usable"
     advice = []
-    sharded = (est.weights + est.gradients + est.optimizer) / max(request.gpus, 8)
     if not gpu.is_cpu:
-        fsdp = est.total - est.ddp_buckets - (est.weights + est.gradients + est.optimizer) + sharded
-        if fsdp <= usable:
-            gpus = max(request.gpus, 8)
-            advice.append(f"--gpus {gpus} with accelerate_configs/fsdp2.yaml (about {fsdp / memory.GIB:.1f} GiB each)")
+        # FSDP2 shards weights, gradients and optimizer state over the processes (no DDP buckets); the planner
+        # plans data parallelism only, so it says what sharding takes rather than a --gpus it cannot plan with.
+        state = est.weights + est.gradients + est.optimizer
+        rest = est.total - est.ddp_buckets - state
+        if rest + state / request.gpus <= usable and request.gpus > 1:
+            gpus = request.gpus
+        else:
+            gpus = max(2, request.gpus + 1, math.ceil(state / (usable - rest))) if usable > rest else None
+        if gpus is not None:
+            launch = f"accelerate launch --config_file accelerate_configs/fsdp2.yaml --num_processes {gpus}"
+            advice.append(
+                f"about {(rest + state / gpus) / memory.GIB:.1f} GiB per GPU with FSDP2 over {gpus} GPUs "
+                f"({launch} train_clm.py ..., which this planner does not plan: it plans data parallelism)"
+            )
         fitting = [g for g in hardware.GPUS.values() if memory.usable_bytes(g.memory_gib) >= est.total]
         if fitting:
             smallest = sorted(fitting, key=lambda g: g.memory_gib)[:3]
             advice.append("a GPU with more memory (" + ", ".join(g.name for g in smallest) + ")")
-    advice.append("a smaller --model or --seq_len")
+    advice.append("or a smaller --model or --seq_len")
     return (
         f"{shape.name} ({shape.parameters / 1e6:,.0f}M parameters) needs {need:.1f} GiB per GPU even at micro-batch 1 "
-        f"with gradient checkpointing ({est.describe()}): does not fit on this GPU ({where}); use "
-        + " or ".join(advice)
+        f"with gradient checkpointing ({est.describe()}): does not fit on {request.gpus} x {gpu.name} ({where}) "
+        "without sharding; options: " + ", ".join(advice)
     )
 
 
@@ -197,6 +245,13 @@ def make_plan(request: Request) -> Plan:
         raise UsageError("--model, --tokens and a budget (--hours or --flops) fix the plan three times over: drop one")
     if budget is None and not (request.model and request.tokens):
         raise UsageError("give a budget (--hours with --gpu and --gpus, or --flops), or both --model and --tokens")
+    if budget is not None and budget > largest_budget(request):
+        flag = "--flops" if request.flops else "--hours"
+        raise UsageError(
+            f"{flag} {request.flops or request.hours:g}: a budget of {budget:.3g} FLOPs is beyond what the planner "
+            f"plans for; the largest budget it plans for is {largest_budget(request):.3g} FLOPs (its largest shape "
+            f"on {MAX_TOKENS_PER_PARAMETER} tokens per parameter)"
+        )
     notes: list[str] = []
     seq = request.seq_len
     if request.model:
@@ -230,8 +285,13 @@ def make_plan(request: Request) -> Plan:
             "an extrapolation, a starting point to tune from"
         )
     per_param = tokens / shape.parameters
-    if per_param < 10:
+    if per_param < MIN_TOKENS_PER_PARAMETER:
         notes.append(f"{per_param:.1f} tokens per parameter: under-trained (Chinchilla's optimum is about 20)")
+    elif per_param > MAX_TOKENS_PER_PARAMETER:
+        notes.append(
+            f"{per_param:,.0f} tokens per parameter: over-trained (Chinchilla's optimum is about 20); the same "
+            "compute would train a larger model to a lower loss, worth it only for a model cheap to run"
+        )
     if request.corpus_tokens:
         epochs = tokens / request.corpus_tokens
         if epochs > laws.MAX_USEFUL_EPOCHS:
@@ -269,3 +329,40 @@ def make_plan(request: Request) -> Plan:
     else:
         plan.save_steps = max(1, steps // 20)
     return plan
+
+
+@dataclass
+class Estimate:
+    """A model on a GPU without a budget: the micro-batch that fits, its memory, and the expected throughput."""
+
+    request: Request
+    shape: Shape
+    mfu: float
+    mfu_source: str
+    micro_batch: int
+    gradient_checkpointing: bool
+    memory: memory.MemoryEstimate
+    usable_bytes: float
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """All processes together, at the MFU the plans use (recomputation costs a third more per token)."""
+        r = self.request
+        if r.gpu.peak_flops is None:
+            return None
+        per_token = self.shape.train_flops_per_token(r.seq_len)
+        per_token *= GRADIENT_CHECKPOINTING_COST if self.gradient_checkpointing else 1
+        return r.gpu.peak_flops * self.mfu * r.gpus / per_token
+
+
+def estimate_model(request: Request) -> Estimate:
+    """`--model` and `--gpu` alone: what a plan would hold and run at, before any budget. The micro-batch is the
+    largest a plan could take (MAX_MICRO_BATCH per process), without gradient checkpointing if any fits."""
+    default_mfu, mfu_source = hardware.default_mfu(request.gpu, request.optimizer)
+    if request.mfu:
+        mfu_source = "given with --mfu"
+    shape = shapes.resolve(request.model, request.vocab_size)
+    most = MAX_MICRO_BATCH * request.seq_len * request.gpus
+    micro, _, checkpointing, est = split_batch(request, shape, most)
+    usable = memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
+    return Estimate(request, shape, request.mfu or default_mfu, mfu_source, micro, checkpointing, est, usable)

@@ -37,7 +37,8 @@ ALLOWED = {
     },
     # talks to a saved folder: needs nothing of training
     "chat": {"errors", "files", "devices", "library_warnings", "tokenizer", "sharing"},
-    "planning": {"errors", "files", "tokenizer", "modeling", "training"},  # the smallest vocabulary, the model's shapes, train_clm's flags and peaks
+    # the smallest vocabulary, the model's shapes, train_clm's flags and peaks
+    "planning": {"errors", "files", "tokenizer", "modeling", "training"},
     # a run folder's report: reads what training, evaluation and the card wrote
     "report": {
         "errors", "files", "progress", "environment", "text", "tokenizer", "evaluation", "sharing", "training"

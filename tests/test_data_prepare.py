@@ -195,6 +195,15 @@ def test_num_proc_2_gives_the_same_blocks(tmp_path, data_tokenizer_dir, data_cor
     assert np.array_equal(flat(one), flat(two)) and np.array_equal(flat(one, "val"), flat(two, "val"))
 
 
+def test_more_processes_than_documents_is_no_warning(tmp_path, data_tokenizer_dir, capfd):
+    """datasets warned "num_proc must be <= 1. Reducing num_proc to 1" for a one-document source."""
+    path = write_jsonl(tmp_path / "one.jsonl", ["a single short document"])
+    data = prepare(tmp_path, data_tokenizer_dir, files=[f"en={path}"], block_size=8, num_proc=2)
+    assert data.manifest["train"]["blocks"] > 0
+    printed = capfd.readouterr()
+    assert "num_proc" not in printed.out + printed.err, printed.err
+
+
 def test_token_dtype():
     assert token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32

@@ -165,11 +165,12 @@ def tokenize_sources(args, inputs: Inputs, tok, key: str, stats: list[ReadStats]
             ) from None
         raise
     read_s = time.perf_counter() - start
+    workers = min(args.num_proc, len(texts))  # datasets warns, then does the same, given more than rows
     tokenized = texts.with_format("arrow").map(
         tokenize_documents,
         batched=True,
         batch_size=1000,
-        num_proc=args.num_proc if args.num_proc > 1 else None,
+        num_proc=workers if workers > 1 else None,
         remove_columns=["text"],
         fn_kwargs={
             "tokenizer": tok,

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 from shuangyu.training.arguments import ARGUMENT_CLASSES
@@ -274,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; run it again to resume where it stopped", file=sys.stderr)
-        return 130
+        return print_interrupted(PROG, "run it again to resume where it stopped")
     return 0
 
 

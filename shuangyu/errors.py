@@ -12,6 +12,7 @@ import sys
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 class UsageError(ValueError):
@@ -29,6 +30,14 @@ def print_error(prog: str, err: Exception, show: bool = True) -> int:
     if show:
         print(f"{prog}: {kind}: {err}", file=sys.stderr, flush=True)
     return EXIT_DIVERGED if isinstance(err, RunDiverged) else EXIT_USAGE
+
+
+def print_interrupted(prog: str, what_is_left: str, show: bool = True) -> int:
+    """Ctrl-C as one line that says what is left on disk (unless `show` is False: another process of the run
+    says it); return the exit status for it."""
+    if show:
+        print(f"\n{prog}: interrupted; {what_is_left}", file=sys.stderr, flush=True)
+    return EXIT_INTERRUPTED
 
 
 def closest_flag(parser, unknown: list[str]) -> str:

@@ -34,7 +34,7 @@ from shuangyu.data.documents import read_documents_for_arrow, tokenize_documents
 from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache_key, plan_inputs
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_writable_folder, is_disk_full
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
@@ -326,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:  # Ctrl-C: the folder is written whole or not at all, so there is nothing to clean
-        left = f"{args.output_dir} was left as it was" if args else "nothing was written"
-        print(f"\n{PROG}: interrupted; {left}", file=sys.stderr)
-        return 130
+        return print_interrupted(PROG, f"{args.output_dir} was left as it was" if args else "nothing was written")
     if data.reused:
         print(f"{data.path} is up to date (same tokenizer, sources, weights and block size): nothing to do")
     print(format_report(data))

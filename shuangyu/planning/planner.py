@@ -143,9 +143,7 @@ def choose_shape(request: Request, budget: float) -> tuple[Shape, list[str]]:
     law_best = min(scored, key=lambda pair: pair[0])[1]
     fitting = [(d, s) for d, s in scored if fits_at_all(request, s)]
     if not fitting:
-        smallest = min((s for _, s in scored), key=lambda s: s.parameters)
-        est = memory.estimate(smallest, 1, seq, request.optimizer, True, request.gpus, request.gpu.is_cpu)
-        raise UsageError(does_not_fit(request, smallest, est, memory.usable_bytes(request.gpu.memory_gib)))
+        raise UsageError(does_not_fit(request, min((s for _, s in scored), key=lambda s: s.parameters)))
     if not fits_at_all(request, law_best):
         largest = max((s for _, s in fitting), key=lambda s: s.parameters)
         fitting = [(d, s) for d, s in fitting if s is largest]
@@ -164,10 +162,13 @@ def choose_shape(request: Request, budget: float) -> tuple[Shape, list[str]]:
     return best, notes
 
 
+def least_memory(request: Request, shape: Shape) -> memory.MemoryEstimate:
+    """At micro-batch 1 with gradient checkpointing: the least a plan can hold."""
+    return memory.estimate(shape, 1, request.seq_len, request.optimizer, True, request.gpus, request.gpu.is_cpu)
+
+
 def fits_at_all(request: Request, shape: Shape) -> bool:
-    """At micro-batch 1 with gradient checkpointing, the least a plan can hold."""
-    est = memory.estimate(shape, 1, request.seq_len, request.optimizer, True, request.gpus, request.gpu.is_cpu)
-    return est.total <= memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
+    return least_memory(request, shape).total <= memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
 
 
 def largest_budget(request: Request) -> float:
@@ -191,12 +192,12 @@ def split_batch(request: Request, shape: Shape, batch_tokens: float) -> tuple[in
             if est.total <= usable:
                 accumulation = max(1, round(per_process / micro))
                 return micro, accumulation, checkpointing, est
-    est = memory.estimate(shape, 1, seq, request.optimizer, True, procs, cpu)
-    raise UsageError(does_not_fit(request, shape, est, usable))
+    raise UsageError(does_not_fit(request, shape))
 
 
-def does_not_fit(request: Request, shape: Shape, est: memory.MemoryEstimate, usable: float) -> str:
-    gpu = request.gpu
+def does_not_fit(request: Request, shape: Shape) -> str:
+    gpu, est = request.gpu, least_memory(request, shape)
+    usable = memory.usable_bytes(gpu.memory_gib, gpu.is_cpu)
     need = est.total / memory.GIB
     where = f"{gpu.memory_gib:g} GiB, {memory.size(usable)} usable"
     advice = []
@@ -245,11 +246,11 @@ def make_plan(request: Request) -> Plan:
         raise UsageError("--model, --tokens and a budget (--hours or --flops) fix the plan three times over: drop one")
     if budget is None and not (request.model and request.tokens):
         raise UsageError("give a budget (--hours with --gpu and --gpus, or --flops), or both --model and --tokens")
-    if budget is not None and budget > largest_budget(request):
+    if budget is not None and budget > (most := largest_budget(request)):
         flag = "--flops" if request.flops else "--hours"
         raise UsageError(
             f"{flag} {request.flops or request.hours:g}: a budget of {budget:.3g} FLOPs is beyond what the planner "
-            f"plans for; the largest budget it plans for is {largest_budget(request):.3g} FLOPs (its largest shape "
+            f"plans for; the largest budget it plans for is {most:.3g} FLOPs (its largest shape "
             f"on {MAX_TOKENS_PER_PARAMETER} tokens per parameter)"
         )
     notes: list[str] = []

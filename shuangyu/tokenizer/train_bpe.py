@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_folder, atomic_write_text, check_writable_folder, parse_size
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
@@ -237,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:  # Ctrl-C: the folder is written whole or not at all, so there is nothing to clean
-        left = f"{args.output_dir} was left as it was" if args else "nothing was written"
-        print(f"\n{PROG}: interrupted; {left}", file=sys.stderr)
-        return 130
+        return print_interrupted(PROG, f"{args.output_dir} was left as it was" if args else "nothing was written")
     print(format_report(report))
     print(f"\nsaved to {args.output_dir} (AutoTokenizer.from_pretrained loads it)")
     return 0

@@ -166,7 +166,7 @@ def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
     return positions[rank]
 
 
-def drop_tied_weights(models, weights, output_dir) -> None:
+def drop_shared_tensors(models, weights, output_dir) -> None:
     """`accelerator.register_save_state_pre_hook`: keep one name of each tensor that several names share (a tied
     head *is* the embedding; a LoRA run's token rows for a tied head are the embedding's). safetensors refuses
     aliased tensors, so accelerate would drop the same later names itself and warn "Removed shared tensor" at

@@ -10,7 +10,6 @@ tested there; this file only puts them together.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from shuangyu.data.prepared import PreparedData
 from shuangyu.data.streaming import StreamedData, StreamFailed
-from shuangyu.errors import RunDiverged, UsageError, print_error
+from shuangyu.errors import RunDiverged, UsageError, print_error, print_interrupted
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.tokenizer.chat_template import chat_token_ids
@@ -65,9 +64,7 @@ def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
         status = print_error(PROG, err, show=is_first_process())
     except KeyboardInterrupt:
         # Ctrl-C during the set-up (the loop turns the first one into a clean stop) or a second one in the loop
-        if is_first_process():
-            print(f"\n{PROG}: interrupted; {interrupted_state(out)}", file=sys.stderr, flush=True)
-        status = 130
+        status = print_interrupted(PROG, interrupted_state(out), show=is_first_process())
     # past the handler, the traceback (and the model in its frames) can go before the process group does
     accelerator = run.accelerator if run else None
     run = None
@@ -174,7 +171,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     # a stream's position is per process: saved by `save` beside accelerate's state, which keeps the main one's only
     streaming = config.data.streaming
     accelerator.register_for_checkpointing(*([] if streaming else [loader]), state, scheduler)
-    accelerator.register_save_state_pre_hook(ckpt.drop_tied_weights)
+    accelerator.register_save_state_pre_hook(ckpt.drop_shared_tensors)
     if resume_dir:
         ckpt.check_data_kind(resume_dir, streaming)
         ckpt.check_model_shape(resume_dir, accelerator.unwrap_model(model).config)

@@ -30,7 +30,7 @@ ALLOWED = {
     "modeling": {"errors", "files"},  # the export command's errors; the model files themselves import nothing of ours
     # tokenizer: a chat model's reply loss
     "evaluation": {"errors", "files", "devices", "progress", "text", "tokenizer", "sharing"},
-    "sharing": {"errors", "files"},
+    "sharing": {"errors", "files", "library_warnings"},  # loads an adapter on its base model (PEFT warns)
     "training": {
         "errors", "files", "devices", "progress", "library_warnings", "environment", "text", "tokenizer", "data",
         "modeling", "evaluation", "sharing",

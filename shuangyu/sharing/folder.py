@@ -1,4 +1,5 @@
-"""What every consumer of a saved model folder (evaluation, the push) checks first."""
+"""What every consumer of a saved model folder (evaluation, the push, chat, merge_lora) checks first, and a LoRA
+adapter folder loaded on its base model."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 from shuangyu.errors import UsageError
+from shuangyu.library_warnings import reading_the_old_checkpointing_name
 
 
 def check_model_folder(folder: Path) -> dict:
@@ -51,3 +53,33 @@ def is_chat_folder(folder: Path) -> bool:
         return False
     eos = eos if isinstance(eos, list) else [eos]
     return any(t.get("content") == "<|im_end|>" and t.get("id") in eos for t in added)  # the chat end token
+
+
+def adapter_base(adapter_dir: Path, base_model: str | None) -> str:
+    """The base model of a LoRA adapter folder: `base_model` (a --base_model flag) or the one the adapter names
+    (adapter_config.json's base_model_name_or_path, a path on the machine it was trained on)."""
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{adapter_dir}: no adapter_config.json (not a LoRA adapter folder)")
+    if base_model and not Path(base_model).exists() and base_model.startswith((".", "/", "~")):
+        raise UsageError(f"--base_model {base_model}: no such folder")  # not a Hub id: not sent to the Hub as one
+    base = base_model or json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise UsageError(f"{config_path}: names no base model; pass --base_model")
+    if not base_model and not Path(base).exists() and base.startswith((".", "/")):
+        raise UsageError(f"{config_path}: the base model {base} is not there; pass --base_model")
+    return base
+
+
+def load_adapter_model(adapter_dir: Path, base_model: str | None = None):
+    """(the base model with the adapter on it (PEFT), in eval mode, fp32; the base model's name)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = adapter_base(adapter_dir, base_model)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=True, dtype="float32")
+    except (OSError, ValueError) as err:
+        raise UsageError(f"base model {base}: could not load it ({err})") from None
+    with reading_the_old_checkpointing_name():
+        return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), base

@@ -11,45 +11,18 @@ The merged folder gets the adapter folder's tokenizer (with the chat template), 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_replaceable
-from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import card_stage, copy_section, write_card
+from shuangyu.sharing.folder import load_adapter_model
 from shuangyu.tokenizer.chat_template import chat_generation, chat_token_ids, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
 
 PROG = "python -m shuangyu.training.merge_lora"
-
-
-def adapter_base(adapter_dir: Path, base_model: str | None) -> str:
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise UsageError(f"{adapter_dir}: no adapter_config.json (not a LoRA adapter folder)")
-    base = base_model or json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    if not base:
-        raise UsageError(f"{config_path}: names no base model; pass --base_model")
-    if not base_model and not Path(base).exists() and base.startswith((".", "/")):
-        raise UsageError(f"{config_path}: the base model {base} is not there; pass --base_model")
-    return base
-
-
-def load_adapter_model(adapter_dir: Path, base_model: str | None = None):
-    """The base model with the adapter on it (PEFT), in eval mode, fp32."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = adapter_base(adapter_dir, base_model)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=True, dtype="float32")
-    except (OSError, ValueError) as err:
-        raise UsageError(f"base model {base}: could not load it ({err})") from None
-    with reading_the_old_checkpointing_name():
-        return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), base
 
 
 def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite: bool = False) -> Path:

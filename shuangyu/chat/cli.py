@@ -6,9 +6,11 @@
 
 A chat model (an SFT, DPO or merged folder: its generation stops at <|im_end|>) is prompted in its ChatML format,
 with the whole conversation so far and an optional `--system` prompt. Any other model continues the text (`--mode
-continue` forces that for a chat model too). A LoRA adapter folder is loaded on its base model through PEFT; a
-name that is not a folder is read as a Hub id (USER/NAME), as a pushed model card tells its readers to run it.
-The prompt leaves room for the reply: the oldest exchanges go first, then the start of a too-long text.
+continue` forces that for a chat model too; a continuation prints your text, then what the model adds to it). A
+LoRA adapter folder is loaded on its base model through PEFT (the one it names, or `--base_model DIR`, as
+merge_lora does); a name that is not a folder is read as a Hub id (USER/NAME), as a pushed model card tells its
+readers to run it. The prompt leaves room for the reply: the oldest exchanges go first, then the start of a
+too-long text, each with a note.
 
 Small models fall into loops ("的的的的", one sentence over and over). The defaults keep them out: sampling
 (temperature 0.7, top-p 0.9, top-k 50) rather than greedy decoding, and `--repetition_penalty 1.1`, which lowers
@@ -27,9 +29,8 @@ import sys
 from pathlib import Path
 
 from shuangyu.devices import pick_device
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.library_warnings import reading_the_old_checkpointing_name
-from shuangyu.sharing.folder import is_chat_folder, needs_remote_code
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.sharing.folder import is_chat_folder, load_adapter_model, needs_remote_code
 from shuangyu.tokenizer.chat_template import CHAT_SAMPLING, chat_token_ids, encode_chat, encode_text, stop_token_ids
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
 
@@ -40,10 +41,11 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     refuse_in_one_line(p)
     p.add_argument("checkpoint", help="a model folder or a LoRA adapter folder, or a Hub id (USER/NAME) of either")
+    p.add_argument("--base_model", default=None, help="a LoRA adapter's base model, if not the one the adapter names")
     p.add_argument("--prompt", default=None, help="answer this one message (or continue this text) and exit")
     p.add_argument("--system", default=None, help="a system prompt for a chat model")
     p.add_argument("--mode", choices=("auto", "chat", "continue"), default="auto")
-    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--max_new_tokens", type=int, default=None, help="the reply's most tokens (default: 256)")
     p.add_argument("--temperature", type=float, default=CHAT_SAMPLING["temperature"])
     p.add_argument("--top_p", type=float, default=CHAT_SAMPLING["top_p"])
     p.add_argument("--top_k", type=int, default=CHAT_SAMPLING["top_k"])
@@ -52,7 +54,10 @@ def parse_args(argv):
     p.add_argument("--greedy", action="store_true", help="the most likely token every time (no sampling)")
     p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.max_new_tokens_asked = args.max_new_tokens is not None  # only a number the user gave is noted when capped
+    args.max_new_tokens = 256 if args.max_new_tokens is None else args.max_new_tokens
+    return args
 
 
 def local_folder(name: str) -> Path:
@@ -87,8 +92,8 @@ def hub_failure(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def load(folder: Path, device: str):
-    """(model, tokenizer) from a model folder or a LoRA adapter folder."""
+def load(folder: Path, device: str, base_model: str | None = None):
+    """(model, tokenizer) from a model folder or a LoRA adapter folder (on `base_model` if given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -98,11 +103,10 @@ def load(folder: Path, device: str):
     adapter = (folder / "adapter_config.json").is_file()
     if not adapter and not (folder / "config.json").is_file():
         raise UsageError(f"{folder} is not a model folder (no config.json or adapter_config.json)")
+    if base_model and not adapter:
+        raise UsageError(f"--base_model: {folder} is a whole model, not a LoRA adapter folder; leave the flag out")
     if adapter:
-        from peft import AutoPeftModelForCausalLM
-
-        with reading_the_old_checkpointing_name():
-            model = AutoPeftModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
+        model, _ = load_adapter_model(folder, base_model)
         remote = False
     else:
         remote = needs_remote_code(json.loads((folder / "config.json").read_text(encoding="utf-8")))
@@ -131,6 +135,7 @@ class Conversation:
         self.tokenizer, self.context, self.reserve = tokenizer, context, reserve
         self.system = [{"role": "system", "content": system}] if system else []
         self.turns: list[dict] = []
+        self.dropped = 0  # exchanges dropped from the start to fit the last question
         self.cut = 0  # tokens cut from the start of the last question
 
     def encode(self) -> list[int]:
@@ -138,12 +143,13 @@ class Conversation:
 
     def prompt_ids(self, user: str) -> list[int]:
         self.turns.append({"role": "user", "content": user})
-        budget, self.cut = self.context - self.reserve, 0
+        budget, self.dropped, self.cut = self.context - self.reserve, 0, 0
         while len(ids := self.encode()) > budget:
             if len(self.turns) > 1:  # the oldest exchange goes: its question, then what comes before the next one
                 self.turns = self.turns[1:]
                 while len(self.turns) > 1 and self.turns[0]["role"] != "user":
                     self.turns = self.turns[1:]
+                self.dropped += 1
                 continue
             question = self.turns[0]["content"]
             pieces = encode_text(self.tokenizer, question).ids
@@ -226,7 +232,7 @@ def generation_kwargs(args, model, tokenizer) -> dict:
 
 def reply(model, tokenizer, prompt_ids: list[int], kwargs: dict, out=None) -> str:
     """Generate after `prompt_ids`, streaming the text to `out` (default: sys.stdout as it is when called, not as it
-    was at import); returns the reply's text (no special tokens)."""
+    was at import); returns the reply's text (no special tokens, no cut character at its end)."""
     import torch
     from transformers import TextStreamer
 
@@ -234,13 +240,22 @@ def reply(model, tokenizer, prompt_ids: list[int], kwargs: dict, out=None) -> st
 
     class Printer(TextStreamer):
         def on_finalized_text(self, text: str, stream_end: bool = False):
+            # only the last piece can end inside a character: the streamer holds back text that ends in U+FFFD
+            text = without_a_cut_character(text) if stream_end else text
             print(text, flush=True, end="" if not stream_end else "\n", file=out)
 
     ids = torch.tensor([prompt_ids], device=model.device)
     streamer = Printer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
         output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **kwargs)
-    return tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+    return without_a_cut_character(tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def without_a_cut_character(text: str) -> str:
+    """A byte-level tokenizer spells a rare character as 2-3 byte tokens; a reply that stops after some of them
+    (at --max_new_tokens or the context's end) decodes them as U+FFFD, which the reply loses (on the screen and
+    in the conversation)."""
+    return text.rstrip("\ufffd")
 
 
 def check_args(args) -> None:
@@ -267,7 +282,24 @@ def note_cut(cut: int, context: int, reserve: int) -> None:
         )
 
 
+def note_dropped(dropped: int, context: int, reserve: int) -> None:
+    if dropped:
+        exchanges = "exchange" if dropped == 1 else f"{dropped} exchanges"
+        print(
+            f"{PROG}: note: the oldest {exchanges} (question and reply) went: the conversation no longer fits the "
+            f"model's {context}-token context with {reserve} tokens kept for the reply (/reset starts afresh)",
+            file=sys.stderr,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return talk(argv)
+    except KeyboardInterrupt:  # while the model loads or a --prompt is answered (the terminal loop catches its own)
+        return print_interrupted(PROG, "nothing was written")
+
+
+def talk(argv: list[str] | None) -> int:
     try:
         args = parse_args(argv)
         check_args(args)
@@ -275,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
         device = pick_device(args.device)
         folder = local_folder(args.checkpoint)
-        model, tokenizer = load(folder, device)
+        model, tokenizer = load(folder, device, args.base_model)
         if args.seed is not None:  # after loading, which may draw random numbers (a LoRA adapter's initialisation)
             torch.manual_seed(args.seed)
         guess = is_chat_model(model, tokenizer) or is_chat_folder(folder)
@@ -290,24 +322,44 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     if args.system and not chat:
-        print(f"{PROG}: note: --system is ignored: {args.checkpoint} is not a chat model", file=sys.stderr)
+        why = " in continue mode" if args.mode == "continue" else f": {args.checkpoint} is not a chat model"
+        print(f"{PROG}: note: --system is ignored{why}", file=sys.stderr)
     kwargs = generation_kwargs(args, model, tokenizer)
+    capped_said = False
 
     def answer(text: str) -> str:
+        nonlocal capped_said
         if chat:
             ids = conversation.prompt_ids(text)
+            note_dropped(conversation.dropped, context, reserve)
             note_cut(conversation.cut, context, reserve)
         else:
             ids, cut = continuation_ids(tokenizer, text, context - reserve)
             note_cut(cut, context, reserve)
+        limited = within_context(kwargs, ids, context)
+        capped = limited["max_new_tokens"] < args.max_new_tokens
+        if capped and args.max_new_tokens_asked and not capped_said:  # once: later replies are capped alike
+            capped_said = True
+            print(
+                f"{PROG}: note: --max_new_tokens {args.max_new_tokens} is capped to {limited['max_new_tokens']}: a "
+                f"reply stops where the model's {context}-token context ends, and the prompt takes {len(ids)}",
+                file=sys.stderr,
+            )
+        if not chat:  # a continuation reads as one text: the text given, then what the model adds
             print(text, end="", flush=True)
-        return reply(model, tokenizer, ids, within_context(kwargs, ids, context))
+        return reply(model, tokenizer, ids, limited)
 
     if args.prompt is not None:
         answer(args.prompt)
         return 0
-    what = "chat" if chat else "continuation (a base model)"
-    print(f"{args.checkpoint}: {what}. /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    if chat:
+        print(f"{args.checkpoint}: chat. /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    else:
+        kind = "" if args.mode == "continue" else " (a base model)"
+        print(
+            f"{args.checkpoint}: continuation{kind}: each line is continued on its own. /exit (or Ctrl-D) quits.",
+            file=sys.stderr,
+        )
     while True:
         try:
             line = input("\n> ")
@@ -318,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if line.strip() == "/reset":
             conversation.reset()
+            cleared = "the conversation is cleared" if chat else "nothing to clear: each line is continued on its own"
+            print(f"({cleared})", file=sys.stderr)
             continue
         if not line.strip():
             continue

@@ -162,3 +162,21 @@ def test_lora_is_refused_under_deepspeed():
         check_lora_launch(deepspeed, LoraArguments(lora_r=8))
     check_lora_launch(deepspeed, LoraArguments(lora_r=0))
     check_lora_launch(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), LoraArguments(lora_r=8))
+
+
+def test_a_base_model_that_is_not_there_is_named_in_one_line(tmp_path, capsys):
+    """The adapter names its base by the path it was trained from; an explicit --base_model that is no folder was
+    sent to the Hub as a repo id (its error about repo id forms)."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/x/final"}))
+    assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"python -m shuangyu.training.merge_lora: error: {adapter / 'adapter_config.json'}: the base model /x/final "
+        "is not there; pass --base_model"
+    ]
+    assert merge_main([str(adapter), str(tmp_path / "merged"), "--base_model", "/x/moved"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "python -m shuangyu.training.merge_lora: error: --base_model /x/moved: no such folder"
+    ]
+    assert not (tmp_path / "merged").exists()

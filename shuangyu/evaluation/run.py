@@ -18,15 +18,19 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from shuangyu.devices import pick_device
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.evaluation.local_tasks import (
+    ENV_VAR,
     GROUPS,
     HELLASWAG_NOTE,
     SINGLE_TASKS,
+    STOCK_DIR,
     TASKS_DIR,
+    benchmarks_dir,
     check_benchmark_data,
     stock_dataset,
     write_task_yamls,
@@ -43,6 +47,7 @@ PROG = "eval/run.py"  # as the user types it
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
 DEFAULT_CONVERSATIONS = REPO.parent / "shared" / "data" / "sft"
+TRUE = ("1", "ON", "YES", "TRUE")  # how huggingface_hub and datasets read their *_OFFLINE variables
 
 # Expected score of guessing uniformly at random, per task (prefix match; subjects inherit their group's).
 RANDOM_BASELINES = {
@@ -135,6 +140,20 @@ def run_lm_eval(
         )
     except FileNotFoundError as err:  # a data file gone since check_benchmark_data (datasets names its path)
         raise UsageError(str(err)) from err
+    except ConnectionError as err:  # a stock task's data is downloaded from the Hub when it is first used
+        raise UsageError(not_downloaded(tasks, err)) from None
+
+
+def not_downloaded(tasks: list[str], err: Exception) -> str:
+    """What to say when a stock task's data could not be downloaded: the reason, and the local copies."""
+    stock = [t for t in tasks if not t.endswith("_local")]
+    copies = [f"{t.replace('-', '_')}_local" for t in stock]
+    copies = [name for name in copies if name in SINGLE_TASKS or name in GROUPS]
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = [name for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(name, "").upper() in TRUE]
+    why = f"{' and '.join(offline)} set" if offline else "no network?"
+    local = f"; the local {'copy' if len(copies) == 1 else 'copies'}: {', '.join(copies)}" if copies else ""
+    return f"could not download the data of {', '.join(stock) or 'the tasks'} ({reason}; {why}){local}"
 
 
 def val_texts(corpus: Path, lang: str, max_bytes: int) -> list[str]:
@@ -255,6 +274,26 @@ def metric_rows(results: dict, tasks: list[str]) -> list[tuple[str, str, float, 
     return rows
 
 
+def portable_json(report: dict, ckpt: Path) -> str:
+    """REPORT as JSON with no path of this machine in it: lm-eval records where each task's YAML and data were
+    (`config_source`, `dataset_kwargs.data_dir`), and the file is pushed with the model. Each such path is
+    written relative to what the reader has too: the benchmarks folder as $SHUANGYU_BENCHMARKS, the task
+    YAMLs under the repository's shuangyu/evaluation/tasks, the stock ones under lm_eval/tasks, the checkpoint
+    by its folder's name."""
+    text = json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    names = {
+        benchmarks_dir(): f"${ENV_VAR}",
+        TASKS_DIR: TASKS_DIR.relative_to(REPO).as_posix(),
+        STOCK_DIR: "lm_eval/tasks",
+        ckpt: ckpt.name,
+        REPO: ".",
+    }
+    # the longest first: the task folder lies inside the repository, and so may the checkpoint
+    for path in sorted(names, key=lambda p: len(str(p)), reverse=True):
+        text = text.replace(json.dumps(str(path), ensure_ascii=False)[1:-1], names[path])
+    return text
+
+
 def parse_args(argv):
     p = refuse_in_one_line(
         argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,10 +334,69 @@ def parse_args(argv):
         value = getattr(args, flag)
         if value is not None and value < lowest:
             raise UsageError(f"--{flag} {value}: must be at least {lowest} ({meaning})")
+    tasks = [t for t in args.tasks.split(",") if t.strip()]
+    if args.limit is not None and not tasks:
+        raise UsageError(f"--limit {args.limit}: limits the lm-eval tasks, and no --tasks were given")
+    if not tasks and not [lang for lang in args.langs.split(",") if lang.strip()]:
+        raise UsageError("nothing to evaluate: give --tasks, or --langs for held-out bits per byte")
     return args
 
 
+def read_earlier_results(path: Path) -> dict:
+    """The results an earlier run wrote to PATH ({} if none), read before the model loads: a new run keeps the
+    rows of the tasks it does not score."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        rows = earlier["table"]
+        if not all(isinstance(r["task"], str) and isinstance(r["value"], (int, float)) and r["metric"] for r in rows):
+            raise ValueError("a row without task, metric or value")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(
+            f"{path}: not a results file of eval/run.py ({type(err).__name__}: {err}), whose rows this run would "
+            "keep; move it away or choose another --output"
+        ) from None
+    return earlier
+
+
+def keep_earlier(report: dict, earlier: dict) -> dict:
+    """REPORT plus what EARLIER scored and this run did not (other tasks, other held-out languages), each kept
+    row with the date and --limit of the run that scored it, and a note saying which were kept."""
+    ran = set(report["tasks"]) | {row["task"] for row in report["table"]}
+    run_of = {"date": earlier.get("date"), "limit": earlier.get("limit")}  # files from before rows carried them
+    kept = [run_of | row for row in earlier.get("table", []) if row["task"] not in ran]
+    merged = dict(report, table=report["table"] + kept)
+    merged["tasks"] = list(dict.fromkeys([*report["tasks"], *(row["task"] for row in kept)]))
+    earlier_lm_eval = earlier.get("lm_eval") or {}
+    merged["lm_eval"] = {key: (earlier_lm_eval.get(key) or {}) | new for key, new in report["lm_eval"].items()}
+    notes = []
+    runs: dict[tuple, list[str]] = {}
+    for row in kept:
+        runs.setdefault((row.get("date"), row.get("limit")), []).append(row["task"])
+    for (date, limit), tasks in runs.items():
+        how = ", ".join(filter(None, [date, f"--limit {limit}" if limit else "all examples"]))
+        notes.append(f"{', '.join(dict.fromkeys(tasks))}: kept from an earlier run ({how})")
+    for key, label in (("held_out", "held-out"), ("held_out_conversations", "held-out conversations")):
+        old = {lang: run_of | s for lang, s in (earlier.get(key) or {}).items() if lang not in report[key]}
+        merged[key] = report[key] | old
+        dates = ", ".join(sorted({str(s["date"]) for s in old.values() if s.get("date")}))
+        if old:
+            notes.append(f"{label} {', '.join(old)}: kept from an earlier run" + (f" ({dates})" if dates else ""))
+    merged["notes"] = report["notes"] + notes
+    if not report["tasks"]:  # the table is all earlier rows: the card's quick-check mark follows theirs
+        merged["limit"] = max((row["limit"] for row in kept if row.get("limit")), default=None)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return evaluate(argv)
+    except KeyboardInterrupt:  # results and card are written whole at the end, so nothing is half-written
+        return print_interrupted(PROG, "the results files and the model card were left as they were")
+
+
+def evaluate(argv: list[str] | None) -> int:
     try:
         args = parse_args(argv)
     except UsageError as err:
@@ -315,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         bars_only_on_a_terminal()
         output = args.output or args.checkpoint.resolve() / "eval_results.json"
         check_writable_folder(output.parent, "--output")
+        earlier = read_earlier_results(output)
         device = pick_device(args.device)
         ckpt = args.checkpoint.resolve()
         remote_code = needs_remote_code(config)
@@ -337,23 +436,36 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(PROG, err)
     rows = metric_rows(results or {}, tasks)
     configs = (results or {}).get("configs", {})
+    date = datetime.now(timezone.utc).date().isoformat()
     report = {
         "checkpoint": ckpt.name,  # not the absolute path: the file is pushed, and must not name the user's machine
+        "date": date,
         "tasks": tasks,
         "limit": args.limit,
         "trust_remote_code": remote_code,
         "lm_eval": {k: (results or {}).get(k, {}) for k in ("results", "groups", "versions", "n-shot", "configs")},
-        "held_out": bpb,
-        "held_out_conversations": conversations,
+        "held_out": {lang: scores | {"date": date} for lang, scores in bpb.items()},
+        "held_out_conversations": {lang: scores | {"date": date} for lang, scores in conversations.items()},
         "apply_chat_template": args.apply_chat_template,
         "table": [
-            {"task": t, "metric": m, "value": v, "random_guess": b, "dataset": hub_dataset(t, configs)}
+            {
+                "task": t,
+                "metric": m,
+                "value": v,
+                "random_guess": b,
+                "dataset": hub_dataset(t, configs),
+                "date": date,
+                "limit": args.limit,
+            }
             for t, m, v, b in rows
-        ],
-        "notes": [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t in tasks) else [],
+        ],  # fmt: skip
+        "notes": [],
     }
-    atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    table = markdown_table(report["table"], bpb, report["notes"], conversations)
+    report = keep_earlier(report, earlier)
+    if any("hellaswag" in row["task"] for row in report["table"]):
+        report["notes"].insert(0, f"hellaswag_local: {HELLASWAG_NOTE}")
+    atomic_write_text(output, portable_json(report, ckpt))
+    table = markdown_table(report["table"], report["held_out"], report["notes"], report["held_out_conversations"])
     atomic_write_text(output.with_suffix(".md"), table)
     print(table)
     print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)

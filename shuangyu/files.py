@@ -34,12 +34,22 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
         shutil.rmtree(old, ignore_errors=True)
 
 
-def check_replaceable(dest: str | Path, source: str | Path, source_name: str, overwrite: bool) -> None:
+def check_replaceable(
+    dest: str | Path, source: str | Path, source_name: str, overwrite: bool, marker: str | None = None
+) -> None:
     """Before writing `dest` whole (atomic_folder, or a file renamed into place): refuse to replace it unless
-    `overwrite`, and always when it is, or holds, the `source` being read (replacing it would delete it)."""
+    `overwrite`, and always when it is, or holds, the `source` being read (replacing it would delete it), or,
+    given a `marker` file (config.json for a model folder), when it is a folder of other files: --overwrite
+    means "replace my earlier output", not "delete whatever is there"."""
     dest, source = Path(dest), Path(source).resolve()
     if dest.resolve() == source or dest.resolve() in source.parents:
         raise UsageError(f"{dest}: is or holds {source_name} {source}; name a new one")
+    if marker and dest.is_dir() and not (dest / marker).is_file() and any(dest.iterdir()):
+        shown = ", ".join(sorted(p.name for p in dest.iterdir())[:3])
+        raise UsageError(
+            f"{dest} holds other files ({shown}) and no {marker}: not replaced, even with --overwrite (only an "
+            "earlier output or an empty folder is); name a new one"
+        )
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} exists; pass --overwrite to replace it")
 

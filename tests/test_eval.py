@@ -259,3 +259,122 @@ def test_held_out_text_is_capped_at_the_bytes_asked_with_a_share_from_every_file
         assert all("\ufffd" not in t for t in texts)
         first_lines = [json.loads(path.open(encoding="utf-8").readline())["text"] for path in files]
         assert all(any(t and line.startswith(t[:20]) for t in texts) for line in first_lines)  # every source
+
+
+def test_the_results_name_no_path_of_this_machine(tiny_checkpoint, tmp_path):
+    """eval_results.json is pushed with the model: lm-eval's task configs record where the YAMLs and the data
+    were, which the file gives relative to what every reader has."""
+    from shuangyu.evaluation.run import main
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "final"))
+    args = [ckpt, "--tasks", "xcopa_zh_local", "--limit", 2, "--langs", "en", "--bpb_max_bytes", 2000]
+    assert main([str(a) for a in args]) == 0
+    text = (ckpt / "eval_results.json").read_text(encoding="utf-8")
+    for path in (tmp_path, REPO, make_tasks.benchmarks_dir(), make_tasks.STOCK_DIR):
+        assert str(path) not in text, path
+    config = json.loads(text)["lm_eval"]["configs"]["xcopa_zh_local"]
+    assert config["dataset_kwargs"]["data_dir"] == "$SHUANGYU_BENCHMARKS"
+    assert config["metadata"]["config_source"] == "shuangyu/evaluation/tasks/xcopa_zh_local.yaml"
+    assert json.loads(text)["table"][0]["task"] == "xcopa_zh_local"  # everything else lm-eval records is kept
+
+
+def earlier_results(ckpt: Path) -> dict:
+    """What an earlier run (arc_easy_local with --limit 100, held-out zh) left in CKPT, as eval/run.py writes it."""
+    held_out = {"bits_per_byte": 2.5, "perplexity": 300.0, "tokens": 10, "bytes": 30, "date": "2025-01-02"}
+    earlier = {
+        "checkpoint": ckpt.name,
+        "date": "2025-01-02",
+        "tasks": ["arc_easy_local"],
+        "limit": 100,
+        "lm_eval": {"results": {"arc_easy_local": {"acc,none": 0.31}}, "n-shot": {"arc_easy_local": 0}},
+        "held_out": {"zh": held_out},
+        "held_out_conversations": {},
+        "table": [
+            {
+                "task": "arc_easy_local",
+                "metric": "acc",
+                "value": 0.31,
+                "random_guess": 0.25,
+                "dataset": None,
+                "date": "2025-01-02",
+                "limit": 100,
+            }
+        ],  # fmt: skip
+        "notes": [],
+    }
+    (ckpt / "eval_results.json").write_text(json.dumps(earlier), encoding="utf-8")
+    return earlier
+
+
+def test_a_run_replaces_the_rows_it_scored_and_keeps_the_others(tiny_checkpoint, tmp_path, capsys):
+    """A run without --tasks (held-out text only) used to rewrite the results and the card with its own rows
+    alone: the tasks scored before vanished."""
+    from shuangyu.evaluation.run import main
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "final"))
+    earlier_results(ckpt)
+    assert main([str(ckpt), "--langs", "en", "--bpb_max_bytes", "2000"]) == 0
+    report = json.loads((ckpt / "eval_results.json").read_text(encoding="utf-8"))
+    assert [(row["task"], row["value"], row["limit"]) for row in report["table"]] == [("arc_easy_local", 0.31, 100)]
+    assert set(report["held_out"]) == {"en", "zh"} and report["held_out"]["zh"]["bits_per_byte"] == 2.5
+    assert report["lm_eval"]["results"] == {"arc_easy_local": {"acc,none": 0.31}}
+    assert report["limit"] == 100  # the table is a quick check's: the card marks it so
+    kept = "arc_easy_local: kept from an earlier run (2025-01-02, --limit 100)"
+    assert kept in report["notes"] and "held-out zh: kept from an earlier run (2025-01-02)" in report["notes"]
+    table, card = (ckpt / "eval_results.md").read_text(), (ckpt / "README.md").read_text()
+    for text in (table, card):
+        assert "| arc_easy_local | acc | 0.3100 | 0.25 |" in text and f"Note: {kept}." in text
+        assert "| held-out zh | bits_per_byte | 2.5000 | |" in text and "| held-out en | bits_per_byte |" in text
+    capsys.readouterr()
+    # --limit without tasks limits nothing: refused, the results left as they were
+    before = (ckpt / "eval_results.json").read_text()
+    assert main([str(ckpt), "--limit", "5"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "eval/run.py: error: --limit 5: limits the lm-eval tasks, and no --tasks were given"
+    ]
+    assert (ckpt / "eval_results.json").read_text() == before
+
+
+def test_a_results_file_that_cannot_be_kept_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from shuangyu.evaluation import run
+
+    (tmp_path / "r.json").write_text('{"table": [{"task": "arc"}]}')
+    monkeypatch.setattr(run, "check_model_folder", lambda path: {"model_type": "shuangyu"})
+    monkeypatch.setattr(run, "run_bpb", lambda *args: pytest.fail("the model was loaded"))
+    assert run.main([str(tmp_path), "--output", str(tmp_path / "r.json")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"eval/run.py: error: {tmp_path / 'r.json'}: not a results file of eval/run.py"), line
+    assert (tmp_path / "r.json").read_text() == '{"table": [{"task": "arc"}]}'
+
+
+def test_a_stock_task_offline_is_one_line_naming_the_local_copy(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """hellaswag's data is on the Hub: offline, datasets raises ConnectionError from inside lm-eval."""
+    from shuangyu.evaluation.run import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = tmp_path / "r.json"
+    args = [tiny_checkpoint, "--tasks", "hellaswag", "--limit", 1, "--langs", "", "--output", out]
+    assert main([str(a) for a in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("eval/run.py: error: could not download the data of hellaswag (")
+    assert "HF_DATASETS_OFFLINE" in lines[0] and lines[0].endswith("the local copy: hellaswag_local")
+    assert not out.exists()
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_results_left_as_they_were(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from shuangyu.evaluation import run
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "final"))
+    earlier_results(ckpt)
+    before = (ckpt / "eval_results.json").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run_bpb", interrupted)
+    assert run.main([str(ckpt), "--langs", "en"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "eval/run.py: interrupted; the results files and the model card were left as they were"
+    ]
+    assert (ckpt / "eval_results.json").read_text() == before and not (ckpt / "eval_results.md").exists()

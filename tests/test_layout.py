@@ -27,7 +27,8 @@ ALLOWED = {
     "text": {"errors", "files"},
     "tokenizer": {"errors", "files", "text"},
     "data": {"errors", "files", "text", "tokenizer"},
-    "modeling": {"errors", "files"},  # the export command's errors; the model files themselves import nothing of ours
+    # the export command's errors and the card it carries over; the model files themselves import nothing of ours
+    "modeling": {"errors", "files", "sharing"},
     # tokenizer: a chat model's reply loss
     "evaluation": {"errors", "files", "devices", "progress", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files", "library_warnings"},  # loads an adapter on its base model (PEFT warns)

@@ -143,26 +143,86 @@ def test_export_refuses_incompatible_knobs_with_exit_status_2(tmp_path):
 
 
 def test_export_replaces_nothing_unasked_and_never_its_source(tmp_path, capsys):
-    src, dst = tmp_path / "runs" / "final", tmp_path / "dst"
+    src, dst, mine = tmp_path / "runs" / "final", tmp_path / "dst", tmp_path / "mine"
     tiny_model().save_pretrained(src)
     dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    (mine / "keep").mkdir(parents=True)
+    (mine / "keep" / "file.txt").write_text("mine")
+    capsys.readouterr()  # save_pretrained's bar
     cases = [
         ([str(src), str(dst)], f"{dst} exists; pass --overwrite to replace it"),
         ([str(src), str(tmp_path / "runs"), "--overwrite"], "is or holds SRC"),  # it used to delete every run
         ([str(src), str(src), "--overwrite"], "is or holds SRC"),
+        # --overwrite replaces an earlier export, not a folder of other files (it used to delete them)
+        ([str(src), str(mine), "--overwrite"], f"{mine} holds other files (keep) and no config.json: not replaced"),
     ]
     for argv, needle in cases:
         assert export_main(["--to", "llama", *argv]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], lines
-    assert (dst / "keep.txt").read_text() == "mine" and (src / "config.json").is_file()
-    assert export_main(["--to", "llama", str(src), str(dst), "--overwrite"]) == 0
-    assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
+    assert (mine / "keep" / "file.txt").read_text() == "mine" and (src / "config.json").is_file()
+    assert export_main(["--to", "llama", str(src), str(dst), "--overwrite"]) == 0  # an empty folder
+    (dst / "old.txt").write_text("an earlier export's")
+    assert export_main(["--to", "llama", str(src), str(dst), "--overwrite"]) == 0  # an earlier export
+    assert not (dst / "old.txt").exists() and (dst / "config.json").is_file()
     gguf = tmp_path / "model.gguf"
     gguf.write_text("old")
     assert export_main(["--to", "gguf", str(src), str(gguf)]) == 2 and gguf.read_text() == "old"
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["llama", "gguf"])
+def test_ctrl_c_during_export_is_one_line_exit_130_and_leaves_dst_as_it_was(target, tmp_path, capsys, monkeypatch):
+    from test_model_support import model_folder
+
+    import shuangyu.modeling.gguf_export as gguf_export
+    import shuangyu.modeling.llama_export as llama_export
+
+    src, _ = model_folder(tmp_path / "src")
+    out = tmp_path / "out" / ("model.gguf" if target == "gguf" else "llama")
+    out.parent.mkdir()
+    if target == "gguf":
+        pytest.importorskip("gguf")
+        out.write_text("an earlier export")
+    else:
+        assert export_main(["--to", "llama", str(src), str(out)]) == 0
+    before = sorted(p.name for p in out.parent.rglob("*"))
+
+    def interrupted(*args, **kwargs):  # Ctrl-C with the new export half-written beside DST
+        raise KeyboardInterrupt
+
+    # the last step before the rename: the weights are already written under the temporary name
+    step = (
+        (gguf_export, "check_gguf_tokenizer") if target == "gguf" else (llama_export, "write_portable_tokenizer_files")
+    )
+    monkeypatch.setattr(*step, interrupted)
+    capsys.readouterr()
+    assert export_main(["--to", target, str(src), str(out), "--overwrite"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"python -m shuangyu.modeling.export: interrupted; {out} was left as it was"
+    ]
+    assert sorted(p.name for p in out.parent.rglob("*")) == before  # no temporary file or folder left
+
+
+def test_export_to_llama_carries_the_model_card_over(tmp_path):
+    """The card holds the training data, recipe and evaluation, which hold for the export (the same logits);
+    how to load it names the export, without trust_remote_code. eval/run.py used to start a bare card there."""
+    from huggingface_hub import ModelCard
+
+    from shuangyu.sharing.card import write_card
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tiny_model().save_pretrained(src)
+    write_card(src, name="tiny-run", training={"sources": [], "recipe": {"steps": 7}})
+    (src / "eval_results.json").write_text('{"table": []}')
+    assert 'from_pretrained("' + str(src) + '", trust_remote_code=True)' in (src / "README.md").read_text()
+    assert export_main(["--to", "llama", str(src), str(dst)]) == 0
+    card = ModelCard.load(dst / "README.md")
+    assert card.text.lstrip().startswith("# tiny-run") and "| steps | 7 |" in card.text  # the training record
+    assert f'from_pretrained("{dst}")' in card.text and "trust_remote_code" not in card.text
+    assert "(`llama`, exported from Shuangyu: layers" in card.text
+    assert "custom_code" not in card.data.tags and "shuangyu" in card.data.tags
+    assert (dst / "eval_results.json").read_text() == '{"table": []}'  # what a later eval/run.py adds to
 
 
 # ------------------------------------------------------------------------ transformers 4.x and 5.x alike

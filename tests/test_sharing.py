@@ -293,10 +293,19 @@ def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_pa
     assert loaded.returncode == 0, loaded.stderr[-3000:]
 
 
-@pytest.mark.parametrize("case", ["not_folder", "no_weights", "no_tokenizer", "no_token", "bad_repo_id", "wrong_token"])
+@pytest.mark.parametrize(
+    "case", ["not_folder", "no_weights", "no_tokenizer", "no_token", "bad_repo_id", "wrong_token", "adapter"]
+)
 def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
     folder, repo_id, env = checkpoint, "alice/tiny", hub_env(hub, tmp_path)
-    if case == "not_folder":
+    if case == "adapter":  # a --lora_r run's final/: its adapter_config.json names the base by a local path
+        folder = tmp_path / "adapter"
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(checkpoint), "r": 4}))
+        (folder / "adapter_model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+        shutil.copy(checkpoint / "tokenizer.json", folder)
+        needle = f"{folder} is a LoRA adapter (its base model is named by a local path): merge it into a model folder"
+    elif case == "not_folder":
         folder, needle = tmp_path / "nope", "is not a folder"
     elif case == "no_weights":
         (checkpoint / "model.safetensors").unlink()
@@ -317,11 +326,11 @@ def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("push.py: error: ") and needle in lines[0], proc.stderr
-    assert not hub.commits
+    assert not hub.commits and not hub.repos  # refused before anything was sent
     assert_no_token(proc.stdout, proc.stderr)
 
 
-@pytest.mark.parametrize("case", ["no_repo_id", "wrong_token"])
+@pytest.mark.parametrize("case", ["no_repo_id", "wrong_token", "lora"])
 def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_dir, tmp_path):
     args = [
         "--tokenizer_name",
@@ -335,6 +344,9 @@ def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_
     env = hub_env(hub, tmp_path)
     if case == "no_repo_id":
         needle = "--push_to_hub: give --hub_model_id USER/NAME"
+    elif case == "lora":  # an adapter is not pushed (eval/push.py refuses it): said before training, not after
+        args += ["--hub_model_id", "alice/tiny", "--lora_r", "4"]
+        needle = "--push_to_hub with --lora_r: an adapter is not pushed"
     else:
         args += ["--hub_model_id", "alice/tiny"]
         env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "--push_to_hub: could not create or reach alice/tiny"

@@ -15,13 +15,13 @@ held-out conversation loss per language: the loss on the assistants' replies of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from shuangyu.devices import pick_device
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.evaluation.local_tasks import (
     GROUPS,
     HELLASWAG_NOTE,
@@ -31,6 +31,7 @@ from shuangyu.evaluation.local_tasks import (
     stock_dataset,
     write_task_yamls,
 )
+from shuangyu.evaluation.results import keep_earlier, portable_json, read_earlier_results
 from shuangyu.files import atomic_write_text, check_writable_folder
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import markdown_table, write_card
@@ -43,6 +44,7 @@ PROG = "eval/run.py"  # as the user types it
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus"
 DEFAULT_CONVERSATIONS = REPO.parent / "shared" / "data" / "sft"
+TRUE = ("1", "ON", "YES", "TRUE")  # how huggingface_hub and datasets read their *_OFFLINE variables
 
 # Expected score of guessing uniformly at random, per task (prefix match; subjects inherit their group's).
 RANDOM_BASELINES = {
@@ -135,6 +137,20 @@ def run_lm_eval(
         )
     except FileNotFoundError as err:  # a data file gone since check_benchmark_data (datasets names its path)
         raise UsageError(str(err)) from err
+    except ConnectionError as err:  # a stock task's data is downloaded from the Hub when it is first used
+        raise UsageError(not_downloaded(tasks, err)) from None
+
+
+def not_downloaded(tasks: list[str], err: Exception) -> str:
+    """What to say when a stock task's data could not be downloaded: the reason, and the local copies."""
+    stock = [t for t in tasks if not t.endswith("_local")]
+    copies = [f"{t.replace('-', '_')}_local" for t in stock]
+    copies = [name for name in copies if name in SINGLE_TASKS or name in GROUPS]
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    offline = [name for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(name, "").upper() in TRUE]
+    why = f"{' and '.join(offline)} set" if offline else "no network?"
+    local = f"; the local {'copy' if len(copies) == 1 else 'copies'}: {', '.join(copies)}" if copies else ""
+    return f"could not download the data of {', '.join(stock) or 'the tasks'} ({reason}; {why}){local}"
 
 
 def val_texts(corpus: Path, lang: str, max_bytes: int) -> list[str]:
@@ -295,10 +311,22 @@ def parse_args(argv):
         value = getattr(args, flag)
         if value is not None and value < lowest:
             raise UsageError(f"--{flag} {value}: must be at least {lowest} ({meaning})")
+    tasks = [t for t in args.tasks.split(",") if t.strip()]
+    if args.limit is not None and not tasks:
+        raise UsageError(f"--limit {args.limit}: limits the lm-eval tasks, and no --tasks were given")
+    if not tasks and not [lang for lang in args.langs.split(",") if lang.strip()]:
+        raise UsageError("nothing to evaluate: give --tasks, or --langs for held-out bits per byte")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return evaluate(argv)
+    except KeyboardInterrupt:  # results and card are written whole at the end, so nothing is half-written
+        return print_interrupted(PROG, "the results files and the model card were left as they were")
+
+
+def evaluate(argv: list[str] | None) -> int:
     try:
         args = parse_args(argv)
     except UsageError as err:
@@ -315,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         bars_only_on_a_terminal()
         output = args.output or args.checkpoint.resolve() / "eval_results.json"
         check_writable_folder(output.parent, "--output")
+        earlier = read_earlier_results(output)
         device = pick_device(args.device)
         ckpt = args.checkpoint.resolve()
         remote_code = needs_remote_code(config)
@@ -337,23 +366,36 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(PROG, err)
     rows = metric_rows(results or {}, tasks)
     configs = (results or {}).get("configs", {})
+    date = datetime.now(timezone.utc).date().isoformat()
     report = {
         "checkpoint": ckpt.name,  # not the absolute path: the file is pushed, and must not name the user's machine
+        "date": date,
         "tasks": tasks,
         "limit": args.limit,
         "trust_remote_code": remote_code,
         "lm_eval": {k: (results or {}).get(k, {}) for k in ("results", "groups", "versions", "n-shot", "configs")},
-        "held_out": bpb,
-        "held_out_conversations": conversations,
+        "held_out": {lang: scores | {"date": date} for lang, scores in bpb.items()},
+        "held_out_conversations": {lang: scores | {"date": date} for lang, scores in conversations.items()},
         "apply_chat_template": args.apply_chat_template,
         "table": [
-            {"task": t, "metric": m, "value": v, "random_guess": b, "dataset": hub_dataset(t, configs)}
+            {
+                "task": t,
+                "metric": m,
+                "value": v,
+                "random_guess": b,
+                "dataset": hub_dataset(t, configs),
+                "date": date,
+                "limit": args.limit,
+            }
             for t, m, v, b in rows
-        ],
-        "notes": [f"hellaswag_local: {HELLASWAG_NOTE}"] if any("hellaswag" in t for t in tasks) else [],
+        ],  # fmt: skip
+        "notes": [],
     }
-    atomic_write_text(output, json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    table = markdown_table(report["table"], bpb, report["notes"], conversations)
+    report = keep_earlier(report, earlier)
+    if any("hellaswag" in row["task"] for row in report["table"]):
+        report["notes"].insert(0, f"hellaswag_local: {HELLASWAG_NOTE}")
+    atomic_write_text(output, portable_json(report, ckpt))
+    table = markdown_table(report["table"], report["held_out"], report["notes"], report["held_out_conversations"])
     atomic_write_text(output.with_suffix(".md"), table)
     print(table)
     print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)

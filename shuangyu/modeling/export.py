@@ -7,12 +7,16 @@ One job, one file though long: both targets share the knob checks, the tokenizer
 
 Both need LLaMA's knobs (RMSNorm, SwiGLU; biases, GQA, RoPE theta and scaling and tied embeddings all carry
 over). Bad input (a missing file, knobs Llama cannot express, a tokenizer llama.cpp would split differently)
-prints one line naming the file or flag and exits with status 2, before anything is written.
+prints one line naming the file or flag and exits with status 2, before anything is written. An existing DST is
+replaced only with --overwrite, and a folder only when it is a model folder (config.json) or empty. Ctrl-C is
+one line, exit status 130, DST as it was: both targets are written under a temporary name and renamed.
 
 --to llama: parameter names are already LLaMA's, so the weights are copied as they are. The tokenizer files in
 SRC are copied with a tokenizer_config.json rewritten to load under transformers 4.x and 5.x alike
 (`PreTrainedTokenizerFast`, `additional_special_tokens`, no loader flags such as `local_files_only`), and
-config.json carries `rope_theta` and `rope_scaling` (4.x) next to `rope_parameters` (5.x).
+config.json carries `rope_theta` and `rope_scaling` (4.x) next to `rope_parameters` (5.x). SRC's model card comes
+along (with its loss curves and eval_results.json): the same logits, so its training record and evaluation hold;
+its "How to use" loads DST, without trust_remote_code.
 
 --to gguf: the llama architecture with the tokenizer as a byte-level BPE (`tokenizer.ggml.model = gpt2`) under
 llama.cpp's `qwen2` pre-tokenizer, whose split agrees with ours on Chinese, English, digits, code and emoji.
@@ -29,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, print_interrupted
 from shuangyu.files import check_replaceable, check_writable_folder
 
 from .gguf_export import (
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=GGUF_DTYPES, default="auto", help="GGUF weights (auto: as SRC's)")
     parser.add_argument("src", help="a Shuangyu folder written by save_pretrained (with its tokenizer)")
     parser.add_argument("dst", help="output: a folder for --to llama, a .gguf file for --to gguf")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DST if it exists (--to llama: a model folder or an empty one)"
+    )
     args = parser.parse_args(argv)
     src = Path(args.src)
     # stderr is for the one-line verdict: no "Loading weights" bars before it.
@@ -79,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             check_writable_folder(args.dst, "DST")
         if not src.is_dir():
             raise UsageError(f"{src}: not a folder; pass a folder written by save_pretrained")
-        # DST is replaced whole: `export --to llama outputs/run/final outputs` would have deleted every run
-        check_replaceable(args.dst, src, "SRC", args.overwrite)
+        # DST is replaced whole: `export --to llama outputs/run/final outputs` would have deleted every run, and
+        # --overwrite on a folder of other files would have deleted them
+        check_replaceable(args.dst, src, "SRC", args.overwrite, "config.json" if args.to == "llama" else None)
         with torch.no_grad():
             if args.to == "llama":
                 export_to_llama(src, args.dst)
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 export_to_gguf(src, args.dst, args.dtype)
     except UsageError as err:
         return print_error(PROG, err)
+    except KeyboardInterrupt:  # both targets are written under a temporary name and renamed when complete
+        return print_interrupted(PROG, f"{args.dst} was left as it was")
     target = "a LlamaForCausalLM folder" if args.to == "llama" else "a GGUF (llama architecture, qwen2 tokenizer)"
     print(f"wrote {target} to {args.dst}")
     return 0

@@ -2,7 +2,7 @@
 
 Parameter names are already LLaMA's, so the weights are copied as they are. The tokenizer files are copied with
 a tokenizer_config.json rewritten to load under transformers 4.x and 5.x alike, and config.json carries
-`rope_theta` and `rope_scaling` (4.x) next to `rope_parameters` (5.x).
+`rope_theta` and `rope_scaling` (4.x) next to `rope_parameters` (5.x). SRC's model card is carried over.
 """
 
 from __future__ import annotations
@@ -199,7 +199,27 @@ def export_to_llama(src: str | Path, dst: str | Path) -> Path:
         llama.save_pretrained(tmp)
         add_legacy_rope_fields(tmp / "config.json")
         write_portable_tokenizer_files(src, tmp)
+        carry_card(src, tmp, dst)
     return dst
+
+
+def carry_card(src: Path, tmp: Path, dst: Path) -> None:
+    """SRC's model card into the export (being written at TMP, to become DST): the same weights and logits, so
+    its training data, recipe and evaluation hold; how to load it now names DST without trust_remote_code."""
+    from huggingface_hub import ModelCard
+
+    from shuangyu.sharing.card import render_card
+
+    if not (src / "README.md").is_file():
+        return  # no card to carry (not written by train_clm.py); eval/run.py or eval/push.py writes a new one
+    # with what it shows (the loss curves) and the results a later eval/run.py adds to
+    for path in [src / "README.md", src / "eval_results.json", src / "eval_results.md", *src.glob("*.png")]:
+        if path.is_file():
+            shutil.copy2(path, tmp / path.name)
+    card = ModelCard(render_card(tmp, load_path=str(dst)))  # the usage section, from TMP's stock Llama config
+    card.data.tags = [tag for tag in card.data.tags or [] if tag != "custom_code"] or None
+    body = card.text.replace(f"(`{ShuangyuConfig.model_type}`: ", "(`llama`, exported from Shuangyu: ", 1)
+    (tmp / "README.md").write_text(f"---\n{card.data.to_yaml()}\n---\n\n{body.lstrip()}", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------- GGUF

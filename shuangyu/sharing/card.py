@@ -374,8 +374,8 @@ def model_index_results(report: dict) -> list[EvalResult]:
     results = []
     for row in report.get("table", []):
         task, metric, dataset = row["task"], row["metric"], row.get("dataset")
-        if not dataset:
-            continue  # compares with nothing published (e.g. the approximate HellaSwag rebuild)
+        if not dataset or row.get("limit"):
+            continue  # compares with nothing published (the approximate HellaSwag rebuild, a row kept from a --limit run)
         results.append(
             EvalResult(
                 task_type="text-generation",

@@ -23,7 +23,7 @@ def check_model_folder(folder: Path) -> dict:
         )
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
         raise UsageError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
-    if adapter:  # a LoRA adapter (a --lora_r run's folder): shared as it is, loaded on its base model
+    if adapter:  # a LoRA adapter (a --lora_r run's folder): chat loads it on its base; the push refuses it
         return {"adapter": json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))}
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -24,8 +24,14 @@ PROG = "push.py"
 
 
 def check_folder(folder: Path) -> None:
-    """What eval/run.py asks of a checkpoint (config.json, a tokenizer), and safetensors weights."""
-    check_model_folder(folder)
+    """What eval/run.py asks of a checkpoint (config.json, a tokenizer), and safetensors weights; no LoRA
+    adapter, whose adapter_config.json names its base model by the local path it was trained from, so that no
+    Hub user could load it."""
+    if "adapter" in check_model_folder(folder):
+        raise UsageError(
+            f"{folder} is a LoRA adapter (its base model is named by a local path): merge it into a model folder "
+            f"first (python -m shuangyu.training.merge_lora {folder} MERGED) and push that"
+        )
     if not any(folder.glob("*.safetensors")):
         raise UsageError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
 

@@ -24,6 +24,13 @@ def check_run(config: TrainConfig) -> tuple[Path, Path | None]:
     if config.hub.push_to_hub:
         from shuangyu.training.hub import check_hub
 
+        if config.lora.lora_r:  # eval/push.py refuses the adapter: say so before training, not after it
+            raise UsageError(
+                "--push_to_hub with --lora_r: an adapter is not pushed (its base model is named by a local path); "
+                "train without --push_to_hub, merge the adapter (python -m shuangyu.training.merge_lora) and push "
+                "the merged folder with eval/push.py"
+            )
+
         check_hub(config.hub)
     warn = print if is_first_process() else (lambda message: None)
     return out, ckpt.resolve_resume(out, config.checkpoint.resume_from_checkpoint, warn)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 from itertools import chain
 
 import numpy as np
@@ -76,8 +78,15 @@ def document_ids(tokenizer, texts: list[str], eos_token_id: int) -> list[np.ndar
     return [np.array([*enc.ids, eos_token_id], dtype=np.int32) for enc in encode_texts(tokenizer, texts)]
 
 
+def ignore_ctrl_c_in_workers(parent_pid: int) -> None:
+    """In a `datasets.map` worker process, leave Ctrl-C to the parent: the terminal sends SIGINT to every process, and
+    a worker stopped by it prints its own traceback; the parent stops the pool (datasets terminates it)."""
+    if os.getpid() != parent_pid:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def tokenize_documents(
-    batch, tokenizer, eos_token_id: int, seed: int, fraction: float, first_validation: int, dtype: str
+    batch, tokenizer, eos_token_id: int, seed: int, fraction: float, first_validation: int, dtype: str, parent_pid: int
 ):
     """`datasets.map` function over Arrow batches: token ids of each document with the end-of-text id
     appended, and whether the document is held out. The id is appended rather than the text
@@ -86,6 +95,7 @@ def tokenize_documents(
     uint16 costs a third of the tokenising time."""
     import pyarrow as pa
 
+    ignore_ctrl_c_in_workers(parent_pid)
     texts = batch.column("text").to_pylist()
     sources = batch.column("source").to_pylist()
     encodings = encode_texts(tokenizer, texts)
@@ -106,9 +116,13 @@ def tokenize_documents(
 
 
 def unwrap_usage_error(err: BaseException) -> UsageError | None:
-    seen = err
-    while seen is not None:
-        if isinstance(seen, UsageError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((seen for seen in exception_chain(err) if isinstance(seen, UsageError)), None)
+
+
+def exception_chain(err: BaseException):
+    """`err` and the exceptions it was raised from or while handling, innermost last (a chain can loop)."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        yield err
+        err = err.__cause__ or err.__context__

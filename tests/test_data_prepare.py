@@ -223,6 +223,34 @@ def test_gzip_and_txt_sources(tmp_path, data_tokenizer_dir):
     assert txt.manifest["sources"][0]["docs"] == 100
 
 
+def test_a_long_document_is_tokenised_in_pieces_into_the_same_ids(tmp_path, data_tokenizer_dir, tok, monkeypatch):
+    """A document longer than PIECE_CHARS is encoded piece by piece (the tokenizer's memory grows with the text it
+    encodes at once), cut where pre-tokens start: the ids are those of the whole, with one end-of-text at its end."""
+    import shuangyu.data.documents as documents
+
+    monkeypatch.setattr(documents, "PIECE_CHARS", 700)
+    parts = [
+        "今天天气很好，我们去公园散步。",
+        "The model learns language from text.",
+        "第3章：数据 2024年",
+        "(see §4.1)…",
+    ]
+    rng = np.random.default_rng(0)
+    text = "".join(parts[i] + ["", " ", "\n", "\n\n", "  "][j] for i, j in rng.integers(0, [4, 5], (900, 2)))
+    pieces = documents.split_at_pretoken_starts(text, 700)
+    assert "".join(pieces) == text and len(pieces) > 20 and max(map(len, pieces)) <= 700
+    no_whitespace = "".join(text.split())  # no place to cut but by size
+    assert all(len(p) <= 700 for p in documents.split_at_pretoken_starts(no_whitespace, 700))
+
+    src = write_jsonl(tmp_path / "long.jsonl", [text])
+    data = prepare(tmp_path, data_tokenizer_dir, files=[str(src)], block_size=16, validation_fraction=0.0)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    whole = tok(text, add_special_tokens=False)["input_ids"] + [eos]
+    m = data.manifest["train"]
+    assert m["tokens"] + m["tokens_dropped"] == len(whole)
+    assert flat(data).tolist() == whole[: m["tokens"]]  # one document, the same ids, one end-of-text
+
+
 @pytest.mark.slow(minutes=0.5)
 def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_tokenizer_dir):
     """Ctrl-C reaches datasets' pool of tokenising processes too (the terminal signals the whole group): one line,

@@ -221,3 +221,79 @@ def test_gzip_and_txt_sources(tmp_path, data_tokenizer_dir):
     assert data.manifest["sources"][0]["docs"] == 100
     txt = prepare(tmp_path, data_tokenizer_dir, name="txt", files=[f"{tmp_path}/b.txt"], block_size=16)
     assert txt.manifest["sources"][0]["docs"] == 100
+
+
+def test_a_long_document_is_tokenised_in_pieces_into_the_same_ids(tmp_path, data_tokenizer_dir, tok, monkeypatch):
+    """A document longer than PIECE_CHARS is encoded piece by piece (the tokenizer's memory grows with the text it
+    encodes at once), cut where pre-tokens start: the ids are those of the whole, with one end-of-text at its end."""
+    import shuangyu.data.documents as documents
+
+    monkeypatch.setattr(documents, "PIECE_CHARS", 700)
+    parts = [
+        "今天天气很好，我们去公园散步。",
+        "The model learns language from text.",
+        "第3章：数据 2024年",
+        "(see §4.1)…",
+    ]
+    rng = np.random.default_rng(0)
+    text = "".join(parts[i] + ["", " ", "\n", "\n\n", "  "][j] for i, j in rng.integers(0, [4, 5], (900, 2)))
+    pieces = documents.split_at_pretoken_starts(text, 700)
+    assert "".join(pieces) == text and len(pieces) > 20 and max(map(len, pieces)) <= 700
+    no_whitespace = "".join(text.split())  # no place to cut but by size
+    assert all(len(p) <= 700 for p in documents.split_at_pretoken_starts(no_whitespace, 700))
+
+    src = write_jsonl(tmp_path / "long.jsonl", [text])
+    data = prepare(tmp_path, data_tokenizer_dir, files=[str(src)], block_size=16, validation_fraction=0.0)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    whole = tok(text, add_special_tokens=False)["input_ids"] + [eos]
+    m = data.manifest["train"]
+    assert m["tokens"] + m["tokens_dropped"] == len(whole)
+    assert flat(data).tolist() == whole[: m["tokens"]]  # one document, the same ids, one end-of-text
+
+
+@pytest.mark.slow(minutes=0.5)
+def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_tokenizer_dir):
+    """Ctrl-C reaches datasets' pool of tokenising processes too (the terminal signals the whole group): one line,
+    exit 130, the folder as it was, no temporary folder and no process left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    old = prepare(
+        tmp_path, data_tokenizer_dir, files=[str(write_jsonl(tmp_path / "small.jsonl", ["短文。"] * 50))], block_size=16
+    )
+    before = (old.path / "manifest.json").read_text()
+    big = write_jsonl(
+        tmp_path / "big.jsonl", [f"第{i}篇：今天天气很好，我们去公园散步。 Document {i} " * 60 for i in range(3000)]
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shuangyu.data.prepare", "--tokenizer_name", str(data_tokenizer_dir), "--files"]
+    cmd += [str(big), "--output_dir", str(old.path), "--num_proc", "2", "--block_size", "64"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline, children = time.monotonic() + 120, set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        children |= {int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent_pid(p) == proc.pid}
+        if any("tokens" in f.name for f in tmp_path.glob(".out.tmp-*/arrow/**/*.arrow")) and len(children) >= 3:
+            break  # the pool's processes (and datasets' manager) are tokenising
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"tokenising never started ({proc.poll()=})")
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: every process of the group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == [f"python -m shuangyu.data.prepare: interrupted; {old.path} was left as it was"]
+    assert (old.path / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "out", "small.jsonl"]
+    time.sleep(1)
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "worker processes left running"
+
+
+def _parent_pid(proc_dir) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

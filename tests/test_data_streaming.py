@@ -290,3 +290,33 @@ def test_a_json_null_is_no_document_and_an_empty_source_is_named(tmp_path, tok):
     empty.write_text("")
     with pytest.raises(UsageError, match=re.escape(f"--train_files {empty}: empty (its files hold no rows)")):
         open_data(tok, [str(empty)])
+
+
+def test_a_field_that_is_not_a_string_is_named_by_line_and_type(tmp_path, tok):
+    path = tmp_path / "en.jsonl"
+    lines = [json.dumps({"text": d}) for d in documents("en", 40)]
+    lines[19] = json.dumps({"text": 20})  # the column exists: --text_column is not the fix
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match=re.escape(f"{path}:20: field 'text' is int, not a string")) as caught:
+        open_data(tok, [str(path)], window=16).train_loader(2).check_sources()
+    assert "--text_column" not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl"])
+def test_a_source_of_whitespace_is_said_to_have_no_text(tmp_path, tok, kind):
+    path = tmp_path / f"ws.{kind}"
+    path.write_text("  \n\t\n \n" if kind == "txt" else '{"text": " "}\n{"text": "\\n"}\n')
+    message = re.escape(f"--train_files {path}: no document with text (empty, or only whitespace)")
+    with pytest.raises(UsageError, match=message):  # held-out slice
+        open_data(tok, [str(path)])
+    other = write_shards(tmp_path / "val", documents("v", 10), shards=1)
+    with pytest.raises(UsageError, match=message):  # one process: shards or processes are not the cause
+        open_data(tok, [str(path)], validation_files=[other]).train_loader(2).check_sources()
+
+
+def test_a_text_file_s_byte_order_mark_is_dropped_as_prepare_drops_it(tmp_path, tok):
+    path = tmp_path / "zh.txt"
+    docs = documents("zh", 30)
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(d + "\n" for d in docs).encode())
+    data = open_data(tok, [str(path)], validation_docs=3, block_size=8)
+    assert stream_docs(tok, data.validation[str(path)])[0] == docs[0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -30,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shuangyu.data.documents import read_documents_for_arrow, tokenize_documents, unwrap_usage_error
+from shuangyu.data.documents import (
+    exception_chain,
+    read_documents_for_arrow,
+    tokenize_documents,
+    unwrap_usage_error,
+)
 from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache_key, plan_inputs
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
@@ -109,11 +115,7 @@ def disk_full_is_one_line(args: PrepareArguments):
     try:
         yield
     except Exception as err:
-        causes, cause = [], err
-        while cause is not None and cause not in causes:  # a chain of contexts can loop
-            causes.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        if not any(is_disk_full(c) for c in causes):
+        if not any(is_disk_full(c) for c in exception_chain(err)):
             raise
         flag = args.flag("--output_dir")
         raise UsageError(
@@ -165,8 +167,23 @@ def tokenize_sources(args, inputs: Inputs, tok, key: str, stats: list[ReadStats]
             ) from None
         raise
     read_s = time.perf_counter() - start
+    try:
+        tokenized = tokenize_texts(args, texts, tok, key, dtype, validation_fraction(args, inputs), len(inputs.sources))
+    except Exception as err:
+        # Ctrl-C: datasets' pool meets it while collecting the processes' results and raises another error from it
+        # (multiprocess's TimeoutError); the command's one line for Ctrl-C is for the KeyboardInterrupt
+        if any(isinstance(cause, KeyboardInterrupt) for cause in exception_chain(err)):
+            raise KeyboardInterrupt from None
+        raise
+    return TokenizedDocuments(tokenized.data), read_s
+
+
+def tokenize_texts(args, texts, tok, key: str, dtype: np.dtype, fraction: float, first_validation: int):
+    """The documents' token ids (and held-out flags), tokenised on `num_proc` processes."""
+    import datasets
+
     workers = min(args.num_proc, len(texts))  # datasets warns, then does the same, given more than rows
-    tokenized = texts.with_format("arrow").map(
+    return texts.with_format("arrow").map(
         tokenize_documents,
         batched=True,
         batch_size=1000,
@@ -176,9 +193,10 @@ def tokenize_sources(args, inputs: Inputs, tok, key: str, stats: list[ReadStats]
             "tokenizer": tok,
             "eos_token_id": tok.convert_tokens_to_ids(EOS_TOKEN),
             "seed": args.seed,
-            "fraction": validation_fraction(args, inputs),
-            "first_validation": len(inputs.sources),
+            "fraction": fraction,
+            "first_validation": first_validation,
             "dtype": dtype.name,
+            "parent_pid": os.getpid(),
         },
         features=datasets.Features(
             {
@@ -190,7 +208,6 @@ def tokenize_sources(args, inputs: Inputs, tok, key: str, stats: list[ReadStats]
         new_fingerprint=f"{key[:32]}-tokens",
         desc="tokenizing",
     )
-    return TokenizedDocuments(tokenized.data), read_s
 
 
 def validation_fraction(args: PrepareArguments, inputs: Inputs) -> float:

@@ -197,6 +197,10 @@ def read_first_documents(source: StreamSource, dataset, column: str, count: int)
         texts += [t for t in column_texts(table, column, source) if has_text(t)][: count - len(texts)]
         if len(texts) >= count:
             return texts
+    if not texts:
+        raise UsageError(
+            f"{source.label}: no document with text (empty, or only whitespace); give it text, or leave it out"
+        )
     raise UsageError(
         f"{source.label}: holds {len(texts):,} documents, and --validation_docs {count:,} would hold out all of "
         "them for validation: lower --validation_docs, or give --validation_files"
@@ -228,11 +232,19 @@ def column_texts(table, column: str, source: StreamSource) -> list:
     if pa.types.is_null(values.type):  # a shard whose text is all null (json): no documents
         return []
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        raise UsageError(f"{source.label}: column {column!r} holds {values.type}, not text; set --text_column")
+        # json: some line's field is not a string (a number, a list), which prepare's checks name by line and type
+        if (found := source.bad_line(column)) is not None:
+            raise found
+        raise UsageError(f"{source.label}: column {column!r} holds {values.type}, not strings of text")
     try:
-        return values.to_pylist()
+        texts = values.to_pylist()
     except UnicodeDecodeError as err:  # pyarrow's json reader lets bytes that are not UTF-8 through
         raise source.read_error(column, err) from None
+    if source.builder == "text":
+        # datasets' text reader keeps a file's byte-order mark as U+FEFF; prepare drops it (utf-8-sig on a file's
+        # first line). Rows do not say which file they began, so a line starting with one anywhere loses it.
+        texts = [t[1:] if t and t[0] == "\ufeff" else t for t in texts]
+    return texts
 
 
 class SourceReader:
@@ -306,6 +318,15 @@ class SourceReader:
         self.docs, self.tokens, self.docs_in_pass = self.docs + 1, self.tokens + len(ids), self.docs_in_pass + 1
         return ids
 
+    def no_training_text(self) -> str:
+        """Why a source read whole on one process gave no training document."""
+        if self.held_out:
+            return (
+                f"{self.source.label}: every document with text is held out for validation ({len(self.held_out):,} "
+                "distinct): lower --validation_docs, or give --validation_files"
+            )
+        return f"{self.source.label}: no document with text (empty, or only whitespace); give it text, or leave it out"
+
     def _open_pass(self):
         """This pass's stream for this process: the shards in the pass's seeded order, split by node."""
         import datasets
@@ -331,6 +352,8 @@ class SourceReader:
         table = next_table(self._batches, self.source, self.column)
         if table is None:
             if self.docs_in_pass == 0 and self.pass_ == 0:  # later passes give each process other shards
+                if self.world_size == 1:
+                    raise UsageError(self.no_training_text())
                 raise UsageError(
                     f"{self.source.label}: no training documents for process {self.rank} of {self.world_size} "
                     f"in its part of the {self.base.num_shards} shard(s) (empty, or all held out for validation): "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,11 +37,30 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
 def check_replaceable(dest: str | Path, source: str | Path, source_name: str, overwrite: bool) -> None:
     """Before writing `dest` whole (atomic_folder, or a file renamed into place): refuse to replace it unless
     `overwrite`, and always when it is, or holds, the `source` being read (replacing it would delete it)."""
-    dest, source = Path(dest), Path(source).resolve()
-    if dest.resolve() == source or dest.resolve() in source.parents:
-        raise UsageError(f"{dest}: is or holds {source_name} {source}; name a new one")
+    check_holds_no_input(dest, [(source_name, source)])
+    dest = Path(dest)
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} exists; pass --overwrite to replace it")
+
+
+def holds(folder: str | Path, path: str | Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (links resolved): replacing or deleting `folder` removes it."""
+    folder, path = Path(folder).resolve(), Path(path).resolve()
+    return folder == path or folder in path.parents
+
+
+def check_holds_no_input(dest: str | Path, inputs: Iterable[tuple[str, str | Path]], flag: str = "") -> None:
+    """Refuse, whatever --overwrite says, to write `dest` whole when it is, or holds, one of the `inputs` (pairs of
+    what it is and its path) being read: replacing `dest` would delete it. `flag` names `dest` in the message."""
+    for input_name, path in inputs:
+        if holds(dest, path):
+            path = Path(path).resolve()
+            if not flag:
+                raise UsageError(f"{dest}: is or holds {input_name} {path}; name a new one")
+            raise UsageError(
+                f"{flag} {dest} is or holds {input_name} {path}, which replacing the folder would delete: choose "
+                f"another {flag}"
+            )
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -138,6 +138,37 @@ def test_output_dir_that_is_not_a_cache_is_not_replaced(capsys, tmp_path, data_t
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("inside", ["files", "validation_files", "tokenizer"])
+def test_an_output_dir_that_holds_an_input_is_refused_even_with_overwrite(capsys, tmp_path, data_tokenizer_dir, inside):
+    """Replacing the folder whole deleted the corpus (or the tokenizer the new manifest names) and exited 0."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    for folder in (proj / "corpus", tmp_path / "corpus"):
+        folder.mkdir(parents=True)
+    src = write_jsonl((proj if inside == "files" else tmp_path) / "corpus" / "docs.jsonl", good_docs())
+    val = write_jsonl((proj if inside == "validation_files" else tmp_path) / "corpus" / "val.jsonl", good_docs(20))
+    tokenizer = proj / "tokenizer" if inside == "tokenizer" else data_tokenizer_dir
+    if inside == "tokenizer":
+        shutil.copytree(data_tokenizer_dir, tokenizer)
+    before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+    flags = ["--files", src, "--validation_files", f"zh={val}", "--block_size", "16", "--overwrite"]
+    code, _, err = run_cli(capsys, tmp_path, tokenizer, *flags, out="proj")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    held = {"files": src, "validation_files": val, "tokenizer": tokenizer}[inside]
+    assert f"--output_dir {proj} is or holds" in err and str(held) in err and "choose another --output_dir" in err
+    assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before  # nothing deleted
+
+    # without --overwrite, a folder that already holds prepared data was replaced as well
+    if inside == "files":
+        shutil.rmtree(proj)
+        assert run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", val, "--block_size", "16", out="proj")[0] == 0
+        (proj / "corpus").mkdir()
+        write_jsonl(proj / "corpus" / "docs.jsonl", good_docs())
+        code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16", out="proj")
+        assert code == 2 and "is or holds" in err and src.is_file()
+
+
 def test_a_failure_keeps_the_previous_cache(capsys, tmp_path, data_tokenizer_dir, monkeypatch):
     src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
     assert run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")[0] == 0

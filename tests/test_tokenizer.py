@@ -442,6 +442,21 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("inside", ["files", "validation_files"])
+def test_an_output_dir_that_holds_the_text_is_refused_even_with_overwrite(tmp_path, capsys, inside):
+    """Replacing the folder whole deleted the corpus it was trained from."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    good = write_jsonl((proj if inside == "files" else tmp_path) / "zh.jsonl", ["some text 一些文本"] * 20)
+    val = write_jsonl((proj if inside == "validation_files" else tmp_path) / "zh_val.jsonl", ["文本 text"] * 5)
+    argv = ["--files", str(good), "--validation_files", f"zh={val}", "--vocab_size", "300"]
+    assert main([*argv, "--output_dir", str(proj), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    held = good if inside == "files" else val
+    assert len(err.strip().splitlines()) == 1 and f"--output_dir {proj} is or holds" in err and str(held) in err
+    assert sorted(p.name for p in proj.iterdir()) == [held.name]
+
+
 def test_cli_exit_status_and_single_line_error(tmp_path):
     proc = run_cli("--files", f"{tmp_path}/*.jsonl", "--output_dir", str(tmp_path / "out"))
     assert proc.returncode == 2

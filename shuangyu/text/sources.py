@@ -158,6 +158,14 @@ def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), f
     return sorted(found.values())
 
 
+def local_paths(specs: list[SourceSpec], files: list[list[Path]], dataset_flag: str = "--dataset") -> list[tuple]:
+    """Every local path the sources read (their files, local dataset folders), each with what it is: for
+    files.check_holds_no_input, since an output folder replaced whole must hold none of them."""
+    paths = [(f"source {spec.name}'s file", path) for spec, found in zip(specs, files, strict=True) for path in found]
+    paths += [(f"the {dataset_flag} folder", s.dataset) for s in specs if s.is_dataset and os.path.isdir(s.dataset)]
+    return paths
+
+
 def resolve_validation_sources(
     values: list[str], flag: str = "--validation_files"
 ) -> tuple[list[SourceSpec], list[list[Path]]]:

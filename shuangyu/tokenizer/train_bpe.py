@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Literal
 
 from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
-from shuangyu.files import atomic_folder, atomic_write_text, check_writable_folder, parse_size
+from shuangyu.files import atomic_folder, atomic_write_text, check_holds_no_input, check_writable_folder, parse_size
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
-from shuangyu.text.sources import SourceArguments, parse_file_source, resolve_files
+from shuangyu.text.sources import SourceArguments, local_paths, parse_file_source, resolve_files
 from shuangyu.tokenizer import bpe
 from shuangyu.tokenizer.counting import peak_memory_kib
 
@@ -98,6 +98,8 @@ def validate(args: TrainBPEArguments):
         if not sep or not lang or not globs:
             raise UsageError(f"--validation_files {item!r}: expected LANG=GLOB[,GLOB...]")
         validation[lang] = resolve_files(parse_file_source(globs), flag="--validation_files")
+    held_out = [(f"--validation_files {lang}'s file", path) for lang, paths in validation.items() for path in paths]
+    check_holds_no_input(out, local_paths(specs, files) + held_out, "--output_dir")  # it is replaced whole
     return plans, validation
 
 

@@ -221,3 +221,24 @@ def test_gzip_and_txt_sources(tmp_path, data_tokenizer_dir):
     assert data.manifest["sources"][0]["docs"] == 100
     txt = prepare(tmp_path, data_tokenizer_dir, name="txt", files=[f"{tmp_path}/b.txt"], block_size=16)
     assert txt.manifest["sources"][0]["docs"] == 100
+
+
+def test_gpt2s_tokenizer_ends_documents_with_its_endoftext(tmp_path, gpt2_tokenizer_dir):
+    """GPT-2's <|endoftext|> (50256) is also its unk token: it was taken for missing and the tokenizer refused,
+    though the docs name it as one that works. A tokenizer that really lacks the token is still refused."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from shuangyu.errors import UsageError
+
+    texts = [f"Document {i}: 一些中文 and some English." for i in range(30)]
+    data = prepare(tmp_path, gpt2_tokenizer_dir, files=[str(write_jsonl(tmp_path / "d.jsonl", texts))], block_size=16)
+    assert data.manifest["tokenizer"]["eos_token_id"] == 50256
+    tokens = np.concatenate([flat(data), flat(data, "validation")])
+    assert (tokens == 50256).sum() >= len(texts) - 2  # every document ends with it (but the dropped tail's)
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(tmp_path / "no_eos")
+    with pytest.raises(UsageError, match="has no <\\|endoftext\\|> token"):
+        prepare(tmp_path, tmp_path / "no_eos", name="out2", files=[str(tmp_path / "d.jsonl")], block_size=16)

@@ -91,6 +91,12 @@ def test_an_empty_validation_source_is_refused(capsys, tmp_path, data_tokenizer_
     flags = ["--files", src, "--block_size", "16", "--validation_files", f"zh={val}", f"en={empty}"]
     code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
     assert_one_line_error(code, err, tmp_path, f"--validation_files en={empty}: no document with text")
+    # a few tokens, fewer than one block, drop the language out of validation the same way
+    write_jsonl(empty, [{"text": "hello there"}])
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
+    assert_one_line_error(
+        code, err, tmp_path, f"--validation_files en={empty}: ", "fewer than one block of --block_size 16"
+    )
 
 
 def test_tokenizer_mismatch_with_existing_cache(capsys, tmp_path, data_tokenizer_dir, data_other_tokenizer_dir):
@@ -214,6 +220,17 @@ def test_train_clm_names_its_own_flags(tmp_path, data_tokenizer_dir):
     ):
         prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
                            str(data_tokenizer_dir), 0, main)  # fmt: skip
+    # train_clm.py takes prepare's --validation_fraction (it prepares the data itself)
+    good = write_jsonl(tmp_path / "good.jsonl", good_docs())
+    data_args = DataArguments(block_size=16, train_files=[str(good)], validation_fraction=0.2)
+    prepared = prepare_blocks_for(data_args, str(tmp_path / "data2"), str(data_tokenizer_dir), 0, main)
+    share = prepared.manifest["sources"][0]["validation_docs"]
+    assert 20 < share < 60
+    run = ["--train_files", str(good), "--tokenizer_name", str(data_tokenizer_dir), "--max_steps", "1"]
+    assert parse_args([*run, "--validation_fraction", "0.2"]).data.validation_fraction == 0.2
+    for other, said in (("--streaming", "pass --validation_docs N"), ("--sft", "--validation_files only")):
+        with pytest.raises(UsageError, match=f"--validation_fraction.* {said}"):
+            parse_args([*run, "--validation_fraction", "0.2", other])
     with pytest.raises(UsageError, match="--skip_bad_lines with --streaming"):
         parse_args(["--streaming", "--skip_bad_lines", "--train_files", str(src), "--tokenizer_name",
                     str(data_tokenizer_dir), "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip

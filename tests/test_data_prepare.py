@@ -132,6 +132,33 @@ def test_validation_split_by_whole_documents_per_source(tmp_path, data_tokenizer
     assert sum("\u4e00" <= ch <= "\u9fff" for ch in zh_text) > len(zh_text) / 3
 
 
+def test_a_fraction_that_holds_out_no_block_is_topped_up_and_said(tmp_path, data_tokenizer_dir, tok):
+    """0.5% of 200 documents is none: the source dropped out of validation with `0 docs, 0 blocks` and exit 0.
+    Whole documents are held out, in a seeded order, until they fill a block; a one-document source cannot be
+    split, and the report says it has no validation."""
+    from shuangyu.data.prepare import format_report
+
+    zh = write_jsonl(tmp_path / "zh.jsonl", [f"第{i}条：一些中文的句子，用来测试。" for i in range(200)])
+    en = write_jsonl(tmp_path / "en.jsonl", [f"Line {i}: some English words to pack." for i in range(200)])
+    one = write_jsonl(tmp_path / "one.jsonl", ["a single document " * 20])
+    files = [f"zh={zh}:0.4", f"en={en}:0.4", f"one={one}:0.2"]
+    data = prepare(tmp_path, data_tokenizer_dir, files=files, block_size=32)
+    val = data.manifest["validation"]
+    for name in ("zh", "en"):
+        assert val[name]["blocks"] == 1 and 1 <= val[name]["docs"] <= 100 and val[name]["topped_up"], val
+    assert val["one"]["blocks"] == 0 and not val["one"]["topped_up"]
+    held = set(split_docs(flat(data, "validation"), data.eos_token_id))
+    assert held and not held & set(split_docs(flat(data), data.eos_token_id))  # still never in training
+    again = prepare(tmp_path, data_tokenizer_dir, name="again", files=files, block_size=32)
+    assert np.array_equal(flat(data, "validation"), flat(again, "validation"))  # deterministic
+    report = format_report(data)
+    assert "validation   en: " in report and "--validation_fraction 0.005 made no block: more held out" in report
+    assert "too little text for a block of 32: no validation for one" in report
+    # --validation_fraction 0 asks for no validation: nothing topped up
+    none = prepare(tmp_path, data_tokenizer_dir, name="none", files=files, block_size=32, validation_fraction=0.0)
+    assert all(v["docs"] == 0 for v in none.manifest["validation"].values())
+
+
 def test_explicit_validation_files(tmp_path, data_tokenizer_dir, data_corpus_slices):
     data = prepare(
         tmp_path,

@@ -89,8 +89,9 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
             stats = [ReadStats() for _ in inputs.all]
             docs, read_s = tokenize_sources(args, inputs, tok, key, stats, tmp / "arrow")
             times = {"read": round(read_s, 2), "tokenize": round(time.perf_counter() - start - read_s, 2)}
+            topped_up = hold_out_a_block_each(args, inputs, docs)
             train, mix = pack_training(args, inputs, docs, tmp / TRAIN_FILE)
-            validation = pack_validation(args, inputs, docs, tmp / VALIDATION_FILE)
+            validation = pack_validation(args, inputs, docs, tmp / VALIDATION_FILE, topped_up)
             times["total"] = round(time.perf_counter() - start, 2)
             manifest = build_manifest(args, inputs, docs, tok, key, sha, stats, mix, train, validation, times)
             del docs  # release the Arrow memory maps before their files are deleted with the folder
@@ -197,6 +198,29 @@ def validation_fraction(args: PrepareArguments, inputs: Inputs) -> float:
     return 0.0 if inputs.validation else args.validation_fraction
 
 
+def hold_out_a_block_each(args, inputs: Inputs, docs: TokenizedDocuments) -> set[str]:
+    """Without --validation_files: a source whose --validation_fraction of documents makes no block (0.5% of a few
+    hundred documents is none) would drop out of validation unsaid. Hold out more of its documents, in a seeded
+    order, until they fill one block, but never more than half of them; returns the names of the sources topped
+    up, for the report to say so."""
+    fraction = validation_fraction(args, inputs)
+    if fraction <= 0:
+        return set()
+    topped_up = set()
+    for index, spec in enumerate(inputs.sources):
+        mine = np.flatnonzero(docs.source == index)
+        held = mine[docs.held[mine]]
+        missing = args.block_size - int(docs.tokens[held].sum())
+        room = len(mine) // 2 - len(held)
+        if missing <= 0 or room <= 0:
+            continue
+        order = np.random.default_rng([args.seed, 3, index]).permutation(mine[~docs.held[mine]])
+        enough = int(np.searchsorted(np.cumsum(docs.tokens[order]), missing)) + 1
+        docs.held[order[: min(enough, room)]] = True
+        topped_up.add(spec.name)
+    return topped_up
+
+
 def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> tuple[dict, list[dict]]:
     """Mix the training documents in tokens and pack them into `path`; returns the train entry and the mix."""
     weights = [s.weight for s in inputs.sources] if inputs.sources[0].weight is not None else None
@@ -216,7 +240,7 @@ def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) ->
     return train, mix
 
 
-def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> dict:
+def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path, topped_up: set[str]) -> dict:
     """Pack each validation source's held-out documents, one after the other, into `path`."""
     n_train = len(inputs.sources)
     groups = (
@@ -235,12 +259,20 @@ def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) 
                     "it text, or leave the source out"
                 )
             blocks, dropped = write_packed(chosen, docs.offsets, docs.values, args.block_size, fh)
+            if inputs.validation and not blocks:  # as good as no documents
+                spec = inputs.validation[src - n_train]
+                raise UsageError(
+                    f"--validation_files {name}={','.join(spec.patterns)}: {int(docs.tokens[chosen].sum()):,} tokens, "
+                    f"fewer than one block of --block_size {args.block_size}; give it more text, lower --block_size, "
+                    "or leave the source out"
+                )
             validation[name] = {
                 "docs": len(chosen),
                 "tokens": int(docs.tokens[chosen].sum()),
                 "first_block": first_block,
                 "blocks": blocks,
                 "tokens_dropped": dropped,
+                "topped_up": name in topped_up,
             }
             first_block += blocks
     return validation
@@ -308,7 +340,12 @@ def format_report(data: PreparedData) -> str:
         f"({t['tokens_dropped']:,} dropped at the end), {m['dtype']}",
     ]
     for name, v in m["validation"].items():
-        lines.append(f"validation   {name}: {v['docs']:,} docs, {v['tokens']:,} tokens, {v['blocks']:,} blocks")
+        note = ""
+        if v.get("topped_up"):
+            note = f" (--validation_fraction {m['arguments']['validation_fraction']} made no block: more held out)"
+        if not v["blocks"]:
+            note += f" (too little text for a block of {m['block_size']}: no validation for {name})"
+        lines.append(f"validation   {name}: {v['docs']:,} docs, {v['tokens']:,} tokens, {v['blocks']:,} blocks{note}")
     lines.append(
         f"time         {m['time_s']['total']:.1f} s ({m['text_bytes'] / 1e6:,.1f} MB of text, {m['text_mb_per_s']:.2f} MB/s)"
     )

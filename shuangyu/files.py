@@ -110,6 +110,26 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: {probe} is not writable: choose a folder you can write to")
 
 
+@contextmanager
+def disk_full_is_one_line(folder: str | Path, flag: str = "--output_dir") -> Iterator[None]:
+    """A full disk while writing `folder` as one line (a UsageError). Used inside atomic_folder, so that the
+    half-written folder is removed first. Libraries wrap the OSError in their own errors (datasets), or report it
+    as a plain Exception with the OS's text (tokenizers), so the whole chain of causes is looked at."""
+    try:
+        yield
+    except Exception as err:
+        causes, cause = [], err
+        while cause is not None and cause not in causes:  # a chain of contexts can loop
+            causes.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if not any(is_disk_full(c) for c in causes):
+            raise
+        raise UsageError(
+            f"no space left on the device while writing {folder}; nothing was written: free space or choose "
+            f"another {flag}"
+        ) from None
+
+
 def is_disk_full(err: BaseException) -> bool:
     """A write that failed for lack of space. torch's zip writer reports it as a RuntimeError without errno."""
     import errno

@@ -457,6 +457,23 @@ def test_an_output_dir_that_holds_the_text_is_refused_even_with_overwrite(tmp_pa
     assert sorted(p.name for p in proj.iterdir()) == [held.name]
 
 
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """tokenizers reports a full disk as a plain Exception with the OS's text: it was a traceback, exit 1."""
+    from transformers import PreTrainedTokenizerFast
+
+    def full(self, folder, *args, **kwargs):
+        (Path(folder) / "tokenizer.json").write_text('{"half": ')  # what a write cut short leaves
+        raise Exception("No space left on device (os error 28)")  # noqa: TRY002 (as tokenizers raises it)
+
+    good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
+    out = tmp_path / "out"
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
+    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"no space left on the device while writing {out}; nothing was written" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]  # no folder, no temporary one
+
+
 def test_cli_exit_status_and_single_line_error(tmp_path):
     proc = run_cli("--files", f"{tmp_path}/*.jsonl", "--output_dir", str(tmp_path / "out"))
     assert proc.returncode == 2

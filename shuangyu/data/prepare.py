@@ -20,7 +20,6 @@ never leaves a half-written cache.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -35,7 +34,7 @@ from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
 from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
-from shuangyu.files import atomic_folder, check_writable_folder, is_disk_full
+from shuangyu.files import atomic_folder, check_writable_folder, disk_full_is_one_line
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
@@ -85,7 +84,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
     if not show_progress:
         datasets.disable_progress_bars()
     try:
-        with atomic_folder(out) as tmp, disk_full_is_one_line(args):
+        with atomic_folder(out) as tmp, disk_full_is_one_line(out, args.flag("--output_dir")):
             stats = [ReadStats() for _ in inputs.all]
             docs, read_s = tokenize_sources(args, inputs, tok, key, stats, tmp / "arrow")
             times = {"read": round(read_s, 2), "tokenize": round(time.perf_counter() - start - read_s, 2)}
@@ -101,26 +100,6 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
         if not show_progress:
             datasets.enable_progress_bars()
     return PreparedData(out, manifest)
-
-
-@contextlib.contextmanager
-def disk_full_is_one_line(args: PrepareArguments):
-    """A full disk while preparing (datasets wraps the OSError in its own error): one line, inside atomic_folder so
-    that the half-written folder is removed first."""
-    try:
-        yield
-    except Exception as err:
-        causes, cause = [], err
-        while cause is not None and cause not in causes:  # a chain of contexts can loop
-            causes.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        if not any(is_disk_full(c) for c in causes):
-            raise
-        flag = args.flag("--output_dir")
-        raise UsageError(
-            f"no space left on the device while writing {args.output_dir}; nothing was written: free space or choose "
-            f"another {flag}"
-        ) from None
 
 
 class TokenizedDocuments:

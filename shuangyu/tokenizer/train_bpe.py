@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Literal
 
 from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
-from shuangyu.files import atomic_folder, atomic_write_text, check_holds_no_input, check_writable_folder, parse_size
+from shuangyu.files import (
+    atomic_folder,
+    atomic_write_text,
+    check_holds_no_input,
+    check_writable_folder,
+    disk_full_is_one_line,
+    parse_size,
+)
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
 from shuangyu.text.sources import SourceArguments, local_paths, parse_file_source, resolve_files
@@ -168,7 +175,7 @@ def format_report(report: dict) -> str:
 
 
 def save(hf_tokenizer, report: dict, output_dir: Path) -> None:
-    with atomic_folder(output_dir) as tmp:
+    with atomic_folder(output_dir) as tmp, disk_full_is_one_line(output_dir):
         hf_tokenizer.save_pretrained(str(tmp))
         atomic_write_text(tmp / "training_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 

@@ -135,6 +135,14 @@ def test_files_and_flags_checked_before_reading(capsys, tmp_path, data_tokenizer
     assert_one_line_error(code, err, tmp_path, "--block_size")
 
 
+def test_a_weight_too_small_to_give_a_token_is_refused(capsys, tmp_path, data_tokenizer_dir):
+    """It was read, then left out of training with `0` taken and exit 0."""
+    zh = write_jsonl(tmp_path / "zh.jsonl", good_docs())
+    en = write_jsonl(tmp_path / "en.jsonl", good_docs(50))
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", f"zh={zh}:1", f"en={en}:1e-9")
+    assert_one_line_error(code, err, tmp_path, "--files en: weight 1e-09 gives it none of the", "raise its weight")
+
+
 def test_output_dir_that_is_not_a_cache_is_not_replaced(capsys, tmp_path, data_tokenizer_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")

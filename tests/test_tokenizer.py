@@ -3,6 +3,7 @@
 import gzip
 import itertools
 import json
+import re
 import subprocess
 import sys
 import unicodedata
@@ -268,6 +269,36 @@ def test_source_specs():
     with pytest.raises(UsageError, match="weight"):
         parse_file_source("a.jsonl:-1")
     assert parse_size("1.5GB", "--max_bytes") == 1_500_000_000 and parse_size("2KiB", "x") == 2048
+
+
+def test_source_spec_mistakes_say_what_is_wrong(tmp_path, monkeypatch):
+    """Each of these said `no file matches (after --exclude)`, or was accepted and read twice."""
+    from shuangyu.text.sources import SourceArguments
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    zh = write_jsonl(folder / "zh.jsonl", ["一些文本"] * 3)
+    write_jsonl(tmp_path / "c=d.jsonl", ["text"] * 3)
+
+    def resolve(*files, exclude=()):
+        return SourceArguments(files=list(files), exclude=list(exclude)).resolve_sources()
+
+    cases = [
+        ([str(folder)], (), f"--files '{folder}': a folder, not a file: name its files, e.g. '{folder}/*.jsonl'"),
+        (["中文=adir/zh.jsonl:0.5"], (), "no file matches; a source NAME may hold only A-Z a-z 0-9 _ . -"),
+        ([f"{folder}/*.jsonl"], ["*zh*"], "every file it matches (1) is left out by --exclude"),
+        ([f"zh={zh}:1", f"again={folder}/*.jsonl:1"], (), f"--files: {zh} is in both source zh and source again"),
+        (["c=d.jsonl"], (), "--files 'd.jsonl': no file matches"),  # NAME=c: the docs say ./c=d.jsonl
+    ]
+    for files, exclude, said in cases:
+        with pytest.raises(UsageError, match=re.escape(said)):
+            resolve(*files, exclude=exclude)
+    with pytest.raises(UsageError, match=re.escape("--dataset '中文=org/set': a source NAME may hold only")):
+        parse_dataset_source("中文=org/set", "--dataset")
+    specs, files = resolve("./c=d.jsonl")
+    assert [p.name for p in files[0]] == ["c=d.jsonl"]
+    assert resolve("no_folder=adir/zh.jsonl")[0][0].name == "no_folder"  # a valid NAME= is still a name
 
 
 def _read(plans, seed=0):

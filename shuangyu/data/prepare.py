@@ -207,6 +207,15 @@ def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) ->
     order, mix = mix_documents(
         docs.source[train_docs], docs.tokens[train_docs], len(inputs.sources), weights, inputs.max_tokens, args.seed
     )
+    starved = [
+        spec for spec, m in zip(inputs.sources, mix, strict=True) if m["tokens_available"] and not m["tokens_taken"]
+    ]
+    if weights is not None and starved:  # it would be read, then left out of training without a word
+        total = sum(m["tokens_taken"] for m in mix)
+        raise UsageError(
+            f"{args.flag('--files')} {starved[0].name}: weight {starved[0].weight:g} gives it none of the {total:,} "
+            "training tokens: raise its weight, or leave the source out"
+        )
     order = train_docs[order]
     with open(path, "wb") as fh:
         blocks, dropped = write_packed(order, docs.offsets, docs.values, args.block_size, fh)

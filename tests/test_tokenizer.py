@@ -259,6 +259,20 @@ def test_text_files_by_line_or_by_file(tmp_path):
     assert whole == ["\n".join(lines) + "\n\n"]
 
 
+@pytest.mark.parametrize("blank", [b"\n", b"\r\n", b"  \n"])
+def test_a_byte_order_mark_then_a_blank_line_is_a_blank_line(tmp_path, blank):
+    """`\\ufeff` and a newline was decoded, not seen as blank, and failed as `:1: not valid JSON`."""
+    from shuangyu.text.conversations import iter_file_records
+
+    path = tmp_path / "bom_blank.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + blank + '{"text": "你好世界"}\n\n{"text": "hello"}\n'.encode())
+    assert list(iter_file_documents(path, ReadOptions(), ReadStats())) == ["你好世界", "hello"]
+    assert [where for where, _ in iter_file_records(path)] == [f"{path}:2", f"{path}:4"]  # conversations too
+    bom_first = tmp_path / "bom.jsonl"
+    bom_first.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n')  # the mark before a record still goes
+    assert list(iter_file_documents(bom_first, ReadOptions(), ReadStats())) == ["a"]
+
+
 def test_source_specs():
     s = parse_file_source("zh=data/zh/*.jsonl,more/*.txt:0.25")
     assert (s.name, s.patterns, s.weight) == ("zh", ("data/zh/*.jsonl", "more/*.txt"), 0.25)

@@ -9,6 +9,7 @@ a line that is not JSON, a missing field) and a way to skip bad lines and count 
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import zlib
@@ -47,10 +48,16 @@ def _open_binary(path: Path, gz: bool):
     return gzip.open(path, "rb") if gz else open(path, "rb")
 
 
+def numbered_lines(fh) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a binary file, without the byte-order mark some editors write at its start, so that
+    a first line holding only the mark is blank like any other."""
+    for lineno, raw in enumerate(fh, start=1):
+        yield lineno, raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw
+
+
 def _decode_line(raw: bytes, path: Path, lineno: int, opts: ReadOptions, stats: ReadStats) -> str | None:
     try:
-        # utf-8-sig on the first line drops a byte-order mark that some editors write
-        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         if opts.on_decode_error == "skip":
             stats.skipped_lines += 1
@@ -121,7 +128,7 @@ def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) 
             if head.startswith(b"["):  # a JSON array of records: must be parsed whole
                 yield from _iter_json_array(path, fh.read(), opts, keep)
                 return
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in numbered_lines(fh):
             if not raw.strip() or not keep():
                 continue
             line = _decode_line(raw, path, lineno, opts, stats)

@@ -69,6 +69,21 @@ def test_corrupt_jsonl_line_names_file_and_line(capsys, tmp_path, data_tokenizer
     assert "skipped" in out
 
 
+@pytest.mark.parametrize("value, kind", [(None, "null"), (7, "int")])
+def test_a_text_that_is_not_a_string_is_named_and_can_be_skipped(capsys, tmp_path, data_tokenizer_dir, value, kind):
+    """A null text was dropped without being counted (`skipped 0`) while a number stopped prepare: both are bad
+    lines now, named, and counted when skipped."""
+    records = good_docs()
+    records[10] = {"text": value}  # line 11
+    src = write_jsonl(tmp_path / "mixed.jsonl", records)
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert_one_line_error(code, err, tmp_path, f"{src}:11: field 'text' is {kind}, not a string", "--skip_bad_lines")
+    flags = ["--files", src, "--block_size", "16", "--skip_bad_lines"]
+    code, out, _ = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert code == 0 and manifest["skipped_lines"] == 1 and manifest["sources"][0]["docs"] == 199
+
+
 def test_bad_utf8_names_the_skip_flag(capsys, tmp_path, data_tokenizer_dir):
     src = tmp_path / "latin1.jsonl"
     src.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')

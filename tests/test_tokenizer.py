@@ -421,6 +421,17 @@ def test_bad_utf8_names_file_and_line_and_can_be_skipped(tmp_path, capsys):
     assert (src["docs"], src["skipped_lines"]) == (3, 1)
 
 
+def test_a_null_text_is_a_bad_line_for_the_tokenizer_too(tmp_path, capsys):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"text": "文本 text"}] * 20 + [{"text": None}]), encoding="utf-8")
+    argv = ["--files", str(path), "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "d.json: record 20: field 'text' is null, not a string" in capsys.readouterr().err
+    assert main([*argv, "--on_decode_error", "skip"]) == 0
+    report = json.loads((tmp_path / "out" / "training_report.json").read_text())
+    assert report["sources"][0]["skipped_lines"] == 1
+
+
 def test_bad_json_line_fails_midway_without_partial_output(tmp_path, capsys):
     bad = write_jsonl(tmp_path / "a.jsonl", ["好的文本"] * 50)
     with open(bad, "a") as fh:

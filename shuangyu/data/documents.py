@@ -28,7 +28,7 @@ def read_documents_for_arrow(inputs: list, opts: ReadOptions, split: str, seed: 
     sized, streamed = [], []
     for index, (spec, files) in enumerate(inputs):
         if spec.is_dataset:
-            streamed.append((index, iter_dataset_documents(spec, split, opts, seed)))
+            streamed.append((index, iter_dataset_documents(spec, split, opts, seed, stats[index])))
         else:
             docs = (doc for path in files for doc in iter_file_documents(path, opts, stats[index]))
             sized.append([0.0, index, docs, max(1, sum(estimated_text_bytes(p, opts) for p in files))])

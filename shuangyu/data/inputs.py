@@ -40,7 +40,8 @@ class PrepareArguments(SourceArguments):
     num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "Processes that tokenise."})
     seed: int = field(default=42, metadata={"help": "Seed for the validation split, mixing and document order."})
     skip_bad_lines: bool = field(
-        default=False, metadata={"help": "Skip (and count) lines that are not UTF-8 or not JSON instead of stopping."}
+        default=False,
+        metadata={"help": "Skip (and count) lines that are not UTF-8, not JSON, or whose text is not a string."},
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Replace an --output_dir that was prepared with another tokenizer."}

@@ -67,7 +67,10 @@ class TrainBPEArguments(SourceArguments):
         default=None, metadata={"help": "Longest token in byte-level characters (default: no limit)."}
     )
     on_decode_error: Literal["error", "skip"] = field(
-        default="error", metadata={"help": "On a line that is not UTF-8 (or not JSON): stop, or skip and count it."}
+        default="error",
+        metadata={
+            "help": "On a line that is not UTF-8, not JSON or without a string text: stop, or skip and count it."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed for sampling documents and shuffling datasets."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})

@@ -82,7 +82,8 @@ class DataArguments:
     skip_bad_lines: bool = field(
         default=False,
         metadata={
-            "help": "Skip (and count) lines that are not UTF-8 or not JSON instead of stopping (not --streaming)."
+            "help": "Skip (and count) lines that are not UTF-8, not JSON, or whose text is not a string, instead of "
+            "stopping (not --streaming)."
         },
     )
     data_dir: str | None = field(

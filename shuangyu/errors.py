@@ -75,3 +75,12 @@ def refuse_in_one_line(parser):
 
         parser.parse_args_into_dataclasses = parse_args_into_dataclasses
     return parser
+
+
+def exception_chain(err: BaseException):
+    """`err` and the exceptions it was raised from or while handling, innermost last (a chain can loop)."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        yield err
+        err = err.__cause__ or err.__context__

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shuangyu.errors import UsageError
+from shuangyu.errors import UsageError, exception_chain
 
 
 @contextmanager
@@ -41,9 +41,8 @@ def check_replaceable(
     `overwrite`, and always when it is, or holds, the `source` being read (replacing it would delete it), or,
     given a `marker` file (config.json for a model folder), when it is a folder of other files: --overwrite
     means "replace my earlier output", not "delete whatever is there"."""
-    dest, source = Path(dest), Path(source).resolve()
-    if dest.resolve() == source or dest.resolve() in source.parents:
-        raise UsageError(f"{dest}: is or holds {source_name} {source}; name a new one")
+    check_holds_no_input(dest, [(source_name, source)])
+    dest = Path(dest)
     if marker and dest.is_dir() and not (dest / marker).is_file() and any(dest.iterdir()):
         shown = ", ".join(sorted(p.name for p in dest.iterdir())[:3])
         raise UsageError(
@@ -52,6 +51,26 @@ def check_replaceable(
         )
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} exists; pass --overwrite to replace it")
+
+
+def holds(folder: str | Path, path: str | Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (links resolved): replacing or deleting `folder` removes it."""
+    folder, path = Path(folder).resolve(), Path(path).resolve()
+    return folder == path or folder in path.parents
+
+
+def check_holds_no_input(dest: str | Path, inputs: Iterable[tuple[str, str | Path]], flag: str = "") -> None:
+    """Refuse, whatever --overwrite says, to write `dest` whole when it is, or holds, one of the `inputs` (pairs of
+    what it is and its path) being read: replacing `dest` would delete it. `flag` names `dest` in the message."""
+    for input_name, path in inputs:
+        if holds(dest, path):
+            path = Path(path).resolve()
+            if not flag:
+                raise UsageError(f"{dest}: is or holds {input_name} {path}; name a new one")
+            raise UsageError(
+                f"{flag} {dest} is or holds {input_name} {path}, which replacing the folder would delete: choose "
+                f"another {flag}"
+            )
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -99,6 +118,22 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: {probe} is a file, so the folder cannot be created there")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: {probe} is not writable: choose a folder you can write to")
+
+
+@contextmanager
+def disk_full_is_one_line(folder: str | Path, flag: str = "--output_dir") -> Iterator[None]:
+    """A full disk while writing `folder` as one line (a UsageError). Used inside atomic_folder, so that the
+    half-written folder is removed first. Libraries wrap the OSError in their own errors (datasets), or report it
+    as a plain Exception with the OS's text (tokenizers), so the whole chain of causes is looked at."""
+    try:
+        yield
+    except Exception as err:
+        if not any(is_disk_full(c) for c in exception_chain(err)):
+            raise
+        raise UsageError(
+            f"no space left on the device while writing {folder}; nothing was written: free space or choose "
+            f"another {flag}"
+        ) from None
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -36,6 +36,15 @@ def corpus_dir() -> Path:
     return SHARED_CORPUS
 
 
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir() -> Path:
+    """GPT-2's own tokenizer (shared/data/tokenizers/gpt2): <|endoftext|> is also its unk token."""
+    folder = SHARED / "data" / "tokenizers" / "gpt2"
+    if not (folder / "tokenizer.json").is_file():
+        pytest.fail(f"GPT-2's tokenizer not found at {folder}: set SHUANGYU_SHARED to the shared/ folder")
+    return folder
+
+
 def _slice_corpus(src: Path, dst: Path, max_bytes: int) -> Path:
     """The first documents of a shared corpus file, up to about max_bytes of text."""
     size = 0

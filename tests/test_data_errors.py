@@ -69,6 +69,21 @@ def test_corrupt_jsonl_line_names_file_and_line(capsys, tmp_path, data_tokenizer
     assert "skipped" in out
 
 
+@pytest.mark.parametrize("value, kind", [(None, "null"), (7, "int")])
+def test_a_text_that_is_not_a_string_is_named_and_can_be_skipped(capsys, tmp_path, data_tokenizer_dir, value, kind):
+    """A null text was dropped without being counted (`skipped 0`) while a number stopped prepare: both are bad
+    lines now, named, and counted when skipped."""
+    records = good_docs()
+    records[10] = {"text": value}  # line 11
+    src = write_jsonl(tmp_path / "mixed.jsonl", records)
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert_one_line_error(code, err, tmp_path, f"{src}:11: field 'text' is {kind}, not a string", "--skip_bad_lines")
+    flags = ["--files", src, "--block_size", "16", "--skip_bad_lines"]
+    code, out, _ = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert code == 0 and manifest["skipped_lines"] == 1 and manifest["sources"][0]["docs"] == 199
+
+
 def test_bad_utf8_names_the_skip_flag(capsys, tmp_path, data_tokenizer_dir):
     src = tmp_path / "latin1.jsonl"
     src.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
@@ -91,6 +106,12 @@ def test_an_empty_validation_source_is_refused(capsys, tmp_path, data_tokenizer_
     flags = ["--files", src, "--block_size", "16", "--validation_files", f"zh={val}", f"en={empty}"]
     code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
     assert_one_line_error(code, err, tmp_path, f"--validation_files en={empty}: no document with text")
+    # a few tokens, fewer than one block, drop the language out of validation the same way
+    write_jsonl(empty, [{"text": "hello there"}])
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
+    assert_one_line_error(
+        code, err, tmp_path, f"--validation_files en={empty}: ", "fewer than one block of --block_size 16"
+    )
 
 
 def test_tokenizer_mismatch_with_existing_cache(capsys, tmp_path, data_tokenizer_dir, data_other_tokenizer_dir):
@@ -129,6 +150,14 @@ def test_files_and_flags_checked_before_reading(capsys, tmp_path, data_tokenizer
     assert_one_line_error(code, err, tmp_path, "--block_size")
 
 
+def test_a_weight_too_small_to_give_a_token_is_refused(capsys, tmp_path, data_tokenizer_dir):
+    """It was read, then left out of training with `0` taken and exit 0."""
+    zh = write_jsonl(tmp_path / "zh.jsonl", good_docs())
+    en = write_jsonl(tmp_path / "en.jsonl", good_docs(50))
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", f"zh={zh}:1", f"en={en}:1e-9")
+    assert_one_line_error(code, err, tmp_path, "--files en: weight 1e-09 gives it none of the", "raise its weight")
+
+
 def test_output_dir_that_is_not_a_cache_is_not_replaced(capsys, tmp_path, data_tokenizer_dir):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
@@ -136,6 +165,37 @@ def test_output_dir_that_is_not_a_cache_is_not_replaced(capsys, tmp_path, data_t
     code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
     assert code == 2 and "--overwrite" in err
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("inside", ["files", "validation_files", "tokenizer"])
+def test_an_output_dir_that_holds_an_input_is_refused_even_with_overwrite(capsys, tmp_path, data_tokenizer_dir, inside):
+    """Replacing the folder whole deleted the corpus (or the tokenizer the new manifest names) and exited 0."""
+    import shutil
+
+    proj = tmp_path / "proj"
+    for folder in (proj / "corpus", tmp_path / "corpus"):
+        folder.mkdir(parents=True)
+    src = write_jsonl((proj if inside == "files" else tmp_path) / "corpus" / "docs.jsonl", good_docs())
+    val = write_jsonl((proj if inside == "validation_files" else tmp_path) / "corpus" / "val.jsonl", good_docs(20))
+    tokenizer = proj / "tokenizer" if inside == "tokenizer" else data_tokenizer_dir
+    if inside == "tokenizer":
+        shutil.copytree(data_tokenizer_dir, tokenizer)
+    before = sorted(p.relative_to(proj) for p in proj.rglob("*"))
+    flags = ["--files", src, "--validation_files", f"zh={val}", "--block_size", "16", "--overwrite"]
+    code, _, err = run_cli(capsys, tmp_path, tokenizer, *flags, out="proj")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    held = {"files": src, "validation_files": val, "tokenizer": tokenizer}[inside]
+    assert f"--output_dir {proj} is or holds" in err and str(held) in err and "choose another --output_dir" in err
+    assert sorted(p.relative_to(proj) for p in proj.rglob("*")) == before  # nothing deleted
+
+    # without --overwrite, a folder that already holds prepared data was replaced as well
+    if inside == "files":
+        shutil.rmtree(proj)
+        assert run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", val, "--block_size", "16", out="proj")[0] == 0
+        (proj / "corpus").mkdir()
+        write_jsonl(proj / "corpus" / "docs.jsonl", good_docs())
+        code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16", out="proj")
+        assert code == 2 and "is or holds" in err and src.is_file()
 
 
 def test_a_failure_keeps_the_previous_cache(capsys, tmp_path, data_tokenizer_dir, monkeypatch):
@@ -183,6 +243,17 @@ def test_train_clm_names_its_own_flags(tmp_path, data_tokenizer_dir):
     ):
         prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
                            str(data_tokenizer_dir), 0, main)  # fmt: skip
+    # train_clm.py takes prepare's --validation_fraction (it prepares the data itself)
+    good = write_jsonl(tmp_path / "good.jsonl", good_docs())
+    data_args = DataArguments(block_size=16, train_files=[str(good)], validation_fraction=0.2)
+    prepared = prepare_blocks_for(data_args, str(tmp_path / "data2"), str(data_tokenizer_dir), 0, main)
+    share = prepared.manifest["sources"][0]["validation_docs"]
+    assert 20 < share < 60
+    run = ["--train_files", str(good), "--tokenizer_name", str(data_tokenizer_dir), "--max_steps", "1"]
+    assert parse_args([*run, "--validation_fraction", "0.2"]).data.validation_fraction == 0.2
+    for other, said in (("--streaming", "pass --validation_docs N"), ("--sft", "--validation_files only")):
+        with pytest.raises(UsageError, match=f"--validation_fraction.* {said}"):
+            parse_args([*run, "--validation_fraction", "0.2", other])
     with pytest.raises(UsageError, match="--skip_bad_lines with --streaming"):
         parse_args(["--streaming", "--skip_bad_lines", "--train_files", str(src), "--tokenizer_name",
                     str(data_tokenizer_dir), "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip

@@ -132,6 +132,33 @@ def test_validation_split_by_whole_documents_per_source(tmp_path, data_tokenizer
     assert sum("\u4e00" <= ch <= "\u9fff" for ch in zh_text) > len(zh_text) / 3
 
 
+def test_a_fraction_that_holds_out_no_block_is_topped_up_and_said(tmp_path, data_tokenizer_dir, tok):
+    """0.5% of 200 documents is none: the source dropped out of validation with `0 docs, 0 blocks` and exit 0.
+    Whole documents are held out, in a seeded order, until they fill a block; a one-document source cannot be
+    split, and the report says it has no validation."""
+    from shuangyu.data.prepare import format_report
+
+    zh = write_jsonl(tmp_path / "zh.jsonl", [f"第{i}条：一些中文的句子，用来测试。" for i in range(200)])
+    en = write_jsonl(tmp_path / "en.jsonl", [f"Line {i}: some English words to pack." for i in range(200)])
+    one = write_jsonl(tmp_path / "one.jsonl", ["a single document " * 20])
+    files = [f"zh={zh}:0.4", f"en={en}:0.4", f"one={one}:0.2"]
+    data = prepare(tmp_path, data_tokenizer_dir, files=files, block_size=32)
+    val = data.manifest["validation"]
+    for name in ("zh", "en"):
+        assert val[name]["blocks"] == 1 and 1 <= val[name]["docs"] <= 100 and val[name]["topped_up"], val
+    assert val["one"]["blocks"] == 0 and not val["one"]["topped_up"]
+    held = set(split_docs(flat(data, "validation"), data.eos_token_id))
+    assert held and not held & set(split_docs(flat(data), data.eos_token_id))  # still never in training
+    again = prepare(tmp_path, data_tokenizer_dir, name="again", files=files, block_size=32)
+    assert np.array_equal(flat(data, "validation"), flat(again, "validation"))  # deterministic
+    report = format_report(data)
+    assert "validation   en: " in report and "--validation_fraction 0.005 made no block: more held out" in report
+    assert "too little text for a block of 32: no validation for one" in report
+    # --validation_fraction 0 asks for no validation: nothing topped up
+    none = prepare(tmp_path, data_tokenizer_dir, name="none", files=files, block_size=32, validation_fraction=0.0)
+    assert all(v["docs"] == 0 for v in none.manifest["validation"].values())
+
+
 def test_explicit_validation_files(tmp_path, data_tokenizer_dir, data_corpus_slices):
     data = prepare(
         tmp_path,
@@ -297,3 +324,24 @@ def _parent_pid(proc_dir) -> int | None:
         return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def test_gpt2s_tokenizer_ends_documents_with_its_endoftext(tmp_path, gpt2_tokenizer_dir):
+    """GPT-2's <|endoftext|> (50256) is also its unk token: it was taken for missing and the tokenizer refused,
+    though the docs name it as one that works. A tokenizer that really lacks the token is still refused."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from shuangyu.errors import UsageError
+
+    texts = [f"Document {i}: 一些中文 and some English." for i in range(30)]
+    data = prepare(tmp_path, gpt2_tokenizer_dir, files=[str(write_jsonl(tmp_path / "d.jsonl", texts))], block_size=16)
+    assert data.manifest["tokenizer"]["eos_token_id"] == 50256
+    tokens = np.concatenate([flat(data), flat(data, "validation")])
+    assert (tokens == 50256).sum() >= len(texts) - 2  # every document ends with it (but the dropped tail's)
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(tmp_path / "no_eos")
+    with pytest.raises(UsageError, match="has no <\\|endoftext\\|> token"):
+        prepare(tmp_path, tmp_path / "no_eos", name="out2", files=[str(tmp_path / "d.jsonl")], block_size=16)

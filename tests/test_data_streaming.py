@@ -279,13 +279,13 @@ def test_a_bad_line_is_named_by_file_and_line_as_prepare_names_it(tmp_path, tok,
         open_data(tok, [str(path)], window=16).train_loader(2).check_sources()
 
 
-def test_a_json_null_is_no_document_and_an_empty_source_is_named(tmp_path, tok):
+def test_a_json_null_is_named_as_prepare_names_it_and_an_empty_source_is_named(tmp_path, tok):
     path = tmp_path / "en.jsonl"
     lines = [json.dumps({"text": d}) for d in documents("en", 40)]
-    lines[20] = json.dumps({"text": None})  # prepare passes over a null text too
+    lines[20] = json.dumps({"text": None})  # prepare refuses a null text (it passed over it, uncounted)
     path.write_text("\n".join(lines) + "\n")
-    loader = open_data(tok, [str(path)], window=16).train_loader(2)
-    assert len(stream_docs(tok, first_pass_blocks(loader))) > 20
+    with pytest.raises(UsageError, match=re.escape(f"{path}:21: field 'text' is null, not a string; fix or remove it")):
+        first_pass_blocks(open_data(tok, [str(path)], window=16).train_loader(2))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(UsageError, match=re.escape(f"--train_files {empty}: empty (its files hold no rows)")):

@@ -328,6 +328,34 @@ def test_a_folder_of_other_files_is_no_output_dir_unless_told(tmp_path, tiny_tok
     assert check_run(parse_args([*base[:-1], str(run)]))[0] == run
 
 
+def test_overwrite_output_dir_keeps_what_the_run_reads(tmp_path, tiny_tokenizer_dir, tiny_base_model_dir):
+    """--overwrite_output_dir deleted final/ before loading --model_name_or_path from it, then failed with a
+    traceback: refused before anything is deleted."""
+    import shutil
+
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_base_model_dir, run / "final")
+    shutil.copytree(tiny_tokenizer_dir, run / "checkpoints" / "tokenizer")
+    (run / "corpus").mkdir()
+    (run / "corpus" / "zh.jsonl").write_text('{"text": "一些文本"}\n')
+    base = ["--max_steps", "2", "--output_dir", str(run), "--overwrite_output_dir"]
+    before = sorted(run.rglob("*"))
+    for flags, held in (
+        (["--model_name_or_path", str(run / "final"), "--tokenizer_name", str(tiny_tokenizer_dir)], run / "final"),
+        (["--tokenizer_name", str(run / "checkpoints" / "tokenizer")], run / "checkpoints"),
+        (["--tokenizer_name", str(tiny_tokenizer_dir), "--train_files", f"{run}/final/*.json"], run / "final"),
+    ):
+        with pytest.raises(UsageError, match=f"--overwrite_output_dir would delete {held}, which is or holds"):
+            check_run(parse_args([*base, *flags]))
+    assert sorted(run.rglob("*")) == before
+    # text elsewhere in the folder is not deleted by starting afresh
+    flags = ["--tokenizer_name", str(tiny_tokenizer_dir), "--train_files", f"{run}/corpus/zh.jsonl"]
+    assert check_run(parse_args([*base, *flags]))[0] == run
+
+
 # ------------------------------------------------------------------------------------- through accelerate launch
 
 

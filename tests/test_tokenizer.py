@@ -3,6 +3,7 @@
 import gzip
 import itertools
 import json
+import re
 import subprocess
 import sys
 import unicodedata
@@ -258,6 +259,20 @@ def test_text_files_by_line_or_by_file(tmp_path):
     assert whole == ["\n".join(lines) + "\n\n"]
 
 
+@pytest.mark.parametrize("blank", [b"\n", b"\r\n", b"  \n"])
+def test_a_byte_order_mark_then_a_blank_line_is_a_blank_line(tmp_path, blank):
+    """`\\ufeff` and a newline was decoded, not seen as blank, and failed as `:1: not valid JSON`."""
+    from shuangyu.text.conversations import iter_file_records
+
+    path = tmp_path / "bom_blank.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + blank + '{"text": "你好世界"}\n\n{"text": "hello"}\n'.encode())
+    assert list(iter_file_documents(path, ReadOptions(), ReadStats())) == ["你好世界", "hello"]
+    assert [where for where, _ in iter_file_records(path)] == [f"{path}:2", f"{path}:4"]  # conversations too
+    bom_first = tmp_path / "bom.jsonl"
+    bom_first.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n')  # the mark before a record still goes
+    assert list(iter_file_documents(bom_first, ReadOptions(), ReadStats())) == ["a"]
+
+
 def test_source_specs():
     s = parse_file_source("zh=data/zh/*.jsonl,more/*.txt:0.25")
     assert (s.name, s.patterns, s.weight) == ("zh", ("data/zh/*.jsonl", "more/*.txt"), 0.25)
@@ -268,6 +283,36 @@ def test_source_specs():
     with pytest.raises(UsageError, match="weight"):
         parse_file_source("a.jsonl:-1")
     assert parse_size("1.5GB", "--max_bytes") == 1_500_000_000 and parse_size("2KiB", "x") == 2048
+
+
+def test_source_spec_mistakes_say_what_is_wrong(tmp_path, monkeypatch):
+    """Each of these said `no file matches (after --exclude)`, or was accepted and read twice."""
+    from shuangyu.text.sources import SourceArguments
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    zh = write_jsonl(folder / "zh.jsonl", ["一些文本"] * 3)
+    write_jsonl(tmp_path / "c=d.jsonl", ["text"] * 3)
+
+    def resolve(*files, exclude=()):
+        return SourceArguments(files=list(files), exclude=list(exclude)).resolve_sources()
+
+    cases = [
+        ([str(folder)], (), f"--files '{folder}': a folder, not a file: name its files, e.g. '{folder}/*.jsonl'"),
+        (["中文=adir/zh.jsonl:0.5"], (), "no file matches; a source NAME may hold only A-Z a-z 0-9 _ . -"),
+        ([f"{folder}/*.jsonl"], ["*zh*"], "every file it matches (1) is left out by --exclude"),
+        ([f"zh={zh}:1", f"again={folder}/*.jsonl:1"], (), f"--files: {zh} is in both source zh and source again"),
+        (["c=d.jsonl"], (), "--files 'd.jsonl': no file matches"),  # NAME=c: the docs say ./c=d.jsonl
+    ]
+    for files, exclude, said in cases:
+        with pytest.raises(UsageError, match=re.escape(said)):
+            resolve(*files, exclude=exclude)
+    with pytest.raises(UsageError, match=re.escape("--dataset '中文=org/set': a source NAME may hold only")):
+        parse_dataset_source("中文=org/set", "--dataset")
+    specs, files = resolve("./c=d.jsonl")
+    assert [p.name for p in files[0]] == ["c=d.jsonl"]
+    assert resolve("no_folder=adir/zh.jsonl")[0][0].name == "no_folder"  # a valid NAME= is still a name
 
 
 def _read(plans, seed=0):
@@ -376,6 +421,17 @@ def test_bad_utf8_names_file_and_line_and_can_be_skipped(tmp_path, capsys):
     assert (src["docs"], src["skipped_lines"]) == (3, 1)
 
 
+def test_a_null_text_is_a_bad_line_for_the_tokenizer_too(tmp_path, capsys):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([{"text": "文本 text"}] * 20 + [{"text": None}]), encoding="utf-8")
+    argv = ["--files", str(path), "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "d.json: record 20: field 'text' is null, not a string" in capsys.readouterr().err
+    assert main([*argv, "--on_decode_error", "skip"]) == 0
+    report = json.loads((tmp_path / "out" / "training_report.json").read_text())
+    assert report["sources"][0]["skipped_lines"] == 1
+
+
 def test_bad_json_line_fails_midway_without_partial_output(tmp_path, capsys):
     bad = write_jsonl(tmp_path / "a.jsonl", ["好的文本"] * 50)
     with open(bad, "a") as fh:
@@ -440,6 +496,38 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         "training_report.json",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("inside", ["files", "validation_files"])
+def test_an_output_dir_that_holds_the_text_is_refused_even_with_overwrite(tmp_path, capsys, inside):
+    """Replacing the folder whole deleted the corpus it was trained from."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    good = write_jsonl((proj if inside == "files" else tmp_path) / "zh.jsonl", ["some text 一些文本"] * 20)
+    val = write_jsonl((proj if inside == "validation_files" else tmp_path) / "zh_val.jsonl", ["文本 text"] * 5)
+    argv = ["--files", str(good), "--validation_files", f"zh={val}", "--vocab_size", "300"]
+    assert main([*argv, "--output_dir", str(proj), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    held = good if inside == "files" else val
+    assert len(err.strip().splitlines()) == 1 and f"--output_dir {proj} is or holds" in err and str(held) in err
+    assert sorted(p.name for p in proj.iterdir()) == [held.name]
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """tokenizers reports a full disk as a plain Exception with the OS's text: it was a traceback, exit 1."""
+    from transformers import PreTrainedTokenizerFast
+
+    def full(self, folder, *args, **kwargs):
+        (Path(folder) / "tokenizer.json").write_text('{"half": ')  # what a write cut short leaves
+        raise Exception("No space left on device (os error 28)")  # noqa: TRY002 (as tokenizers raises it)
+
+    good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
+    out = tmp_path / "out"
+    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
+    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"no space left on the device while writing {out}; nothing was written" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]  # no folder, no temporary one
 
 
 def test_cli_exit_status_and_single_line_error(tmp_path):

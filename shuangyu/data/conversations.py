@@ -32,9 +32,9 @@ from shuangyu.data.loader import FLAG_LOSS, FLAG_PAD, FLAG_START
 from shuangyu.data.packing import token_dtype
 from shuangyu.data.prepared import FLAGS_SUFFIX, MANIFEST, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
 from shuangyu.errors import UsageError
-from shuangyu.files import atomic_folder
+from shuangyu.files import atomic_folder, check_holds_no_input
 from shuangyu.text.conversations import iter_conversations
-from shuangyu.text.sources import SourceSpec, parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.text.sources import SourceSpec, local_paths, parse_dataset_source, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import CHAT_TEMPLATE, check_chat_tokenizer, encode_chat
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
@@ -187,6 +187,9 @@ def write_rows(tokens: np.ndarray, flags: np.ndarray, dtype: np.dtype, path: Pat
 def prepare_conversations(args: ConversationArguments) -> PreparedData:
     """Encode, lay out and write the conversations into `args.output_dir`, unless it is already up to date."""
     specs, files, validation, validation_files = plan_sources(args)
+    named = local_paths(specs + validation, files + validation_files, "--dataset_name")
+    named += [("the tokenizer", args.tokenizer_name)] if Path(args.tokenizer_name).exists() else []
+    check_holds_no_input(args.output_dir, named, "--data_dir")  # replaced whole: it must hold nothing read
     tok = load_tokenizer(args.tokenizer_name)
     _, im_end = check_chat_tokenizer(tok, args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)

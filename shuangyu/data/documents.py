@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 
-from shuangyu.errors import UsageError
+from shuangyu.errors import UsageError, exception_chain
 from shuangyu.text.readers import (
     ReadOptions,
     ReadStats,
@@ -29,7 +29,7 @@ def read_documents_for_arrow(inputs: list, opts: ReadOptions, split: str, seed: 
     sized, streamed = [], []
     for index, (spec, files) in enumerate(inputs):
         if spec.is_dataset:
-            streamed.append((index, iter_dataset_documents(spec, split, opts, seed)))
+            streamed.append((index, iter_dataset_documents(spec, split, opts, seed, stats[index])))
         else:
             docs = (doc for path in files for doc in iter_file_documents(path, opts, stats[index]))
             sized.append([0.0, index, docs, max(1, sum(estimated_text_bytes(p, opts) for p in files))])
@@ -176,12 +176,3 @@ def tokenize_documents(
 
 def unwrap_usage_error(err: BaseException) -> UsageError | None:
     return next((seen for seen in exception_chain(err) if isinstance(seen, UsageError)), None)
-
-
-def exception_chain(err: BaseException):
-    """`err` and the exceptions it was raised from or while handling, innermost last (a chain can loop)."""
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        yield err
-        err = err.__cause__ or err.__context__

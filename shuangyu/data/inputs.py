@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shuangyu.errors import UsageError
-from shuangyu.files import parse_size
+from shuangyu.files import check_holds_no_input, parse_size
 from shuangyu.text.readers import ReadOptions
-from shuangyu.text.sources import SourceArguments, SourceSpec, resolve_validation_sources
+from shuangyu.text.sources import SourceArguments, SourceSpec, local_paths, resolve_validation_sources
 
 FORMAT_VERSION = 1  # of the prepared folder; part of the key, so a new layout prepares again
 
@@ -40,7 +40,8 @@ class PrepareArguments(SourceArguments):
     num_proc: int = field(default=os.cpu_count() or 1, metadata={"help": "Processes that tokenise."})
     seed: int = field(default=42, metadata={"help": "Seed for the validation split, mixing and document order."})
     skip_bad_lines: bool = field(
-        default=False, metadata={"help": "Skip (and count) lines that are not UTF-8 or not JSON instead of stopping."}
+        default=False,
+        metadata={"help": "Skip (and count) lines that are not UTF-8, not JSON, or whose text is not a string."},
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Replace an --output_dir that was prepared with another tokenizer."}
@@ -100,6 +101,10 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
         dataset_flag=args.flag("--dataset"),
     )
     max_tokens = parse_size(args.max_tokens, "--max_tokens") if args.max_tokens else None
+    # the output folder is replaced whole: it must hold nothing that is read
+    named = local_paths(sources + validation, files + validation_files, args.flag("--dataset"))
+    named += [("the tokenizer", args.tokenizer_name)] if Path(args.tokenizer_name).exists() else []
+    check_holds_no_input(args.output_dir, named, args.flag("--output_dir"))
     return Inputs(sources, files, validation, validation_files, opts, max_tokens)
 
 

@@ -20,7 +20,6 @@ never leaves a half-written cache.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -32,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from shuangyu.data.documents import (
-    exception_chain,
     read_documents_for_arrow,
     tokenize_documents,
     unwrap_usage_error,
@@ -40,8 +38,8 @@ from shuangyu.data.documents import (
 from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache_key, plan_inputs
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
-from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
-from shuangyu.files import atomic_folder, check_writable_folder, is_disk_full
+from shuangyu.errors import UsageError, exception_chain, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.files import atomic_folder, check_writable_folder, disk_full_is_one_line
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
@@ -91,12 +89,13 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
     if not show_progress:
         datasets.disable_progress_bars()
     try:
-        with atomic_folder(out) as tmp, disk_full_is_one_line(args):
+        with atomic_folder(out) as tmp, disk_full_is_one_line(out, args.flag("--output_dir")):
             stats = [ReadStats() for _ in inputs.all]
             docs, read_s = tokenize_sources(args, inputs, tok, key, stats, tmp / "arrow")
             times = {"read": round(read_s, 2), "tokenize": round(time.perf_counter() - start - read_s, 2)}
+            topped_up = hold_out_a_block_each(args, inputs, docs)
             train, mix = pack_training(args, inputs, docs, tmp / TRAIN_FILE)
-            validation = pack_validation(args, inputs, docs, tmp / VALIDATION_FILE)
+            validation = pack_validation(args, inputs, docs, tmp / VALIDATION_FILE, topped_up)
             times["total"] = round(time.perf_counter() - start, 2)
             manifest = build_manifest(args, inputs, docs, tok, key, sha, stats, mix, train, validation, times)
             del docs  # release the Arrow memory maps before their files are deleted with the folder
@@ -106,22 +105,6 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
         if not show_progress:
             datasets.enable_progress_bars()
     return PreparedData(out, manifest)
-
-
-@contextlib.contextmanager
-def disk_full_is_one_line(args: PrepareArguments):
-    """A full disk while preparing (datasets wraps the OSError in its own error): one line, inside atomic_folder so
-    that the half-written folder is removed first."""
-    try:
-        yield
-    except Exception as err:
-        if not any(is_disk_full(c) for c in exception_chain(err)):
-            raise
-        flag = args.flag("--output_dir")
-        raise UsageError(
-            f"no space left on the device while writing {args.output_dir}; nothing was written: free space or choose "
-            f"another {flag}"
-        ) from None
 
 
 class TokenizedDocuments:
@@ -214,6 +197,29 @@ def validation_fraction(args: PrepareArguments, inputs: Inputs) -> float:
     return 0.0 if inputs.validation else args.validation_fraction
 
 
+def hold_out_a_block_each(args, inputs: Inputs, docs: TokenizedDocuments) -> set[str]:
+    """Without --validation_files: a source whose --validation_fraction of documents makes no block (0.5% of a few
+    hundred documents is none) would drop out of validation unsaid. Hold out more of its documents, in a seeded
+    order, until they fill one block, but never more than half of them; returns the names of the sources topped
+    up, for the report to say so."""
+    fraction = validation_fraction(args, inputs)
+    if fraction <= 0:
+        return set()
+    topped_up = set()
+    for index, spec in enumerate(inputs.sources):
+        mine = np.flatnonzero(docs.source == index)
+        held = mine[docs.held[mine]]
+        missing = args.block_size - int(docs.tokens[held].sum())
+        room = len(mine) // 2 - len(held)
+        if missing <= 0 or room <= 0:
+            continue
+        order = np.random.default_rng([args.seed, 3, index]).permutation(mine[~docs.held[mine]])
+        enough = int(np.searchsorted(np.cumsum(docs.tokens[order]), missing)) + 1
+        docs.held[order[: min(enough, room)]] = True
+        topped_up.add(spec.name)
+    return topped_up
+
+
 def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> tuple[dict, list[dict]]:
     """Mix the training documents in tokens and pack them into `path`; returns the train entry and the mix."""
     weights = [s.weight for s in inputs.sources] if inputs.sources[0].weight is not None else None
@@ -221,6 +227,15 @@ def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) ->
     order, mix = mix_documents(
         docs.source[train_docs], docs.tokens[train_docs], len(inputs.sources), weights, inputs.max_tokens, args.seed
     )
+    starved = [
+        spec for spec, m in zip(inputs.sources, mix, strict=True) if m["tokens_available"] and not m["tokens_taken"]
+    ]
+    if weights is not None and starved:  # it would be read, then left out of training without a word
+        total = sum(m["tokens_taken"] for m in mix)
+        raise UsageError(
+            f"{args.flag('--files')} {starved[0].name}: weight {starved[0].weight:g} gives it none of the {total:,} "
+            "training tokens: raise its weight, or leave the source out"
+        )
     order = train_docs[order]
     with open(path, "wb") as fh:
         blocks, dropped = write_packed(order, docs.offsets, docs.values, args.block_size, fh)
@@ -233,7 +248,7 @@ def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) ->
     return train, mix
 
 
-def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> dict:
+def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path, topped_up: set[str]) -> dict:
     """Pack each validation source's held-out documents, one after the other, into `path`."""
     n_train = len(inputs.sources)
     groups = (
@@ -252,12 +267,20 @@ def pack_validation(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) 
                     "it text, or leave the source out"
                 )
             blocks, dropped = write_packed(chosen, docs.offsets, docs.values, args.block_size, fh)
+            if inputs.validation and not blocks:  # as good as no documents
+                spec = inputs.validation[src - n_train]
+                raise UsageError(
+                    f"--validation_files {name}={','.join(spec.patterns)}: {int(docs.tokens[chosen].sum()):,} tokens, "
+                    f"fewer than one block of --block_size {args.block_size}; give it more text, lower --block_size, "
+                    "or leave the source out"
+                )
             validation[name] = {
                 "docs": len(chosen),
                 "tokens": int(docs.tokens[chosen].sum()),
                 "first_block": first_block,
                 "blocks": blocks,
                 "tokens_dropped": dropped,
+                "topped_up": name in topped_up,
             }
             first_block += blocks
     return validation
@@ -325,7 +348,12 @@ def format_report(data: PreparedData) -> str:
         f"({t['tokens_dropped']:,} dropped at the end), {m['dtype']}",
     ]
     for name, v in m["validation"].items():
-        lines.append(f"validation   {name}: {v['docs']:,} docs, {v['tokens']:,} tokens, {v['blocks']:,} blocks")
+        note = ""
+        if v.get("topped_up"):
+            note = f" (--validation_fraction {m['arguments']['validation_fraction']} made no block: more held out)"
+        if not v["blocks"]:
+            note += f" (too little text for a block of {m['block_size']}: no validation for {name})"
+        lines.append(f"validation   {name}: {v['docs']:,} docs, {v['tokens']:,} tokens, {v['blocks']:,} blocks{note}")
     lines.append(
         f"time         {m['time_s']['total']:.1f} s ({m['text_bytes'] / 1e6:,.1f} MB of text, {m['text_mb_per_s']:.2f} MB/s)"
     )

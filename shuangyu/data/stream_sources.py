@@ -225,7 +225,7 @@ def column_texts(table, column: str, source: StreamSource) -> list:
 
     values = table.column(column)
     if values.null_count and (source, column) not in _NULLS_CHECKED:
-        # a null is a missing field or a JSON null: `prepare` refuses the first and passes over the second
+        # a null is a missing field or a JSON null: `prepare` refuses both, naming the line
         if (found := source.bad_line(column)) is not None:
             raise found
         _NULLS_CHECKED.add((source, column))

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shuangyu.errors import UsageError
-from shuangyu.text.readers import ReadOptions, ReadStats, _decode_line, _decode_whole, _open_binary
+from shuangyu.text.readers import ReadOptions, ReadStats, _decode_line, _decode_whole, _open_binary, numbered_lines
 from shuangyu.text.sources import SourceSpec, file_kind
 
 SHAREGPT_ROLES = {
@@ -66,7 +66,7 @@ def iter_file_records(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"{path}: record {i}", record
             return
         stats = ReadStats()
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in numbered_lines(fh):
             if not raw.strip():
                 continue
             line = _decode_line(raw, path, lineno, _STRICT, stats)

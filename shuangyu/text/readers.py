@@ -9,6 +9,7 @@ a line that is not JSON, a missing field) and a way to skip bad lines and count 
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import zlib
@@ -47,10 +48,16 @@ def _open_binary(path: Path, gz: bool):
     return gzip.open(path, "rb") if gz else open(path, "rb")
 
 
+def numbered_lines(fh) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of a binary file, without the byte-order mark some editors write at its start, so that
+    a first line holding only the mark is blank like any other."""
+    for lineno, raw in enumerate(fh, start=1):
+        yield lineno, raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw
+
+
 def _decode_line(raw: bytes, path: Path, lineno: int, opts: ReadOptions, stats: ReadStats) -> str | None:
     try:
-        # utf-8-sig on the first line drops a byte-order mark that some editors write
-        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         if opts.on_decode_error == "skip":
             stats.skipped_lines += 1
@@ -72,17 +79,20 @@ def _decode_whole(data: bytes, path: Path) -> str:
         raise UsageError(f"{path}:{lineno}: not valid UTF-8 ({err.reason}); fix the file") from None
 
 
-def _text_field(record: object, path: Path, where: str, column: str) -> str | None:
+def _text_field(record: object, where: str, opts: ReadOptions, stats: ReadStats | None) -> str | None:
+    column = opts.text_column
     if not isinstance(record, dict):
         raise UsageError(f"{where}: expected a JSON object with field {column!r}, got {type(record).__name__}")
     if column not in record:
         fields = ", ".join(map(str, record)) or "none"
         raise UsageError(f"{where}: no field {column!r} (fields: {fields}); set --text_column")
     value = record[column]
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise UsageError(f"{where}: field {column!r} is {type(value).__name__}, not a string")
+    if not isinstance(value, str):  # a null too: dropping it uncounted hid how much of a file was read
+        if opts.on_decode_error == "skip" and stats is not None:
+            stats.skipped_lines += 1
+            return None
+        kind = "null" if value is None else type(value).__name__
+        raise UsageError(f"{where}: field {column!r} is {kind}, not a string; fix or remove it{_or_skip(opts, ', or')}")
     return value
 
 
@@ -119,9 +129,9 @@ def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) 
             head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
             fh.seek(0)
             if head.startswith(b"["):  # a JSON array of records: must be parsed whole
-                yield from _iter_json_array(path, fh.read(), opts, keep)
+                yield from _iter_json_array(path, fh.read(), opts, stats, keep)
                 return
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in numbered_lines(fh):
             if not raw.strip() or not keep():
                 continue
             line = _decode_line(raw, path, lineno, opts, stats)
@@ -139,19 +149,19 @@ def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) 
                     raise UsageError(
                         f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line{_or_skip(opts, ', or')}"
                     ) from None
-                text = _text_field(record, path, f"{path}:{lineno}", opts.text_column)
+                text = _text_field(record, f"{path}:{lineno}", opts, stats)
             if has_text(text):
                 yield text
 
 
-def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, keep) -> Iterator[str]:
+def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, stats: ReadStats, keep) -> Iterator[str]:
     try:
         records = json.loads(_decode_whole(data, path))
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     for i, record in enumerate(records):
         if keep():
-            text = _text_field(record, path, f"{path}: record {i}", opts.text_column)
+            text = _text_field(record, f"{path}: record {i}", opts, stats)
             if has_text(text):
                 yield text
 
@@ -172,7 +182,9 @@ def _iter_parquet(path: Path, opts: ReadOptions, keep) -> Iterator[str]:
                 yield text
 
 
-def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed: int) -> Iterator[str]:
+def iter_dataset_documents(
+    spec: SourceSpec, split: str, opts: ReadOptions, seed: int, stats: ReadStats | None = None
+) -> Iterator[str]:
     """Stream a Hub dataset (or a local dataset folder) through `datasets`, shuffled with a buffer."""
     import datasets
 
@@ -185,7 +197,7 @@ def iter_dataset_documents(spec: SourceSpec, split: str, opts: ReadOptions, seed
     ds = ds.shuffle(seed=seed, buffer_size=10_000)
     for i, record in enumerate(ds):
         where = f"{opts.dataset_flag} {spec.dataset}: row {i}"
-        text = _text_field(record, Path(spec.dataset), where, opts.text_column)
+        text = _text_field(record, where, opts, stats)
         if has_text(text):
             yield text
 

@@ -89,7 +89,7 @@ def sample_source(
         keep = (lambda: True) if rate >= 1.0 else (lambda r=rate: rng.random() < r)
         before = stats.bytes
         if plan.spec.is_dataset:
-            docs = iter_dataset_documents(plan.spec, split, opts, seed + passes)
+            docs = iter_dataset_documents(plan.spec, split, opts, seed + passes, stats)
         else:
             order = list(plan.files)
             rng.shuffle(order)

@@ -5,7 +5,10 @@ One way of naming sources serves every tool that reads raw text (the tokenizer t
     [NAME=]GLOB[,GLOB...][:WEIGHT]      local files, e.g.  zh=corpus/zh/*.jsonl:0.5
     [NAME=]DATASET[:CONFIG][:WEIGHT]    a Hub dataset (or a local dataset folder), streamed
 
-A trailing `:WEIGHT` is a positive number; NAME labels the source in reports (default: the spec). Reading the
+A trailing `:WEIGHT` is a positive number; NAME labels the source in reports (default: the spec) and is made of
+A-Z a-z 0-9 _ . - only, so that a path such as data/x=y.jsonl is not read as NAME=...; a file whose name has an
+`=` in it and no folder part is named ./x=y.jsonl. A comma always separates globs: a path with a comma in it
+cannot be named (rename or link the file). Reading the
 documents is `shuangyu.text.readers`; sampling a byte budget from several sources is `shuangyu.text.sampling`.
 """
 
@@ -66,7 +69,9 @@ class SourceArguments:
         if not specs:
             raise UsageError(f"no training text: give {files} and/or {dataset}")
         check_weights(specs)
-        return specs, [[] if s.is_dataset else resolve_files(s, self.exclude, files) for s in specs]
+        resolved = [[] if s.is_dataset else resolve_files(s, self.exclude, files) for s in specs]
+        check_no_file_twice(specs, resolved, files)
+        return specs, resolved
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,15 @@ def _split_name(spec: str) -> tuple[str | None, str]:
     return (match.group(1), match.group(2)) if match else (None, spec)
 
 
+def _looks_like_a_name(spec: str) -> bool:
+    """`中文=zh.jsonl`: an = after something with no folder part, meant as NAME= but not a valid name."""
+    head, sep, _ = spec.partition("=")
+    return bool(sep and head) and "/" not in head and os.sep not in head and not _NAME_RE.match(spec)
+
+
+NAME_RULE = "a source NAME may hold only A-Z a-z 0-9 _ . - (write ./PATH for a file with = in its name)"
+
+
 def parse_file_source(spec: str, flag: str = "--files") -> SourceSpec:
     name, rest = _split_name(spec)
     rest, weight = _split_weight(rest, flag)
@@ -115,7 +129,21 @@ def parse_dataset_source(spec: str, flag: str = "--dataset") -> SourceSpec:
     dataset, _, config = rest.partition(":")
     if not dataset:
         raise UsageError(f"{flag} {spec!r}: no dataset name given")
+    if name is None and _looks_like_a_name(dataset) and not os.path.exists(dataset):
+        raise UsageError(f"{flag} {spec!r}: {NAME_RULE}")
     return SourceSpec(name=name or rest, weight=weight, dataset=dataset, config=config or None)
+
+
+def check_no_file_twice(specs: list[SourceSpec], files: list[list[Path]], flag: str = "--files") -> None:
+    """A file in two sources would be read, and trained on, twice without a word."""
+    owner: dict[str, str] = {}
+    for spec, paths in zip(specs, files, strict=True):
+        for path in paths:
+            first = owner.setdefault(os.path.realpath(path), spec.name)
+            if first != spec.name:
+                raise UsageError(
+                    f"{flag}: {path} is in both source {first} and source {spec.name}; name it in one of them"
+                )
 
 
 def check_weights(sources: list[SourceSpec]) -> None:
@@ -149,13 +177,32 @@ def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), f
     for pattern in spec.patterns:
         expanded = os.path.expanduser(pattern)
         matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
-        matches = [m for m in matches if os.path.isfile(m) and not any(fnmatch(m, ex) for ex in exclude)]
+        files = [m for m in matches if os.path.isfile(m)]
+        matches = [m for m in files if not any(fnmatch(m, ex) for ex in exclude)]
         if not matches:
-            raise UsageError(f"{flag} {pattern!r}: no file matches (after --exclude)")
+            raise UsageError(f"{flag} {pattern!r}: {why_nothing_matches(pattern, expanded, files, spec)}")
         for match in matches:
             file_kind(match)
             found.setdefault(os.path.realpath(match), Path(match))
     return sorted(found.values())
+
+
+def local_paths(specs: list[SourceSpec], files: list[list[Path]], dataset_flag: str = "--dataset") -> list[tuple]:
+    """Every local path the sources read (their files, local dataset folders), each with what it is: for
+    files.check_holds_no_input, since an output folder replaced whole must hold none of them."""
+    paths = [(f"source {spec.name}'s file", path) for spec, found in zip(specs, files, strict=True) for path in found]
+    paths += [(f"the {dataset_flag} folder", s.dataset) for s in specs if s.is_dataset and os.path.isdir(s.dataset)]
+    return paths
+
+
+def why_nothing_matches(pattern: str, expanded: str, files: list[str], spec: SourceSpec) -> str:
+    if files:
+        return f"every file it matches ({len(files)}) is left out by --exclude"
+    if os.path.isdir(expanded):
+        return f"a folder, not a file: name its files, e.g. '{os.path.join(pattern, '*.jsonl')}'"
+    if spec.name == ",".join(spec.patterns) and _looks_like_a_name(pattern):  # no NAME= was recognised
+        return f"no file matches; {NAME_RULE}"
+    return "no file matches"
 
 
 def resolve_validation_sources(

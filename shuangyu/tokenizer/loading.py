@@ -34,7 +34,9 @@ def load_tokenizer(name: str):
         raise UsageError(f"--tokenizer_name {name!r}: could not load it ({type(err).__name__}: {first_line})") from None
     if getattr(tok, "backend_tokenizer", None) is None:
         raise UsageError(f"--tokenizer_name {name!r}: not a fast tokenizer; use the folder train_bpe.py writes")
-    if tok.convert_tokens_to_ids(EOS_TOKEN) in (None, tok.unk_token_id):
+    # a missing token converts to the unk id, but GPT-2's <|endoftext|> *is* its unk token: ask for the token back
+    eos = tok.convert_tokens_to_ids(EOS_TOKEN)
+    if eos is None or tok.convert_ids_to_tokens(eos) != EOS_TOKEN:
         raise UsageError(f"--tokenizer_name {name!r}: has no {EOS_TOKEN} token to end documents with")
     return tok
 

@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Literal
 
 from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
-from shuangyu.files import atomic_folder, atomic_write_text, check_writable_folder, parse_size
+from shuangyu.files import (
+    atomic_folder,
+    atomic_write_text,
+    check_holds_no_input,
+    check_writable_folder,
+    disk_full_is_one_line,
+    parse_size,
+)
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
-from shuangyu.text.sources import SourceArguments, parse_file_source, resolve_files
+from shuangyu.text.sources import SourceArguments, local_paths, parse_file_source, resolve_files
 from shuangyu.tokenizer import bpe
 from shuangyu.tokenizer.counting import peak_memory_kib
 
@@ -60,7 +67,10 @@ class TrainBPEArguments(SourceArguments):
         default=None, metadata={"help": "Longest token in byte-level characters (default: no limit)."}
     )
     on_decode_error: Literal["error", "skip"] = field(
-        default="error", metadata={"help": "On a line that is not UTF-8 (or not JSON): stop, or skip and count it."}
+        default="error",
+        metadata={
+            "help": "On a line that is not UTF-8, not JSON or without a string text: stop, or skip and count it."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed for sampling documents and shuffling datasets."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
@@ -98,6 +108,8 @@ def validate(args: TrainBPEArguments):
         if not sep or not lang or not globs:
             raise UsageError(f"--validation_files {item!r}: expected LANG=GLOB[,GLOB...]")
         validation[lang] = resolve_files(parse_file_source(globs), flag="--validation_files")
+    held_out = [(f"--validation_files {lang}'s file", path) for lang, paths in validation.items() for path in paths]
+    check_holds_no_input(out, local_paths(specs, files) + held_out, "--output_dir")  # it is replaced whole
     return plans, validation
 
 
@@ -166,7 +178,7 @@ def format_report(report: dict) -> str:
 
 
 def save(hf_tokenizer, report: dict, output_dir: Path) -> None:
-    with atomic_folder(output_dir) as tmp:
+    with atomic_folder(output_dir) as tmp, disk_full_is_one_line(output_dir):
         hf_tokenizer.save_pretrained(str(tmp))
         atomic_write_text(tmp / "training_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 

@@ -65,6 +65,13 @@ class DataArguments:
     shuffle_window: int = field(
         default=4096, metadata={"help": "--streaming: documents read and shuffled together (per source and process)."}
     )
+    validation_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Without --validation_files, data prepared here (not --streaming, not --sft): share of each "
+            "source's documents held out for validation (default 0.005, as in python -m shuangyu.data.prepare)."
+        },
+    )
     validation_docs: int = field(
         default=1000,
         metadata={
@@ -75,7 +82,8 @@ class DataArguments:
     skip_bad_lines: bool = field(
         default=False,
         metadata={
-            "help": "Skip (and count) lines that are not UTF-8 or not JSON instead of stopping (not --streaming)."
+            "help": "Skip (and count) lines that are not UTF-8, not JSON, or whose text is not a string, instead of "
+            "stopping (not --streaming)."
         },
     )
     data_dir: str | None = field(
@@ -382,6 +390,8 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
             parse_size(config.train.max_train_tokens, "--max_train_tokens")
         except UsageError as err:
             raise UsageError(str(err).replace(": ", f"{where}: ", 1)) from None
+    if config.sft.sft and config.data.validation_fraction is not None:
+        raise UsageError("--validation_fraction with --sft: conversations are held out by --validation_files only")
     check_streaming(config)
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows
@@ -396,6 +406,11 @@ def check_streaming(config: TrainConfig) -> None:
     if config.sft.sft:
         raise UsageError(
             "--streaming reads plain text; --sft conversations are prepared (they are small): drop --streaming"
+        )
+    if data.validation_fraction is not None:
+        raise UsageError(
+            "--validation_fraction holds documents out of prepared data; with --streaming the first --validation_docs "
+            "documents of each source are held out instead: pass --validation_docs N"
         )
     if data.data_dir:
         raise UsageError(

@@ -313,9 +313,12 @@ def publish_final(output_dir: str | Path) -> Path:
     return final
 
 
+FRESH_START_DELETES = ("checkpoints", "final")  # folders of --output_dir; the log too
+
+
 def start_fresh(output_dir: str | Path) -> None:
     """--overwrite_output_dir: clear the previous run's checkpoints, final model and log (not the data)."""
     out = Path(output_dir)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    shutil.rmtree(out / "final", ignore_errors=True)
+    for name in FRESH_START_DELETES:
+        shutil.rmtree(out / name, ignore_errors=True)
     (out / "train_log.jsonl").unlink(missing_ok=True)

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from shuangyu.errors import UsageError
-from shuangyu.files import check_writable_folder
+from shuangyu.files import check_writable_folder, holds
+from shuangyu.text.sources import local_paths, parse_file_source, resolve_files
 from shuangyu.training import checkpoint as ckpt
 from shuangyu.training.arguments import TrainConfig
 
@@ -33,7 +34,37 @@ def check_run(config: TrainConfig) -> tuple[Path, Path | None]:
 
         check_hub(config.hub)
     warn = print if is_first_process() else (lambda message: None)
-    return out, ckpt.resolve_resume(out, config.checkpoint.resume_from_checkpoint, warn)
+    resume_dir = ckpt.resolve_resume(out, config.checkpoint.resume_from_checkpoint, warn)
+    if config.checkpoint.overwrite_output_dir and resume_dir is None:
+        check_fresh_start_keeps_inputs(config, out)
+    return out, resume_dir
+
+
+def check_fresh_start_keeps_inputs(config: TrainConfig, out: Path) -> None:
+    """--overwrite_output_dir deletes the previous run's checkpoints and final model (checkpoint.start_fresh):
+    refuse, before anything is deleted, when this run reads from them (a model, tokenizer or text in final/)."""
+    inputs = [
+        (flag, path)
+        for flag, path in (
+            ("--tokenizer_name", config.model.tokenizer_name),
+            ("--model_name_or_path", config.model.model_name_or_path),
+            ("--data_dir", config.data.data_dir),
+        )
+        if path and Path(path).exists()
+    ]
+    for flag, values, exclude in (
+        ("--train_files", config.data.train_files, config.data.exclude),
+        ("--validation_files", config.data.validation_files, ()),
+    ):
+        specs = [parse_file_source(value, flag) for value in values]
+        inputs += local_paths(specs, [resolve_files(spec, exclude, flag) for spec in specs])
+    for name in ckpt.FRESH_START_DELETES:
+        for what, path in inputs:
+            if holds(out / name, path):
+                raise UsageError(
+                    f"--overwrite_output_dir would delete {out / name}, which is or holds {what} {path}: copy it "
+                    "out of --output_dir first, or choose another --output_dir"
+                )
 
 
 def is_first_process() -> bool:

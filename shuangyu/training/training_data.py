@@ -94,6 +94,7 @@ def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: st
         text_column=data_args.text_column,
         num_proc=data_args.preprocessing_num_workers or 1,
         skip_bad_lines=data_args.skip_bad_lines,
+        **({} if data_args.validation_fraction is None else {"validation_fraction": data_args.validation_fraction}),
     )
     args.flag_names = TRAIN_CLM_FLAGS
     return prepare(args, show_progress=accelerator.is_local_main_process)

@@ -183,6 +183,14 @@ def test_train_clm_names_its_own_flags(tmp_path, data_tokenizer_dir):
     ):
         prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
                            str(data_tokenizer_dir), 0, main)  # fmt: skip
+    # without --data_dir the folder is the run's OUTPUT_DIR/data: the user gave --output_dir (a user's files there
+    # are not replaced even so)
+    with pytest.raises(
+        UsageError, match=r"^--output_dir .*data exists and holds no prepared data; choose another --output_dir$"
+    ):
+        prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
+                           str(data_tokenizer_dir), 0, main, own=True)  # fmt: skip
+    assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
     with pytest.raises(UsageError, match="--skip_bad_lines with --streaming"):
         parse_args(["--streaming", "--skip_bad_lines", "--train_files", str(src), "--tokenizer_name",
                     str(data_tokenizer_dir), "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip

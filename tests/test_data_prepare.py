@@ -228,10 +228,13 @@ def test_a_rebuild_says_what_changed_and_the_same_blocks_keep_their_data_key(
     for change, why in (
         ({"files": [f"zh={zh}:0.5", f"en={en}:0.5"]}, "the weights"),
         ({"files": half}, "the sources (zh, en -> zh, de)"),
-        ({"files": half, "block_size": 16, "seed": 5}, "the block size; the seed"),
+        (
+            {"files": [f"zh={zh}:0.6", f"de={en}:0.4"], "block_size": 16, "seed": 5},
+            "the weights; the block size; the seed",
+        ),
         (
             {"files": half, "tok": data_other_tokenizer_dir, "overwrite": True},
-            "the tokenizer; the block size; the seed",
+            "the tokenizer; the weights; the block size; the seed",
         ),
         ({"files": half, "tok": data_other_tokenizer_dir, "skip_bad_lines": True}, "other options (--skip_bad_lines)"),
     ):

@@ -144,11 +144,15 @@ def hash_key(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-# What a change of each input is called, in the line that says why a folder is prepared again
+# What a change of each input is called, in the line that says why a folder is prepared again, in the order said;
+# the sources' entries say which file changed, or the weights
 CHANGE_NAMES = {
     "format": "the prepared folder's format",
     "tokenizer": "the tokenizer",
     "chat_template": "the chat template",
+    "sources": None,
+    "validation_files": None,  # prepare's
+    "validation": None,  # conversations'
     "block_size": "the block size",
     "seed": "the seed",
 }
@@ -159,20 +163,15 @@ def describe_changes(before: dict | None, now: dict) -> str:
     tokenizer, the first file that changed, the weights, the block size, the seed, or the other options."""
     if before is None:
         return "its manifest does not record what it was prepared from (an earlier version wrote it)"
-    said, options = [], []
-    for name in now.keys() | before.keys():
-        if before.get(name) == now.get(name):
-            continue
-        if name in ("sources", "validation_files", "validation"):
-            said.append(_sources_change(before.get(name) or [], now.get(name) or [], name != "sources"))
-        elif name in CHANGE_NAMES:
-            said.append(CHANGE_NAMES[name])
-        else:
-            options.append(f"--{name}")
-    order = list(CHANGE_NAMES.values())  # a stable order: what matters most first
-    said.sort(key=lambda s: order.index(s) if s in order else len(order))
+    changed = {name for name in now.keys() | before.keys() if before.get(name) != now.get(name)}
+    said = []
+    for name, words in CHANGE_NAMES.items():
+        if name in changed:
+            entries = before.get(name) or [], now.get(name) or []
+            said.append(words or _sources_change(*entries, validation=name != "sources"))
+    options = sorted(f"--{name}" for name in changed - CHANGE_NAMES.keys())
     if options:
-        said.append("other options (" + ", ".join(sorted(options)) + ")")
+        said.append("other options (" + ", ".join(options) + ")")
     return "; ".join(said)
 
 

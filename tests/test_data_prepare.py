@@ -12,7 +12,8 @@ from shuangyu.data.documents import tokenize_documents
 from shuangyu.data.inputs import PrepareArguments
 from shuangyu.data.packing import mix_documents, token_dtype
 from shuangyu.data.prepare import prepare as prepare_data
-from shuangyu.data.prepared import TRAIN_FILE, VALIDATION_FILE
+from shuangyu.data.prepared import TRAIN_FILE, VALIDATION_FILE, PreparedData
+from shuangyu.errors import UsageError
 
 
 def write_jsonl(path, texts, column="text"):
@@ -213,6 +214,79 @@ def test_second_run_does_no_work_and_any_change_invalidates(
     other, n = run(tok=data_other_tokenizer_dir, overwrite=True)
     assert n == 401 and other.manifest["tokenizer"]["vocab_size"] == 400
     assert not list(tmp_path.glob(".out.*"))  # no temporary folders left behind
+
+
+def test_a_rebuild_says_what_changed_and_the_same_blocks_keep_their_data_key(
+    tmp_path, data_tokenizer_dir, data_other_tokenizer_dir
+):
+    """Only the mtime changed (a corpus copied anew): prepared again, and said why, but the blocks and their data key
+    (what a checkpoint's position is for) are the same. The same mix written as other numbers is no change."""
+    zh = write_jsonl(tmp_path / "zh.jsonl", [f"这是第{i}个句子，用来测试缓存。" * 3 for i in range(200)])
+    en = write_jsonl(tmp_path / "en.jsonl", [f"This is sentence {i}, written to test the cache." for i in range(200)])
+    said = []
+
+    def run(files=(f"zh={zh}:0.7", f"en={en}:0.3"), tok=data_tokenizer_dir, **kwargs):
+        said.clear()
+        args = PrepareArguments(
+            output_dir=str(tmp_path / "out"), tokenizer_name=str(tok), files=list(files), num_proc=1, **kwargs
+        )
+        return prepare_data(args, show_progress=False, say=said.append)
+
+    first = run(block_size=32)
+    assert said == [] and first.rebuilt_because is None
+    assert run(files=[f"zh={zh}:7", f"en={en}:3"], block_size=32).reused and said == []
+
+    st = os.stat(zh)
+    os.utime(zh, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched
+    touched = run(block_size=32)
+    assert not touched.reused and touched.key != first.key
+    assert said == [
+        f"{tmp_path / 'out'}: preparing it again, since what it was prepared from changed: the files: {zh} was "
+        "modified (its modification time changed)"
+    ]
+    assert touched.data_key == first.data_key and np.array_equal(flat(touched), flat(first))
+
+    with open(en, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "One more line."}) + "\n")
+    grown = run(block_size=32)
+    assert said[0].endswith(f"the files: {en} changed size") and grown.data_key != first.data_key
+    # each change against the one before it
+    half = [f"zh={zh}:0.5", f"de={en}:0.5"]
+    for change, why in (
+        ({"files": [f"zh={zh}:0.5", f"en={en}:0.5"]}, "the weights"),
+        ({"files": half}, "the sources (zh, en -> zh, de)"),
+        (
+            {"files": [f"zh={zh}:0.6", f"de={en}:0.4"], "block_size": 16, "seed": 5},
+            "the weights; the block size; the seed",
+        ),
+        (
+            {"files": half, "tok": data_other_tokenizer_dir, "overwrite": True},
+            "the tokenizer; the weights; the block size; the seed",
+        ),
+        ({"files": half, "tok": data_other_tokenizer_dir, "skip_bad_lines": True}, "other options (--skip_bad_lines)"),
+    ):
+        assert run(**{"block_size": 32, **change}).rebuilt_because == why and said[0].endswith(f"changed: {why}")
+
+
+def test_a_folder_prepared_before_blocks_were_hashed_keeps_its_checkpoints(tmp_path, data_tokenizer_dir):
+    """Checkpoints saved before the blocks were hashed carry the inputs' key: prepared again to the same blocks
+    (after a touch), the folder still accepts them; to other blocks, not."""
+    src = write_jsonl(tmp_path / "docs.jsonl", [f"第{i}篇：今天天气很好。 Document {i}." for i in range(300)])
+    first = prepare(tmp_path, data_tokenizer_dir, files=[str(src)], block_size=64)
+    manifest = first.path / "manifest.json"
+    old = {k: v for k, v in first.manifest.items() if k not in ("inputs", "blocks_sha256", "earlier_keys")}
+    manifest.write_text(json.dumps(old))  # as the earlier version wrote it
+    state = PreparedData.load(first.path).train_loader(batch_size=4).state_dict()
+    assert state["data_key"] == first.key  # that version's checkpoints: the inputs' key
+
+    os.utime(src, ns=(os.stat(src).st_atime_ns, os.stat(src).st_mtime_ns + 10**9))
+    again = prepare(tmp_path, data_tokenizer_dir, files=[str(src)], block_size=64)
+    assert not again.reused and again.manifest["earlier_keys"] == [first.key]
+    again.train_loader(batch_size=4).load_state_dict(state)  # accepted
+    once_more = prepare(tmp_path, data_tokenizer_dir, files=[str(src)], block_size=64, seed=1)
+    assert once_more.manifest["earlier_keys"] == []
+    with pytest.raises(UsageError, match="the training data changed since the run started"):
+        once_more.train_loader(batch_size=4).load_state_dict(state)
 
 
 def test_num_proc_2_gives_the_same_blocks(tmp_path, data_tokenizer_dir, data_corpus_slices):

@@ -170,6 +170,86 @@ def test_a_damaged_latest_checkpoint_is_passed_over_for_the_one_before(flags, tm
     assert "no usable checkpoint" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.fixture
+def own_corpus_run(synthetic_corpus, tiny_tokenizer_dir, tmp_path) -> tuple[list[str], dict[str, Path]]:
+    """A run's flags over a copy of the synthetic corpus that the test may touch and change, prepared into the run's
+    own OUTPUT_DIR/data (no --data_dir), as a user's first command would."""
+    import shutil
+
+    copies = {name: Path(shutil.copy(path, tmp_path / f"{name}.jsonl")) for name, path in synthetic_corpus.items()}
+    args = [
+        "--tokenizer_name", str(tiny_tokenizer_dir), "--output_dir", str(tmp_path / "run"),
+        "--train_files", f"zh={copies['zh_train']}", f"en={copies['en_train']}",
+        "--validation_files", f"zh={copies['zh_val']}", f"en={copies['en_val']}",
+        "--model_config", "tiny", "--block_size", "32", "--per_device_train_batch_size", "4", "--report_to", "none",
+        "--logging_steps", "1", "--eval_steps", "100", "--eval_rows", "8", "--save_steps", "2",
+        "--preprocessing_num_workers", "1", "--seed", "0",
+    ]  # fmt: skip
+    return args, copies
+
+
+def test_a_run_resumes_over_sources_copied_anew_and_says_when_they_really_changed(own_corpus_run, tmp_path, capsys):
+    """Copying the corpus anew for a job (or a checkout) changes every file's mtime: OUTPUT_DIR/data is prepared
+    again, to the same blocks, and the run resumes. Text that really changed is refused in one line that says so
+    and what to do; another checkpoint would not help, so it is not offered."""
+    from shuangyu.training import cli
+
+    args, corpus = own_corpus_run
+    assert cli.main([*args, "--max_steps", "2"]) == 0
+    for path in corpus.values():
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert cli.main([*args, "--max_steps", "4", "--resume_from_checkpoint", "latest"]) == 0
+    said = capsys.readouterr()
+    assert "preparing it again, since what it was prepared from changed: the files:" in said.out
+    assert "resumed from" in said.out and "at step 2" in said.out, said.err[-2000:]
+    assert max(losses(tmp_path / "run")) == 4
+
+    with open(corpus["zh_train"], "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"text": "我们今天学习语言模型。"}, ensure_ascii=False) + "\n")
+    before = sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run" / "checkpoints").rglob("*"))
+    assert cli.main([*args, "--max_steps", "6", "--resume_from_checkpoint", "latest"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train_clm.py: error: --resume_from_checkpoint "), lines
+    assert "the training data changed since the run started" in lines[0]
+    assert "start a new --output_dir" in lines[0] and "earlier checkpoint" not in lines[0]
+    assert lines[0].endswith(f"was prepared again: the files: {corpus['zh_train']} changed size)")
+    assert sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run" / "checkpoints").rglob("*")) == before
+
+
+def test_overwrite_output_dir_checks_everything_before_it_deletes_the_run(
+    own_corpus_run, data_other_tokenizer_dir, tiny_tokenizer_dir, tmp_path, capsys
+):
+    """--overwrite_output_dir with another tokenizer: the run's own data/ is prepared again for it (it is part of the
+    run started over); a flag that fails leaves the old run's checkpoints, final/ and log, and its data/ (a cache)
+    is prepared again, the same, by its own command, which resumes. An explicit --data_dir is still refused."""
+    import shutil
+
+    from shuangyu.training import cli
+
+    args, _ = own_corpus_run
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    assert cli.main([*args, "--max_steps", "2"]) == 0
+    shutil.copytree(run / "data", elsewhere)
+    kept = sorted(p.relative_to(run) for p in run.rglob("*") if p.parts[len(run.parts)] != "data")
+    other = [*args, "--tokenizer_name", str(data_other_tokenizer_dir), "--overwrite_output_dir", "--max_steps", "2"]
+    capsys.readouterr()
+    assert cli.main([*other, "--per_device_train_batch_size", "100000"]) == 2  # fails once the data is known
+    assert "cannot fill one global batch" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*") if p.parts[len(run.parts)] != "data") == kept
+    assert cli.main([*args, "--max_steps", "4", "--resume_from_checkpoint", "latest"]) == 0
+    assert "at step 2" in capsys.readouterr().out
+
+    assert cli.main([*other, "--data_dir", str(elsewhere)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--data_dir {elsewhere} holds blocks of another tokenizer" in err and "choose another --data_dir" in err
+
+    assert cli.main(other) == 0
+    assert json.loads((run / "data" / "manifest.json").read_text())["tokenizer"]["vocab_size"] == 400
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert max(losses(run)) == 2
+
+
 def test_latest_skips_checkpoints_taken_in_a_run_of_bad_steps(tmp_path):
     from shuangyu.training.checkpoint import MARKER, checkpoint_dir, resolve_resume
 

@@ -207,7 +207,24 @@ def test_a_second_prepare_with_the_same_inputs_does_no_work(synthetic_chats, tin
     again = prepared(tmp_path, files, tiny_tokenizer_dir, block_size=64)
     assert again.reused and again.key == first.key
     other = prepared(tmp_path, files, tiny_tokenizer_dir, block_size=64, packing=False)
-    assert not other.reused and other.key != first.key
+    assert not other.reused and other.key != first.key and other.data_key != first.data_key
+
+
+def test_conversations_prepared_again_to_the_same_rows_keep_their_data_key(
+    synthetic_chats, tiny_tokenizer_dir, tmp_path
+):
+    """A touched file prepares the folder again (and says why), to the same rows: a run's checkpoints still fit."""
+    import os
+    import shutil
+
+    copy = shutil.copy(synthetic_chats["zh_train"], tmp_path / "zh.jsonl")
+    first = prepared(tmp_path, {"zh": copy}, tiny_tokenizer_dir, block_size=64)
+    state = first.train_loader(batch_size=2).state_dict()
+    os.utime(copy, ns=(os.stat(copy).st_atime_ns, os.stat(copy).st_mtime_ns + 10**9))
+    again = prepared(tmp_path, {"zh": copy}, tiny_tokenizer_dir, block_size=64)
+    assert not again.reused and again.key != first.key and again.data_key == first.data_key
+    assert again.rebuilt_because == f"the files: {os.path.realpath(copy)} was modified (its modification time changed)"
+    again.train_loader(batch_size=2).load_state_dict(state)
 
 
 def test_weights_are_refused_for_conversations(synthetic_chats, tiny_tokenizer_dir, tmp_path):

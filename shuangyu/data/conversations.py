@@ -15,7 +15,8 @@ An example longer than a block is truncated after the last whole assistant turn 
 the default: a multi-turn conversation keeps its first exchanges) or skipped (`"skip"`); one whose first reply
 does not fit is skipped either way. Both are counted per source in the manifest and the report. The folder is a
 cache keyed like prepare.py's (tokenizer, chat template, files by size and mtime, block size, packing, seed), and
-written whole or not at all.
+written whole or not at all; like prepare.py's, its manifest holds a hash of the rows, which is what a checkpoint's
+data position is for.
 """
 
 from __future__ import annotations
@@ -27,10 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from shuangyu.data.inputs import FORMAT_VERSION, _dataset_fingerprint, _file_stat
+from shuangyu.data.inputs import FORMAT_VERSION, _dataset_fingerprint, _file_stat, describe_changes, hash_key
 from shuangyu.data.loader import FLAG_LOSS, FLAG_PAD, FLAG_START
 from shuangyu.data.packing import token_dtype
-from shuangyu.data.prepared import FLAGS_SUFFIX, MANIFEST, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
+from shuangyu.data.prepared import (
+    FLAGS_SUFFIX,
+    MANIFEST,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    PreparedData,
+    blocks_sha256,
+    read_manifest,
+    same_blocks_keys,
+    served_as,
+)
 from shuangyu.errors import UsageError
 from shuangyu.files import atomic_folder, check_holds_no_input
 from shuangyu.text.conversations import iter_conversations
@@ -100,13 +111,15 @@ def plan_sources(args: ConversationArguments):
     return specs, files, validation, validation_files
 
 
-def cache_key(args: ConversationArguments, specs, files, validation, validation_files, tokenizer_sha: str) -> str:
+def key_inputs(args: ConversationArguments, specs, files, validation, validation_files, tokenizer_sha: str) -> dict:
+    """What the rows depend on (hashed into the folder's key, and recorded in its manifest)."""
+
     def describe(spec: SourceSpec, paths: list[Path]) -> dict:
         if spec.is_dataset:
             return {"name": spec.name, **_dataset_fingerprint(spec, args.dataset_split)}
         return {"name": spec.name, "files": [_file_stat(p) for p in paths]}
 
-    key = {
+    return {
         "format": FORMAT_VERSION,
         "kind": "conversations",
         "tokenizer": tokenizer_sha,
@@ -118,7 +131,6 @@ def cache_key(args: ConversationArguments, specs, files, validation, validation_
         "overlong": args.overlong,
         "seed": args.seed,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def fit_to_block(example: Example, block_size: int, overlong: str, im_end: int) -> tuple[Example | None, bool]:
@@ -184,8 +196,9 @@ def write_rows(tokens: np.ndarray, flags: np.ndarray, dtype: np.dtype, path: Pat
         flags.tofile(fh)
 
 
-def prepare_conversations(args: ConversationArguments) -> PreparedData:
-    """Encode, lay out and write the conversations into `args.output_dir`, unless it is already up to date."""
+def prepare_conversations(args: ConversationArguments, say=print) -> PreparedData:
+    """Encode, lay out and write the conversations into `args.output_dir`, unless it is already up to date; `say`
+    tells why an existing folder is prepared again."""
     specs, files, validation, validation_files = plan_sources(args)
     named = local_paths(specs + validation, files + validation_files, "--dataset_name")
     named += [("the tokenizer", args.tokenizer_name)] if Path(args.tokenizer_name).exists() else []
@@ -193,13 +206,18 @@ def prepare_conversations(args: ConversationArguments) -> PreparedData:
     tok = load_tokenizer(args.tokenizer_name)
     _, im_end = check_chat_tokenizer(tok, args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)
-    key = cache_key(args, specs, files, validation, validation_files, sha)
+    recorded = key_inputs(args, specs, files, validation, validation_files, sha)
+    key = hash_key(recorded)
     out = Path(args.output_dir)
     existing = read_manifest(out) if out.is_dir() else None
     if existing is not None and existing.get("key") == key:
         return PreparedData(out, existing, reused=True)
     if existing is None and out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--data_dir {out} exists and holds no prepared data; choose another folder")
+    because = None
+    if existing is not None:
+        because = describe_changes(existing.get("inputs"), recorded)
+        say(f"{out}: preparing it again, since what it was prepared from changed: {because}")
 
     dtype = token_dtype(len(tok))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids(EOS_TOKEN)
@@ -257,9 +275,12 @@ def prepare_conversations(args: ConversationArguments) -> PreparedData:
             "sources": [r.as_dict() for r in reports],
             "validation": held_out,
             "arguments": dict(vars(args)),
+            "inputs": recorded,
         }
+        manifest["blocks_sha256"] = blocks_sha256(tmp, dtype.name, args.block_size, served_as(manifest))
+        manifest["earlier_keys"] = same_blocks_keys(existing, out, manifest["blocks_sha256"])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    return PreparedData(out, manifest)
+    return PreparedData(out, manifest, rebuilt_because=because)
 
 
 def format_report(data: PreparedData) -> str:

@@ -108,20 +108,32 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
     return Inputs(sources, files, validation, validation_files, opts, max_tokens)
 
 
-def cache_key(args: PrepareArguments, inputs: Inputs, tokenizer_sha: str) -> str:
+def normalised_weights(sources: list[SourceSpec]) -> list[float] | None:
+    """The mix as shares of 1 (0.7/0.3 and 7/3 are one mix): what the key holds and what the mixing uses, so the
+    same shares always give the same blocks. Rounded, so that sums like 0.1 + 0.2 do not tell them apart."""
+    if sources[0].weight is None:
+        return None
+    total = sum(s.weight for s in sources)
+    return [round(s.weight / total, 12) for s in sources]
+
+
+def key_inputs(args: PrepareArguments, inputs: Inputs, tokenizer_sha: str) -> dict:
     """Everything the prepared blocks depend on; files by size and mtime (hashing the content of a
-    corpus would cost about as much as reading it)."""
+    corpus would cost about as much as reading it). The manifest records it, to say what changed."""
+    weights = normalised_weights(inputs.sources) or [None] * len(inputs.sources)
 
-    def describe(spec: SourceSpec, files: list[Path]) -> dict:
+    def describe(spec: SourceSpec, files: list[Path], weight: float | None) -> dict:
         if spec.is_dataset:
-            return {"name": spec.name, "weight": spec.weight, **_dataset_fingerprint(spec, args.dataset_split)}
-        return {"name": spec.name, "weight": spec.weight, "files": [_file_stat(p) for p in files]}
+            return {"name": spec.name, "weight": weight, **_dataset_fingerprint(spec, args.dataset_split)}
+        return {"name": spec.name, "weight": weight, "files": [_file_stat(p) for p in files]}
 
-    key = {
+    return {
         "format": FORMAT_VERSION,
         "tokenizer": tokenizer_sha,
-        "sources": [describe(s, f) for s, f in zip(inputs.sources, inputs.files, strict=True)],
-        "validation_files": [describe(s, f) for s, f in zip(inputs.validation, inputs.validation_files, strict=True)],
+        "sources": [describe(s, f, w) for s, f, w in zip(inputs.sources, inputs.files, weights, strict=True)],
+        "validation_files": [
+            describe(s, f, None) for s, f in zip(inputs.validation, inputs.validation_files, strict=True)
+        ],
         "validation_fraction": 0.0 if inputs.validation else args.validation_fraction,
         "text_column": args.text_column,
         "document_per_file": args.document_per_file,
@@ -130,4 +142,64 @@ def cache_key(args: PrepareArguments, inputs: Inputs, tokenizer_sha: str) -> str
         "block_size": args.block_size,
         "seed": args.seed,
     }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def hash_key(inputs: dict) -> str:
+    """The cache key: a hash of `key_inputs` (or of conversations' own)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+# What a change of each input is called, in the line that says why a folder is prepared again, in the order said;
+# the sources' entries say which file changed, or the weights
+CHANGE_NAMES = {
+    "format": "the prepared folder's format",
+    "tokenizer": "the tokenizer",
+    "chat_template": "the chat template",
+    "sources": None,
+    "validation_files": None,  # prepare's
+    "validation": None,  # conversations'
+    "block_size": "the block size",
+    "seed": "the seed",
+}
+
+
+def describe_changes(before: dict | None, now: dict) -> str:
+    """What differs between two `key_inputs` (None: a manifest from before they were recorded), in words: the
+    tokenizer, the first file that changed, the weights, the block size, the seed, or the other options."""
+    if before is None:
+        return "its manifest does not record what it was prepared from (an earlier version wrote it)"
+    changed = {name for name in now.keys() | before.keys() if before.get(name) != now.get(name)}
+    said = []
+    for name, words in CHANGE_NAMES.items():
+        if name in changed:
+            entries = before.get(name) or [], now.get(name) or []
+            said.append(words or _sources_change(*entries, validation=name != "sources"))
+    options = sorted(f"--{name}" for name in changed - CHANGE_NAMES.keys())
+    if options:
+        said.append("other options (" + ", ".join(options) + ")")
+    return "; ".join(said)
+
+
+def _sources_change(before: list[dict], now: list[dict], validation: bool) -> str:
+    what = "the validation sources" if validation else "the sources"
+    if [s["name"] for s in before] != [s["name"] for s in now]:
+        return f"{what} ({', '.join(s['name'] for s in before)} -> {', '.join(s['name'] for s in now)})"
+    if [s.get("weight") for s in before] != [s.get("weight") for s in now]:
+        return "the weights"
+    for old, new in zip(before, now, strict=True):
+        if old == new:
+            continue
+        if "files" not in new or "files" not in old:
+            return f"the dataset of source {new['name']}"
+        old_files = {f[0]: f for f in old["files"]}
+        new_files = {f[0]: f for f in new["files"]}
+        for path, stat in new_files.items():
+            if path not in old_files:
+                return f"the files: {path} is new"
+            if stat[1] != old_files[path][1]:
+                return f"the files: {path} changed size"
+            if stat != old_files[path]:
+                return f"the files: {path} was modified (its modification time changed)"
+        gone = next((p for p in old_files if p not in new_files), None)
+        return f"the files: {gone} is no longer read" if gone else "the order of the files"
+    return what

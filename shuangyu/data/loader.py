@@ -4,7 +4,7 @@ resumable at exactly the next batch (`state_dict`/`load_state_dict`; register it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,10 @@ from shuangyu.errors import UsageError
 # starts (positions restart there), and padding at the end of a row.
 FLAG_LOSS, FLAG_START, FLAG_PAD = 1, 2, 4
 IGNORE_INDEX = -100
+
+
+class DataChanged(UsageError):
+    """A checkpoint's data position is for other blocks than the loader's: no checkpoint of the run can help."""
 
 
 class PackedBlocks(torch.utils.data.Dataset):
@@ -217,11 +221,13 @@ class BlockLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         data_key: str | None = None,
+        earlier_data_keys: Sequence[str] = (),
         eos_token_id: int | None = None,
         collate_fn=None,
     ):
         self.dataset = dataset
-        self.data_key = data_key
+        self.data_key = data_key  # what the blocks are (PreparedData.data_key): a checkpoint is for these or others
+        self.earlier_data_keys = frozenset(earlier_data_keys)
         self.sampler = BlockSampler(len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size)
         self.epoch = 0
         self.blocks_seen = 0  # global blocks delivered this epoch, over all ranks
@@ -269,11 +275,15 @@ class BlockLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["num_blocks"] != self.sampler.num_blocks or state.get("data_key") != self.data_key:
-            raise UsageError(
-                f"the checkpoint's data position is for other data ({state['num_blocks']} blocks, key "
-                f"{str(state.get('data_key'))[:12]}), not these ({self.sampler.num_blocks} blocks, key "
-                f"{str(self.data_key)[:12]}): resume with the prepared folder the run started with"
+        theirs = state.get("data_key")
+        if state["num_blocks"] != self.sampler.num_blocks or (
+            theirs != self.data_key and theirs not in self.earlier_data_keys
+        ):
+            raise DataChanged(
+                f"the training data changed since the run started: its checkpoints are for other blocks "
+                f"({state['num_blocks']:,} blocks, key {str(theirs)[:12]}) than these ({self.sampler.num_blocks:,} "
+                f"blocks, key {str(self.data_key)[:12]}); restore the sources, tokenizer and data flags the run "
+                "started with (or its --data_dir) to resume, or start a new --output_dir"
             )
         if state["seed"] != self.sampler.seed:
             raise UsageError(f"the checkpoint's data seed is {state['seed']}, not {self.sampler.seed}: resume with it")

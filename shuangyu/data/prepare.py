@@ -13,9 +13,11 @@ preparing, where its multiprocess `map` is what we need; training reads flat mem
 (prepared.py, loader.py).
 
 The manifest holds a key (inputs.py): a hash of the tokenizer, the sources (every file's path, size and mtime),
-the weights, the validation rule, the seed and the block size. A second `prepare` with the same key does no
-work; any change rebuilds. The folder is written to a temporary sibling and renamed into place, so a failure
-never leaves a half-written cache.
+the weights (as shares), the validation rule, the seed and the block size, and the inputs it hashes. A second
+`prepare` with the same key does no work; any change rebuilds, and says what changed. The manifest also holds a
+hash of the blocks themselves (`blocks_sha256`): a checkpoint's data position is for these, so a run resumes over
+blocks prepared again the same (a corpus copied anew changes every file's mtime, not the blocks). The folder is
+written to a temporary sibling and renamed into place, so a failure never leaves a half-written cache.
 """
 
 from __future__ import annotations
@@ -30,14 +32,28 @@ from pathlib import Path
 
 import numpy as np
 
-from shuangyu.data.documents import (
-    read_documents_for_arrow,
-    tokenize_documents,
-    unwrap_usage_error,
+from shuangyu.data.documents import read_documents_for_arrow, tokenize_documents, unwrap_usage_error
+from shuangyu.data.inputs import (
+    FORMAT_VERSION,
+    Inputs,
+    PrepareArguments,
+    describe_changes,
+    hash_key,
+    key_inputs,
+    normalised_weights,
+    plan_inputs,
 )
-from shuangyu.data.inputs import FORMAT_VERSION, Inputs, PrepareArguments, cache_key, plan_inputs
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
-from shuangyu.data.prepared import MANIFEST, PROG, TRAIN_FILE, VALIDATION_FILE, PreparedData, read_manifest
+from shuangyu.data.prepared import (
+    MANIFEST,
+    PROG,
+    TRAIN_FILE,
+    VALIDATION_FILE,
+    PreparedData,
+    blocks_sha256,
+    read_manifest,
+    same_blocks_keys,
+)
 from shuangyu.errors import UsageError, exception_chain, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_writable_folder, disk_full_is_one_line
 from shuangyu.text.readers import ReadStats
@@ -70,19 +86,25 @@ def check_existing(args: PrepareArguments, tokenizer_sha: str) -> dict | None:
     return manifest
 
 
-def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
-    """Tokenise, split, mix and pack the sources into `args.output_dir`, unless it is already up to date."""
+def prepare(args: PrepareArguments, show_progress: bool = True, say=print) -> PreparedData:
+    """Tokenise, split, mix and pack the sources into `args.output_dir`, unless it is already up to date; `say`
+    tells why an existing folder is prepared again."""
     import datasets
 
     check_writable_folder(args.output_dir, args.flag("--output_dir"))
     inputs = plan_inputs(args)
     tok = load_tokenizer(args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)
-    key = cache_key(args, inputs, sha)
+    recorded = key_inputs(args, inputs, sha)
+    key = hash_key(recorded)
     out = Path(args.output_dir)
     existing = check_existing(args, sha)
     if existing is not None and existing["key"] == key:
         return PreparedData(out, existing, reused=True)
+    because = None
+    if existing is not None:
+        because = describe_changes(existing.get("inputs"), recorded)
+        say(f"{out}: preparing it again, since what it was prepared from changed: {because}")
 
     start = time.perf_counter()
     show_progress = show_progress and sys.stderr.isatty()  # a log file gets no bars full of carriage returns
@@ -98,13 +120,16 @@ def prepare(args: PrepareArguments, show_progress: bool = True) -> PreparedData:
             validation = pack_validation(args, inputs, docs, tmp / VALIDATION_FILE, topped_up)
             times["total"] = round(time.perf_counter() - start, 2)
             manifest = build_manifest(args, inputs, docs, tok, key, sha, stats, mix, train, validation, times)
+            manifest["inputs"] = recorded
+            manifest["blocks_sha256"] = blocks_sha256(tmp, manifest["dtype"], args.block_size)
+            manifest["earlier_keys"] = same_blocks_keys(existing, out, manifest["blocks_sha256"])
             del docs  # release the Arrow memory maps before their files are deleted with the folder
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
             shutil.rmtree(tmp / "arrow", ignore_errors=True)  # the Arrow cache was only a means
     finally:
         if not show_progress:
             datasets.enable_progress_bars()
-    return PreparedData(out, manifest)
+    return PreparedData(out, manifest, rebuilt_because=because)
 
 
 class TokenizedDocuments:
@@ -222,7 +247,7 @@ def hold_out_a_block_each(args, inputs: Inputs, docs: TokenizedDocuments) -> set
 
 def pack_training(args, inputs: Inputs, docs: TokenizedDocuments, path: Path) -> tuple[dict, list[dict]]:
     """Mix the training documents in tokens and pack them into `path`; returns the train entry and the mix."""
-    weights = [s.weight for s in inputs.sources] if inputs.sources[0].weight is not None else None
+    weights = normalised_weights(inputs.sources)
     train_docs = np.flatnonzero(~docs.held)
     order, mix = mix_documents(
         docs.source[train_docs], docs.tokens[train_docs], len(inputs.sources), weights, inputs.max_tokens, args.seed

@@ -10,6 +10,7 @@ Python object per row or a format conversion per batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class PreparedData:
     path: Path
     manifest: dict
     reused: bool = False  # prepare found this folder up to date and did no work
+    rebuilt_because: str | None = None  # prepare replaced an earlier folder: what had changed since
 
     @classmethod
     def load(cls, path: str | Path, tokenizer=None) -> PreparedData:
@@ -55,7 +57,21 @@ class PreparedData:
 
     @property
     def key(self) -> str:
+        """The inputs' key (inputs.py): what prepare compares to know whether to prepare again."""
         return self.manifest["key"]
+
+    @property
+    def data_key(self) -> str:
+        """What a checkpoint's data position is for: the blocks themselves, so that preparing the same blocks again
+        (a corpus copied anew, a checkout that touched its files) resumes. A folder prepared before the blocks were
+        hashed has only its inputs' key."""
+        return self.manifest.get("blocks_sha256") or self.manifest["key"]
+
+    @property
+    def earlier_data_keys(self) -> list[str]:
+        """Other keys a checkpoint of these same blocks may carry: the inputs' keys it was saved with before the
+        loader keyed the blocks by their content."""
+        return [self.manifest["key"], *self.manifest.get("earlier_keys", [])]
 
     @property
     def block_size(self) -> int:
@@ -142,7 +158,8 @@ class PreparedData:
             world_size=world_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            data_key=self.key,
+            data_key=self.data_key,
+            earlier_data_keys=self.earlier_data_keys,
             collate_fn=self.collator(position_ids),
         )
 
@@ -157,3 +174,42 @@ def read_manifest(path: Path) -> dict | None:
     if manifest.get("format") != FORMAT_VERSION:
         return None
     return manifest
+
+
+def blocks_sha256(folder: Path, dtype: str, block_size: int, served: str = "") -> str:
+    """sha256 of the rows a folder holds (tokens, and conversations' flags) and of how they are read and `served`
+    (conversations: packed, or cut to the longest row of each batch): what its data key says. Read back from the
+    page cache right after writing, it costs about a second per GB."""
+    digest = hashlib.sha256(f"{dtype} {block_size} {served}\n".encode())
+    buffer = memoryview(bytearray(1 << 24))
+    for name in (TRAIN_FILE, VALIDATION_FILE, TRAIN_FILE + FLAGS_SUFFIX, VALIDATION_FILE + FLAGS_SUFFIX):
+        path = folder / name
+        if not path.is_file():
+            continue
+        digest.update(f"{name} {path.stat().st_size}\n".encode())
+        with open(path, "rb") as fh:
+            while n := fh.readinto(buffer):
+                digest.update(buffer[:n])
+    return digest.hexdigest()
+
+
+def same_blocks_keys(before: dict | None, folder: Path, blocks_sha: str) -> list[str]:
+    """The keys to keep accepting when `folder`, prepared from `before` (its manifest), is prepared again: if the
+    blocks came out the same, those of its checkpoints saved before blocks were hashed (its inputs' key). Call it
+    before the new folder replaces the old one: a manifest without the blocks' hash has its files hashed here."""
+    if before is None:
+        return []
+    earlier = before.get("earlier_keys", [])
+    old_sha = before.get("blocks_sha256")
+    if old_sha is None:
+        try:
+            old_sha = blocks_sha256(folder, before["dtype"], before["block_size"], served_as(before))
+        except (OSError, KeyError):  # a damaged old folder: its checkpoints cannot be matched to it anyway
+            return []
+        earlier = [*earlier, before["key"]]
+    return earlier if old_sha == blocks_sha else []
+
+
+def served_as(manifest: dict) -> str:
+    """How the loader serves a folder's rows beyond their bytes: conversations unpacked are cut per batch."""
+    return f"packing={manifest['packing']}" if manifest.get("kind") == "conversations" else ""

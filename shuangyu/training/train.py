@@ -18,6 +18,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from shuangyu.data.loader import DataChanged
 from shuangyu.data.prepared import PreparedData
 from shuangyu.data.streaming import StreamedData, StreamFailed
 from shuangyu.errors import RunDiverged, UsageError, print_error, print_interrupted
@@ -123,8 +124,6 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work
     check_finetune(config, tokenizer, model_config)
     check_lora_launch(accelerator, config.lora)
-    if accelerator.is_main_process and config.checkpoint.overwrite_output_dir and not resume_dir:
-        ckpt.start_fresh(out)
     data = open_training_data(
         config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator, config.sft
     )
@@ -177,6 +176,10 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         ckpt.check_model_shape(resume_dir, accelerator.unwrap_model(model).config)
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))
+        except UsageError as err:  # the data position's checks: every checkpoint of the run has the same one
+            rebuilt = isinstance(err, DataChanged) and data.rebuilt_because
+            why = f" ({data.path} was prepared again: {data.rebuilt_because})" if rebuilt else ""
+            raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}{why}") from None
         except Exception as err:  # torch, safetensors and pickle each raise their own types for a bad file
             raise UsageError(
                 f"--resume_from_checkpoint {resume_dir}: could not load it ({type(err).__name__}: {err}); "
@@ -190,6 +193,9 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
                 raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}") from None
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")
     if accelerator.is_main_process:
+        # only now that every check passed: a run refused for its flags leaves the one it would replace as it was
+        if config.checkpoint.overwrite_output_dir and not resume_dir:
+            ckpt.start_fresh(out)
         if write_run_args(out, config.as_dict(), state.step):
             accelerator.print(
                 f"note: {out / 'train_log.jsonl'}: its last line was cut off when the run stopped; left out"

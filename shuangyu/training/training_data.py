@@ -7,7 +7,7 @@ from pathlib import Path
 
 from shuangyu.data.inputs import PrepareArguments
 from shuangyu.data.prepare import format_report, prepare
-from shuangyu.data.prepared import MANIFEST, PreparedData
+from shuangyu.data.prepared import MANIFEST, PreparedData, read_manifest
 from shuangyu.data.streaming import StreamedData
 from shuangyu.errors import UsageError
 from shuangyu.training.accelerator import first_failure, share_from_main
@@ -27,10 +27,14 @@ def open_training_data(
     accelerator,
     sft_args: SFTArguments | None = None,
 ) -> PreparedData | StreamedData:
+    """The run's data. The run's own data folder (OUTPUT_DIR/data, made from --train_files) is a cache of the run:
+    prepared again whatever tokenizer it was made with (--overwrite_output_dir with a new one; the old run's command
+    after that, whose checkpoints then resume over the same blocks). A --data_dir elsewhere is the user's: refused."""
     sft = sft_args is not None and sft_args.sft
     if data_args.streaming:
         return open_streamed_data(data_args, tokenizer, accelerator)
     folder = data_dir(data_args, output_dir)
+    rebuilt_because = None
     if data_args.train_files or data_args.dataset_name:
         failure = None
         if accelerator.is_main_process:
@@ -39,8 +43,10 @@ def open_training_data(
                     prepared = prepare_conversations_for(data_args, sft_args, folder, tokenizer_name, seed)
                     print(f"{folder} is up to date" if prepared.reused else format_conversations(prepared))
                 else:
-                    prepared = prepare_blocks_for(data_args, folder, tokenizer_name, seed, accelerator)
+                    own = is_own_data_dir(folder, output_dir)
+                    prepared = prepare_blocks_for(data_args, folder, tokenizer_name, seed, accelerator, own)
                     print(f"{folder} is up to date" if prepared.reused else format_report(prepared).lstrip("\n"))
+                rebuilt_because = prepared.rebuilt_because
             except UsageError as err:
                 failure = str(err)
         # the other processes wait here; they must learn that preparing failed, or they would wait in vain
@@ -50,6 +56,7 @@ def open_training_data(
     elif not (Path(folder) / MANIFEST).is_file():
         raise UsageError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
     data = PreparedData.load(folder, tokenizer)
+    data.rebuilt_because = rebuilt_because  # the main process's, which says what went wrong on a resume
     if data.is_conversations != sft:
         what = "conversations (for --sft)" if data.is_conversations else "plain text blocks (for pretraining)"
         raise UsageError(
@@ -88,15 +95,26 @@ def sources_for(data_args: DataArguments, folder: str, tokenizer_name: str, seed
     }
 
 
-def prepare_blocks_for(data_args: DataArguments, folder: str, tokenizer_name: str, seed: int, accelerator):
+def is_own_data_dir(folder: str, output_dir: str) -> bool:
+    """The folder is the run's own OUTPUT_DIR/data (the default --data_dir, or named as such)."""
+    return Path(folder).resolve() == (Path(output_dir) / "data").resolve()
+
+
+def prepare_blocks_for(
+    data_args: DataArguments, folder: str, tokenizer_name: str, seed: int, accelerator, own: bool = False
+):
+    """Blocks prepared into `folder`. `own`: it is the run's OUTPUT_DIR/data, so messages name --output_dir and
+    prepared data of another tokenizer there is replaced (a folder of anything else never is: it may not be a
+    run's)."""
     args = PrepareArguments(
         **sources_for(data_args, folder, tokenizer_name, seed),
         text_column=data_args.text_column,
         num_proc=data_args.preprocessing_num_workers or 1,
         skip_bad_lines=data_args.skip_bad_lines,
         **({} if data_args.validation_fraction is None else {"validation_fraction": data_args.validation_fraction}),
+        overwrite=own and read_manifest(Path(folder)) is not None,
     )
-    args.flag_names = TRAIN_CLM_FLAGS
+    args.flag_names = {**TRAIN_CLM_FLAGS, "--output_dir": "--output_dir"} if own else TRAIN_CLM_FLAGS
     return prepare(args, show_progress=accelerator.is_local_main_process)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shuangyu.report.build import build_report, main, training_time
+from shuangyu.report.build import build_report, main, summary_line, training_time, training_time_line
 from shuangyu.report.compression import compression
 from shuangyu.report.curves import plot_curves, read_log
 
@@ -20,6 +20,34 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def run_copy(tiny_cpu_run, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_cpu_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def lora_run(tiny_base_model_dir, tmp_path) -> Path:
+    """A --lora_r --sft run's folder as train_clm.py leaves it, built by hand (no training): final/ and its
+    checkpoint's model/ hold the adapter, with the chat tokens' embeddings trainable as an SFT run makes them, and a
+    card that records the SFT stage; a short log."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shuangyu.sharing.card import write_card
+    from shuangyu.tokenizer.chat_template import chat_token_ids
+    from shuangyu.training.arguments import LoraArguments
+    from shuangyu.training.finetune import apply_lora
+
+    run = tmp_path / "lora"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True)
+    model = apply_lora(base, LoraArguments(lora_r=4), say=lambda _: None, token_ids=chat_token_ids(tokenizer))
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    write_card(run / "final", name="lora", training={"stage": "sft", "base_model": str(tiny_base_model_dir)})
+    step = run / "checkpoints" / "step-00000008"
+    shutil.copytree(run / "final", step / "model")
+    files = {f"model/{f.name}": f.stat().st_size for f in (step / "model").iterdir()}
+    (step / "checkpoint.json").write_text(json.dumps({"step": 8, "tokens": 2048, "max_steps": 8, "files": files}))
+    rows = [{"step": s, "train/loss": 5.0 - s / 10, "train/tokens": 256 * s, "time_s": 0.25 * s} for s in range(1, 9)]
+    (run / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return run
 
 
 def test_training_time_adds_up_the_sessions_of_a_resumed_run():
@@ -147,3 +175,131 @@ def test_a_run_without_its_log_says_so_and_claims_no_plot(run_copy, capsys):
     assert "Trained 0 steps" not in captured.out and "0.0 min" not in captured.out
     assert "max_steps" in captured.out or "| steps |" in captured.out  # the card's recipe is still there
     assert captured.err.strip() == f"wrote {run_copy / 'report.md'}" and not (run_copy / "loss.png").exists()
+
+
+def test_a_lora_run_is_reported_from_its_adapter(lora_run, capfd):
+    """final/ holds an adapter (no config.json): the report is on it, not on the last checkpoint's model/, and the
+    adapter is loaded by PEFT (transformers' own loading of an adapter folder missed its trainable-token weights,
+    'newly initialized', in a LOAD REPORT on stderr)."""
+    import logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    # transformers' own handler writes to the stderr it found at import, which a test cannot always capture
+    records, library = Records(), logging.getLogger("transformers")
+    library.addHandler(records)
+    try:
+        assert main([str(lora_run), "--corpus", str(lora_run / "no-corpus")]) == 0
+    finally:
+        library.removeHandler(records)
+    assert not [m for m in records.messages if "LOAD REPORT" in m or "newly initialized" in m], records.messages
+    out = capfd.readouterr().out
+    final = lora_run / "final"
+    assert "checkpoints/step-00000008" not in out and "Stopped early" not in out
+    assert "instruction-tuned (SFT) LoRA adapter (`final/`)" in out
+    assert "## Samples (replies to fixed questions)" in out
+    assert f"python -m shuangyu.chat {final}                # chat (the instruction-tuned adapter)" in out
+    assert "--prompt" not in out.split("## Talk to it")[1]  # not a base model to continue text with
+    merged = lora_run.parent / "lora-merged"
+    assert f"`python -m shuangyu.training.merge_lora {final} {merged}`, then `python eval/run.py {merged} " in out
+    assert f"--apply_chat_template --output {final / 'eval_results.json'}`" in out
+    assert f"python eval/run.py {final}" not in out  # eval/run.py refuses an adapter
+    assert (final / "loss.png").is_file() and "](loss.png)" in (final / "README.md").read_text()
+    assert not (lora_run / "checkpoints" / "step-00000008" / "model" / "loss.png").exists()
+
+
+def test_chat_run_must_be_an_instruction_tuning_run(run_copy, lora_run, tmp_path, capsys):
+    """A pretraining run (here the report's own run) or a missing folder as --chat_run: one line naming the flag,
+    exit 2, no report; an SFT run (here a LoRA adapter's) is reported as the instruction-tuned model."""
+    for other, why in ((run_copy, "not an instruction-tuning run"), (tmp_path / "nope", "no such run folder")):
+        assert main([str(run_copy), "--no_samples", "--chat_run", str(other)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"python -m shuangyu.report: error: --chat_run {other}: {why}"), err
+        assert err.count("\n") == 1
+    assert not (run_copy / "report.md").exists()
+    assert main([str(run_copy), "--no_samples", "--chat_run", str(lora_run)]) == 0
+    out = capsys.readouterr().out
+    assert "## Instruction tuning\n\n### Training\n\nInstruction-tuned (SFT)" in out
+    assert f"python -m shuangyu.chat {lora_run / 'final'}                # chat (the instruction-tuned adapter)" in out
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_the_last_report(run_copy, monkeypatch, capsys):
+    import shuangyu.report.build as build
+
+    assert main([str(run_copy), "--no_samples"]) == 0
+    before = {name: (run_copy / name).read_bytes() for name in ("report.md", "loss.png")}
+    card = (run_copy / "final" / "README.md").read_bytes()
+    capsys.readouterr()
+    log = run_copy / "train_log.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-3]))  # a different report and PNG
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "samples_section", interrupted)
+    try:
+        status = main([str(run_copy)])
+    except KeyboardInterrupt:  # would stop the whole test session
+        pytest.fail("Ctrl-C escaped main() as a KeyboardInterrupt (a traceback for the user)")
+    assert status == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "python -m shuangyu.report: interrupted; no file was left half written; run it again to build the report"
+    ]
+    assert {name: (run_copy / name).read_bytes() for name in before} == before
+    assert (run_copy / "final" / "README.md").read_bytes() == card
+    left = [p.name for p in [*run_copy.iterdir(), *(run_copy / "final").iterdir()]]
+    assert not [name for name in left if ".tmp-" in name or ".new-" in name], left
+
+
+def test_a_short_run_says_seconds_not_minutes():
+    rows = [{"step": 40, "train/tokens": 20_480, "time_s": 2.0}]
+    assert summary_line(rows, 2.0) == "Trained 40 steps, 20,480 tokens in 2.0 s."
+    assert training_time_line(rows, 2.0) == "Training time: 2.0 s over 1 logged steps."
+    assert training_time_line(rows, 42.4) == "Training time: 42 s over 1 logged steps."
+    assert training_time_line(rows, 150.0) == "Training time: 2.5 min (150 s) over 1 logged steps."
+
+
+def test_a_run_without_final_says_it_stopped_early_and_leaves_its_checkpoint_intact(run_copy):
+    """A checkpoint's files are recorded with their sizes: the report reads it but writes neither the PNG nor the
+    card's link there, or resuming would pass the checkpoint over as damaged."""
+    from shuangyu.training.checkpoint import complete_checkpoints, find_damage
+    from shuangyu.training.run_lock import RunLock
+
+    shutil.rmtree(run_copy / "final")
+    step, checkpoint = complete_checkpoints(run_copy)[-1]
+    info = json.loads((checkpoint / "checkpoint.json").read_text())
+    (checkpoint / "checkpoint.json").write_text(json.dumps({**info, "max_steps": 100}))  # stopped at 24 of 100
+    text = build_report(run_copy, samples=False).read_text()
+    assert text.splitlines()[2] == (
+        f"**Stopped early:** no final model; the run saved {step} steps of 100 planned (this report is on its latest "
+        f"checkpoint, `checkpoints/{checkpoint.name}`). Run the same training command with "
+        "`--resume_from_checkpoint latest` to continue it."
+    )
+    assert find_damage(checkpoint) is None and not (checkpoint / "model" / "loss.png").exists()
+    assert (run_copy / "loss.png").is_file()
+    lock = RunLock(run_copy)  # a run training in the folder now
+    try:
+        text = build_report(run_copy, samples=False).read_text()
+    finally:
+        lock.release()
+    assert text.splitlines()[2].startswith("**Still training:** no final model yet;")
+
+
+def test_no_curves_drawn_removes_the_old_png_and_the_cards_link(run_copy):
+    build_report(run_copy, samples=False)
+    assert (run_copy / "final" / "loss.png").is_file() and "](loss.png)" in (
+        run_copy / "final" / "README.md"
+    ).read_text()
+    (run_copy / "train_log.jsonl").write_text("")
+    text = build_report(run_copy, samples=False).read_text()
+    assert "No training loss logged yet." in text
+    card = (run_copy / "final" / "README.md").read_text()
+    assert "loss.png" not in card and "## Loss curves" not in card and "## Evaluation" in card
+    assert not (run_copy / "loss.png").exists() and not (run_copy / "final" / "loss.png").exists()

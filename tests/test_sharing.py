@@ -154,6 +154,26 @@ def test_card_evaluation_and_model_index(checkpoint):
     assert card.text.rstrip().endswith("Keep me.")  # the author's text outside the sections survives
 
 
+def test_the_card_says_what_each_held_out_number_was_measured_on(checkpoint):
+    """Training's validation (the first rows of the run's own validation files) and eval/run.py's held-out rows
+    (every _val file of the corpus) differ; a card showing both says which is which."""
+    validation = {"zh": {"loss": 3.0, "bits_per_byte": 1.4112}, "en": {"loss": 2.0, "bits_per_byte": 1.8227}}
+    held_out = {"zh": {"bits_per_byte": 2.9095, "perplexity": 600.0, "tokens": 1000, "bytes": 784_636}}
+    write_card(checkpoint, training={"sources": [], "recipe": {"steps": 7}, "validation": validation})
+    write_card(checkpoint, evaluation=report([("arc_easy_local", "acc", 0.31, 0.25)], held_out=held_out))
+    text = ModelCard.load(checkpoint / "README.md").text
+    assert (
+        "Held-out validation at step 7, measured during training on the first rows of the run's own "
+        "`--validation_files`" in text
+    )
+    assert "| held-out zh | bits_per_byte | 2.9095 | |" in text
+    assert (
+        "The held-out rows here are over 785 kB of zh from every `<corpus>/<lang>/*_val.jsonl` file, sources the "
+        "model did not train on included; the training section's validation uses the first rows of the run's own "
+        "`--validation_files`, so the two differ." in text
+    )
+
+
 def test_eval_run_adds_its_results_to_the_card(checkpoint):
     proc = subprocess.run(
         [

@@ -25,7 +25,14 @@ def generate_samples(folder: Path, chat: bool, max_new_tokens: int = 48, seed: i
     from shuangyu.tokenizer.chat_template import encode_chat, stop_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        # PEFT's own loader, as chat and merge_lora use: transformers' loading of an adapter folder misses the
+        # adapter's trainable-token weights on a tied head and initialises them anew
+        from shuangyu.training.merge_lora import load_adapter_model
+
+        model = load_adapter_model(folder)[0]
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
     rows = []
     for lang, prompts in (QUESTIONS if chat else PROMPTS).items():
         for prompt in prompts:

@@ -61,6 +61,16 @@ def read_section(body: str, name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def drop_section(folder: Path, name: str) -> None:
+    """Remove section `name` from FOLDER/README.md, if it has one (e.g. the loss curves, when the PNG it links is
+    gone)."""
+    path = Path(folder) / "README.md"
+    body = path.read_text(encoding="utf-8") if path.is_file() else ""
+    pattern = re.compile(r"\n*" + re.escape(_begin(name)) + r".*?" + re.escape(_end(name)) + r"\n?", re.DOTALL)
+    if pattern.search(body):
+        atomic_write_text(path, pattern.sub("\n", body, count=1))
+
+
 def copy_section(source: Path, dest: Path, name: str) -> None:
     """Copy section `name` of SOURCE/README.md into DEST/README.md (e.g. an adapter's training record into the
     merged model's card)."""
@@ -288,7 +298,9 @@ def training_section(training: dict) -> str:
     validation = training.get("validation") or {}
     if validation:
         lines += [
-            f"Held-out validation at step {_value(recipe.get('steps', '?'))}:",
+            # not the evaluation section's held-out rows, which are over other text: say which text these are
+            f"Held-out validation at step {_value(recipe.get('steps', '?'))}, measured during training on the first "
+            "rows of the run's own `--validation_files` (the recipe's validation row says how many):",
             "",
             "| language | loss | bits per byte |",
             "|---|---|---|",
@@ -330,6 +342,21 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def held_out_note(report: dict) -> str:
+    """What the evaluation's held-out rows were measured on: not the text of the training section's validation."""
+    # base and chat models may be scored on different amounts of text (--bpb_max_bytes): say how much
+    sizes = " and ".join(
+        f"{scores['bytes'] / 1e3:,.0f} kB of {lang}"
+        for lang, scores in (report.get("held_out") or {}).items()
+        if "bytes" in scores
+    )
+    return (
+        f"The held-out rows here are over {sizes or 'text'} from every `<corpus>/<lang>/*_val.jsonl` file, "
+        "sources the model did not train on included; the training section's validation uses the first rows of the "
+        "run's own `--validation_files`, so the two differ."
+    )
+
+
 def evaluation_section(report: dict) -> str:
     limit = report.get("limit")
     shots = report.get("lm_eval", {}).get("n-shot", {})
@@ -345,6 +372,8 @@ def evaluation_section(report: dict) -> str:
         "stock tasks (same prompts, choices and metrics) on local copies of the data. Bits per byte and perplexity "
         "are on held-out text of each language, so tokenizers with different vocabularies compare."
     ]
+    if report.get("held_out"):
+        notes.append(held_out_note(report))
     if report.get("apply_chat_template"):
         notes.append("Task prompts were put in the model's chat template (`--apply_chat_template`).")
     if report.get("held_out_conversations"):

@@ -290,6 +290,29 @@ def _disk_full_errors():
     ]
 
 
+def test_a_checkpoint_whose_card_was_rewritten_is_not_damaged(tmp_path, tiny_tokenizer_dir):
+    """eval/run.py adds its results to the model card of the folder it scores, a checkpoint's model/ too: the card
+    is no state, so the checkpoint still resumes; a truncated weights file is still found."""
+    from accelerate import Accelerator
+    from transformers import AutoTokenizer
+
+    from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+    from shuangyu.training import checkpoint as ckpt
+
+    accelerator = Accelerator(cpu=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    model = accelerator.prepare(ShuangyuForCausalLM(ShuangyuConfig.from_preset("tiny", vocab_size=512)))
+    ckpt.save_checkpoint(accelerator, tmp_path, 4, model, tokenizer, card={"name": "run"}, info={})
+    saved = tmp_path / "checkpoints" / "step-00000004"
+    card = saved / "model" / "README.md"
+    assert card.is_file()
+    card.write_text(card.read_text() + "\n## Evaluation\n\n| task | score |\n|---|---|\n| arc_easy | 0.25 |\n")
+    assert ckpt.find_damage(saved) is None
+    weights = saved / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert ckpt.find_damage(saved).startswith(f"{weights} is damaged (1,000 bytes, written with ")
+
+
 @pytest.mark.parametrize("error_index", range(3))
 def test_a_full_disk_while_saving_leaves_the_last_checkpoint_and_no_partial_one(
     tmp_path, tiny_tokenizer_dir, monkeypatch, error_index

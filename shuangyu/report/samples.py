@@ -28,7 +28,7 @@ def generate_samples(folder: Path, chat: bool, max_new_tokens: int = 48, seed: i
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         # PEFT's own loader, as chat and merge_lora use: transformers' loading of an adapter folder misses the
         # adapter's trainable-token weights on a tied head and initialises them anew
-        from shuangyu.training.merge_lora import load_adapter_model
+        from shuangyu.sharing.folder import load_adapter_model
 
         model = load_adapter_model(folder)[0]
     else:

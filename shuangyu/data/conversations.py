@@ -28,7 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from shuangyu.data.inputs import FORMAT_VERSION, _dataset_fingerprint, _file_stat, describe_changes, hash_key
+from shuangyu.data.inputs import (
+    FORMAT_VERSION,
+    _dataset_fingerprint,
+    _file_stat,
+    check_reads_nothing_inside,
+    hash_key,
+    say_why_prepared_again,
+)
 from shuangyu.data.loader import FLAG_LOSS, FLAG_PAD, FLAG_START
 from shuangyu.data.packing import token_dtype
 from shuangyu.data.prepared import (
@@ -37,15 +44,13 @@ from shuangyu.data.prepared import (
     TRAIN_FILE,
     VALIDATION_FILE,
     PreparedData,
-    blocks_sha256,
     read_manifest,
-    same_blocks_keys,
-    served_as,
+    record_blocks,
 )
 from shuangyu.errors import UsageError
-from shuangyu.files import atomic_folder, check_holds_no_input
+from shuangyu.files import atomic_folder
 from shuangyu.text.conversations import iter_conversations
-from shuangyu.text.sources import SourceSpec, local_paths, parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.text.sources import SourceSpec, parse_dataset_source, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import CHAT_TEMPLATE, check_chat_tokenizer, encode_chat
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
@@ -200,9 +205,10 @@ def prepare_conversations(args: ConversationArguments, say=print) -> PreparedDat
     """Encode, lay out and write the conversations into `args.output_dir`, unless it is already up to date; `say`
     tells why an existing folder is prepared again."""
     specs, files, validation, validation_files = plan_sources(args)
-    named = local_paths(specs + validation, files + validation_files, "--dataset_name")
-    named += [("the tokenizer", args.tokenizer_name)] if Path(args.tokenizer_name).exists() else []
-    check_holds_no_input(args.output_dir, named, "--data_dir")  # replaced whole: it must hold nothing read
+    check_reads_nothing_inside(
+        args.output_dir, "--data_dir", specs + validation, files + validation_files, args.tokenizer_name,
+        "--dataset_name",
+    )  # fmt: skip
     tok = load_tokenizer(args.tokenizer_name)
     _, im_end = check_chat_tokenizer(tok, args.tokenizer_name)
     sha = tokenizer_fingerprint(tok)
@@ -214,10 +220,7 @@ def prepare_conversations(args: ConversationArguments, say=print) -> PreparedDat
         return PreparedData(out, existing, reused=True)
     if existing is None and out.is_dir() and any(out.iterdir()):
         raise UsageError(f"--data_dir {out} exists and holds no prepared data; choose another folder")
-    because = None
-    if existing is not None:
-        because = describe_changes(existing.get("inputs"), recorded)
-        say(f"{out}: preparing it again, since what it was prepared from changed: {because}")
+    because = say_why_prepared_again(out, existing, recorded, say)
 
     dtype = token_dtype(len(tok))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids(EOS_TOKEN)
@@ -277,8 +280,7 @@ def prepare_conversations(args: ConversationArguments, say=print) -> PreparedDat
             "arguments": dict(vars(args)),
             "inputs": recorded,
         }
-        manifest["blocks_sha256"] = blocks_sha256(tmp, dtype.name, args.block_size, served_as(manifest))
-        manifest["earlier_keys"] = same_blocks_keys(existing, out, manifest["blocks_sha256"])
+        record_blocks(manifest, tmp, existing, out)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return PreparedData(out, manifest, rebuilt_because=because)
 

@@ -101,11 +101,21 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
         dataset_flag=args.flag("--dataset"),
     )
     max_tokens = parse_size(args.max_tokens, "--max_tokens") if args.max_tokens else None
-    # the output folder is replaced whole: it must hold nothing that is read
-    named = local_paths(sources + validation, files + validation_files, args.flag("--dataset"))
-    named += [("the tokenizer", args.tokenizer_name)] if Path(args.tokenizer_name).exists() else []
-    check_holds_no_input(args.output_dir, named, args.flag("--output_dir"))
+    check_reads_nothing_inside(
+        args.output_dir, args.flag("--output_dir"), sources + validation, files + validation_files,
+        args.tokenizer_name, args.flag("--dataset"),
+    )  # fmt: skip
     return Inputs(sources, files, validation, validation_files, opts, max_tokens)
+
+
+def check_reads_nothing_inside(
+    output_dir: str, output_flag: str, specs: list, files: list, tokenizer_name: str, dataset_flag: str
+) -> None:
+    """The output folder is replaced whole: it must hold none of the sources' files, local datasets or the
+    tokenizer."""
+    named = local_paths(specs, files, dataset_flag)
+    named += [("the tokenizer", tokenizer_name)] if Path(tokenizer_name).exists() else []
+    check_holds_no_input(output_dir, named, output_flag)
 
 
 def normalised_weights(sources: list[SourceSpec]) -> list[float] | None:
@@ -161,6 +171,16 @@ CHANGE_NAMES = {
     "block_size": "the block size",
     "seed": "the seed",
 }
+
+
+def say_why_prepared_again(out: Path, existing: dict | None, recorded: dict, say) -> str | None:
+    """When an existing folder (its manifest `existing`) is prepared again from `recorded` inputs: `say` what
+    changed, and return it; None for a new folder."""
+    if existing is None:
+        return None
+    because = describe_changes(existing.get("inputs"), recorded)
+    say(f"{out}: preparing it again, since what it was prepared from changed: {because}")
+    return because
 
 
 def describe_changes(before: dict | None, now: dict) -> str:

@@ -37,11 +37,11 @@ from shuangyu.data.inputs import (
     FORMAT_VERSION,
     Inputs,
     PrepareArguments,
-    describe_changes,
     hash_key,
     key_inputs,
     normalised_weights,
     plan_inputs,
+    say_why_prepared_again,
 )
 from shuangyu.data.packing import flat_tokens, mix_documents, token_dtype, write_packed
 from shuangyu.data.prepared import (
@@ -50,9 +50,8 @@ from shuangyu.data.prepared import (
     TRAIN_FILE,
     VALIDATION_FILE,
     PreparedData,
-    blocks_sha256,
     read_manifest,
-    same_blocks_keys,
+    record_blocks,
 )
 from shuangyu.errors import UsageError, exception_chain, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_writable_folder, disk_full_is_one_line
@@ -101,10 +100,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True, say=print) -> Pr
     existing = check_existing(args, sha)
     if existing is not None and existing["key"] == key:
         return PreparedData(out, existing, reused=True)
-    because = None
-    if existing is not None:
-        because = describe_changes(existing.get("inputs"), recorded)
-        say(f"{out}: preparing it again, since what it was prepared from changed: {because}")
+    because = say_why_prepared_again(out, existing, recorded, say)
 
     start = time.perf_counter()
     show_progress = show_progress and sys.stderr.isatty()  # a log file gets no bars full of carriage returns
@@ -121,8 +117,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True, say=print) -> Pr
             times["total"] = round(time.perf_counter() - start, 2)
             manifest = build_manifest(args, inputs, docs, tok, key, sha, stats, mix, train, validation, times)
             manifest["inputs"] = recorded
-            manifest["blocks_sha256"] = blocks_sha256(tmp, manifest["dtype"], args.block_size)
-            manifest["earlier_keys"] = same_blocks_keys(existing, out, manifest["blocks_sha256"])
+            record_blocks(manifest, tmp, existing, out)
             del docs  # release the Arrow memory maps before their files are deleted with the folder
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
             shutil.rmtree(tmp / "arrow", ignore_errors=True)  # the Arrow cache was only a means

@@ -193,6 +193,13 @@ def blocks_sha256(folder: Path, dtype: str, block_size: int, served: str = "") -
     return digest.hexdigest()
 
 
+def record_blocks(manifest: dict, folder: Path, before: dict | None, old_folder: Path) -> None:
+    """Add to the `manifest` of the rows just written into `folder` the hash of those rows (what a checkpoint's data
+    position is for) and the keys still accepted from `before`, the manifest of the folder it replaces."""
+    manifest["blocks_sha256"] = blocks_sha256(folder, manifest["dtype"], manifest["block_size"], served_as(manifest))
+    manifest["earlier_keys"] = same_blocks_keys(before, old_folder, manifest["blocks_sha256"])
+
+
 def same_blocks_keys(before: dict | None, folder: Path, blocks_sha: str) -> list[str]:
     """The keys to keep accepting when `folder`, prepared from `before` (its manifest), is prepared again: if the
     blocks came out the same, those of its checkpoints saved before blocks were hashed (its inputs' key). Call it

@@ -39,7 +39,7 @@ from shuangyu.sharing.card import (
 )
 from shuangyu.sharing.folder import is_chat_folder
 from shuangyu.training.checkpoint import complete_checkpoints, read_checkpoint_info
-from shuangyu.training.run_lock import LOCK_FILE
+from shuangyu.training.run_lock import is_held
 from shuangyu.training.run_log import LOG_NAME
 
 PROG = "python -m shuangyu.report"
@@ -100,26 +100,12 @@ def stopped_early_line(run_dir: Path, folder: Path) -> str | None:
     step, planned = info.get("step", "?"), info.get("max_steps")
     of = f" of {planned} planned" if isinstance(planned, int) else ""
     where = f"this report is on its latest checkpoint, `{folder.parent.relative_to(run_dir)}`"
-    if is_training(run_dir):
+    if is_held(run_dir):
         return f"**Still training:** no final model yet; {where}, step {step}{of}."
     return (
         f"**Stopped early:** no final model; the run saved {step} steps{of} ({where}). Run the same training "
         "command with `--resume_from_checkpoint latest` to continue it."
     )
-
-
-def is_training(run_dir: Path) -> bool:
-    """Whether a run on this machine holds the folder's lock (training/run_lock.py) now."""
-    import fcntl
-
-    try:
-        with open(run_dir / LOCK_FILE) as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # no lock file: no run has trained here, or the folder was copied without it
-        return False
-    return False
 
 
 ADAPTER_KINDS = {"sft": "an instruction-tuned (SFT)", "dpo": "an instruction-tuned, preference-tuned (DPO)"}

@@ -13,6 +13,18 @@ from shuangyu.errors import UsageError
 LOCK_FILE = ".lock"
 
 
+def is_held(output_dir: Path) -> bool:
+    """Whether a run on this machine holds `output_dir`'s lock now (it is training there)."""
+    try:
+        with open(output_dir / LOCK_FILE) as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file: no run has trained here, or the folder was copied without it
+        return False
+    return False
+
+
 class RunLock:
     def __init__(self, output_dir: Path):
         self.created = not output_dir.exists()  # by this run: `abandon` may remove it

@@ -46,7 +46,10 @@ def main(out: str) -> None:
     )
     del model  # the run holds it, as train.py's does
     assert finish(run, stopped_by="SIGTERM") == 0  # a stopped run: no final/ to publish from a checkpoint
-    print("DDP modules alive when the process group was destroyed:", alive_at_destroy, flush=True)
+    # one write of the whole line (print writes the text and its end apart): the two processes share one pipe,
+    # and their lines must not interleave
+    sys.stdout.write(f"DDP modules alive when the process group was destroyed: {alive_at_destroy}\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -189,6 +189,46 @@ def test_a_resumed_stream_must_be_the_same_stream(tmp_path, tok):
     open_data(tok, [f"zh={glob}"]).train_loader(2, rank=0, world_size=2, seed=1).load_state_dict(state)
 
 
+def test_a_moved_corpus_and_weights_given_as_other_numbers_are_the_same_stream(tmp_path, tok):
+    write_shards(tmp_path / "a" / "zh", documents("zh", 60), shards=2)
+    write_shards(tmp_path / "a" / "en", documents("en", 60, seed=1), shards=2)
+    write_shards(tmp_path / "a" / "val", documents("v", 10), shards=1)
+
+    def loader(root, zh_weight, en_weight):
+        data = open_data(
+            tok, [f"zh={root}/zh/*.jsonl:{zh_weight}", f"en={root}/en/*.jsonl:{en_weight}"],
+            validation_files=[f"zh={root}/val/*.jsonl"],
+        )  # fmt: skip
+        return data.train_loader(2, rank=0, world_size=1, seed=1)
+
+    first = loader(tmp_path / "a", 0.7, 0.3)
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    state = json.loads(json.dumps(first.state_dict()))
+    expected = [next(it)["input_ids"] for _ in range(5)]
+    # a cluster job copies the corpus to node-local disk, at another path each time
+    (tmp_path / "a").rename(tmp_path / "b")
+    resumed = loader(tmp_path / "b", 7, 3)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    assert all((a == b).all() for a, b in zip(expected, [next(it)["input_ids"] for _ in range(5)], strict=True))
+    with pytest.raises(UsageError, match=r"another stream \(--train_files/--dataset_name .*changed\)"):
+        loader(tmp_path / "b", 6, 4).load_state_dict(state)
+
+
+def test_a_checkpoint_keyed_as_before_2026_12_03_still_resumes(tmp_path, tok):
+    glob = write_shards(tmp_path / "zh", documents("zh", 60), shards=2)
+    data = open_data(tok, [f"zh={glob}:2"], validation_files=[f"zh={glob}"])
+    state = data.train_loader(2, rank=0, world_size=1, seed=1).state_dict()
+    state["key"] = data.key(1, 1, earlier=True)  # the real paths and the raw weight, as older checkpoints hold
+    assert state["key"]["sources"][0]["weight"] == 2.0 and state["key"] != data.key(1, 1)
+    data.train_loader(2, rank=0, world_size=1, seed=1).load_state_dict(state)
+    state["key"]["seed"] = 2
+    with pytest.raises(UsageError, match=r"--seed changed"):
+        data.train_loader(2, rank=0, world_size=1, seed=1).load_state_dict(state)
+
+
 def test_bad_input_is_one_line_naming_the_flag(tmp_path, tok):
     body = write_shards(tmp_path / "body", documents("b", 10), shards=1, column="body")
     with pytest.raises(

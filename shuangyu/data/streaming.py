@@ -37,6 +37,7 @@ from shuangyu.data.stream_sources import (
     SourceReader,
     StreamSource,
     display_files,
+    earlier_files_digest,
     files_digest,
     read_first_documents,
     text_digest,
@@ -126,6 +127,7 @@ class StreamLoader:
         batch_size: int,
         *,
         key: dict,
+        earlier_key: dict | None = None,
         pin_memory: bool = False,
         eos_token_id: int | None = None,
         prefetch: int = 4,
@@ -133,6 +135,7 @@ class StreamLoader:
         agree_every: int = 0,
     ):
         self.blocks, self.batch_size, self.key, self.prefetch = blocks, batch_size, key, prefetch
+        self.earlier_key = earlier_key  # what older checkpoints carry for this same stream
         self.accelerator, self.agree_every = accelerator, agree_every
         self.pin_memory = pin_memory  # the loop copies with non_blocking=True only from pinned memory
         self.collate = BlockCollator(eos_token_id)
@@ -186,7 +189,7 @@ class StreamLoader:
     def load_state_dict(self, state: dict) -> None:
         theirs = state["key"]
         differ = [KEY_FLAGS.get(k, k) for k in self.key if theirs.get(k) != self.key[k]]
-        if differ:
+        if differ and theirs != self.earlier_key:
             if theirs.get("world_size") != self.key["world_size"]:
                 raise UsageError(
                     f"the checkpoint's stream positions are for {theirs.get('world_size')} processes, not "
@@ -276,14 +279,15 @@ class StreamedData:
         self.opened = [source.open(split, text_column) for source in sources]  # (dataset, column) each
         self.held_out: list[frozenset[bytes]] = [frozenset()] * len(sources)
         if validation_files:
-            self.validation_rule = {"files": self.read_validation_files(list(validation_files), text_column)}
+            rule, earlier_rule = self.read_validation_files(list(validation_files), text_column)
+            self.validation_rule, self.earlier_validation_rule = {"files": rule}, {"files": earlier_rule}
         else:
             if validation_docs < 1:
                 raise UsageError(
                     f"--validation_docs {validation_docs}: hold out at least 1 document per source, or give "
                     "--validation_files"
                 )
-            self.validation_rule = {"first_docs": validation_docs}
+            self.validation_rule = self.earlier_validation_rule = {"first_docs": validation_docs}
             self.validation = {}
             for i, (source, (ds, column)) in enumerate(zip(sources, self.opened, strict=True)):
                 texts = read_first_documents(source, ds, column, validation_docs)
@@ -291,13 +295,18 @@ class StreamedData:
                 self.validation[source.spec.name] = self.pack(texts)
         self.positions: list[dict] = []  # every process's loader state, as last recorded (for the model card)
 
-    def read_validation_files(self, values: list[str], text_column: str) -> list:
+    def read_validation_files(self, values: list[str], text_column: str) -> tuple[list, list]:
+        """Reads the files into `self.validation`; returns their keys, now and before 2026-12-03."""
         specs, files = resolve_validation_sources(values)
         opts, self.validation = ReadOptions(text_column=text_column), {}
         for spec, paths in zip(specs, files, strict=True):
             texts = [doc for path in paths for doc in iter_file_documents(path, opts, ReadStats())]
             self.validation[spec.name] = self.pack(texts)
-        return [[spec.name, files_digest(paths)] for spec, paths in zip(specs, files, strict=True)]
+        pairs = list(zip(specs, files, strict=True))
+        return (
+            [[spec.name, files_digest(paths)] for spec, paths in pairs],
+            [[spec.name, earlier_files_digest(paths)] for spec, paths in pairs],
+        )
 
     def pack(self, texts: list[str]) -> torch.Tensor:
         packer = BlockPacker(self.block_size)
@@ -309,6 +318,10 @@ class StreamedData:
                 f"--tokenizer_name has {len(self.tokenizer):,} tokens but the model's vocab_size is {vocab_size:,}: "
                 f"set the model's vocab_size to at least {len(self.tokenizer):,}"
             )
+
+    def weights(self) -> list[float]:
+        """Each source's weight in the mix (a source without one weighs 1)."""
+        return [s.spec.weight or 1.0 for s in self.sources]
 
     def validation_datasets(self) -> dict[str, torch.Tensor]:
         """Blocks per validation source ([blocks, block_size] int64); a source with less than a block is left out."""
@@ -322,16 +335,22 @@ class StreamedData:
             for name, blocks in self.validation_datasets().items()
         }
 
-    def key(self, seed: int, world_size: int) -> dict:
-        """What the stream's positions depend on; a checkpoint made with another is refused on resume."""
+    def key(self, seed: int, world_size: int, *, earlier: bool = False) -> dict:
+        """What the stream's positions depend on; a checkpoint made with another is refused on resume.
+        `earlier`: the key as checkpoints made before 2026-12-03 carry it."""
+        weights = self.weights()
+        sources = [
+            s.earlier_fingerprint(self.split) if earlier else s.fingerprint(self.split, w / sum(weights))
+            for s, w in zip(self.sources, weights, strict=True)
+        ]
         return {
-            "sources": [s.fingerprint(self.split) for s in self.sources],
+            "sources": sources,
             "split": self.split,
             "text_column": self.text_column,
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "block_size": self.block_size,
             "window": self.window,
-            "validation": self.validation_rule,
+            "validation": self.earlier_validation_rule if earlier else self.validation_rule,
             "seed": seed,
             "world_size": world_size,
         }
@@ -364,12 +383,12 @@ class StreamedData:
             )
             for i, (source, (ds, column)) in enumerate(zip(self.sources, self.opened, strict=True))
         ]  # fmt: skip
-        weights = [s.spec.weight or 1.0 for s in self.sources]
-        blocks = StreamingBlocks(readers, weights, self.block_size)
+        blocks = StreamingBlocks(readers, self.weights(), self.block_size)
         return StreamLoader(
             blocks,
             batch_size,
             key=self.key(seed, world_size),
+            earlier_key=self.key(seed, world_size, earlier=True),
             pin_memory=pin_memory,
             eos_token_id=self.eos_token_id if position_ids else None,
             accelerator=accelerator,

@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from transformers import DynamicCache, StaticCache
 
 from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 from shuangyu.modeling.export import main as export_main
+from shuangyu.modeling.modeling_shuangyu import positions_bound
 
 MAX_POS = 64
 ROPE_CASES = {
@@ -86,6 +88,26 @@ def test_each_rope_type_runs_past_the_trained_length(name):
     if name != "default":
         plain = logits(tiny_model(), x)
         assert (out - plain).abs().max() > 1e-3  # the scaling changes the rotation
+
+
+@pytest.mark.parametrize("name", ["default", "yarn"])
+def test_training_past_the_context_computes_what_inference_does(name):
+    # Stock clients train past the context (TRL's default max_length is 1024); Llama computes every position.
+    model = tiny_model(**ROPE_CASES[name]).train()
+    length = model.config.max_position_embeddings + 5
+    x = token_ids(length)
+    training = model(x, labels=x).logits.detach()
+    assert model.model.rotary_emb.cos_table.shape[0] == length - 5  # computed on the fly: nothing grown
+    torch.testing.assert_close(logits(model.eval(), x), training, rtol=0, atol=1e-5)
+    assert model.model.rotary_emb.cos_table.shape[0] == length  # inference grows the table for decoding
+
+
+def test_positions_bound_is_known_without_reading_the_device():
+    model = tiny_model()
+    dynamic = DynamicCache(config=model.config)
+    assert positions_bound(None, 0, 7) == 7 and positions_bound(dynamic, 0, 7) == 7
+    static = StaticCache(config=model.config, max_cache_len=40)
+    assert positions_bound(static, torch.tensor(3), 1) == 40  # the static cache counts on the device
 
 
 def test_linear_scaling_interpolates_positions():

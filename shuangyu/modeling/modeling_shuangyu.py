@@ -61,6 +61,19 @@ def make_norm(config: ShuangyuConfig) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------ rotary embedding
+def positions_bound(past_key_values: Cache | None, past_seen, length: int) -> int | None:
+    """More than any position of a forward of `length` new tokens, known without reading the device: a static
+    cache counts its tokens on the device, so its size bounds them instead."""
+    if isinstance(past_seen, int):
+        return past_seen + length
+    if past_key_values is None:
+        return None
+    # get_max_cache_shape in transformers 4, get_max_length in 5
+    longest = getattr(past_key_values, "get_max_length", None) or past_key_values.get_max_cache_shape
+    longest = longest()
+    return longest if isinstance(longest, int) and longest > 0 else None
+
+
 class ShuangyuRotaryEmbedding(nn.Module):
     """cos/sin for the given positions, for every RoPE variant that `config.rope_parameters` names.
 
@@ -69,8 +82,12 @@ class ShuangyuRotaryEmbedding(nn.Module):
     are fixed (default, linear, yarn, llama3) cos/sin are looked up in an fp32 table of `max_position_embeddings`
     rows rather than computed as cos(position * inv_freq) on the fly: under torch.compile the compiler inlines
     that computation into every layer's rotary kernel (forward and backward), redoing pow/sin/cos per element;
-    on an H100 at 124m that cost ~10% of the training step. At inference (eager) the table grows if a position
-    goes past it; in training positions must stay below max_position_embeddings (no host sync to check).
+    on an H100 at 124m that cost ~10% of the training step. A forward whose positions may pass the table (its
+    `positions_bound`, past tokens plus its length, known without reading the device) computes them on the fly
+    instead, as Llama always does: stock clients run longer sequences than the context (TRL's default
+    max_length is 1024), and an index past the table would fail (a device-side assert on a GPU). At inference
+    (eager) the table grows instead, for the decoding steps that follow. Positions given explicitly must stay
+    below that bound (packed documents and left padding do); checking them would cost a host sync per step.
     The variants whose frequencies depend on the current length (dynamic, longrope) compute cos/sin on the fly,
     after transformers' `dynamic_rope_update` has updated `inv_freq`, exactly as Llama does.
     """
@@ -106,25 +123,35 @@ class ShuangyuRotaryEmbedding(nn.Module):
 
     def compute_table(self, length: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of position * inv_freq for positions 0..length-1, times the attention scaling (fp32)."""
-        inv_freq = inv_freq.float()
-        freqs = torch.arange(length, dtype=torch.int64, device=inv_freq.device).float()[:, None] * inv_freq
+        positions = torch.arange(length, dtype=torch.int64, device=inv_freq.device)
+        return self.compute(positions, inv_freq)
+
+    def compute(self, position_ids: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of position * inv_freq for the given positions, times the attention scaling (fp32)."""
+        freqs = position_ids[..., None].float() * inv_freq.to(device=position_ids.device, dtype=torch.float32)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
     @torch.no_grad()
-    @dynamic_rope_update  # recomputes inv_freq for "dynamic" and "longrope"; a no-op for the others
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, positions_bound: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`positions_bound`: more than any position here, if known without reading the device (None: unknown)."""
         if not self.uses_table:
-            freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float32)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
-            return cos.to(x.dtype), sin.to(x.dtype)
+            return self.on_the_fly(x, position_ids)
         if not self.training and not torch.compiler.is_compiling():
             needed = int(position_ids.max()) + 1
             if needed > self.cos_table.shape[0]:
                 self.cos_table, self.sin_table = self.compute_table(needed, self.inv_freq)
+        elif positions_bound is None or positions_bound > self.cos_table.shape[0]:
+            return self.on_the_fly(x, position_ids)
         cos = F.embedding(position_ids, self.cos_table)
         sin = F.embedding(position_ids, self.sin_table)
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+    @dynamic_rope_update  # recomputes inv_freq for "dynamic" and "longrope"; a no-op for the others
+    def on_the_fly(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.compute(position_ids, self.inv_freq)
         return cos.to(x.dtype), sin.to(x.dtype)
 
 
@@ -346,9 +373,10 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         # each backend keeps attention inside them. Without them a plain causal mask is skipped entirely
         # (sdpa's is_causal), even under torch.compile, where the packed-sequence check cannot run eagerly.
         mask_position_ids = position_ids
+        length = inputs_embeds.shape[1]
+        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
+            position_ids = torch.arange(length, device=inputs_embeds.device) + past_seen
             position_ids = position_ids.unsqueeze(0)
         mask = create_causal_mask(
             config=self.config,
@@ -359,7 +387,9 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         )
 
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        position_embeddings = self.rotary_emb(
+            hidden_states, position_ids, positions_bound(past_key_values, past_seen, length)
+        )
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,

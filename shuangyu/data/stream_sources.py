@@ -50,19 +50,14 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "t
 ENCODE_CHUNK = 256  # documents tokenised at a time (the tokenizer's threads share a batch)
 
 
-def files_digest(files) -> str:
+def files_digest(files, earlier: bool = False) -> str:
     """sha256 of the files' paths below the folder they share, and their sizes (checkpoints carry it for every
     process; a corpus may have thousands of shards). Relative paths, because a corpus that moves is the same
-    stream: jobs on a cluster often copy it to node-local disk, at another path each time."""
+    stream: jobs on a cluster often copy it to node-local disk, at another path each time. `earlier`: real paths,
+    as checkpoints made before 2026-12-03 carry them."""
     real = [os.path.realpath(f) for f in files]
-    root = os.path.commonpath([os.path.dirname(f) for f in real]) if real else ""
-    listing = [[os.path.relpath(f, root), os.path.getsize(f)] for f in real]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
-def earlier_files_digest(files) -> str:
-    """`files_digest` before 2026-12-03 (real paths), so that checkpoints made then still resume."""
-    listing = [[os.path.realpath(f), os.path.getsize(f)] for f in files]
+    root = os.path.commonpath([os.path.dirname(f) for f in real]) if real and not earlier else ""
+    listing = [[os.path.relpath(f, root) if root else f, os.path.getsize(f)] for f in real]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
@@ -89,21 +84,16 @@ class StreamSource:
     def builder(self) -> str | None:
         return BUILDERS[file_kind(self.files[0])[0]] if self.files else None
 
-    def fingerprint(self, split: str, share: float) -> dict:
+    def fingerprint(self, split: str, share: float, earlier: bool = False) -> dict:
         """What the source reads, for the check that a resumed run streams the same data: its share of the mix
         (weights 7 and 3 mix as 0.7 and 0.3 do), files by relative path and size (a file that grows or a new
-        shard changes the stream), a dataset by name, config and split."""
-        entry = {"name": self.spec.name, "share": round(share, 12)}
+        shard changes the stream), a dataset by name, config and split. `earlier`: the raw weight and real paths,
+        as checkpoints made before 2026-12-03 carry them."""
+        entry = {"name": self.spec.name}
+        entry |= {"weight": self.spec.weight} if earlier else {"share": round(share, 12)}
         if self.spec.is_dataset:
             return entry | {"dataset": self.spec.dataset, "config": self.spec.config, "split": split}
-        return entry | {"files": len(self.files), "files_sha256": files_digest(self.files)}
-
-    def earlier_fingerprint(self, split: str) -> dict:
-        """`fingerprint` before 2026-12-03 (the raw weight, real paths): what older checkpoints carry."""
-        entry = {"name": self.spec.name, "weight": self.spec.weight}
-        if self.spec.is_dataset:
-            return entry | {"dataset": self.spec.dataset, "config": self.spec.config, "split": split}
-        return entry | {"files": len(self.files), "files_sha256": earlier_files_digest(self.files)}
+        return entry | {"files": len(self.files), "files_sha256": files_digest(self.files, earlier)}
 
     def open(self, split: str, text_column: str):
         """The whole source as one `datasets.IterableDataset` with only its text column, in stored order; and

@@ -37,7 +37,6 @@ from shuangyu.data.stream_sources import (
     SourceReader,
     StreamSource,
     display_files,
-    earlier_files_digest,
     files_digest,
     read_first_documents,
     text_digest,
@@ -279,15 +278,15 @@ class StreamedData:
         self.opened = [source.open(split, text_column) for source in sources]  # (dataset, column) each
         self.held_out: list[frozenset[bytes]] = [frozenset()] * len(sources)
         if validation_files:
-            rule, earlier_rule = self.read_validation_files(list(validation_files), text_column)
-            self.validation_rule, self.earlier_validation_rule = {"files": rule}, {"files": earlier_rule}
+            self.validation_files = self.read_validation_files(list(validation_files), text_column)
+            self.validation_rule = {"files": None}  # the files' digests: in key()
         else:
             if validation_docs < 1:
                 raise UsageError(
                     f"--validation_docs {validation_docs}: hold out at least 1 document per source, or give "
                     "--validation_files"
                 )
-            self.validation_rule = self.earlier_validation_rule = {"first_docs": validation_docs}
+            self.validation_rule = {"first_docs": validation_docs}
             self.validation = {}
             for i, (source, (ds, column)) in enumerate(zip(sources, self.opened, strict=True)):
                 texts = read_first_documents(source, ds, column, validation_docs)
@@ -295,18 +294,14 @@ class StreamedData:
                 self.validation[source.spec.name] = self.pack(texts)
         self.positions: list[dict] = []  # every process's loader state, as last recorded (for the model card)
 
-    def read_validation_files(self, values: list[str], text_column: str) -> tuple[list, list]:
-        """Reads the files into `self.validation`; returns their keys, now and before 2026-12-03."""
+    def read_validation_files(self, values: list[str], text_column: str) -> list[tuple[str, list]]:
+        """Reads the files into `self.validation`; returns each source's name and files."""
         specs, files = resolve_validation_sources(values)
         opts, self.validation = ReadOptions(text_column=text_column), {}
         for spec, paths in zip(specs, files, strict=True):
             texts = [doc for path in paths for doc in iter_file_documents(path, opts, ReadStats())]
             self.validation[spec.name] = self.pack(texts)
-        pairs = list(zip(specs, files, strict=True))
-        return (
-            [[spec.name, files_digest(paths)] for spec, paths in pairs],
-            [[spec.name, earlier_files_digest(paths)] for spec, paths in pairs],
-        )
+        return [(spec.name, paths) for spec, paths in zip(specs, files, strict=True)]
 
     def pack(self, texts: list[str]) -> torch.Tensor:
         packer = BlockPacker(self.block_size)
@@ -338,19 +333,19 @@ class StreamedData:
     def key(self, seed: int, world_size: int, *, earlier: bool = False) -> dict:
         """What the stream's positions depend on; a checkpoint made with another is refused on resume.
         `earlier`: the key as checkpoints made before 2026-12-03 carry it."""
-        weights = self.weights()
-        sources = [
-            s.earlier_fingerprint(self.split) if earlier else s.fingerprint(self.split, w / sum(weights))
-            for s, w in zip(self.sources, weights, strict=True)
-        ]
+        shares, validation = [w / sum(self.weights()) for w in self.weights()], self.validation_rule
+        if "files" in validation:
+            validation = {"files": [[name, files_digest(paths, earlier)] for name, paths in self.validation_files]}
         return {
-            "sources": sources,
+            "sources": [
+                s.fingerprint(self.split, share, earlier) for s, share in zip(self.sources, shares, strict=True)
+            ],
             "split": self.split,
             "text_column": self.text_column,
             "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "block_size": self.block_size,
             "window": self.window,
-            "validation": self.earlier_validation_rule if earlier else self.validation_rule,
+            "validation": validation,
             "seed": seed,
             "world_size": world_size,
         }

@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
-from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
+from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM, ShuangyuForSequenceClassification
 from shuangyu.modeling.export import main as export_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +42,15 @@ REMOTE_LOAD = """
 import sys
 sys.modules["shuangyu"] = None  # the package is installed (editable): make it unimportable, as on a user's machine
 import torch
-from transformers import AutoModel, AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 bare = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+scorer = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], num_labels=1, trust_remote_code=True).eval()
 x = torch.load(sys.argv[2])
 with torch.no_grad():
-    torch.save({"logits": model(x).logits, "hidden": bare(x).last_hidden_state}, sys.argv[3])
+    scorer.score.weight.fill_(0.5)
+    out = {"logits": model(x).logits, "hidden": bare(x).last_hidden_state, "score": scorer(x[:1]).logits}
+    torch.save(out, sys.argv[3])
 model.save_pretrained(sys.argv[4])  # saved again by the folder's own code, as a Hub user fine-tuning it would
 print(type(model).__module__, type(bare).__name__)
 """
@@ -59,6 +69,7 @@ def test_saved_folder_loads_with_remote_code_in_a_clean_process(tmp_path):
         "AutoConfig": "configuration_shuangyu.ShuangyuConfig",
         "AutoModel": "modeling_shuangyu.ShuangyuModel",  # the bare model, as stock custom-code models map it
         "AutoModelForCausalLM": "modeling_shuangyu.ShuangyuForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_shuangyu.ShuangyuForSequenceClassification",  # reward models
     }
     assert config["auto_map"] == auto_map
     x = token_ids()
@@ -86,6 +97,7 @@ def test_saved_folder_loads_with_remote_code_in_a_clean_process(tmp_path):
     assert run.stdout.strip().startswith("transformers_modules") and run.stdout.strip().endswith(" ShuangyuModel")
     out = torch.load(tmp_path / "out.pt")
     assert torch.equal(out["logits"], expected) and torch.equal(out["hidden"], hidden)
+    torch.testing.assert_close(out["score"], hidden[:1, -1].sum(-1, keepdim=True) * 0.5)  # the last token's score
     assert json.loads((resaved / "config.json").read_text())["auto_map"] == auto_map
 
 
@@ -124,6 +136,26 @@ def test_export_to_llama_matches_logits(tmp_path, overrides):
     if MINIMIND_TOKENIZER.exists():
         text = "双语 tokenizer, bilingual"
         assert AutoTokenizer.from_pretrained(dst)(text).input_ids == AutoTokenizer.from_pretrained(src)(text).input_ids
+
+
+def test_sequence_classification_scores_as_llama_s_does(tmp_path):
+    """A reward model or classifier from a causal-LM checkpoint: the score of each sequence's last token that is
+    not padding (left or right padded), and the loss, as LlamaForSequenceClassification gives them."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tiny_model(pad_token_id=0).save_pretrained(src)
+    assert export_main(["--to", "llama", str(src), str(dst)]) == 0
+    ours = AutoModelForSequenceClassification.from_pretrained(src, num_labels=3).eval()
+    stock = AutoModelForSequenceClassification.from_pretrained(dst, num_labels=3).eval()
+    assert type(ours) is ShuangyuForSequenceClassification and type(stock) is LlamaForSequenceClassification
+    stock.score.weight.data.copy_(ours.score.weight)
+    x = token_ids().clamp(min=1)
+    x[0, :5] = 0  # left padding
+    x[1, -3:] = 0  # right padding
+    mask, labels = (x != 0).long(), torch.tensor([2, 0])
+    with torch.no_grad():
+        a, b = ours(x, attention_mask=mask, labels=labels), stock(x, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-5, rtol=0)
 
 
 def test_export_refuses_incompatible_knobs_with_exit_status_2(tmp_path):

@@ -246,3 +246,27 @@ def test_a_shuangyu_checkpoint_trains_under_trl_sft_trainer(tiny_base_model_dir,
     assert model.generation_config.eos_token_id == [im_end, endoftext]
     assert stopping.train_dataset[0]["input_ids"] == first["input_ids"]
     assert stopping.train_dataset[0]["labels"] == first["labels"]
+
+
+def test_a_shuangyu_checkpoint_trains_as_a_reward_model_under_trl(tiny_chat_model_dir, sft_data_dir, tmp_path):
+    """Users' own TRL scripts: RewardTrainer on AutoModelForSequenceClassification of a chat checkpoint, on the
+    shared preference pairs (loading the head as remote code: test_model_sharing.py)."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir, trust_remote_code=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_chat_model_dir, num_labels=1, trust_remote_code=True
+    )
+    assert type(model).__name__ == "ShuangyuForSequenceClassification" and model.config.pad_token_id is not None
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "p.jsonl")
+    rows = [json.loads(line) for line in pairs.read_text(encoding="utf-8").splitlines()]
+    config = RewardConfig(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3,
+        max_length=1024, report_to="none", bf16=False, logging_steps=1, save_strategy="no",
+    )  # fmt: skip
+    before = model.score.weight.detach().clone()
+    trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss)) and not torch.equal(before, model.score.weight)

@@ -13,18 +13,25 @@ or `target_modules="all-linear"`.
 
 import importlib.util
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from .configuration_shuangyu import PRESETS, ShuangyuConfig
-from .modeling_shuangyu import ShuangyuForCausalLM, ShuangyuModel, ShuangyuPreTrainedModel
+from .modeling_shuangyu import (
+    ShuangyuForCausalLM,
+    ShuangyuForSequenceClassification,
+    ShuangyuModel,
+    ShuangyuPreTrainedModel,
+)
 
 ShuangyuConfig.register_for_auto_class()
 ShuangyuModel.register_for_auto_class("AutoModel")
 ShuangyuForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+ShuangyuForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 AutoConfig.register(ShuangyuConfig.model_type, ShuangyuConfig, exist_ok=True)
 AutoModel.register(ShuangyuConfig, ShuangyuModel, exist_ok=True)
 AutoModelForCausalLM.register(ShuangyuConfig, ShuangyuForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(ShuangyuConfig, ShuangyuForSequenceClassification, exist_ok=True)
 
 # Every Linear in a decoder block (the MLP's gate_proj only with mlp_type="swiglu"); lm_head is left alone.
 PEFT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -51,6 +58,7 @@ __all__ = [
     "PRESETS",
     "ShuangyuConfig",
     "ShuangyuForCausalLM",
+    "ShuangyuForSequenceClassification",
     "ShuangyuModel",
     "ShuangyuPreTrainedModel",
     "register_peft_defaults",

@@ -5,7 +5,7 @@ configuration_shuangyu.py for `trust_remote_code=True`, and, like transformers' 
 one sitting.
 
 Read top to bottom: norms, rotary embedding, MLP, attention, decoder block, the model, the causal-LM head with
-its chunked loss. Parameter names and shapes follow `LlamaForCausalLM` (model.embed_tokens,
+its chunked loss, a sequence-classification head (reward models). Parameter names and shapes follow `LlamaForCausalLM` (model.embed_tokens,
 model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, input_layernorm,
 post_attention_layernorm, model.norm, lm_head) so that, with LLaMA knobs, export to stock Llama is a renaming.
 
@@ -27,7 +27,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
@@ -332,6 +332,18 @@ class ShuangyuPreTrainedModel(PreTrainedModel):
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes into auto_map only the saved class's own Auto class; a folder that carries its code
+        # names every head, as stock custom-code models do, so that AutoModel (the bare model) and
+        # AutoModelForSequenceClassification (a reward model from a causal LM) load it with trust_remote_code=True
+        # where this package is not imported
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                **{auto: f"{__name__.rsplit('.', 1)[-1]}.{name}" for auto, name in AUTO_CLASSES.items()},
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
 
 class ShuangyuModel(ShuangyuPreTrainedModel):
     def __init__(self, config: ShuangyuConfig):
@@ -511,18 +523,6 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes into auto_map only the saved class's own Auto class; a folder that carries its code
-        # also names the bare model for AutoModel, as stock custom-code models do, so that
-        # AutoModel.from_pretrained(folder, trust_remote_code=True) works where this package is not imported
-        if self._auto_class is not None:
-            base = type(self.model)
-            self.config.auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": f"{base.__module__.rsplit('.', 1)[-1]}.{base.__name__}",
-            }
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
     def _head_weight(self) -> torch.Tensor:
         """The output head's weight for the chunked loss; under tensor parallelism (a DTensor sharded over the
         vocabulary) all of it, gathered, so the loss runs on plain tensors (gradients flow back to the shards)."""
@@ -606,4 +606,26 @@ class ShuangyuForCausalLM(ShuangyuPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["ShuangyuPreTrainedModel", "ShuangyuModel", "ShuangyuForCausalLM"]
+# ------------------------------------------------------------------------------------ sequence classification
+class ShuangyuForSequenceClassification(GenericForSequenceClassification, ShuangyuPreTrainedModel):
+    """A score per sequence from its last token that is not padding, as LlamaForSequenceClassification
+    (transformers' generic head and loss): a reward model (TRL's RewardTrainer) or classifier started from a
+    causal-LM checkpoint, whose `score` head is new."""
+
+    def __init__(self, config: ShuangyuConfig):
+        # The generic __init__ builds the body with AutoModel.from_config, which does not know this remote code
+        ShuangyuPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = ShuangyuModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+
+# The Auto classes every saved folder names (ShuangyuPreTrainedModel.save_pretrained)
+AUTO_CLASSES = {
+    "AutoModel": "ShuangyuModel",
+    "AutoModelForCausalLM": "ShuangyuForCausalLM",
+    "AutoModelForSequenceClassification": "ShuangyuForSequenceClassification",
+}
+
+__all__ = ["ShuangyuPreTrainedModel", "ShuangyuModel", "ShuangyuForCausalLM", "ShuangyuForSequenceClassification"]

@@ -183,10 +183,11 @@ def test_output_flags_from_the_config_and_none_by_default():
 
 
 # ------------------------------------------------------------------------------------ tensor parallelism
-def test_tensor_parallel_plan_names_real_modules_with_known_styles():
+@pytest.mark.parametrize("mlp_type", ["swiglu", "gelu"])
+def test_tensor_parallel_plan_names_real_modules_with_known_styles(mlp_type):
     from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES
 
-    model = tiny_model()
+    model = tiny_model(mlp_type=mlp_type)
     assert model.supports_tp_plan
     plan = model._tp_plan
     assert plan["lm_head"] == "colwise_gather_output"

@@ -144,6 +144,9 @@ class ShuangyuConfig(PretrainedConfig):
         self.rope_parameters.pop("type", None)  # the legacy spelling of rope_type, now copied there
         self._validate_rope()
         self.rope_theta = float(self.rope_parameters["rope_theta"])
+        if self.mlp_type != "swiglu":  # no gate_proj to shard (the plan's every entry must name a module)
+            plan = type(self).base_model_tp_plan
+            self.base_model_tp_plan = {k: v for k, v in plan.items() if not k.endswith(".gate_proj")}
 
     def _validate_rope(self):
         params = self.rope_parameters

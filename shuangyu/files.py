@@ -123,12 +123,11 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
 @contextmanager
 def disk_full_is_one_line(folder: str | Path, flag: str = "--output_dir") -> Iterator[None]:
     """A full disk while writing `folder` as one line (a UsageError). Used inside atomic_folder, so that the
-    half-written folder is removed first. Libraries wrap the OSError in their own errors (datasets), or report it
-    as a plain Exception with the OS's text (tokenizers), so the whole chain of causes is looked at."""
+    half-written folder is removed first."""
     try:
         yield
     except Exception as err:
-        if not any(is_disk_full(c) for c in exception_chain(err)):
+        if not is_disk_full(err):
             raise
         raise UsageError(
             f"no space left on the device while writing {folder}; nothing was written: free space or choose "
@@ -137,10 +136,16 @@ def disk_full_is_one_line(folder: str | Path, flag: str = "--output_dir") -> Ite
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """A write that failed for lack of space. torch's zip writer reports it as a RuntimeError without errno."""
+    """A write that failed for lack of space, anywhere in `err`'s chain of causes: libraries wrap the OSError in
+    their own errors (datasets), or report it as a plain Exception with the OS's text (tokenizers); torch's zip
+    writer raises a RuntimeError without errno, and in torch 2.13 its "iostream error" is only the context of an
+    "unexpected pos" error raised while handling it."""
     import errno
 
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(err).lower()
-    return "no space left" in text or "quota exceeded" in text or "iostream error" in text
+    for cause in exception_chain(err):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(cause).lower()
+        if "no space left" in text or "quota exceeded" in text or "iostream error" in text:
+            return True
+    return False

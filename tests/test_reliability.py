@@ -521,6 +521,57 @@ def test_ctrl_c_during_the_set_up_is_one_line_and_exit_130(flags, tmp_path, monk
     assert not out.exists()  # the folder this run made, left empty, goes
 
 
+@pytest.fixture
+def signals_fail_the_test():
+    """A signal the code under test does not handle fails the test instead of killing pytest (SIGTERM's default)."""
+
+    def unhandled(signum, frame):
+        pytest.fail(f"{signal.Signals(signum).name} was not handled: the default would have killed the run")
+
+    previous = {sig: signal.signal(sig, unhandled) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def test_sigterm_while_the_data_is_prepared_is_one_line_and_leaves_nothing(
+    flags, tmp_path, monkeypatch, capsys, signals_fail_the_test
+):
+    """A preemption before the loop killed the process with no word and left OUTPUT/.data.tmp-PID, a whole partial
+    copy of the data that no later run removed."""
+    from shuangyu.data import prepare
+    from shuangyu.training import cli
+
+    def preempted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    real = prepare.pack_training
+    monkeypatch.setattr(prepare, "pack_training", preempted)
+    out = tmp_path / "run"
+    args = [a for a in flags if a != "--data_dir" and a != str(tmp_path / "data")]  # the run's own OUTPUT/data
+    status = cli.main([*args, "--max_steps", "2", "--output_dir", str(out)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert (
+        lines[-1]
+        == "train_clm.py: stopped by SIGTERM before training; no step was saved: rerun the same command to start again"
+    ), lines
+    assert status == 0  # as a SIGTERM in the loop: a preemption, not a failure
+    assert not out.exists()  # the half-prepared data went, and the folder the run made
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next_write_not_a_live_ones(tmp_path):
+    from shuangyu.files import atomic_folder
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = tmp_path / f".data.tmp-{int(ended.stdout)}", tmp_path / f".data.tmp-{os.getppid()}"
+    for leftover in (dead, alive):
+        (leftover / "train").mkdir(parents=True)
+    with atomic_folder(tmp_path / "data") as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "data"]
+
+
 def test_a_signal_during_the_last_step_still_finishes_the_run(flags, tmp_path, monkeypatch, capsys):
     """The step was trained and saved: the run is complete, with its final/ folder, not "stopped at step N"."""
     from shuangyu.training import cli

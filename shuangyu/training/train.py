@@ -10,6 +10,7 @@ tested there; this file only puts them together.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_environment, write_run_args
 from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
-from shuangyu.training.stopping import StopRequest, should_stop
+from shuangyu.training.stopping import StopAtOnce, StopRequest, should_stop
 from shuangyu.training.summary import training_summary
 from shuangyu.training.training_data import check_stream, open_training_data, stream_positions
 from shuangyu.training.validation import evaluate, format_validation, generate_samples, validation_logs
@@ -56,16 +57,26 @@ PROG = "train_clm.py"
 def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
     """A run whose flags and output folder cli.check_run passed: set up, train, finish; the exit status."""
     run = None
+    at_once = StopAtOnce()  # SIGTERM during the set-up stops it as Ctrl-C does
     try:
         run = set_up(config, out, resume_dir)
+        at_once.restore()  # the loop's StopRequest takes over
         stopped_by = train_loop(run)
         return finish(run, stopped_by)
     except (UsageError, RunDiverged) as err:
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
     except KeyboardInterrupt:
-        # Ctrl-C during the set-up (the loop turns the first one into a clean stop) or a second one in the loop
-        status = print_interrupted(PROG, interrupted_state(out), show=is_first_process())
+        # Ctrl-C or SIGTERM during the set-up (the loop turns the first one into a clean stop), or a second one in
+        # the loop. SIGTERM is a preemption, not a failure: exit 0 as when the loop stops for it, nothing to save yet
+        if at_once.requested:
+            if is_first_process():
+                print(f"{PROG}: stopped by {at_once.requested} before training; {interrupted_state(out)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            status = 0
+        else:
+            status = print_interrupted(PROG, interrupted_state(out), show=is_first_process())
+    at_once.restore()
     # past the handler, the traceback (and the model in its frames) can go before the process group does
     accelerator = run.accelerator if run else None
     run = None

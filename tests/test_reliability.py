@@ -572,6 +572,28 @@ def test_a_killed_writers_temporary_folder_is_removed_by_the_next_write_not_a_li
     assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "data"]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_run_is_complete_leaves_its_exit_status_0(
+    flags, tmp_path, monkeypatch, capsys, signals_fail_the_test, signum
+):
+    """A signal just after "done:" (final/ published) made the process exit 143 or 130: a finished run that a
+    requeue script would read as failed."""
+    from shuangyu.training import cli
+    from shuangyu.training import train as training
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    real = training.end_processes
+    monkeypatch.setattr(training, "end_processes", signalled)
+    out = tmp_path / "run"
+    assert cli.main([*flags, "--max_steps", "2", "--output_dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "done: 2 steps" in captured.out and "interrupted" not in captured.err, captured.err
+    assert (out / "final" / "model.safetensors").is_file()
+
+
 def test_a_signal_during_the_last_step_still_finishes_the_run(flags, tmp_path, monkeypatch, capsys):
     """The step was trained and saved: the run is complete, with its final/ folder, not "stopped at step N"."""
     from shuangyu.training import cli

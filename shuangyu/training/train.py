@@ -283,7 +283,10 @@ def train_loop(run: Run) -> str | None:
     finally:
         bar.close()
         run.log.close()
-        stop.restore()
+        if state.step < run.max_steps:
+            stop.restore()
+        # else the run is complete: a signal from now on (final/, the push, the exit) is only noted, so the run
+        # still exits 0, not 143 or 130, which a requeue script would read as a failure; the process ends soon
     # a signal during the last step: the run is complete all the same
     return stop.requested if stopping and state.step < run.max_steps else None
 

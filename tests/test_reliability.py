@@ -594,6 +594,29 @@ def test_a_signal_after_the_run_is_complete_leaves_its_exit_status_0(
     assert (out / "final" / "model.safetensors").is_file()
 
 
+def test_a_run_that_diverges_before_any_checkpoint_says_so_and_logs_strict_json(flags, tmp_path, capsys):
+    """It said "the last good checkpoint is kept" with none saved, and logged the NaN gradient norm as `NaN`, which
+    is not JSON (JSON.parse refuses the line)."""
+    from shuangyu.training import cli
+    from shuangyu.training.run_log import read_train_log
+
+    out = tmp_path / "run"
+    diverging = ["--learning_rate", "1e30", "--max_grad_norm", "0", "--warmup_steps", "0", "--max_bad_steps", "2"]
+    assert cli.main([*flags, *diverging, "--max_steps", "8", "--save_steps", "100", "--output_dir", str(out)]) == 3
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "non-finite steps in a row" in line and "good checkpoint" not in line, line
+    assert line.endswith("no checkpoint was saved before the non-finite steps: start again with --overwrite_output_dir")
+
+    def not_json(constant):
+        raise AssertionError(f"{constant} in train_log.jsonl is not JSON")
+
+    text = (out / "train_log.jsonl").read_text()
+    strict = [json.loads(row, parse_constant=not_json) for row in text.splitlines()]
+    assert any(row["train/grad_norm"] is None for row in strict)
+    rows, _ = read_train_log(out / "train_log.jsonl")  # what the report reads: a number, NaN, as before
+    assert any(row["train/grad_norm"] != row["train/grad_norm"] for row in rows)
+
+
 def test_a_signal_during_the_last_step_still_finishes_the_run(flags, tmp_path, monkeypatch, capsys):
     """The step was trained and saved: the run is complete, with its final/ folder, not "stopped at step N"."""
     from shuangyu.training import cli

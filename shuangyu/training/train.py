@@ -64,6 +64,8 @@ def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
         stopped_by = train_loop(run)
         return finish(run, stopped_by)
     except (UsageError, RunDiverged) as err:
+        if isinstance(err, RunDiverged):
+            err = RunDiverged(f"{err}; {diverged_state(out)}")
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
     except KeyboardInterrupt:
@@ -297,6 +299,16 @@ def interrupted_state(out: Path) -> str:
     if done:
         return f"the last checkpoint, {done[-1][1]}, is intact: rerun with --resume_from_checkpoint latest"
     return "no step was saved: rerun the same command to start again"
+
+
+def diverged_state(out: Path) -> str:
+    """What a diverged run leaves to start again from: its last checkpoint taken before the non-finite steps."""
+    good = [
+        path for _, path in ckpt.complete_checkpoints(out) if not ckpt.read_checkpoint_info(path).get("bad_in_a_row")
+    ]
+    if good:
+        return f"the last good checkpoint, {good[-1]}, is kept (--resume_from_checkpoint latest resumes from it)"
+    return "no checkpoint was saved before the non-finite steps: start again with --overwrite_output_dir"
 
 
 def stream_agreement(config: TrainConfig) -> int:

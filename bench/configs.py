@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from shuangyu.training.run_log import read_train_log
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,8 +75,8 @@ def train(config: str, out: Path, args, extra: list[str]) -> tuple[int, float, s
 
 
 def losses(out: Path) -> dict[int, float]:
-    lines = (out / "train_log.jsonl").read_text().splitlines()
-    return {row["step"]: row["train/loss"] for row in map(json.loads, lines) if "train/loss" in row}
+    rows, _ = read_train_log(out / "train_log.jsonl")  # null (a non-finite value) as NaN
+    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
 
 
 def loads_and_generates(final: Path) -> str:

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from shuangyu.training.run_log import read_train_log
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "corpus"
 CPU_LOCK = Path("/tmp/shuangyu-cpu.lock")
@@ -94,7 +96,7 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 def last_validation(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    rows = read_train_log(run_dir / "train_log.jsonl")[0]  # null (a non-finite value) as NaN
     row = [r for r in rows if "eval/zh/bits_per_byte" in r][-1]
     return {
         "step": row["step"],

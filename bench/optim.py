@@ -31,6 +31,7 @@ import torch
 from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
 from shuangyu.training.arguments import OptimizerArguments
 from shuangyu.training.optim import build_optimizer
+from shuangyu.training.run_log import read_train_log
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP_DECIDED_ON = ("device", "host")
@@ -228,7 +229,7 @@ def race(args) -> str:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{name} run failed:\n{proc.stderr[-4000:]}")
-        results[name] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        results[name] = read_train_log(out / "train_log.jsonl")[0]  # null (a non-finite value) as NaN
     langs = sorted(
         {k.split("/")[1] for e in results["muon"] for k in e if k.startswith("eval/") and k.endswith("/loss")}
     )

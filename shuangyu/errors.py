@@ -20,7 +20,7 @@ class UsageError(ValueError):
 
 
 class RunDiverged(RuntimeError):
-    """Training stopped on too many non-finite steps in a row; the last good checkpoint is kept."""
+    """Training stopped on too many non-finite steps in a row; its checkpoints before them are kept."""
 
 
 def print_error(prog: str, err: Exception, show: bool = True) -> int:

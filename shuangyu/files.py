@@ -16,10 +16,12 @@ from shuangyu.errors import UsageError, exception_chain
 def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of `dest` to fill; on success it replaces `dest` (renamed into place), on any
     error it is removed and `dest` is left as it was. A crash leaves only a dot-named `.NAME.tmp-PID` folder
-    (or `tmp`, a name of the caller's choice, for writers in several processes), which readers skip. The old
-    `dest`, if any, is moved aside before the rename and deleted after it."""
+    (or `tmp`, a name of the caller's choice, for writers in several processes), which readers skip, and which the
+    next write of `dest` removes once that process is gone. The old `dest`, if any, is moved aside before the rename
+    and deleted after it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers_of_dead_writers(dest)
     tmp = Path(tmp) if tmp is not None else dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -32,6 +34,26 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers_of_dead_writers(dest: Path) -> None:
+    """Remove the `.NAME.tmp-PID` folders that killed writers of `dest` left (a preemption while the data was
+    prepared left a whole partial copy). Only those whose process is gone: a writer still at work keeps its own."""
+    for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not is_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def is_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_replaceable(
@@ -123,12 +145,11 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
 @contextmanager
 def disk_full_is_one_line(folder: str | Path, flag: str = "--output_dir") -> Iterator[None]:
     """A full disk while writing `folder` as one line (a UsageError). Used inside atomic_folder, so that the
-    half-written folder is removed first. Libraries wrap the OSError in their own errors (datasets), or report it
-    as a plain Exception with the OS's text (tokenizers), so the whole chain of causes is looked at."""
+    half-written folder is removed first."""
     try:
         yield
     except Exception as err:
-        if not any(is_disk_full(c) for c in exception_chain(err)):
+        if not is_disk_full(err):
             raise
         raise UsageError(
             f"no space left on the device while writing {folder}; nothing was written: free space or choose "
@@ -137,10 +158,16 @@ def disk_full_is_one_line(folder: str | Path, flag: str = "--output_dir") -> Ite
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """A write that failed for lack of space. torch's zip writer reports it as a RuntimeError without errno."""
+    """A write that failed for lack of space, anywhere in `err`'s chain of causes: libraries wrap the OSError in
+    their own errors (datasets), or report it as a plain Exception with the OS's text (tokenizers); torch's zip
+    writer raises a RuntimeError without errno, and in torch 2.13 its "iostream error" is only the context of an
+    "unexpected pos" error raised while handling it."""
     import errno
 
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(err).lower()
-    return "no space left" in text or "quota exceeded" in text or "iostream error" in text
+    for cause in exception_chain(err):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(cause).lower()
+        if "no space left" in text or "quota exceeded" in text or "iostream error" in text:
+            return True
+    return False

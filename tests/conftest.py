@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SHUANGYU_SHARED", REPO.parent / "shared"))
 SHARED_CORPUS = SHARED / "data" / "corpus"
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """train_clm's run keeps its stop handlers after a complete run (the process exits then); a test that runs it
+    in-process must not leave them to the tests after it."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,6 +4,7 @@ OUTPUT_DIR/train_log.jsonl."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from shuangyu.environment import describe_environment
@@ -30,8 +31,15 @@ def read_train_log(path: Path) -> tuple[list[dict], bool]:
             raise UsageError(f"{path}:{lineno}: not valid JSON ({getattr(err, 'msg', 'not UTF-8')})") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise UsageError(f"{path}:{lineno}: not a training log row (it has no step number)")
-        rows.append(row)
+        rows.append({k: math.nan if v is None else v for k, v in row.items()})  # log_line's null: not a number
     return rows, False
+
+
+def log_line(row: dict) -> str:
+    """A row as one line of strict JSON: a non-finite number (a diverging step's gradient norm) as null, since
+    NaN and Infinity are not JSON (JSON.parse and other strict readers refuse the line)."""
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(finite, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def write_run_args(out: Path, arguments: dict, resumed_step: int) -> bool:
@@ -44,7 +52,7 @@ def write_run_args(out: Path, arguments: dict, resumed_step: int) -> bool:
     if not log.is_file():
         return False
     rows, cut_off = read_train_log(log)
-    kept = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows if row["step"] <= resumed_step]
+    kept = [log_line(row) for row in rows if row["step"] <= resumed_step]
     atomic_write_text(log, "".join(kept))
     return cut_off
 
@@ -66,7 +74,7 @@ class RunLog:
     def __call__(self, step: int, logs: dict) -> None:
         self.accelerator.log(logs, step=step)
         if self.file:
-            self.file.write(json.dumps({"step": step, **logs}, ensure_ascii=False) + "\n")
+            self.file.write(log_line({"step": step, **logs}))
             self.file.flush()
 
     def close(self) -> None:

@@ -69,8 +69,7 @@ class TrainState:
             )
         if limit_at != NEVER:
             raise RunDiverged(
-                f"step {limit_at}: {max_bad} non-finite steps in a row (the last good checkpoint is "
-                "kept): lower --learning_rate or check the data"
+                f"step {limit_at}: {max_bad} non-finite steps in a row: lower --learning_rate or check the data"
             )
 
     def _read(self) -> tuple[int, int, int]:

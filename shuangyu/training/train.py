@@ -10,6 +10,7 @@ tested there; this file only puts them together.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_environment, write_run_args
 from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
-from shuangyu.training.stopping import StopRequest, should_stop
+from shuangyu.training.stopping import StopAtOnce, StopRequest, should_stop
 from shuangyu.training.summary import training_summary
 from shuangyu.training.training_data import check_stream, open_training_data, stream_positions
 from shuangyu.training.validation import evaluate, format_validation, generate_samples, validation_logs
@@ -56,16 +57,28 @@ PROG = "train_clm.py"
 def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
     """A run whose flags and output folder cli.check_run passed: set up, train, finish; the exit status."""
     run = None
+    at_once = StopAtOnce()  # SIGTERM during the set-up stops it as Ctrl-C does
     try:
         run = set_up(config, out, resume_dir)
+        at_once.restore()  # the loop's StopRequest takes over
         stopped_by = train_loop(run)
         return finish(run, stopped_by)
     except (UsageError, RunDiverged) as err:
+        if isinstance(err, RunDiverged):
+            err = RunDiverged(f"{err}; {diverged_state(out)}")
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
     except KeyboardInterrupt:
-        # Ctrl-C during the set-up (the loop turns the first one into a clean stop) or a second one in the loop
-        status = print_interrupted(PROG, interrupted_state(out), show=is_first_process())
+        # Ctrl-C or SIGTERM during the set-up (the loop turns the first one into a clean stop), or a second one in
+        # the loop. SIGTERM is a preemption, not a failure: exit 0 as when the loop stops for it, nothing to save yet
+        if at_once.requested:
+            if is_first_process():
+                print(f"{PROG}: stopped by {at_once.requested} before training; {interrupted_state(out)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            status = 0
+        else:
+            status = print_interrupted(PROG, interrupted_state(out), show=is_first_process())
+    at_once.restore()
     # past the handler, the traceback (and the model in its frames) can go before the process group does
     accelerator = run.accelerator if run else None
     run = None
@@ -272,7 +285,10 @@ def train_loop(run: Run) -> str | None:
     finally:
         bar.close()
         run.log.close()
-        stop.restore()
+        if state.step < run.max_steps:
+            stop.restore()
+        # else the run is complete: a signal from now on (final/, the push, the exit) is only noted, so the run
+        # still exits 0, not 143 or 130, which a requeue script would read as a failure; the process ends soon
     # a signal during the last step: the run is complete all the same
     return stop.requested if stopping and state.step < run.max_steps else None
 
@@ -283,6 +299,16 @@ def interrupted_state(out: Path) -> str:
     if done:
         return f"the last checkpoint, {done[-1][1]}, is intact: rerun with --resume_from_checkpoint latest"
     return "no step was saved: rerun the same command to start again"
+
+
+def diverged_state(out: Path) -> str:
+    """What a diverged run leaves to start again from: its last checkpoint taken before the non-finite steps."""
+    good = [
+        path for _, path in ckpt.complete_checkpoints(out) if not ckpt.read_checkpoint_info(path).get("bad_in_a_row")
+    ]
+    if good:
+        return f"the last good checkpoint, {good[-1]}, is kept (--resume_from_checkpoint latest resumes from it)"
+    return "no checkpoint was saved before the non-finite steps: start again with --overwrite_output_dir"
 
 
 def stream_agreement(config: TrainConfig) -> int:

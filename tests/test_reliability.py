@@ -148,6 +148,46 @@ def test_a_checkpoint_resumes_only_into_the_model_shape_that_saved_it(flags, tmp
     assert sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts) == before
 
 
+def made_checkpoint(out: Path, adapter_r: int = 0, streaming: bool = False) -> Path:
+    """A complete checkpoint's files as far as the resume checks read them: checkpoint.json, its model/ folder,
+    and a stream position."""
+    from shuangyu.training import checkpoint as ckpt
+
+    path = ckpt.checkpoint_dir(out, 4)
+    (path / "model").mkdir(parents=True)
+    model_file = ("adapter_config.json", {"r": adapter_r}) if adapter_r else ("config.json", {})
+    (path / "model" / model_file[0]).write_text(json.dumps(model_file[1]))
+    if streaming:
+        (path / ckpt.STREAM_POSITIONS).write_text(json.dumps({"processes": [{}]}))
+    (path / ckpt.MARKER).write_text(json.dumps({"step": 4, "files": {}}))
+    return path
+
+
+def test_a_streamed_runs_checkpoint_is_refused_before_any_data_is_prepared(flags, tmp_path, capsys):
+    """A --streaming run resumed without --streaming prepared the whole corpus into OUTPUT_DIR/data (what
+    --streaming exists to avoid) and only then refused the checkpoint, leaving the data behind."""
+    from shuangyu.training import cli
+
+    out = tmp_path / "run"
+    made_checkpoint(out, streaming=True)
+    i = flags.index("--data_dir")
+    no_data_dir = flags[:i] + flags[i + 2 :]
+    status = cli.main(
+        [*no_data_dir, "--max_steps", "8", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "saved by a --streaming run: resume it with --streaming" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # no data/, lock or run_args.json
+    prepared = tmp_path / "prepared_run"
+    made_checkpoint(prepared)
+    i = no_data_dir.index("--preprocessing_num_workers")
+    streamed = [*no_data_dir[:i], *no_data_dir[i + 2 :], "--streaming"]
+    status = cli.main([*streamed, "--max_steps", "8", "--output_dir", str(prepared), "--resume_from_checkpoint",
+                       "latest"])  # fmt: skip
+    assert status == 2 and "saved by a run on prepared blocks" in capsys.readouterr().err
+    assert sorted(p.name for p in prepared.iterdir()) == ["checkpoints"]
+
+
 def test_a_damaged_latest_checkpoint_is_passed_over_for_the_one_before(flags, tmp_path):
     out = tmp_path / "run"
     args = [*flags, "--max_steps", "8", "--output_dir", str(out)]

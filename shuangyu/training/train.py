@@ -172,7 +172,6 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     accelerator.register_for_checkpointing(*([] if streaming else [loader]), state, scheduler)
     accelerator.register_save_state_pre_hook(ckpt.drop_shared_tensors)
     if resume_dir:
-        ckpt.check_data_kind(resume_dir, streaming)
         ckpt.check_model_shape(resume_dir, accelerator.unwrap_model(model).config)
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))

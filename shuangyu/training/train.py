@@ -362,7 +362,12 @@ def save(run: Run) -> None:
         run.model,
         run.tokenizer,
         card=card,
-        info={"tokens": state.tokens, "max_steps": run.max_steps, "bad_in_a_row": state.bad_in_a_row},
+        info={
+            "tokens": state.tokens,
+            "max_steps": run.max_steps,
+            "bad_in_a_row": state.bad_in_a_row,
+            ckpt.TRAINED_WITH: ckpt.trained_with(run.config),  # run_args.json is rewritten by every resume
+        },
         keep_last=run.config.checkpoint.save_total_limit,
         stream_positions=positions,
     )

@@ -4,6 +4,7 @@
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,9 +130,10 @@ def test_a_finished_run_can_be_rerun_and_extended(flags, tmp_path):
     assert "| steps | 12 |" in (out / "final" / "README.md").read_text()
 
 
-def test_a_checkpoint_resumes_only_into_the_model_shape_that_saved_it(flags, tmp_path):
-    """As after a preset changed under an interrupted run (the `mini` preset lost its tied head): one line that
-    says what differs and what to do, said once by 2 processes, and the run left as it was."""
+def test_a_checkpoint_resumes_only_into_the_model_shape_and_optimizer_that_saved_it(flags, tmp_path):
+    """As after a preset changed under an interrupted run (the `mini` preset lost its tied head), or a changed
+    --weight_decay: one line that says what differs and what to do, said once by 2 processes, and the run left as
+    it was."""
     out = tmp_path / "run"
     args = [*flags, "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
     assert train([*args, "--max_steps", "4"], launcher=True).returncode == 0
@@ -146,6 +148,183 @@ def test_a_checkpoint_resumes_only_into_the_model_shape_that_saved_it(flags, tmp
     assert len(lines) == 1, proc.stderr[-3000:]
     assert "tie_word_embeddings True there, False here" in lines[0] and "--model_config" in lines[0]
     assert sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts) == before
+    # so is an optimizer flag the checkpoint's state would override, before the heavy imports
+    proc = train([*args, "--max_steps", "8", "--weight_decay", "5"], launcher=True)
+    lines = [line for line in proc.stderr.splitlines() if "train_clm.py: error:" in line]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert "this run trained with --weight_decay 0.1, not with --weight_decay 5.0" in lines[0]
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts) == before
+
+
+def made_checkpoint(out: Path, record: dict | None = None, adapter_r: int = 0, streaming: bool = False) -> Path:
+    """A complete checkpoint's files as far as the resume checks read them: checkpoint.json (with `record` of the
+    run's flags, or none, as saved before it was kept), its model/ folder, and a stream position."""
+    from shuangyu.training import checkpoint as ckpt
+
+    path = ckpt.checkpoint_dir(out, 4)
+    (path / "model").mkdir(parents=True)
+    model_file = ("adapter_config.json", {"r": adapter_r}) if adapter_r else ("config.json", {})
+    (path / "model" / model_file[0]).write_text(json.dumps(model_file[1]))
+    if streaming:
+        (path / ckpt.STREAM_POSITIONS).write_text(json.dumps({"processes": [{}]}))
+    info = {"step": 4, "files": {}} | ({ckpt.TRAINED_WITH: record} if record else {})
+    (path / ckpt.MARKER).write_text(json.dumps(info))
+    return path
+
+
+RESUME_BASE = ["--tokenizer_name", "tok", "--max_steps", "8", "--resume_from_checkpoint", "latest"]
+
+
+@pytest.mark.parametrize(
+    "run_flags, changed, said",
+    [
+        ([], ["--learning_rate", "0.5"], "with --learning_rate 0.0006, not with --learning_rate 0.5"),
+        ([], ["--weight_decay", "5"], "with --weight_decay 0.1, not with --weight_decay 5.0"),
+        ([], ["--embedding_learning_rate", "0.01"], "without --embedding_learning_rate, not with"),
+        (["--embedding_learning_rate", "0.01"], [], "with --embedding_learning_rate 0.01, not without"),
+        (["--embedding_learning_rate", "0.01"], ["--embedding_learning_rate", "0.02"], "0.01, not with"),
+        ([], ["--optimizer", "muon"], "with --optimizer adamw, not with --optimizer muon"),
+        ([], ["--adam_beta2", "0.99"], "with --adam_beta2 0.95, not with --adam_beta2 0.99"),
+        ([], ["--adam_epsilon", "1e-6"], "with --adam_epsilon 1e-08, not"),
+        (["--optimizer", "muon"], ["--optimizer", "muon", "--muon_momentum", "0.5"], "with --muon_momentum 0.95"),
+        (["--optimizer", "muon"], ["--optimizer", "muon", "--muon_scale", "original"], "--muon_scale match_rms"),
+    ],
+)
+def test_a_resume_refuses_a_flag_its_optimizer_state_would_override(tmp_path, run_flags, changed, said):
+    """accelerator.load_state put the checkpoint's parameter groups and peak rates back over a changed
+    --learning_rate or --weight_decay (the run went on with the old ones while run_args.json and the card said the
+    new), and failed to load another --optimizer or --embedding_learning_rate with torch's "different number of
+    parameter groups" and "pass an earlier checkpoint": one line with the run's value, before anything is done."""
+    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    out = tmp_path / "run"
+    base = [*RESUME_BASE, "--output_dir", str(out)]
+    path = made_checkpoint(out, ckpt.trained_with(parse_args([*base, *run_flags])))
+    assert check_run(parse_args([*base, *run_flags]))[1] == path
+    with pytest.raises(UsageError) as refused:
+        check_run(parse_args([*base, *changed]))
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"--resume_from_checkpoint {path}: this run trained ") and said in line
+    flag = changed[-2] if changed else run_flags[0]
+    assert f"resume with {flag} " in line or f"resume without {flag}" in line, line
+    assert f"in a new --output_dir with --model_name_or_path {path / 'model'}" in line
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ["--max_steps", "20"],  # stretches the schedule
+        ["--warmup_steps", "7", "--lr_scheduler_type", "linear", "--min_lr_ratio", "0.5", "--decay_fraction", "0.5"],
+        ["--max_grad_norm", "0.5"],
+        ["--muon_momentum", "0.5", "--muon_scale", "original"],  # an AdamW run has no Muon groups
+        ["--lora_target_modules", "q_proj"],  # no adapter to target
+    ],
+)
+def test_a_resume_takes_the_flags_that_still_apply(tmp_path, changed):
+    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    out = tmp_path / "run"
+    base = [*RESUME_BASE, "--output_dir", str(out)]
+    path = made_checkpoint(out, ckpt.trained_with(parse_args(base)))
+    assert check_run(parse_args([*base, *changed]))[1] == path
+
+
+def test_a_resume_names_the_lora_rank_the_run_trained_with(tmp_path):
+    """A LoRA run resumed without --lora_r or with another rank said "could not load it (RuntimeError: Error(s)
+    in loading state_dict ...); pass an earlier checkpoint", and no earlier one could load either."""
+    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    out = tmp_path / "run"
+    base = [*RESUME_BASE, "--output_dir", str(out)]
+    lora = ["--lora_r", "4", "--optimizer", "muon"]  # the adapter trains with AdamW whatever --optimizer says
+    path = made_checkpoint(out, ckpt.trained_with(parse_args([*base, *lora])))
+    assert check_run(parse_args([*base, "--lora_r", "4"]))[1] == path
+    for changed, said in (
+        ([], "with --lora_r 4, not the whole model (no --lora_r): resume with --lora_r 4"),
+        (["--lora_r", "8"], "with --lora_r 4, not --lora_r 8: resume with --lora_r 4"),
+        ([*lora, "--lora_target_modules", "q_proj"], "not with --lora_target_modules q_proj: resume with"),
+        ([*lora, "--learning_rate", "0.5"], "or merge its adapter (python -m shuangyu.training.merge_lora"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(said)):
+            check_run(parse_args([*base, *changed]))
+    # a run of the whole model resumed with an adapter
+    whole = tmp_path / "whole"
+    base = [*RESUME_BASE, "--output_dir", str(whole)]
+    made_checkpoint(whole, ckpt.trained_with(parse_args(base)))
+    with pytest.raises(UsageError, match=r"trained the whole model, not a LoRA adapter \(--lora_r 4\): resume wi"):
+        check_run(parse_args([*base, "--lora_r", "4"]))
+
+
+def test_a_checkpoint_saved_before_the_record_still_resumes(tmp_path):
+    """Checkpoints of earlier versions hold no record of the flags: they resume as they did; whether they hold a
+    LoRA adapter, and its rank, is read from their model/ folder."""
+    from shuangyu.training.arguments import parse_args
+    from shuangyu.training.checks import check_run
+
+    old, old_lora = tmp_path / "old", tmp_path / "old_lora"
+    path = made_checkpoint(old)
+    lora_path = made_checkpoint(old_lora, adapter_r=4)
+    changed = ["--learning_rate", "0.5", "--optimizer", "muon"]
+    assert check_run(parse_args([*RESUME_BASE, "--output_dir", str(old), *changed]))[1] == path
+    assert check_run(parse_args([*RESUME_BASE, "--output_dir", str(old_lora), "--lora_r", "4"]))[1] == lora_path
+    with pytest.raises(UsageError, match="with --lora_r 4, not --lora_r 8"):
+        check_run(parse_args([*RESUME_BASE, "--output_dir", str(old_lora), "--lora_r", "8"]))
+    with pytest.raises(UsageError, match="this run trained the whole model"):
+        check_run(parse_args([*RESUME_BASE, "--output_dir", str(old), "--lora_r", "8"]))
+
+
+def test_a_streamed_runs_checkpoint_is_refused_before_any_data_is_prepared(flags, tmp_path, capsys):
+    """A --streaming run resumed without --streaming prepared the whole corpus into OUTPUT_DIR/data (what
+    --streaming exists to avoid) and only then refused the checkpoint, leaving the data behind."""
+    from shuangyu.training import cli
+
+    out = tmp_path / "run"
+    made_checkpoint(out, streaming=True)
+    i = flags.index("--data_dir")
+    no_data_dir = flags[:i] + flags[i + 2 :]
+    status = cli.main(
+        [*no_data_dir, "--max_steps", "8", "--output_dir", str(out), "--resume_from_checkpoint", "latest"]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "saved by a --streaming run: resume it with --streaming" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # no data/, lock or run_args.json
+    prepared = tmp_path / "prepared_run"
+    made_checkpoint(prepared)
+    i = no_data_dir.index("--preprocessing_num_workers")
+    streamed = [*no_data_dir[:i], *no_data_dir[i + 2 :], "--streaming"]
+    status = cli.main([*streamed, "--max_steps", "8", "--output_dir", str(prepared), "--resume_from_checkpoint",
+                       "latest"])  # fmt: skip
+    assert status == 2 and "saved by a run on prepared blocks" in capsys.readouterr().err
+    assert sorted(p.name for p in prepared.iterdir()) == ["checkpoints"]
+
+
+def test_a_resumed_run_keeps_its_optimizer_and_takes_a_new_schedule(flags, tmp_path, capsys):
+    """Through the command, in process: the checkpoint records the flags, a changed --learning_rate is refused with
+    the run left as it was, and a changed schedule is what the resumed steps follow."""
+    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import cli
+
+    out = tmp_path / "run"
+    args = [*flags, "--output_dir", str(out), "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3"]
+    assert cli.main([*args, "--max_steps", "4"]) == 0
+    record = ckpt.read_checkpoint_info(ckpt.checkpoint_dir(out, 4))[ckpt.TRAINED_WITH]
+    assert record["learning_rate"] == 1e-3 and record["optimizer"] == "adamw" and record["lora_r"] == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main([*args, "--max_steps", "8", "--learning_rate", "0.5"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "this run trained with --learning_rate 0.001, not with --learning_rate 0.5" in lines[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # run_args.json too
+    schedule = ["--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "1"]
+    assert cli.main([*args, "--max_steps", "8", *schedule]) == 0
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["train/lr"] for r in rows if r["step"] > 4] == [1e-3] * 4  # the new schedule at the run's peak
 
 
 def test_a_damaged_latest_checkpoint_is_passed_over_for_the_one_before(flags, tmp_path):

@@ -10,6 +10,7 @@ Layout under --output_dir:
                                               of the sources, so accelerate's main-process-only custom state
                                               cannot hold it)
     checkpoints/step-00001000/checkpoint.json written last: its presence marks the checkpoint complete
+                                              (and it records the flags a resume must keep)
     checkpoints/.step-00001000.tmp/           a checkpoint being written; renamed when done
     final/                                    a copy of the last checkpoint's model/, when the run finishes
 
@@ -120,6 +121,100 @@ def check_data_kind(path: Path, streaming: bool) -> None:
             f"--resume_from_checkpoint {path}: saved by a --streaming run: resume it with --streaming and the same "
             "sources"
         )
+
+
+# The flags that shape the optimizer state a checkpoint holds. accelerator.load_state puts the checkpoint's
+# parameter groups (learning rate, weight decay, betas, eps, Muon's momentum and scale) and the scheduler's peak
+# rates back over the ones these flags built, so a changed value would be silently ignored; another optimizer,
+# --embedding_learning_rate set or not, or another LoRA adapter has other parameter groups or weights, which do not
+# load at all. The schedule's shape (--lr_scheduler_type, --warmup_steps, --min_lr_ratio, --decay_fraction,
+# --max_steps) and --max_grad_norm are the command's own on a resume: they are not recorded.
+OPTIMIZER_FLAGS = (
+    "optimizer",
+    "learning_rate",
+    "embedding_learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "muon_momentum",
+    "muon_scale",
+)
+MUON_FLAGS = ("muon_momentum", "muon_scale")  # unused by an AdamW run: free to change
+TRAINED_WITH = "trained_with"  # checkpoint.json's record of them, as the run applied them
+
+
+def trained_with(config) -> dict:
+    """The run's values of the flags a resume must keep, for checkpoint.json."""
+    record = {name: getattr(config.optim, name) for name in OPTIMIZER_FLAGS}
+    if config.lora.lora_r:  # the adapter always trains with AdamW (finetune.adapter_optimizer)
+        record["optimizer"] = "adamw"
+    record["lora_r"] = config.lora.lora_r
+    record["lora_target_modules"] = sorted(config.lora.lora_target_modules)
+    return record
+
+
+def recorded_flags(path: Path) -> dict:
+    """A checkpoint's record of its run's flags; one saved before the record was kept tells only whether it holds
+    a LoRA adapter, and its rank (its model/ folder's adapter_config.json)."""
+    record = read_checkpoint_info(path).get(TRAINED_WITH)
+    if record is not None:
+        return record
+    try:
+        return {"lora_r": json.loads((path / "model" / "adapter_config.json").read_text())["r"]}
+    except FileNotFoundError:
+        return {"lora_r": 0} if (path / "model" / "config.json").is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # loading it says what is wrong
+
+
+def check_resume_flags(path: Path, config) -> None:
+    """A resume continues the run it resumes: a flag that shapes its optimizer state or adapter, given another
+    value, is refused in a line that names the run's value (before anything is loaded)."""
+    saved, now = recorded_flags(path), trained_with(config)
+    if "lora_r" in saved and saved["lora_r"] != now["lora_r"]:
+        was, given = saved["lora_r"], now["lora_r"]
+        if was:
+            given_text = f"--lora_r {given}" if given else "the whole model (no --lora_r)"
+            raise UsageError(
+                f"--resume_from_checkpoint {path}: this run trained a LoRA adapter with --lora_r {was}, not "
+                f"{given_text}: resume with --lora_r {was}"
+            )
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: this run trained the whole model, not a LoRA adapter (--lora_r "
+            f"{given}): resume without --lora_r, or train an adapter on its weights in a new --output_dir with "
+            f"--model_name_or_path {path / 'model'}"
+        )
+    if now["lora_r"] and saved.get("lora_target_modules", now["lora_target_modules"]) != now["lora_target_modules"]:
+        was = _with("lora_target_modules", saved["lora_target_modules"])
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: this run trained a LoRA adapter {was}, not "
+            f"{_with('lora_target_modules', now['lora_target_modules'])}: resume {was}"
+        )
+    for name in OPTIMIZER_FLAGS:
+        if name not in saved or saved[name] == now[name]:
+            continue
+        if name in MUON_FLAGS and saved.get("optimizer") != "muon":
+            continue
+        was, given = saved[name], now[name]
+        if now["lora_r"]:
+            elsewhere = (
+                f"merge its adapter (python -m shuangyu.training.merge_lora {path / 'model'} DIR) and fine-tune DIR "
+                "in a new --output_dir"
+            )
+        else:
+            elsewhere = f"train on from its weights in a new --output_dir with --model_name_or_path {path / 'model'}"
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: this run trained {_with(name, was)}, not {_with(name, given)}, and "
+            f"a resume continues its optimizer state: resume {_with(name, was)}, or {elsewhere}"
+        )
+
+
+def _with(name: str, value) -> str:
+    """'with --flag VALUE', or 'without --flag' for a flag left unset."""
+    if value is None:
+        return f"without --{name}"
+    return f"with --{name} {' '.join(value) if isinstance(value, list) else value}"
 
 
 # What makes one model's saved state fit another's: a checkpoint from a different shape fails deep inside

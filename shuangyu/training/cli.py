@@ -11,12 +11,14 @@ before that, in a few seconds, by every process of a launch alike (one of them s
 from __future__ import annotations
 
 import sys
+import time
 
 from shuangyu.errors import UsageError, print_error
 from shuangyu.training.arguments import parse_args
 from shuangyu.training.checks import check_run, is_first_process
 
 PROG = "train_clm.py"
+SAY_IT_FIRST_S = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         config = parse_args(argv, PROG)
         out, resume_dir = check_run(config)
     except UsageError as err:
-        return print_error(PROG, err, show=is_first_process())
+        first = is_first_process()
+        status = print_error(PROG, err, show=first)
+        if not first:
+            # every process meets the same error; the launcher stops them all when one exits, so the others wait
+            # for the first to say it (it exits at once, ending the wait)
+            time.sleep(SAY_IT_FIRST_S)
+        return status
     from shuangyu.training.train import train  # the heavy imports, for a run that can start
 
     return train(config, out, resume_dir)

@@ -185,7 +185,6 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     accelerator.register_for_checkpointing(*([] if streaming else [loader]), state, scheduler)
     accelerator.register_save_state_pre_hook(ckpt.drop_shared_tensors)
     if resume_dir:
-        ckpt.check_data_kind(resume_dir, streaming)
         ckpt.check_model_shape(resume_dir, accelerator.unwrap_model(model).config)
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))
@@ -389,7 +388,12 @@ def save(run: Run) -> None:
         run.model,
         run.tokenizer,
         card=card,
-        info={"tokens": state.tokens, "max_steps": run.max_steps, "bad_in_a_row": state.bad_in_a_row},
+        info={
+            "tokens": state.tokens,
+            "max_steps": run.max_steps,
+            "bad_in_a_row": state.bad_in_a_row,
+            ckpt.TRAINED_WITH: ckpt.trained_with(run.config),  # run_args.json is rewritten by every resume
+        },
         keep_last=run.config.checkpoint.save_total_limit,
         stream_positions=positions,
     )

@@ -425,3 +425,13 @@ def test_dpo_ctrl_c_before_the_first_save_removes_the_folder_it_made(tiny_chat_m
     err = capsys.readouterr().err
     assert err.endswith(f"{dpo.PROG}: interrupted; no step was saved: rerun the same command to start again\n")
     assert "Traceback" not in err and not out.exists()
+
+
+def test_dpo_overwrite_output_dir_deletes_the_earlier_runs_checkpoints(tmp_path):
+    """Else `latest` would later resume the earlier run's checkpoint-40 past this run's checkpoint-4."""
+    from shuangyu.training.dpo import start_fresh
+
+    for name in ("checkpoint-4", "checkpoint-40", "final", "runs"):
+        (tmp_path / name).mkdir()
+    start_fresh(tmp_path)
+    assert os.listdir(tmp_path) == ["runs"]

@@ -270,3 +270,168 @@ def test_a_shuangyu_checkpoint_trains_as_a_reward_model_under_trl(tiny_chat_mode
     trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss)) and not torch.equal(before, model.score.weight)
+
+
+def dpo_flags(model: Path, out: Path, pairs: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(model), "--output_dir", str(out), "--train_files", str(pairs),
+        "--per_device_train_batch_size", "2", "--save_steps", "1", "--max_length", "128", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def few_pairs(sft_data_dir, tmp_path) -> Path:
+    return first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "pairs.jsonl")
+
+
+def test_dpo_refuses_an_output_dir_holding_its_inputs_before_any_work(tiny_chat_model_dir, few_pairs, tmp_path, capsys):
+    """Whatever --overwrite_output_dir says: the run replaces final/ and checkpoint-N there (found: the start model
+    in X/final, replaced with no message)."""
+    import shutil
+
+    from shuangyu.training.dpo import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_chat_model_dir, run / "final")
+    weights = (run / "final" / "model.safetensors").read_bytes()
+    for out, extra in ((run, ()), (run, ("--overwrite_output_dir", "true")), (tmp_path, ())):
+        assert main(dpo_flags(run / "final", out, few_pairs, "--max_steps", "1", *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--output_dir {out} is or holds " in err, err
+        assert "choose another --output_dir" in err
+    assert (run / "final" / "model.safetensors").read_bytes() == weights and sorted(os.listdir(run)) == ["final"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max_steps", "0"], "--max_steps 0: must be at least 1"),
+        (["--max_steps", "-2"], "--max_steps -2: must be at least 1"),
+        (
+            ["--resume_from_checkpoint", "nowhere/checkpoint-4"],
+            "--resume_from_checkpoint nowhere/checkpoint-4 does not "
+            "exist: name an OUTPUT_DIR/checkpoint-N folder, or pass latest",
+        ),  # fmt: skip
+        (["--resume_from_checkpoint", "{out}/checkpoint-3"], "is not a complete checkpoint (no trainer_state.json"),
+        ([], "holds another run; pass --resume_from_checkpoint latest to continue it, or --overwrite_output_dir"),
+        (["--resume_from_checkpoint", "latest"], "holds a run but no complete checkpoint to resume"),
+    ],
+)
+def test_dpo_refuses_bad_flags_in_one_line_before_any_work(
+    tiny_chat_model_dir, few_pairs, tmp_path, capsys, monkeypatch, extra, message
+):
+    import shuangyu.training.dpo as dpo
+
+    out = tmp_path / "out"
+    (out / "checkpoint-3").mkdir(parents=True)  # an earlier run's, its save cut short (no trainer_state.json)
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a: pytest.fail("refused only after the set-up"))
+    extra = [value.format(out=out) for value in extra]
+    assert dpo.main(dpo_flags(tiny_chat_model_dir, out, few_pairs, "--max_steps", "1", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_dpo_output_dir_that_is_a_file_is_one_line(tiny_chat_model_dir, few_pairs, tmp_path, capsys):
+    from shuangyu.training.dpo import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(dpo_flags(tiny_chat_model_dir, tmp_path / "afile", few_pairs, "--max_steps", "1")) == 2
+    assert capsys.readouterr().err.endswith(f"--output_dir {tmp_path / 'afile'} is a file, not a folder: choose "
+                                            "another path\n")  # fmt: skip
+
+
+def test_dpo_resume_latest_is_the_newest_complete_checkpoint(tmp_path):
+    from shuangyu.training.dpo import resolve_resume
+
+    assert resolve_resume(tmp_path, "latest") is None  # none: start afresh, as train_clm.py
+    for step, complete in ((2, True), (10, True), (12, False)):  # 12: a save cut short
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resolve_resume(tmp_path, "latest") == tmp_path / "checkpoint-10"
+    assert resolve_resume(tmp_path, None) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_tied_chat_model_dir(tiny_chat_model_dir, tmp_path_factory) -> Path:
+    """The chat model with its head tied to the embedding (as the demo's models are): saved without lm_head."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_model_dir, trust_remote_code=True, tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny_tied_chat") / "model"
+    model.save_pretrained(out)
+    for name in os.listdir(tiny_chat_model_dir):
+        if name.startswith("tokenizer") or name.endswith(".jinja"):
+            shutil.copy(tiny_chat_model_dir / name, out / name)
+    return out
+
+
+def test_dpo_rerun_resume_and_ctrl_c_keep_what_is_on_disk(tiny_tied_chat_model_dir, few_pairs, tmp_path, capsys,
+                                                           monkeypatch):  # fmt: skip
+    """A finished run is not trained over by the same command; a resumed one (`latest`) loads the tied head without
+    the Trainer's "missing keys" warning; Ctrl-C while final/ is written is one line and exit 130, the earlier
+    final/ whole and the last checkpoint named."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    import shuangyu.training.dpo as dpo
+
+    out = tmp_path / "dpo"
+    assert dpo.main(dpo_flags(tiny_tied_chat_model_dir, out, few_pairs, "--max_steps", "1")) == 0
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert dpo.main(dpo_flags(tiny_tied_chat_model_dir, out, few_pairs, "--max_steps", "1")) == 2
+    assert "holds another run; pass --resume_from_checkpoint latest" in capsys.readouterr().err
+
+    warned = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warned.append(record.getMessage())
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo, "finish_folder", interrupt)
+    hf_logging.add_handler(handler)
+    try:
+        flags = dpo_flags(tiny_tied_chat_model_dir, out, few_pairs, "--max_steps", "2")
+        assert dpo.main([*flags, "--resume_from_checkpoint", "latest"]) == 130
+    finally:
+        hf_logging.remove_handler(handler)
+    assert not [w for w in warned if "missing keys" in w], warned
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"{dpo.PROG}: interrupted; the last checkpoint, {out / 'checkpoint-2'}, is intact: rerun with "
+        "--resume_from_checkpoint latest"
+    )
+    assert (out / "final" / "model.safetensors").read_bytes() == weights
+    assert not [p for p in os.listdir(out) if p.startswith(".")]
+
+
+def test_dpo_ctrl_c_before_the_first_save_removes_the_folder_it_made(tiny_chat_model_dir, few_pairs, tmp_path,
+                                                                    capsys, monkeypatch):  # fmt: skip
+    from trl import DPOTrainer
+
+    import shuangyu.training.dpo as dpo
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DPOTrainer, "training_step", interrupt)
+    out = tmp_path / "dpo"
+    assert dpo.main(dpo_flags(tiny_chat_model_dir, out, few_pairs, "--max_steps", "2")) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"{dpo.PROG}: interrupted; no step was saved: rerun the same command to start again\n")
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_dpo_overwrite_output_dir_deletes_the_earlier_runs_checkpoints(tmp_path):
+    """Else `latest` would later resume the earlier run's checkpoint-40 past this run's checkpoint-4."""
+    from shuangyu.training.dpo import start_fresh
+
+    for name in ("checkpoint-4", "checkpoint-40", "final", "runs"):
+        (tmp_path / name).mkdir()
+    start_fresh(tmp_path)
+    assert os.listdir(tmp_path) == ["runs"]

@@ -83,17 +83,21 @@ RUN_ENTRIES = frozenset(
 )  # fmt: skip
 
 
-def check_output_dir(out: Path, overwrite: bool, resume: str | None) -> None:
+def check_output_dir(
+    out: Path, overwrite: bool, resume, holds_run: bool | None = None, run_entries: frozenset = RUN_ENTRIES
+) -> None:
     """Refuse to train over another run unless resuming it or told to overwrite it, into a folder of other files
-    unless told to, and into a folder that cannot be written, before the work rather than after it."""
+    unless told to, and into a folder that cannot be written, before the work rather than after it. `holds_run`
+    and `run_entries` are another command's (DPO's Trainer folders), where its run is not train_clm.py's."""
     check_writable_folder(out, "--output_dir")
-    holds_run = ckpt.complete_checkpoints(out) or (out / "final").exists()
+    if holds_run is None:
+        holds_run = bool(ckpt.complete_checkpoints(out)) or (out / "final").exists()
     if holds_run and not resume and not overwrite:
         raise UsageError(
             f"--output_dir {out} holds another run; pass --resume_from_checkpoint latest to continue it, "
             "or --overwrite_output_dir to start over"
         )
-    others = [] if holds_run or not out.is_dir() else foreign_entries(out)
+    others = [] if holds_run or not out.is_dir() else foreign_entries(out, run_entries)
     if others and not overwrite:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise UsageError(
@@ -102,6 +106,6 @@ def check_output_dir(out: Path, overwrite: bool, resume: str | None) -> None:
         )
 
 
-def foreign_entries(out: Path) -> list[str]:
+def foreign_entries(out: Path, run_entries: frozenset = RUN_ENTRIES) -> list[str]:
     """The names in `out` that no run writes (a copied tokenizer, a user's files): training would mix its own in."""
-    return sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+    return sorted(p.name for p in out.iterdir() if p.name not in run_entries and not p.name.startswith("."))

@@ -13,18 +13,24 @@ as one message), checked row by row (shuangyu.text.conversations.read_preference
 model's context, and the pairs TRL leaves out or cuts for it are counted and told); `--lora_r` trains a LoRA
 adapter instead of the whole model (the reference is then the model without it). The optimizer is the Trainer's
 AdamW: Muon is train_clm.py's. OUTPUT_DIR/checkpoint-N are the Trainer's checkpoints (resume with
-`--resume_from_checkpoint OUTPUT_DIR/checkpoint-N`); OUTPUT_DIR/final is the model to share.
+`--resume_from_checkpoint latest`, the newest, or `OUTPUT_DIR/checkpoint-N`); OUTPUT_DIR/final is the model to
+share, written whole at the end. As train_clm.py, an OUTPUT_DIR that holds a run is trained over only when resumed
+or with `--overwrite_output_dir`, and never when it holds the model or pairs being read.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import shutil
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.files import atomic_folder, check_holds_no_input, check_writable_folder
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import write_card
@@ -35,6 +41,7 @@ from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokeniz
 from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
 from shuangyu.training.arguments import LoraArguments
+from shuangyu.training.checks import check_output_dir, is_first_process
 from shuangyu.training.config_file import load_yaml_config
 from shuangyu.training.finetune import lora_config
 
@@ -50,6 +57,9 @@ class DPOArguments:
     validation_files: list[str] = field(default_factory=list, metadata={"help": "Held-out pairs, for eval loss."})
     dataset_name: str | None = field(default=None, metadata={"help": "Or a Hub dataset of pairs: NAME[:CONFIG]."})
     dataset_split: str = field(default="train")
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start over in an --output_dir that holds a run (its checkpoints go)."}
+    )
 
 
 def read_pairs(specs: list[str], flag: str) -> list[dict]:
@@ -128,13 +138,94 @@ def parse_args(argv: list[str] | None):
     return groups
 
 
-def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> tuple[Path, dict]:
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint-N without it is half-written
+# What a DPO run writes into its --output_dir besides checkpoint-N: final/, TRL's card, the Trainer's trackers' logs
+RUN_ENTRIES = frozenset({"final", "README.md", "runs", "wandb"})
+
+
+def trainer_checkpoints(out: Path, complete: bool = True) -> list[Path]:
+    """The Trainer's checkpoint-N folders in `out`, oldest first; `complete`: only those it finished saving."""
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found) if not complete or (p / TRAINER_STATE).is_file()]
+
+
+def resolve_resume(out: Path, resume_from: str | None) -> Path | None:
+    """`latest`: the newest complete checkpoint-N in `out`, or None to start afresh when there is none (as
+    train_clm.py); a path: that checkpoint, if the Trainer finished saving it."""
+    if not resume_from:
+        return None
+    if resume_from == "latest":
+        done = trainer_checkpoints(out)
+        return done[-1] if done else None
+    path = Path(resume_from)
+    if not (path / TRAINER_STATE).is_file():
+        what = "does not exist" if not path.exists() else f"is not a complete checkpoint (no {TRAINER_STATE} in it)"
+        raise UsageError(
+            f"--resume_from_checkpoint {path} {what}: name an OUTPUT_DIR/checkpoint-N folder, or pass latest"
+        )
+    return path
+
+
+def check_run(args: DPOArguments, config) -> Path | None:
+    """Before any work (the data, the model): the flags and the output folder, as train_clm.py checks them; the
+    checkpoint to resume from (None: start afresh)."""
+    if not args.model_name_or_path:
+        raise UsageError("give --model_name_or_path (an SFT run's final/ folder)")
+    if not config.output_dir:
+        raise UsageError("give --output_dir")
+    if config.max_steps < 1 and config.max_steps != -1:  # -1, the Trainer's default: --num_train_epochs decides
+        raise UsageError(f"--max_steps {config.max_steps}: must be at least 1")
+    out = Path(config.output_dir)
+    check_writable_folder(out, "--output_dir")
+    # the run replaces final/ and checkpoint-N, and --overwrite_output_dir deletes them: never where the inputs are
+    inputs = [("the model (--model_name_or_path)", args.model_name_or_path)]
+    for flag, specs in (("--train_files", args.train_files), ("--validation_files", args.validation_files)):
+        for spec in specs:
+            inputs += [(f"the pairs ({flag})", p) for p in resolve_files(parse_file_source(spec, flag), flag=flag)]
+    check_holds_no_input(out, [(what, path) for what, path in inputs if Path(path).exists()], "--output_dir")
+    resume_dir = resolve_resume(out, config.resume_from_checkpoint)
+    holds_run = bool(trainer_checkpoints(out, complete=False)) or (out / "final").exists()
+    if holds_run and resume_dir is None and config.resume_from_checkpoint and not args.overwrite_output_dir:
+        raise UsageError(
+            f"--resume_from_checkpoint latest: --output_dir {out} holds a run but no complete checkpoint to resume "
+            "(a final/, or a checkpoint cut short); pass --overwrite_output_dir to start over, or choose another "
+            "--output_dir"
+        )
+    check_output_dir(out, args.overwrite_output_dir, resume_dir, holds_run, RUN_ENTRIES)
+    return resume_dir
+
+
+def start_fresh(out: Path) -> None:
+    """--overwrite_output_dir without resuming: the earlier run's checkpoints and final model go (a later `latest`
+    would otherwise pick up one of its checkpoints past this run's)."""
+    for path in trainer_checkpoints(out, complete=False):
+        shutil.rmtree(path)
+    shutil.rmtree(out / "final", ignore_errors=True)
+
+
+def interrupted_state(out: Path, created: bool) -> str:
+    """What an interrupted run leaves, once what it left half-written is gone: a checkpoint-N the Trainer had not
+    finished saving, and the folder itself when the run made it and kept nothing in it."""
+    for path in trainer_checkpoints(out, complete=False):
+        if not (path / TRAINER_STATE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+    done = trainer_checkpoints(out)
+    if done:
+        return f"the last checkpoint, {done[-1]}, is intact: rerun with --resume_from_checkpoint latest"
+    if created and not (out / "final").exists():
+        shutil.rmtree(out, ignore_errors=True)  # TRL's card at most, written as the first save began
+    return "no step was saved: rerun the same command to start again"
+
+
+def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path | None = None) -> tuple[Path, dict]:
+    """Train from the checked flags (check_run) and write OUTPUT_DIR/final; (final, the training pairs' counts)."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
-    if not args.model_name_or_path:
-        raise UsageError("give --model_name_or_path (an SFT run's final/ folder)")
     folder = Path(args.model_name_or_path)
     if config.truncation_mode != "keep_start":  # the counts below, the note and the card are keep_start's
         raise UsageError(
@@ -154,6 +245,10 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> tuple[Path, di
     train, validation = load_pairs(args)
     config.trust_remote_code = True  # TRL loads the reference model from the folder too: its code is ours
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
+    # The Trainer resumes the weights with load_state_dict and warns of every key the file lacks unless the keys are
+    # the model's _keys_to_ignore_on_save (it then ties the weights again); save_pretrained leaves a tied head out
+    # of the file without listing it there, so each resume warned of lm_head.weight. Listed, saves are unchanged.
+    model._keys_to_ignore_on_save = set(getattr(model, "all_tied_weights_keys", None) or {})
     context = model.config.max_position_embeddings
     if config.max_length is not None and config.max_length > context:
         print(f"{PROG}: note: --max_length {config.max_length} -> {context} (the model's context)", file=sys.stderr)
@@ -173,12 +268,19 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config) -> tuple[Path, di
     if validation:
         fits["validation"] = fitted_pairs(len(validation), trainer.eval_dataset, config.max_length)
     check_fits(fits, config.max_length, context, trainer.is_world_process_zero())
+    out = Path(config.output_dir)
+    main = trainer.is_world_process_zero()
+    if args.overwrite_output_dir and resume_dir is None and main:
+        start_fresh(out)
     with reading_the_old_checkpointing_name():  # TRL reads it at every step
-        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    final = Path(config.output_dir) / "final"
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        finish_folder(final, trainer.model, tokenizer, args, lora, config, fits)
+        trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    final = out / "final"
+    tmp = out / ".final.tmp"  # one name every process knows: saving a sharded model is collective
+    # written whole: an interruption or an error leaves the earlier final/ (or none), never half of one
+    with atomic_folder(final, tmp) if main else nullcontext(tmp):
+        trainer.save_model(str(tmp))
+        if main:
+            finish_folder(tmp, final, trainer.model, tokenizer, args, lora, config, fits)
     return final, fits["train"]
 
 
@@ -213,13 +315,14 @@ def check_fits(fits: dict, max_length: int, context: int, tell: bool) -> None:
         print(f"{PROG}: note: --max_length {max_length}: {'; '.join(parts)}; {fix}", file=sys.stderr, flush=True)
 
 
-def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, config, fits: dict) -> None:
-    """The saved model as a Shuangyu chat folder: tokenizer with the template, stop at <|im_end|>, our card."""
-    tokenizer.save_pretrained(final)
+def finish_folder(folder: Path, final: Path, model, tokenizer, args: DPOArguments, lora, config, fits: dict) -> None:
+    """The model saved in `folder` (renamed to `final` next) as a Shuangyu chat folder: tokenizer with the template,
+    stop at <|im_end|>, our card."""
+    tokenizer.save_pretrained(folder)
     if not lora.lora_r:
         chat_generation(model.generation_config, tokenizer)
-        model.generation_config.save_pretrained(final)
-    (final / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
+        model.generation_config.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
     files = [Path(f).name for f in args.train_files]
     sources = [{"name": "preference", "files": files, "dataset": args.dataset_name, **fits["train"]}]
     if "validation" in fits:
@@ -241,17 +344,27 @@ def finish_folder(final: Path, model, tokenizer, args: DPOArguments, lora, confi
     if lora.lora_r:
         training["lora"] = {"r": lora.lora_r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
                             "target_modules": list(lora.lora_target_modules)}  # fmt: skip
-    write_card(final, name=final.parent.resolve().name, training=training)
-    write_card(final, load_path=str(final))
+    write_card(folder, name=final.parent.resolve().name, training=training)
+    write_card(folder, load_path=str(final))
 
 
 def main(argv: list[str] | None = None) -> int:
     bars_only_on_a_terminal()
+    out, created = None, False
+    first = is_first_process()  # of a launch: the one that speaks and tidies
     try:
         args, lora, config = parse_args(argv)
-        final, fit = train_dpo(args, lora, config)
+        resume_dir = check_run(args, config)
+        out = Path(config.output_dir)
+        created = not out.exists()  # the Trainer makes it as it starts
+        final, fit = train_dpo(args, lora, config, resume_dir)
     except UsageError as err:
-        return print_error(PROG, err)
+        if created and first and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused after the Trainer made it (the pairs did not fit): not left behind empty
+        return print_error(PROG, err, show=first)
+    except KeyboardInterrupt:
+        left = interrupted_state(out, created) if out and first else "nothing was written"
+        return print_interrupted(PROG, left, show=first)
     print(f"done: DPO on {fit['used']:,} of {fit['pairs']:,} preference pairs; model in {final}")
     return 0
 

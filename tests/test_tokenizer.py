@@ -384,6 +384,22 @@ def test_hub_dataset_code_path_on_a_local_dataset_folder(tmp_path, corpus_dir):
     assert AutoTokenizer.from_pretrained(out).is_fast
 
 
+def test_a_source_without_weight_is_read_once_however_far_below_the_cap(tmp_path, corpus_dir):
+    """Its natural share is one pass: a small dataset (size unknown) or file is not read again up to the cap."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(head_lines(corpus_dir / "en/bbc_news.jsonl", 20), encoding="utf-8")
+    small = write_jsonl(tmp_path / "small.jsonl", [f"small doc {i} " * 10 for i in range(30)])
+    for spec, docs in ((parse_dataset_source(f"en={folder}", "--dataset"), 20), (parse_file_source(str(small)), 30)):
+        files = [] if spec.is_dataset else resolve_files(spec)
+        [(stats, read)] = _read(plan_mixture([spec], [files], 20_000_000))
+        assert (stats.passes, len(read), len(set(read))) == (1, docs, docs), spec.name
+    # weights still repeat a small source to its share of a mix
+    specs = [parse_dataset_source(f"en={folder}:1", "--dataset"), parse_file_source(f"s={small}:1")]
+    (ds_stats, _), (small_stats, _) = _read(plan_mixture(specs, [[], resolve_files(specs[1])], 200_000))
+    assert ds_stats.passes > 1 and small_stats.passes > 1
+
+
 # --- bad input: one line, exit status 2, nothing left behind ----------------------------------------
 
 

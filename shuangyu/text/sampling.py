@@ -31,6 +31,7 @@ class SourcePlan:
     files: list[Path]
     estimated_bytes: int | None  # None: unknown (a streamed dataset)
     budget: float  # bytes of text to take; math.inf: all of it, once
+    repeat: bool = True  # read the source again while short of the budget; only a weight asks for more than it holds
 
 
 def plan_mixture(
@@ -39,7 +40,8 @@ def plan_mixture(
     """Split the byte budget over sources.
 
     The total is the corpus size, capped at `max_bytes` (None: no cap). Without weights every source
-    keeps its natural share of it. With weights each source gets its weight's share of the total, in
+    keeps its natural share of it: it is read once at most, however small, so a source of unknown size
+    alone is read until the cap or its end. With weights each source gets its weight's share of the total, in
     bytes of text: a larger source is sampled down, a smaller one is read again (upsampled), so that one
     language cannot crowd the other out. A source of unknown size (a streamed dataset) needs weights
     and a cap whenever it is mixed with others.
@@ -69,14 +71,17 @@ def plan_mixture(
         budgets = [math.inf] * len(sources)  # everything, once
     else:
         budgets = [total * e / max(sum(estimates), 1) for e in estimates]
-    return [SourcePlan(s, f, e, b) for s, f, e, b in zip(sources, files, estimates, budgets, strict=True)]
+    # repeats only balance weighted sources against each other: a lone source is the whole corpus, read once
+    repeat = sources[0].weight is not None and len(sources) > 1
+    return [SourcePlan(s, f, e, b, repeat) for s, f, e, b in zip(sources, files, estimates, budgets, strict=True)]
 
 
 def sample_source(
     plan: SourcePlan, opts: ReadOptions, stats: ReadStats, seed: int, split: str = "train"
 ) -> Iterator[str]:
     """Yield documents of one source until its byte budget is met, sampling documents at a rate planned
-    from the source's size, and passing over the source again if it is smaller than its budget."""
+    from the source's size, and passing over the source again if it is smaller than its budget and its plan
+    repeats (a weighted mix)."""
     rng = random.Random(f"{seed}:{plan.spec.name}")
     budget = plan.budget
     passes = 0
@@ -103,7 +108,7 @@ def sample_source(
         passes += 1
         if stats.bytes == before and (rate >= 1.0 or math.isinf(budget)):
             raise UsageError(f"source {plan.spec.name!r} holds no text (check the files and --text_column)")
-        if math.isinf(budget) or stats.bytes >= SHORTFALL_OK * budget:
-            return  # close enough: a second pass for the last few percent would only add repeats
+        if not plan.repeat or math.isinf(budget) or stats.bytes >= SHORTFALL_OK * budget:
+            return  # a natural share is one pass; else close enough: another pass would only add repeats
         # a whole pass tells the source's real size: plan the next pass on it
         plan.estimated_bytes = max(1, int((stats.bytes - before) / rate))

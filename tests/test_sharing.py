@@ -13,7 +13,7 @@ import pytest
 from hub_standin import HubStandIn, run_card_code
 from huggingface_hub import ModelCard
 
-from shuangyu.sharing.card import write_card
+from shuangyu.sharing.card import render_card, write_card
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_ShuangyuTestToken0123456789abcdef"
@@ -108,6 +108,40 @@ def test_the_trainer_writes_a_model_card(tiny_cpu_run):
     assert "| precision | fp32 |" in text and "| tokens seen | 49,152 |" in text
     assert "Held-out validation at step 24" in text
     assert f'from_pretrained("{tiny_cpu_run / "final"}", trust_remote_code=True)' in text
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "fine-tuning", "adapter"])
+def test_the_card_for_the_hub_names_no_local_path(stage, tmp_path):
+    """The base model (SFT, DPO's chat model, merge_lora's and an adapter's base), a --dataset folder and a
+    validation source named by its file reach the card as local paths; the pushed form keeps only what a reader
+    can place (RUN/final), said to be local, and a Hub id as is. The folder's own card keeps the paths."""
+    base, folder = tmp_path / "base-run" / "final", tmp_path / "run" / "final"
+    folder.mkdir(parents=True)
+    if stage == "adapter":
+        adapter = {"r": 4, "base_model_name_or_path": str(base), "peft_type": "LORA"}
+        (folder / "adapter_config.json").write_text(json.dumps(adapter))
+    else:
+        (folder / "config.json").write_text(json.dumps({"model_type": "shuangyu", "num_hidden_layers": 2}))
+    source = {"name": "en", "files": [], "dataset": str(tmp_path / "ds"), "weight": None, "passes": 1}
+    validation = f"every 10 steps, the first rows of each source: {tmp_path / 'val' / 'zh.jsonl'} 16"
+    training = {
+        "stage": "sft" if stage == "adapter" else stage,
+        "base_model": str(base),
+        "sources": [source],
+        "recipe": {"model": str(base), "validation": validation},
+    }
+    write_card(folder, name="run", training=training)
+    write_card(folder, load_path=str(folder))
+    local = (folder / "README.md").read_text()
+    assert str(base) in local and str(folder) in local  # useful here: where the model came from, where it is
+    shared = render_card(folder, name="me/run", load_path="me/run", portable=True)
+    assert str(tmp_path) not in shared and "/tmp/" not in shared, [x for x in shared.splitlines() if "/tmp/" in x]
+    assert "`base-run/final` (a local folder)" in shared and "| model | base-run/final (a local folder) |" in shared
+    assert "| en | ds (a local folder) |" in shared and "the first rows of each source: zh.jsonl 16" in shared
+    hub = render_card(
+        folder, training=training | {"base_model": "org/base", "recipe": {"model": "org/base"}}, portable=True
+    )
+    assert "| model | org/base |" in hub
 
 
 def test_the_card_needs_no_lm_eval(checkpoint):
@@ -275,6 +309,8 @@ def test_train_clm_pushes_the_final_model_and_a_hub_user_loads_it(
 
 
 def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_path):
+    base = tmp_path / "base-run" / "final"  # as if fine-tuned from a local model: the pushed card must not say where
+    write_card(checkpoint, training={"stage": "fine-tuning", "base_model": str(base), "recipe": {"model": str(base)}})
     proc = subprocess.run(
         [
             *PUSH,
@@ -304,6 +340,9 @@ def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_pa
     files = hub.files("team/tiny-private", "exp-1")
     assert "model.safetensors" in files and any(n.startswith("runs/") for n in files)
     assert 'from_pretrained("team/tiny-private"' in files["README.md"].decode()
+    assert str(tmp_path) not in files["README.md"].decode() and "| model | base-run/final (a local folder) |" in (
+        files["README.md"].decode()
+    )
     assert f'from_pretrained("{tiny_cpu_run / "final"}"' in (checkpoint / "README.md").read_text()  # local copy kept
     assert_no_token(proc.stdout, proc.stderr)
     # private: a reader needs the token

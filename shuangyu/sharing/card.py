@@ -439,6 +439,52 @@ def card_stage(folder: Path) -> str:
     return stage or "fine-tuning"
 
 
+# An absolute path in running text: a slash that starts a word (not in a URL, `$3.95/h`, `<corpus>/<lang>`), with
+# two or more parts
+ABSOLUTE_PATH = re.compile(r"(?<![^\s(=\"'])/(?:[^\s/|`()\"',]+/)+[^\s/|`()\"',]+")
+
+
+def is_local_path(text: str) -> bool:
+    """TEXT names a file or folder of this machine by where it is (absolute, or from the home or current
+    folder), not a Hub id (OWNER/NAME). A relative path such as outputs/run/final names no machine and is
+    left as written."""
+    return text.strip().startswith(("/", "~/", "./", "../"))
+
+
+def shared_path(path: str) -> tuple[str, str]:
+    """A local PATH as a card for the Hub names it: what a reader can place without the machine, the run's
+    folder and what lies under it (ref40/final, ref40/checkpoints/step-N/model) or else the last name, and
+    what it is ("a local folder"), so that it is not taken for a Hub id."""
+    parts = Path(path.strip()).parts
+    if "checkpoints" in parts[1:]:
+        kept = parts[len(parts) - 1 - parts[::-1].index("checkpoints") - 1 :]
+    else:
+        kept = parts[-2:] if parts[-1] == "final" and len(parts) > 1 else parts[-1:]
+    return "/".join(kept), "a local file" if Path(path.strip()).suffix else "a local folder"
+
+
+def without_local_paths(body: str) -> str:
+    """BODY with every local path it names, in `code` or as a table cell (the base model, a --dataset folder),
+    reduced to shared_path's form: what the card says for the Hub names no folder of this machine."""
+
+    def code(match: re.Match) -> str:
+        if not is_local_path(match.group(1)):
+            return match.group(0)
+        short, kind = shared_path(match.group(1))
+        return f"`{short}` ({kind})"
+
+    def cell(match: re.Match) -> str:
+        if not is_local_path(match.group(1)):
+            return match.group(0)
+        short, kind = shared_path(match.group(1))
+        return f"{short} ({kind})"
+
+    body = re.sub(r"`([^`\n]+)`", code, body)
+    body = re.sub(r"(?<=\| )([^|`\n]+?)(?= \|)", cell, body)
+    # any other absolute path in running text (a validation source named by its file): its short form alone
+    return ABSOLUTE_PATH.sub(lambda m: shared_path(m.group(0))[0], body)
+
+
 def read_folder_config(folder: Path) -> dict:
     """config.json; for a LoRA adapter folder (adapter_config.json, no config.json), {"adapter": its config}."""
     path = folder / "config.json"
@@ -503,8 +549,11 @@ def render_card(
     evaluation: dict | None = None,
     curves: str | None = None,
     license: str | None = None,
+    portable: bool = False,
 ) -> str:
-    """FOLDER's model card (its README.md, or a new one) with the sections given rewritten."""
+    """FOLDER's model card (its README.md, or a new one) with the sections given rewritten. `portable`: the card
+    for the Hub, naming no path of this machine (the base model, a local dataset), where the folder's own card
+    keeps them, as it keeps its local load path, to find them again."""
     folder = Path(folder)
     config = read_folder_config(folder)
     path = folder / "README.md"
@@ -536,6 +585,9 @@ def render_card(
         data.model_name = None
     if license:
         data.license = license
+    if portable:
+        body = without_local_paths(body)
+        data.datasets = [d for d in data.datasets or [] if not is_local_path(d)] or None
     return f"---\n{data.to_yaml()}\n---\n\n{body.lstrip(chr(10))}"
 
 

@@ -111,8 +111,8 @@ def push_folder(
     check_token()
     if logs is not None and not Path(logs).is_dir():
         raise UsageError(f"--logs {logs}: not a folder")
-    # loading from the Hub repo in the pushed card; the folder's own card keeps its local path
-    card = render_card(folder, name=repo_id, load_path=repo_id, license=license).encode()
+    # loading from the Hub repo, naming no local path, in the pushed card; the folder's own card keeps its paths
+    card = render_card(folder, name=repo_id, load_path=repo_id, license=license, portable=True).encode()
     api = HfApi()
     create_repo(repo_id, private)
     try:

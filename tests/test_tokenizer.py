@@ -584,3 +584,21 @@ def test_ctrl_c_while_counting_exits_even_with_a_batch_stuck_for_a_dead_worker(t
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"train_bpe.py: interrupted; {out} was left as it was"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
+
+
+def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, monkeypatch, capsys):
+    """main() imports transformers (seconds) before parsing: Ctrl-C then was a KeyboardInterrupt traceback."""
+    import transformers
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers, "HfArgumentParser", ctrl_c)
+    argv = ["--files", "a.jsonl", "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:  # caught here: else it would stop pytest itself
+        pytest.fail("Ctrl-C escaped main() as a KeyboardInterrupt")
+    assert status == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["train_bpe.py: interrupted; nothing was written"]
+    assert list(tmp_path.iterdir()) == []

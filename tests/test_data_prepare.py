@@ -393,6 +393,26 @@ def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_token
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "worker processes left running"
 
 
+def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, monkeypatch, capsys):
+    """main() imports transformers (seconds) before parsing: Ctrl-C then was a KeyboardInterrupt traceback."""
+    import transformers
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers, "HfArgumentParser", ctrl_c)
+    argv = ["--tokenizer_name", "tok", "--files", "a.jsonl", "--output_dir", str(tmp_path / "out")]
+    try:
+        status = prepare_module.main(argv)
+    except KeyboardInterrupt:  # caught here: else it would stop pytest itself
+        pytest.fail("Ctrl-C escaped main() as a KeyboardInterrupt")
+    assert status == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "python -m shuangyu.data.prepare: interrupted; nothing was written"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 def _parent_pid(proc_dir) -> int | None:
     try:
         return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])

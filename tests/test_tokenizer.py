@@ -563,3 +563,58 @@ def test_model_tests_tokenizer_splits_as_ours():
     from test_model_support import PRETOKENIZE_PATTERN
 
     assert PRETOKENIZE_PATTERN == bpe.PRETOKENIZE_PATTERN
+
+
+# The counting processes are gone (Ctrl-C reached them too) while a batch larger than a pipe holds waits in a queue
+# for one of them: its feeder thread is stuck writing it. Then the parent's KeyboardInterrupt arrives.
+CTRL_C_WHILE_COUNTING = """
+import multiprocessing, sys
+from shuangyu.tokenizer import bpe
+from shuangyu.tokenizer.train_bpe import main
+
+counting = bpe.count_in_workers
+
+def interrupted_counting(pattern, max_pretokens, batches, workers):
+    def batches_then_ctrl_c():
+        for worker in multiprocessing.active_children():
+            worker.kill()
+            worker.join()
+        yield ["字" * 300_000]
+        raise KeyboardInterrupt
+    return counting(pattern, max_pretokens, batches_then_ctrl_c(), workers=2)
+
+bpe.count_in_workers = interrupted_counting
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_counting_exits_even_with_a_batch_stuck_for_a_dead_worker(tmp_path):
+    """multiprocessing joins each queue's feeder thread at exit: the one stuck writing to a dead counting process
+    kept the command from exiting after its one line, forever."""
+    good = write_jsonl(tmp_path / "good.jsonl", ["text 文本 " * 5] * 30)
+    out = tmp_path / "out"
+    argv = ["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_COUNTING, *argv], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"train_bpe.py: interrupted; {out} was left as it was"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
+
+
+def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, monkeypatch, capsys):
+    """main() imports transformers (seconds) before parsing: Ctrl-C then was a KeyboardInterrupt traceback."""
+    import transformers
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers, "HfArgumentParser", ctrl_c)
+    argv = ["--files", "a.jsonl", "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:  # caught here: else it would stop pytest itself
+        pytest.fail("Ctrl-C escaped main() as a KeyboardInterrupt")
+    assert status == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["train_bpe.py: interrupted; nothing was written"]
+    assert list(tmp_path.iterdir()) == []

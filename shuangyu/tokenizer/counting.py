@@ -238,6 +238,11 @@ def count_in_workers(pattern: str, max_pretokens: int, batches: Iterable[list[st
         for p in procs:
             if p.is_alive():
                 p.terminate()
+        # A queue's feeder thread may be blocked writing a batch to a worker that is gone (Ctrl-C stopped it);
+        # at exit multiprocessing joins that thread, forever, unless told not to.
+        for q in [*queues, results]:
+            q.cancel_join_thread()
+            q.close()
     return counter
 
 

@@ -239,11 +239,13 @@ def run(args: TrainBPEArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
-
-    parser = refuse_in_one_line(HfArgumentParser(TrainBPEArguments, prog=PROG, description=__doc__.split("\n\n")[0]))
     args = None
-    try:
+    try:  # the import too: Ctrl-C during its seconds was a KeyboardInterrupt traceback
+        from transformers import HfArgumentParser
+
+        parser = refuse_in_one_line(
+            HfArgumentParser(TrainBPEArguments, prog=PROG, description=__doc__.split("\n\n")[0])
+        )
         (args,) = parser.parse_args_into_dataclasses(args=argv)
         report = run(args)
     except UsageError as err:

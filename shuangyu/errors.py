@@ -8,7 +8,9 @@ not a usage error: it is reported as `RunDiverged`, with its own status, so scri
 
 from __future__ import annotations
 
+import signal
 import sys
+from contextlib import contextmanager
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -38,6 +40,39 @@ def print_interrupted(prog: str, what_is_left: str, show: bool = True) -> int:
     if show:
         print(f"\n{prog}: interrupted; {what_is_left}", file=sys.stderr, flush=True)
     return EXIT_INTERRUPTED
+
+
+_ctrl_c_seen = False
+
+
+@contextmanager
+def ctrl_c_remembered():
+    """Within it, Ctrl-C raises KeyboardInterrupt as always and is also remembered: Python ignores an exception
+    raised inside a __del__ (one in the regex module's, during garbage collection, took a Ctrl-C and prepare ran on
+    to the end, exit 0); `stop_if_ctrl_c_was_seen` raises it again where the work can stop cleanly. A SIGINT left
+    ignored (a command started in the background) stays ignored."""
+    global _ctrl_c_seen
+    _ctrl_c_seen = False
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        yield
+        return
+
+    def on_ctrl_c(signum, frame):
+        global _ctrl_c_seen
+        _ctrl_c_seen = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_if_ctrl_c_was_seen() -> None:
+    if _ctrl_c_seen:
+        raise KeyboardInterrupt
 
 
 def closest_flag(parser, unknown: list[str]) -> str:

@@ -413,6 +413,32 @@ def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_that_a_del_method_swallows_still_stops_prepare(tmp_path, data_tokenizer_dir, monkeypatch, capsys):
+    """Python ignores an exception raised inside a __del__: a Ctrl-C that landed in one (the regex module's, in
+    garbage collection) was lost and prepare ran to the end, exit 0. It still stops the run, before the folder."""
+    import signal
+
+    class DelTakesCtrlC:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside __del__
+
+    hold_out = prepare_module.hold_out_a_block_each
+
+    def ctrl_c_in_a_del(*args):
+        DelTakesCtrlC()
+        return hold_out(*args)
+
+    monkeypatch.setattr(prepare_module, "hold_out_a_block_each", ctrl_c_in_a_del)
+    src = write_jsonl(tmp_path / "small.jsonl", ["短文。 some text"] * 50)
+    out = tmp_path / "out"
+    argv = ["--tokenizer_name", str(data_tokenizer_dir), "--files", str(src), "--output_dir", str(out)]
+    assert prepare_module.main([*argv, "--block_size", "16"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"python -m shuangyu.data.prepare: interrupted; {out} was left as it was"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.jsonl"]
+
+
 def _parent_pid(proc_dir) -> int | None:
     try:
         return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -53,7 +53,15 @@ from shuangyu.data.prepared import (
     read_manifest,
     record_blocks,
 )
-from shuangyu.errors import UsageError, exception_chain, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import (
+    UsageError,
+    ctrl_c_remembered,
+    exception_chain,
+    print_error,
+    print_interrupted,
+    refuse_in_one_line,
+    stop_if_ctrl_c_was_seen,
+)
 from shuangyu.files import atomic_folder, check_writable_folder, disk_full_is_one_line
 from shuangyu.text.readers import ReadStats
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
@@ -119,6 +127,7 @@ def prepare(args: PrepareArguments, show_progress: bool = True, say=print) -> Pr
             manifest["inputs"] = recorded
             record_blocks(manifest, tmp, existing, out)
             del docs  # release the Arrow memory maps before their files are deleted with the folder
+            stop_if_ctrl_c_was_seen()  # a Ctrl-C that a __del__ swallowed: the folder stays as it was
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
             shutil.rmtree(tmp / "arrow", ignore_errors=True)  # the Arrow cache was only a means
     finally:
@@ -383,11 +392,15 @@ def format_report(data: PreparedData) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = None
     try:  # the import too: Ctrl-C during its seconds was a KeyboardInterrupt traceback
-        from transformers import HfArgumentParser
+        with ctrl_c_remembered():
+            from transformers import HfArgumentParser
 
-        parser = refuse_in_one_line(HfArgumentParser(PrepareArguments, prog=PROG, description=__doc__.split("\n\n")[0]))
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-        data = prepare(args)
+            parser = refuse_in_one_line(
+                HfArgumentParser(PrepareArguments, prog=PROG, description=__doc__.split("\n\n")[0])
+            )
+            (args,) = parser.parse_args_into_dataclasses(args=argv)
+            data = prepare(args)
+            stop_if_ctrl_c_was_seen()
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:  # Ctrl-C: the folder is written whole or not at all, so there is nothing to clean

@@ -68,6 +68,7 @@ def ctrl_c_remembered():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _ctrl_c_seen = False  # outside the block nothing asks, and a later call must not see this one's
 
 
 def stop_if_ctrl_c_was_seen() -> None:

@@ -209,3 +209,22 @@ def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():
     assert result["tokens"] == 2 * tokens and result["bytes"] == 2 * text_bytes
     assert result["loss"] == pytest.approx(float(nll) / tokens, rel=1e-5)
     assert result["bits_per_byte"] == pytest.approx(float(nll) / (text_bytes * math.log(2)), rel=1e-5)
+
+
+def train_clm_help() -> dict[str, str]:
+    """train_clm.py's help per flag, as --help prints it."""
+    from transformers import HfArgumentParser
+
+    from shuangyu.training.arguments import ARGUMENT_CLASSES
+
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    return {a.option_strings[0]: a.help or "" for a in parser._actions if a.option_strings}
+
+
+def test_the_commands_named_in_train_clm_help_exist():
+    import importlib.util
+    import re
+
+    named = {m for text in train_clm_help().values() for m in re.findall(r"python -m ([\w.]+)", text)}
+    assert "shuangyu.data.prepare" in named
+    assert [m for m in named if importlib.util.find_spec(m) is None] == []

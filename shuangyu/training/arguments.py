@@ -89,11 +89,14 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Prepared data folder (python -m training.data prepare); built here if missing. "
+            "help": "Prepared data folder (python -m shuangyu.data.prepare); built here if missing. "
             "Default: OUTPUT_DIR/data."
         },
     )
-    block_size: int = field(default=1024, metadata={"help": "Tokens per training row."})
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per training row. Default: the model's context (max_position_embeddings)."},
+    )
     document_attention: bool = field(
         default=False,
         metadata={

@@ -48,6 +48,23 @@ def test_warmup_stable_decay_holds_then_decays_over_the_last_fifth():
     assert lr[90] < 0.6 and lr[-1] < 0.01
 
 
+def test_linear_decays_to_the_floor():
+    lr = lrs("linear", min_lr_ratio=0.2)
+    assert lr[10] == pytest.approx(1.0) and lr[55] == pytest.approx(0.2 + 0.8 * 0.5, abs=0.01)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
+    assert lr[-1] == pytest.approx(0.2, abs=0.01)
+
+
+def test_min_lr_ratio_with_a_constant_schedule_is_refused():
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    flags = ["--output_dir", "unused", "--lr_scheduler_type", "constant_with_warmup"]
+    assert parse_args(flags).schedule.min_lr_ratio == 0.1  # the default is no request
+    with pytest.raises(UsageError, match=r"^--min_lr_ratio 0.0: --lr_scheduler_type constant_with_warmup never"):
+        parse_args([*flags, "--min_lr_ratio", "0"])
+
+
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="--lr_scheduler_type"):
         lrs("bumpy")

@@ -135,6 +135,9 @@ class OptimizerArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm (0: no clipping)."})
 
 
+MIN_LR_RATIO = 0.1
+
+
 @dataclass
 class ScheduleArguments:
     """The learning-rate schedule (shuangyu.training.schedule.build_scheduler)."""
@@ -143,7 +146,13 @@ class ScheduleArguments:
         default="cosine"
     )
     warmup_steps: int = field(default=100)
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a share of the peak."})
+    min_lr_ratio: float = field(
+        default=MIN_LR_RATIO,
+        metadata={
+            "help": "Final learning rate as a share of the peak (cosine, linear, warmup_stable_decay; "
+            "constant_with_warmup refuses another value)."
+        },
+    )
     decay_fraction: float = field(default=0.2, metadata={"help": "warmup_stable_decay: share of steps decaying."})
 
 
@@ -396,6 +405,12 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
     if config.sft.sft and config.data.validation_fraction is not None:
         raise UsageError("--validation_fraction with --sft: conversations are held out by --validation_files only")
     check_streaming(config)
+    schedule = config.schedule
+    if schedule.lr_scheduler_type == "constant_with_warmup" and schedule.min_lr_ratio != MIN_LR_RATIO:
+        raise UsageError(
+            f"--min_lr_ratio {schedule.min_lr_ratio}{where}: --lr_scheduler_type constant_with_warmup never decays; "
+            "use linear or cosine, or leave --min_lr_ratio out"
+        )
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows
         raise UsageError(f"--attn_implementation {attention!r}: choose one of {', '.join(ATTENTION)}")

@@ -230,11 +230,9 @@ def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():
 
 def train_clm_help() -> dict[str, str]:
     """train_clm.py's help per flag, as --help prints it."""
-    from transformers import HfArgumentParser
+    from shuangyu.training.arguments import build_parser
 
-    from shuangyu.training.arguments import ARGUMENT_CLASSES
-
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = build_parser()
     return {a.option_strings[0]: a.help or "" for a in parser._actions if a.option_strings}
 
 
@@ -245,3 +243,12 @@ def test_the_commands_named_in_train_clm_help_exist():
     named = {m for text in train_clm_help().values() for m in re.findall(r"python -m ([\w.]+)", text)}
     assert "shuangyu.data.prepare" in named
     assert [m for m in named if importlib.util.find_spec(m) is None] == []
+
+
+def test_every_train_clm_flag_has_help_and_each_no_flag_says_what_it_does():
+    helps = train_clm_help()
+    assert [flag for flag, text in helps.items() if not text] == []
+    for flag in ("--no_packing", "--no_hub_push_logs"):
+        assert helps[flag] != helps[flag.replace("--no_", "--")], flag
+    assert helps["--no_packing"].startswith("One conversation per row")
+    assert helps["--no_hub_push_logs"].startswith("Push the model only")

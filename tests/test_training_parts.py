@@ -252,3 +252,29 @@ def test_every_train_clm_flag_has_help_and_each_no_flag_says_what_it_does():
         assert helps[flag] != helps[flag.replace("--no_", "--")], flag
     assert helps["--no_packing"].startswith("One conversation per row")
     assert helps["--no_hub_push_logs"].startswith("Push the model only")
+
+
+def test_a_published_model_folder_is_readable_as_the_umask_allows(tiny_base_model_dir, tmp_path):
+    """transformers' save_pretrained writes model.safetensors 0600; a folder written through atomic_folder (final/,
+    checkpoints/*/model/, merged and exported models) gives every file what the umask allows, as open() would."""
+    import os
+    import stat
+
+    from transformers import AutoModelForCausalLM
+
+    from shuangyu.files import atomic_folder
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True)
+    old = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "final") as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "private.txt").write_text("x")
+            (tmp / "private.txt").chmod(0o600)
+            (tmp / "run.sh").write_text("x")
+            (tmp / "run.sh").chmod(0o755)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "final").iterdir()}
+    assert modes["model.safetensors"] == 0o644 and modes["private.txt"] == 0o644, modes
+    assert modes["run.sh"] == 0o755  # bits a file had are kept

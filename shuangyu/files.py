@@ -28,12 +28,27 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
     tmp.mkdir()
     try:
         yield tmp
+        readable_as_umask_allows(tmp)
         if dest.exists():
             dest.rename(old)
         tmp.rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def readable_as_umask_allows(folder: Path) -> None:
+    """Give each file under `folder` the read/write bits the user's umask allows, as a plain open() would:
+    transformers' save_pretrained writes model.safetensors 0600 (through a private temporary file), so teammates
+    on a shared machine could not load a model this repo published. Bits a file already has are kept."""
+    umask = os.umask(0)
+    os.umask(umask)
+    allowed = 0o666 & ~umask
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o7777
+            if mode | allowed != mode:
+                path.chmod(mode | allowed)
 
 
 def remove_leftovers_of_dead_writers(dest: Path) -> None:

@@ -241,14 +241,14 @@ def test_train_clm_names_its_own_flags(tmp_path, data_tokenizer_dir):
     with pytest.raises(
         UsageError, match=r"--data_dir .*data exists and holds no prepared data; choose another --data_dir$"
     ):
-        prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
+        prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True, block_size=16), str(tmp_path / "data"),
                            str(data_tokenizer_dir), 0, main)  # fmt: skip
     # without --data_dir the folder is the run's OUTPUT_DIR/data: the user gave --output_dir (a user's files there
     # are not replaced even so)
     with pytest.raises(
         UsageError, match=r"^--output_dir .*data exists and holds no prepared data; choose another --output_dir$"
     ):
-        prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True), str(tmp_path / "data"),
+        prepare_blocks_for(DataArguments(train_files=[str(src)], skip_bad_lines=True, block_size=16), str(tmp_path / "data"),
                            str(data_tokenizer_dir), 0, main, own=True)  # fmt: skip
     assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
     # train_clm.py takes prepare's --validation_fraction (it prepares the data itself)

@@ -104,6 +104,30 @@ def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
     assert "not comparable" in load_yaml(tasks_dir / "hellaswag_local.yaml")["metadata"]["note"]
 
 
+def test_local_tasks_help_writes_nothing(monkeypatch, capsys):
+    """--help used to be ignored: the command rewrote the task YAMLs."""
+
+    def write_task_yamls():
+        raise AssertionError("--help wrote the task YAMLs")
+
+    monkeypatch.setattr(make_tasks, "write_task_yamls", write_task_yamls)
+    with pytest.raises(SystemExit) as exit_info:
+        make_tasks.main(["--help"])
+    assert exit_info.value.code == 0 and "lm-eval task YAMLs" in capsys.readouterr().out
+
+
+def test_every_eval_flag_says_what_it_is_and_its_default(capsys):
+    from shuangyu.evaluation.run import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    options = capsys.readouterr().out.split("\noptions:\n")[1].split("\n  -")[1:]
+    helps = {block.split()[0]: " ".join(block.split()) for block in options}
+    for flag in ("-corpus", "-langs", "-batch_size", "-conversation_max"):
+        assert "(default:" in helps[flag] or "default:" in helps[flag], helps[flag]
+    assert [flag for flag, text in helps.items() if len(text.split()) < 3] == []
+
+
 def test_missing_benchmark_data_names_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv(make_tasks.ENV_VAR, str(tmp_path))
     with pytest.raises(UsageError, match=str(tmp_path / "piqa" / "validation.jsonl")):

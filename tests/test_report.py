@@ -303,3 +303,27 @@ def test_no_curves_drawn_removes_the_old_png_and_the_cards_link(run_copy):
     card = (run_copy / "final" / "README.md").read_text()
     assert "loss.png" not in card and "## Loss curves" not in card and "## Evaluation" in card
     assert not (run_copy / "loss.png").exists() and not (run_copy / "final" / "loss.png").exists()
+
+
+def test_references_is_a_tokenizer_folder_or_a_folder_of_them(run_copy, tmp_path, capsys):
+    """--references DIR: the QA's tokenizer folder itself was ignored (only DIR/gpt2 and DIR/minimind were read);
+    a folder holding no tokenizer is one line, exit 2, before any work."""
+
+    def reference_rows() -> list[str]:
+        section = (run_copy / "report.md").read_text().split("## Tokenizer")[1].split("\n## ")[0]
+        return [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")][2:]
+
+    assert main([str(run_copy), "--no_samples", "--references", str(SHARED_TOKENIZERS / "gpt2")]) == 0
+    assert reference_rows() == ["GPT-2"]
+    mine = tmp_path / "refs" / "mine"
+    mine.mkdir(parents=True)
+    shutil.copy(SHARED_TOKENIZERS / "minimind" / "tokenizer.json", mine)
+    shutil.copytree(SHARED_TOKENIZERS / "gpt2", tmp_path / "refs" / "gpt2")
+    assert main([str(run_copy), "--no_samples", "--references", str(tmp_path / "refs")]) == 0
+    assert reference_rows() == ["GPT-2", "mine"]
+    capsys.readouterr()
+    before = (run_copy / "report.md").read_bytes()
+    assert main([str(run_copy), "--no_samples", "--references", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m shuangyu.report: error: --references {tmp_path}: no "), err
+    assert (run_copy / "report.md").read_bytes() == before

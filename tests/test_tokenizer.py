@@ -400,6 +400,20 @@ def test_a_source_without_weight_is_read_once_however_far_below_the_cap(tmp_path
     assert ds_stats.passes > 1 and small_stats.passes > 1
 
 
+@pytest.mark.parametrize("kind", ["dataset", "dataset_dict"])
+def test_a_save_to_disk_folder_is_refused_in_one_line_saying_what_to_do(tmp_path, capsys, kind):
+    """datasets' own error advised load_from_disk, which no train_bpe flag can do."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": ["hello world"] * 20})
+    folder = tmp_path / "saved"
+    (datasets.DatasetDict({"train": ds}) if kind == "dataset_dict" else ds).save_to_disk(str(folder))
+    capsys.readouterr()  # datasets' progress bars
+    out = tmp_path / "tok"
+    argv = ["--dataset", str(folder), "--vocab_size", "600", "--output_dir", str(out)]
+    assert_clean_failure(capsys, argv, out, f"--dataset {folder}: a datasets save_to_disk folder", "ds.to_json(")
+
+
 # --- bad input: one line, exit status 2, nothing left behind ----------------------------------------
 
 

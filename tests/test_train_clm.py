@@ -556,3 +556,17 @@ def test_sources_named_only_by_their_paths_train_to_the_end(synthetic_corpus, ti
     assert evals[-1][f"eval/{c['zh_val']}/bits_per_byte"] > 0 and f"eval/{c['en_val']}/loss" in evals[-1]
     card = (out / "final" / "README.md").read_text()
     assert str(c["zh_val"]) in card  # the card's validation table names the source as given
+
+
+def test_block_size_defaults_to_the_models_context(data_tokenizer_dir, data_corpus_slices, tmp_path, capsys):
+    """The QA's command with every default: --model_config tiny (context 256) used to stop at the --block_size
+    default of 1024; the rows are now as long as the model's context."""
+    from shuangyu.training import cli
+
+    s = data_corpus_slices
+    flags = ["--tokenizer_name", str(data_tokenizer_dir), "--train_files", str(s["zh_reviews"]), str(s["en_reviews"])]
+    out = tmp_path / "out"
+    status = cli.main([*flags, "--output_dir", str(out), "--max_steps", "1", "--report_to", "none"])
+    assert status == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((out / "run_args.json").read_text())["data"]["block_size"] == 256
+    assert json.loads((out / "data" / "manifest.json").read_text())["block_size"] == 256

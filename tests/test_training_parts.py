@@ -48,6 +48,23 @@ def test_warmup_stable_decay_holds_then_decays_over_the_last_fifth():
     assert lr[90] < 0.6 and lr[-1] < 0.01
 
 
+def test_linear_decays_to_the_floor():
+    lr = lrs("linear", min_lr_ratio=0.2)
+    assert lr[10] == pytest.approx(1.0) and lr[55] == pytest.approx(0.2 + 0.8 * 0.5, abs=0.01)
+    assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
+    assert lr[-1] == pytest.approx(0.2, abs=0.01)
+
+
+def test_min_lr_ratio_with_a_constant_schedule_is_refused():
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    flags = ["--output_dir", "unused", "--lr_scheduler_type", "constant_with_warmup"]
+    assert parse_args(flags).schedule.min_lr_ratio == 0.1  # the default is no request
+    with pytest.raises(UsageError, match=r"^--min_lr_ratio 0.0: --lr_scheduler_type constant_with_warmup never"):
+        parse_args([*flags, "--min_lr_ratio", "0"])
+
+
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="--lr_scheduler_type"):
         lrs("bumpy")
@@ -209,3 +226,55 @@ def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():
     assert result["tokens"] == 2 * tokens and result["bytes"] == 2 * text_bytes
     assert result["loss"] == pytest.approx(float(nll) / tokens, rel=1e-5)
     assert result["bits_per_byte"] == pytest.approx(float(nll) / (text_bytes * math.log(2)), rel=1e-5)
+
+
+def train_clm_help() -> dict[str, str]:
+    """train_clm.py's help per flag, as --help prints it."""
+    from shuangyu.training.arguments import build_parser
+
+    parser = build_parser()
+    return {a.option_strings[0]: a.help or "" for a in parser._actions if a.option_strings}
+
+
+def test_the_commands_named_in_train_clm_help_exist():
+    import importlib.util
+    import re
+
+    named = {m for text in train_clm_help().values() for m in re.findall(r"python -m ([\w.]+)", text)}
+    assert "shuangyu.data.prepare" in named
+    assert [m for m in named if importlib.util.find_spec(m) is None] == []
+
+
+def test_every_train_clm_flag_has_help_and_each_no_flag_says_what_it_does():
+    helps = train_clm_help()
+    assert [flag for flag, text in helps.items() if not text] == []
+    for flag in ("--no_packing", "--no_hub_push_logs"):
+        assert helps[flag] != helps[flag.replace("--no_", "--")], flag
+    assert helps["--no_packing"].startswith("One conversation per row")
+    assert helps["--no_hub_push_logs"].startswith("Push the model only")
+
+
+def test_a_published_model_folder_is_readable_as_the_umask_allows(tiny_base_model_dir, tmp_path):
+    """transformers' save_pretrained writes model.safetensors 0600; a folder written through atomic_folder (final/,
+    checkpoints/*/model/, merged and exported models) gives every file what the umask allows, as open() would."""
+    import os
+    import stat
+
+    from transformers import AutoModelForCausalLM
+
+    from shuangyu.files import atomic_folder
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_model_dir, trust_remote_code=True)
+    old = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "final") as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "private.txt").write_text("x")
+            (tmp / "private.txt").chmod(0o600)
+            (tmp / "run.sh").write_text("x")
+            (tmp / "run.sh").chmod(0o755)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "final").iterdir()}
+    assert modes["model.safetensors"] == 0o644 and modes["private.txt"] == 0o644, modes
+    assert modes["run.sh"] == 0o755  # bits a file had are kept

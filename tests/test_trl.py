@@ -435,3 +435,32 @@ def test_dpo_overwrite_output_dir_deletes_the_earlier_runs_checkpoints(tmp_path)
         (tmp_path / name).mkdir()
     start_fresh(tmp_path)
     assert os.listdir(tmp_path) == ["runs"]
+
+
+def test_the_docs_trl_snippets_run_on_a_cpu_as_written(tiny_base_model_dir, sft_data_dir, tmp_path, monkeypatch):
+    """docs/sft.md "Your own TRL scripts": the SFTTrainer and RewardTrainer snippets, run as printed on this CPU
+    machine (TRL's bf16 default is refused there). Shrunk only where a test must be: the model path, 8 rows of
+    data, the output folders, and the configs' step count and logging."""
+    import trl
+
+    section = (REPO / "docs" / "sft.md").read_text(encoding="utf-8").split("## Your own TRL scripts")[1]
+    snippets = [block.split("```")[0] for block in section.split("## ")[0].split("```python\n")[1:]]
+    assert len(snippets) == 2, "expected the SFTTrainer and the RewardTrainer snippet"
+    chats = first_rows(sft_data_dir / "zh" / "alpaca_zh_val.jsonl", 8, tmp_path / "c.jsonl")
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "p.jsonl")
+    code = (
+        "\n".join(snippets)
+        .replace('"outputs/tiny-cpu/final"', repr(str(tiny_base_model_dir)))
+        .replace('"../shared/data/sft/zh/alpaca_zh.jsonl"', repr(str(chats)))
+        .replace('"../shared/data/sft/preference.jsonl"', repr(str(pairs)))
+        .replace('"outputs/', f'"{tmp_path}/')
+    )
+    assert str(tiny_base_model_dir) in code and str(chats) in code and str(pairs) in code
+    for name in ("SFTConfig", "RewardConfig"):
+        real = getattr(trl, name)
+        # a few steps, nothing saved; bf16 and every other argument stay as the docs print them
+        shrunk = lambda real=real, **kw: real(**kw, max_steps=2, report_to="none", save_strategy="no")  # noqa: E731
+        monkeypatch.setattr(trl, name, shrunk)
+    namespace: dict = {}
+    exec(compile(code, "docs/sft.md", "exec"), namespace)
+    assert namespace["model"].score.weight.isfinite().all()

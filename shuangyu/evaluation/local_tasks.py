@@ -16,6 +16,7 @@ again after moving the data or changing $SHUANGYU_BENCHMARKS).
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from shuangyu.errors import UsageError
+from shuangyu.errors import UsageError, print_error, refuse_in_one_line
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 REPO = Path(__file__).resolve().parents[2]
@@ -194,6 +195,26 @@ def write_task_yamls(out_dir: Path = TASKS_DIR) -> list[str]:
     return names
 
 
-if __name__ == "__main__":
-    written = write_task_yamls()
+PROG = "python -m shuangyu.evaluation.local_tasks"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = refuse_in_one_line(
+        argparse.ArgumentParser(
+            prog=PROG,
+            description=f"Write the lm-eval task YAMLs for the local benchmark copies (under ${ENV_VAR}, default "
+            f"{REPO.parent / 'shared' / 'data' / 'benchmarks'}) into {TASKS_DIR}, for the plain lm_eval CLI's "
+            "--include_path; run it again after moving the data. eval/run.py does this itself.",
+        )
+    )
+    try:
+        parser.parse_args(argv)
+        written = write_task_yamls()
+    except UsageError as err:
+        return print_error(PROG, err)
     print(f"wrote {len(written)} local tasks/groups into {TASKS_DIR}: {', '.join(written)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

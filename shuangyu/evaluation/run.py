@@ -279,15 +279,22 @@ def parse_args(argv):
     p.add_argument("--tasks", default="", help="comma-separated lm-eval task or group names, e.g. arc_easy_local")
     p.add_argument("--limit", type=int, default=None, help="at most N documents per task (for quick checks)")
     p.add_argument("--output", type=Path, default=None, help="results JSON (default CKPT/eval_results.json)")
-    p.add_argument("--corpus", type=Path, default=Path(os.environ.get("SHUANGYU_CORPUS") or DEFAULT_CORPUS))
-    p.add_argument("--langs", default="zh,en", help="languages (sub-folders of --corpus) for bits per byte")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=Path(os.environ.get("SHUANGYU_CORPUS") or DEFAULT_CORPUS),
+        help="held-out text (<lang>/*_val.jsonl) for bits per byte (default: %(default)s; $SHUANGYU_CORPUS sets it)",
+    )
+    p.add_argument(
+        "--langs", default="zh,en", help="languages (sub-folders of --corpus) for bits per byte (default: %(default)s)"
+    )
     p.add_argument(
         "--bpb_max_bytes",
         type=int,
         default=1_000_000,
-        help="bytes of held-out text per language for bits per byte (0: all)",
+        help="bytes of held-out text per language for bits per byte (0: all; default: %(default)s)",
     )
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (default: %(default)s)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--no_model_card", action="store_true", help="leave CKPT/README.md (the model card) as it is")
     p.add_argument(
@@ -299,7 +306,12 @@ def parse_args(argv):
         default=Path(os.environ.get("SHUANGYU_CONVERSATIONS") or DEFAULT_CONVERSATIONS),
         help="held-out conversations (<lang>/*_val.jsonl) for a chat model's reply loss",
     )
-    p.add_argument("--conversation_max", type=int, default=200, help="held-out conversations per language (0: all)")
+    p.add_argument(
+        "--conversation_max",
+        type=int,
+        default=200,
+        help="held-out conversations per language (0: all; default: %(default)s)",
+    )
     args = p.parse_args(argv)
     # before the model loads: lm-eval finds no documents at 0 and fails in islice below it, each with a traceback
     for flag, lowest, meaning in (

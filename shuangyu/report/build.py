@@ -26,7 +26,7 @@ from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_i
 from shuangyu.evaluation.run import val_texts
 from shuangyu.files import atomic_write_text
 from shuangyu.progress import bars_only_on_a_terminal
-from shuangyu.report.compression import compression_rows, compression_table
+from shuangyu.report.compression import compression_rows, compression_table, reference_tokenizers
 from shuangyu.report.curves import languages, plot_curves, read_log
 from shuangyu.report.samples import generate_samples
 from shuangyu.sharing.card import (
@@ -159,7 +159,7 @@ def environment_section(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def tokenizer_section(folder: Path, corpus: Path, references: Path, langs: list[str]) -> str:
+def tokenizer_section(folder: Path, corpus: Path, references: list[tuple[str, Path]], langs: list[str]) -> str:
     texts = {}
     for lang in langs:
         try:  # the held-out text eval/run.py measures bits per byte on, read the same way
@@ -278,7 +278,7 @@ def curves_missing(rows: list[dict] | None) -> str:
 def build_report(
     run_dir: Path,
     corpus: Path = DEFAULT_CORPUS,
-    references: Path = DEFAULT_REFERENCES,
+    references: Path | None = None,
     chat_run: Path | None = None,
     samples: bool = True,
 ) -> Path:
@@ -288,6 +288,8 @@ def build_report(
     run_dir = Path(run_dir)
     folder = model_folder(run_dir)
     chat_folder = chat_run_folder(Path(chat_run)) if chat_run else None
+    # a folder the user named must hold a tokenizer; the default one may be missing (no shared/ checkout)
+    reference_list = reference_tokenizers(Path(references or DEFAULT_REFERENCES), required=references is not None)
     rows, cut_off = read_log(run_dir)
     if cut_off:  # a run killed while it wrote, or a folder copied while it trained
         print(f"{PROG}: note: {run_dir / LOG_NAME}: its last line is cut off; left out", file=sys.stderr)
@@ -304,7 +306,7 @@ def build_report(
             summary_line(rows, seconds),
             adapter_line(folder),
             environment_section(run_dir),
-            tokenizer_section(folder, corpus, references, langs),
+            tokenizer_section(folder, corpus, reference_list, langs),
             (read_section(card, "training") or "## Training\n\nThe model card has no training section.").strip(),
             training_time_line(rows, seconds),
             "## Loss curves\n\n" + ("![loss curves](loss.png)" if png else curves_missing(rows)),
@@ -356,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         "--chat_run", type=Path, default=None, help="an instruction-tuning (SFT or DPO) run of this model, reported too"
     )
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="held-out text: <corpus>/<lang>/*_val.jsonl")
-    p.add_argument("--references", type=Path, default=DEFAULT_REFERENCES, help="reference tokenizers' folders")
+    p.add_argument(
+        "--references",
+        type=Path,
+        default=None,
+        help=f"a reference tokenizer's folder, or a folder of them (default: {DEFAULT_REFERENCES}, if there)",
+    )
     p.add_argument("--no_samples", action="store_true", help="leave out the samples (no model is loaded)")
     try:
         args = p.parse_args(argv)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shuangyu.errors import UsageError
+
 REFERENCES = {"GPT-2": "gpt2", "MiniMind": "minimind"}
 
 
@@ -25,16 +27,32 @@ def compression(tokenizer_json: Path, texts: list[str]) -> dict:
     }
 
 
-def compression_rows(tokenizer_json: Path, texts: dict[str, list[str]], references: Path | None) -> list[dict]:
-    """One row per tokenizer (this run's first, then each reference found under `references`), with
-    {lang: compression} per language."""
-    candidates = [("this run's", tokenizer_json)]
-    for name, folder in REFERENCES.items():
-        path = references / folder / "tokenizer.json" if references else None
-        if path and path.is_file():
-            candidates.append((name, path))
+def reference_tokenizers(references: Path | None, required: bool = True) -> list[tuple[str, Path]]:
+    """(name, tokenizer.json) of each reference tokenizer: `references` is a tokenizer folder itself or a folder of
+    them (GPT-2's and MiniMind's first, by their folder names gpt2 and minimind). One holding none is refused when
+    `required` (the user named it), else left out (the default folder, where there is no shared/ checkout)."""
+    if references is None:
+        return []
+    folders = [references] if (references / "tokenizer.json").is_file() else []
+    if not folders and references.is_dir():
+        folders = sorted(d for d in references.iterdir() if (d / "tokenizer.json").is_file())
+    if not folders and required:
+        raise UsageError(
+            f"--references {references}: no tokenizer.json in it or in its subfolders; give a tokenizer folder or a "
+            "folder of them"
+        )
+    names = {folder: name for name, folder in REFERENCES.items()}
+    known = [d for d in folders if d.name in names]
+    found = sorted(known, key=lambda d: list(names).index(d.name)) + [d for d in folders if d not in known]
+    return [(names.get(d.name, d.name), d / "tokenizer.json") for d in found]
+
+
+def compression_rows(
+    tokenizer_json: Path, texts: dict[str, list[str]], references: list[tuple[str, Path]]
+) -> list[dict]:
+    """One row per tokenizer (this run's first, then each of `references`), with {lang: compression} per language."""
     rows = []
-    for name, path in candidates:
+    for name, path in [("this run's", tokenizer_json), *references]:
         per_lang = {lang: compression(path, docs) for lang, docs in texts.items()}
         vocab = next(iter(per_lang.values()))["vocab_size"] if per_lang else None
         rows.append({"tokenizer": name, "vocab_size": vocab, "languages": per_lang})

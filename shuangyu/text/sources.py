@@ -131,7 +131,19 @@ def parse_dataset_source(spec: str, flag: str = "--dataset") -> SourceSpec:
         raise UsageError(f"{flag} {spec!r}: no dataset name given")
     if name is None and _looks_like_a_name(dataset) and not os.path.exists(dataset):
         raise UsageError(f"{flag} {spec!r}: {NAME_RULE}")
+    if is_saved_dataset(dataset):  # datasets' own error says "use load_from_disk", which no flag here can do
+        raise UsageError(
+            f"{flag} {dataset}: a datasets save_to_disk folder, which this command does not read; export it with "
+            "ds.to_json('data.jsonl') (or ds.to_parquet) and give that file instead"
+        )
     return SourceSpec(name=name or rest, weight=weight, dataset=dataset, config=config or None)
+
+
+def is_saved_dataset(path: str) -> bool:
+    """A folder written by datasets' save_to_disk (a Dataset's or a DatasetDict's)."""
+    folder = Path(os.path.expanduser(path))
+    saved = (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    return saved or (folder / "dataset_dict.json").is_file()
 
 
 def check_no_file_twice(specs: list[SourceSpec], files: list[list[Path]], flag: str = "--files") -> None:

@@ -89,11 +89,14 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Prepared data folder (python -m training.data prepare); built here if missing. "
+            "help": "Prepared data folder (python -m shuangyu.data.prepare); built here if missing. "
             "Default: OUTPUT_DIR/data."
         },
     )
-    block_size: int = field(default=1024, metadata={"help": "Tokens per training row."})
+    block_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per training row; None: the model's context (max_position_embeddings)."},
+    )
     document_attention: bool = field(
         default=False,
         metadata={
@@ -102,7 +105,10 @@ class DataArguments:
         },
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes that tokenise."})
-    dataloader_num_workers: int = field(default=0)
+    dataloader_num_workers: int = field(
+        default=0,
+        metadata={"help": "Processes reading the prepared blocks (0: the training process; not --streaming)."},
+    )
 
 
 @dataclass
@@ -121,10 +127,10 @@ class OptimizerArguments:
         },
     )
     weight_decay: float = field(default=0.1, metadata={"help": "Decoupled weight decay on matrices and embeddings."})
-    adam_beta1: float = field(default=0.9)
-    adam_beta2: float = field(default=0.95)
-    adam_epsilon: float = field(default=1e-8)
-    muon_momentum: float = field(default=0.95)
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW's decay rate of the gradient average."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW's decay rate of the squared-gradient average."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW's term added to the denominator."})
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's (Nesterov) momentum."})
     muon_scale: Literal["match_rms_adamw", "original"] = field(
         default="match_rms_adamw",
         metadata={"help": "match_rms_adamw: AdamW's learning rate and decay carry over; original: Muon's own."},
@@ -132,15 +138,29 @@ class OptimizerArguments:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm (0: no clipping)."})
 
 
+MIN_LR_RATIO = 0.1
+# what --no_X does, for a flag on by default (HfArgumentParser gives --no_X the help of --X)
+NO_HELP = {
+    "hub_push_logs": "Push the model only, without the tensorboard logs.",
+    "packing": "One conversation per row, padded (instead of packing several into each row).",
+}
+
+
 @dataclass
 class ScheduleArguments:
     """The learning-rate schedule (shuangyu.training.schedule.build_scheduler)."""
 
     lr_scheduler_type: Literal["cosine", "warmup_stable_decay", "linear", "constant_with_warmup"] = field(
-        default="cosine"
+        default="cosine", metadata={"help": "The learning-rate schedule after the warmup."}
     )
-    warmup_steps: int = field(default=100)
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final learning rate as a share of the peak."})
+    warmup_steps: int = field(default=100, metadata={"help": "Steps rising linearly to the peak learning rate."})
+    min_lr_ratio: float = field(
+        default=MIN_LR_RATIO,
+        metadata={
+            "help": "Final learning rate as a share of the peak (cosine, linear, warmup_stable_decay; "
+            "constant_with_warmup refuses another value)."
+        },
+    )
     decay_fraction: float = field(default=0.2, metadata={"help": "warmup_stable_decay: share of steps decaying."})
 
 
@@ -150,7 +170,7 @@ class CheckpointArguments:
 
     output_dir: str | None = field(default=None, metadata={"help": "Where checkpoints, logs and the model go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a run already in --output_dir."})
-    save_steps: int = field(default=1000)
+    save_steps: int = field(default=1000, metadata={"help": "Save a checkpoint every N steps."})
     save_total_limit: int | None = field(default=3, metadata={"help": "Keep the last N checkpoints."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' (or start afresh if none) or a checkpoint folder."}
@@ -161,7 +181,7 @@ class CheckpointArguments:
 class LoggingArguments:
     """What the run reports: metrics, validation and samples (shuangyu.training.run_log, validation)."""
 
-    logging_steps: int = field(default=10)
+    logging_steps: int = field(default=10, metadata={"help": "Log the loss, learning rate and speed every N steps."})
     eval_steps: int = field(default=500, metadata={"help": "Evaluate (and show samples) every N steps."})
     eval_rows: int = field(
         default=320,
@@ -188,7 +208,12 @@ class HubArguments:
     )
     hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
     hub_revision: str | None = field(default=None, metadata={"help": "Push to this branch instead of main."})
-    hub_push_logs: bool = field(default=True, metadata={"help": "Push the tensorboard logs too, under runs/."})
+    hub_push_logs: bool = field(
+        default=True,
+        metadata={
+            "help": "Push the tensorboard logs too, under runs/.",
+        },
+    )
 
 
 @dataclass
@@ -204,7 +229,7 @@ class TrainArguments:
             "help": "Or tokens to train on, e.g. 2.5B. Either one on the command line replaces the other in --config."
         },
     )
-    seed: int = field(default=42)
+    seed: int = field(default=42, metadata={"help": "Seed of the model's initialisation and the data order."})
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
         default="auto", metadata={"help": "auto: bf16 on GPUs that have it, fp16 with loss scaling else, fp32 on CPU."}
     )
@@ -230,7 +255,10 @@ class SFTArguments:
         },
     )
     packing: bool = field(
-        default=True, metadata={"help": "Pack whole conversations into each row (false: one per row, padded)."}
+        default=True,
+        metadata={
+            "help": "Pack whole conversations into each row (false: one per row, padded).",
+        },
     )
     sft_overlong: Literal["truncate", "skip"] = field(
         default="truncate",
@@ -246,7 +274,7 @@ class LoraArguments:
 
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the whole model."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/r)."})
-    lora_dropout: float = field(default=0.05)
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "Module names (or 'all-linear') that get adapters."},
@@ -286,17 +314,32 @@ ARGUMENT_CLASSES = (
 )  # in TrainConfig's order
 
 
+def build_parser(prog: str = "train_clm.py"):
+    """train_clm.py's flags, as --help shows them."""
+    from transformers import HfArgumentParser
+
+    parser = explain_negations(refuse_in_one_line(HfArgumentParser(ARGUMENT_CLASSES, prog=prog)))
+    parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
+    return parser
+
+
+def explain_negations(parser):
+    """Each --no_X says what it does (its NO_HELP), not what --X does; its default is --X's, shown there."""
+    for action in parser._actions:
+        if action.option_strings and action.option_strings[0] == f"--no_{action.dest}":
+            action.help = NO_HELP.get(action.dest, f"Turn --{action.dest} off.")
+            action.default = argparse.SUPPRESS  # the dest's default comes from --X; "(default: False)" misled
+    return parser
+
+
 def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> TrainConfig:
     """Parse `--config FILE.yaml` first, use its values as defaults, then the command line on top."""
-
-    from transformers import HfArgumentParser
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     refuse_renamed(sys.argv[1:] if argv is None else argv)
-    parser = refuse_in_one_line(HfArgumentParser(ARGUMENT_CLASSES, prog=prog))
-    parser.add_argument("--config", help="A YAML file of flag values; the command line overrides them.")
+    parser = build_parser(prog)
     # the command line alone first: its own mistakes are its own, and it tells which flags the user typed
     *typed, _ = parser.parse_args_into_dataclasses(args=argv)  # unknown flags: UsageError (refuse_in_one_line)
     typed_train = typed[ARGUMENT_CLASSES.index(TrainArguments)]
@@ -393,6 +436,12 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
     if config.sft.sft and config.data.validation_fraction is not None:
         raise UsageError("--validation_fraction with --sft: conversations are held out by --validation_files only")
     check_streaming(config)
+    schedule = config.schedule
+    if schedule.lr_scheduler_type == "constant_with_warmup" and schedule.min_lr_ratio != MIN_LR_RATIO:
+        raise UsageError(
+            f"--min_lr_ratio {schedule.min_lr_ratio}{where}: --lr_scheduler_type constant_with_warmup never decays; "
+            "use linear or cosine, or leave --min_lr_ratio out"
+        )
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows
         raise UsageError(f"--attn_implementation {attention!r}: choose one of {', '.join(ATTENTION)}")

@@ -10,7 +10,7 @@ from shuangyu.errors import UsageError
 from shuangyu.training.arguments import ModelArguments
 
 
-def build_config(model_args: ModelArguments, tokenizer, block_size: int):
+def build_config(model_args: ModelArguments, tokenizer, block_size: int | None):
     from transformers import AutoConfig
     from transformers.utils import is_flash_attn_2_available
 
@@ -50,7 +50,7 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int):
             f"--tokenizer_name has {len(tokenizer):,} tokens but the model's vocab_size is {config.vocab_size:,}: "
             "use a model config with a larger vocab_size"
         )
-    if block_size > config.max_position_embeddings:
+    if block_size is not None and block_size > config.max_position_embeddings:
         raise UsageError(
             f"--block_size {block_size} is above the model's max_position_embeddings {config.max_position_embeddings}"
         )

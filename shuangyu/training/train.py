@@ -135,6 +135,8 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     set_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model.tokenizer_name)
     model_config = build_config(config.model, tokenizer, config.data.block_size)  # checked before the heavy work
+    if config.data.block_size is None:  # rows as long as the model's context, whatever the preset
+        config.data.block_size = model_config.max_position_embeddings
     check_finetune(config, tokenizer, model_config)
     check_lora_launch(accelerator, config.lora)
     data = open_training_data(

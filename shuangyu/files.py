@@ -54,21 +54,12 @@ def readable_as_umask_allows(folder: Path) -> None:
 def remove_leftovers_of_dead_writers(dest: Path) -> None:
     """Remove the `.NAME.tmp-PID` folders that killed writers of `dest` left (a preemption while the data was
     prepared left a whole partial copy). Only those whose process is gone: a writer still at work keeps its own."""
+    import psutil
+
     for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
         pid = leftover.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not is_alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):  # another user's process counts as alive too
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def is_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_replaceable(

@@ -333,7 +333,8 @@ class StreamedData:
     def key(self, seed: int, world_size: int, *, earlier: bool = False) -> dict:
         """What the stream's positions depend on; a checkpoint made with another is refused on resume.
         `earlier`: the key as checkpoints made before 2026-12-03 carry it."""
-        shares, validation = [w / sum(self.weights()) for w in self.weights()], self.validation_rule
+        weights, validation = self.weights(), self.validation_rule
+        shares = [w / sum(weights) for w in weights]
         if "files" in validation:
             validation = {"files": [[name, files_digest(paths, earlier)] for name, paths in self.validation_files]}
         return {

@@ -448,7 +448,7 @@ def test_llama_cpp_quantizes_the_export_to_q8_0(tmp_path):
     layout would be off by 100%."""
     import ctypes
 
-    import llama_cpp
+    llama_cpp = pytest.importorskip("llama_cpp", reason="make install-llama-cpp (it builds llama.cpp)")
 
     src, model = model_folder(tmp_path / "src", initializer_range=0.1, tie_word_embeddings=False)
     out, q8 = tmp_path / "model.gguf", tmp_path / "model-q8_0.gguf"

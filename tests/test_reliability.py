@@ -839,18 +839,25 @@ def test_two_processes_say_a_data_error_once_and_stop_together(flags, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_one_process_launcher_saves_and_resumes(flags, tmp_path):
+@pytest.mark.parametrize(
+    "processes, sig",
+    [(1, signal.SIGTERM), pytest.param(2, signal.SIGKILL, marks=pytest.mark.slow)],
+    ids=["sigterm-1-process", "kill-9-2-processes"],
+)
+def test_a_launcher_that_dies_without_passing_the_signal_on_saves_and_resumes(flags, tmp_path, processes, sig):
+    """One process: accelerate's launcher does not pass a SIGTERM on. Several: torchrun does, but a kill -9 (or the
+    out-of-memory killer) of the launcher passes nothing on. Either way the processes must not train on orphaned."""
     out = tmp_path / "run"
     args = [*flags, "--max_steps", "400", "--save_steps", "1000", "--eval_steps", "1000", "--output_dir", str(out)]
-    launcher = subprocess.Popen([*LAUNCH, "--num_processes", "1", str(REPO / "train_clm.py"), *args], env=env(),
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    launcher = subprocess.Popen([*LAUNCH, "--num_processes", str(processes), str(REPO / "train_clm.py"), *args],
+                                env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     log = out / "train_log.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 3):
         time.sleep(0.2)
-    launcher.send_signal(signal.SIGTERM)
+    launcher.send_signal(sig)
     launcher.wait(timeout=60)
-    # the worker was told too (it is no orphan): it finishes its step, saves, and lets go of the folder
+    # the workers were told too (no orphans): they finish their step, save, and let go of the folder
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob("checkpoints/step-*/checkpoint.json")):
         time.sleep(0.2)

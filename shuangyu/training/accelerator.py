@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -78,25 +77,6 @@ def end_processes(accelerator: Accelerator | None) -> None:
         accelerator.end_training()
     elif torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def stop_with_the_launcher() -> None:
-    """Under `accelerate launch` with one process, the launcher does not pass a SIGTERM on: killed, it would leave
-    this process training on, orphaned, with no one to stop it. Ask Linux to send us SIGTERM when the launcher
-    dies, which saves a checkpoint and exits like any SIGTERM. Not for processes started by a shell: `nohup`
-    users expect the run to outlive their terminal."""
-    if not os.environ.get("ACCELERATE_MIXED_PRECISION") or not sys.platform.startswith("linux"):
-        return  # not started by accelerate launch
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return  # torchrun's agent passes signals on to its processes
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the launcher died before the request was made
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def cpu_processes() -> bool:

@@ -5,8 +5,35 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import torch
+
+_launcher_pid: int | None = None  # the process that started this one, when stop_with_the_launcher watches it
+
+
+def stop_with_the_launcher() -> None:
+    """Under `accelerate launch`, a launcher that dies without passing a signal on (one process: any SIGTERM; several:
+    a kill -9, an out-of-memory kill) would leave its processes training on, orphaned, with no one to stop them and
+    GPUs held. Ask Linux to send each process SIGTERM when the launcher dies, which saves a checkpoint and exits like
+    any SIGTERM (several processes agree on it at the next logging step, as when torchrun passes a SIGTERM on).
+    Not for processes started by a shell: `nohup` users expect the run to outlive their terminal."""
+    global _launcher_pid
+    if not os.environ.get("ACCELERATE_MIXED_PRECISION") or not sys.platform.startswith("linux"):
+        return  # not started by accelerate launch
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    _launcher_pid = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the launcher died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def echo_of_the_launchers_death(signum: int) -> bool:
+    """A SIGTERM after the launcher died is Linux repeating its death signal: it sends one each time the process is
+    handed to another of the dying launcher's threads (two or more under torchrun). Not a second request."""
+    return signum == signal.SIGTERM and _launcher_pid is not None and os.getppid() != _launcher_pid
 
 
 class StopRequest:
@@ -20,6 +47,8 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if self.requested and echo_of_the_launchers_death(signum):
+            return
         if self.requested:  # asked twice: the user means it
             self.restore()
             raise KeyboardInterrupt
@@ -61,6 +90,8 @@ class StopAtOnce:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        if self.requested and echo_of_the_launchers_death(signum):
+            return  # the set-up is stopping already: let it remove what it was writing
         self.requested = signal.Signals(signum).name
         raise KeyboardInterrupt
 

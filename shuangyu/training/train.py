@@ -33,7 +33,6 @@ from shuangyu.training.accelerator import (
     check_distributed,
     end_processes,
     share_from_main,
-    stop_with_the_launcher,
     sync_only_state_under_ddp,
 )
 from shuangyu.training.arguments import TrainConfig, total_steps
@@ -46,7 +45,7 @@ from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_environment, write_run_args
 from shuangyu.training.schedule import build_scheduler
 from shuangyu.training.state import TrainState
-from shuangyu.training.stopping import StopAtOnce, StopRequest, should_stop
+from shuangyu.training.stopping import StopAtOnce, StopRequest, should_stop, stop_with_the_launcher
 from shuangyu.training.summary import training_summary
 from shuangyu.training.training_data import check_stream, open_training_data, stream_positions
 from shuangyu.training.validation import evaluate, format_validation, generate_samples, validation_logs

@@ -490,10 +490,12 @@ def test_a_yaml_value_of_the_wrong_type_names_the_config_file(tmp_path):
     assert parse_args(["--config", str(cfg), "--learning_rate", "1e-3"]).optim.learning_rate == 1e-3
 
 
-@pytest.mark.slow(minutes=3)
+@pytest.mark.slow(minutes=1.5)
 def test_tiny_cpu_preset_learns_on_the_shared_corpus(data_tokenizer_dir, corpus_dir, tmp_path):
-    """The shipped preset as a user runs it (Muon): 2 CPU processes, 300 steps on news and novels (minutes).
-    AdamW's learning is test_adamw_also_trains's."""
+    """The shipped preset as a user runs it (its model, data, batch and Muon recipe) on 2 CPU processes, cut from
+    300 steps to 120 to spare CI a minute: enough to show it learns (measured when written: training loss 7.22 at
+    step 10 and 4.43 at 120; held-out zh 4.88 -> 4.00, en 5.59 -> 4.89 from step 40 to 120). AdamW's learning is
+    test_adamw_also_trains's."""
     out = tmp_path / "run"
     args = [
         "--config",
@@ -504,15 +506,22 @@ def test_tiny_cpu_preset_learns_on_the_shared_corpus(data_tokenizer_dir, corpus_
         str(out),
         "--report_to",
         "none",
+        "--max_steps",
+        "120",
+        "--eval_steps",
+        "40",
+        "--save_steps",
+        "60",
     ]
     proc = run(args, processes=2, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     train = {e["step"]: e["train/loss"] for e in log}
     evals = [e for e in log if "eval/zh/loss" in e]
-    assert train[300] < train[10] - 1.0, train
+    assert [e["step"] for e in evals] == [40, 80, 120]
+    assert train[120] < train[10] - 1.5, train
     for lang in ("zh", "en"):
-        assert evals[-1][f"eval/{lang}/loss"] < evals[0][f"eval/{lang}/loss"] - 0.2, evals
+        assert evals[-1][f"eval/{lang}/loss"] < evals[0][f"eval/{lang}/loss"] - 0.4, evals
 
 
 def test_sources_named_only_by_their_paths_train_to_the_end(synthetic_corpus, tiny_tokenizer_dir, tmp_path):

@@ -487,7 +487,17 @@ def test_missing_text_field_lists_fields(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "case",
-    ["no_match", "empty", "vocab", "weights_partial", "weights_negative", "file_type", "max_bytes", "val_syntax"],
+    [
+        "no_match",
+        "empty",
+        "vocab",
+        "vocab_huge",
+        "weights_partial",
+        "weights_negative",
+        "file_type",
+        "max_bytes",
+        "val_syntax",
+    ],
 )
 def test_bad_input(tmp_path, capsys, case):
     good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
@@ -500,6 +510,7 @@ def test_bad_input(tmp_path, capsys, case):
         "no_match": (["--files", f"{tmp_path}/nothing/*.jsonl"], ["--files", "no file matches"]),
         "empty": (["--files", str(empty)], ["no text"]),
         "vocab": (["--files", str(good), "--vocab_size", "100"], ["--vocab_size 100", "260"]),
+        "vocab_huge": (["--files", str(good), "--vocab_size", "99999999999"], ["--vocab_size 99999999999", "above"]),
         "weights_partial": (["--files", f"{good}:0.5", str(empty)], ["WEIGHT", "every source or to none"]),
         "weights_negative": (["--files", f"{good}:-2"], ["--files", "weight"]),
         "file_type": (["--files", str(tmp_path / "x.csv")], ["x.csv", "unsupported file type"]),

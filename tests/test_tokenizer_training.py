@@ -3,6 +3,7 @@ conversion to a `tokenizers` BPE (encodes as rustbpe does), min_frequency, max_t
 training on small text against tokenizers' own trainer."""
 
 import itertools
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -322,3 +323,20 @@ def test_sampled_counts_train_nearly_as_well_as_exact_ones(corpus_dir):
     a = bpe.measure_compression(bpe.train_from_counts(exact, 8000), heldout).chars_per_token
     b = bpe.measure_compression(bpe.train_from_counts(sampled, 8000), heldout).chars_per_token
     assert b == pytest.approx(a, rel=0.02)
+
+
+def test_a_vocabulary_of_the_byte_alphabet_and_special_tokens_alone_learns_no_merge(tmp_path):
+    """--vocab_size 260 (256 bytes + 4 special tokens) asks for no merge; the loop's count check came only after
+    adding a token, so it kept the 17 spare ones: 277 tokens."""
+    from transformers import AutoTokenizer
+
+    from shuangyu.tokenizer.train_bpe import main
+
+    assert merges.learn_merges(iter({"lower": 5, "newer": 6}.items()), num_merges=0) == []
+    text = tmp_path / "a.jsonl"
+    text.write_text(
+        "".join(json.dumps({"text": f"some text 一些文本 {i}"}, ensure_ascii=False) + "\n" for i in range(50))
+    )
+    for vocab in (260, 261):
+        assert main(["--files", str(text), "--vocab_size", str(vocab), "--output_dir", str(tmp_path / str(vocab))]) == 0
+        assert len(AutoTokenizer.from_pretrained(tmp_path / str(vocab))) == vocab

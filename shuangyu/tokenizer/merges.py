@@ -117,6 +117,8 @@ def learn_merges(
     )
     ranked = sorted(trainer.get_mergeable_ranks(), key=lambda item: item[1])
     tokens, seen = [], set()
+    if num_merges <= 0:  # the loop below checks the count only after adding a token
+        return tokens
     for token, _ in ranked[BYTE_ALPHABET_SIZE:]:
         token = bytes(token)
         if token == SENTINEL.encode():

@@ -80,12 +80,20 @@ def read_options(args: TrainBPEArguments) -> ReadOptions:
     return ReadOptions(args.text_column, args.document_per_file, args.on_decode_error)
 
 
+MAX_VOCAB_SIZE = 2**20  # the trainer's counts overflow far above this; no vocabulary in use comes near
+
+
 def validate(args: TrainBPEArguments):
     """Check every flag and input that can be checked before reading any text."""
     if args.vocab_size < bpe.MIN_VOCAB_SIZE:
         raise UsageError(
             f"--vocab_size {args.vocab_size} is smaller than the byte alphabet plus special tokens "
             f"({bpe.BYTE_ALPHABET_SIZE} + {len(bpe.SPECIAL_TOKENS)} = {bpe.MIN_VOCAB_SIZE})"
+        )
+    if args.vocab_size > MAX_VOCAB_SIZE:
+        raise UsageError(
+            f"--vocab_size {args.vocab_size} is above {MAX_VOCAB_SIZE:,}: no model's vocabulary is near that "
+            "(the largest in use hold about 256k tokens)"
         )
     if args.min_frequency < 1:
         raise UsageError(f"--min_frequency {args.min_frequency} must be at least 1")

@@ -158,6 +158,7 @@ def test_a_fraction_that_holds_out_no_block_is_topped_up_and_said(tmp_path, data
     # --validation_fraction 0 asks for no validation: nothing topped up
     none = prepare(tmp_path, data_tokenizer_dir, name="none", files=files, block_size=32, validation_fraction=0.0)
     assert all(v["docs"] == 0 for v in none.manifest["validation"].values())
+    assert "no validation asked for" in format_report(none) and "too little text" not in format_report(none)
 
 
 def test_explicit_validation_files(tmp_path, data_tokenizer_dir, data_corpus_slices):

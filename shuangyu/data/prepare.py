@@ -380,7 +380,9 @@ def format_report(data: PreparedData) -> str:
         note = ""
         if v.get("topped_up"):
             note = f" (--validation_fraction {m['arguments']['validation_fraction']} made no block: more held out)"
-        if not v["blocks"]:
+        if not v["blocks"] and not v["docs"] and not m["arguments"]["validation_fraction"]:
+            note += " (--validation_fraction 0: no validation asked for)"
+        elif not v["blocks"]:
             note += f" (too little text for a block of {m['block_size']}: no validation for {name})"
         lines.append(f"validation   {name}: {v['docs']:,} docs, {v['tokens']:,} tokens, {v['blocks']:,} blocks{note}")
     lines.append(

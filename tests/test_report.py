@@ -92,6 +92,7 @@ def test_the_report_of_a_real_run_has_every_section(run_copy):
     ours, gpt2 = ([float(cell) for cell in line.strip("|").split("|")[2:]] for line in table[:2])
     assert ours[0] > gpt2[0]  # zh characters per token: a zh+en tokenizer beats GPT-2's bytes on Chinese
     assert "Not evaluated yet" in report  # the fixture's model was not run through eval/run.py
+    assert "| precision | fp32 |" in report  # as the recipe's table names it, not accelerate's "no"
     assert "Trained 24 steps" in report
     assert f"python -m shuangyu.chat {run_copy / 'final'}" in report
     png = (run_copy / "loss.png").read_bytes()

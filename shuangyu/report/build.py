@@ -149,7 +149,7 @@ def environment_section(run_dir: Path) -> str:
         ("machine", f"{env.get('cpu')}, {env.get('cpu_cores')} cores, {env.get('memory_gib')} GiB"),
         ("GPUs", ", ".join(env.get("gpus") or []) or "none"),
         ("processes", env.get("processes")),
-        ("precision", env.get("mixed_precision")),
+        ("precision", {"no": "fp32"}.get(env.get("mixed_precision"), env.get("mixed_precision"))),  # accelerate's "no"
         ("versions", ", ".join(f"{k} {val}" for k, val in v.items())),
         ("commit", env.get("commit") or "not a git checkout"),
         ("command", f"`{env['command']}`" if env.get("command") else None),

@@ -216,8 +216,9 @@ def samples_section(folder: Path, chat: bool) -> str:
     lines = [
         f"## Samples ({kind})",
         "",
-        "Greedy, then sampled as `python -m shuangyu.chat` does by default (temperature 0.7, top-p 0.9, "
-        "repetition penalty 1.1; seed 0).",
+        "Greedy, then sampled with `python -m shuangyu.chat`'s default settings (temperature 0.7, top-p 0.9, "
+        "top-k 50, repetition penalty 1.1; seed 0), the penalty as transformers applies it: the chat command's own "
+        "spares the byte pieces of rare Chinese characters, so its text can differ.",
         "",
     ]
     for row in rows:

@@ -369,6 +369,22 @@ def test_without_weights_sources_keep_their_natural_share(tmp_path):
     assert sa2.bytes / (sa2.bytes + sb2.bytes) == pytest.approx(sa.bytes / total, abs=0.05)
 
 
+def test_a_lone_weighted_source_is_read_whole_whatever_its_size_estimate(tmp_path):
+    """A weight on the only source weighs it against nothing. It set the source's budget to its size estimated from
+    its first megabyte: a file whose first rows carry long fields beside short texts was cut short, silently."""
+    import json as _json
+
+    path = tmp_path / "skew.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(2000):
+            meta = "x" * 2000 if i < 400 else ""  # the first rows' bytes are mostly a field that is not the text
+            f.write(_json.dumps({"text": f"document {i} " + "words and more words " * 10, "meta": meta}) + "\n")
+    whole = sum(1 for _ in iter_file_documents(path, ReadOptions(), ReadStats()))
+    for spec in (parse_file_source(str(path)), parse_file_source(f"en={path}:1")):
+        [(stats, read)] = _read(plan_mixture([spec], [resolve_files(spec)], None))
+        assert (stats.passes, len(read)) == (1, whole), spec.weight
+
+
 def test_hub_dataset_code_path_on_a_local_dataset_folder(tmp_path, corpus_dir):
     folder = tmp_path / "ds"
     folder.mkdir()

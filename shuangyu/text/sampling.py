@@ -62,7 +62,7 @@ def plan_mixture(
         total = cap
     else:
         total = min(cap, float(sum(estimates)))
-    if sources[0].weight is not None:
+    if sources[0].weight is not None and len(sources) > 1:  # a lone source's weight has nothing to weigh against
         weight_sum = sum(s.weight for s in sources)
         budgets = [total * s.weight / weight_sum for s in sources]
     elif unknown:

@@ -659,3 +659,26 @@ def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, m
     assert status == 130
     assert capsys.readouterr().err.strip().splitlines() == ["train_bpe.py: interrupted; nothing was written"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("values", [[b"raw bytes", b"more"], [1, 2]], ids=["bytes", "integers"])
+def test_a_parquet_text_column_that_holds_no_strings_is_one_line_for_both_tools(tmp_path, capsys, values):
+    """It was an AttributeError traceback in train_bpe, and prepare's said a DatasetGenerationError (integers: 'the
+    corpus is empty')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shuangyu.data.prepare import main as prepare
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": values * 50}), path)
+    out = tmp_path / "out"
+    assert_clean_failure(capsys, ["--files", str(path), "--output_dir", str(out)], out, str(path), "'text' holds")
+    tok = tmp_path / "tok"
+    good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
+    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(tok)]) == 0
+    capsys.readouterr()
+    code = prepare(["--tokenizer_name", str(tok), "--output_dir", str(out), "--files", str(path), "--num_proc", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'text' holds" in err[0] and "not text" in err[0], err
+    assert not out.exists()

@@ -167,6 +167,7 @@ def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, stats: ReadStat
 
 
 def _iter_parquet(path: Path, opts: ReadOptions, keep) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -176,6 +177,11 @@ def _iter_parquet(path: Path, opts: ReadOptions, keep) -> Iterator[str]:
     names = pf.schema_arrow.names
     if opts.text_column not in names:
         raise UsageError(f"{path}: no column {opts.text_column!r} (columns: {', '.join(names)}); set --text_column")
+    kind = pf.schema_arrow.field(opts.text_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise UsageError(
+            f"{path}: column {opts.text_column!r} holds {kind}, not text; set --text_column to a column of strings"
+        )
     for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_column]):
         for text in batch.column(0).to_pylist():
             if keep() and has_text(text):

@@ -13,7 +13,9 @@ The arithmetic is in planner.py; the laws and their sources in laws.py; the memo
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import shlex
 import sys
 from dataclasses import fields
@@ -162,7 +164,7 @@ def report(plan: Plan) -> list[str]:
     gc = ", with gradient checkpointing (+1/3 compute)" if plan.gradient_checkpointing else ""
     lines += [
         f"  memory       {memory.size(plan.memory.total)} per {'process' if gpu.is_cpu else 'GPU'} of "
-        f"{memory.size(plan.usable_bytes)} usable ({plan.memory.describe()}){gc}: fits",
+        f"{memory.size(plan.usable_bytes)} usable{shared_host(r)} ({plan.memory.describe()}){gc}: fits",
         f"               {alternatives_line(plan)}",
         f"  checkpoints  every {plan.save_steps:,} steps"
         + (f" (about {plan.save_steps / plan.steps * plan.hours * 60:.0f} min)" if plan.hours else "")
@@ -180,7 +182,8 @@ def estimate_report(e: Estimate) -> list[str]:
     lines = [
         f"estimate: {s.name} on {r.gpus} x {r.gpu.name}, sequence {r.seq_len} (no budget: no tokens, steps or time)",
         f"  model        {s.name}: {s.describe()}; {s.parameters / 1e6:,.1f}M parameters",
-        f"  memory       {memory.size(e.memory.total)} per {unit} of {memory.size(e.usable_bytes)} usable at "
+        f"  memory       {memory.size(e.memory.total)} per {unit} of {memory.size(e.usable_bytes)} usable"
+        f"{shared_host(r)} at "
         f"micro-batch {e.micro_batch} x {r.seq_len} ({e.memory.describe()}){gc}: fits",
         f"               {alternatives_line(e)}",
     ]
@@ -193,6 +196,13 @@ def estimate_report(e: Estimate) -> list[str]:
             f"at MFU {e.mfu:.3f} ({e.mfu_source})"
         )
     return lines
+
+
+def shared_host(r: Request) -> str:
+    """On a CPU the processes share the host's memory: each plans with its share."""
+    if not r.gpu.is_cpu or r.gpus == 1:
+        return ""
+    return f" (the host's {memory.size(memory.usable_bytes(r.gpu.memory_gib, True))} shared by {r.gpus} processes)"
 
 
 def alternatives_line(plan: Plan | Estimate) -> str:
@@ -300,34 +310,62 @@ def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list
         raise UsageError(f"--output {output} exists: pass --overwrite to replace it")
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder: give a file name such as {output / 'plan.yaml'}")
-    shape, seq, written = plan.shape, plan.request.seq_len, []
-    if shape.source:
-        model_config = shape.source
-    elif shape.preset and seq <= (shape.max_positions or seq):
-        model_config = shape.name
+    shape, seq = plan.shape, plan.request.seq_len
+    files = {}  # path -> text, written together below
+    if seq <= (shape.max_positions or seq) and (shape.source or shape.preset):
+        model_config = shape.source or shape.name
     else:
+        # a shape train_clm does not know by name, or one whose context is shorter than --seq_len (train_clm
+        # refuses a --block_size above max_position_embeddings): its config.json, with the context the plan needs
         model_path = output.parent / "models" / f"{shape.name}.json"
-        text = json_text(shape.config(seq))
+        text = json_text(longer_copy(shape.source, seq) if shape.source else shape.config(seq))
         if model_path.exists() and model_path.read_text(encoding="utf-8") != text and not args.overwrite:
             raise UsageError(f"{model_path} exists with another shape: pass --overwrite to replace it")
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        model_path.write_text(text, encoding="utf-8")
-        model_config, written = str(model_path), [str(model_path)]
+        model_config, files[model_path] = str(model_path), text
     values = training_config(plan, model_config, args)
     header = [f"# Planned by: {PROG} {shlex.join(argv)}", "#"]
     header += ["# " + line for line in report(plan)]
     header += ["#", "# Train (one process per GPU):", "#   " + launch_command(plan, str(output))]
     body = yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=200)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text("\n".join(header) + "\n" + body, encoding="utf-8")
-    tmp.replace(output)
-    return [*written, str(output)]
+    files[output] = "\n".join(header) + "\n" + body
+    write_together(files)
+    return [str(path) for path in files]
+
+
+def longer_copy(source: str, seq_len: int) -> dict:
+    """A --model config.json (or run folder) as it is, but for its context: the one the plan trains at."""
+    path = Path(source)
+    fields = json.loads((path / "config.json" if path.is_dir() else path).read_text(encoding="utf-8"))
+    fields.pop("auto_map", None)  # its code stays in the run folder; train_clm knows model_type shuangyu anyway
+    return fields | {"max_position_embeddings": seq_len}
+
+
+def write_together(files: dict[Path, str]) -> None:
+    """Each file to a temporary name beside it, then all renamed into place: a full disk or a quota leaves no
+    half-written file and no model config without the YAML that names it. The PID keeps two runs apart."""
+    temps: dict[Path, Path] = {}
+    made: list[Path] = []
+    path = next(iter(files))
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temps[path] = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            temps[path].write_text(text, encoding="utf-8")
+        for path, tmp in temps.items():
+            existed = path.exists()
+            tmp.replace(path)
+            if not existed:
+                made.append(path)
+    except OSError as err:
+        for written in [*temps.values(), *made]:
+            written.unlink(missing_ok=True)
+        reason = err.strerror or type(err).__name__
+        raise UsageError(
+            f"--output: could not write {path} ({reason}): nothing written; free space or pick another folder"
+        ) from None
 
 
 def json_text(config: dict) -> str:
-    import json
-
     return json.dumps(config, indent=2) + "\n"
 
 

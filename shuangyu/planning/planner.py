@@ -168,7 +168,14 @@ def least_memory(request: Request, shape: Shape) -> memory.MemoryEstimate:
 
 
 def fits_at_all(request: Request, shape: Shape) -> bool:
-    return least_memory(request, shape).total <= memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
+    return least_memory(request, shape).total <= usable_per_process(request)
+
+
+def usable_per_process(request: Request) -> float:
+    """What one training process may hold: each GPU's usable memory, or on a CPU its share of the host's, as the
+    processes there all live in the one machine's memory."""
+    usable = memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
+    return usable / request.gpus if request.gpu.is_cpu else usable
 
 
 def largest_budget(request: Request) -> float:
@@ -182,7 +189,7 @@ def split_batch(request: Request, shape: Shape, batch_tokens: float) -> tuple[in
     """The largest power-of-two micro-batch (at most the law's batch) that fits, without gradient checkpointing
     if any does; accumulation makes up the rest of the law's batch."""
     seq, procs, cpu = request.seq_len, request.gpus, request.gpu.is_cpu
-    usable = memory.usable_bytes(request.gpu.memory_gib, cpu)
+    usable = usable_per_process(request)
     per_process = batch_tokens / (seq * procs)
     largest = 2 ** max(0, int(math.floor(math.log2(max(per_process, 1)))))
     sizes = [2**j for j in range(int(math.log2(min(largest, MAX_MICRO_BATCH))), -1, -1)]
@@ -197,9 +204,11 @@ def split_batch(request: Request, shape: Shape, batch_tokens: float) -> tuple[in
 
 def does_not_fit(request: Request, shape: Shape) -> str:
     gpu, est = request.gpu, least_memory(request, shape)
-    usable = memory.usable_bytes(gpu.memory_gib, gpu.is_cpu)
+    usable = usable_per_process(request)
     need = est.total / memory.GIB
     where = f"{gpu.memory_gib:g} GiB, {memory.size(usable)} usable"
+    if gpu.is_cpu and request.gpus > 1:
+        where = f"{gpu.memory_gib:g} GiB shared by {request.gpus} processes, {memory.size(usable)} usable by each"
     advice = []
     if not gpu.is_cpu:
         # FSDP2 shards weights, gradients and optimizer state over the processes (no DDP buckets); the planner
@@ -220,9 +229,11 @@ def does_not_fit(request: Request, shape: Shape) -> str:
         if fitting:
             smallest = sorted(fitting, key=lambda g: g.memory_gib)[:3]
             advice.append("a GPU with more memory (" + ", ".join(g.name for g in smallest) + ")")
+    elif request.gpus > 1:
+        advice.append("fewer processes (--gpus): on a CPU they share the host's memory")
     advice.append("or a smaller --model or --seq_len")
     return (
-        f"{shape.name} ({shape.parameters / 1e6:,.0f}M parameters) needs {need:.1f} GiB per GPU even at micro-batch 1 "
+        f"{shape.name} ({shape.parameters / 1e6:,.0f}M parameters) needs {need:.1f} GiB per {'process' if gpu.is_cpu else 'GPU'} even at micro-batch 1 "
         f"with gradient checkpointing ({est.describe()}): does not fit on {request.gpus} x {gpu.name} ({where}) "
         "without sharding; options: " + ", ".join(advice)
     )
@@ -322,7 +333,7 @@ def make_plan(request: Request) -> Plan:
         save_steps=steps,
         gradient_checkpointing=checkpointing,
         memory=est,
-        usable_bytes=memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu),
+        usable_bytes=usable_per_process(request),
         notes=notes,
     )
     if plan.hours:
@@ -365,5 +376,5 @@ def estimate_model(request: Request) -> Estimate:
     shape = shapes.resolve(request.model, request.vocab_size)
     most = MAX_MICRO_BATCH * request.seq_len * request.gpus
     micro, _, checkpointing, est = split_batch(request, shape, most)
-    usable = memory.usable_bytes(request.gpu.memory_gib, request.gpu.is_cpu)
+    usable = usable_per_process(request)
     return Estimate(request, shape, request.mfu or default_mfu, mfu_source, micro, checkpointing, est, usable)

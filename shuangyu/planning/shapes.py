@@ -151,12 +151,15 @@ def resolve(spec: str, vocab_size: int) -> Shape:
     if match and 2 <= int(match.group(1)) <= MAX_DEPTH:
         return derived(int(match.group(1)), vocab_size)
     path = Path(spec)
+    name = path.name if path.is_dir() else path.stem  # a run folder by its name, not "config"
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
         try:
             fields = json.loads(path.read_text(encoding="utf-8"))
-            return from_config(path.stem, fields, source=spec)
+            # its context as a limit, as the presets': a plan with a longer --seq_len writes a longer copy
+            context = fields.get("max_position_embeddings")
+            return from_config(name, fields, max_positions=context, source=spec)
         except (ValueError, KeyError, TypeError) as err:
             raise UsageError(f"--model {spec}: not a model config.json ({type(err).__name__}: {err})") from None
     names = ", ".join(s.name for s in named(vocab_size))

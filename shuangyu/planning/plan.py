@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--flops", type=float, help="or the budget in FLOPs, e.g. 1e19")
     budget.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: measured, see bench/RESULTS.md)")
     budget.add_argument("--peak_tflops", type=float, help="dense bf16 TFLOP/s of a GPU not in the table (or a CPU)")
-    budget.add_argument("--memory_gib", type=float, help="memory per GPU in GiB, for a GPU not in the table")
+    budget.add_argument(
+        "--memory_gib",
+        type=float,
+        help="memory per GPU in GiB, for a GPU not in the table (--gpu cpu: the host's, shared by its processes)",
+    )
     budget.add_argument("--usd_per_gpu_hour", type=float, help="price, for the cost (default: Modal's list price)")
     model = p.add_argument_group("model and data")
     model.add_argument(

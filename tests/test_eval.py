@@ -359,6 +359,32 @@ def test_a_run_replaces_the_rows_it_scored_and_keeps_the_others(tiny_checkpoint,
     assert (ckpt / "eval_results.json").read_text() == before
 
 
+def test_results_written_elsewhere_leave_the_card_alone(tiny_checkpoint, tmp_path, capsys):
+    """--output elsewhere used to rewrite CKPT's card from results that CKPT/eval_results.json (what push and the
+    report read) did not hold: the card disagreed with them."""
+    from shuangyu.evaluation.run import main
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "final"))
+    earlier_results(ckpt)
+    assert main([str(ckpt), "--langs", "en", "--bpb_max_bytes", "2000"]) == 0  # default: results and card together
+    card, results = (ckpt / "README.md").read_text(), (ckpt / "eval_results.json").read_text()
+    assert "| held-out en | bits_per_byte |" in card
+    capsys.readouterr()
+    out = tmp_path / "elsewhere" / "x.json"
+    out.parent.mkdir()
+    assert main([str(ckpt), "--langs", "zh", "--bpb_max_bytes", "2000", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"left the model card {ckpt / 'README.md'} as it was: --output is not {ckpt / 'eval_results.json'}" in err
+    assert set(json.loads(out.read_text())["held_out"]) == {"zh"} and "updated the model card" not in err
+    assert (ckpt / "README.md").read_text() == card and (ckpt / "eval_results.json").read_text() == results
+    # --output naming CKPT's own file (by another spelling) is the default: the card follows it
+    assert (
+        main([str(ckpt), "--langs", "zh", "--bpb_max_bytes", "2000", "--output", str(ckpt / "." / "eval_results.json")])
+        == 0
+    )
+    assert "updated the model card" in capsys.readouterr().err and (ckpt / "README.md").read_text() != card
+
+
 def test_a_results_file_that_cannot_be_kept_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
     from shuangyu.evaluation import run
 

@@ -209,7 +209,7 @@ def test_a_lora_run_is_reported_from_its_adapter(lora_run, capfd):
     assert "--prompt" not in out.split("## Talk to it")[1]  # not a base model to continue text with
     merged = lora_run.parent / "lora-merged"
     assert f"`python -m shuangyu.training.merge_lora {final} {merged}`, then `python eval/run.py {merged} " in out
-    assert f"--apply_chat_template --output {final / 'eval_results.json'}`" in out
+    assert "--limit 100 --apply_chat_template` (the merged model has" in out and "--output" not in out
     assert f"python eval/run.py {final}" not in out  # eval/run.py refuses an adapter
     assert (final / "loss.png").is_file() and "](loss.png)" in (final / "README.md").read_text()
     assert not (lora_run / "checkpoints" / "step-00000008" / "model" / "loss.png").exists()
@@ -328,3 +328,19 @@ def test_references_is_a_tokenizer_folder_or_a_folder_of_them(run_copy, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"python -m shuangyu.report: error: --references {tmp_path}: no "), err
     assert (run_copy / "report.md").read_bytes() == before
+
+
+def test_a_lora_run_reports_the_merged_models_results(tmp_path):
+    """The advice used to be `eval/run.py MERGED --output ADAPTER/eval_results.json`, which left the results in one
+    folder and their card in another; the merged folder keeps both, and the adapter's report reads them there."""
+    from shuangyu.report.build import eval_section
+
+    final, merged = tmp_path / "lora" / "final", tmp_path / "lora-merged"
+    final.mkdir(parents=True)
+    merged.mkdir()
+    (final / "adapter_config.json").write_text('{"r": 4}')
+    assert f"`python eval/run.py {merged} --tasks arc_easy_local,xcopa_zh_local --limit 100`" in eval_section(final)
+    row = {"task": "arc_easy_local", "metric": "acc", "value": 0.375, "random_guess": 0.25, "limit": 100}
+    (merged / "eval_results.json").write_text(json.dumps({"limit": 100, "table": [row], "notes": []}))
+    section = eval_section(final)
+    assert f"`eval/run.py` on the merged model `{merged}`" in section and "| arc_easy_local | acc | 0.3750 |" in section

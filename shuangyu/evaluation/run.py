@@ -278,7 +278,12 @@ def parse_args(argv):
     p.add_argument("checkpoint", type=Path, help="a saved model folder (config.json, weights, tokenizer)")
     p.add_argument("--tasks", default="", help="comma-separated lm-eval task or group names, e.g. arc_easy_local")
     p.add_argument("--limit", type=int, default=None, help="at most N documents per task (for quick checks)")
-    p.add_argument("--output", type=Path, default=None, help="results JSON (default CKPT/eval_results.json)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="results JSON (default CKPT/eval_results.json; elsewhere, the card is left alone)",
+    )
     p.add_argument(
         "--corpus",
         type=Path,
@@ -411,8 +416,15 @@ def evaluate(argv: list[str] | None) -> int:
     atomic_write_text(output.with_suffix(".md"), table)
     print(table)
     print(f"wrote {output} and {output.with_suffix('.md')}", file=sys.stderr)
-    if not args.no_model_card:
+    if args.no_model_card:
+        return 0
+    if output.resolve() == ckpt / "eval_results.json":
         print(f"updated the model card {write_card(ckpt, evaluation=report)}", file=sys.stderr)
+    else:  # the card must agree with CKPT/eval_results.json, which push and the report read, not with this file
+        print(
+            f"left the model card {ckpt / 'README.md'} as it was: --output is not {ckpt / 'eval_results.json'}",
+            file=sys.stderr,
+        )
     return 0
 
 

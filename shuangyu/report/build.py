@@ -177,21 +177,28 @@ def tokenizer_section(folder: Path, corpus: Path, references: list[tuple[str, Pa
     )
 
 
+def merged_folder(adapter: Path) -> Path:
+    """Where the report's advice has merge_lora put a LoRA run's adapter merged into its base."""
+    if adapter.name != "final":  # a checkpoint's model/
+        return adapter.parents[3] / f"{adapter.parents[2].name}-{adapter.parent.name}-merged"
+    return adapter.parent.parent / f"{adapter.parent.name}-merged"
+
+
 def eval_section(folder: Path) -> str:
-    path = folder / "eval_results.json"
+    path, source = folder / "eval_results.json", ""
+    if not path.is_file() and is_adapter(folder):
+        # eval/run.py refuses an adapter; the merged model's results sit beside its own card, which they match
+        path, source = merged_folder(folder) / "eval_results.json", f" on the merged model `{merged_folder(folder)}`"
     if not path.is_file():
         tasks = "--tasks arc_easy_local,xcopa_zh_local --limit 100"
         tasks += " --apply_chat_template" if is_chat_folder(folder) else ""
-        if is_adapter(folder):  # eval/run.py refuses an adapter: it evaluates the merged model
-            merged = folder.parent.parent / f"{folder.parent.name}-merged"
-            if folder.name != "final":  # a checkpoint's model/
-                merged = folder.parents[3] / f"{folder.parents[2].name}-{folder.parent.name}-merged"
+        if is_adapter(folder):
+            merged = merged_folder(folder)
             return (
                 "## Evaluation\n\nNot evaluated yet. eval/run.py evaluates a model folder, and this is a LoRA "
                 f"adapter: merge it first, `python -m shuangyu.training.merge_lora {folder} {merged}`, then "
-                f"`python eval/run.py {merged} {tasks} --output {folder / 'eval_results.json'}` (the merged model "
-                "has the adapter's logits; `--output` puts its results beside the adapter, where this report reads "
-                "them), then rebuild this report."
+                f"`python eval/run.py {merged} {tasks}` (the merged model has the adapter's logits; its results and "
+                "model card go into the merged folder, where this report reads them), then rebuild this report."
             )
         return f"## Evaluation\n\nNot evaluated yet: `python eval/run.py {folder} {tasks}`, then rebuild this report."
     report = json.loads(path.read_text(encoding="utf-8"))
@@ -205,7 +212,7 @@ def eval_section(folder: Path) -> str:
     chat = ", task prompts in the chat format (`--apply_chat_template`)" if report.get("apply_chat_template") else ""
     held_out = f"\n\n{held_out_note(report)}" if report.get("held_out") else ""
     return (
-        f"## Evaluation\n\n`eval/run.py` (lm-eval{limit}{chat}; random guessing scores shown beside each task):"
+        f"## Evaluation\n\n`eval/run.py`{source} (lm-eval{limit}{chat}; random guessing scores shown beside each task):"
         f"\n\n{table}{held_out}"
     )
 

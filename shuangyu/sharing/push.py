@@ -6,7 +6,7 @@
 What goes up, in one commit: the weights (safetensors), config.json with auto_map and the model code, the
 tokenizer, generation_config.json, eval_results.json/.md when eval/run.py has run, and README.md, the model
 card (written if the folder has none; its "How to use" section is set to load from the Hub repo). `--logs`
-adds a tensorboard folder under runs/. The token comes from $HF_TOKEN or the login cached by `hf auth login`;
+adds a tensorboard folder's event files and hparams.yml (nothing else) under runs/. The token comes from $HF_TOKEN or the login cached by `hf auth login`;
 it is never printed or written anywhere by Shuangyu.
 """
 
@@ -73,10 +73,20 @@ def _files(root: Path, prefix: str = "") -> dict[str, Path]:
     return found
 
 
+def log_files(logs: Path) -> dict[str, Path]:
+    """Only tensorboard's event files and hparams.yml under LOGS, in their layout: a run folder given by mistake
+    must not upload its optimizer states, checkpoints and data cache."""
+    return {
+        name: path
+        for name, path in _files(logs, "runs/").items()
+        if path.name.startswith("events.out.tfevents.") or path.name == "hparams.yml"
+    }
+
+
 def operations(folder: Path, card: bytes, logs: Path | None) -> list:
     from huggingface_hub import CommitOperationAdd
 
-    files = _files(folder) | (_files(logs, "runs/") if logs is not None else {})
+    files = _files(folder) | (log_files(logs) if logs is not None else {})
     files.pop("README.md", None)  # the card for the Hub replaces the folder's
     ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card)]
     return ops + [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
@@ -111,6 +121,11 @@ def push_folder(
     check_token()
     if logs is not None and not Path(logs).is_dir():
         raise UsageError(f"--logs {logs}: not a folder")
+    if logs is not None and not log_files(Path(logs)):
+        raise UsageError(
+            f"--logs {logs} holds no tensorboard event files (events.out.tfevents.*): give the run's tensorboard "
+            "folder, e.g. RUN/shuangyu"
+        )
     # loading from the Hub repo, naming no local path, in the pushed card; the folder's own card keeps its paths
     card = render_card(folder, name=repo_id, load_path=repo_id, license=license, portable=True).encode()
     api = HfApi()
@@ -145,7 +160,12 @@ def parse_args(argv):
         "--private", action="store_true", help="create the repo private (an existing repo keeps its setting)"
     )
     p.add_argument("--revision", default=None, help="push to this branch (created from main if missing)")
-    p.add_argument("--logs", type=Path, default=None, help="a tensorboard folder to add under runs/")
+    p.add_argument(
+        "--logs",
+        type=Path,
+        default=None,
+        help="the run's tensorboard folder (e.g. RUN/shuangyu): its event files and hparams.yml go under runs/",
+    )
     p.add_argument("--commit_message", default=None)
     p.add_argument("--license", default=None, help="the card's license (default apache-2.0, or the card's own)")
     return p.parse_args(argv)

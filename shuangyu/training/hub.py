@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError
-from shuangyu.sharing.push import check_repo_id, check_token, create_repo, push_folder
+from shuangyu.sharing.push import check_repo_id, check_token, create_repo, log_files, push_folder
 from shuangyu.training.arguments import HubArguments
 
 
@@ -25,7 +25,8 @@ def check_hub(hub_args: HubArguments) -> None:
 
 def push_final(out: Path, final: Path, commit_message: str, hub_args: HubArguments) -> bool:
     """Push the finished model (and the tensorboard logs); a failure keeps the model and says how to retry."""
-    logs = out / "shuangyu" if hub_args.hub_push_logs and (out / "shuangyu").is_dir() else None
+    logs = out / "shuangyu"  # without event files (tensorboard off) there are no logs to push, and no error
+    logs = logs if hub_args.hub_push_logs and logs.is_dir() and log_files(logs) else None
     try:
         url = push_folder(
             final,

@@ -144,6 +144,9 @@ def test_the_merged_card_keeps_the_adapters_stage(stage, base, tiny_base_model_d
     assert f"trained further from `{tiny_base_model_dir}`" in cards[1] or stage != "fine-tuning"
     assert cards[1].count("| preference | `p.jsonl` | 9 | 2 | 3 | 7 |") == (stage == "dpo")  # the adapter's record
     assert card_stage(tmp_path / "merged") == stage
+    # eval/run.py refuses an adapter: its card says to evaluate it merged; the merged model's, to evaluate it
+    assert "`python eval/run.py MERGED --tasks ...`" in cards[0] and "merge_lora FOLDER MERGED" in cards[0]
+    assert "`python eval/run.py FOLDER --tasks ...` adds the results here" in cards[1]
     if stage == "dpo":  # a card written before the stage was a tag: its training section says DPO
         old = (adapter / "README.md").read_text().replace("- dpo\n", "")
         (adapter / "README.md").write_text(old)

@@ -185,6 +185,15 @@ def chat_usage_section(load_path: str, remote_code: bool, adapter: bool) -> str:
     )
 
 
+def not_evaluated(adapter: bool) -> str:
+    if adapter:  # eval/run.py takes model folders: an adapter is evaluated merged into its base
+        return (
+            "Not evaluated yet: merge it (`python -m shuangyu.training.merge_lora FOLDER MERGED`), then "
+            "`python eval/run.py MERGED --tasks ...` evaluates the merged model."
+        )
+    return "Not evaluated yet: `python eval/run.py FOLDER --tasks ...` adds the results here."
+
+
 def usage_section(load_path: str, remote_code: bool, chat: bool = False, adapter: bool = False) -> str:
     if chat or adapter:
         return chat_usage_section(load_path, remote_code, adapter)
@@ -530,8 +539,7 @@ def new_card(folder: Path, config: dict, name: str, training: dict | None = None
             f"{_begin('usage')}\n{usage_section(str(folder), remote_code, chat, adapter)}\n{_end('usage')}",
             f"{_begin('training')}\n## Training\n\nNot recorded: this folder was not written by Shuangyu's "
             f"train_clm.py.\n{_end('training')}",
-            f"{_begin('evaluation')}\n## Evaluation\n\nNot evaluated yet: `python eval/run.py FOLDER --tasks ...` "
-            f"adds the results here.\n{_end('evaluation')}",
+            f"{_begin('evaluation')}\n## Evaluation\n\n{not_evaluated(adapter)}\n{_end('evaluation')}",
             f"## Limitations\n\n{limitations}",
             "## License\n\nThe weights are released under the license in the metadata above; check the licenses "
             "of the training data before any use they might restrict.",

@@ -30,7 +30,13 @@ from shuangyu.files import (
 )
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
-from shuangyu.text.sources import SourceArguments, local_paths, parse_file_source, resolve_files
+from shuangyu.text.sources import (
+    SourceArguments,
+    check_not_held_out,
+    local_paths,
+    parse_file_source,
+    resolve_files,
+)
 from shuangyu.tokenizer import bpe
 from shuangyu.tokenizer.counting import peak_memory_kib
 
@@ -108,6 +114,8 @@ def validate(args: TrainBPEArguments):
         if not sep or not lang or not globs:
             raise UsageError(f"--validation_files {item!r}: expected LANG=GLOB[,GLOB...]")
         validation[lang] = resolve_files(parse_file_source(globs), flag="--validation_files")
+    # a tokenizer fitted to its own test text flatters itself
+    check_not_held_out(files, list(validation), list(validation.values()))
     held_out = [(f"--validation_files {lang}'s file", path) for lang, paths in validation.items() for path in paths]
     check_holds_no_input(out, local_paths(specs, files) + held_out, "--output_dir")  # it is replaced whole
     return plans, validation

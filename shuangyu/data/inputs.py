@@ -50,7 +50,8 @@ class PrepareArguments(SourceArguments):
         metadata={"help": "Skip (and count) lines that are not UTF-8, not JSON, or whose text is not a string."},
     )
     overwrite: bool = field(
-        default=False, metadata={"help": "Replace an --output_dir that was prepared with another tokenizer."}
+        default=False,
+        metadata={"help": "Replace an --output_dir prepared with another tokenizer (never a folder of other files)."},
     )
 
 

@@ -158,13 +158,23 @@ def test_a_weight_too_small_to_give_a_token_is_refused(capsys, tmp_path, data_to
     assert_one_line_error(code, err, tmp_path, "--files en: weight 1e-09 gives it none of the", "raise its weight")
 
 
-def test_output_dir_that_is_not_a_cache_is_not_replaced(capsys, tmp_path, data_tokenizer_dir):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "precious.txt").write_text("keep me")
+def test_output_dir_that_is_not_a_cache_is_not_replaced_even_with_overwrite(capsys, tmp_path, data_tokenizer_dir):
+    """--overwrite deleted any folder (a training run's too), and the error recommended it for one."""
+    run = tmp_path / "out"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run_args.json").write_text("{}")
     src = write_jsonl(tmp_path / "docs.jsonl", good_docs())
-    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
-    assert code == 2 and "--overwrite" in err
-    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+    for overwrite in ([], ["--overwrite"]):
+        code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16", *overwrite)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--output_dir {run} exists and holds no prepared data; choose another --output_dir" in err
+        assert "pass --overwrite" not in err
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "run_args.json"]
+    # an empty folder, or earlier prepared data, is still this tool's to fill or replace
+    (run / "checkpoints").rmdir(), (run / "run_args.json").unlink()
+    assert run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")[0] == 0
+    assert run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "8", "--overwrite")[0] == 0
+    assert json.loads((run / MANIFEST).read_text())["block_size"] == 8
 
 
 @pytest.mark.parametrize("inside", ["files", "validation_files", "tokenizer"])

@@ -539,13 +539,14 @@ def test_bad_input(tmp_path, capsys, case):
 def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys):
     good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
-    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]) == 2
+    argv = ["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]
+    assert main(argv) == 0
+    (out / "tokenizer.json").write_text("{}")  # an earlier tokenizer: replaced with --overwrite only
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--output_dir" in err and "--overwrite" in err
-    assert (out / "keep.txt").read_text() == "user data"
-    assert main(["--files", str(good), "--vocab_size", "300", "--output_dir", str(out), "--overwrite"]) == 0
+    assert (out / "tokenizer.json").read_text() == "{}"
+    assert main([*argv, "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "chat_template.jinja",  # the ChatML template every new tokenizer carries
         "tokenizer.json",
@@ -553,6 +554,25 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path, capsys)
         "training_report.json",
     ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_overwrite_replaces_only_a_tokenizer_folder(tmp_path, capsys):
+    """--overwrite deleted any folder given, a training run's (run_args.json, checkpoints/, final/) too."""
+    good = write_jsonl(tmp_path / "good.jsonl", ["some text 一些文本"] * 20)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "final").mkdir()
+    (run / "run_args.json").write_text("{}")
+    argv = ["--files", str(good), "--vocab_size", "300", "--output_dir", str(run)]
+    for overwrite in ([], ["--overwrite"]):
+        assert main([*argv, *overwrite]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--output_dir {run} holds other files than a tokenizer" in err
+        assert "checkpoints, final, run_args.json" in err and "choose another --output_dir" in err
+        assert "pass --overwrite" not in err
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "final", "run_args.json"]
+    (run / "checkpoints").rmdir(), (run / "final").rmdir(), (run / "run_args.json").unlink()
+    assert main([*argv, "--overwrite"]) == 0  # an empty folder is filled
 
 
 @pytest.mark.parametrize("inside", ["files", "validation_files"])

@@ -11,7 +11,13 @@ from pathlib import Path
 from shuangyu.errors import UsageError
 from shuangyu.files import check_holds_no_input, parse_size
 from shuangyu.text.readers import ReadOptions
-from shuangyu.text.sources import SourceArguments, SourceSpec, local_paths, resolve_validation_sources
+from shuangyu.text.sources import (
+    SourceArguments,
+    SourceSpec,
+    check_not_held_out,
+    local_paths,
+    resolve_validation_sources,
+)
 
 FORMAT_VERSION = 1  # of the prepared folder; part of the key, so a new layout prepares again
 
@@ -44,7 +50,8 @@ class PrepareArguments(SourceArguments):
         metadata={"help": "Skip (and count) lines that are not UTF-8, not JSON, or whose text is not a string."},
     )
     overwrite: bool = field(
-        default=False, metadata={"help": "Replace an --output_dir that was prepared with another tokenizer."}
+        default=False,
+        metadata={"help": "Replace an --output_dir prepared with another tokenizer (never a folder of other files)."},
     )
 
 
@@ -93,6 +100,7 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
         raise UsageError(f"{args.flag('--num_proc')} {args.num_proc} must be at least 1")
     sources, files = args.resolve_sources()
     validation, validation_files = resolve_validation_sources(args.validation_files)
+    check_not_held_out(files, [s.name for s in validation], validation_files, args.flag("--files"))
     opts = ReadOptions(
         text_column=args.text_column,
         document_per_file=args.document_per_file,

@@ -81,8 +81,11 @@ def check_existing(args: PrepareArguments, tokenizer_sha: str) -> dict | None:
         raise UsageError(f"{flag} {out} is a file, not a folder")
     manifest = read_manifest(out)
     if manifest is None:
-        if any(out.iterdir()) and not args.overwrite:
-            raise UsageError(f"{flag} {out} exists and holds no prepared data; {it}choose another {flag}")
+        # --overwrite replaces earlier prepared data, never a folder of other files (a training run, a corpus)
+        if (out / MANIFEST).is_file() and not args.overwrite:
+            raise UsageError(f"{flag} {out} holds data prepared by another version; {it}choose another {flag}")
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise UsageError(f"{flag} {out} exists and holds no prepared data; choose another {flag}")
         return None
     if manifest["tokenizer"]["sha256"] != tokenizer_sha and not args.overwrite:
         theirs = manifest["tokenizer"]

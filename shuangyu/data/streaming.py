@@ -43,7 +43,7 @@ from shuangyu.data.stream_sources import (
 )
 from shuangyu.errors import UsageError
 from shuangyu.text.readers import ReadOptions, ReadStats, iter_file_documents
-from shuangyu.text.sources import resolve_validation_sources
+from shuangyu.text.sources import check_not_held_out, resolve_validation_sources
 from shuangyu.tokenizer.loading import tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
 
@@ -297,6 +297,7 @@ class StreamedData:
     def read_validation_files(self, values: list[str], text_column: str) -> list[tuple[str, list]]:
         """Reads the files into `self.validation`; returns each source's name and files."""
         specs, files = resolve_validation_sources(values)
+        check_not_held_out([s.files for s in self.sources], [s.name for s in specs], files, "--train_files")
         opts, self.validation = ReadOptions(text_column=text_column), {}
         for spec, paths in zip(specs, files, strict=True):
             texts = [doc for path in paths for doc in iter_file_documents(path, opts, ReadStats())]

@@ -190,13 +190,44 @@ def resolve_files(spec: SourceSpec, exclude: list[str] | tuple[str, ...] = (), f
         expanded = os.path.expanduser(pattern)
         matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
         files = [m for m in matches if os.path.isfile(m)]
-        matches = [m for m in files if not any(fnmatch(m, ex) for ex in exclude)]
+        matches = [m for m in files if not any(is_excluded(m, ex) for ex in exclude)]
         if not matches:
             raise UsageError(f"{flag} {pattern!r}: {why_nothing_matches(pattern, expanded, files, spec)}")
         for match in matches:
             file_kind(match)
             found.setdefault(os.path.realpath(match), Path(match))
     return sorted(found.values())
+
+
+def is_excluded(path: str, pattern: str) -> bool:
+    """`path` (as the glob returned it) matches the --exclude `pattern` as written, or the two match as absolute
+    paths: ./data/a_val.jsonl, /abs/data/a_val.jsonl or a link's target must leave out data/a_val.jsonl too.
+    The pattern as written is not tried on the absolute path: '*val*' would then match every file below a
+    folder named val."""
+    if fnmatch(path, pattern):
+        return True
+    pattern = os.path.expanduser(pattern)
+    paths = {os.path.abspath(path), os.path.realpath(path)}
+    return any(fnmatch(p, pat) for p in paths for pat in {os.path.abspath(pattern), os.path.realpath(pattern)})
+
+
+def check_not_held_out(
+    train: list[list[Path]],
+    names: list[str],
+    held_out: list[list[Path]],
+    train_flag: str = "--files",
+    held_out_flag: str = "--validation_files",
+) -> None:
+    """A held-out file that a training glob also matches would be trained on, and its loss would measure
+    memory, not generalisation: refuse it (real paths, so ./x and a link to x are the same file)."""
+    trained = {os.path.realpath(path) for paths in train for path in paths}
+    for name, paths in zip(names, held_out, strict=True):
+        for path in paths:
+            if os.path.realpath(path) in trained:
+                raise UsageError(
+                    f"{path} is in both {train_flag} and {held_out_flag} {name}, so held-out text would be trained "
+                    f"on; leave it out of {train_flag} with --exclude '{path}'"
+                )
 
 
 def local_paths(specs: list[SourceSpec], files: list[list[Path]], dataset_flag: str = "--dataset") -> list[tuple]:

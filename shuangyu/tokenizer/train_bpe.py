@@ -30,7 +30,13 @@ from shuangyu.files import (
 )
 from shuangyu.text.readers import ReadOptions, ReadStats, read_documents
 from shuangyu.text.sampling import plan_mixture, sample_source
-from shuangyu.text.sources import SourceArguments, local_paths, parse_file_source, resolve_files
+from shuangyu.text.sources import (
+    SourceArguments,
+    check_not_held_out,
+    local_paths,
+    parse_file_source,
+    resolve_files,
+)
 from shuangyu.tokenizer import bpe
 from shuangyu.tokenizer.counting import peak_memory_kib
 
@@ -73,7 +79,9 @@ class TrainBPEArguments(SourceArguments):
         },
     )
     seed: int = field(default=42, metadata={"help": "Seed for sampling documents and shuffling datasets."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an earlier tokenizer in --output_dir (never other files)."}
+    )
 
 
 def read_options(args: TrainBPEArguments) -> ReadOptions:
@@ -81,6 +89,26 @@ def read_options(args: TrainBPEArguments) -> ReadOptions:
 
 
 MAX_VOCAB_SIZE = 2**20  # the trainer's counts overflow far above this; no vocabulary in use comes near
+
+# What a tokenizer folder holds (this tool's, or one saved by transformers): --overwrite replaces only such a folder
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "training_report.json", "vocab.json", "merges.txt", "added_tokens.json"}  # fmt: skip
+
+
+def check_replaceable_tokenizer_folder(out: Path, overwrite: bool) -> None:
+    """--overwrite means "replace my earlier tokenizer", not "delete whatever is there": a folder holding anything
+    else (a training run, a model, a corpus) is refused even with it."""
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir()}
+    if names and ("tokenizer.json" not in names or not names <= TOKENIZER_FILES):
+        shown = ", ".join(sorted(names - TOKENIZER_FILES)[:3] or sorted(names)[:3])
+        raise UsageError(
+            f"--output_dir {out} holds other files than a tokenizer ({shown}): not replaced, even with --overwrite; "
+            "choose another --output_dir"
+        )
+    if not overwrite:
+        raise UsageError(f"--output_dir {out} already exists; pass --overwrite to replace it")
 
 
 def validate(args: TrainBPEArguments):
@@ -103,8 +131,6 @@ def validate(args: TrainBPEArguments):
         raise UsageError(f"--max_token_length {args.max_token_length} must be at least 2")
     out = Path(args.output_dir)
     check_writable_folder(out, "--output_dir")
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"--output_dir {out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output_dir {out} is a file, not a folder")
     specs, files = args.resolve_sources()
@@ -116,8 +142,11 @@ def validate(args: TrainBPEArguments):
         if not sep or not lang or not globs:
             raise UsageError(f"--validation_files {item!r}: expected LANG=GLOB[,GLOB...]")
         validation[lang] = resolve_files(parse_file_source(globs), flag="--validation_files")
+    # a tokenizer fitted to its own test text flatters itself
+    check_not_held_out(files, list(validation), list(validation.values()))
     held_out = [(f"--validation_files {lang}'s file", path) for lang, paths in validation.items() for path in paths]
     check_holds_no_input(out, local_paths(specs, files) + held_out, "--output_dir")  # it is replaced whole
+    check_replaceable_tokenizer_folder(out, args.overwrite)
     return plans, validation
 
 

@@ -46,10 +46,15 @@ def generate_samples(model, tokenizer, device, max_new_tokens: int = 32, chat: b
             prompt = encode_chat(tokenizer, [{"role": "user", "content": SAMPLE_QUESTIONS[lang]}], True)[0]
         else:
             prompt = tokenizer(SAMPLE_PROMPTS[lang]).input_ids
+        # within the model's context: past it transformers warns at every validation (a planned model's context can
+        # be as short as its training blocks)
+        room = model.config.max_position_embeddings - len(prompt)
+        if room <= 0:
+            continue
         ids = torch.tensor([prompt], device=device)
         out = model.generate(
             input_ids=ids,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=min(max_new_tokens, room),
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=stop_token_ids(tokenizer) if chat else None,

@@ -219,7 +219,8 @@ def test_a_moved_corpus_and_weights_given_as_other_numbers_are_the_same_stream(t
 
 def test_a_checkpoint_keyed_as_before_2026_12_03_still_resumes(tmp_path, tok):
     glob = write_shards(tmp_path / "zh", documents("zh", 60), shards=2)
-    data = open_data(tok, [f"zh={glob}:2"], validation_files=[f"zh={glob}"])
+    val = write_shards(tmp_path / "zh_val", documents("zh", 10), shards=1)
+    data = open_data(tok, [f"zh={glob}:2"], validation_files=[f"zh={val}"])
     state = data.train_loader(2, rank=0, world_size=1, seed=1).state_dict()
     state["key"] = data.key(1, 1, earlier=True)  # the real paths and the raw weight, as older checkpoints hold
     assert state["key"]["sources"][0]["weight"] == 2.0 and state["key"] != data.key(1, 1)

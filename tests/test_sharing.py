@@ -378,7 +378,7 @@ def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
     elif case == "bad_repo_id":
         repo_id, needle = "just-a-name", "give the owner too"
     else:
-        env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "could not create or reach alice/tiny: "
+        env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "reach alice/tiny: the Hub refused the token (401)"
     proc = subprocess.run(
         [*PUSH, str(folder), "--hub_model_id", repo_id], env=env, capture_output=True, text=True, cwd=REPO, timeout=300
     )
@@ -408,7 +408,7 @@ def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_
         needle = "--push_to_hub with --lora_r: an adapter is not pushed"
     else:
         args += ["--hub_model_id", "alice/tiny"]
-        env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "--push_to_hub: could not create or reach alice/tiny"
+        env, needle = hub_env(hub, tmp_path, token="hf_wrong"), "reach alice/tiny: the Hub refused the token (401)"
     start = time.time()
     proc = subprocess.run(
         [sys.executable, str(REPO / "train_clm.py"), *args],

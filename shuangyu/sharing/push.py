@@ -99,6 +99,12 @@ def create_repo(repo_id: str, private: bool = False) -> str:
     try:
         return str(HfApi().create_repo(repo_id, private=private, exist_ok=True))
     except Exception as err:  # HTTP errors, refused connections: say which and stop
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise UsageError(
+                f"could not create or reach {repo_id}: the Hub refused the token ({status}): give a token with write "
+                "access to it (HF_TOKEN, or `hf auth login`)"
+            ) from None
         raise UsageError(f"could not create or reach {repo_id}: {_reason(err)}") from None
 
 

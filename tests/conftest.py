@@ -18,19 +18,13 @@ SHARED = Path(os.environ.get("SHUANGYU_SHARED", REPO.parent / "shared"))
 SHARED_CORPUS = SHARED / "data" / "corpus"
 
 
-PROCESS_SIGNAL_HANDLERS = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-
 @pytest.fixture(autouse=True)
 def signal_handlers_restored():
     """train_clm's run keeps its stop handlers after a complete run (the process exits then); a test that runs it
-    in-process must not leave them to the tests after it. Each test starts and ends with the process's own
-    handlers: a module- or session-scoped fixture that ran a command in-process is set up before this fixture, so
-    what it left would otherwise pass for the original (a Ctrl-C test then met a stop handler instead of Python's)."""
-    for sig, handler in PROCESS_SIGNAL_HANDLERS.items():
-        signal.signal(sig, handler)
+    in-process must not leave them to the tests after it."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     yield
-    for sig, handler in PROCESS_SIGNAL_HANDLERS.items():
+    for sig, handler in saved.items():
         signal.signal(sig, handler)
 
 

@@ -430,6 +430,8 @@ def test_ctrl_c_that_a_del_method_swallows_still_stops_prepare(tmp_path, data_to
         return hold_out(*args)
 
     monkeypatch.setattr(prepare_module, "hold_out_a_block_each", ctrl_c_in_a_del)
+    # a terminal's Ctrl-C meets Python's own handler; a test process may hold another (the autouse fixture restores it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     src = write_jsonl(tmp_path / "small.jsonl", ["短文。 some text"] * 50)
     out = tmp_path / "out"
     argv = ["--tokenizer_name", str(data_tokenizer_dir), "--files", str(src), "--output_dir", str(out)]

@@ -212,11 +212,7 @@ def is_excluded(path: str, pattern: str) -> bool:
 
 
 def check_not_held_out(
-    train: list[list[Path]],
-    names: list[str],
-    held_out: list[list[Path]],
-    train_flag: str = "--files",
-    held_out_flag: str = "--validation_files",
+    train: list[list[Path]], names: list[str], held_out: list[list[Path]], train_flag: str = "--files"
 ) -> None:
     """A held-out file that a training glob also matches would be trained on, and its loss would measure
     memory, not generalisation: refuse it (real paths, so ./x and a link to x are the same file)."""
@@ -225,7 +221,7 @@ def check_not_held_out(
         for path in paths:
             if os.path.realpath(path) in trained:
                 raise UsageError(
-                    f"{path} is in both {train_flag} and {held_out_flag} {name}, so held-out text would be trained "
+                    f"{path} is in both {train_flag} and --validation_files {name}, so held-out text would be trained "
                     f"on; leave it out of {train_flag} with --exclude '{path}'"
                 )
 

@@ -55,12 +55,12 @@ dpo-tiny: install
 	$(PYTHON) -m shuangyu.training.dpo --config configs/dpo-tiny-cpu.yaml
 
 # tests in parallel processes (pytest-xdist), one per core up to 4: most tests wait on subprocesses (accelerate
-# launch, the CLIs), so a single process leaves a core idle; TEST_WORKERS=0 runs them in this process. The 10
+# launch, the CLIs), so a single process leaves a core idle; TEST_WORKERS=0 runs them in this process. The 25
 # slowest are listed at the end (each process a test starts spends 10-15 s importing torch and transformers on
 # a small CPU: that, not the test's own work, is most of the suite's time)
 TEST_WORKERS ?= auto
 test: install
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --durations 10
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --durations 25
 
 # The other runtimes the slow tests check our exports with (skipped without them; CI installs both):
 # llama.cpp itself, for the GGUF (tests/test_model_gguf.py). llama-cpp-python is on PyPI as source only: this
@@ -81,7 +81,7 @@ install-transformers4:
 # the slow end-to-end tests (the demo, compile, flex attention, the tiny-cpu preset learning), the longest
 # first: 10 minutes on a shared 2-core AMD EPYC (the demo's test alone 6); the timeout only stops a hung run
 test-slow: install
-	timeout 1800 $(PYTHON) -m pytest -m slow -n $(TEST_WORKERS) --maxprocesses 4 --durations 10
+	timeout 1800 $(PYTHON) -m pytest -m slow -n $(TEST_WORKERS) --maxprocesses 4 --durations 25
 
 lint: install
 	$(PYTHON) -m ruff format --check .

@@ -38,6 +38,13 @@ def test_llama_style_defaults():
         (dict(mlp_type="relu"), ["mlp_type"]),
         (dict(vocab_size=0), ["vocab_size"]),
         (dict(head_dim=32), ["head_dim"]),
+        # a config.json's wrong types: true is an int to Python, a string is not a number
+        (dict(num_hidden_layers=True), ["num_hidden_layers", "positive integer"]),
+        (dict(head_dim="16"), ["head_dim", "positive integer"]),
+        (dict(norm_eps="1e-6"), ["norm_eps", "positive number"]),
+        (dict(initializer_range=-0.02), ["initializer_range", "non-negative"]),
+        (dict(tie_word_embeddings="yes"), ["tie_word_embeddings", "true or false"]),
+        (dict(rope_parameters=5), ["rope_parameters", "dict"]),
     ],
 )
 def test_invalid_shapes_name_the_fields(overrides, names):

@@ -178,8 +178,22 @@ class ShuangyuConfig(PretrainedConfig):
             "loss_chunk_size",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            # bool is an int to Python, but `"num_hidden_layers": true` in a config.json is a mistake, not 1
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"ShuangyuConfig: {name} must be a positive integer, got {value!r}")
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool)):
+            raise ValueError(f"ShuangyuConfig: head_dim must be a positive integer or absent, got {self.head_dim!r}")
+        for name in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ShuangyuConfig: {name} must be true or false, got {getattr(self, name)!r}")
+        for name, lowest in (("norm_eps", None), ("initializer_range", 0)):  # None: above zero
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not (value > 0 or value == lowest):
+                kind = "positive" if lowest is None else "non-negative"
+                raise ValueError(f"ShuangyuConfig: {name} must be a {kind} number, got {value!r}")
+        if self.rope_parameters is not None and not isinstance(self.rope_parameters, dict):
+            raise ValueError(f"ShuangyuConfig: rope_parameters must be a dict or absent, got {self.rope_parameters!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"ShuangyuConfig: hidden_size ({self.hidden_size}) must be divisible by "

@@ -8,13 +8,13 @@ SwiGLU MLP 8/3 as wide rounded up to a multiple of 128, so every matrix dimensio
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from shuangyu.errors import UsageError
+from shuangyu.modeling.config_json import read_model_config
 from shuangyu.modeling.configuration_shuangyu import PRESETS
 
 # Beyond the presets, up to about a billion parameters. GPT-2 large's depth and width for 760m; 1b follows the
@@ -151,17 +151,12 @@ def resolve(spec: str, vocab_size: int) -> Shape:
     if match and 2 <= int(match.group(1)) <= MAX_DEPTH:
         return derived(int(match.group(1)), vocab_size)
     path = Path(spec)
-    name = path.name if path.is_dir() else path.stem  # a run folder by its name, not "config"
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        try:
-            fields = json.loads(path.read_text(encoding="utf-8"))
-            # its context as a limit, as the presets': a plan with a longer --seq_len writes a longer copy
-            context = fields.get("max_position_embeddings")
-            return from_config(name, fields, max_positions=context, source=spec)
-        except (ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"--model {spec}: not a model config.json ({type(err).__name__}: {err})") from None
+    if path.exists():
+        # checked as train_clm's --model_config checks it: the plan's YAML names this file for it
+        fields = read_model_config(spec, "--model").to_dict()
+        name = path.name if path.is_dir() else path.stem  # a run folder by its name, not "config"
+        # its context as a limit, as the presets': a plan with a longer --seq_len writes a longer copy
+        return from_config(name, fields, max_positions=fields["max_position_embeddings"], source=spec)
     names = ", ".join(s.name for s in named(vocab_size))
     raise UsageError(
         f"--model {spec!r}: not a preset or named shape ({names}), dN (d2..d{MAX_DEPTH}), nor a config.json"

@@ -21,6 +21,7 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int | None):
         )
 
     from shuangyu.modeling import PRESETS, ShuangyuConfig
+    from shuangyu.modeling.config_json import read_model_config
 
     if model_args.model_name_or_path:
         try:
@@ -37,10 +38,9 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int | None):
         }
         config = ShuangyuConfig.from_preset(model_args.model_config, vocab_size=vocab, **ids)
     elif Path(model_args.model_config).exists():
-        try:
-            config = AutoConfig.from_pretrained(model_args.model_config, trust_remote_code=True)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--model_config {model_args.model_config}: {one_line(err)}") from None
+        # a config of another model_type (a stock Llama's) is refused here, before the data is prepared; loaded
+        # with AutoConfig it passed, and building ShuangyuForCausalLM from it failed after that work
+        config = read_model_config(model_args.model_config, "--model_config")
     else:
         raise UsageError(
             f"--model_config {model_args.model_config!r}: not a preset ({', '.join(PRESETS)}) nor a config file"

@@ -91,6 +91,21 @@ def test_bad_utf8_names_the_skip_flag(capsys, tmp_path, data_tokenizer_dir):
     assert_one_line_error(code, err, tmp_path, f"{src}:2", "UTF-8", "--skip_bad_lines")
 
 
+def test_an_escaped_lone_surrogate_is_a_bad_line_not_a_bad_file(capsys, tmp_path, data_tokenizer_dir):
+    """`"\\ud800"` is valid JSON but no UTF-8 text: the size probe refused the whole file, naming no line, and
+    --skip_bad_lines did not help. Now it is a bad line like a bad byte: named, or skipped and counted."""
+    lines = [json.dumps(d) for d in good_docs()]
+    lines[6] = '{"text": "abc \\ud800 def"}'  # line 7
+    src = tmp_path / "surrogate.jsonl"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "16")
+    assert_one_line_error(code, err, tmp_path, f"{src}:7: not valid UTF-8", "lone surrogate", "--skip_bad_lines")
+    flags = ["--files", src, "--block_size", "16", "--skip_bad_lines"]
+    code, _, _ = run_cli(capsys, tmp_path, data_tokenizer_dir, *flags)
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert code == 0 and manifest["skipped_lines"] == 1 and manifest["sources"][0]["docs"] == 199
+
+
 def test_fewer_tokens_than_one_block(capsys, tmp_path, data_tokenizer_dir):
     src = write_jsonl(tmp_path / "tiny.jsonl", [{"text": "too short"}])
     code, _, err = run_cli(capsys, tmp_path, data_tokenizer_dir, "--files", src, "--block_size", "4096")

@@ -330,6 +330,16 @@ def earlier_results(ckpt: Path) -> dict:
     return earlier
 
 
+def test_the_results_and_the_card_name_the_model_not_its_final_folder(tiny_checkpoint, tmp_path):
+    """eval_results.json and a new card named the model "final", its folder's name, where a GGUF names the run."""
+    from shuangyu.evaluation.run import main
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "zh-en-run" / "final"))
+    assert main([str(ckpt), "--langs", "en", "--bpb_max_bytes", "2000"]) == 0
+    assert json.loads((ckpt / "eval_results.json").read_text(encoding="utf-8"))["checkpoint"] == "zh-en-run"
+    assert "\n# zh-en-run\n" in (ckpt / "README.md").read_text(encoding="utf-8")
+
+
 def test_a_run_replaces_the_rows_it_scored_and_keeps_the_others(tiny_checkpoint, tmp_path, capsys):
     """A run without --tasks (held-out text only) used to rewrite the results and the card with its own rows
     alone: the tasks scored before vanished."""

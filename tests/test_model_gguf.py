@@ -117,6 +117,7 @@ def test_gguf_name_is_the_models_not_its_folders(tmp_path):
     assert name(final) == "zh-en-run"  # a run's final/ folder: the run's name
     checkpoint, _ = model_folder(tmp_path / "zh-en-run" / "checkpoints" / "step-24" / "model")
     assert name(checkpoint) == "zh-en-run-step-24"
+    assert name(model_folder(tmp_path / "dpo-run" / "checkpoint-6")[0]) == "dpo-run-checkpoint-6"  # the Trainer's
     write_card(final, name="bilingual-tiny")  # the title train_clm.py, DPO and merge_lora give the card
     assert name(final) == "bilingual-tiny"
     assert name(model_folder(tmp_path / "my-model")[0]) == "my-model"

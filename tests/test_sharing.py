@@ -352,6 +352,26 @@ def test_push_cli_to_a_private_repo_branch(hub, checkpoint, tiny_cpu_run, tmp_pa
     assert loaded.returncode == 0, loaded.stderr[-3000:]
 
 
+def test_push_commit_message_names_the_model_not_its_final_folder(hub, tiny_cpu_run, tmp_path):
+    """The default commit message said "Upload final": it names the model as a GGUF does, by its card's title, else
+    by the run's folder."""
+    titled = Path(shutil.copytree(tiny_cpu_run / "final", tmp_path / "copy" / "final"))
+    (titled / "README.md").unlink()
+    write_card(titled, name="bilingual-tiny")  # a card's title, as train_clm.py, DPO and merge_lora give it
+    plain = Path(shutil.copytree(tiny_cpu_run / "final", tmp_path / "zh-en-run" / "final"))
+    (plain / "README.md").unlink()  # no card: the run's folder names it
+    for folder in (titled, plain):
+        proc = subprocess.run(
+            [*PUSH, str(folder), "--hub_model_id", "alice/named"],
+            env=hub_env(hub, tmp_path), capture_output=True, text=True, cwd=REPO, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [c["summary"] for c in hub.commits] == [
+        "Upload bilingual-tiny with Shuangyu",
+        "Upload zh-en-run with Shuangyu",
+    ]
+
+
 @pytest.mark.parametrize(
     "case", ["not_folder", "no_weights", "no_tokenizer", "no_token", "bad_repo_id", "wrong_token", "adapter"]
 )

@@ -467,6 +467,19 @@ def test_bad_utf8_names_file_and_line_and_can_be_skipped(tmp_path, capsys):
     assert (src["docs"], src["skipped_lines"]) == (3, 1)
 
 
+def test_an_escaped_lone_surrogate_is_a_bad_line_for_the_tokenizer_too(tmp_path, capsys):
+    """Valid JSON whose text escapes a lone surrogate has no UTF-8: it stopped the whole file (no line, not
+    skippable) in the size probe; now it is named by line, or skipped and counted like a bad byte."""
+    bad = tmp_path / "s.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "abc \\ud800 def"}\n{"text": "after"}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["--files", str(bad), "--vocab_size", "300", "--output_dir", str(out)]
+    assert_clean_failure(capsys, argv, out, f"{bad}:2: not valid UTF-8", "\\ud800", "--on_decode_error skip")
+    assert main([*argv, "--on_decode_error", "skip"]) == 0
+    src = json.loads((out / "training_report.json").read_text())["sources"][0]
+    assert (src["docs"], src["skipped_lines"]) == (2, 1)
+
+
 def test_a_null_text_is_a_bad_line_for_the_tokenizer_too(tmp_path, capsys):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"text": "文本 text"}] * 20 + [{"text": None}]), encoding="utf-8")

@@ -34,7 +34,7 @@ from shuangyu.evaluation.local_tasks import (
 from shuangyu.evaluation.results import keep_earlier, portable_json, read_earlier_results
 from shuangyu.files import atomic_write_text, check_writable_folder
 from shuangyu.progress import bars_only_on_a_terminal
-from shuangyu.sharing.card import markdown_table, write_card
+from shuangyu.sharing.card import markdown_table, model_name, write_card
 from shuangyu.sharing.folder import check_model_folder, is_chat_folder, needs_remote_code
 from shuangyu.text.conversations import read_conversation_files
 from shuangyu.text.readers import read_documents
@@ -385,7 +385,8 @@ def evaluate(argv: list[str] | None) -> int:
     configs = (results or {}).get("configs", {})
     date = datetime.now(timezone.utc).date().isoformat()
     report = {
-        "checkpoint": ckpt.name,  # not the absolute path: the file is pushed, and must not name the user's machine
+        # the model's name as the card and a GGUF give it (not "final"), and no path: the file is pushed
+        "checkpoint": model_name(ckpt),
         "date": date,
         "tasks": tasks,
         "limit": args.limit,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from shuangyu.errors import UsageError
+from shuangyu.sharing.card import model_name
 
 from .configuration_shuangyu import ShuangyuConfig
 from .llama_export import (
@@ -196,27 +196,6 @@ def _rope_metadata(writer, gguf, config: ShuangyuConfig, path_hint: str):
         scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
         return (plain / scaled).float()
     return None
-
-
-def model_name(src: Path) -> str:
-    """general.name, which llama.cpp and ollama show: the title of SRC's Shuangyu model card (the run's name, set by
-    train_clm.py, DPO or merge_lora), else the run's folder for a run's final/ or a checkpoint's model/ folder (whose
-    own names say nothing), else SRC's own name."""
-    card = src / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8", errors="replace")
-        body = text.split("\n---\n", 1)[1] if text.startswith("---\n") and "\n---\n" in text else text
-        title = re.search(r"^# (.+)$", body, re.MULTILINE)
-        if title and "<!-- shuangyu:" in body:  # a card we wrote: its title is the model's name
-            return title.group(1).strip()
-    path = src.resolve()
-    if path.name == "final":
-        return path.parent.name
-    if (
-        path.name == "model" and len(path.parents) > 2 and path.parents[1].name == "checkpoints"
-    ):  # RUN/checkpoints/step-N/model
-        return f"{path.parents[2].name}-{path.parent.name}"
-    return path.name
 
 
 def write_gguf(src: Path, out: Path, dtype: str = "auto") -> None:

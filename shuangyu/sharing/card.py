@@ -472,6 +472,30 @@ def shared_path(path: str) -> tuple[str, str]:
     return "/".join(kept), "a local file" if Path(path.strip()).suffix else "a local folder"
 
 
+def model_name(folder: Path) -> str:
+    """The model's name, where a tool names it (a GGUF's general.name, push's commit message, eval_results.json,
+    a new card's title): the title of FOLDER's Shuangyu card (the run's name, set by train_clm.py, DPO or
+    merge_lora), else the run's folder for a run's final/ or a checkpoint's folder (whose own names say nothing),
+    else FOLDER's own name."""
+    card = Path(folder) / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8", errors="replace")
+        body = text.split("\n---\n", 1)[1] if text.startswith("---\n") and "\n---\n" in text else text
+        title = re.search(r"^# (.+)$", body, re.MULTILINE)
+        if title and "<!-- shuangyu:" in body:  # a card we wrote: its title is the model's name
+            return title.group(1).strip()
+    path = Path(folder).resolve()
+    if path.name == "final":
+        return path.parent.name
+    if (
+        path.name == "model" and len(path.parents) > 2 and path.parents[1].name == "checkpoints"
+    ):  # RUN/checkpoints/step-N/model
+        return f"{path.parents[2].name}-{path.parent.name}"
+    if re.fullmatch(r"checkpoint-\d+", path.name):  # the Trainer's RUN/checkpoint-N (DPO)
+        return f"{path.parent.name}-{path.name}"
+    return path.name
+
+
 def without_local_paths(body: str) -> str:
     """BODY with every local path it names, in `code` or as a table cell (the base model, a --dataset folder),
     reduced to shared_path's form: what the card says for the Hub names no folder of this machine."""
@@ -569,9 +593,7 @@ def render_card(
     if existing is not None and "adapter" in config and _begin("training") not in existing:
         existing = None  # the template card PEFT writes beside an adapter: ours replaces it
     card = (
-        ModelCard(existing)
-        if existing is not None
-        else new_card(folder, config, name or folder.resolve().name, training)
+        ModelCard(existing) if existing is not None else new_card(folder, config, name or model_name(folder), training)
     )
     body, data = card.text, card.data
     if load_path:
@@ -588,7 +610,7 @@ def render_card(
         body = replace_section(body, "evaluation", evaluation_section(evaluation))
         data.eval_results = model_index_results(evaluation) or None
     if data.eval_results:  # model-index needs a name: the repo id once pushed
-        data.model_name = name or data.model_name or folder.resolve().name
+        data.model_name = name or data.model_name or model_name(folder)
     else:
         data.model_name = None
     if license:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.sharing.card import render_card
+from shuangyu.sharing.card import model_name, render_card
 from shuangyu.sharing.folder import check_model_folder
 
 PROG = "push.py"
@@ -142,7 +142,7 @@ def push_folder(
         info = api.create_commit(
             repo_id,
             operations(folder, card, Path(logs) if logs else None),
-            commit_message=commit_message or f"Upload {folder.resolve().name} with Shuangyu",
+            commit_message=commit_message or f"Upload {model_name(folder)} with Shuangyu",  # not "final"
             revision=revision,
         )
     except Exception as err:

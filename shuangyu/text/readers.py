@@ -93,7 +93,25 @@ def _text_field(record: object, where: str, opts: ReadOptions, stats: ReadStats 
             return None
         kind = "null" if value is None else type(value).__name__
         raise UsageError(f"{where}: field {column!r} is {kind}, not a string; fix or remove it{_or_skip(opts, ', or')}")
+    if (surrogate := _lone_surrogate(value)) is not None:  # JSON's "\ud800" escape: no UTF-8 for it, like a bad byte
+        if opts.on_decode_error == "skip" and stats is not None:
+            stats.skipped_lines += 1
+            return None
+        raise UsageError(
+            f"{where}: not valid UTF-8 (field {column!r} holds a lone surrogate, escaped \\u{ord(surrogate):04x}); "
+            f"fix the file{_or_skip(opts, ' or')}"
+        )
     return value
+
+
+def _lone_surrogate(text: str) -> str | None:
+    if text.isascii():  # most lines: no encoding needed to know
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return text[err.start]
+    return None
 
 
 def iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep=lambda: True) -> Iterator[str]:
@@ -247,7 +265,8 @@ def _estimated_text_bytes(path: Path, opts: ReadOptions, probe_bytes: int) -> in
         text_bytes = consumed = 0
         for raw_line in fh:
             consumed += len(raw_line)
-            text_bytes += len(_probe_text(raw_line, suffix, opts.text_column).encode("utf-8"))
+            # surrogatepass: a lone surrogate (an escaped \ud800) is the reading's to report, with its line
+            text_bytes += len(_probe_text(raw_line, suffix, opts.text_column).encode("utf-8", "surrogatepass"))
             if consumed >= probe_bytes:
                 break
         on_disk = raw.tell() if gz else consumed

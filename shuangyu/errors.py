@@ -8,6 +8,7 @@ not a usage error: it is reported as `RunDiverged`, with its own status, so scri
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from contextlib import contextmanager
@@ -89,15 +90,47 @@ def closest_flag(parser, unknown: list[str]) -> str:
     return ""
 
 
+def refuse_repeated_flags(parser, words: list[str]) -> None:
+    """UsageError for a list flag given twice: argparse keeps the last list without a word, so `--files A --files B`
+    read B alone. A single-value flag given again replaces the value, as in most commands (`$BASE --max_steps 8`
+    overrides a script's base flags, and tests and scripts do that); an append flag adds. Words after `--` are no
+    flags."""
+    first: dict[argparse.Action, str] = {}  # the flag as first typed
+    for word in words:
+        if word == "--":
+            break
+        found = parser._parse_optional(word)  # argparse's own reading: abbreviations, --flag=value, -5 (a value)
+        if isinstance(found, list):  # Python 3.12.7+ returns a list of candidates
+            found = found[0] if found else None
+        action = found[0] if found else None
+        if action is None or isinstance(action, argparse._AppendAction):  # append and extend: meant to repeat
+            continue
+        if not (action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)):
+            continue
+        if action in first:
+            raise UsageError(f"{first[action]} given twice: list all values after one {first[action]}")
+        typed = word.split("=", 1)[0]
+        first[action] = typed if typed in action.option_strings else action.option_strings[0]  # --fil: --files
+
+
 def refuse_in_one_line(parser):
     """Make an argparse (or HfArgumentParser) parser raise UsageError for a bad flag instead of printing its whole
     usage above the message: the message already names the flag, and `--help` shows the rest. An
-    HfArgumentParser's flags that no dataclass knows are refused the same way (it raises a bare ValueError)."""
+    HfArgumentParser's flags that no dataclass knows are refused the same way (it raises a bare ValueError), and
+    so is a list flag given twice (refuse_repeated_flags), for every command built on it."""
 
     def error(message):
         raise UsageError(f"{message} (see --help)")
 
     parser.error = error
+    known_args = parser.parse_known_args  # parse_args and parse_args_into_dataclasses both go through it
+
+    def parse_known_args(args=None, namespace=None):
+        words = sys.argv[1:] if args is None else list(args)
+        refuse_repeated_flags(parser, words)
+        return known_args(words, namespace)
+
+    parser.parse_known_args = parse_known_args
     into_dataclasses = getattr(parser, "parse_args_into_dataclasses", None)
     if into_dataclasses is not None:
 

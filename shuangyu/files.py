@@ -134,6 +134,29 @@ def parse_size(text: str | int, flag: str) -> int:
     return value
 
 
+_COUNT_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGbBtT]?)\s*(i?B)?\s*$")
+COUNT_EXAMPLES = "300M, 1.5B or 2000000"
+
+
+def parse_count(text: str | int, flag: str) -> int:
+    """A positive whole number of tokens: a number with an optional k, M, G or B (billion), T multiplier. Unlike
+    parse_size no byte unit: `5GB` read as 5B tokens, `1.5` as one token, `-5B` as a flag, each without a word."""
+    from decimal import Decimal
+
+    match = _COUNT_RE.match(str(text))
+    if not match:
+        raise UsageError(f"{flag} {text!r}: expected a number of tokens such as {COUNT_EXAMPLES}")
+    number, multiplier, unit = match.groups()
+    if unit:
+        raise UsageError(f"{flag} {text!r}: a size in bytes; give a number of tokens such as {COUNT_EXAMPLES}")
+    value = Decimal(number) * 1000 ** _SCALE[multiplier.lower()]  # exact: 1.1B is 1100000000, not ...0.0002
+    if value <= 0:
+        raise UsageError(f"{flag} {text!r}: must be positive; give a number of tokens such as {COUNT_EXAMPLES}")
+    if value != value.to_integral_value():
+        raise UsageError(f"{flag} {text!r}: not a whole number of tokens; give one such as {COUNT_EXAMPLES}")
+    return int(value)
+
+
 def check_writable_folder(path: str | Path, flag: str) -> None:
     """Refuse, before any work, an output folder that is a file or cannot be created or written."""
     path = Path(path)

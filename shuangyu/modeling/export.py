@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from shuangyu.errors import UsageError, print_error, print_interrupted
+from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import check_replaceable, check_writable_folder
 
 from .gguf_export import (
@@ -60,13 +60,8 @@ __all__ = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2, as for every other refusal
-        sys.exit(print_error(PROG, UsageError(f"{message} (see --help)")))
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = refuse_in_one_line(argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0]))
     parser.add_argument("--to", choices=["llama", "gguf"], required=True, help="target: a Llama folder, or a GGUF")
     parser.add_argument("--dtype", choices=GGUF_DTYPES, default="auto", help="GGUF weights (auto: as SRC's)")
     parser.add_argument("src", help="a Shuangyu folder written by save_pretrained (with its tokenizer)")
@@ -74,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace DST if it exists (--to llama: a model folder or an empty one)"
     )
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:  # one line, exit status 2, as for every other refusal
+        return print_error(PROG, err)
     src = Path(args.src)
     # stderr is for the one-line verdict: no "Loading weights" bars before it.
     transformers_logging.disable_progress_bar()

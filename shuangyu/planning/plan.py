@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from dataclasses import fields
@@ -24,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.files import check_writable_folder, parse_size
+from shuangyu.files import check_writable_folder, parse_count
 from shuangyu.planning import hardware, laws, memory
 from shuangyu.planning.planner import Estimate, Plan, Request, estimate_model, make_plan
 
@@ -34,7 +35,7 @@ DEFAULT_TRAIN_FILES = [f"zh={SHARED_CORPUS}/zh/*.jsonl:0.5", f"en={SHARED_CORPUS
 DEFAULT_VALIDATION_FILES = [f"zh={SHARED_CORPUS}/zh/*_val.jsonl", f"en={SHARED_CORPUS}/en/*_val.jsonl"]
 DEFAULT_EXCLUDE = ["*_val.jsonl"]  # only with the default corpus: files a user names are theirs to choose
 NUMERIC_FLAGS = ("--gpus", "--hours", "--flops", "--mfu", "--peak_tflops", "--memory_gib", "--usd_per_gpu_hour")
-NUMERIC_FLAGS += ("--seq_len", "--vocab_size")
+NUMERIC_FLAGS += ("--seq_len", "--vocab_size", "--tokens", "--corpus_tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,12 +103,12 @@ def request_from_args(args: argparse.Namespace) -> Request:
         flops=args.flops,
         mfu=args.mfu,
         model=args.model,
-        tokens=parse_size(args.tokens, "--tokens") if args.tokens else None,
+        tokens=parse_count(args.tokens, "--tokens") if args.tokens is not None else None,
         seq_len=args.seq_len,
         vocab_size=args.vocab_size,
         law=args.law,
         optimizer=args.optimizer,
-        corpus_tokens=parse_size(args.corpus_tokens, "--corpus_tokens") if args.corpus_tokens else None,
+        corpus_tokens=parse_count(args.corpus_tokens, "--corpus_tokens") if args.corpus_tokens is not None else None,
         usd_per_gpu_hour=args.usd_per_gpu_hour,
     )
 
@@ -292,18 +293,24 @@ def negative_values_joined(argv: list[str]) -> list[str]:
     number (an exponent, `-inf`) for a flag, and would say `expected one argument` instead of the range error."""
     joined, i = [], 0
     while i < len(argv):
-        if argv[i] in NUMERIC_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
-            try:
-                float(argv[i + 1])
-            except ValueError:
-                pass
-            else:
-                joined.append(f"{argv[i]}={argv[i + 1]}")
-                i += 2
-                continue
+        if argv[i] in NUMERIC_FLAGS and i + 1 < len(argv) and is_negative_number(argv[i + 1]):
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
         joined.append(argv[i])
         i += 1
     return joined
+
+
+def is_negative_number(word: str) -> bool:
+    """-1e19, -inf, and a count with its multiplier (-5B); not a flag such as --gpu."""
+    if not word.startswith("-"):
+        return False
+    try:
+        float(word)
+    except ValueError:
+        return re.match(r"-\.?[0-9]", word) is not None
+    return True
 
 
 def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list[str]:

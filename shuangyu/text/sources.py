@@ -166,7 +166,10 @@ def check_weights(sources: list[SourceSpec]) -> None:
     names = [s.name for s in sources]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise UsageError(f"source names must be unique, repeated: {', '.join(dupes)} (label them NAME=...)")
+        raise UsageError(
+            f"source names must be unique, repeated: {', '.join(dupes)} (one NAME=GLOB[,GLOB...] per source; "
+            "label unnamed ones NAME=...)"
+        )
 
 
 def file_kind(path: str | Path) -> tuple[str, bool]:
@@ -253,6 +256,7 @@ def resolve_validation_sources(
         if spec.weight is not None:
             raise UsageError(f"{flag} {spec.name!r}: weights do not apply to held-out text")
     names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise UsageError(f"{flag}: repeated names; label each NAME=GLOB")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # refused, not merged: the second would have replaced the first without a word
+        raise UsageError(f"{flag}: {', '.join(repeated)} given twice; give each name once: NAME=GLOB[,GLOB...]")
     return specs, [resolve_files(s, flag=flag) for s in specs]

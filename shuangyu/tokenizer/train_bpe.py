@@ -141,6 +141,8 @@ def validate(args: TrainBPEArguments):
         lang, sep, globs = item.partition("=")
         if not sep or not lang or not globs:
             raise UsageError(f"--validation_files {item!r}: expected LANG=GLOB[,GLOB...]")
+        if lang in validation:  # the second replaced the first without a word
+            raise UsageError(f"--validation_files: {lang} given twice; give each language once: {lang}=GLOB[,GLOB...]")
         validation[lang] = resolve_files(parse_file_source(globs), flag="--validation_files")
     # a tokenizer fitted to its own test text flatters itself
     check_not_held_out(files, list(validation), list(validation.values()))

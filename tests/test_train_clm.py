@@ -448,6 +448,8 @@ def test_max_train_tokens_on_the_command_line_replaces_a_configs_max_steps(tmp_p
         (["--config", str(cfg), "--max_steps", "3", "--max_train_tokens", "1M"], "give one of --max_steps"),
         (["--config", str(both)], f"--config {both}: give one of max_steps / max_train_tokens"),
         (["--max_train_tokens", "lots"], "--max_train_tokens 'lots': expected a number"),  # before any work
+        (["--max_train_tokens", "5GB"], "--max_train_tokens '5GB': a size in bytes; give a number of tokens"),
+        (["--max_train_tokens", "1.5"], "--max_train_tokens '1.5': not a whole number of tokens"),
     ):
         with pytest.raises(UsageError, match=said):
             parse_args(argv)

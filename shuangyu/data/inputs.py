@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shuangyu.errors import UsageError
-from shuangyu.files import check_holds_no_input, parse_size
+from shuangyu.files import check_holds_no_input, parse_count
 from shuangyu.text.readers import ReadOptions
 from shuangyu.text.sources import (
     SourceArguments,
@@ -108,7 +108,7 @@ def plan_inputs(args: PrepareArguments) -> Inputs:
         skip_flag=args.flag("--skip_bad_lines"),
         dataset_flag=args.flag("--dataset"),
     )
-    max_tokens = parse_size(args.max_tokens, "--max_tokens") if args.max_tokens else None
+    max_tokens = parse_count(args.max_tokens, "--max_tokens") if args.max_tokens else None
     check_reads_nothing_inside(
         args.output_dir, args.flag("--output_dir"), sources + validation, files + validation_files,
         args.tokenizer_name, args.flag("--dataset"),

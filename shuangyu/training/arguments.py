@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
 from shuangyu.errors import UsageError, refuse_in_one_line
-from shuangyu.files import parse_size
+from shuangyu.files import parse_count
 from shuangyu.training.config_file import load_yaml_config, refuse_renamed
 
 
@@ -372,7 +372,7 @@ def total_steps(train_args: TrainArguments, tokens_per_step: int) -> int:
     if train_args.max_steps:
         return train_args.max_steps
     if train_args.max_train_tokens:
-        return math.ceil(parse_size(train_args.max_train_tokens, "--max_train_tokens") / tokens_per_step)
+        return math.ceil(parse_count(train_args.max_train_tokens, "--max_train_tokens") / tokens_per_step)
     raise UsageError("give --max_steps or --max_train_tokens")
 
 
@@ -430,7 +430,7 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
                     raise UsageError(f"--{f.name} {value!r}{where}: must be {bound}")
     if config.train.max_train_tokens is not None:
         try:
-            parse_size(config.train.max_train_tokens, "--max_train_tokens")
+            parse_count(config.train.max_train_tokens, "--max_train_tokens")
         except UsageError as err:
             raise UsageError(str(err).replace(": ", f"{where}: ", 1)) from None
     if config.sft.sft and config.data.validation_fraction is not None:

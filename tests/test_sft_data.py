@@ -55,6 +55,10 @@ BAD_ROWS = {
         "f.jsonl:2: the conversation has no assistant turn",
     ),
     "unknown_schema": (json.dumps({"text": "plain"}), "f.jsonl:2: not a conversation"),
+    "lone_surrogate": (  # valid JSON, but no UTF-8 for it: the tokenizer raised a TypeError
+        '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b \\ud800 c"}]}',
+        "f.jsonl:2: message 1 (assistant) is not valid UTF-8 (a lone surrogate, escaped \\ud800); fix the file",
+    ),
     "unknown_role": (
         json.dumps({"messages": [{"role": "robot", "content": "a"}]}),
         "f.jsonl:2: message 0 has role 'robot'",

@@ -23,7 +23,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shuangyu.errors import UsageError
-from shuangyu.text.readers import ReadOptions, ReadStats, _decode_line, _decode_whole, _open_binary, numbered_lines
+from shuangyu.text.readers import (
+    ReadOptions,
+    ReadStats,
+    _decode_line,
+    _decode_whole,
+    _open_binary,
+    lone_surrogate,
+    numbered_lines,
+)
 from shuangyu.text.sources import SourceSpec, file_kind
 
 SHAREGPT_ROLES = {
@@ -152,6 +160,11 @@ def check_messages(messages: list[dict], where: str, *, ends_with: str = "assist
         content = _text(m["content"], where, f"message {i}'s content")
         if not content.strip():
             raise UsageError(f"{where}: message {i} ({role}) is empty")
+        if (surrogate := lone_surrogate(content)) is not None:  # the tokenizer would stop with a TypeError
+            raise UsageError(
+                f"{where}: message {i} ({role}) is not valid UTF-8 (a lone surrogate, escaped \\u{ord(surrogate):04x}); "
+                "fix the file"
+            )
     turns = messages[1:] if messages[0]["role"] == "system" else messages
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"

@@ -93,7 +93,7 @@ def _text_field(record: object, where: str, opts: ReadOptions, stats: ReadStats 
             return None
         kind = "null" if value is None else type(value).__name__
         raise UsageError(f"{where}: field {column!r} is {kind}, not a string; fix or remove it{_or_skip(opts, ', or')}")
-    if (surrogate := _lone_surrogate(value)) is not None:  # JSON's "\ud800" escape: no UTF-8 for it, like a bad byte
+    if (surrogate := lone_surrogate(value)) is not None:  # JSON's "\ud800" escape: no UTF-8 for it, like a bad byte
         if opts.on_decode_error == "skip" and stats is not None:
             stats.skipped_lines += 1
             return None
@@ -104,7 +104,9 @@ def _text_field(record: object, where: str, opts: ReadOptions, stats: ReadStats 
     return value
 
 
-def _lone_surrogate(text: str) -> str | None:
+def lone_surrogate(text: str) -> str | None:
+    """The first lone surrogate in TEXT (what JSON's "\\ud800" escape decodes to: no UTF-8 for it, and a tokenizer
+    refuses it), or None."""
     if text.isascii():  # most lines: no encoding needed to know
         return None
     try:

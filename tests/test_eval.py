@@ -266,6 +266,28 @@ def test_counts_below_their_least_are_refused_before_the_model_loads(flags, tmp_
     assert not (tmp_path / "eval_results.json").exists()
 
 
+@pytest.mark.parametrize("value", ["lots", "-1", "2BB"])
+def test_a_bad_held_out_size_is_refused_before_the_model_loads(value, tmp_path, capsys, monkeypatch):
+    from shuangyu.evaluation import run
+
+    monkeypatch.setattr(run, "check_model_folder", lambda path: pytest.fail("the checkpoint was read"))
+    assert run.main([str(tmp_path), "--langs", "en", "--bpb_max_bytes", value]) == 2
+    said = f"--bpb_max_bytes {value!r}: expected a number such as 500M, 2.5B, 200MB or 2GB"
+    assert capsys.readouterr().err.strip().splitlines() == [f"eval/run.py: error: {said}"]
+
+
+def test_the_held_out_size_takes_units_as_the_other_commands_do(tiny_checkpoint, tmp_path):
+    """--bpb_max_bytes was a plain int ("100KB": argparse's invalid int value) where --max_bytes takes sizes."""
+    from shuangyu.evaluation.run import main
+
+    scored = []
+    for cap in ("2000", "2KB"):
+        ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / cap / "final"))
+        assert main([str(ckpt), "--langs", "en", "--bpb_max_bytes", cap]) == 0
+        scored.append(json.loads((ckpt / "eval_results.json").read_text(encoding="utf-8"))["held_out"]["en"])
+    assert scored[0] == scored[1] and scored[0]["bits_per_byte"] > 0
+
+
 @pytest.mark.parametrize("cap", [5_000, 20_000, 300_000])
 def test_held_out_text_is_capped_at_the_bytes_asked_with_a_share_from_every_file(corpus_dir, cap):
     """--bpb_max_bytes is a cap, not a hint: a news article can be longer than a small cap's share of a file."""

@@ -32,7 +32,7 @@ from shuangyu.evaluation.local_tasks import (
     write_task_yamls,
 )
 from shuangyu.evaluation.results import keep_earlier, portable_json, read_earlier_results
-from shuangyu.files import atomic_write_text, check_writable_folder
+from shuangyu.files import atomic_write_text, check_writable_folder, parse_size
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import markdown_table, model_name, write_card
 from shuangyu.sharing.folder import check_model_folder, is_chat_folder, needs_remote_code
@@ -295,9 +295,8 @@ def parse_args(argv):
     )
     p.add_argument(
         "--bpb_max_bytes",
-        type=int,
-        default=1_000_000,
-        help="bytes of held-out text per language for bits per byte (0: all; default: %(default)s)",
+        default="1MB",
+        help="held-out text per language for bits per byte, e.g. 500KB or 2MB (0 or all: all; default: %(default)s)",
     )
     p.add_argument("--batch_size", type=int, default=8, help="rows per forward pass (default: %(default)s)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -318,11 +317,13 @@ def parse_args(argv):
         help="held-out conversations per language (0: all; default: %(default)s)",
     )
     args = p.parse_args(argv)
+    # sizes as train_bpe.py's --max_bytes takes them (100KB, 2MB); 0 was already "all"
+    text = str(args.bpb_max_bytes).strip().lower()
+    args.bpb_max_bytes = 0 if text in ("0", "all") else parse_size(args.bpb_max_bytes, "--bpb_max_bytes")
     # before the model loads: lm-eval finds no documents at 0 and fails in islice below it, each with a traceback
     for flag, lowest, meaning in (
         ("limit", 1, "documents per task; leave it out to score them all"),
         ("batch_size", 1, "rows per forward pass"),
-        ("bpb_max_bytes", 0, "0: all"),
         ("conversation_max", 0, "0: all"),
     ):
         value = getattr(args, flag)

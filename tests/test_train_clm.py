@@ -578,6 +578,9 @@ def test_block_size_defaults_to_the_models_context(data_tokenizer_dir, data_corp
     flags = ["--tokenizer_name", str(data_tokenizer_dir), "--train_files", str(s["zh_reviews"]), str(s["en_reviews"])]
     out = tmp_path / "out"
     status = cli.main([*flags, "--output_dir", str(out), "--max_steps", "1", "--report_to", "none"])
-    assert status == 0, capsys.readouterr().err[-2000:]
+    said = capsys.readouterr()
+    assert status == 0, said.err[-2000:]
     assert json.loads((out / "run_args.json").read_text())["data"]["block_size"] == 256
+    # one step against the default 100 warmup steps: said, as it never reaches its peak learning rate
+    assert "note: --warmup_steps 100 is not below the run's 1 step: the learning rate never reaches" in said.out
     assert json.loads((out / "data" / "manifest.json").read_text())["block_size"] == 256

@@ -20,7 +20,7 @@ from shuangyu.training.checkpoint import (
     save_checkpoint,
 )
 from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
-from shuangyu.training.schedule import build_scheduler
+from shuangyu.training.schedule import build_scheduler, warmup_note
 from shuangyu.training.stopping import StopRequest
 
 
@@ -53,6 +53,18 @@ def test_linear_decays_to_the_floor():
     assert lr[10] == pytest.approx(1.0) and lr[55] == pytest.approx(0.2 + 0.8 * 0.5, abs=0.01)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
     assert lr[-1] == pytest.approx(0.2, abs=0.01)
+
+
+def test_a_warmup_as_long_as_the_run_is_noted():
+    """A short trial of a long run's config: 8 steps of a 20-step warmup never reach the peak, and say so."""
+    lr = lrs("cosine", steps=8, warmup=20)
+    assert max(lr) < 0.4
+    note = warmup_note(ScheduleArguments(warmup_steps=20), 8, 1e-2)
+    assert note == (
+        "note: --warmup_steps 20 is not below the run's 8 steps: the learning rate never reaches its peak (0.01) "
+        "nor decays; give a smaller --warmup_steps for a short run"
+    )
+    assert warmup_note(ScheduleArguments(warmup_steps=7), 8, 1e-2) is None
 
 
 def test_min_lr_ratio_with_a_constant_schedule_is_refused():

@@ -9,6 +9,17 @@ from shuangyu.training.arguments import ScheduleArguments
 SCHEDULES = ("cosine", "warmup_stable_decay", "linear", "constant_with_warmup")
 
 
+def warmup_note(args: ScheduleArguments, max_steps: int, peak: float) -> str | None:
+    """A note when the warmup is not shorter than the run (a short trial of a config meant for a long run, say
+    `--max_steps 8` on a YAML with 20 warmup steps): the learning rate never reaches its peak, nor decays."""
+    if args.warmup_steps < max_steps:
+        return None
+    return (
+        f"note: --warmup_steps {args.warmup_steps} is not below the run's {max_steps} step{'s' * (max_steps != 1)}: the learning rate "
+        f"never reaches its peak ({peak:g}) nor decays; give a smaller --warmup_steps for a short run"
+    )
+
+
 def build_scheduler(optimizer, args: ScheduleArguments, max_steps: int):
     """The schedule `args.lr_scheduler_type` over `max_steps` optimizer steps.
 

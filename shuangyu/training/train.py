@@ -43,7 +43,7 @@ from shuangyu.training.model import build_config, build_model
 from shuangyu.training.optim import build_optimizer, clip_and_step
 from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_environment, write_run_args
-from shuangyu.training.schedule import build_scheduler
+from shuangyu.training.schedule import build_scheduler, warmup_note
 from shuangyu.training.state import TrainState
 from shuangyu.training.stopping import StopAtOnce, StopRequest, should_stop, stop_with_the_launcher
 from shuangyu.training.summary import training_summary
@@ -157,6 +157,8 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     max_steps = total_steps(t, tokens_per_step)
     optimizer = build_optimizer(model, optim_args)
     scheduler = build_scheduler(optimizer, config.schedule, max_steps)
+    if note := warmup_note(config.schedule, max_steps, optim_args.learning_rate):
+        accelerator.print(note)
     # pinned host memory is what makes the copy to the GPU asynchronous (non_blocking); a CPU run needs neither
     loader = data.train_loader(
         t.per_device_train_batch_size,

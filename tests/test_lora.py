@@ -34,6 +34,26 @@ def test_a_target_that_does_not_exist_is_named(base):
         apply_lora(base, LoraArguments(lora_r=4, lora_target_modules=["q_proj", "qkv"]))
 
 
+def test_the_head_is_a_target_only_when_an_adapter_on_it_can_train_and_merge(base, tiny_base_model_dir, tmp_path):
+    """An adapter on the tied head trained, then merge_lora failed (safetensors: shared tensors) after the run; on
+    an untied head with the chat tokens' rows trainable (--sft), PEFT raised a TypeError as the run started."""
+    from transformers import AutoModelForCausalLM
+
+    assert base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    targets = LoraArguments(lora_r=4, lora_target_modules=["q_proj", "lm_head"])
+    with pytest.raises(UsageError, match=r"^--lora_target_modules lm_head: this model's output head is its token"):
+        apply_lora(base, targets, token_ids=(2, 3))
+    untied = AutoModelForCausalLM.from_pretrained(
+        untied_copy(tiny_base_model_dir, tmp_path / "u"), trust_remote_code=True
+    )
+    with pytest.raises(
+        UsageError, match=r"^--lora_target_modules lm_head: this model's output head has its chat-token"
+    ):
+        apply_lora(untied, targets, token_ids=(2, 3))
+    model = apply_lora(untied, targets, say=lambda _: None)  # no trainable tokens: an adapter of its own
+    assert any("lm_head.lora_A" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
 def test_muon_falls_back_to_adamw_for_the_adapter():
     said = []
     assert adapter_optimizer(OptimizerArguments(optimizer="muon"), said.append).optimizer == "adamw"

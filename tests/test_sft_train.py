@@ -244,6 +244,8 @@ BAD = {
     "lora_target": (["--lora_r", "4", "--lora_target_modules", "q_proj", "qkv"], "--lora_target_modules qkv"),
     "bad_row": ([], "bad.jsonl:2: message 1 (assistant) is empty"),
     "no_chat_tokens": ([], "no <|im_start|> / <|im_end|> special tokens"),
+    # the QA repro: accepted, and "validation zh" was a loss on the training set
+    "held_out_trained": ([], "is in both --train_files and --validation_files zh, so held-out text would be trained"),
 }
 
 
@@ -272,6 +274,10 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
             token["special"] = token["content"] in ("<|endoftext|>", "<|pad|>")
         (model / "tokenizer.json").write_text(json.dumps(tok))
         args[args.index("--model_name_or_path") + 1] = str(model)
+    if case == "held_out_trained":
+        i = args.index("--validation_files")
+        args[i + 1] = args[args.index("--train_files") + 1]  # zh=TRAIN as both
+        extra = []
     if case == "no_model":
         i = args.index("--model_name_or_path")
         args[i : i + 2] = ["--tokenizer_name", str(tiny_base_model_dir)]
@@ -289,6 +295,8 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train_clm.py: error:") and needle in lines[0], lines
     assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "data").exists()
+    if case == "held_out_trained":  # refused before the data is tokenized: nothing written at all
+        assert "--exclude '" in lines[0] and not (tmp_path / "out").exists()
     assert time.time() - start < 60
 
 

@@ -141,9 +141,10 @@ def test_dpo_command_keeps_activations_without_a_deprecation_warning():
 def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_dir, sft_data_dir, tmp_path):
     out = tmp_path / "dpo"
     pairs = sft_data_dir / "preference_val.jsonl"
+    held = first_rows(sft_data_dir / "preference.jsonl", 52, tmp_path / "held.jsonl")  # not trained on
     args = [
         "--config", str(REPO / "configs/dpo-tiny-cpu.yaml"), "--model_name_or_path", str(tiny_chat_model_dir),
-        "--output_dir", str(out), "--train_files", str(pairs), "--validation_files", str(pairs),
+        "--output_dir", str(out), "--train_files", str(pairs), "--validation_files", str(held),
         "--max_steps", "3", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
         "--eval_steps", "3", "--save_steps", "3", "--logging_steps", "1", "--max_length", "128",
         "--learning_rate", "1e-3",
@@ -167,17 +168,22 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
 
     from shuangyu.training.dpo import read_pairs
 
-    left_out, cut = overlong(AutoTokenizer.from_pretrained(tiny_chat_model_dir), read_pairs([str(pairs)], "--x"), 128)
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    left_out, cut = overlong(tok, read_pairs([str(pairs)], "--x"), 128)
+    held_left_out, held_cut = overlong(tok, read_pairs([str(held)], "--x"), 128)
     assert left_out and cut, (left_out, cut)
+
+    def counted(training: int, held_out: int) -> str:
+        return " and ".join(
+            f"{n} of 52 {name} pairs" for n, name in ((training, "training"), (held_out, "held-out")) if n
+        )
+
     note = [line for line in proc.stderr.splitlines() if "--max_length 128:" in line]
-    assert (
-        len(note) == 1
-        and f"{left_out} of 52 training pairs and {left_out} of 52 held-out pairs are left out" in note[0]
-    )
-    assert f"{cut} of 52 training pairs and {cut} of 52 held-out pairs are cut" in note[0]
+    assert len(note) == 1 and f"{counted(left_out, held_left_out)} are left out" in note[0], note
+    assert f"{counted(cut, held_cut)} are cut" in note[0]
     used = 52 - left_out
     assert f"| preference | `preference_val.jsonl` | 52 | {left_out} | {cut} | {used} |" in card
-    assert f"| held out | `preference_val.jsonl` | 52 | {left_out} | {cut} | {used} |" in card
+    assert f"| held out | `held.jsonl` | 52 | {held_left_out} | {held_cut} | {52 - held_left_out} |" in card
     assert f"done: DPO on {used} of 52 preference pairs" in proc.stdout
     AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
 
@@ -186,10 +192,11 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
 def test_a_dpo_adapter_merges_into_a_dpo_model(tiny_chat_model_dir, sft_data_dir, tmp_path):
     """--lora_r: the adapter's card and the merged model's say DPO on the pairs they list, not SFT."""
     pairs = first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "p.jsonl")
+    held = first_rows(sft_data_dir / "preference.jsonl", 8, tmp_path / "held.jsonl")
     adapter = tmp_path / "dpo" / "final"
     proc = run_dpo([
         "--config", str(REPO / "configs/dpo-tiny-cpu.yaml"), "--model_name_or_path", str(tiny_chat_model_dir),
-        "--output_dir", str(tmp_path / "dpo"), "--train_files", str(pairs), "--validation_files", str(pairs),
+        "--output_dir", str(tmp_path / "dpo"), "--train_files", str(pairs), "--validation_files", str(held),
         "--max_steps", "1", "--per_device_train_batch_size", "2", "--eval_steps", "1", "--save_steps", "1",
         "--lora_r", "8",
     ])  # fmt: skip
@@ -329,6 +336,19 @@ def test_dpo_refuses_bad_flags_in_one_line_before_any_work(
     assert dpo.main(dpo_flags(tiny_chat_model_dir, out, few_pairs, "--max_steps", "1", *extra)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_dpo_refuses_training_on_its_held_out_pairs(tiny_chat_model_dir, few_pairs, tmp_path, capsys):
+    """The QA repro: the same file as --train_files and --validation_files trained, its eval loss on trained pairs."""
+    from shuangyu.training.dpo import main
+
+    out = tmp_path / "out"
+    held = ["--validation_files", f"{few_pairs.parent}/../{few_pairs.parent.name}/{few_pairs.name}"]
+    assert main(dpo_flags(tiny_chat_model_dir, out, few_pairs, "--max_steps", "1", *held)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{held[1]} is in both --train_files and --validation_files {held[1]}" in err
+    assert "leave it out of --train_files by naming only other files there" in err, err
+    assert not out.exists()
 
 
 def test_dpo_output_dir_that_is_a_file_is_one_line(tiny_chat_model_dir, few_pairs, tmp_path, capsys):

@@ -50,7 +50,13 @@ from shuangyu.data.prepared import (
 from shuangyu.errors import UsageError
 from shuangyu.files import atomic_folder
 from shuangyu.text.conversations import iter_conversations
-from shuangyu.text.sources import SourceSpec, parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.text.sources import (
+    SourceSpec,
+    check_not_held_out,
+    parse_dataset_source,
+    parse_file_source,
+    resolve_files,
+)
 from shuangyu.tokenizer.chat_template import CHAT_TEMPLATE, check_chat_tokenizer, encode_chat
 from shuangyu.tokenizer.loading import load_tokenizer, tokenizer_fingerprint
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
@@ -113,6 +119,8 @@ def plan_sources(args: ConversationArguments):
     files = [[] if s.is_dataset else resolve_files(s, args.exclude, "--train_files") for s in specs]
     validation = [parse_file_source(s, "--validation_files") for s in args.validation_files]
     validation_files = [resolve_files(s, flag="--validation_files") for s in validation]
+    # a held-out conversation that is also trained on scores memory, not generalisation (as pretraining refuses it)
+    check_not_held_out(files, [s.name for s in validation], validation_files, "--train_files")
     return specs, files, validation, validation_files
 
 

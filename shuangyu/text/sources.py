@@ -215,17 +215,23 @@ def is_excluded(path: str, pattern: str) -> bool:
 
 
 def check_not_held_out(
-    train: list[list[Path]], names: list[str], held_out: list[list[Path]], train_flag: str = "--files"
+    train: list[list[Path]],
+    names: list[str],
+    held_out: list[list[Path]],
+    train_flag: str = "--files",
+    exclude_flag: str | None = "--exclude",
 ) -> None:
     """A held-out file that a training glob also matches would be trained on, and its loss would measure
-    memory, not generalisation: refuse it (real paths, so ./x and a link to x are the same file)."""
+    memory, not generalisation: refuse it (real paths, so ./x and a link to x are the same file). `exclude_flag`:
+    None where the command has no --exclude (DPO), so the message says what to do instead."""
     trained = {os.path.realpath(path) for paths in train for path in paths}
     for name, paths in zip(names, held_out, strict=True):
         for path in paths:
             if os.path.realpath(path) in trained:
+                fix = f"with {exclude_flag} '{path}'" if exclude_flag else "by naming only other files there"
                 raise UsageError(
                     f"{path} is in both {train_flag} and --validation_files {name}, so held-out text would be trained "
-                    f"on; leave it out of {train_flag} with --exclude '{path}'"
+                    f"on; leave it out of {train_flag} {fix}"
                 )
 
 

@@ -36,7 +36,7 @@ from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import write_card
 from shuangyu.sharing.folder import check_model_folder
 from shuangyu.text.conversations import iter_dataset_records, iter_file_records, read_preference
-from shuangyu.text.sources import parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.text.sources import check_not_held_out, parse_dataset_source, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
@@ -182,9 +182,15 @@ def check_run(args: DPOArguments, config) -> Path | None:
     check_writable_folder(out, "--output_dir")
     # the run replaces final/ and checkpoint-N, and --overwrite_output_dir deletes them: never where the inputs are
     inputs = [("the model (--model_name_or_path)", args.model_name_or_path)]
+    found = {}
     for flag, specs in (("--train_files", args.train_files), ("--validation_files", args.validation_files)):
-        for spec in specs:
-            inputs += [(f"the pairs ({flag})", p) for p in resolve_files(parse_file_source(spec, flag), flag=flag)]
+        sources = [parse_file_source(spec, flag) for spec in specs]
+        found[flag] = (sources, [resolve_files(source, flag=flag) for source in sources])
+        inputs += [(f"the pairs ({flag})", p) for paths in found[flag][1] for p in paths]
+    # held-out pairs that are also trained on: the eval loss would measure memory (as pretraining refuses it)
+    held_out, held_out_files = found["--validation_files"]
+    trained = [] if args.dataset_name else found["--train_files"][1]  # load_pairs reads the dataset instead
+    check_not_held_out(trained, [s.name for s in held_out], held_out_files, "--train_files", exclude_flag=None)
     check_holds_no_input(out, [(what, path) for what, path in inputs if Path(path).exists()], "--output_dir")
     resume_dir = resolve_resume(out, config.resume_from_checkpoint)
     holds_run = bool(trainer_checkpoints(out, complete=False)) or (out / "final").exists()

@@ -27,8 +27,9 @@ ALLOWED = {
     "text": {"errors", "files"},
     "tokenizer": {"errors", "files", "text"},
     "data": {"errors", "files", "text", "tokenizer"},
-    # the export command's errors and the card it carries over; the model files themselves import nothing of ours
-    "modeling": {"errors", "files", "sharing"},
+    # the export command's errors, the card it carries over, the tokenizer config it cleans; the model files
+    # themselves import nothing of ours
+    "modeling": {"errors", "files", "sharing", "tokenizer"},
     # tokenizer: a chat model's reply loss
     "evaluation": {"errors", "files", "devices", "progress", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files", "library_warnings"},  # loads an adapter on its base model (PEFT warns)

@@ -114,6 +114,9 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
         assert (merged.lm_head.weight is merged.get_input_embeddings().weight) == tied
     generation = json.loads((tmp_path / "merged" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [0, 3] and generation["do_sample"] is True
+    # the adapter's tokenizer was loaded and saved plainly (it records is_local, local_files_only); the merged one not
+    tokenizer_config = json.loads((tmp_path / "merged" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in tokenizer_config and "is_local" not in tokenizer_config
     assert merge_main([str(adapter), str(tmp_path / "merged")]) == 2  # exists: not replaced silently
     assert "--overwrite" in capsys.readouterr().err
     assert merge_main([str(adapter), str(tmp_path), "--overwrite"]) == 2  # would delete the adapter with the rest

@@ -139,6 +139,27 @@ def test_loss_falls_and_the_run_leaves_a_loadable_model(reference):
     assert out.shape == (1, ids.shape[1] + 5)
 
 
+def test_model_folders_save_the_tokenizer_without_how_it_was_loaded(reference, data_tokenizer_dir):
+    """from_pretrained records is_local / local_files_only (True offline) in the tokenizer's init kwargs, and a plain
+    save_pretrained wrote them into every model folder, so a pushed model told its users' loads to stay offline."""
+    from transformers import AutoTokenizer
+
+    from shuangyu.tokenizer.loading import LOAD_TIME_KEYS
+
+    trained = AutoTokenizer.from_pretrained(data_tokenizer_dir)
+    written = json.loads((data_tokenizer_dir / "tokenizer_config.json").read_text())
+    for folder in (reference / "final", reference / "checkpoints" / "step-00000008" / "model"):
+        saved = json.loads((folder / "tokenizer_config.json").read_text())
+        assert not set(LOAD_TIME_KEYS) & set(saved), saved
+        assert saved == written  # what train_bpe.py wrote, nothing more
+        loaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+        assert loaded.backend_tokenizer.to_str() == trained.backend_tokenizer.to_str()
+        assert loaded.special_tokens_map == trained.special_tokens_map
+        assert loaded.split_special_tokens == trained.split_special_tokens
+        text = "今天天气<|im_start|>the model<|endoftext|>"
+        assert loaded(text).input_ids == trained(text).input_ids
+
+
 def test_adamw_also_trains(common, tmp_path):
     out = tmp_path / "run"
     proc = run([*common, "--optimizer", "adamw", "--max_steps", str(STEPS), "--output_dir", str(out)])

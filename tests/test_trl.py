@@ -160,6 +160,8 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     assert any("eval_loss" in e for e in state["log_history"])
     generation = json.loads((final / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [0, 3] and generation["do_sample"] is True
+    tokenizer_config = json.loads((final / "tokenizer_config.json").read_text())  # not how DPO loaded it
+    assert "local_files_only" not in tokenizer_config and "is_local" not in tokenizer_config
     card = (final / "README.md").read_text()
     assert "DPO" in card and "instruction-tuned" in card and str(tiny_chat_model_dir) in card
     assert "preference-tuned (DPO) on the pairs listed above" in card and "conversations listed" not in card

@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from shuangyu.errors import UsageError
 from shuangyu.files import atomic_folder
+from shuangyu.tokenizer.loading import without_load_time_keys
 
 from .configuration_shuangyu import ShuangyuConfig
 from .modeling_shuangyu import ShuangyuForCausalLM
@@ -30,25 +31,6 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
     "chat_template.json",
-)
-
-# Keys that from_pretrained puts into a tokenizer's init kwargs and save_pretrained writes back: they describe
-# how it was loaded that time, not the tokenizer, and some break other versions (local_files_only=True, say).
-LOADER_KEYS = (
-    "local_files_only",
-    "is_local",
-    "_from_auto",
-    "_commit_hash",
-    "trust_remote_code",
-    "cache_dir",
-    "force_download",
-    "proxies",
-    "revision",
-    "subfolder",
-    "token",
-    "use_auth_token",
-    "name_or_path",
-    "backend",
 )
 
 
@@ -134,10 +116,11 @@ def portable_tokenizer_config(config: dict) -> dict:
     """A tokenizer_config.json that transformers 4.x and 5.x both load as the same fast tokenizer.
 
     5.x writes `tokenizer_class: TokenizersBackend` (a class 4.x does not have) and the extra special tokens as
-    a list under `extra_special_tokens` (4.x expects a dict of named tokens there); `from_pretrained` also
-    records how it was loaded (`local_files_only`, ...), which then travels with every saved copy.
+    a list under `extra_special_tokens` (4.x expects a dict of named tokens there); a folder saved with plain
+    save_pretrained after from_pretrained (not save_tokenizer) also records how it was loaded (`local_files_only`).
     """
-    out = {k: v for k, v in config.items() if k not in LOADER_KEYS}
+    out = without_load_time_keys(config)
+    out.pop("backend", None)  # 5.x's choice of backend class; for 4.x tokenizer_class names it
     out["tokenizer_class"] = "PreTrainedTokenizerFast"
     extra = out.pop("extra_special_tokens", None)
     additional = list(out.pop("additional_special_tokens", None) or [])

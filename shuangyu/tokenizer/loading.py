@@ -1,4 +1,5 @@
-"""Loading a trained tokenizer for the data pipeline and training, and naming it by what it does."""
+"""Loading a trained tokenizer for the data pipeline and training, naming it by what it does, and saving it
+into a model folder without how it was loaded."""
 
 from __future__ import annotations
 
@@ -7,7 +8,27 @@ import json
 from pathlib import Path
 
 from shuangyu.errors import UsageError
+from shuangyu.files import atomic_write_text
 from shuangyu.tokenizer.special_tokens import EOS_TOKEN
+
+# Keys that from_pretrained puts into a tokenizer's init kwargs and save_pretrained writes back (5.x: is_local,
+# local_files_only; older versions some of the others): they describe how that copy was loaded, not the
+# tokenizer, and a saved local_files_only=True would follow the folder to the Hub and to every user's load.
+LOAD_TIME_KEYS = (
+    "local_files_only",
+    "is_local",
+    "_from_auto",
+    "_commit_hash",
+    "trust_remote_code",
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "revision",
+    "subfolder",
+    "token",
+    "use_auth_token",
+    "name_or_path",
+)
 
 
 def carries_own_code(folder: str | Path) -> bool:
@@ -39,6 +60,21 @@ def load_tokenizer(name: str):
     if eos is None or tok.convert_ids_to_tokens(eos) != EOS_TOKEN:
         raise UsageError(f"--tokenizer_name {name!r}: has no {EOS_TOKEN} token to end documents with")
     return tok
+
+
+def without_load_time_keys(config: dict) -> dict:
+    """A tokenizer_config.json's contents less LOAD_TIME_KEYS."""
+    return {key: value for key, value in config.items() if key not in LOAD_TIME_KEYS}
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """`tokenizer.save_pretrained(folder)`, its tokenizer_config.json without LOAD_TIME_KEYS: every model folder
+    (a checkpoint's model/, final/, DPO's and merge_lora's output) saves its tokenizer through here."""
+    tokenizer.save_pretrained(folder)
+    path = Path(folder) / "tokenizer_config.json"
+    config = without_load_time_keys(json.loads(path.read_text(encoding="utf-8")))
+    # as save_pretrained writes it
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def tokenizer_fingerprint(tok) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from shuangyu.errors import UsageError
 from shuangyu.files import atomic_folder, is_disk_full
 from shuangyu.sharing.card import write_card
+from shuangyu.tokenizer.loading import save_tokenizer
 
 MARKER = "checkpoint.json"
 STREAM_POSITIONS = "data_stream.json"
@@ -297,7 +298,7 @@ def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | No
             tied = getattr(unwrapped, "_tied_weights_keys", None) or {}
             state_dict = {k: v for k, v in state_dict.items() if k not in tied}
         unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(path)
+        save_tokenizer(tokenizer, path)
         write_card(path, **(card or {}))
 
 

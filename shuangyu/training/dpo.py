@@ -38,7 +38,7 @@ from shuangyu.sharing.folder import check_model_folder
 from shuangyu.text.conversations import iter_dataset_records, iter_file_records, read_preference
 from shuangyu.text.sources import check_not_held_out, parse_dataset_source, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
-from shuangyu.tokenizer.loading import carries_own_code
+from shuangyu.tokenizer.loading import carries_own_code, save_tokenizer
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
 from shuangyu.training.arguments import LoraArguments
 from shuangyu.training.checks import check_output_dir, is_first_process
@@ -324,7 +324,7 @@ def check_fits(fits: dict, max_length: int, context: int, tell: bool) -> None:
 def finish_folder(folder: Path, final: Path, model, tokenizer, args: DPOArguments, lora, config, fits: dict) -> None:
     """The model saved in `folder` (renamed to `final` next) as a Shuangyu chat folder: tokenizer with the template,
     stop at <|im_end|>, our card."""
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)  # over the one trainer.save_model wrote, which says how it was loaded
     if not lora.lora_r:
         chat_generation(model.generation_config, tokenizer)
         model.generation_config.save_pretrained(folder)

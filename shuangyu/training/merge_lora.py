@@ -20,7 +20,7 @@ from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import card_stage, copy_section, write_card
 from shuangyu.sharing.folder import load_adapter_model
 from shuangyu.tokenizer.chat_template import chat_generation, chat_token_ids, for_chat_model
-from shuangyu.tokenizer.loading import carries_own_code
+from shuangyu.tokenizer.loading import carries_own_code, save_tokenizer
 
 PROG = "python -m shuangyu.training.merge_lora"
 
@@ -38,7 +38,7 @@ def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite
         chat_generation(merged.generation_config, tokenizer)
     with atomic_folder(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         training = {"stage": card_stage(adapter_dir), "base_model": base}  # the adapter's: sft, dpo or fine-tuning
         write_card(tmp, name=out.resolve().name, training=training)
         copy_section(adapter_dir, tmp, "training")  # the adapter run's data and recipe

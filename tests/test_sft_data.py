@@ -79,6 +79,36 @@ def test_bad_conversations_stop_with_file_and_line_and_write_nothing(case, tiny_
     assert not out.exists() and not list(tmp_path.glob(".prepared*"))
 
 
+@pytest.mark.parametrize("case", ["empty", "blank_lines", "validation_empty", "validation_too_long"])
+def test_a_source_without_examples_is_refused_saying_why(case, tiny_tokenizer_dir, tmp_path):
+    """The QA repro: an empty file was "no conversation fits in --block_size", and an empty held-out file was
+    accepted as "validation zh: 0 conversations" (the language dropped out of validation unsaid)."""
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps({"messages": CHAT}, ensure_ascii=False) + "\n", encoding="utf-8")
+    long_chat = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    bad.write_text({"blank_lines": "\n \n\n", "validation_too_long": json.dumps({"messages": long_chat})}.get(case, ""))
+    held_out = case.startswith("validation")
+    out = tmp_path / "prepared"
+    args = ConversationArguments(
+        output_dir=str(out),
+        tokenizer_name=str(tiny_tokenizer_dir),
+        files=[f"x={good if held_out else bad}"],
+        validation_files=[f"zh={bad}"] if held_out else [],
+        block_size=64,
+    )
+    with pytest.raises(UsageError) as err:
+        prepare_conversations(args)
+    flag, name = ("--validation_files", "zh") if held_out else ("--train_files", "x")
+    if case == "validation_too_long":
+        assert str(err.value) == (
+            f"{flag} {name}: no conversation fits in --block_size 64 (1 skipped as longer); raise --block_size, or leave "
+            "the source out"
+        )
+    else:
+        assert str(err.value) == f"{flag} {name}: {bad} holds no conversations; give it some, or leave the source out"
+    assert not out.exists() and not list(tmp_path.glob(".prepared*"))
+
+
 def prepared(tmp_path, files, tokenizer_dir, **kw) -> PreparedData:
     args = ConversationArguments(output_dir=str(tmp_path / "prepared"), tokenizer_name=str(tokenizer_dir), **kw)
     args.files = [f"{name}={path}" for name, path in files.items()]

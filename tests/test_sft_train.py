@@ -246,6 +246,10 @@ BAD = {
     "no_chat_tokens": ([], "no <|im_start|> / <|im_end|> special tokens"),
     # the QA repro: accepted, and "validation zh" was a loss on the training set
     "held_out_trained": ([], "is in both --train_files and --validation_files zh, so held-out text would be trained"),
+    # the QA repros: "no conversation fits in --block_size" (an empty file, not a block size), and an empty held-out
+    # file accepted as "validation zh: 0 conversations"
+    "empty_train": ([], "--train_files zh: {empty} holds no conversations; give it some, or leave the source out"),
+    "empty_validation": ([], "--validation_files zh: {empty} holds no conversations; give it some, or leave the"),
 }
 
 
@@ -278,6 +282,12 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
         i = args.index("--validation_files")
         args[i + 1] = args[args.index("--train_files") + 1]  # zh=TRAIN as both
         extra = []
+    if case.startswith("empty_"):
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text("\n  \n" if case == "empty_train" else "")  # blank lines only, or 0 bytes
+        flag = "--train_files" if case == "empty_train" else "--validation_files"
+        args[args.index(flag) + 1] = f"zh={empty}"
+        needle = needle.format(empty=empty)
     if case == "no_model":
         i = args.index("--model_name_or_path")
         args[i : i + 2] = ["--tokenizer_name", str(tiny_base_model_dir)]

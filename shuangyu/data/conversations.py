@@ -177,6 +177,23 @@ def encode_source(tokenizer, spec, paths, split, block_size, overlong, im_end) -
     return examples, report
 
 
+def check_has_examples(report: SourceReport, spec: SourceSpec, flag: str, block_size: int) -> None:
+    """Refuse a source that gives no example, saying why: it holds no conversation (an empty file), or none of its
+    conversations has a first reply that fits in a block."""
+    if report.examples:
+        return
+    if spec.is_dataset:
+        flag, where = "--dataset_name", f"{spec.dataset}{':' + spec.config if spec.config else ''}"
+    else:
+        where = ",".join(spec.patterns)
+    if not report.skipped:
+        raise UsageError(f"{flag} {spec.name}: {where} holds no conversations; give it some, or leave the source out")
+    raise UsageError(
+        f"{flag} {spec.name}: no conversation fits in --block_size {block_size} ({report.skipped:,} skipped as longer); "
+        "raise --block_size, or leave the source out"
+    )
+
+
 def lay_out_rows(examples: list[Example], block_size: int, packing: bool, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, flags), each [rows, block_size]: examples packed whole into rows (or one per row), padded."""
     rows: list[list[Example]] = []
@@ -235,20 +252,24 @@ def prepare_conversations(args: ConversationArguments, say=print) -> PreparedDat
     train_examples, reports = [], []
     for spec, paths in zip(specs, files, strict=True):
         examples, report = encode_source(tok, spec, paths, args.dataset_split, args.block_size, args.overlong, im_end)
-        if not examples:
-            raise UsageError(f"--train_files {spec.name}: no conversation fits in --block_size {args.block_size}")
+        check_has_examples(report, spec, "--train_files", args.block_size)
         train_examples += examples
         reports.append(report)
     order = np.random.default_rng([args.seed, 2]).permutation(len(train_examples))
     train_tokens, train_flags = lay_out_rows([train_examples[i] for i in order], args.block_size, args.packing, pad_id)
+
+    held_out_sources = []
+    for spec, paths in zip(validation, validation_files, strict=True):
+        examples, report = encode_source(tok, spec, paths, "validation", args.block_size, args.overlong, im_end)
+        check_has_examples(report, spec, "--validation_files", args.block_size)  # else its language drops out unsaid
+        held_out_sources.append((spec, examples, report))
 
     with atomic_folder(out) as tmp:
         write_rows(train_tokens, train_flags, dtype, tmp / TRAIN_FILE)
         (tmp / VALIDATION_FILE).touch()
         (tmp / (VALIDATION_FILE + FLAGS_SUFFIX)).touch()
         held_out, first = {}, 0
-        for spec, paths in zip(validation, validation_files, strict=True):
-            examples, report = encode_source(tok, spec, paths, "validation", args.block_size, args.overlong, im_end)
+        for spec, examples, report in held_out_sources:
             tokens, flags = lay_out_rows(examples, args.block_size, args.packing, pad_id)
             write_rows(tokens, flags, dtype, tmp / VALIDATION_FILE, append=True)
             held_out[spec.name] = {

@@ -67,8 +67,14 @@ def read_pairs(specs: list[str], flag: str) -> list[dict]:
     rendered template as one string, where it would become the token itself)."""
     pairs = []
     for spec in specs:
-        for path in resolve_files(parse_file_source(spec, flag), flag=flag):
-            pairs += [check_no_control_text(read_preference(r, where), where) for where, r in iter_file_records(path)]
+        read = [
+            check_no_control_text(read_preference(r, where), where)
+            for path in resolve_files(parse_file_source(spec, flag), flag=flag)
+            for where, r in iter_file_records(path)
+        ]
+        if not read:  # an empty file: said here, by name, not as TRL's traceback or an unnamed "no data"
+            raise UsageError(f"{flag} {spec}: no preference pairs (empty file?); give it pairs, or leave it out")
+        pairs += read
     return pairs
 
 
@@ -88,12 +94,12 @@ def load_pairs(args: DPOArguments) -> tuple[list[dict], list[dict]]:
             check_no_control_text(read_preference(r, where), where)
             for where, r in iter_dataset_records(spec, args.dataset_split)
         ]
+        if not train:
+            raise UsageError(f"--dataset_name {args.dataset_name}: no preference pairs in split {args.dataset_split}")
     elif args.train_files:
         train = read_pairs(args.train_files, "--train_files")
     else:
         raise UsageError("no preference pairs: give --train_files (or --dataset_name)")
-    if not train:
-        raise UsageError("the preference data is empty")
     return train, read_pairs(args.validation_files, "--validation_files")
 
 
@@ -178,6 +184,12 @@ def check_run(args: DPOArguments, config) -> Path | None:
         raise UsageError("give --output_dir")
     if config.max_steps < 1 and config.max_steps != -1:  # -1, the Trainer's default: --num_train_epochs decides
         raise UsageError(f"--max_steps {config.max_steps}: must be at least 1")
+    # the Trainer evaluates on the held-out pairs only: without them it fails in a traceback once the model is loaded
+    if config.eval_strategy != "no" and not args.validation_files:
+        strategy = getattr(config.eval_strategy, "value", config.eval_strategy)
+        raise UsageError(
+            f"--eval_strategy {strategy} needs held-out pairs: give --validation_files, or --eval_strategy no"
+        )
     out = Path(config.output_dir)
     check_writable_folder(out, "--output_dir")
     # the run replaces final/ and checkpoint-N, and --overwrite_output_dir deletes them: never where the inputs are

@@ -1,0 +1,63 @@
+"""python -m shuangyu.training.dpo refuses missing or empty preference pairs in one line naming the flag and the file,
+before the model loads and before anything is written (the QA repros: TRL's 9-frame traceback for an
+--eval_strategy without held-out pairs, and "the preference data is empty" naming neither file nor flag)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+PROG = "python -m shuangyu.training.dpo"
+
+
+def write_pairs(path: Path, n: int) -> Path:
+    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def flags(model: Path, out: Path, train: Path, *extra: str) -> list[str]:
+    return [
+        "--model_name_or_path", str(model), "--output_dir", str(out), "--train_files", str(train),
+        "--per_device_train_batch_size", "2", "--max_length", "128", "--max_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["steps", "epoch"])
+def test_an_eval_strategy_without_held_out_pairs_is_one_line_before_the_model_loads(
+    strategy, tiny_base_model_dir, tmp_path, capsys, monkeypatch
+):
+    import shuangyu.training.dpo as dpo
+
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a: pytest.fail("refused only after the model loaded"))
+    out = tmp_path / "out"
+    train = write_pairs(tmp_path / "pairs.jsonl", 4)
+    extra = ("--eval_strategy", strategy, "--eval_steps", "1")
+    assert dpo.main(flags(tiny_base_model_dir, out, train, *extra)) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: --eval_strategy {strategy} needs held-out pairs: give --validation_files, or --eval_strategy "
+        "no\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("which", ["train", "validation"])
+@pytest.mark.parametrize("content", ["", "\n  \n\n"], ids=["empty", "blank_lines"])
+def test_a_pairs_file_without_pairs_is_named_in_one_line(which, content, tiny_base_model_dir, tmp_path, capsys):
+    """An empty --validation_files file is refused whatever --eval_strategy says (with steps it was TRL's traceback;
+    with no, the held-out pairs silently dropped)."""
+    from shuangyu.training.dpo import main
+
+    out = tmp_path / "out"
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 4)
+    if which == "train":
+        args = flags(tiny_base_model_dir, out, empty)
+    else:
+        args = flags(tiny_base_model_dir, out, pairs, "--validation_files", str(empty), "--eval_strategy", "steps")
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: --{which}_files {empty}: no preference pairs (empty file?); give it pairs, or leave it out\n"
+    )
+    assert not out.exists()

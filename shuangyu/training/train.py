@@ -200,6 +200,11 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
                 f"--resume_from_checkpoint {resume_dir}: could not load it ({type(err).__name__}: {err}); "
                 "pass an earlier checkpoint"
             ) from None
+        # load_state restores accelerate's micro-batch count, which says when gradients sync (count % accumulation
+        # == 0). Counted under the saving run's accumulation, it put a run resumed with another split of the same
+        # global batch (--per_device_train_batch_size halved, --gradient_accumulation_steps doubled) off by part of
+        # a step: its first update took half a batch. A checkpoint is always at an update, so count from there.
+        accelerator.step = state.step * t.gradient_accumulation_steps
         if streaming:
             position = ckpt.read_stream_position(resume_dir, accelerator.process_index, accelerator.num_processes)
             try:

@@ -176,6 +176,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         config.logging.eval_rows,
         accelerator.process_index,
         accelerator.num_processes,
+        position_ids=config.data.document_attention,  # scored with the attention training uses
     )
     peak = device_peak_flops(accelerator.device, config.logging.peak_tflops)
     meter = Throughput(flops_per_token(model, data.block_size), peak, accelerator.num_processes)

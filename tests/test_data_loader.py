@@ -172,6 +172,19 @@ def test_loader_can_return_position_ids(prepared):
     assert torch.equal(batch["position_ids"], document_position_ids(batch["input_ids"], prepared.eos_token_id))
 
 
+def test_validation_shards_give_training_s_position_ids_when_asked(prepared):
+    """--document_attention: validation was scored with plain causal attention while training attended per
+    document; asked, its batches carry the position ids the training loader gives."""
+    shards = prepared.validation_shards(batch_size=4, rows=64, rank=0, world_size=1, position_ids=True)
+    batches = [batch for shard in shards.values() for batch, _ in shard.batches()]
+    ids = torch.cat([b["input_ids"] for b in batches])
+    assert (ids == prepared.eos_token_id).sum() > 0  # documents end inside these rows
+    positions = torch.cat([b["position_ids"] for b in batches])
+    assert torch.equal(positions, document_position_ids(ids, prepared.eos_token_id))
+    plain = prepared.validation_shards(batch_size=4, rows=64, rank=0, world_size=1)
+    assert all("position_ids" not in batch for shard in plain.values() for batch, _ in shard.batches())
+
+
 def test_two_processes_see_disjoint_blocks_covering_all(tmp_path, data_tokenizer_dir, data_corpus_slices):
     """Two real processes (torchrun + Accelerator): disjoint blocks whose union is the whole epoch, and
     exact resume from `accelerator.save_state` on every rank."""

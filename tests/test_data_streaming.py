@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from transformers import AutoTokenizer
 
+from shuangyu.data.loader import document_position_ids
 from shuangyu.data.stream_sources import stream_sources
 from shuangyu.data.streaming import StreamedData
 from shuangyu.errors import UsageError
@@ -170,6 +172,18 @@ def test_validation_files_replace_the_held_out_slice(tmp_path, tok):
     assert stream_docs(tok, data.validation["zh"])[:1] == ["v-0" + documents("v", 1)[0][3:]]
     got = stream_docs(tok, first_pass_blocks(data.train_loader(2)))
     assert data.held_out == [frozenset()] and len(set(got)) >= 30 - 1  # nothing held out of training
+
+
+def test_validation_batches_carry_training_s_document_positions_when_asked(tmp_path, tok):
+    """--document_attention: validation scored plain causal attention while training attended per document."""
+    glob = write_shards(tmp_path / "zh", documents("zh", 60), shards=1)
+    data = open_data(tok, [f"zh={glob}"], validation_docs=10)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    per_document = [b for s in data.validation_shards(4, 0, 0, 1, position_ids=True).values() for b, _ in s.batches()]
+    ids = torch.cat([b["input_ids"] for b in per_document])
+    assert (ids == eos).sum() >= 5
+    assert torch.equal(torch.cat([b["position_ids"] for b in per_document]), document_position_ids(ids, eos))
+    assert all("position_ids" not in b for s in data.validation_shards(4, 0, 0, 1).values() for b, _ in s.batches())
 
 
 def test_a_resumed_stream_must_be_the_same_stream(tmp_path, tok):

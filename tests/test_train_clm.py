@@ -168,6 +168,47 @@ def test_adamw_also_trains(common, tmp_path):
     assert trace[STEPS] < trace[1] - 0.5, trace
 
 
+def test_the_log_reports_the_lr_each_step_trained_with_and_validation_attends_as_training_does(common, tmp_path):
+    """The logged lr was the next step's (read after the scheduler stepped: step 1 of a warmup logged the peak/2
+    it never trained at, the last step the floor). And with --document_attention validation scored plain causal
+    attention over the packed documents, not the per-document attention the model trained with."""
+    from transformers import AutoModelForCausalLM
+
+    from shuangyu.data.loader import document_position_ids
+    from shuangyu.data.prepared import PreparedData
+    from shuangyu.training import cli
+    from shuangyu.training.arguments import ScheduleArguments
+    from shuangyu.training.schedule import build_scheduler
+
+    out, steps = tmp_path / "run", 6
+    flags = ["--optimizer", "adamw", "--lr_scheduler_type", "cosine", "--max_steps", str(steps), "--eval_steps", "6"]
+    flags += ["--eval_rows", "64"]  # rows with a few documents' ends in each source (its first 16 have none in zh)
+    assert cli.main([*common, *flags, "--document_attention", "--output_dir", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-2)  # common's --learning_rate
+    schedule = build_scheduler(optimizer, ScheduleArguments(lr_scheduler_type="cosine", warmup_steps=2), steps)
+    used = []  # the rate each step's optimizer.step() ran with
+    for _ in range(steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    logged = {e["step"]: e["train/lr"] for e in log if "train/lr" in e}
+    assert logged == {step: pytest.approx(used[step - 1]) for step in range(1, steps + 1)}
+    assert logged[1] == 0  # transformers' warmup starts at 0
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True).eval()
+    data = PreparedData.load(common[common.index("--data_dir") + 1])
+    evaluated = log[-1]
+    for name, blocks in data.validation_datasets().items():
+        ids = blocks.__getitems__(list(range(64)))
+        with torch.no_grad():
+            per_document = model(ids, labels=ids, position_ids=document_position_ids(ids, data.eos_token_id)).loss
+            causal = model(ids, labels=ids).loss
+        assert abs(per_document.item() - causal.item()) > 5e-5  # the two differ on this data (by 1e-4 to 3e-4)
+        assert evaluated[f"eval/{name}/loss"] == pytest.approx(per_document.item(), abs=5e-6), causal.item()
+
+
 def test_resume_continues_step_for_step(common, reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)

@@ -126,11 +126,14 @@ class PreparedData:
             if v["blocks"] > 0
         }
 
-    def validation_shards(self, batch_size: int, rows: int, rank: int, world_size: int) -> dict[str, ValidationShard]:
+    def validation_shards(
+        self, batch_size: int, rows: int, rank: int, world_size: int, *, position_ids: bool = False
+    ) -> dict[str, ValidationShard]:
         """This process's share of each validation source's first `rows` rows (0: all), in batches of
-        `{"input_ids": [batch, block]}` (and labels and positions for conversations)."""
+        `{"input_ids": [batch, block]}` (and labels and positions for conversations); `position_ids`: positions
+        restarting per document, as `train_loader` gives them, so validation scores the attention training used."""
         return {
-            name: ValidationShard(ds, self.collator(), batch_size, rows, rank, world_size)
+            name: ValidationShard(ds, self.collator(position_ids), batch_size, rows, rank, world_size)
             for name, ds in self.validation_datasets().items()
         }
 

@@ -323,11 +323,14 @@ class StreamedData:
         """Blocks per validation source ([blocks, block_size] int64); a source with less than a block is left out."""
         return {name: blocks for name, blocks in self.validation.items() if len(blocks)}
 
-    def validation_shards(self, batch_size: int, rows: int, rank: int, world_size: int) -> dict[str, ValidationShard]:
+    def validation_shards(
+        self, batch_size: int, rows: int, rank: int, world_size: int, *, position_ids: bool = False
+    ) -> dict[str, ValidationShard]:
         """This process's share of each validation source's first `rows` rows (0: all), in batches of
-        `{"input_ids": [batch, block]}`."""
+        `{"input_ids": [batch, block]}`; `position_ids`: with positions restarting per document, as training's."""
+        collate = BlockCollator(self.eos_token_id if position_ids else None)
         return {
-            name: ValidationShard(blocks, _as_batch, batch_size, rows, rank, world_size)
+            name: ValidationShard(blocks, lambda batch: collate(torch.stack(batch)), batch_size, rows, rank, world_size)
             for name, blocks in self.validation_datasets().items()
         }
 
@@ -444,7 +447,3 @@ class StreamedData:
         for name, blocks in self.validation.items():
             lines.append(f"validation   {name}: {len(blocks):,} blocks of {self.block_size}")
         return "\n".join(lines)
-
-
-def _as_batch(rows: list[torch.Tensor]) -> dict:
-    return {"input_ids": torch.stack(rows)}

@@ -53,3 +53,12 @@ def build_scheduler(optimizer, args: ScheduleArguments, max_steps: int):
     if name == "constant_with_warmup":  # --min_lr_ratio other than its default is refused (arguments.check_values)
         return get_scheduler(name, optimizer, warmup_steps, max_steps)
     raise ValueError(f"--lr_scheduler_type {name!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+def follow_schedule(scheduler) -> None:
+    """Set the optimizer's rates to the schedule's for the step it is at. A resume loads the rates the checkpoint's
+    optimizer was left with: the old schedule's where the command gives another (a resume's schedule is the
+    command's own), so its first step trained at the old rate and only the next followed the new schedule."""
+    step, groups = scheduler.last_epoch, scheduler.optimizer.param_groups
+    for group, base, rule in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * rule(step)

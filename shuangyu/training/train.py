@@ -43,7 +43,7 @@ from shuangyu.training.model import build_config, build_model
 from shuangyu.training.optim import build_optimizer, clip_and_step
 from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_environment, write_run_args
-from shuangyu.training.schedule import build_scheduler, warmup_note
+from shuangyu.training.schedule import build_scheduler, follow_schedule, warmup_note
 from shuangyu.training.state import TrainState
 from shuangyu.training.stopping import StopAtOnce, StopRequest, should_stop, stop_with_the_launcher
 from shuangyu.training.summary import training_summary
@@ -176,6 +176,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         config.logging.eval_rows,
         accelerator.process_index,
         accelerator.num_processes,
+        position_ids=config.data.document_attention,  # scored with the attention training uses
     )
     peak = device_peak_flops(accelerator.device, config.logging.peak_tflops)
     meter = Throughput(flops_per_token(model, data.block_size), peak, accelerator.num_processes)
@@ -245,6 +246,7 @@ def train_loop(run: Run) -> str | None:
     loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
     max_bad = cfg.train.max_bad_steps
     started = time.perf_counter()
+    follow_schedule(run.scheduler)  # after a resume: this command's schedule, not the checkpoint's last rate
     model.train()
     try:
         while state.step < run.max_steps and not stopping:
@@ -260,6 +262,7 @@ def train_loop(run: Run) -> str | None:
                         grad_norm, good = clip_and_step(accelerator, model, run.optimizer, cfg.optim.max_grad_norm)
                 if not accelerator.sync_gradients:
                     continue
+                lr = run.optimizer.param_groups[0]["lr"]  # the rate this step trained with, for its log line
                 run.scheduler.step()  # also after a skipped update, as the step count does
                 state.advance(run.tokens_per_step, good, max_bad)
                 run.meter.add(run.tokens_per_step)
@@ -274,7 +277,7 @@ def train_loop(run: Run) -> str | None:
                     state.check(max_bad, accelerator.print)
                 logs = {}
                 if log_now:
-                    logs = training_logs(run, step_loss, grad_norm)
+                    logs = training_logs(run, step_loss, grad_norm, lr)
                     show_progress(run, bar, logs)
                 if eval_now:
                     logs |= validate(run)
@@ -335,13 +338,14 @@ def save_before_stopping(run: Run) -> str:
     return f" (stopped at step {state.step}; the steps so far are saved in {ckpt.checkpoint_dir(run.out, state.step)})"
 
 
-def training_logs(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> dict:
-    """This step's loss (the mean over its micro-batches and processes), gradient norm, lr and throughput."""
+def training_logs(run: Run, step_loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> dict:
+    """This step's loss (the mean over its micro-batches and processes), gradient norm, learning rate (the one it
+    trained with: the scheduler has stepped on to the next step's by now) and throughput."""
     throughput = run.meter.measure()
     return {
         "train/loss": run.accelerator.reduce(step_loss, "mean").item(),
         "train/grad_norm": float(grad_norm),
-        "train/lr": run.scheduler.get_last_lr()[0],
+        "train/lr": lr,
         "train/tokens": run.state.tokens,
         **{f"train/{k}": v for k, v in throughput.items()},
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_i
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 from shuangyu.training.arguments import ARGUMENT_CLASSES
+from shuangyu.training.checks import cpp_compiler  # the one train_clm.py's --compile is checked with
 from shuangyu.training.config_file import load_yaml_config
 
 PROG = "python -m shuangyu.demo"
@@ -102,14 +102,6 @@ def cpu_has_amx_bf16() -> bool:
 
     capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # torch >= 2.10
     return bool(capabilities.get("amx_bf16"))
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU code needs (inductor looks for $CXX, then g++)."""
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
 
 
 def pick_recipe(device: str, amx: str) -> tuple[str, str]:

@@ -3,6 +3,8 @@ sees before any model is loaded (torch would say it later, as a traceback)."""
 
 from __future__ import annotations
 
+import os
+
 from shuangyu.errors import UsageError
 
 
@@ -24,3 +26,16 @@ def pick_device(asked: str | None, flag: str = "--device") -> str:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"{flag} {asked}: this machine's torch has no MPS device; use {flag} cpu")
     return asked
+
+
+def training_device() -> str:
+    """The device type a training run's Accelerator will pick: cpu under accelerate's use_cpu (its cpu.yaml)
+    or where torch sees no GPU, else cuda or mps; read before the Accelerator exists, so flags it cannot run
+    are refused before any work."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"

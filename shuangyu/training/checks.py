@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import sys
 from pathlib import Path
 
+from shuangyu.devices import training_device
 from shuangyu.errors import UsageError
 from shuangyu.files import check_writable_folder, holds
 from shuangyu.text.sources import local_paths, parse_file_source, resolve_files
@@ -20,6 +24,8 @@ def check_run(config: TrainConfig) -> tuple[Path, Path | None]:
         raise UsageError("give --tokenizer_name (a folder written by tokenizer/train_bpe.py)")
     if not (config.train.max_steps or config.train.max_train_tokens):
         raise UsageError("give --max_steps or --max_train_tokens")
+    check_trackers(config.logging.report_to)
+    check_machine(config)
     out = Path(config.checkpoint.output_dir)
     check_output_dir(out, config.checkpoint.overwrite_output_dir, config.checkpoint.resume_from_checkpoint)
     if config.hub.push_to_hub:
@@ -41,6 +47,56 @@ def check_run(config: TrainConfig) -> tuple[Path, Path | None]:
     if config.checkpoint.overwrite_output_dir and resume_dir is None:
         check_fresh_start_keeps_inputs(config, out)
     return out, resume_dir
+
+
+# --report_to's trackers: the package accelerate needs for each (any one of them)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_trackers(report_to: str) -> None:
+    """--report_to names trackers this code logs to, whose packages are installed: accelerate would raise a
+    traceback for an unknown name, and only warn (then train untracked) for a missing package."""
+    if report_to in ("all", "none"):
+        return
+    for name in report_to.split(","):  # accelerator.trackers passes a comma list on
+        if name not in TRACKERS:
+            raise UsageError(
+                f"--report_to {report_to}: unknown tracker {name!r}; use tensorboard, wandb, a comma list of "
+                "them, all or none"
+            )
+        if not any(importlib.util.find_spec(package) for package in TRACKERS[name]):
+            other = "wandb" if name == "tensorboard" else "tensorboard"
+            raise UsageError(f"--report_to {name}: {name} is not installed: pip install {name}, or --report_to {other}")
+
+
+def check_machine(config: TrainConfig) -> None:
+    """The flags this machine cannot train with, refused before any work: torch would raise at the first step."""
+    attention, compiling = config.model.attn_implementation, config.train.compile
+    if not (compiling or attention.startswith(("flex", "flash"))):
+        return  # nothing to ask of the machine (and no torch import for it)
+    device = training_device()
+    if device == "cpu" and attention.startswith(("flex", "flash")):
+        # FlexAttention runs forward on the CPU but has no backward there; flash-attn kernels are CUDA only
+        raise UsageError(f"--attn_implementation {attention} does not train on the CPU: use sdpa (the default)")
+    if compiling and device == "cpu" and cpp_compiler() is None:
+        raise UsageError("--compile needs a C++ compiler (torch inductor): install g++ or leave out --compile")
+    if compiling and device == "cuda" and c_compiler() is None:
+        # triton builds each kernel's launcher with the system's C compiler on first use
+        raise UsageError("--compile needs a C compiler (triton): install gcc, set $CC, or leave out --compile")
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code is built with: inductor tries $CXX alone where it is set, else
+    g++ (clang++ on macOS), and nothing else."""
+    name = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    return shutil.which(name) if name else None
+
+
+def c_compiler() -> str | None:
+    """The C compiler triton builds its kernel launchers with: $CC where it is set, else gcc, else clang."""
+    if "CC" in os.environ:
+        return shutil.which(os.environ["CC"]) if os.environ["CC"] else None
+    return shutil.which("gcc") or shutil.which("clang")
 
 
 def check_fresh_start_keeps_inputs(config: TrainConfig, out: Path) -> None:

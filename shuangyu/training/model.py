@@ -17,7 +17,7 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int | None):
     if model_args.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
         raise UsageError(
             "--attn_implementation flash_attention_2: the flash-attn package is not installed (it needs a CUDA "
-            "GPU: pip install flash-attn --no-build-isolation); use sdpa or flex_attention"
+            "GPU: pip install flash-attn --no-build-isolation); use sdpa, or flex_attention on a GPU"
         )
 
     from shuangyu.modeling import PRESETS, ShuangyuConfig

@@ -61,3 +61,29 @@ def test_a_pairs_file_without_pairs_is_named_in_one_line(which, content, tiny_ba
         f"{PROG}: error: --{which}_files {empty}: no preference pairs (empty file?); give it pairs, or leave it out\n"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "report_to, said",
+    [
+        ("foo", "--report_to foo: foo is not supported, only "),
+        ("wandb", "--report_to wandb: wandb is not installed: pip install wandb, or --report_to tensorboard"),
+    ],
+)
+def test_a_tracker_that_cannot_log_is_one_line_before_the_model_loads(
+    report_to, said, tiny_base_model_dir, tmp_path, capsys, monkeypatch
+):
+    """The Trainer found both once the model was loaded, each with a traceback (a ValueError; wandb's RuntimeError)."""
+    import importlib.util
+
+    import shuangyu.training.dpo as dpo
+
+    if report_to == "wandb" and importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a: pytest.fail("refused only after the model loaded"))
+    out = tmp_path / "out"
+    train = write_pairs(tmp_path / "pairs.jsonl", 4)
+    assert dpo.main(flags(tiny_base_model_dir, out, train, "--report_to", report_to, "--eval_strategy", "no")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: {said}"), lines
+    assert not out.exists()

@@ -41,7 +41,7 @@ from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokeniz
 from shuangyu.tokenizer.loading import carries_own_code, save_tokenizer
 from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
 from shuangyu.training.arguments import LoraArguments
-from shuangyu.training.checks import check_output_dir, is_first_process
+from shuangyu.training.checks import check_output_dir, check_trackers, is_first_process
 from shuangyu.training.config_file import load_yaml_config
 from shuangyu.training.finetune import lora_config
 
@@ -175,6 +175,22 @@ def resolve_resume(out: Path, resume_from: str | None) -> Path | None:
     return path
 
 
+def check_reporters(report_to: list[str] | None) -> None:
+    """--report_to, which the Trainer checks only once the model is loaded, with a traceback (an unknown name; for
+    wandb not installed, a RuntimeError): train_clm's trackers as train_clm checks them, the Trainer's others by
+    its own list."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for name in report_to or []:
+        if name in ("tensorboard", "wandb"):
+            check_trackers(name)
+        elif name not in ("all", "none"):
+            try:
+                get_reporting_integration_callbacks([name])
+            except ValueError as err:
+                raise UsageError(f"--report_to {name}: {str(err).strip().splitlines()[0]}") from None
+
+
 def check_run(args: DPOArguments, config) -> Path | None:
     """Before any work (the data, the model): the flags and the output folder, as train_clm.py checks them; the
     checkpoint to resume from (None: start afresh)."""
@@ -190,6 +206,7 @@ def check_run(args: DPOArguments, config) -> Path | None:
         raise UsageError(
             f"--eval_strategy {strategy} needs held-out pairs: give --validation_files, or --eval_strategy no"
         )
+    check_reporters(config.report_to)
     out = Path(config.output_dir)
     check_writable_folder(out, "--output_dir")
     # the run replaces final/ and checkpoint-N, and --overwrite_output_dir deletes them: never where the inputs are

@@ -116,9 +116,9 @@ _SCALE = {"": 0, "k": 1, "m": 2, "g": 3, "b": 3, "t": 4}
 
 
 def parse_size(text: str | int, flag: str) -> int:
-    """A positive count or size: a number with an optional k, M, G or B (billion), T multiplier and an optional
-    byte unit, so `500M`, `2.5B` (tokens) and `200MB`, `2GB`, `1.5GiB` (bytes) all read as expected. A
-    multiplier followed by `iB` counts in powers of 1024; a bare number is taken as it is."""
+    """A positive size in bytes (--max_bytes and the like): a number with an optional k, M, G or B (billion), T
+    multiplier and an optional byte unit, so `500M`, `200MB`, `2GB` and `1.5GiB` all read as expected. A multiplier
+    followed by `iB` counts in powers of 1024; a bare number is taken as it is. Counts of tokens: parse_count."""
     match = _SIZE_RE.match(str(text))
     if not match:
         raise UsageError(f"{flag} {text!r}: expected a number such as 500M, 2.5B, 200MB or 2GB")

@@ -211,15 +211,15 @@ def check_run(args: DPOArguments, config) -> Path | None:
     check_writable_folder(out, "--output_dir")
     # the run replaces final/ and checkpoint-N, and --overwrite_output_dir deletes them: never where the inputs are
     inputs = [("the model (--model_name_or_path)", args.model_name_or_path)]
-    found = {}
+    sources, files = {}, {}
     for flag, specs in (("--train_files", args.train_files), ("--validation_files", args.validation_files)):
-        sources = [parse_file_source(spec, flag) for spec in specs]
-        found[flag] = (sources, [resolve_files(source, flag=flag) for source in sources])
-        inputs += [(f"the pairs ({flag})", p) for paths in found[flag][1] for p in paths]
+        sources[flag] = [parse_file_source(spec, flag) for spec in specs]
+        files[flag] = [resolve_files(source, flag=flag) for source in sources[flag]]
+        inputs += [(f"the pairs ({flag})", p) for paths in files[flag] for p in paths]
     # held-out pairs that are also trained on: the eval loss would measure memory (as pretraining refuses it)
-    held_out, held_out_files = found["--validation_files"]
-    trained = [] if args.dataset_name else found["--train_files"][1]  # load_pairs reads the dataset instead
-    check_not_held_out(trained, [s.name for s in held_out], held_out_files, "--train_files", exclude_flag=None)
+    trained = [] if args.dataset_name else files["--train_files"]  # load_pairs reads the dataset instead
+    names = [s.name for s in sources["--validation_files"]]
+    check_not_held_out(trained, names, files["--validation_files"], "--train_files", exclude_flag=None)
     check_holds_no_input(out, [(what, path) for what, path in inputs if Path(path).exists()], "--output_dir")
     resume_dir = resolve_resume(out, config.resume_from_checkpoint)
     holds_run = bool(trainer_checkpoints(out, complete=False)) or (out / "final").exists()

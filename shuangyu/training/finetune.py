@@ -84,18 +84,17 @@ def lora_config(model, lora_args: LoraArguments, token_ids: tuple[int, ...] = ()
             )
         head = model.get_output_embeddings()
         head_name = next((n.rsplit(".", 1)[-1] for n, module in model.named_modules() if module is head), None)
-        if head_name in targets:
-            # both found only after training: PEFT adapts a tied head apart from the embedding it shares a tensor
-            # with (merge_lora then cannot save the shared tensors), and refuses an adapter on a layer whose rows
-            # are trainable tokens (an SFT run's chat tokens, on an untied head)
-            if head.weight is model.get_input_embeddings().weight:
-                why = "is its token embedding (tie_word_embeddings), which an adapter cannot change apart"
-            elif token_ids:
-                why = "has its chat-token rows trained already (--sft's trainable tokens), which PEFT cannot join"
-            else:
-                why = ""
-            if why:
-                raise UsageError(f"--lora_target_modules {head_name}: this model's output head {why}; leave it out")
+        tied = head is not None and head.weight is model.get_input_embeddings().weight
+        # each found late, PEFT's own way: it adapts a tied head apart from the embedding it shares a tensor with
+        # (merge_lora then cannot save the shared tensors), and refuses an adapter on a layer whose rows are
+        # trainable tokens (an SFT run's chat tokens, on an untied head)
+        if head_name in targets and (tied or token_ids):
+            why = (
+                "is its token embedding (tie_word_embeddings), which an adapter cannot change apart"
+                if tied
+                else "has its chat-token rows trained already (--sft's trainable tokens), which PEFT cannot join"
+            )
+            raise UsageError(f"--lora_target_modules {head_name}: this model's output head {why}; leave it out")
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=lora_args.lora_r,

@@ -206,6 +206,8 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         # global batch (--per_device_train_batch_size halved, --gradient_accumulation_steps doubled) off by part of
         # a step: its first update took half a batch. A checkpoint is always at an update, so count from there.
         accelerator.step = state.step * t.gradient_accumulation_steps
+        # the optimizer's loaded rates are the old schedule's: this command's schedule from the first resumed step
+        follow_schedule(scheduler)
         if streaming:
             position = ckpt.read_stream_position(resume_dir, accelerator.process_index, accelerator.num_processes)
             try:
@@ -246,7 +248,6 @@ def train_loop(run: Run) -> str | None:
     loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
     max_bad = cfg.train.max_bad_steps
     started = time.perf_counter()
-    follow_schedule(run.scheduler)  # after a resume: this command's schedule, not the checkpoint's last rate
     model.train()
     try:
         while state.step < run.max_steps and not stopping:

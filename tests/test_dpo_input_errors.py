@@ -87,3 +87,38 @@ def test_a_tracker_that_cannot_log_is_one_line_before_the_model_loads(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: {said}"), lines
     assert not out.exists()
+
+
+def test_a_dataset_and_pair_files_together_are_refused_before_the_model_loads(
+    tiny_base_model_dir, tmp_path, capsys, monkeypatch
+):
+    import shuangyu.training.dpo as dpo
+
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a: pytest.fail("refused only after the model loaded"))
+    out = tmp_path / "out"
+    train = write_pairs(tmp_path / "pairs.jsonl", 4)
+    assert dpo.main(flags(tiny_base_model_dir, out, train, "--dataset_name", "someone/pairs")) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: --dataset_name and --train_files both name the training pairs: give one of them\n"
+    )
+    assert not out.exists()
+
+
+def test_held_out_pairs_that_no_evaluation_scores_are_noted(tiny_base_model_dir, tmp_path, capsys, monkeypatch):
+    import shuangyu.training.dpo as dpo
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop
+
+    monkeypatch.setattr(dpo, "train_dpo", stop)
+    train = write_pairs(tmp_path / "pairs.jsonl", 4)
+    held_out = write_pairs(tmp_path / "held_out.jsonl", 2)
+    with pytest.raises(Stop):
+        dpo.main(flags(tiny_base_model_dir, tmp_path / "out", train, "--validation_files", str(held_out)))
+    assert capsys.readouterr().err == (
+        f"{PROG}: note: --validation_files are not scored with --eval_strategy no (give --eval_strategy steps and "
+        "--eval_steps N to score them)\n"
+    )

@@ -200,7 +200,15 @@ def check_run(args: DPOArguments, config) -> Path | None:
         raise UsageError("give --output_dir")
     if config.max_steps < 1 and config.max_steps != -1:  # -1, the Trainer's default: --num_train_epochs decides
         raise UsageError(f"--max_steps {config.max_steps}: must be at least 1")
+    if args.dataset_name and args.train_files:  # load_pairs would read the dataset and drop the files in silence
+        raise UsageError("--dataset_name and --train_files both name the training pairs: give one of them")
     # the Trainer evaluates on the held-out pairs only: without them it fails in a traceback once the model is loaded
+    if config.eval_strategy == "no" and args.validation_files and is_first_process():
+        print(
+            f"{PROG}: note: --validation_files are not scored with --eval_strategy no (give --eval_strategy steps "
+            "and --eval_steps N to score them)",
+            file=sys.stderr,
+        )
     if config.eval_strategy != "no" and not args.validation_files:
         strategy = getattr(config.eval_strategy, "value", config.eval_strategy)
         raise UsageError(

@@ -3,6 +3,7 @@ folder with the same logits (in-process, no training loop: the end-to-end run is
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,3 +207,25 @@ def test_a_base_model_that_is_not_there_is_named_in_one_line(tmp_path, capsys):
         "python -m shuangyu.training.merge_lora: error: --base_model /x/moved: no such folder"
     ]
     assert not (tmp_path / "merged").exists()
+
+
+def test_an_adapter_records_its_local_base_by_an_absolute_path(tiny_base_model_dir, tmp_path, monkeypatch, capsys):
+    """The QA repro: an adapter trained with --model_name_or_path outputs/tiny-cpu/final recorded that relative path,
+    and chat and merge_lora from any other folder sent it to the Hub as a repo id."""
+    from shuangyu.sharing.folder import adapter_base
+    from shuangyu.training.arguments import ModelArguments
+    from shuangyu.training.model import build_model
+
+    monkeypatch.chdir(tiny_base_model_dir.parent.parent)
+    relative = str(tiny_base_model_dir.relative_to(tiny_base_model_dir.parent.parent))
+    model = build_model(ModelArguments(model_name_or_path=relative), None)
+    assert model.config._name_or_path == str(tiny_base_model_dir.resolve())  # what PEFT writes as the base
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "outputs/tiny-cpu/final"}))
+    with pytest.raises(UsageError) as err:  # an old adapter's relative base: a moved folder, not a Hub repo id
+        adapter_base(adapter, None)
+    assert str(err.value) == (
+        f"{adapter / 'adapter_config.json'}: the base model outputs/tiny-cpu/final is not there (relative to "
+        f"{Path.cwd()}); pass --base_model"
+    )

@@ -66,8 +66,11 @@ def adapter_base(adapter_dir: Path, base_model: str | None) -> str:
     base = base_model or json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base:
         raise UsageError(f"{config_path}: names no base model; pass --base_model")
-    if not base_model and not Path(base).exists() and base.startswith((".", "/")):
-        raise UsageError(f"{config_path}: the base model {base} is not there; pass --base_model")
+    # a Hub id is OWNER/NAME: a name with more parts, or one that starts like a path, is a folder that has moved
+    # (or, in adapters saved before base paths were recorded absolute, one relative to where training ran)
+    if not base_model and not Path(base).exists() and (base.startswith((".", "/", "~")) or base.count("/") > 1):
+        where = "" if Path(base).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+        raise UsageError(f"{config_path}: the base model {base} is not there{where}; pass --base_model")
     return base
 
 

@@ -203,12 +203,6 @@ def check_run(args: DPOArguments, config) -> Path | None:
     if args.dataset_name and args.train_files:  # load_pairs would read the dataset and drop the files in silence
         raise UsageError("--dataset_name and --train_files both name the training pairs: give one of them")
     # the Trainer evaluates on the held-out pairs only: without them it fails in a traceback once the model is loaded
-    if config.eval_strategy == "no" and args.validation_files and is_first_process():
-        print(
-            f"{PROG}: note: --validation_files are not scored with --eval_strategy no (give --eval_strategy steps "
-            "and --eval_steps N to score them)",
-            file=sys.stderr,
-        )
     if config.eval_strategy != "no" and not args.validation_files:
         strategy = getattr(config.eval_strategy, "value", config.eval_strategy)
         raise UsageError(
@@ -238,6 +232,13 @@ def check_run(args: DPOArguments, config) -> Path | None:
             "--output_dir"
         )
     check_output_dir(out, args.overwrite_output_dir, resume_dir, holds_run, RUN_ENTRIES)
+    # once the flags hold (a refusal is one line)
+    if config.eval_strategy == "no" and args.validation_files and is_first_process():
+        print(
+            f"{PROG}: note: --validation_files are not scored with --eval_strategy no (give --eval_strategy steps "
+            "and --eval_steps N to score them)",
+            file=sys.stderr,
+        )
     return resume_dir
 
 
@@ -287,7 +288,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     for_chat_model(tokenizer)
     train, validation = load_pairs(args)
     config.trust_remote_code = True  # TRL loads the reference model from the folder too: its code is ours
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype="float32")
+    # absolute: a LoRA adapter records the name as its base (training.model.local_or_hub)
+    model = AutoModelForCausalLM.from_pretrained(folder.resolve(), trust_remote_code=True, dtype="float32")
     # The Trainer resumes the weights with load_state_dict and warns of every key the file lacks unless the keys are
     # the model's _keys_to_ignore_on_save (it then ties the weights again); save_pretrained leaves a tied head out
     # of the file without listing it there, so each resume warned of lm_head.weight. Listed, saves are unchanged.

@@ -71,7 +71,7 @@ def build_model(model_args: ModelArguments, config):
     try:
         if model_args.model_name_or_path:
             model = AutoModelForCausalLM.from_pretrained(
-                model_args.model_name_or_path, trust_remote_code=True, **kwargs
+                local_or_hub(model_args.model_name_or_path), trust_remote_code=True, **kwargs
             )
         else:
             model = ShuangyuForCausalLM._from_config(config, **kwargs)
@@ -80,6 +80,12 @@ def build_model(model_args: ModelArguments, config):
     if model_args.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def local_or_hub(name: str) -> str:
+    """A local folder as an absolute path, a Hub id as given: the model keeps the name it was loaded from, and a
+    LoRA adapter records it as its base, which a relative path would tie to the folder training ran in."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def enable_activation_checkpointing(model) -> None:

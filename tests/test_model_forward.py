@@ -216,3 +216,13 @@ def test_declared_capabilities():
     assert set(model._no_split_modules) == {"ShuangyuDecoderLayer"}
     assert model._supports_sdpa and model._supports_flex_attn and model._supports_flash_attn
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_cache_asked_for_under_gradient_checkpointing_is_none_as_in_llama():
+    """The QA repro: the layers dropped the cache with their own warning and the model returned an empty one."""
+    model = tiny_model("sdpa").train()
+    enable_activation_checkpointing(model)
+    out = model(token_ids(1, 8), use_cache=True)
+    assert out.past_key_values is None
+    model.eval()
+    assert model(token_ids(1, 8), use_cache=True).past_key_values.get_seq_length() == 8

@@ -31,10 +31,13 @@ from transformers.modeling_layers import GenericForSequenceClassification, Gradi
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_shuangyu import ShuangyuConfig
+
+logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -378,6 +381,12 @@ class ShuangyuModel(ShuangyuPreTrainedModel):
         # cache the mask cannot keep packed documents (position_ids given) apart, so neither gets one by default.
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training and position_ids is None
+        # as transformers' models do: a checkpointed layer would drop the cache (and an empty one was returned)
+        if use_cache and self.training and any(getattr(m, "gradient_checkpointing", False) for m in self.layers):
+            logger.warning_once(
+                "`use_cache=True` is incompatible with gradient checkpointing. Setting `use_cache=False`."
+            )
+            use_cache, past_key_values = False, None
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
 

@@ -70,6 +70,8 @@ def check_replaceable(
     given a `marker` file (config.json for a model folder), when it is a folder of other files: --overwrite
     means "replace my earlier output", not "delete whatever is there"."""
     check_holds_no_input(dest, [(source_name, source)])
+    if holds(source, dest):  # the source folder would change, and be copied or pushed with its own export
+        raise UsageError(f"{dest}: inside {source_name} {Path(source).resolve()}; name a folder outside it")
     dest = Path(dest)
     if marker and dest.is_dir() and not (dest / marker).is_file() and any(dest.iterdir()):
         shown = ", ".join(sorted(p.name for p in dest.iterdir())[:3])

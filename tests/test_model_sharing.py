@@ -185,6 +185,7 @@ def test_export_replaces_nothing_unasked_and_never_its_source(tmp_path, capsys):
         ([str(src), str(dst)], f"{dst} exists; pass --overwrite to replace it"),
         ([str(src), str(tmp_path / "runs"), "--overwrite"], "is or holds SRC"),  # it used to delete every run
         ([str(src), str(src), "--overwrite"], "is or holds SRC"),
+        ([str(src), str(src / "llama")], f"{src / 'llama'}: inside SRC {src}; name a folder outside it"),  # nested
         # --overwrite replaces an earlier export, not a folder of other files (it used to delete them)
         ([str(src), str(mine), "--overwrite"], f"{mine} holds other files (keep) and no config.json: not replaced"),
     ]
@@ -201,6 +202,8 @@ def test_export_replaces_nothing_unasked_and_never_its_source(tmp_path, capsys):
     gguf.write_text("old")
     assert export_main(["--to", "gguf", str(src), str(gguf)]) == 2 and gguf.read_text() == "old"
     assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert export_main(["--to", "gguf", str(src), str(src / "model.gguf")]) == 2  # it would be pushed with SRC
+    assert "inside SRC" in capsys.readouterr().err and not (src / "model.gguf").exists()
 
 
 @pytest.mark.parametrize("target", ["llama", "gguf"])

@@ -142,6 +142,7 @@ def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     assert any(line.strip() == f"python -m shuangyu.chat {out / 'sft' / 'final'}" for line in tail), tail
     assert "\r" not in log + done.stderr  # a log file gets plain lines, no progress bars
     assert "Removed shared tensor" not in log + done.stderr
+    assert "note: --warmup_steps" not in log + done.stderr  # the demo's own flags need no advice
     # no framework warning a user cannot act on (accelerate's about a busy port comes from tests launched side by side)
     noise = [line for line in (log + done.stderr).splitlines() if "Warning" in line and "already in use" not in line]
     assert not noise, noise

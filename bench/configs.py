@@ -34,6 +34,7 @@ def train(config: str, out: Path, args, extra: list[str]) -> tuple[int, float, s
         str(REPO / f"accelerate_configs/{config}.yaml"),
         "--num_processes",
         str(args.num_processes),
+        *(["--main_process_port", str(args.main_process_port)] if args.main_process_port else []),
         str(REPO / "train_clm.py"),
         "--model_config",
         args.preset,
@@ -136,6 +137,7 @@ def main() -> int:
     p.add_argument("--block_size", type=int, default=1024)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--max_steps", type=int, default=40)
+    p.add_argument("--main_process_port", type=int, default=0, help="for several checks side by side (0: default)")
     p.add_argument("--work_dir", default="/tmp/shuangyu-configs")
     p.add_argument("--logs", default=None, help="folder for each run's full output")
     p.add_argument("--results", default=None)

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from turns import my_turn, warm_up
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("shuangyu", "shuangyu-fullogits", "llama")
@@ -56,7 +58,7 @@ def worker(args) -> dict:
     model = build_model(name, args).to(device).train()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    forward = torch.compile(model) if mode == "compiled" else model
+    forward = torch.compile(model, mode=args.compile_mode) if mode == "compiled" else model
     # ours as training runs it (the chunked head + loss), or with the full logits every causal LM returns
     extra = {"shuangyu": {"return_logits": False}, "shuangyu-fullogits": {"return_logits": True}}.get(name, {})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
@@ -81,16 +83,19 @@ def worker(args) -> dict:
 
     t0 = time.perf_counter()
     for i in range(args.warmup):
-        loss = step(i)
+        loss = warm_up(lambda i=i: step(i))
     sync()
     warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        loss = step(i)
-    sync()
-    elapsed = time.perf_counter() - t0
+    with my_turn() as turn:  # alone on the device when bench/gpu_suite.py runs several rows side by side
+        step(0)  # refills the allocator's cache, emptied while this row waited for its turn
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for i in range(args.steps):
+            loss = step(i)
+        sync()
+        elapsed = time.perf_counter() - t0
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30
     else:
@@ -112,6 +117,8 @@ def worker(args) -> dict:
         "loss": float(loss),
         "params_m": params / 1e6,
         "graph_breaks": graph_breaks,
+        "compile_mode": args.compile_mode if mode == "compiled" else None,
+        "timed_alone": turn["alone"],
     }
 
 
@@ -124,6 +131,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--attn", default="sdpa")
+    parser.add_argument("--compile_mode", default=None, help="torch.compile's mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--loss_chunk_size", type=int, default=0, help="0: the preset's")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

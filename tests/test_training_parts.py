@@ -1,8 +1,12 @@
 """Schedules, metrics and checkpoints: the pieces train_clm.py is built from."""
 
+import json
 import math
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,3 +294,36 @@ def test_a_published_model_folder_is_readable_as_the_umask_allows(tiny_base_mode
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "final").iterdir()}
     assert modes["model.safetensors"] == 0o644 and modes["private.txt"] == 0o644, modes
     assert modes["run.sh"] == 0o755  # bits a file had are kept
+
+
+def test_a_model_sharded_by_fsdp2_saves_a_folder_that_loads_as_our_model(tmp_path, tiny_tokenizer_dir):
+    """FSDP2 swaps the model's class for one it makes in torch; the folder must still name and hold our code
+    (on a GPU the folder held torch's FSDP files and failed to load), and training goes on sharded."""
+    script = Path(__file__).parent / "scripts" / "fsdp2_model_folder.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run([*cmd, str(tiny_tokenizer_dir), str(tmp_path)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    classes = json.loads((tmp_path / "classes.json").read_text())
+    assert classes == {"while_training": "FSDPShuangyuForCausalLM", "after_saving": "FSDPShuangyuForCausalLM"}
+    folder = tmp_path / "model"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_shuangyu.ShuangyuForCausalLM"
+    assert not [p.name for p in folder.glob("*.py") if "fsdp" in p.name or "fully_shard" in p.name]
+    # a fresh process, torch's FSDP imported first as a GPU run's loader has it
+    load = (
+        "import sys, torch, torch.distributed.fsdp\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        "expected = torch.load(sys.argv[2])\n"
+        "got = dict(m.named_parameters())\n"
+        "assert type(m).__name__ == 'ShuangyuForCausalLM', type(m)\n"
+        "assert all(torch.equal(got[n], t) for n, t in expected.items()), 'weights differ'\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", load, str(folder), str(tmp_path / "expected.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]

@@ -24,7 +24,7 @@ import json
 import re
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from shuangyu.errors import UsageError
@@ -282,6 +282,26 @@ def drop_shared_tensors(models, weights, output_dir) -> None:
                 del state_dict[key]
 
 
+@contextmanager
+def own_class(model):
+    """FSDP2 gives a sharded model a class of its own, made in torch (FSDPShuangyuForCausalLM). save_pretrained
+    copies the file defining the model's class into the folder, for trust_remote_code, and names that class in
+    auto_map: under FSDP2 the folder held torch's FSDP code and loaded nothing. Save as the model's own class."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without FSDP2 has no such classes
+        FSDPModule = ()  # noqa: N806
+    sharded = type(model)
+    if not FSDPModule or not issubclass(sharded, FSDPModule):
+        yield
+        return
+    model.__class__ = next(c for c in sharded.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = sharded  # training goes on sharded
+
+
 def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:
     """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer, and
     the model card (README.md; `card` holds write_card's name, load_path and training). Collective: gathering
@@ -297,7 +317,8 @@ def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | No
             # itself (given both, it drops one and warns "Removed shared tensor" at every save)
             tied = getattr(unwrapped, "_tied_weights_keys", None) or {}
             state_dict = {k: v for k, v in state_dict.items() if k not in tied}
-        unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        with own_class(unwrapped):
+            unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
         save_tokenizer(tokenizer, path)
         write_card(path, **(card or {}))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,12 +21,12 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
     next write of `dest` removes once that process is gone. The old `dest`, if any, is moved aside before the rename
     and deleted after it."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent)
     remove_leftovers_of_dead_writers(dest)
     tmp = Path(tmp) if tmp is not None else dest.parent / f".{dest.name}.tmp-{os.getpid()}"
     old = dest.parent / f".{dest.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    make_folder(tmp, exist_ok=False)
     try:
         yield tmp
         readable_as_umask_allows(tmp)
@@ -35,6 +36,18 @@ def atomic_folder(dest: str | Path, tmp: str | Path | None = None) -> Iterator[P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def make_folder(folder: Path, flag: str = "", exist_ok: bool = True) -> None:
+    """Create `folder` and its parents, with one that cannot be made (no permission, a read-only mount, a pseudo
+    file system such as /proc that root's os.access calls writable) as one line naming `flag`, or the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as err:
+        if is_disk_full(err) or isinstance(err, FileExistsError):  # the first is disk_full_is_one_line's to say
+            raise
+        where = f"{flag} {folder}" if flag else str(folder)
+        raise UsageError(f"{where}: cannot be created ({err.strerror}): choose a folder you can write to") from None
 
 
 def readable_as_umask_allows(folder: Path) -> None:
@@ -106,7 +119,7 @@ def check_holds_no_input(dest: str | Path, inputs: Iterable[tuple[str, str | Pat
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a file through a temporary name, so a reader never sees half of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -171,6 +184,13 @@ def check_writable_folder(path: str | Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: {probe} is a file, so the folder cannot be created there")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: {probe} is not writable: choose a folder you can write to")
+    try:  # os.access is not the last word: it tells root that /proc and /sys are writable, yet nothing can be made there
+        os.rmdir(tempfile.mkdtemp(prefix=".shuangyu-write-check-", dir=probe))
+    except OSError as err:
+        raise UsageError(
+            f"{flag} {path}: {probe} is not writable (creating a folder there failed: {err.strerror}): choose a "
+            "folder you can write to"
+        ) from None
 
 
 @contextmanager

@@ -113,6 +113,79 @@ def test_output_paths_are_checked_before_training(flags, tmp_path):
     assert proc.returncode == 2 and "not writable" in proc.stderr
 
 
+# /proc refuses every new entry, yet os.access tells root it may write there (as for /sys): the check must try
+UNWRITABLE = Path("/proc/shuangyu-out")
+needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc on this system")
+
+
+@needs_proc
+@pytest.mark.parametrize("command", ["train_clm.py", "accelerate launch", "train_bpe.py", "shuangyu.data.prepare"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_in_each_script(command, flags, tiny_tokenizer_dir):
+    """As root, --output_dir /proc/x passed the os.access check and ended in mkdir's FileNotFoundError traceback
+    (train_bpe.py and prepare only after the whole tokenizer or data was made)."""
+    files = flags[flags.index("--train_files") + 1 : flags.index("--validation_files")]
+    argv = {
+        "train_clm.py": [sys.executable, str(REPO / "train_clm.py"), *flags, "--max_steps", "2"],
+        "accelerate launch": [*LAUNCH, "--num_processes", "1", str(REPO / "train_clm.py"), *flags, "--max_steps", "2"],
+        "train_bpe.py": [sys.executable, str(REPO / "tokenizer/train_bpe.py"), "--files", *files, "--vocab_size", "300"],
+        "shuangyu.data.prepare": [
+            sys.executable, "-m", "shuangyu.data.prepare", "--files", *files, "--tokenizer_name", str(tiny_tokenizer_dir)
+        ],
+    }[command]  # fmt: skip
+    proc = subprocess.run(
+        [*argv, "--output_dir", str(UNWRITABLE)], env=env(), capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    lines = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-3000:]
+    assert f"--output_dir {UNWRITABLE}: /proc is not writable" in lines[0], lines
+    if command != "accelerate launch":  # whose launcher adds its own traceback for any failed process
+        assert "Traceback" not in proc.stderr and proc.stderr.strip() == lines[0], proc.stderr[-3000:]
+    else:
+        assert "FileNotFoundError" not in proc.stderr, proc.stderr[-3000:]
+
+
+@needs_proc
+@pytest.mark.parametrize("command", ["dpo", "eval", "plan", "export llama", "export gguf", "merge_lora"])
+def test_an_output_folder_that_cannot_be_made_is_one_line_in_each_command(
+    command, tiny_base_model_dir, tmp_path, capsys
+):
+    from shuangyu.evaluation import run as evaluation
+    from shuangyu.modeling import export
+    from shuangyu.planning import plan
+    from shuangyu.training import dpo, merge_lora
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "q", "chosen": "good", "rejected": "bad"}) + "\n")
+    model = str(tiny_base_model_dir)
+    main, argv, flag = {
+        "dpo": (dpo.main, ["--model_name_or_path", model, "--train_files", str(pairs), "--max_steps", "1",
+                           "--output_dir", str(UNWRITABLE)], "--output_dir"),
+        "eval": (evaluation.main, [model, "--output", str(UNWRITABLE / "results.json")], "--output"),
+        "plan": (plan.main, ["--gpu", "cpu", "--peak_tflops", "0.2", "--memory_gib", "8", "--hours", "0.01",
+                             "--model", "tiny", "--output", str(UNWRITABLE / "p.yaml")], "--output"),
+        "export llama": (export.main, ["--to", "llama", model, str(UNWRITABLE)], "DST"),
+        "export gguf": (export.main, ["--to", "gguf", model, "/proc/model.gguf"], "DST"),
+        "merge_lora": (merge_lora.main, [str(tmp_path / "adapter"), str(UNWRITABLE)], "OUTPUT"),
+    }[command]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": error: " in err[0] and f" {flag} " in err[0] and "/proc is not writable" in err[0], err
+
+
+@needs_proc
+def test_folders_made_while_writing_are_one_line_when_they_cannot_be():
+    """The writers behind the checks (the run's lock, every folder written whole) said it in a traceback too."""
+    from shuangyu.files import atomic_folder, atomic_write_text
+    from shuangyu.training.run_lock import RunLock
+
+    with pytest.raises(UsageError, match=f"^--output_dir {UNWRITABLE / 'run'}: cannot be created"):
+        RunLock(UNWRITABLE / "run")
+    with pytest.raises(UsageError, match="cannot be created"), atomic_folder(UNWRITABLE / "final"):
+        pass
+    with pytest.raises(UsageError, match="cannot be created"):
+        atomic_write_text(UNWRITABLE / "report.md", "text")
+
+
 # ---------------------------------------------------------------------------------------- finishing and resuming
 
 

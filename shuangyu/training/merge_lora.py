@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, refuse_in_one_line
-from shuangyu.files import atomic_folder, check_replaceable
+from shuangyu.files import atomic_folder, check_replaceable, check_writable_folder
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import card_stage, copy_section, write_card
 from shuangyu.sharing.folder import load_adapter_model
@@ -28,6 +28,7 @@ PROG = "python -m shuangyu.training.merge_lora"
 def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite: bool = False) -> Path:
     from transformers import AutoTokenizer
 
+    check_writable_folder(out, "OUTPUT")  # before the model is loaded and merged
     check_replaceable(out, adapter_dir, "the adapter", overwrite)
     model, base = load_adapter_model(adapter_dir, base_model)
     merged = model.merge_and_unload()

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from shuangyu.errors import UsageError
+from shuangyu.files import make_folder
 
 LOCK_FILE = ".lock"
 
@@ -28,7 +29,7 @@ def is_held(output_dir: Path) -> bool:
 class RunLock:
     def __init__(self, output_dir: Path):
         self.created = not output_dir.exists()  # by this run: `abandon` may remove it
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(output_dir, "--output_dir")
         self.path = output_dir / LOCK_FILE
         self.created_file = not self.path.exists()
         self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the run's lifetime

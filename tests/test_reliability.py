@@ -378,6 +378,59 @@ def test_a_streamed_runs_checkpoint_is_refused_before_any_data_is_prepared(flags
     assert sorted(p.name for p in prepared.iterdir()) == ["checkpoints"]
 
 
+@pytest.mark.parametrize(
+    "changed, said",
+    [
+        (["--block_size", "64"], "this run trained with --block_size 32, not with --block_size 64: resume with "),
+        (["--model_config", "mini"], "saved by a different model (hidden_size 64 there, 128 here"),
+        (["--per_device_train_batch_size", "2"], "this run trained 4 rows per step, not 2 (1 x --per_device_train"),
+    ],
+)
+def test_a_resume_with_another_block_size_or_model_is_refused_before_the_data_is_prepared(
+    flags, tmp_path, capsys, changed, said
+):
+    """Another --block_size prepared the whole corpus again (over the run's own data/) and only then was refused
+    ("the training data changed"); another --model_config after the data was prepared too: minutes on a corpus."""
+    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import cli
+
+    out = tmp_path / "run"
+    path = made_checkpoint(out)
+    (path / "model" / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
+    info = ckpt.read_checkpoint_info(path) | {ckpt.BATCH: ckpt.batch_record(32, 1, 4, 1)}
+    (path / ckpt.MARKER).write_text(json.dumps(info))
+    status = cli.main([*flags, *changed, "--max_steps", "8", "--output_dir", str(out), "--resume_from_checkpoint",
+                       "latest"])  # fmt: skip
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and said in lines[-1] and lines[-1].startswith("train_clm.py: error: "), lines
+    assert not (tmp_path / "data").exists()  # --data_dir: nothing prepared
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["checkpoints"]  # no run_args.json
+
+
+def test_a_resume_names_the_split_that_keeps_the_rows_per_step(tmp_path):
+    from shuangyu.training import checkpoint as ckpt
+
+    def said(processes, per_device, accumulation, saved=(2, 4, 1), streaming=False):
+        (tmp_path / ckpt.MARKER).write_text(json.dumps({ckpt.BATCH: ckpt.batch_record(32, *saved)}))
+        try:
+            ckpt.check_batch(tmp_path, 32, processes, per_device, accumulation, streaming)
+        except UsageError as err:
+            return str(err).split(": ", 1)[1]
+        return None
+
+    assert said(2, 4, 1) is None and said(1, 4, 2) is None and said(1, 8, 1) is None
+    assert said(2, 2, 2) is None and said(4, 2, 1) is None
+    assert said(1, 4, 1) == (
+        "resumed with 1 process instead of 2: pass --gradient_accumulation_steps 2 to keep 8 rows per step, or "
+        "start a new --output_dir"
+    )
+    assert said(2, 8, 1, saved=(1, 4, 1)).startswith(
+        "resumed with 2 processes instead of 1: pass --per_device_train_batch_size 2 --gradient_accumulation_steps 1 "
+    )
+    assert said(2, 4, 1, saved=(1, 3, 1)).startswith("resumed with 2 processes instead of 1: its 3 rows")
+    assert said(2, 4, 1, saved=(1, 4, 2), streaming=True).startswith("its stream positions are for 1 ")
+
+
 def test_a_resumed_run_keeps_its_optimizer_and_takes_a_new_schedule(flags, tmp_path, capsys):
     """Through the command, in process: the checkpoint records the flags, a changed --learning_rate is refused with
     the run left as it was, and a changed schedule is what the resumed steps follow."""
@@ -895,6 +948,47 @@ def test_a_signal_during_the_last_step_still_finishes_the_run(flags, tmp_path, m
     printed = capsys.readouterr().out
     assert "done: 3 steps" in printed and "stopped by" not in printed, printed
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_no_usable_checkpoint_names_every_one_found_and_what_to_do(tmp_path):
+    from shuangyu.training.checkpoint import MARKER, checkpoint_dir, resolve_resume
+
+    for step in (4, 8):
+        folder = checkpoint_dir(tmp_path, step)
+        folder.mkdir(parents=True)
+        (folder / MARKER).write_text(json.dumps({"step": step, "bad_in_a_row": 0, "files": {"model.bin": 10}}))
+    with pytest.raises(UsageError) as refused:
+        resolve_resume(tmp_path, "latest")
+    line = str(refused.value)
+    assert "\n" not in line and f"no usable checkpoint in {tmp_path} (2 found: step-00000008 passed over: " in line
+    assert "step-00000004 passed over: " in line and "is missing" in line
+    assert line.endswith("pass --resume_from_checkpoint PATH of a checkpoint to resume from, or start over with "
+                         "--overwrite_output_dir or in a new --output_dir")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumed_by_one_keeps_its_rows_per_step(flags, tmp_path):
+    """Resumed with 1 process instead of 2, a run went on with half the rows per step under the same schedule and
+    token count: refused in a line that names the accumulation that keeps them; with it, the resumed steps are the
+    uninterrupted run's, over the same blocks."""
+    whole, out = tmp_path / "whole", tmp_path / "run"
+    args = [*flags, "--resume_from_checkpoint", "latest"]
+    assert train([*args, "--max_steps", "8", "--output_dir", str(whole)], launcher=True).returncode == 0
+    assert train([*args, "--max_steps", "4", "--output_dir", str(out)], launcher=True).returncode == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts)
+    proc = train([*args, "--max_steps", "8", "--output_dir", str(out)])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"train_clm.py: error: --resume_from_checkpoint {out / 'checkpoints' / 'step-00000004'}: resumed with 1 "
+        "process instead of 2: pass --gradient_accumulation_steps 2 to keep 8 rows per step, or start a new "
+        "--output_dir"
+    )
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts) == before
+    proc = train([*args, "--max_steps", "8", "--output_dir", str(out), "--gradient_accumulation_steps", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(out) == pytest.approx(losses(whole), rel=1e-4)
+    position = "checkpoints/step-00000008/accelerate/custom_checkpoint_0.pkl"  # the data loader's
+    assert torch.load(out / position, weights_only=False) == torch.load(whole / position, weights_only=False)
 
 
 def test_a_two_process_run_ends_without_a_ddp_model_outliving_its_process_group(tmp_path):

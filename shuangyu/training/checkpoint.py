@@ -82,7 +82,12 @@ def resolve_resume(output_dir: str | Path, resume_from: str | None, warn=print) 
             return path
         passed_over.append(f"{path.name} passed over: {damage}")
     if passed_over:
-        raise UsageError(f"--resume_from_checkpoint latest: no usable checkpoint in {output_dir}: {passed_over[0]}")
+        shown = "; ".join(passed_over[:3]) + (f"; and {len(passed_over) - 3} more" if len(passed_over) > 3 else "")
+        raise UsageError(
+            f"--resume_from_checkpoint latest: no usable checkpoint in {output_dir} ({len(passed_over)} found: "
+            f"{shown}): pass --resume_from_checkpoint PATH of a checkpoint to resume from, or start over with "
+            "--overwrite_output_dir or in a new --output_dir"
+        )
     return None
 
 
@@ -250,6 +255,65 @@ def check_model_shape(path: Path, config) -> None:
         )
 
 
+BATCH = "batch"  # checkpoint.json's record of the run's block size and rows per optimizer step
+
+
+def batch_record(block_size: int, processes: int, per_device: int, accumulation: int) -> dict:
+    return {"block_size": block_size, "processes": processes, "rows_per_step": processes * per_device * accumulation}
+
+
+def check_batch(
+    path: Path, block_size: int, processes: int, per_device: int, accumulation: int, streaming: bool
+) -> None:
+    """A resume keeps the run's --block_size and its rows per optimizer step (processes x
+    --per_device_train_batch_size x --gradient_accumulation_steps): the schedule's steps, the token count and the
+    data position are counted in them. Another split of the same rows (half the processes, twice the accumulation)
+    resumes exactly; a --streaming run keeps its processes too (`read_stream_position`). Checked before the data is
+    prepared: another --block_size prepared it again (minutes on a corpus) and only then was refused."""
+    saved = read_checkpoint_info(path).get(BATCH)
+    if not saved:
+        return  # saved before the record was kept
+    if saved["block_size"] != block_size:
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: this run trained with --block_size {saved['block_size']}, not with "
+            f"--block_size {block_size}: resume with --block_size {saved['block_size']}, or start a new --output_dir"
+        )
+    if streaming and saved["processes"] != processes:
+        raise _stream_processes_differ(path, saved["processes"], processes)
+    rows, was = processes * per_device * accumulation, saved["rows_per_step"]
+    if rows == was:
+        return
+    if was % processes:
+        raise UsageError(
+            f"--resume_from_checkpoint {path}: resumed with {processes} processes instead of {saved['processes']}: "
+            f"its {was} rows per step do not divide among them: resume with {saved['processes']} processes, or start "
+            "a new --output_dir"
+        )
+    if processes != saved["processes"]:
+        what = f"resumed with {processes} process{'es' if processes > 1 else ''} instead of {saved['processes']}"
+    else:
+        what = (
+            f"this run trained {was} rows per step, not {rows} ({processes} x --per_device_train_batch_size "
+            f"{per_device} x --gradient_accumulation_steps {accumulation})"
+        )
+    each = was // processes  # rows per process and step; the largest micro-batch up to this one that divides it
+    micro = max(d for d in range(1, min(per_device, each) + 1) if each % d == 0)
+    flags = f"--gradient_accumulation_steps {each // micro}"
+    if micro != per_device:
+        flags = f"--per_device_train_batch_size {micro} {flags}"
+    raise UsageError(
+        f"--resume_from_checkpoint {path}: {what}: pass {flags} to keep {was} rows per step, or start a new "
+        "--output_dir"
+    )
+
+
+def _stream_processes_differ(path: Path, saved: int, processes: int) -> UsageError:
+    return UsageError(
+        f"--resume_from_checkpoint {path}: its stream positions are for {saved} processes, not {processes}: each "
+        f"process streams its own shards, so resume with {saved} processes"
+    )
+
+
 def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
     """This process's stream position in a checkpoint saved by `world_size` processes."""
     try:
@@ -257,10 +321,7 @@ def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
     except (OSError, json.JSONDecodeError, KeyError) as err:
         raise UsageError(f"--resume_from_checkpoint {path}: {STREAM_POSITIONS} is unreadable ({err})") from None
     if len(positions) != world_size:
-        raise UsageError(
-            f"--resume_from_checkpoint {path}: its stream positions are for {len(positions)} processes, not "
-            f"{world_size}: each process streams its own shards, so resume with {len(positions)} processes"
-        )
+        raise _stream_processes_differ(path, len(positions), world_size)
     return positions[rank]
 
 

@@ -138,6 +138,17 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         config.data.block_size = model_config.max_position_embeddings
     check_finetune(config, tokenizer, model_config)
     check_lora_launch(accelerator, config.lora)
+    t = config.train
+    if resume_dir:  # before the data is prepared: a refusal after it wasted that work (minutes on a corpus)
+        ckpt.check_model_shape(resume_dir, model_config)
+        ckpt.check_batch(
+            resume_dir,
+            config.data.block_size,
+            accelerator.num_processes,
+            t.per_device_train_batch_size,
+            t.gradient_accumulation_steps,
+            config.data.streaming,
+        )
     data = open_training_data(
         config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator, config.sft
     )
@@ -150,7 +161,6 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         chat_tokens = chat_token_ids(tokenizer) if config.sft.sft else ()  # finetune.apply_lora says why
         model = apply_lora(model, config.lora, accelerator.print, chat_tokens)
         optim_args = adapter_optimizer(optim_args, accelerator.print)
-    t = config.train
     tokens_per_step = (
         t.per_device_train_batch_size * data.block_size * t.gradient_accumulation_steps * accelerator.num_processes
     )
@@ -189,7 +199,6 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     accelerator.register_for_checkpointing(*([] if streaming else [loader]), state, scheduler)
     accelerator.register_save_state_pre_hook(ckpt.drop_shared_tensors)
     if resume_dir:
-        ckpt.check_model_shape(resume_dir, accelerator.unwrap_model(model).config)
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))
         except UsageError as err:  # the data position's checks: every checkpoint of the run has the same one
@@ -406,6 +415,12 @@ def save(run: Run) -> None:
             "max_steps": run.max_steps,
             "bad_in_a_row": state.bad_in_a_row,
             ckpt.TRAINED_WITH: ckpt.trained_with(run.config),  # run_args.json is rewritten by every resume
+            ckpt.BATCH: ckpt.batch_record(
+                run.data.block_size,
+                accelerator.num_processes,
+                run.config.train.per_device_train_batch_size,
+                run.config.train.gradient_accumulation_steps,
+            ),
         },
         keep_last=run.config.checkpoint.save_total_limit,
         stream_positions=positions,

@@ -325,6 +325,11 @@ def test_ctrl_c_is_one_line_and_exit_130(command, capsys, tmp_path, monkeypatch)
         flags += ["--tokenizer_name", str(tmp_path)]
     assert module.main(flags) == 130
     err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{module.PROG}: interrupted; nothing was written to {out}"], err  # not "left as it was": none was
+    assert not out.exists()
+    out.mkdir()  # an earlier output: kept as it is
+    assert module.main(flags) == 130
+    err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"{module.PROG}: interrupted; {out} was left as it was"], err
 
 

@@ -290,3 +290,26 @@ def test_a_published_model_folder_is_readable_as_the_umask_allows(tiny_base_mode
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "final").iterdir()}
     assert modes["model.safetensors"] == 0o644 and modes["private.txt"] == 0o644, modes
     assert modes["run.sh"] == 0o755  # bits a file had are kept
+
+
+def test_a_model_folder_s_tokenizer_has_the_model_s_context(tiny_base_model_dir, tmp_path):
+    """train_bpe's tokenizer has no length (transformers' 1e30): saved with a model, pipeline() and lm-eval read
+    model_max_length and never cut an input to the model's context."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from shuangyu.tokenizer.loading import save_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    assert tok.model_max_length > 1e20  # as train_bpe.py writes it
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_base_model_dir / "config.json", folder)
+    save_tokenizer(tok, folder)
+    context = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    assert AutoTokenizer.from_pretrained(folder).model_max_length == context
+    assert tok.model_max_length > 1e20  # the tokenizer in use is left alone: only the saved file changes
+    save_tokenizer(tok, tmp_path / "tokenizer")  # no model beside it: nothing to take a length from
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer").model_max_length == tok.model_max_length

@@ -9,6 +9,7 @@ not a usage error: it is reported as `RunDiverged`, with its own status, so scri
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -41,6 +42,12 @@ def print_interrupted(prog: str, what_is_left: str, show: bool = True) -> int:
     if show:
         print(f"\n{prog}: interrupted; {what_is_left}", file=sys.stderr, flush=True)
     return EXIT_INTERRUPTED
+
+
+def left_whole(path) -> str:
+    """What Ctrl-C leaves of an output written whole or not at all (atomic_folder): the earlier PATH untouched, or,
+    where there was none, nothing ("left as it was" read as if an earlier one was kept)."""
+    return f"{path} was left as it was" if os.path.lexists(path) else f"nothing was written to {path}"
 
 
 _ctrl_c_seen = False

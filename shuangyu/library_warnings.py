@@ -4,6 +4,7 @@ raises it (the cause is in a library we pin, not in the user's command or ours).
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 
 
@@ -15,3 +16,28 @@ def reading_the_old_checkpointing_name():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         yield
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+@contextlib.contextmanager
+def checkpoints_saved_within_a_second():
+    """Around the Trainer's train() with --save_total_limit: to rotate its checkpoint-N folders it sorts them by
+    mtime, and when the oldest and newest were written under a second apart (a short run saving every few steps) it
+    takes the times for a filesystem's fake ones, warns "mtime may not be reliable on this filesystem" and sorts them
+    by N, which is the right order. Nothing is wrong and there is nothing to do; only transformers can tell the two
+    cases apart."""
+    logger = logging.getLogger("transformers.trainer_utils")
+    drop = _DropMessage("mtime may not be reliable")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

@@ -325,4 +325,34 @@ def test_ctrl_c_is_one_line_and_exit_130(command, capsys, tmp_path, monkeypatch)
         flags += ["--tokenizer_name", str(tmp_path)]
     assert module.main(flags) == 130
     err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{module.PROG}: interrupted; nothing was written to {out}"], err  # not "left as it was": none was
+    assert not out.exists()
+    out.mkdir()  # an earlier output: kept as it is
+    assert module.main(flags) == 130
+    err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"{module.PROG}: interrupted; {out} was left as it was"], err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "column"),
+    [
+        ("docs.jsonl", '{"text": "ok"}\n{"text": "a\tb"}\n', 12),  # a raw tab: json's reason ends "... at"
+        ("docs.json", '[{"text": "ok"},\n {"text": "a\tb"}]', 13),
+        ("chats.jsonl", '{"messages": []}\n{"messages": "a\tb"}\n', 16),
+        ("chats.json", '[{"messages": []},\n {"messages": "a\tb"}]', 17),
+    ],
+)
+def test_a_line_that_is_not_json_says_where_on_the_line(tmp_path, name, content, column):
+    """The reason was json's message alone, cut mid-sentence ("Invalid control character at"): it ends with the column."""
+    from shuangyu.text.conversations import iter_file_records
+    from shuangyu.text.readers import DEFAULT_OPTIONS, ReadStats, iter_file_documents
+
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    read = (
+        iter_file_records(path) if name.startswith("chats") else iter_file_documents(path, DEFAULT_OPTIONS, ReadStats())
+    )
+    with pytest.raises(UsageError) as caught:
+        list(read)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:2: not valid JSON (Invalid control character at column {column})"), message

@@ -122,3 +122,25 @@ def test_held_out_pairs_that_no_evaluation_scores_are_noted(tiny_base_model_dir,
         f"{PROG}: note: --validation_files are not scored with --eval_strategy no (give --eval_strategy steps and "
         "--eval_steps N to score them)\n"
     )
+
+
+def test_keep_end_is_our_one_line_without_trl_s_warning_before_the_model_loads(
+    tiny_base_model_dir, tmp_path, capsys, monkeypatch
+):
+    """TRL's FutureWarning for keep_end came first, then (after the data was read) our refusal saying more."""
+    import warnings
+
+    import shuangyu.training.dpo as dpo
+
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a: pytest.fail("refused only after the model loaded"))
+    out = tmp_path / "out"
+    train = write_pairs(tmp_path / "pairs.jsonl", 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dpo.main(flags(tiny_base_model_dir, out, train, "--truncation_mode", "keep_end")) == 2
+    assert [str(w.message) for w in caught if "keep_end" in str(w.message)] == []
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: --truncation_mode keep_end is deprecated in TRL and cuts the start of the chat (its system "
+        "message); leave it at keep_start and raise --max_length instead\n"
+    )
+    assert not out.exists()

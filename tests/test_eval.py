@@ -215,6 +215,20 @@ def test_run_exported_llama_without_remote_code(tiny_checkpoint, tmp_path):
     assert report["trust_remote_code"] is False
 
 
+def test_requests_longer_than_the_context_are_one_note_not_a_warning_each(tiny_checkpoint, tmp_path):
+    """lm-eval warned once per request cut to the model's context: a log of "Combined length of context" lines."""
+    short = tmp_path / "short"
+    shutil.copytree(tiny_checkpoint, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 40}))
+    proc = run_eval(short, "--tasks", "arc_easy_local", "--limit", 3, "--langs", "", "--output", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Combined length of context" not in proc.stderr, proc.stderr[-3000:]
+    notes = [line for line in proc.stderr.splitlines() if "longer than the model's context" in line]
+    assert len(notes) == 1 and notes[0].startswith("eval/run.py: note: "), proc.stderr[-3000:]
+    assert "(40 tokens) and were cut from the left" in notes[0], notes[0]
+
+
 def _copy_without_tokenizer(src, dst):
     dst.mkdir()
     for path in src.iterdir():

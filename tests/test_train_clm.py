@@ -151,7 +151,8 @@ def test_model_folders_save_the_tokenizer_without_how_it_was_loaded(reference, d
     for folder in (reference / "final", reference / "checkpoints" / "step-00000008" / "model"):
         saved = json.loads((folder / "tokenizer_config.json").read_text())
         assert not set(LOAD_TIME_KEYS) & set(saved), saved
-        assert saved == written  # what train_bpe.py wrote, nothing more
+        context = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+        assert saved == written | {"model_max_length": context}  # what train_bpe.py wrote, and the model's context
         loaded = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
         assert loaded.backend_tokenizer.to_str() == trained.backend_tokenizer.to_str()
         assert loaded.special_tokens_map == trained.special_tokens_map

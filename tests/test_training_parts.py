@@ -327,3 +327,25 @@ def test_a_model_sharded_by_fsdp2_saves_a_folder_that_loads_as_our_model(tmp_pat
         text=True,
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
+
+
+def test_a_model_folder_s_tokenizer_has_the_model_s_context(tiny_base_model_dir, tmp_path):
+    """train_bpe's tokenizer has no length (transformers' 1e30): saved with a model, pipeline() and lm-eval read
+    model_max_length and never cut an input to the model's context."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from shuangyu.tokenizer.loading import save_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    assert tok.model_max_length > 1e20  # as train_bpe.py writes it
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_base_model_dir / "config.json", folder)
+    save_tokenizer(tok, folder)
+    context = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    assert AutoTokenizer.from_pretrained(folder).model_max_length == context
+    assert tok.model_max_length > 1e20  # the tokenizer in use is left alone: only the saved file changes
+    save_tokenizer(tok, tmp_path / "tokenizer")  # no model beside it: nothing to take a length from
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer").model_max_length == tok.model_max_length

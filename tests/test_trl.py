@@ -486,3 +486,29 @@ def test_the_docs_trl_snippets_run_on_a_cpu_as_written(tiny_base_model_dir, sft_
     namespace: dict = {}
     exec(compile(code, "docs/sft.md", "exec"), namespace)
     assert namespace["model"].score.weight.isfinite().all()
+
+
+ROTATE = """
+import sys
+from pathlib import Path
+from transformers.trainer_utils import rotate_checkpoints
+from shuangyu.library_warnings import checkpoints_saved_within_a_second
+out = Path(sys.argv[1])
+for step in (1, 2, 3):  # saved within a second, as a short run saves them
+    (out / f"checkpoint-{step}").mkdir()
+with checkpoints_saved_within_a_second():
+    rotate_checkpoints(output_dir=str(out), save_total_limit=2, use_mtime=True)
+print(sorted(p.name for p in out.iterdir()))
+"""
+
+
+def test_checkpoints_saved_within_a_second_rotate_without_transformers_filesystem_warning(tmp_path):
+    """DPO with --save_total_limit printed "mtime may not be reliable on this filesystem" at each rotation of a short
+    run: its checkpoints are saved under a second apart, which transformers reads as fake mtimes, and then sorts them
+    by step, the right order. The oldest is still the one removed."""
+    proc = subprocess.run(
+        [sys.executable, "-c", ROTATE, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "['checkpoint-2', 'checkpoint-3']"
+    assert "mtime" not in proc.stderr, proc.stderr

@@ -57,6 +57,7 @@ from shuangyu.errors import (
     UsageError,
     ctrl_c_remembered,
     exception_chain,
+    left_whole,
     print_error,
     print_interrupted,
     refuse_in_one_line,
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:  # Ctrl-C: the folder is written whole or not at all, so there is nothing to clean
-        return print_interrupted(PROG, f"{args.output_dir} was left as it was" if args else "nothing was written")
+        return print_interrupted(PROG, left_whole(args.output_dir) if args else "nothing was written")
     if data.reused:
         print(f"{data.path} is up to date (same tokenizer, sources, weights and block size): nothing to do")
     print(format_report(data))

@@ -15,6 +15,7 @@ held-out conversation loss per language: the loss on the assistants' replies of 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -110,6 +111,22 @@ def hf_model_class(bars: bool):
     return HFLMWithoutBars
 
 
+class CountTruncations(logging.Filter):
+    """lm-eval's Hugging Face model warns once per request longer than the model's context ("Combined length of
+    context ... Truncating N tokens from the left"): a task with long prompts filled the log with them. They are
+    counted here and said once."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Combined length of context"):
+            self.count += 1
+            return False
+        return True
+
+
 def run_lm_eval(
     ckpt: Path,
     tasks: list[str],
@@ -128,13 +145,26 @@ def run_lm_eval(
         model = hf_model_class(bars=sys.stderr.isatty()).create_from_arg_string(
             model_args, {"batch_size": batch_size, "max_batch_size": None, "device": device}
         )
-        return lm_eval.simple_evaluate(
-            model=model,
-            tasks=tasks,
-            limit=limit,
-            task_manager=task_manager,
-            apply_chat_template=apply_chat_template,
-        )
+        truncations = CountTruncations()
+        lm_eval_logger = logging.getLogger("lm_eval.models.huggingface")
+        lm_eval_logger.addFilter(truncations)
+        try:
+            results = lm_eval.simple_evaluate(
+                model=model,
+                tasks=tasks,
+                limit=limit,
+                task_manager=task_manager,
+                apply_chat_template=apply_chat_template,
+            )
+        finally:
+            lm_eval_logger.removeFilter(truncations)
+        if truncations.count:
+            print(
+                f"{PROG}: note: {truncations.count} lm-eval requests were longer than the model's context "
+                f"({model.max_length} tokens) and were cut from the left, as lm-eval does",
+                file=sys.stderr,
+            )
+        return results
     except FileNotFoundError as err:  # a data file gone since check_benchmark_data (datasets names its path)
         raise UsageError(str(err)) from err
     except ConnectionError as err:  # a stock task's data is downloaded from the Hub when it is first used
@@ -181,8 +211,11 @@ def held_out_scores(model, tokenizer, texts: list[str], block_size: int, device:
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     ids = []
-    for text in texts:  # special-token text in a document is text
-        ids.extend(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + eos)
+    # special-token text in a document is text; a document longer than model_max_length is cut into blocks below
+    for text in texts:
+        ids.extend(
+            tokenizer(text, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"] + eos
+        )
     stream = torch.tensor(ids, dtype=torch.long)
     meter = HeldOutLoss(token_byte_lengths(tokenizer), device)
     # blocks overlap by one token, so every token after the first is predicted exactly once

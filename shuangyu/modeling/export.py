@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import UsageError, left_whole, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import check_replaceable, check_writable_folder
 
 from .gguf_export import (
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:  # both targets are written under a temporary name and renamed when complete
-        return print_interrupted(PROG, f"{args.dst} was left as it was")
+        return print_interrupted(PROG, left_whole(args.dst))
     target = "a LlamaForCausalLM folder" if args.to == "llama" else "a GGUF (llama architecture, qwen2 tokenizer)"
     print(f"wrote {target} to {args.dst}")
     return 0

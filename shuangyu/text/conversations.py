@@ -29,6 +29,7 @@ from shuangyu.text.readers import (
     _decode_line,
     _decode_whole,
     _open_binary,
+    json_reason,
     lone_surrogate,
     numbered_lines,
 )
@@ -69,7 +70,7 @@ def iter_file_records(path: Path) -> Iterator[tuple[str, object]]:
             try:
                 records = json.loads(_decode_whole(fh.read(), path))
             except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+                raise UsageError(f"{path}:{err.lineno}: not valid JSON ({json_reason(err)})") from None
             for i, record in enumerate(records):
                 yield f"{path}: record {i}", record
             return
@@ -81,7 +82,9 @@ def iter_file_records(path: Path) -> Iterator[tuple[str, object]]:
             try:
                 yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
+                raise UsageError(
+                    f"{path}:{lineno}: not valid JSON ({json_reason(err)}); fix or remove the line"
+                ) from None
 
 
 def iter_dataset_records(spec: SourceSpec, split: str) -> Iterator[tuple[str, object]]:

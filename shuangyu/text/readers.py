@@ -71,6 +71,13 @@ def _or_skip(opts: ReadOptions, joint: str) -> str:
     return f"{joint} pass {opts.skip_flag}" if opts.skip_flag else ""
 
 
+def json_reason(err: json.JSONDecodeError) -> str:
+    """The reason with its column: some of json's messages end mid-sentence ("Invalid control character at") and
+    expect the position after them, which `str(err)` adds in a form that repeats the line and char offset."""
+    joint = " " if err.msg.endswith(" at") else " at "
+    return f"{err.msg}{joint}column {err.colno}"
+
+
 def _decode_whole(data: bytes, path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -167,7 +174,7 @@ def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) 
                         stats.skipped_lines += 1
                         continue
                     raise UsageError(
-                        f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line{_or_skip(opts, ', or')}"
+                        f"{path}:{lineno}: not valid JSON ({json_reason(err)}); fix or remove the line{_or_skip(opts, ', or')}"
                     ) from None
                 text = _text_field(record, f"{path}:{lineno}", opts, stats)
             if has_text(text):
@@ -178,7 +185,7 @@ def _iter_json_array(path: Path, data: bytes, opts: ReadOptions, stats: ReadStat
     try:
         records = json.loads(_decode_whole(data, path))
     except json.JSONDecodeError as err:
-        raise UsageError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise UsageError(f"{path}:{err.lineno}: not valid JSON ({json_reason(err)})") from None
     for i, record in enumerate(records):
         if keep():
             text = _text_field(record, f"{path}: record {i}", opts, stats)

@@ -68,11 +68,19 @@ def without_load_time_keys(config: dict) -> dict:
 
 
 def save_tokenizer(tokenizer, folder: str | Path) -> None:
-    """`tokenizer.save_pretrained(folder)`, its tokenizer_config.json without LOAD_TIME_KEYS: every model folder
-    (a checkpoint's model/, final/, DPO's and merge_lora's output) saves its tokenizer through here."""
+    """`tokenizer.save_pretrained(folder)`, its tokenizer_config.json without LOAD_TIME_KEYS and with the context of
+    the model saved there first: every model folder (a checkpoint's model/, final/, DPO's and merge_lora's output)
+    saves its tokenizer through here."""
     tokenizer.save_pretrained(folder)
     path = Path(folder) / "tokenizer_config.json"
     config = without_load_time_keys(json.loads(path.read_text(encoding="utf-8")))
+    # the model's context, saved beside it: train_bpe's tokenizer has none (transformers' 1e30 "no limit"), and
+    # pipeline() and tools that read model_max_length then never truncate an input to what the model can take
+    model_config = Path(folder) / "config.json"
+    if model_config.is_file():
+        context = json.loads(model_config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        if isinstance(context, int):
+            config["model_max_length"] = context
     # as save_pretrained writes it
     atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import UsageError, left_whole, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import (
     atomic_folder,
     atomic_write_text,
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         return print_error(PROG, err)
     except KeyboardInterrupt:  # Ctrl-C: the folder is written whole or not at all, so there is nothing to clean
-        return print_interrupted(PROG, f"{args.output_dir} was left as it was" if args else "nothing was written")
+        return print_interrupted(PROG, left_whole(args.output_dir) if args else "nothing was written")
     print(format_report(report))
     print(f"\nsaved to {args.output_dir} (AutoTokenizer.from_pretrained loads it)")
     return 0

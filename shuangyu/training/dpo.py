@@ -25,13 +25,14 @@ import dataclasses
 import re
 import shutil
 import sys
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_holds_no_input, check_writable_folder
-from shuangyu.library_warnings import reading_the_old_checkpointing_name
+from shuangyu.library_warnings import checkpoints_saved_within_a_second, reading_the_old_checkpointing_name
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import write_card
 from shuangyu.sharing.folder import check_model_folder
@@ -133,7 +134,9 @@ def parse_args(argv: list[str] | None):
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, classes, PROG))
     try:
-        *groups, _ = parser.parse_args_into_dataclasses(args=argv)
+        with warnings.catch_warnings():  # TRL's FutureWarning for keep_end, before the refusal below that says more
+            warnings.filterwarnings("ignore", "The `'keep_end'` truncation mode is deprecated", FutureWarning)
+            *groups, _ = parser.parse_args_into_dataclasses(args=argv)
     except UsageError:
         raise
     except ValueError as err:  # TrainingArguments' own checks of the values
@@ -141,6 +144,11 @@ def parse_args(argv: list[str] | None):
         if "bf16" in message:
             message = "--bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
         raise UsageError(message) from None
+    if groups[-1].truncation_mode != "keep_start":  # the counts, the note and the card are keep_start's
+        raise UsageError(
+            f"--truncation_mode {groups[-1].truncation_mode} is deprecated in TRL and cuts the start of the chat (its "
+            "system message); leave it at keep_start and raise --max_length instead"
+        )
     return groups
 
 
@@ -271,11 +279,6 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     from trl import DPOTrainer
 
     folder = Path(args.model_name_or_path)
-    if config.truncation_mode != "keep_start":  # the counts below, the note and the card are keep_start's
-        raise UsageError(
-            f"--truncation_mode {config.truncation_mode} is deprecated in TRL and cuts the start of the chat (its "
-            "system message); leave it at keep_start and raise --max_length instead"
-        )
     if "adapter" in check_model_folder(folder):
         raise UsageError(
             f"--model_name_or_path {folder} is a LoRA adapter: merge it first (shuangyu.training.merge_lora)"
@@ -317,7 +320,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     main = trainer.is_world_process_zero()
     if args.overwrite_output_dir and resume_dir is None and main:
         start_fresh(out)
-    with reading_the_old_checkpointing_name():  # TRL reads it at every step
+    # TRL reads the old checkpointing name at every step; the Trainer sorts its checkpoints at every save
+    with reading_the_old_checkpointing_name(), checkpoints_saved_within_a_second():
         trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
     final = out / "final"
     tmp = out / ".final.tmp"  # one name every process knows: saving a sharded model is collective

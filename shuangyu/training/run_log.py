@@ -10,6 +10,7 @@ from pathlib import Path
 from shuangyu.environment import describe_environment
 from shuangyu.errors import UsageError
 from shuangyu.files import atomic_write_text
+from shuangyu.text.readers import json_reason
 
 LOG_NAME = "train_log.jsonl"
 
@@ -28,7 +29,8 @@ def read_train_log(path: Path) -> tuple[list[dict], bool]:
         except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for a cut character
             if lineno == len(lines):  # no newline after it: the row was never finished
                 return rows, True
-            raise UsageError(f"{path}:{lineno}: not valid JSON ({getattr(err, 'msg', 'not UTF-8')})") from None
+            reason = json_reason(err) if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({reason})") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise UsageError(f"{path}:{lineno}: not a training log row (it has no step number)")
         rows.append({k: math.nan if v is None else v for k, v in row.items()})  # log_line's null: not a number

@@ -216,3 +216,23 @@ def test_two_processes_see_disjoint_blocks_covering_all(tmp_path, data_tokenizer
     assert all(on_disk[row] > 1 for row in set(ranks[0]) & set(ranks[1]))
     for r in range(2):
         assert (tmp_path / f"resume{r}.txt").read_text().startswith("same"), (tmp_path / f"resume{r}.txt").read_text()
+
+
+def test_the_docs_loader_snippet_runs_on_a_cpu_without_a_warning(prepared, data_tokenizer_dir):
+    """docs/data.md "The loader": its pin_memory=True made torch warn on a CPU that pinned memory is not used."""
+    import warnings
+
+    from transformers import AutoTokenizer
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "data.md").read_text(encoding="utf-8")
+    snippet = text.split("## The loader\n\n```python\n")[1].split("```")[0]
+    setup = snippet.split("accelerator.load_state")[0].replace('"outputs/data"', repr(str(prepared.path)))
+    model = type("Model", (), {"config": type("Config", (), {"vocab_size": 1 << 16})})()
+    namespace = {"tokenizer": AutoTokenizer.from_pretrained(data_tokenizer_dir), "model": model}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exec(compile(setup, "docs/data.md", "exec"), namespace)
+        loader = namespace["loader"]
+        batch = next(iter(loader))
+        batch["input_ids"].to(namespace["accelerator"].device, non_blocking=loader.pin_memory)
+    assert batch["input_ids"].shape[0] == 16

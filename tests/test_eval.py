@@ -387,6 +387,8 @@ def test_a_run_replaces_the_rows_it_scored_and_keeps_the_others(tiny_checkpoint,
     report = json.loads((ckpt / "eval_results.json").read_text(encoding="utf-8"))
     assert [(row["task"], row["value"], row["limit"]) for row in report["table"]] == [("arc_easy_local", 0.31, 100)]
     assert set(report["held_out"]) == {"en", "zh"} and report["held_out"]["zh"]["bits_per_byte"] == 2.5
+    # --limit limits lm-eval's tasks only: no held-out score is labelled with it, kept or new
+    assert all("limit" not in scores for scores in report["held_out"].values()), report["held_out"]
     assert report["lm_eval"]["results"] == {"arc_easy_local": {"acc,none": 0.31}}
     assert report["limit"] == 100  # the table is a quick check's: the card marks it so
     kept = "arc_easy_local: kept from an earlier run (2025-01-02, --limit 100)"

@@ -46,7 +46,12 @@ def keep_earlier(report: dict, earlier: dict) -> dict:
         how = ", ".join(filter(None, [date, f"--limit {limit}" if limit else "all examples"]))
         notes.append(f"{', '.join(dict.fromkeys(tasks))}: kept from an earlier run ({how})")
     for key, label in (("held_out", "held-out"), ("held_out_conversations", "held-out conversations")):
-        old = {lang: run_of | s for lang, s in (earlier.get(key) or {}).items() if lang not in report[key]}
+        # held-out scores read all their text: --limit (lm-eval's) never applied to them, so they carry no limit
+        old = {
+            lang: {k: v for k, v in ({"date": run_of["date"]} | s).items() if k != "limit"}
+            for lang, s in (earlier.get(key) or {}).items()
+            if lang not in report[key]
+        }
         merged[key] = report[key] | old
         dates = ", ".join(sorted({str(s["date"]) for s in old.values() if s.get("date")}))
         if old:

@@ -9,7 +9,7 @@ Phases (each process with a time limit; a failing one is recorded and the suite 
   group      processes started side by side, each compiling on the CPU, then timing alone (bench/turns.py):
              - throughput: bench/model.py's step, ours (as train_clm runs it) vs stock LlamaForCausalLM, compiled,
                bf16, sequence 1024, at vocabulary 50,304 (comparable with published GPT-2-small figures) and at
-               the preset's 32,000, for the micro-batches in --batch_sizes (and one max-autotune row); MFU =
+               the preset's 32,000, at micro-batches 16 and 32 (--autotune: one max-autotune row too); MFU =
                tokens/s x FLOPs per token / measured matmul rate, FLOPs per token = 6 x (every matmul weight, the
                head included) + 12 x layers x width x sequence (attention)
              - memory: the 350m preset at each micro-batch (peak memory; does it train on one GPU?)
@@ -145,7 +145,7 @@ def group_members(args, preset: str, seq: int, dtype: str, device: str) -> list[
                "--optimizers", name, "--json", str(args.out / f"loop-{name}.json")]  # fmt: skip
         cmd += ["--steps", "2", "--rounds", "1", "--warmup", "1"] if args.tiny else ["--compile", "--steps", "20"]
         members.append(Member(f"loop-{name}", cmd, 11 * gib, 2.5 * gib, {"kind": "loop"}))
-    if not args.tiny:  # a probe: matmul kernels chosen by benchmarking (longer compile)
+    if args.autotune:  # matmul kernels chosen by benchmarking: 377 s to compile, no faster on the H200
         members.append(row("shuangyu", vocabs[0], large, 18, mode="max-autotune-no-cudagraphs"))
     members += [
         row("shuangyu", vocabs[1], small, 24, preset=big, steps=10, waiting=6),
@@ -227,10 +227,11 @@ def watch(pending, running, running_checks, steps, folder, env, lock, started, a
         if holding and not running_checks:
             fcntl.flock(lock, fcntl.LOCK_UN)
             holding = False
-        if now - started > args.group_wait and not (folder / "go").exists():
-            (folder / "go").touch()  # stop waiting for slow members: rows timed from now on are marked
         for m in list(running):
-            if m.proc.poll() is None and now - m.started > args.step_timeout:
+            # a member still compiling at --group_wait is stopped: timing beside its compilation (autotuning
+            # runs on the GPU) cost other rows up to 14% on the H200 (bench/RESULTS.md, 2026-12-04)
+            slow = now - started > args.group_wait and not (folder / f"ready-{m.name}").exists()
+            if m.proc.poll() is None and (slow or now - m.started > args.step_timeout):
                 os.killpg(m.proc.pid, signal.SIGKILL)
                 m.proc.wait()
             if m.proc.poll() is not None:
@@ -303,7 +304,8 @@ def main() -> int:
     p.add_argument("--phases", default="matmul,group,muon,trainloop")
     p.add_argument("--step_timeout", type=int, default=420)
     p.add_argument("--check_timeout", type=int, default=300)
-    p.add_argument("--group_wait", type=int, default=300, help="seconds before rows stop waiting for slow members")
+    p.add_argument("--group_wait", type=int, default=300, help="seconds after which a member still compiling stops")
+    p.add_argument("--autotune", action="store_true", help="add a row compiled with max-autotune-no-cudagraphs")
     p.add_argument("--memory_budget_gib", type=float, default=118.0, help="device memory the group may plan on")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

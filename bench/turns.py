@@ -7,7 +7,7 @@ holding an exclusive lock, so no other member's compilation, autotuning or steps
 
 The group is named by the environment: BENCH_TURNS=FOLDER:SIZE and BENCH_TURN_NAME=NAME (a member); the process
 that starts the group writes FOLDER/gone-NAME when a member exits, so a member that failed before warming up
-does not keep the others waiting, and FOLDER/go when it stops waiting for slow members. The starter may hold
+does not keep the others waiting (it stops a member still compiling after a while). The starter may hold
 FOLDER/lock itself while other GPU work runs (bench/configs.py checks), so no member times beside it. Without
 BENCH_TURNS, `my_turn()` does nothing.
 """
@@ -43,8 +43,7 @@ def members_done(folder: Path) -> set[str]:
 @contextlib.contextmanager
 def my_turn():
     """Wait for the whole group to be warm, then hold the GPU alone for the timed steps. Yields a dict whose
-    "alone" says whether every other member had finished warming up (False where the group's starter gave up
-    waiting for a slow member: the file FOLDER/go; such rows are marked)."""
+    "alone" says whether every other member had finished warming up (False only past WAIT_LIMIT_S)."""
     found = group()
     if found is None:
         yield {"alone": True}
@@ -53,7 +52,7 @@ def my_turn():
     free_cached_memory()  # what it holds while it waits is what the members still compiling can use
     (folder / f"ready-{name}").touch()
     deadline = time.monotonic() + WAIT_LIMIT_S
-    while len(members_done(folder)) < size and not (folder / "go").exists() and time.monotonic() < deadline:
+    while len(members_done(folder)) < size and time.monotonic() < deadline:
         time.sleep(0.2)
     with open(folder / "lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -19,12 +19,17 @@ def reading_the_old_checkpointing_name():
 
 
 class _DropMessage(logging.Filter):
+    """Drops a logger's records that start with `start`, and counts them."""
+
     def __init__(self, start: str):
         super().__init__()
         self.start = start
+        self.count = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.start)
+        dropped = record.getMessage().startswith(self.start)
+        self.count += dropped
+        return not dropped
 
 
 @contextlib.contextmanager
@@ -39,5 +44,19 @@ def checkpoints_saved_within_a_second():
     logger.addFilter(drop)
     try:
         yield
+    finally:
+        logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def lm_eval_truncating_requests():
+    """Around lm-eval's simple_evaluate: its Hugging Face model warns once per request longer than the model's
+    context ("Combined length of context ... Truncating N tokens from the left"), so a task with long prompts filled
+    the log. Yields the filter: its `count` is said once by the caller."""
+    logger = logging.getLogger("lm_eval.models.huggingface")
+    drop = _DropMessage("Combined length of context")
+    logger.addFilter(drop)
+    try:
+        yield drop
     finally:
         logger.removeFilter(drop)

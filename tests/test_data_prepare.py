@@ -437,7 +437,7 @@ def test_ctrl_c_that_a_del_method_swallows_still_stops_prepare(tmp_path, data_to
     argv = ["--tokenizer_name", str(data_tokenizer_dir), "--files", str(src), "--output_dir", str(out)]
     assert prepare_module.main([*argv, "--block_size", "16"]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"python -m shuangyu.data.prepare: interrupted; {out} was left as it was"
+        f"python -m shuangyu.data.prepare: interrupted; nothing was written to {out}"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.jsonl"]
 

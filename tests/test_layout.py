@@ -31,7 +31,7 @@ ALLOWED = {
     # themselves import nothing of ours
     "modeling": {"errors", "files", "sharing", "tokenizer"},
     # tokenizer: a chat model's reply loss
-    "evaluation": {"errors", "files", "devices", "progress", "text", "tokenizer", "sharing"},
+    "evaluation": {"errors", "files", "devices", "progress", "library_warnings", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files", "library_warnings"},  # loads an adapter on its base model (PEFT warns)
     "training": {
         "errors", "files", "devices", "progress", "library_warnings", "environment", "text", "tokenizer", "data",

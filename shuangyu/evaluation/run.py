@@ -15,7 +15,6 @@ held-out conversation loss per language: the loss on the assistants' replies of 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from shuangyu.evaluation.local_tasks import (
 )
 from shuangyu.evaluation.results import keep_earlier, portable_json, read_earlier_results
 from shuangyu.files import atomic_write_text, check_writable_folder, parse_size
+from shuangyu.library_warnings import lm_eval_truncating_requests
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import markdown_table, model_name, write_card
 from shuangyu.sharing.folder import check_model_folder, is_chat_folder, needs_remote_code
@@ -111,22 +111,6 @@ def hf_model_class(bars: bool):
     return HFLMWithoutBars
 
 
-class CountTruncations(logging.Filter):
-    """lm-eval's Hugging Face model warns once per request longer than the model's context ("Combined length of
-    context ... Truncating N tokens from the left"): a task with long prompts filled the log with them. They are
-    counted here and said once."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Combined length of context"):
-            self.count += 1
-            return False
-        return True
-
-
 def run_lm_eval(
     ckpt: Path,
     tasks: list[str],
@@ -145,10 +129,7 @@ def run_lm_eval(
         model = hf_model_class(bars=sys.stderr.isatty()).create_from_arg_string(
             model_args, {"batch_size": batch_size, "max_batch_size": None, "device": device}
         )
-        truncations = CountTruncations()
-        lm_eval_logger = logging.getLogger("lm_eval.models.huggingface")
-        lm_eval_logger.addFilter(truncations)
-        try:
+        with lm_eval_truncating_requests() as truncations:
             results = lm_eval.simple_evaluate(
                 model=model,
                 tasks=tasks,
@@ -156,8 +137,6 @@ def run_lm_eval(
                 task_manager=task_manager,
                 apply_chat_template=apply_chat_template,
             )
-        finally:
-            lm_eval_logger.removeFilter(truncations)
         if truncations.count:
             print(
                 f"{PROG}: note: {truncations.count} lm-eval requests were longer than the model's context "

@@ -10,6 +10,7 @@ optim        AdamW, or Muon + AdamW in one optimizer; clipping and the step
 schedule     learning-rate schedules
 state        step, tokens, and the divergence guard
 checkpoint   saving, resuming, the final folder
+model_folder the shareable model folder in each checkpoint, and the saved weights without aliases
 stopping     signals turned into a clean stop
 validation   held-out loss and bits per byte per language, samples
 metrics      tokens/s, FLOPs, MFU

@@ -24,13 +24,13 @@ import json
 import re
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from shuangyu.errors import UsageError
 from shuangyu.files import atomic_folder, is_disk_full
 from shuangyu.sharing.card import write_card
-from shuangyu.tokenizer.loading import save_tokenizer
+from shuangyu.training.model_folder import save_model_folder
 
 MARKER = "checkpoint.json"
 STREAM_POSITIONS = "data_stream.json"
@@ -323,65 +323,6 @@ def read_stream_position(path: Path, rank: int, world_size: int) -> dict:
     if len(positions) != world_size:
         raise _stream_processes_differ(path, len(positions), world_size)
     return positions[rank]
-
-
-def drop_shared_tensors(models, weights, output_dir) -> None:
-    """`accelerator.register_save_state_pre_hook`: keep one name of each tensor that several names share (a tied
-    head *is* the embedding; a LoRA run's token rows for a tied head are the embedding's). safetensors refuses
-    aliased tensors, so accelerate would drop the same later names itself and warn "Removed shared tensor" at
-    every save. Loading restores them: the model is built tied again before its state is loaded."""
-    import torch
-    from accelerate.utils import id_tensor_storage
-
-    for state_dict in weights:
-        first = {}  # storage -> the first name holding it
-        for key in list(state_dict):
-            tensor = state_dict[key]
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            if first.setdefault((id_tensor_storage(tensor), tensor.shape), key) != key:
-                del state_dict[key]
-
-
-@contextmanager
-def own_class(model):
-    """FSDP2 gives a sharded model a class of its own, made in torch (FSDPShuangyuForCausalLM). save_pretrained
-    copies the file defining the model's class into the folder, for trust_remote_code, and names that class in
-    auto_map: under FSDP2 the folder held torch's FSDP code and loaded nothing. Save as the model's own class."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch without FSDP2 has no such classes
-        FSDPModule = ()  # noqa: N806
-    sharded = type(model)
-    if not FSDPModule or not issubclass(sharded, FSDPModule):
-        yield
-        return
-    model.__class__ = next(c for c in sharded.__mro__ if not issubclass(c, FSDPModule))
-    try:
-        yield
-    finally:
-        model.__class__ = sharded  # training goes on sharded
-
-
-def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:
-    """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer, and
-    the model card (README.md; `card` holds write_card's name, load_path and training). Collective: gathering
-    a sharded model needs every rank; the main process writes."""
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-        # a compiled model's state dict names every tensor under torch.compile's wrapper (`_orig_mod.`); the
-        # folder holds the model's own names, or nothing would load them
-        state_dict = {name.removeprefix("_orig_mod."): tensor for name, tensor in state_dict.items()}
-        if getattr(unwrapped.config, "tie_word_embeddings", False):
-            # a tied head is the embedding: leave it out, as save_pretrained does when it gathers the weights
-            # itself (given both, it drops one and warns "Removed shared tensor" at every save)
-            tied = getattr(unwrapped, "_tied_weights_keys", None) or {}
-            state_dict = {k: v for k, v in state_dict.items() if k not in tied}
-        with own_class(unwrapped):
-            unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
-        save_tokenizer(tokenizer, path)
-        write_card(path, **(card or {}))
 
 
 def save_checkpoint(

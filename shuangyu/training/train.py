@@ -40,6 +40,7 @@ from shuangyu.training.checks import is_first_process
 from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model, check_finetune, check_lora_launch
 from shuangyu.training.metrics import Throughput, device_peak_flops, flops_per_token
 from shuangyu.training.model import build_config, build_model
+from shuangyu.training.model_folder import drop_shared_tensors
 from shuangyu.training.optim import build_optimizer, clip_and_step
 from shuangyu.training.run_lock import RunLock
 from shuangyu.training.run_log import RunLog, write_environment, write_run_args
@@ -197,7 +198,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     # a stream's position is per process: saved by `save` beside accelerate's state, which keeps the main one's only
     streaming = config.data.streaming
     accelerator.register_for_checkpointing(*([] if streaming else [loader]), state, scheduler)
-    accelerator.register_save_state_pre_hook(ckpt.drop_shared_tensors)
+    accelerator.register_save_state_pre_hook(drop_shared_tensors)
     if resume_dir:
         try:
             accelerator.load_state(str(resume_dir / "accelerate"))

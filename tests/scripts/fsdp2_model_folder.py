@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoTokenizer
 
 from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM
-from shuangyu.training.checkpoint import save_model_folder
+from shuangyu.training.model_folder import save_model_folder
 
 
 class ShardedRun:

@@ -837,6 +837,33 @@ def test_ctrl_c_during_the_set_up_is_one_line_and_exit_130(flags, tmp_path, monk
     assert not out.exists()  # the folder this run made, left empty, goes
 
 
+def test_ctrl_c_while_train_clm_imports_the_training_stack_is_one_line(flags, tmp_path, monkeypatch, capsys):
+    """cli.main imports the loop (torch, transformers: seconds) after the checks: Ctrl-C then was a traceback."""
+    import sys
+
+    from shuangyu import training as training_package
+    from shuangyu.training import cli
+
+    class CtrlCOnImport:  # the import is where the Ctrl-C lands
+        def find_spec(self, name, path=None, target=None):
+            if name == "shuangyu.training.train":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "shuangyu.training.train", raising=False)
+    monkeypatch.delattr(training_package, "train", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCOnImport(), *sys.meta_path])
+    out = tmp_path / "run"
+    try:
+        status = cli.main([*flags, "--max_steps", "2", "--output_dir", str(out)])
+    except KeyboardInterrupt:  # caught here: else it would stop pytest itself
+        pytest.fail("Ctrl-C escaped train_clm.py's main() as a KeyboardInterrupt")
+    assert status == 130
+    assert [line for line in capsys.readouterr().err.splitlines() if line.strip()] == [
+        "train_clm.py: interrupted; nothing was written"
+    ]
+    assert not out.exists()
+
+
 @pytest.fixture
 def signals_fail_the_test():
     """A signal the code under test does not handle fails the test instead of killing pytest (SIGTERM's default)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from shuangyu.errors import UsageError, print_error
+from shuangyu.errors import UsageError, print_error, print_interrupted
 from shuangyu.training.arguments import parse_args
 from shuangyu.training.checks import check_run, is_first_process
 
@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             # for the first to say it (it exits at once, ending the wait)
             time.sleep(SAY_IT_FIRST_S)
         return status
-    from shuangyu.training.train import train  # the heavy imports, for a run that can start
+    try:  # the heavy imports, for a run that can start: Ctrl-C during their seconds was a KeyboardInterrupt traceback
+        from shuangyu.training.train import train
+    except KeyboardInterrupt:  # nothing is written before train() sets the run up
+        return print_interrupted(PROG, "nothing was written", show=is_first_process())
 
     return train(config, out, resume_dir)
 

@@ -360,7 +360,7 @@ def readme_preset_rows() -> dict:
 
 def test_a_model_and_gpu_without_a_budget_estimate_memory_and_speed(capsys):
     rows = readme_preset_rows()
-    assert set(rows) == {"350m", "760m", "1b"}
+    assert set(rows) == {"760m", "1b"}  # 124m and 350m are measured rows
     for name, (rate, gib, micro) in rows.items():
         assert main(["--gpu", "H100", "--model", name]) == 0
         out = capsys.readouterr().out

@@ -17,11 +17,14 @@ Phases (each process with a time limit; a failing one is recorded and the suite 
              While the group compiles, bench/configs.py checks single_gpu, fsdp2 and deepspeed_zero2 with one
              process each (train, checkpoint, resume with equal losses, load and generate); the group's timing
              waits for them, so nothing else runs on the GPU while a row is timed.
-  muon       bench/optim.py overhead: Muon's optimizer step against AdamW's, per micro-batch and per step of the
-             preset's recipe (4 micro-batches)
+  muon       bench/optim.py overhead, compiled: Muon's optimizer step against AdamW's, per micro-batch and per
+             step of the preset's recipe (4 micro-batches)
   trainloop  train_clm.py itself (accelerate launch, single_gpu.yaml, compiled, the preset's recipe: Muon, 16 x 4
              micro-batches) on --data_dir: tokens/s and MFU from its train_log.jsonl, the first logged row
              (compilation) left out
+  race       (only when named in --phases) bench/optim.py race: time to quality, AdamW and Muon each at a few
+             learning rates (--adamw_lrs, --muon_lrs, --race_steps steps each): Muon's best run's time to AdamW's
+             best final held-out loss, as a share of AdamW's time
 Writes OUT/suite.json and OUT/suite.md after every phase (rows for bench/RESULTS.md, with the command, GPU and
 date), and each process's output under OUT/logs.
 
@@ -306,6 +309,9 @@ def main() -> int:
     p.add_argument("--check_timeout", type=int, default=300)
     p.add_argument("--group_wait", type=int, default=300, help="seconds after which a member still compiling stops")
     p.add_argument("--autotune", action="store_true", help="add a row compiled with max-autotune-no-cudagraphs")
+    p.add_argument("--race_steps", type=int, default=400, help="the race phase: steps per run")
+    p.add_argument("--adamw_lrs", default="3e-4,6e-4,1.2e-3", help="the race phase: AdamW's learning rates")
+    p.add_argument("--muon_lrs", default="1e-3,2e-3,4e-3", help="the race phase: Muon's learning rates")
     p.add_argument("--memory_budget_gib", type=float, default=118.0, help="device memory the group may plan on")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -355,6 +361,7 @@ def run_phases(args, phases, results, device, preset, seq, dtype, logs, save) ->
         cmd = [sys.executable, str(REPO / "bench" / "optim.py"), "overhead", "--device", device, "--preset", preset,
                "--batch_size", "2" if args.tiny else "16", "--seq_len", str(seq), "--vocab_size",
                "256" if args.tiny else "32000", "--accumulation", str(RECIPE_ACCUMULATION)]  # fmt: skip
+        cmd += [] if args.tiny else ["--compile"]  # as the recipe trains
         results["steps"].append(run_step("muon", cmd, args.step_timeout, logs))
         results["muon_md"] = "\n".join(
             line for line in (logs / "muon.log").read_text().splitlines()[1:] if line.startswith(("|", "Muon", "`"))
@@ -363,6 +370,43 @@ def run_phases(args, phases, results, device, preset, seq, dtype, logs, save) ->
     if "trainloop" in phases and args.data_dir and args.tokenizer_name:
         step, results["trainloop"] = trainloop(args, preset, data_block_size(args), logs)
         results["steps"].append(step)
+        save()
+    if "race" in phases and args.data_dir and args.tokenizer_name:
+        # time to quality: each optimizer at each learning rate, on the same tokens (bench/optim.py race)
+        cmd = [
+            sys.executable,
+            str(REPO / "bench" / "optim.py"),
+            "race",
+            "--data_dir",
+            args.data_dir,
+            "--tokenizer_name",
+            args.tokenizer_name,
+            "--output_root",
+            "/tmp/shuangyu-race",
+            "--preset",
+            preset,
+            "--block_size",
+            str(data_block_size(args)),
+            "--max_steps",
+            str(args.race_steps),
+            "--warmup_steps",
+            str(args.race_steps // 10),
+            "--eval_steps",
+            str(args.race_steps // 8),
+            "--eval_rows",
+            "64",
+            "--adamw_lrs",
+            args.adamw_lrs,
+            "--muon_lrs",
+            args.muon_lrs,
+            "--results",
+            str(args.out / "race.md"),
+        ]  # fmt: skip
+        if args.tiny:
+            cmd += ["--batch_size", "2", "--config_file", "accelerate_configs/cpu.yaml", "--compile", "false"]
+        results["steps"].append(run_step("race", cmd, args.step_timeout, logs))
+        if (args.out / "race.md").is_file():
+            results["race_md"] = (args.out / "race.md").read_text()
 
 
 def markdown(results: dict, argv: str) -> str:
@@ -395,7 +439,7 @@ def markdown(results: dict, argv: str) -> str:
             for r in results["loop"]
         ]
         lines.append("")
-    for key in ("muon_md", "configs_md"):
+    for key in ("muon_md", "configs_md", "race_md"):
         if results.get(key):
             lines += [results[key].strip(), ""]
     if results.get("trainloop"):

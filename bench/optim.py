@@ -4,14 +4,17 @@ against wall-clock time, Muon vs AdamW.
     python bench/optim.py overhead                          # CPU, tiny preset
     python bench/optim.py overhead --device cuda --preset 124m --batch_size 16 --seq_len 1024
     python bench/optim.py loop --device cuda --preset 124m --batch_size 16 --seq_len 1024 --compile
-    python bench/optim.py race --data_dir DIR --tokenizer_name DIR --max_steps 1500   # on a GPU
+    python bench/optim.py race --data_dir DIR --tokenizer_name DIR --max_steps 600 \
+        --adamw_lrs 3e-4,6e-4,1.2e-3 --muon_lrs 1e-3,2e-3,4e-3                               # on a GPU
 
 `overhead` times forward+backward and the optimizer step separately, for AdamW and for Muon + AdamW, and
 reports the step as a share of the whole training step. `loop` times train_clm's step as the loop runs it
 (forward, backward, `clip_and_step` through an Accelerator, bf16 on a GPU, compiled with --compile): a
 non-finite step skipped on the device, nothing read on the host between steps, against the same step with the
-gradient norm read on the host before the optimizer step (the one host sync per step made before issue 14). `race` trains the same model on the same tokens with each
-optimizer through train_clm.py (single-GPU config) and tabulates validation loss against elapsed time.
+gradient norm read on the host before the optimizer step (the one host sync per step made before issue 14).
+`race` trains the same model on the same tokens with each optimizer at each of its learning rates through
+train_clm.py (single-GPU config) and reports the time Muon's best run takes to reach the held-out loss AdamW's
+best run ends at, as a share of AdamW's time (issue 14's time-to-quality target).
 Results go to stdout as markdown (and `--results FILE` appends them).
 """
 
@@ -75,13 +78,14 @@ def overhead(args) -> str:
         model = ShuangyuForCausalLM(config).to(args.device)
         optimizer = build_optimizer(model, OptimizerArguments(optimizer=name, learning_rate=1e-3))
         batch = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
-        fwd_bwd, opt = time_steps(model, optimizer, batch, args.device, args.steps, args.warmup)
+        forward = torch.compile(model) if args.compile else model
+        fwd_bwd, opt = time_steps(forward, optimizer, batch, args.device, args.steps, args.warmup)
         rows.append((name, fwd_bwd, opt))
         del model, optimizer
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
     lines = [
         f"`python bench/optim.py overhead --device {args.device} --preset {args.preset} --batch_size "
-        f"{args.batch_size} --seq_len {args.seq_len}` on {device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}",
+        f"{args.batch_size} --seq_len {args.seq_len}{' --compile' if args.compile else ''}` on {device}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}",
         "",
         "| optimizer | forward+backward ms | optimizer step ms | step share of training step |",
         "|---|---:|---:|---:|",
@@ -186,82 +190,83 @@ def loop(args) -> str:
     return "\n".join(lines)
 
 
+def race_run(args, name: str, lr: float) -> dict:
+    """One train_clm.py run; its evaluations (step, mean held-out loss over the languages) and its steady
+    seconds per step (the median logged interval: intervals holding compilation or an evaluation are slower)."""
+    out = Path(args.output_root) / f"{name}-lr{lr:g}"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / args.config_file),
+           "--num_processes", "1", str(REPO / "train_clm.py"), "--model_config", args.preset, "--block_size",
+           str(args.block_size), "--per_device_train_batch_size", str(args.batch_size), "--compile",
+           str(args.compile), "--lr_scheduler_type", "warmup_stable_decay", "--data_dir", args.data_dir,
+           "--tokenizer_name", args.tokenizer_name, "--output_dir", str(out), "--overwrite_output_dir",
+           "--optimizer", name, "--learning_rate", str(lr), "--max_steps", str(args.max_steps), "--warmup_steps",
+           str(args.warmup_steps), "--eval_steps", str(args.eval_steps), "--logging_steps",
+           str(max(1, args.eval_steps // 5)), "--eval_rows", str(args.eval_rows), "--save_steps",
+           str(args.max_steps), "--gradient_accumulation_steps", "1", "--report_to", "none", "--seed", "0",
+           *shlex.split(args.train_args)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} at {lr:g} failed:\n{proc.stderr[-4000:]}")
+    rows = read_train_log(out / "train_log.jsonl")[0]  # null (a non-finite value) as NaN
+    evals = []
+    for row in rows:
+        losses = [v for k, v in row.items() if k.startswith("eval/") and k.endswith("/loss")]
+        if losses:
+            evals.append((row["step"], sum(losses) / len(losses), row))
+    tokens_per_step = rows[-1]["train/tokens"] / rows[-1]["step"]
+    speeds = sorted(r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r)
+    return {"optimizer": name, "lr": lr, "evals": evals, "step_s": tokens_per_step / speeds[len(speeds) // 2]}
+
+
+def steps_to_reach(evals: list, target: float) -> float | None:
+    """The step at which the held-out loss first reaches `target`, linear between evaluations."""
+    previous = None
+    for step, loss, _ in evals:
+        if loss <= target:
+            if previous is None:
+                return float(step)
+            s0, l0 = previous
+            return s0 + (l0 - target) / (l0 - loss) * (step - s0)
+        previous = (step, loss)
+    return None
+
+
 def race(args) -> str:
-    """Train with each optimizer on the same data and steps; read train_log.jsonl for loss over time."""
-    results = {}
-    for name in ("muon", "adamw"):
-        out = Path(args.output_root) / name
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(REPO / "accelerate_configs/single_gpu.yaml"),
-            str(REPO / "train_clm.py"),
-            "--model_config",
-            "124m",
-            "--block_size",
-            "1024",
-            "--per_device_train_batch_size",
-            "16",
-            "--compile",
-            "True",
-            "--lr_scheduler_type",
-            "warmup_stable_decay",
-            "--data_dir",
-            args.data_dir,
-            "--tokenizer_name",
-            args.tokenizer_name,
-            "--output_dir",
-            str(out),
-            "--overwrite_output_dir",
-            "--optimizer",
-            name,
-            "--learning_rate",
-            str(args.learning_rate),
-            "--max_steps",
-            str(args.max_steps),
-            "--warmup_steps",
-            str(args.warmup_steps),
-            "--eval_steps",
-            str(args.eval_steps),
-            "--logging_steps",
-            str(args.eval_steps),
-            "--eval_rows",
-            str(args.eval_rows),
-            "--save_steps",
-            str(args.max_steps),
-            "--gradient_accumulation_steps",
-            "1",
-            "--report_to",
-            "none",
-            *shlex.split(args.train_args),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} run failed:\n{proc.stderr[-4000:]}")
-        results[name] = read_train_log(out / "train_log.jsonl")[0]  # null (a non-finite value) as NaN
-    langs = sorted(
-        {k.split("/")[1] for e in results["muon"] for k in e if k.startswith("eval/") and k.endswith("/loss")}
-    )
+    """Each optimizer at each of its learning rates through train_clm.py, the same tokens in the same order;
+    then the time Muon's best run takes to reach the held-out loss AdamW's best run ends at, against the time
+    AdamW's takes (steps x steady seconds per step, so compilation and evaluation count for neither)."""
+    rates = {"adamw": args.adamw_lrs or str(args.learning_rate), "muon": args.muon_lrs or str(args.learning_rate)}
+    runs = [race_run(args, name, float(lr)) for name in ("adamw", "muon") for lr in rates[name].split(",")]
+    langs = sorted({k.split("/")[1] for r in runs for *_, row in r["evals"] for k in row if k.startswith("eval/")})
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     lines = [
-        f"`python bench/optim.py race --max_steps {args.max_steps} --learning_rate {args.learning_rate}` "
-        f"({torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, {time.strftime('%Y-%m-%d')}): "
-        "124m preset, bf16, compiled, batch 16 x 1024, the same tokens in the same order for both.",
-    ]
-    header_cells = ["step", "tokens"]
-    for o in ("muon", "adamw"):
-        header_cells += [f"{o} time (s)"] + [f"{o} val loss {lang}" for lang in langs]
-    lines += ["", "| " + " | ".join(header_cells) + " |", "|" + "---:|" * len(header_cells)]
-    by_step = {o: {e["step"]: e for e in results[o] if f"eval/{langs[0]}/loss" in e} for o in results}
-    for step in sorted(by_step["muon"]):
-        if step not in by_step["adamw"]:
-            continue
-        cells = [str(step), f"{by_step['muon'][step]['train/tokens']:,}"]
-        for o in ("muon", "adamw"):
-            e = by_step[o][step]
-            cells += [f"{e['time_s']:.0f}"] + [f"{e[f'eval/{lang}/loss']:.3f}" for lang in langs]
-        lines.append("| " + " | ".join(cells) + " |")
+        f"`python bench/optim.py race --max_steps {args.max_steps} --adamw_lrs {rates['adamw']} --muon_lrs "
+        f"{rates['muon']}` ({device}, {time.strftime('%Y-%m-%d')}): preset {args.preset}, batch {args.batch_size} "
+        f"x {args.block_size}, {'compiled' if args.compile else 'eager'}, warmup-stable-decay, the same tokens in "
+        "the same order for every run; held-out loss = the mean over the languages.",
+        "",
+        "| optimizer | learning rate | " + " | ".join(f"final loss {lang}" for lang in langs)
+        + " | final mean | s per step |",
+        "|---|---:|" + "---:|" * (len(langs) + 2),
+    ]  # fmt: skip
+    for r in runs:
+        last = r["evals"][-1]
+        cells = [f"{last[2][f'eval/{lang}/loss']:.3f}" for lang in langs]
+        lines.append(f"| {r['optimizer']} | {r['lr']:g} | {' | '.join(cells)} | {last[1]:.3f} | {r['step_s']:.3f} |")
+    best = {name: min((r for r in runs if r["optimizer"] == name), key=lambda r: r["evals"][-1][1]) for name in rates}
+    target = best["adamw"]["evals"][-1][1]
+    adamw_s = best["adamw"]["evals"][-1][0] * best["adamw"]["step_s"]
+    muon_steps = steps_to_reach(best["muon"]["evals"], target)
+    lines.append("")
+    if muon_steps is None:
+        lines.append(f"Muon's best run ({best['muon']['lr']:g}) never reached AdamW's best final loss {target:.3f}.")
+    else:
+        muon_s = muon_steps * best["muon"]["step_s"]
+        lines.append(
+            f"AdamW's best ({best['adamw']['lr']:g}) ends at {target:.3f} after {adamw_s:.0f} s of training; Muon's "
+            f"best ({best['muon']['lr']:g}) reaches it at step {muon_steps:.0f}, after {muon_s:.0f} s: "
+            f"**{muon_s / adamw_s:.2f}x** AdamW's time."
+        )
     return "\n".join(lines)
 
 
@@ -277,6 +282,7 @@ def main() -> None:
     o.add_argument("--steps", type=int, default=10)
     o.add_argument("--warmup", type=int, default=3)
     o.add_argument("--accumulation", type=int, default=1, help="Micro-batches per optimizer step, for the share.")
+    o.add_argument("--compile", action="store_true", help="torch.compile the model, as train_clm.py --compile")
     lp = sub.add_parser("loop")
     lp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     lp.add_argument("--preset", default="tiny")
@@ -295,7 +301,14 @@ def main() -> None:
     r.add_argument("--output_root", default="outputs/bench-optim")
     r.add_argument("--max_steps", type=int, default=1500)
     r.add_argument("--warmup_steps", type=int, default=100)
-    r.add_argument("--learning_rate", type=float, default=2e-3)
+    r.add_argument("--learning_rate", type=float, default=2e-3, help="Both optimizers', without the lists below.")
+    r.add_argument("--adamw_lrs", default="", help="AdamW's learning rates to sweep, e.g. 3e-4,6e-4,1.2e-3")
+    r.add_argument("--muon_lrs", default="", help="Muon's, e.g. 1e-3,2e-3,4e-3")
+    r.add_argument("--preset", default="124m")
+    r.add_argument("--block_size", type=int, default=1024)
+    r.add_argument("--batch_size", type=int, default=16)
+    r.add_argument("--config_file", default="accelerate_configs/single_gpu.yaml")
+    r.add_argument("--compile", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
     r.add_argument("--eval_steps", type=int, default=150)
     r.add_argument("--eval_rows", type=int, default=160)
     r.add_argument("--train_args", default="", help="More train_clm.py flags, e.g. '--model_config tiny'.")

@@ -1071,8 +1071,10 @@ def test_a_launcher_that_dies_without_passing_the_signal_on_saves_and_resumes(fl
     step = json.loads(saved[0].read_text())["step"]
     assert 3 <= step < 400
     deadline = time.time() + 60
+    # resumed by one process: accumulation keeps the rows per step that the processes trained with
+    same_rows = ["--gradient_accumulation_steps", str(processes)]
     while time.time() < deadline:  # the lock is free once the worker has exited
-        proc = train([*args, "--max_steps", str(step + 2), "--resume_from_checkpoint", "latest"])
+        proc = train([*args, *same_rows, "--max_steps", str(step + 2), "--resume_from_checkpoint", "latest"])
         if "in use by another run" not in proc.stderr:
             break
         time.sleep(1)

@@ -3,6 +3,7 @@
 import gzip
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -715,3 +716,31 @@ def test_a_parquet_text_column_that_holds_no_strings_is_one_line_for_both_tools(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "'text' holds" in err[0] and "not text" in err[0], err
     assert not out.exists()
+
+
+BPE_CLEANUP = """
+import sys
+from transformers import AutoTokenizer
+from shuangyu.tokenizer.loading import load_tokenizer, save_tokenizer
+tok = load_tokenizer(sys.argv[1])
+print(tok.decode(tok("Hello , world !")["input_ids"]))
+save_tokenizer(tok, sys.argv[2])
+saved = AutoTokenizer.from_pretrained(sys.argv[2])
+print(saved.decode(saved("Hello , world !")["input_ids"]))
+"""
+
+
+def test_gpt2s_cleanup_flag_is_false_in_training_and_in_the_folders_it_saves(gpt2_tokenizer_dir, tmp_path):
+    """GPT-2's tokenizer says clean_up_tokenization_spaces: true; transformers ignores that for BPE and warned at
+    the first decode of a run's samples, and of every pipeline() on a folder saved with it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", BPE_CLEANUP, str(gpt2_tokenizer_dir), str(tmp_path / "saved")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["Hello , world !"] * 2  # spaces before punctuation kept, as before
+    assert "clean_up_tokenization" not in proc.stderr, proc.stderr
+    assert (
+        json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["clean_up_tokenization_spaces"] is False
+    )

@@ -59,7 +59,16 @@ def load_tokenizer(name: str):
     eos = tok.convert_tokens_to_ids(EOS_TOKEN)
     if eos is None or tok.convert_ids_to_tokens(eos) != EOS_TOKEN:
         raise UsageError(f"--tokenizer_name {name!r}: has no {EOS_TOKEN} token to end documents with")
+    if cleans_up_after_bpe(tok.clean_up_tokenization_spaces, tok):
+        tok.clean_up_tokenization_spaces = False
     return tok
+
+
+def cleans_up_after_bpe(clean_up, tokenizer) -> bool:
+    """GPT-2's tokenizer says clean_up_tokenization_spaces: true. transformers ignores it for a BPE tokenizer (the
+    cleanup would eat spaces before punctuation) and warns at the first decode, in training's samples and in
+    every user's pipeline(); false says what happens."""
+    return bool(clean_up) and type(tokenizer.backend_tokenizer.model).__name__ == "BPE"
 
 
 def without_load_time_keys(config: dict) -> dict:
@@ -81,6 +90,8 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
         context = json.loads(model_config.read_text(encoding="utf-8")).get("max_position_embeddings")
         if isinstance(context, int):
             config["model_max_length"] = context
+    if cleans_up_after_bpe(config.get("clean_up_tokenization_spaces"), tokenizer):
+        config["clean_up_tokenization_spaces"] = False
     # as save_pretrained writes it
     atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

@@ -172,23 +172,25 @@ def parse_count(text: str | int, flag: str) -> int:
     return int(value)
 
 
-def check_writable_folder(path: str | Path, flag: str) -> None:
-    """Refuse, before any work, an output folder that is a file or cannot be created or written."""
+def check_writable_folder(path: str | Path, flag: str, named: str | Path | None = None) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created or written. `named`: what
+    the user gave, where that is a file to be written in `path` (export --to gguf's DST)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path} is a file, not a folder: choose another path")
+    shown = path if named is None else Path(named)  # the messages name what the user gave
     probe = path
     while not probe.exists():  # the nearest folder that exists is where the new one would be created
         probe = probe.parent
     if not probe.is_dir():
-        raise UsageError(f"{flag} {path}: {probe} is a file, so the folder cannot be created there")
+        raise UsageError(f"{flag} {shown}: {probe} is a file, so the folder cannot be created there")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {probe} is not writable: choose a folder you can write to")
+        raise UsageError(f"{flag} {shown}: {probe} is not writable: choose a folder you can write to")
     try:  # os.access is not the last word: it tells root that /proc and /sys are writable, yet nothing can be made there
         os.rmdir(tempfile.mkdtemp(prefix=".shuangyu-write-check-", dir=probe))
     except OSError as err:
         raise UsageError(
-            f"{flag} {path}: {probe} is not writable (creating a folder there failed: {err.strerror}): choose a "
+            f"{flag} {shown}: {probe} is not writable (creating a folder there failed: {err.strerror}): choose a "
             "folder you can write to"
         ) from None
 

@@ -170,6 +170,8 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_in_each_command(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ": error: " in err[0] and f" {flag} " in err[0] and "/proc is not writable" in err[0], err
+    if command == "export gguf":
+        assert "DST /proc/model.gguf: /proc is not writable" in err[0], err  # the file named, not only its folder
 
 
 @needs_proc
@@ -575,6 +577,21 @@ def test_latest_skips_checkpoints_taken_in_a_run_of_bad_steps(tmp_path):
     assert resolve_resume(tmp_path, "latest", said.append) == checkpoint_dir(tmp_path, 10)
     assert "non-finite" in said[0]
     assert resolve_resume(tmp_path, str(checkpoint_dir(tmp_path, 20))) == checkpoint_dir(tmp_path, 20)  # if asked
+
+
+def test_latest_does_not_train_over_a_finished_run_whose_checkpoints_are_gone(tmp_path):
+    """`latest` with no checkpoint starts afresh (a run stopped before its first save), but over a final/ it
+    replaced a finished model and its log without --overwrite_output_dir."""
+    from shuangyu.training.checks import check_output_dir
+
+    stopped_early, finished = tmp_path / "stopped", tmp_path / "finished"
+    stopped_early.mkdir()
+    (stopped_early / "train_log.jsonl").write_text('{"step": 1}\n')
+    check_output_dir(stopped_early, overwrite=False, resume="latest")  # the same command again: starts afresh
+    (finished / "final").mkdir(parents=True)
+    with pytest.raises(UsageError, match="holds a finished run .final/. and no checkpoint to resume from"):
+        check_output_dir(finished, overwrite=False, resume="latest")
+    check_output_dir(finished, overwrite=True, resume="latest")  # asked for
 
 
 def test_a_resume_drops_a_log_row_the_stopped_run_left_half_written(tmp_path):

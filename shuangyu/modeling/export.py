@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.to == "llama" and args.dtype != "auto":
             raise UsageError(f"--dtype {args.dtype}: applies to --to gguf; a Llama folder keeps SRC's dtype")
         # a GGUF is a file: its folder is the one written (its temporary name is made there)
-        check_writable_folder(args.dst if args.to == "llama" else Path(args.dst).parent, "DST")
+        if args.to == "llama":
+            check_writable_folder(args.dst, "DST")
+        else:  # a .gguf file, written in its folder
+            check_writable_folder(Path(args.dst).parent, "DST", named=args.dst)
         if not src.is_dir():
             raise UsageError(f"{src}: not a folder; pass a folder written by save_pretrained")
         # DST is replaced whole: `export --to llama outputs/run/final outputs` would have deleted every run, and

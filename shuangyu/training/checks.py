@@ -147,7 +147,15 @@ def check_output_dir(
     and `run_entries` are another command's (DPO's Trainer folders), where its run is not train_clm.py's."""
     check_writable_folder(out, "--output_dir")
     if holds_run is None:
-        holds_run = bool(ckpt.complete_checkpoints(out)) or (out / "final").exists()
+        checkpoints, finished = bool(ckpt.complete_checkpoints(out)), (out / "final").exists()
+        holds_run = checkpoints or finished
+        if resume == "latest" and finished and not checkpoints and not overwrite:
+            # `latest` with no checkpoint starts afresh (a run stopped before its first save), but here it would
+            # train over a finished run's final/ and log
+            raise UsageError(
+                f"--output_dir {out} holds a finished run (final/) and no checkpoint to resume from: pass "
+                "--overwrite_output_dir to train afresh over it, or choose a new --output_dir"
+            )
     if holds_run and not resume and not overwrite:
         raise UsageError(
             f"--output_dir {out} holds another run; pass --resume_from_checkpoint latest to continue it, "

@@ -33,6 +33,7 @@ from shuangyu.sharing.card import (
     card_stage,
     drop_section,
     held_out_note,
+    limit_text,
     markdown_table,
     read_section,
     write_card,
@@ -202,7 +203,8 @@ def eval_section(folder: Path) -> str:
             )
         return f"## Evaluation\n\nNot evaluated yet: `python eval/run.py {folder} {tasks}`, then rebuild this report."
     report = json.loads(path.read_text(encoding="utf-8"))
-    limit = f", at most {report['limit']} examples per task" if report.get("limit") else ""
+    limited = limit_text(report)
+    limit = f", at most {limited} examples per task" if limited else ""
     table = markdown_table(
         report.get("table", []),
         report.get("held_out", {}),

@@ -334,21 +334,39 @@ def curves_section(png: str) -> str:
 def markdown_table(
     rows: list[dict], held_out: dict, notes: list[str] | tuple[str, ...] = (), conversations: dict | None = None
 ) -> str:
-    """The evaluation table: one row per task and metric, the random-guess score beside it."""
-    lines = ["| task | metric | value | random guess |", "|---|---|---|---|"]
+    """The evaluation table: one row per task and metric, the random-guess score beside it, and how many examples
+    each task was scored on where a run was limited (`--limit`; rows kept from earlier runs keep their own)."""
+    limited = any(row.get("limit") for row in rows)
+    more = " examples |" if limited else ""
+    lines = ["| task | metric | value | random guess |" + more, "|---|---|---|---|" + ("---|" if limited else "")]
     for row in rows:
         task = row["task"]
         name = f"{task} (approximate rebuild, not comparable with published HellaSwag)" if "hellaswag" in task else task
         guess = "" if row.get("random_guess") is None else f"{row['random_guess']:.2f}"
-        lines.append(f"| {name} | {row['metric']} | {row['value']:.4f} | {guess} |")
+        examples = (f" at most {row['limit']} |" if row.get("limit") else " all |") if limited else ""
+        lines.append(f"| {name} | {row['metric']} | {row['value']:.4f} | {guess} |{examples}")
+    blank = " |" if limited else ""
     for lang, scores in held_out.items():
-        lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |")
-        lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |")
+        lines.append(f"| held-out {lang} | bits_per_byte | {scores['bits_per_byte']:.4f} | |{blank}")
+        lines.append(f"| held-out {lang} | perplexity | {scores['perplexity']:.2f} | |{blank}")
     for lang, scores in (conversations or {}).items():
-        lines.append(f"| held-out conversations {lang} | reply loss | {scores['loss']:.4f} | |")
-        lines.append(f"| held-out conversations {lang} | reply bits_per_byte | {scores['bits_per_byte']:.4f} | |")
+        lines.append(f"| held-out conversations {lang} | reply loss | {scores['loss']:.4f} | |{blank}")
+        lines.append(
+            f"| held-out conversations {lang} | reply bits_per_byte | {scores['bits_per_byte']:.4f} | |{blank}"
+        )
+    if limited:
+        notes = [*notes, "rows scored on at most N examples (`--limit`) are quick checks, not benchmark scores"]
     lines += ["", *(f"Note: {note}." for note in notes)] if notes else []
     return "\n".join(lines) + "\n"
+
+
+def limit_text(report: dict) -> str:
+    """How many examples the limited rows were scored on: "5", or "2 to 5" where runs differed (files written
+    before rows carried their own limit have the run's)."""
+    limits = sorted({row["limit"] for row in report.get("table", []) if row.get("limit")})
+    if not limits:
+        return str(report["limit"]) if report.get("limit") else ""
+    return str(limits[0]) if len(limits) == 1 else f"{limits[0]} to {limits[-1]}"
 
 
 def held_out_note(report: dict) -> str:
@@ -367,7 +385,7 @@ def held_out_note(report: dict) -> str:
 
 
 def evaluation_section(report: dict) -> str:
-    limit = report.get("limit")
+    limit = limit_text(report)
     shots = report.get("lm_eval", {}).get("n-shot", {})
     table = markdown_table(
         report.get("table", []),
@@ -392,7 +410,7 @@ def evaluation_section(report: dict) -> str:
         )
     if limit:
         notes.append(
-            f"**Quick check only:** at most {limit} examples per task (`--limit {limit}`); these numbers are not "
+            f"**Quick check only:** at most {limit} examples per task (`--limit`); these numbers are not "
             "benchmark scores and are left out of the model-index metadata."
         )
     return "\n".join(lines + notes)

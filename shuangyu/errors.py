@@ -50,9 +50,14 @@ def ctrl_c_is_one_line(prog: str, what_is_left: str, show: bool = True):
     lands while main is imported, is the one line and exit 130, not a KeyboardInterrupt traceback. `what_is_left`
     must be true at any moment: before main runs, and after it wrote its output (main says more where it can)."""
     try:
-        yield
-    except KeyboardInterrupt:
-        sys.exit(print_interrupted(prog, what_is_left, show))
+        try:
+            yield
+        except KeyboardInterrupt:
+            sys.exit(print_interrupted(prog, what_is_left, show))
+    except SystemExit as end:
+        if end.code == EXIT_INTERRUPTED:  # a second Ctrl-C while it exits (multiprocessing's clean-up) ends it
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # at once and quietly, not as a traceback
+        raise
 
 
 def left_whole(path) -> str:

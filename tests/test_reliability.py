@@ -877,6 +877,30 @@ sys.meta_path.insert(0, CtrlCOnImport())
 """
 
 
+SECOND_CTRL_C_WHILE_IT_EXITS = """import atexit, os, signal, time
+from shuangyu.errors import ctrl_c_is_one_line
+
+
+def second_ctrl_c():  # at exit, as multiprocessing stops a pool (train_bpe.py's counting processes)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+
+
+atexit.register(second_ctrl_c)
+with ctrl_c_is_one_line("cmd", "nothing was written"):
+    raise KeyboardInterrupt
+"""
+
+
+def test_a_second_ctrl_c_while_a_command_exits_ends_it_quietly():
+    """It was a traceback ('Exception ignored in atexit callback') under the one line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SECOND_CTRL_C_WHILE_IT_EXITS], env=env(), capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode in (130, -signal.SIGINT), proc.stderr  # -SIGINT: a shell's 130
+    assert proc.stderr.strip().splitlines() == ["cmd: interrupted; nothing was written"]
+
+
 # the shuangyu.modeling package imports torch and transformers to register the model with the Auto classes, and
 # `python -m` imports a module's package before the module: these two trace back before any of their code runs
 UNTIL_MODELING_IS_LAZY = "shuangyu.modeling's __init__ imports torch before main runs"

@@ -5,7 +5,7 @@ A thin entry point kept at the path the README documents; the code is shuangyu/s
 import sys
 
 try:
-    from shuangyu.sharing.push import main
+    from shuangyu.errors import ctrl_c_is_one_line
 except ModuleNotFoundError as err:
     if err.name != "shuangyu":
         raise
@@ -13,5 +13,9 @@ except ModuleNotFoundError as err:
         "push.py: error: the shuangyu package is not installed: run `make install` (or `pip install -e .`) in the repository"
     )
 
-if __name__ == "__main__":
-    sys.exit(main())
+# a Ctrl-C while the command's code imports (seconds), or one main() lets through, is one line and exit 130
+with ctrl_c_is_one_line("push.py", "run it again to finish the push"):
+    from shuangyu.sharing.push import main
+
+    if __name__ == "__main__":
+        sys.exit(main())

@@ -5,10 +5,8 @@ A thin entry point kept at the path the README documents; the code is shuangyu/e
 import sys
 
 try:
+    from shuangyu.errors import ctrl_c_is_one_line
     from shuangyu.progress import bars_only_on_a_terminal
-
-    bars_only_on_a_terminal()  # first: tqdm reads its TQDM_* defaults when it is imported
-    from shuangyu.evaluation.run import main
 except ModuleNotFoundError as err:
     if err.name != "shuangyu":
         raise
@@ -16,5 +14,10 @@ except ModuleNotFoundError as err:
         "eval/run.py: error: the shuangyu package is not installed: run `make install` (or `pip install -e .`) in the repository"
     )
 
-if __name__ == "__main__":
-    sys.exit(main())
+# a Ctrl-C while the command's code imports (seconds), or one main() lets through, is one line and exit 130
+with ctrl_c_is_one_line("eval/run.py", "nothing was left half written"):
+    bars_only_on_a_terminal()  # first: tqdm reads its TQDM_* defaults when it is imported
+    from shuangyu.evaluation.run import main
+
+    if __name__ == "__main__":
+        sys.exit(main())

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 from shuangyu.training.arguments import ARGUMENT_CLASSES
@@ -275,4 +275,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "run it again to resume where it stopped"):
+        sys.exit(main())

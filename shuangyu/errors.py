@@ -44,6 +44,22 @@ def print_interrupted(prog: str, what_is_left: str, show: bool = True) -> int:
     return EXIT_INTERRUPTED
 
 
+@contextmanager
+def ctrl_c_is_one_line(prog: str, what_is_left: str, show: bool = True):
+    """For a command's `if __name__ == "__main__":` block (and the thin wrappers): a Ctrl-C that escapes main(), or
+    lands while main is imported, is the one line and exit 130, not a KeyboardInterrupt traceback. `what_is_left`
+    must be true at any moment: before main runs, and after it wrote its output (main says more where it can)."""
+    try:
+        try:
+            yield
+        except KeyboardInterrupt:
+            sys.exit(print_interrupted(prog, what_is_left, show))
+    except SystemExit as end:
+        if end.code == EXIT_INTERRUPTED:  # a second Ctrl-C while it exits (multiprocessing's clean-up) ends it
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # at once and quietly, not as a traceback
+        raise
+
+
 def left_whole(path) -> str:
     """What Ctrl-C leaves of an output written whole or not at all (atomic_folder): the earlier PATH untouched, or,
     where there was none, nothing ("left as it was" read as if an earlier one was kept)."""

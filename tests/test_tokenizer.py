@@ -677,6 +677,47 @@ def test_ctrl_c_while_counting_exits_even_with_a_batch_stuck_for_a_dead_worker(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
 
 
+CTRL_C_TO_THE_GROUP_WHILE_COUNTING = """
+import os, signal, sys, time
+from shuangyu.tokenizer import bpe
+from shuangyu.tokenizer.train_bpe import main
+
+counting = bpe.count_in_workers
+
+def interrupted_counting(pattern, max_pretokens, batches, workers):
+    def batches_then_ctrl_c():
+        yield ["text 文本 " * 50] * 20
+        time.sleep(1)  # the workers run
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the workers' turn first: no race with the parent
+        os.killpg(0, signal.SIGINT)  # as a terminal sends it: to every process of the group
+        time.sleep(1)
+        signal.signal(signal.SIGINT, handler)
+        raise KeyboardInterrupt  # the parent's
+    return counting(pattern, max_pretokens, batches_then_ctrl_c(), workers=2)
+
+bpe.count_in_workers = interrupted_counting
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_to_the_whole_group_while_counting_is_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the counting processes too: each printed a KeyboardInterrupt traceback."""
+    good = write_jsonl(tmp_path / "good.jsonl", ["text 文本 " * 5] * 30)
+    out = tmp_path / "out"
+    argv = ["--files", str(good), "--vocab_size", "300", "--output_dir", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", CTRL_C_TO_THE_GROUP_WHILE_COUNTING, *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        start_new_session=True,  # its own group: the Ctrl-C reaches no other process
+    )
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"train_bpe.py: interrupted; nothing was written to {out}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.jsonl"]
+
+
 def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, monkeypatch, capsys):
     """main() imports transformers (seconds) before parsing: Ctrl-C then was a KeyboardInterrupt traceback."""
     import transformers

@@ -55,6 +55,7 @@ from shuangyu.data.prepared import (
 )
 from shuangyu.errors import (
     UsageError,
+    ctrl_c_is_one_line,
     ctrl_c_remembered,
     exception_chain,
     left_whole,
@@ -418,4 +419,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

@@ -14,18 +14,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shuangyu.data.inputs import FORMAT_VERSION
-from shuangyu.data.loader import (
-    BlockCollator,
-    BlockLoader,
-    ConversationCollator,
-    PackedBlocks,
-    ValidationShard,
-    process_rank,
-)
 from shuangyu.errors import UsageError
 from shuangyu.tokenizer.loading import tokenizer_fingerprint
+
+if TYPE_CHECKING:  # the loader imports torch (seconds): imported where used, so prepare's --help answers at once
+    from shuangyu.data.loader import BlockLoader, PackedBlocks, ValidationShard
 
 MANIFEST = "manifest.json"
 TRAIN_FILE = "train.bin"
@@ -87,10 +83,14 @@ class PreparedData:
         return self.manifest.get("kind") == "conversations"
 
     def _blocks(self, file: str, first: int, count: int) -> PackedBlocks:
+        from shuangyu.data.loader import PackedBlocks
+
         flags = self.path / (file + FLAGS_SUFFIX) if self.is_conversations else None
         return PackedBlocks(self.path / file, self.manifest["dtype"], self.block_size, first, count, flags)
 
     def collator(self, position_ids: bool = False):
+        from shuangyu.data.loader import BlockCollator, ConversationCollator
+
         if self.is_conversations:
             return ConversationCollator(trim=not self.manifest["packing"])
         return BlockCollator(self.eos_token_id if position_ids else None)
@@ -132,6 +132,8 @@ class PreparedData:
         """This process's share of each validation source's first `rows` rows (0: all), in batches of
         `{"input_ids": [batch, block]}` (and labels and positions for conversations); `position_ids`: positions
         restarting per document, as `train_loader` gives them, so validation scores the attention training used."""
+        from shuangyu.data.loader import ValidationShard
+
         return {
             name: ValidationShard(ds, self.collator(position_ids), batch_size, rows, rank, world_size)
             for name, ds in self.validation_datasets().items()
@@ -152,6 +154,8 @@ class PreparedData:
         """The training loader for this process. Ranks come from `accelerator` (or torch.distributed, or the
         arguments). Do not pass it to `accelerator.prepare` (that would shard it again); move batches to the
         device yourself and `accelerator.register_for_checkpointing(loader)` for exact resume."""
+        from shuangyu.data.loader import BlockLoader, process_rank
+
         rank, world_size = process_rank(accelerator, rank, world_size)
         return BlockLoader(
             self.train_dataset(),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, refuse_in_one_line
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 REPO = Path(__file__).resolve().parents[2]
@@ -217,4 +217,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "a task file may be cut short; run it again to write them all"):
+        sys.exit(main())

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from shuangyu.devices import pick_device
-from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.evaluation.local_tasks import (
     GROUPS,
     HELLASWAG_NOTE,
@@ -443,4 +443,6 @@ def evaluate(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

@@ -33,7 +33,14 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as transformers_logging
 
-from shuangyu.errors import UsageError, left_whole, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import (
+    UsageError,
+    ctrl_c_is_one_line,
+    left_whole,
+    print_error,
+    print_interrupted,
+    refuse_in_one_line,
+)
 from shuangyu.files import check_replaceable, check_writable_folder
 
 from .gguf_export import (
@@ -104,4 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, refuse_in_one_line
 from shuangyu.files import check_writable_folder, parse_count
 from shuangyu.planning import hardware, laws, memory
 from shuangyu.planning.planner import Estimate, Plan, Request, estimate_model, make_plan
@@ -405,4 +405,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

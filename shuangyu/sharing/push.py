@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, refuse_in_one_line
 from shuangyu.sharing.card import model_name, render_card
 from shuangyu.sharing.folder import check_model_folder
 
@@ -199,4 +199,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "run it again to finish the push"):
+        sys.exit(main())

@@ -34,7 +34,7 @@ import json
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, refuse_in_one_line
 from shuangyu.files import atomic_write_text
 from shuangyu.tokenizer.loading import carries_own_code
 from shuangyu.tokenizer.special_tokens import CHAT_TOKENS, EOS_TOKEN
@@ -219,4 +219,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import queue
 import resource
+import signal
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -192,6 +193,9 @@ class PretokenCounter:
 def _count_worker(pattern: str, max_pretokens: int, batches, results) -> None:
     # A forked process starts with its parent's pages in its resident memory (and its ru_maxrss may start from
     # the parent's): it reports the most it added, read after each batch and at each prune.
+    # Ctrl-C reaches every process of the terminal's group: the parent says the one line and terminates the
+    # workers; a worker's own KeyboardInterrupt was a traceback under that line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     start_kib = rss_kib()
     counter = PretokenCounter(pattern, max_pretokens)
     counter.worker_peak_kib = [start_kib]

@@ -19,7 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from shuangyu.errors import UsageError, left_whole, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import (
+    UsageError,
+    ctrl_c_is_one_line,
+    left_whole,
+    print_error,
+    print_interrupted,
+    refuse_in_one_line,
+)
 from shuangyu.files import (
     atomic_folder,
     atomic_write_text,
@@ -297,4 +304,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_holds_no_input, check_writable_folder
 from shuangyu.library_warnings import checkpoints_saved_within_a_second, reading_the_old_checkpointing_name
 from shuangyu.progress import bars_only_on_a_terminal
@@ -419,4 +419,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written", show=is_first_process()):
+        sys.exit(main())

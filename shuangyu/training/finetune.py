@@ -11,13 +11,15 @@ are normalised noise at full scale). LoRA's own recipe, and every PEFT tool, use
 from __future__ import annotations
 
 import dataclasses
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from shuangyu.errors import UsageError
 from shuangyu.library_warnings import reading_the_old_checkpointing_name
 from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.training.arguments import LoraArguments, OptimizerArguments, TrainConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: dpo.py imports this file, and --help should not wait for it
+    from torch import nn
 
 
 def check_finetune(config: TrainConfig, tokenizer, model_config) -> None:
@@ -52,6 +54,8 @@ def as_chat_model(model, tokenizer) -> None:
 
 
 def linear_module_names(model: nn.Module) -> set[str]:
+    from torch import nn
+
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 

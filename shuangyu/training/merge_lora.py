@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shuangyu.errors import UsageError, print_error, refuse_in_one_line
+from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, refuse_in_one_line
 from shuangyu.files import atomic_folder, check_replaceable, check_writable_folder
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import card_stage, copy_section, write_card
@@ -64,4 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
+    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+        sys.exit(main())

@@ -356,3 +356,18 @@ def test_a_line_that_is_not_json_says_where_on_the_line(tmp_path, name, content,
         list(read)
     message = str(caught.value)
     assert message.startswith(f"{path}:2: not valid JSON (Invalid control character at column {column})"), message
+
+
+@pytest.mark.parametrize("name", ["docs.jsonl", "chats.jsonl"])
+def test_a_string_left_open_is_called_unterminated(tmp_path, name):
+    """json read the line's own newline as a control character inside the string left open."""
+    from shuangyu.text.conversations import iter_file_records
+    from shuangyu.text.readers import DEFAULT_OPTIONS, ReadStats, iter_file_documents
+
+    path = tmp_path / name
+    path.write_text('{"text": "fine"}\n{"text": "missing quote}\n', encoding="utf-8")
+    read = (
+        iter_file_records(path) if name.startswith("chats") else iter_file_documents(path, DEFAULT_OPTIONS, ReadStats())
+    )
+    with pytest.raises(UsageError, match=r":2: not valid JSON \(Unterminated string starting at column 10\)"):
+        list(read)

@@ -484,7 +484,7 @@ def test_the_docs_trl_snippets_run_on_a_cpu_as_written(tiny_base_model_dir, sft_
     for name in ("SFTConfig", "RewardConfig"):
         real = getattr(trl, name)
         # a few steps, nothing saved; bf16 and every other argument stay as the docs print them
-        shrunk = lambda real=real, **kw: real(**kw, max_steps=2, report_to="none", save_strategy="no")  # noqa: E731
+        shrunk = lambda real=real, **kw: real(**{**kw, "max_steps": 2, "report_to": "none", "save_strategy": "no"})  # noqa: E731
         monkeypatch.setattr(trl, name, shrunk)
     import warnings
 

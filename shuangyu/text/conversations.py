@@ -80,7 +80,7 @@ def iter_file_records(path: Path) -> Iterator[tuple[str, object]]:
                 continue
             line = _decode_line(raw, path, lineno, _STRICT, stats)
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 raise UsageError(
                     f"{path}:{lineno}: not valid JSON ({json_reason(err)}); fix or remove the line"

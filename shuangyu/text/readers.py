@@ -168,7 +168,7 @@ def _iter_file_documents(path: Path, opts: ReadOptions, stats: ReadStats, keep) 
                 text = line.rstrip("\r\n")
             else:
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.rstrip("\r\n"))  # an unclosed string: "Unterminated", not the newline
                 except json.JSONDecodeError as err:
                     if opts.on_decode_error == "skip":
                         stats.skipped_lines += 1

@@ -302,6 +302,10 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
         print(f"{PROG}: note: --max_length {config.max_length} -> {context} (the model's context)", file=sys.stderr)
     # every pair the model can see whole by default; a lower --max_length saves memory and is told what it costs
     config.max_length = min(config.max_length or context, context)
+    # TRL tokenizes whole pairs and then cuts them to max_length itself (check_fits says how many were cut); the
+    # tokenizer's own limit (the model's context, from the folder) only made it warn that a longer pair "will
+    # result in indexing errors", which the cut prevents
+    tokenizer.model_max_length = int(1e30)
     peft_config = lora_config(model, lora) if lora.lora_r else None
     with reading_the_old_checkpointing_name():  # PEFT reads it when it wraps the model for LoRA
         trainer = DPOTrainer(

@@ -291,6 +291,9 @@ def test_a_run_without_final_says_it_stopped_early_and_leaves_its_checkpoint_int
     finally:
         lock.release()
     assert text.splitlines()[2].startswith("**Still training:** no final model yet;")
+    (checkpoint / "checkpoint.json").write_text(json.dumps({**info, "max_steps": step}))  # every planned step saved
+    text = build_report(run_copy, samples=False).read_text()
+    assert text.splitlines()[2].startswith(f"**No final model:** the run saved all {step} planned steps"), text
 
 
 def test_no_curves_drawn_removes_the_old_png_and_the_cards_link(run_copy):

@@ -103,6 +103,11 @@ def stopped_early_line(run_dir: Path, folder: Path) -> str | None:
     where = f"this report is on its latest checkpoint, `{folder.parent.relative_to(run_dir)}`"
     if is_held(run_dir):
         return f"**Still training:** no final model yet; {where}, step {step}{of}."
+    if step == planned:  # stopped between its last save and copying it to final/
+        return (
+            f"**No final model:** the run saved all {step} planned steps ({where}) but stopped before writing "
+            "`final/`. The same training command with `--resume_from_checkpoint latest` writes it."
+        )
     return (
         f"**Stopped early:** no final model; the run saved {step} steps{of} ({where}). Run the same training "
         "command with `--resume_from_checkpoint latest` to continue it."

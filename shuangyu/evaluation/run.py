@@ -378,18 +378,20 @@ def evaluate(argv: list[str] | None) -> int:
         ckpt = args.checkpoint.resolve()
         remote_code = needs_remote_code(config)
         task_manager = task_manager_for(tasks) if tasks else None
-        bpb = run_bpb(ckpt, args.corpus, langs, args.bpb_max_bytes, remote_code, device) if langs else {}
-        chat = is_chat_folder(ckpt)
-        conversations = (
-            run_conversation_loss(ckpt, args.conversations, langs, args.conversation_max, remote_code, device)
-            if chat and langs
-            else {}
-        )
+        # lm-eval first: a stock task whose data cannot be downloaded stops the run in seconds, not after the
+        # minutes of held-out scoring
         results = (
             run_lm_eval(
                 ckpt, tasks, args.limit, remote_code, args.batch_size, device, task_manager, args.apply_chat_template
             )
             if tasks
+            else {}
+        )
+        bpb = run_bpb(ckpt, args.corpus, langs, args.bpb_max_bytes, remote_code, device) if langs else {}
+        chat = is_chat_folder(ckpt)
+        conversations = (
+            run_conversation_loss(ckpt, args.conversations, langs, args.conversation_max, remote_code, device)
+            if chat and langs
             else {}
         )
     except UsageError as err:

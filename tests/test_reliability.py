@@ -881,6 +881,26 @@ def test_ctrl_c_while_train_clm_imports_the_training_stack_is_one_line(flags, tm
     assert not out.exists()
 
 
+def test_ctrl_c_while_train_clm_checks_its_flags_is_one_line(flags, tmp_path, monkeypatch, capsys):
+    """The first second of train_clm.py: reading and checking the flags, before the heavy imports."""
+    from shuangyu.training import cli
+
+    def ctrl_c(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "check_run", ctrl_c)
+    out = tmp_path / "run"
+    try:
+        status = cli.main([*flags, "--max_steps", "2", "--output_dir", str(out)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped train_clm.py's main() as a KeyboardInterrupt")
+    assert status == 130
+    assert [line for line in capsys.readouterr().err.splitlines() if line.strip()] == [
+        "train_clm.py: interrupted; nothing was written"
+    ]
+    assert not out.exists()
+
+
 CTRL_C_ON_IMPORT = """import os, sys
 
 

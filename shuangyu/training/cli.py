@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             # for the first to say it (it exits at once, ending the wait)
             time.sleep(SAY_IT_FIRST_S)
         return status
+    except KeyboardInterrupt:  # the checks write nothing
+        return print_interrupted(PROG, "nothing was written", show=is_first_process())
     try:  # the heavy imports, for a run that can start: Ctrl-C during their seconds was a KeyboardInterrupt traceback
         from shuangyu.training.train import train
     except KeyboardInterrupt:  # nothing is written before train() sets the run up

@@ -785,3 +785,29 @@ def test_gpt2s_cleanup_flag_is_false_in_training_and_in_the_folders_it_saves(gpt
     assert (
         json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["clean_up_tokenization_spaces"] is False
     )
+
+
+def test_a_ctrl_c_that_rustbpe_swallows_still_stops_the_merges(monkeypatch):
+    """rustbpe took a Ctrl-C during its training as an error it did not pass on: train_bpe.py trained to the end and
+    exited 0. Here a stand-in swallows the KeyboardInterrupt as rustbpe did."""
+    import signal
+    import types
+
+    from shuangyu.tokenizer.merges import learn_merges
+
+    class Swallowing:
+        def train_from_iterator(self, iterator, **kwargs):
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+            for _ in iterator:
+                pass
+
+        def get_mergeable_ranks(self):
+            return [(bytes([b]), b) for b in range(256)]
+
+    monkeypatch.setitem(sys.modules, "rustbpe", types.SimpleNamespace(Tokenizer=Swallowing))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (conftest restores it)
+    with pytest.raises(KeyboardInterrupt):
+        learn_merges([("hello", 3), ("world", 2)], num_merges=10)

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from shuangyu.errors import ctrl_c_remembered, stop_if_ctrl_c_was_seen
+
 BYTE_ALPHABET_SIZE = 256
 SEPARATOR = "\x01"
 SENTINEL = "\x00\x00"
@@ -109,12 +111,16 @@ def learn_merges(
 
     spare = 1 + max(16, num_merges // 200)  # the sentinel, and room for dropped duplicates
     trainer = rustbpe.Tokenizer()
-    trainer.train_from_iterator(
-        feed(weights, min_frequency, max_token_length),
-        vocab_size=BYTE_ALPHABET_SIZE + num_merges + spare,
-        buffer_size=FEED_BUFFER,
-        pattern=FEED_PATTERN,
-    )
+    # a Ctrl-C that lands while rustbpe runs reaches it as an error it does not pass on: the run trained on to the
+    # end and exited 0. Remembered, it stops the run as soon as rustbpe returns.
+    with ctrl_c_remembered():
+        trainer.train_from_iterator(
+            feed(weights, min_frequency, max_token_length),
+            vocab_size=BYTE_ALPHABET_SIZE + num_merges + spare,
+            buffer_size=FEED_BUFFER,
+            pattern=FEED_PATTERN,
+        )
+        stop_if_ctrl_c_was_seen()
     ranked = sorted(trainer.get_mergeable_ranks(), key=lambda item: item[1])
     tokens, seen = [], set()
     if num_merges <= 0:  # the loop below checks the count only after adding a token

@@ -243,7 +243,8 @@ BAD = {
     "no_model": (["--model_name_or_path", ""], "--sft fine-tunes a trained model"),
     "lora_target": (["--lora_r", "4", "--lora_target_modules", "q_proj", "qkv"], "--lora_target_modules qkv"),
     "bad_row": ([], "bad.jsonl:2: message 1 (assistant) is empty"),
-    "no_chat_tokens": ([], "no <|im_start|> / <|im_end|> special tokens"),
+    # the model folder's own tokenizer (no --tokenizer_name): the message names the flag given
+    "no_chat_tokens": ([], "--model_name_or_path {model}: the tokenizer has no <|im_start|> / <|im_end|> special"),
     # the QA repro: accepted, and "validation zh" was a loss on the training set
     "held_out_trained": ([], "is in both --train_files and --validation_files zh, so held-out text would be trained"),
     # the QA repros: "no conversation fits in --block_size" (an empty file, not a block size), and an empty held-out
@@ -278,6 +279,7 @@ def test_bad_sft_input_fails_fast_with_one_line(case, common, tmp_path, tiny_bas
             token["special"] = token["content"] in ("<|endoftext|>", "<|pad|>")
         (model / "tokenizer.json").write_text(json.dumps(tok))
         args[args.index("--model_name_or_path") + 1] = str(model)
+        needle = needle.format(model=model)
     if case == "held_out_trained":
         i = args.index("--validation_files")
         args[i + 1] = args[args.index("--train_files") + 1]  # zh=TRAIN as both

@@ -30,7 +30,10 @@ def check_finetune(config: TrainConfig, tokenizer, model_config) -> None:
             raise UsageError(
                 "--sft fine-tunes a trained model: give --model_name_or_path (a checkpoint's model/ folder)"
             )
-        check_chat_tokenizer(tokenizer, config.model.tokenizer_name)
+        name = config.model.tokenizer_name
+        # without --tokenizer_name the model folder's own tokenizer is used: name the flag the user gave
+        flag = "--model_name_or_path" if name == config.model.model_name_or_path else "--tokenizer_name"
+        check_chat_tokenizer(tokenizer, name, flag)
     lora = config.lora
     if lora.lora_r < 0:
         raise UsageError(f"--lora_r {lora.lora_r} must be positive (0: no LoRA)")

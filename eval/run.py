@@ -15,7 +15,7 @@ except ModuleNotFoundError as err:
     )
 
 # a Ctrl-C while the command's code imports (seconds), or one main() lets through, is one line and exit 130
-with ctrl_c_is_one_line("eval/run.py", "nothing was left half written"):
+with ctrl_c_is_one_line("eval/run.py"):
     bars_only_on_a_terminal()  # first: tqdm reads its TQDM_* defaults when it is imported
     from shuangyu.evaluation.run import main
 

@@ -45,10 +45,11 @@ def print_interrupted(prog: str, what_is_left: str, show: bool = True) -> int:
 
 
 @contextmanager
-def ctrl_c_is_one_line(prog: str, what_is_left: str, show: bool = True):
+def ctrl_c_is_one_line(prog: str, what_is_left: str = "nothing was left half written", show: bool = True):
     """For a command's `if __name__ == "__main__":` block (and the thin wrappers): a Ctrl-C that escapes main(), or
     lands while main is imported, is the one line and exit 130, not a KeyboardInterrupt traceback. `what_is_left`
-    must be true at any moment: before main runs, and after it wrote its output (main says more where it can)."""
+    must be true at any moment: before main runs, and after it wrote its output (main says more where it can); the
+    default is true of a command that writes each output whole or not at all."""
     try:
         try:
             yield

@@ -33,19 +33,26 @@ class _DropMessage(logging.Filter):
 
 
 @contextlib.contextmanager
+def _dropping(logger_name: str, start: str):
+    """`logger_name`'s records that start with `start` are dropped (and counted) within the block."""
+    logger = logging.getLogger(logger_name)
+    drop = _DropMessage(start)
+    logger.addFilter(drop)
+    try:
+        yield drop
+    finally:
+        logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
 def checkpoints_saved_within_a_second():
     """Around the Trainer's train() with --save_total_limit: to rotate its checkpoint-N folders it sorts them by
     mtime, and when the oldest and newest were written under a second apart (a short run saving every few steps) it
     takes the times for a filesystem's fake ones, warns "mtime may not be reliable on this filesystem" and sorts them
     by N, which is the right order. Nothing is wrong and there is nothing to do; only transformers can tell the two
     cases apart."""
-    logger = logging.getLogger("transformers.trainer_utils")
-    drop = _DropMessage("mtime may not be reliable")
-    logger.addFilter(drop)
-    try:
+    with _dropping("transformers.trainer_utils", "mtime may not be reliable"):
         yield
-    finally:
-        logger.removeFilter(drop)
 
 
 @contextlib.contextmanager
@@ -53,10 +60,5 @@ def lm_eval_truncating_requests():
     """Around lm-eval's simple_evaluate: its Hugging Face model warns once per request longer than the model's
     context ("Combined length of context ... Truncating N tokens from the left"), so a task with long prompts filled
     the log. Yields the filter: its `count` is said once by the caller."""
-    logger = logging.getLogger("lm_eval.models.huggingface")
-    drop = _DropMessage("Combined length of context")
-    logger.addFilter(drop)
-    try:
+    with _dropping("lm_eval.models.huggingface", "Combined length of context") as drop:
         yield drop
-    finally:
-        logger.removeFilter(drop)

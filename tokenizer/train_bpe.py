@@ -14,7 +14,7 @@ except ModuleNotFoundError as err:
     )
 
 # a Ctrl-C while the command's code imports (seconds), or one main() lets through, is one line and exit 130
-with ctrl_c_is_one_line("train_bpe.py", "nothing was left half written"):
+with ctrl_c_is_one_line("train_bpe.py"):
     from shuangyu.tokenizer.train_bpe import main
 
     if __name__ == "__main__":

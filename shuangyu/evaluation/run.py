@@ -446,5 +446,5 @@ def evaluate(argv: list[str] | None) -> int:
 
 if __name__ == "__main__":
     # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
-    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+    with ctrl_c_is_one_line(PROG):
         sys.exit(main())

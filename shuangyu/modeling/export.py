@@ -86,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.to == "llama" and args.dtype != "auto":
             raise UsageError(f"--dtype {args.dtype}: applies to --to gguf; a Llama folder keeps SRC's dtype")
-        # a GGUF is a file: its folder is the one written (its temporary name is made there)
         if args.to == "llama":
             check_writable_folder(args.dst, "DST")
-        else:  # a .gguf file, written in its folder
+        else:  # a .gguf file: its folder is the one written (its temporary name is made there)
             check_writable_folder(Path(args.dst).parent, "DST", named=args.dst)
         if not src.is_dir():
             raise UsageError(f"{src}: not a folder; pass a folder written by save_pretrained")
@@ -112,5 +111,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
-    with ctrl_c_is_one_line(PROG, "nothing was left half written"):
+    with ctrl_c_is_one_line(PROG):
         sys.exit(main())

@@ -280,7 +280,7 @@ def check_batch(
         )
     if streaming and saved["processes"] != processes:
         raise _stream_processes_differ(path, saved["processes"], processes)
-    rows, was = processes * per_device * accumulation, saved["rows_per_step"]
+    rows, was = batch_record(block_size, processes, per_device, accumulation)["rows_per_step"], saved["rows_per_step"]
     if rows == was:
         return
     if was % processes:

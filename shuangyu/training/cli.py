@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv, PROG)
         out, resume_dir = check_run(config)
+        # the heavy imports, for a run that can start
+        from shuangyu.training.train import train
     except UsageError as err:
         first = is_first_process()
         status = print_error(PROG, err, show=first)
@@ -33,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             # for the first to say it (it exits at once, ending the wait)
             time.sleep(SAY_IT_FIRST_S)
         return status
-    except KeyboardInterrupt:  # the checks write nothing
-        return print_interrupted(PROG, "nothing was written", show=is_first_process())
-    try:  # the heavy imports, for a run that can start: Ctrl-C during their seconds was a KeyboardInterrupt traceback
-        from shuangyu.training.train import train
-    except KeyboardInterrupt:  # nothing is written before train() sets the run up
+    except KeyboardInterrupt:  # in the checks or the imports' seconds: nothing is written before train() sets up
         return print_interrupted(PROG, "nothing was written", show=is_first_process())
 
     return train(config, out, resume_dir)

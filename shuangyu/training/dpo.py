@@ -424,5 +424,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # a Ctrl-C that main() lets through is one line too, with the exit status for Ctrl-C
-    with ctrl_c_is_one_line(PROG, "nothing was left half written", show=is_first_process()):
+    with ctrl_c_is_one_line(PROG, show=is_first_process()):
         sys.exit(main())

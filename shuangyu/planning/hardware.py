@@ -1,12 +1,15 @@
 """What a GPU gives a plan: peak FLOP/s (shuangyu.training.metrics.PEAK_FLOPS, the table MFU is reported
 against), memory, the model FLOPs utilisation train_clm reaches on it, and a price where one is listed.
 
-MFU is measured, not assumed, where bench/RESULTS.md has a run: on one H100 80GB HBM3 (SXM), the 124m preset,
-bf16, compiled, batch 16 x 1024, through train_clm.py (`bench/optim.py race`, 2026-11-23), 200 steps took about
-12 s with Muon and 10.5 s with AdamW, validation included: 273k and 312k tokens/s, x 770.3M training FLOPs per
-token (shapes.Shape.train_flops_per_token) / 989 TFLOP/s = 0.213 and 0.243. The model step alone
-(`bench/model.py`, compiled, AdamW) reached 422,666 tokens/s = 0.329: the gap is Muon's step, evaluation,
-logging and the data loader. Other GPUs get the H100's figure, and the plan says it is assumed; `--mfu` sets it.
+MFU is measured, not assumed, where bench/RESULTS.md has a run with the current training step: on one H200
+(2026-12-04), the 124m preset, bf16, compiled, vocabulary 50,304, sequence 1024, train_clm.py ran
+configs/124m.yaml's recipe (Muon, micro-batch 16 x accumulation 4) at 397,214 tokens/s, x 854.7M training FLOPs
+per token (shapes.Shape.train_flops_per_token) / 989 TFLOP/s = 0.343. AdamW's figure is the same model step
+with AdamW in the plain compiled loop (bench/model.py, micro-batch 16): 415,290 tokens/s = 0.359; train_clm's
+Muon run was 0.96x that, which is Muon's step (4.7% of the compiled step), so its loop adds nothing measurable.
+The H100 has the H200's chip and bf16 peak (less memory bandwidth) and gets the H200's figure; other GPUs too,
+and the plan says it is assumed; `--mfu` sets it. (The H100 run of 2026-11-23, 0.213 and 0.243, predates the
+step that no longer waits for the host.)
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 from shuangyu.errors import UsageError
 from shuangyu.training.metrics import PEAK_FLOPS
 
-MEASURED_MFU = {"adamw": 0.243, "muon": 0.213}  # H100 SXM, through train_clm (see above)
-MEASURED_ON = "H100"
+MEASURED_MFU = {"adamw": 0.359, "muon": 0.343}  # H200, 124m (see above)
+MEASURED_ON = "H200"
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def default_mfu(gpu: Gpu, optimizer: str) -> tuple[float, str]:
         return 1.0, "1 for a CPU: give what it achieves as --peak_tflops"
     mfu = MEASURED_MFU[optimizer]
     if gpu.name == MEASURED_ON:
-        return mfu, f"measured on 1 {MEASURED_ON} through train_clm at 124m (bench/RESULTS.md)"
+        return mfu, f"measured on 1 {MEASURED_ON} at 124m (bench/RESULTS.md)"
     return mfu, f"measured on 1 {MEASURED_ON} at 124m, assumed for {gpu.name}: pass --mfu"
 
 

@@ -229,6 +229,25 @@ def test_requests_longer_than_the_context_are_one_note_not_a_warning_each(tiny_c
     assert "(40 tokens) and were cut from the left" in notes[0], notes[0]
 
 
+def test_answers_longer_than_the_context_are_one_line_naming_the_task(tiny_checkpoint, tmp_path):
+    """lm-eval keeps a whole answer and cuts only the context: an answer longer than the context was a bare
+    AssertionError (a traceback, exit 1)."""
+    short = tmp_path / "short"
+    shutil.copytree(tiny_checkpoint, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 4}))
+    out = tmp_path / "r.json"
+    proc = run_eval(short, "--tasks", "hellaswag_local", "--limit", 2, "--langs", "", "--output", out)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "AssertionError" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+    assert errors[0].startswith("eval/run.py: error: hellaswag_local: an answer is longer than the model's context")
+    assert "longest answer: hellaswag_local " in errors[0] and "context: 4 tokens" in errors[0], errors[0]
+    assert "leave hellaswag_local out of --tasks" in errors[0], errors[0]
+    assert not out.exists()
+
+
 def _copy_without_tokenizer(src, dst):
     dst.mkdir()
     for path in src.iterdir():

@@ -285,7 +285,7 @@ def test_a_resume_refuses_a_flag_its_optimizer_state_would_override(tmp_path, ru
     assert "\n" not in line and line.startswith(f"--resume_from_checkpoint {path}: this run trained ") and said in line
     flag = changed[-2] if changed else run_flags[0]
     assert f"resume with {flag} " in line or f"resume without {flag}" in line, line
-    assert f"in a new --output_dir with --model_name_or_path {path / 'model'}" in line
+    assert line.endswith(f"with --model_name_or_path {path / 'model'} in a new --output_dir"), line
 
 
 @pytest.mark.parametrize(
@@ -409,6 +409,41 @@ def test_a_resume_with_another_block_size_or_model_is_refused_before_the_data_is
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == ["checkpoints"]  # no run_args.json
 
 
+@pytest.mark.parametrize(
+    "changed, said",
+    [
+        (["--block_size", "64"], "resume with --block_size 32, or start over without --resume_from_checkpoint"),
+        (["--model_config", "mini"], "it was trained with, or start over without --resume_from_checkpoint"),
+        (["--per_device_train_batch_size", "2"], "rows per step, or start over without --resume_from_checkpoint"),
+        (["--learning_rate", "0.5"], "/model without --resume_from_checkpoint"),
+        (["--streaming"], "resume it without --streaming, or stream without --resume_from_checkpoint"),
+    ],
+)
+def test_a_refused_resume_of_another_runs_checkpoint_says_to_train_without_it_not_in_a_new_output_dir(
+    flags, tmp_path, capsys, changed, said
+):
+    """Another run's checkpoint named in a new --output_dir (to go on from it there) with a flag of its own: the
+    refusal said "or start a new --output_dir", which the command already had; the way out there is the run's value
+    or not resuming it."""
+    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import cli
+
+    path = made_checkpoint(tmp_path / "run", ckpt.trained_with(cli.parse_args([*flags, "--output_dir", "x"])))
+    (path / "model" / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
+    info = ckpt.read_checkpoint_info(path) | {ckpt.BATCH: ckpt.batch_record(32, 1, 4, 1)}
+    (path / ckpt.MARKER).write_text(json.dumps(info))
+    if "--streaming" in changed:  # it reads no --data_dir
+        at = flags.index("--data_dir")
+        flags = flags[:at] + flags[at + 2 :]
+    branch = tmp_path / "branch"
+    args = [*flags, *changed, "--max_steps", "8", "--output_dir", str(branch), "--resume_from_checkpoint", str(path)]
+    assert cli.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"train_clm.py: error: --resume_from_checkpoint {path}: "), lines
+    assert said in lines[0] and "new --output_dir" not in lines[0], lines[0]
+    assert not branch.exists() and not (tmp_path / "data").exists()  # nothing made, nothing prepared
+
+
 def test_a_resume_names_the_split_that_keeps_the_rows_per_step(tmp_path):
     from shuangyu.training import checkpoint as ckpt
 
@@ -424,7 +459,7 @@ def test_a_resume_names_the_split_that_keeps_the_rows_per_step(tmp_path):
     assert said(2, 2, 2) is None and said(4, 2, 1) is None
     assert said(1, 4, 1) == (
         "resumed with 1 process instead of 2: pass --gradient_accumulation_steps 2 to keep 8 rows per step, or "
-        "start a new --output_dir"
+        "start over in a new --output_dir"
     )
     assert said(2, 8, 1, saved=(1, 4, 1)).startswith(
         "resumed with 2 processes instead of 1: pass --per_device_train_batch_size 2 --gradient_accumulation_steps 1 "
@@ -528,7 +563,7 @@ def test_a_run_resumes_over_sources_copied_anew_and_says_when_they_really_change
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("train_clm.py: error: --resume_from_checkpoint "), lines
     assert "the training data changed since the run started" in lines[0]
-    assert "start a new --output_dir" in lines[0] and "earlier checkpoint" not in lines[0]
+    assert "or start over in a new --output_dir (" in lines[0] and "earlier checkpoint" not in lines[0]
     assert lines[0].endswith(f"was prepared again: the files: {corpus['zh_train']} changed size)")
     assert sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run" / "checkpoints").rglob("*")) == before
 

@@ -409,6 +409,43 @@ def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
     assert_no_token(proc.stdout, proc.stderr)
 
 
+@pytest.mark.parametrize(
+    "license, extra, needle",
+    [
+        ("Apache 2.0", [], "--license Apache 2.0: not a Hub license id (lowercase, no spaces: apache-2.0, mit"),
+        ("MIT", [], "--license MIT: not a Hub license id"),
+        ("other", [], "--license other: say which license with --license_name NAME and --license_link URL"),
+        ("mit", ["--license_name", "mine"], "--license_name and --license_link name a license the Hub does not list"),
+    ],
+)
+def test_push_refuses_a_license_the_hub_would_refuse_before_anything_is_sent(license, extra, needle, tmp_path, capsys):
+    """Any string went into the card's license, and the Hub refused it only at the push."""
+    from shuangyu.sharing import push
+
+    folder = tmp_path / "final"
+    folder.mkdir()
+    args = [str(folder), "--hub_model_id", "alice/tiny", "--license", license, *extra]
+    assert push.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"push.py: error: {needle}"), lines
+    for fine in (
+        ["--license", "cc-by-nc-sa-4.0"],
+        ["--license", "other", "--license_name", "x", "--license_link", "u"],
+    ):
+        assert push.parse_args([str(folder), "--hub_model_id", "alice/tiny", *fine])
+
+
+def test_a_pushed_card_names_another_license_by_name_and_link(tmp_path):
+    from shuangyu.sharing.card import render_card
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n\nA card.\n")
+    card = ModelCard(render_card(tmp_path, license="other", license_name="mine", license_link="LICENSE"))
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "mine", "LICENSE")
+    (tmp_path / "README.md").write_text(str(card))
+    assert "license_name" not in render_card(tmp_path, license="mit")  # the other license's name goes with it
+
+
 @pytest.mark.parametrize("case", ["no_repo_id", "wrong_token", "lora"])
 def test_train_clm_push_problems_stop_before_training(case, hub, data_tokenizer_dir, tmp_path):
     args = [

@@ -283,7 +283,7 @@ class BlockLoader:
                 f"the training data changed since the run started: its checkpoints are for other blocks "
                 f"({state['num_blocks']:,} blocks, key {str(theirs)[:12]}) than these ({self.sampler.num_blocks:,} "
                 f"blocks, key {str(self.data_key)[:12]}); restore the sources, tokenizer and data flags the run "
-                "started with (or its --data_dir) to resume, or start a new --output_dir"
+                "started with (or its --data_dir) to resume"
             )
         if state["seed"] != self.sampler.seed:
             raise UsageError(f"the checkpoint's data seed is {state['seed']}, not {self.sampler.seed}: resume with it")

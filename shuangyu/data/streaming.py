@@ -195,12 +195,16 @@ class StreamLoader:
                     f"{self.key['world_size']}: each process streams its own shards, so resume with "
                     f"{theirs.get('world_size')} processes"
                 )
-            raise UsageError(
+            raise StreamChanged(
                 f"the checkpoint's stream position is for another stream ({'; '.join(differ)} changed): resume "
-                "with the flags the run started with, or start a new --output_dir"
+                "with the flags the run started with"
             )
         self.blocks.load_state_dict(state["stream"])
         self._position = None
+
+
+class StreamChanged(UsageError):
+    """A checkpoint's stream position for other sources or flags; the caller says what to do besides resuming."""
 
 
 class StreamFailed(UsageError):

@@ -599,6 +599,8 @@ def render_card(
     evaluation: dict | None = None,
     curves: str | None = None,
     license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
     portable: bool = False,
 ) -> str:
     """FOLDER's model card (its README.md, or a new one) with the sections given rewritten. `portable`: the card
@@ -631,8 +633,8 @@ def render_card(
         data.model_name = name or data.model_name or model_name(folder)
     else:
         data.model_name = None
-    if license:
-        data.license = license
+    if license:  # another license drops the card's name and link of an "other" one, unless given anew
+        data.license, data.license_name, data.license_link = license, license_name, license_link
     if portable:
         body = without_local_paths(body)
         data.datasets = [d for d in data.datasets or [] if not is_local_path(d)] or None

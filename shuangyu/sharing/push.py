@@ -13,6 +13,7 @@ it is never printed or written anywhere by Shuangyu.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from shuangyu.sharing.card import model_name, render_card
 from shuangyu.sharing.folder import check_model_folder
 
 PROG = "push.py"
+# What a Hub license id looks like (apache-2.0, cc-by-nc-sa-4.0, llama3.1, other). huggingface_hub ships no list of
+# them (the Hub's is at https://huggingface.co/docs/hub/repositories-licenses and grows), so only the shape is
+# checked here: "Apache 2.0" or "MIT" was refused by the Hub at the push, after the card was made.
+LICENSE_ID = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
 
 
 def check_folder(folder: Path) -> None:
@@ -117,6 +122,8 @@ def push_folder(
     logs: Path | None = None,
     commit_message: str | None = None,
     license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
 ) -> str:
     """Push FOLDER (and LOGS under runs/) as one commit; returns the commit's URL."""
     from huggingface_hub import HfApi
@@ -133,7 +140,15 @@ def push_folder(
             "folder, e.g. RUN/shuangyu"
         )
     # loading from the Hub repo, naming no local path, in the pushed card; the folder's own card keeps its paths
-    card = render_card(folder, name=repo_id, load_path=repo_id, license=license, portable=True).encode()
+    card = render_card(
+        folder,
+        name=repo_id,
+        load_path=repo_id,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        portable=True,
+    ).encode()
     api = HfApi()
     create_repo(repo_id, private)
     try:
@@ -173,8 +188,31 @@ def parse_args(argv):
         help="the run's tensorboard folder (e.g. RUN/shuangyu): its event files and hparams.yml go under runs/",
     )
     p.add_argument("--commit_message", default=None)
-    p.add_argument("--license", default=None, help="the card's license (default apache-2.0, or the card's own)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--license",
+        default=None,
+        help="the card's license, a Hub license id such as mit or cc-by-4.0 (default apache-2.0, or the card's own); "
+        "other, with --license_name and --license_link, for one the Hub does not list",
+    )
+    p.add_argument("--license_name", default=None, help="with --license other: the license's short name")
+    p.add_argument("--license_link", default=None, help="with --license other: a link to its text (URL or file)")
+    args = p.parse_args(argv)
+    check_license(args.license, args.license_name, args.license_link)
+    return args
+
+
+def check_license(license: str | None, name: str | None, link: str | None) -> None:
+    """Refused before anything is sent: the Hub would refuse the card at the push."""
+    if license is not None and not LICENSE_ID.fullmatch(license):
+        raise UsageError(
+            f"--license {license}: not a Hub license id (lowercase, no spaces: apache-2.0, mit, cc-by-4.0; the list is "
+            "at https://huggingface.co/docs/hub/repositories-licenses); for another license pass --license other "
+            "--license_name NAME --license_link URL"
+        )
+    if license == "other" and not (name and link):
+        raise UsageError("--license other: say which license with --license_name NAME and --license_link URL")
+    if (name or link) and license != "other":
+        raise UsageError("--license_name and --license_link name a license the Hub does not list: add --license other")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             logs=args.logs,
             commit_message=args.commit_message,
             license=args.license,
+            license_name=args.license_name,
+            license_link=args.license_link,
         )
     except UsageError as err:
         return print_error(PROG, err)

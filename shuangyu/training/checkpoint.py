@@ -113,14 +113,23 @@ def read_checkpoint_info(path: str | Path) -> dict:
     return json.loads((Path(path) / MARKER).read_text())
 
 
-def check_data_kind(path: Path, streaming: bool) -> None:
+def elsewhere(path: Path, out: str | Path | None) -> str:
+    """Where to train instead, when a resume of `path` is refused for a flag: a checkpoint of this --output_dir's own
+    run is left to it, so in a new --output_dir; another run's (named to go on from it) is already in a new one, so
+    here without resuming it. `out` None: the run's own."""
+    if out is None or path.resolve().parent == checkpoints_root(out).resolve():
+        return "in a new --output_dir"
+    return "without --resume_from_checkpoint"
+
+
+def check_data_kind(path: Path, streaming: bool, out: str | Path | None = None) -> None:
     """A checkpoint resumes only in the data mode it was saved in: its data position is a stream's or a prepared
     folder's, and the two are not interchangeable."""
     saved_streaming = (path / STREAM_POSITIONS).is_file()
     if streaming and not saved_streaming:
         raise UsageError(
             f"--resume_from_checkpoint {path}: saved by a run on prepared blocks, which has no stream position: "
-            "resume it without --streaming, or stream into a new --output_dir"
+            f"resume it without --streaming, or stream {elsewhere(path, out)}"
         )
     if saved_streaming and not streaming:
         raise UsageError(
@@ -178,6 +187,7 @@ def check_resume_flags(path: Path, config) -> None:
     """A resume continues the run it resumes: a flag that shapes its optimizer state or adapter, given another
     value, is refused in a line that names the run's value (before anything is loaded)."""
     saved, now = recorded_flags(path), trained_with(config)
+    where = elsewhere(path, config.checkpoint.output_dir)
     if "lora_r" in saved and saved["lora_r"] != now["lora_r"]:
         was, given = saved["lora_r"], now["lora_r"]
         if was:
@@ -188,8 +198,8 @@ def check_resume_flags(path: Path, config) -> None:
             )
         raise UsageError(
             f"--resume_from_checkpoint {path}: this run trained the whole model, not a LoRA adapter (--lora_r "
-            f"{given}): resume without --lora_r, or train an adapter on its weights in a new --output_dir with "
-            f"--model_name_or_path {path / 'model'}"
+            f"{given}): resume without --lora_r, or train an adapter on its weights with --model_name_or_path "
+            f"{path / 'model'} {where}"
         )
     if now["lora_r"] and saved.get("lora_target_modules", now["lora_target_modules"]) != now["lora_target_modules"]:
         was = _with("lora_target_modules", saved["lora_target_modules"])
@@ -204,15 +214,15 @@ def check_resume_flags(path: Path, config) -> None:
             continue
         was, given = saved[name], now[name]
         if now["lora_r"]:
-            elsewhere = (
+            instead = (
                 f"merge its adapter (python -m shuangyu.training.merge_lora {path / 'model'} DIR) and fine-tune DIR "
-                "in a new --output_dir"
+                f"{where}"
             )
         else:
-            elsewhere = f"train on from its weights in a new --output_dir with --model_name_or_path {path / 'model'}"
+            instead = f"train on from its weights with --model_name_or_path {path / 'model'} {where}"
         raise UsageError(
             f"--resume_from_checkpoint {path}: this run trained {_with(name, was)}, not {_with(name, given)}, and "
-            f"a resume continues its optimizer state: resume {_with(name, was)}, or {elsewhere}"
+            f"a resume continues its optimizer state: resume {_with(name, was)}, or {instead}"
         )
 
 
@@ -240,7 +250,7 @@ SHAPE_FIELDS = (
 )
 
 
-def check_model_shape(path: Path, config) -> None:
+def check_model_shape(path: Path, config, out: str | Path | None = None) -> None:
     """A checkpoint resumes only into the model shape that saved it (e.g. not after a preset changed)."""
     saved_file = path / "model" / "config.json"
     if not saved_file.is_file():  # a LoRA run's checkpoint holds the adapter only
@@ -251,7 +261,7 @@ def check_model_shape(path: Path, config) -> None:
     if differ:
         raise UsageError(
             f"--resume_from_checkpoint {path}: saved by a different model ({'; '.join(differ)}): resume with the "
-            "--model_config it was trained with, or start over in a new --output_dir"
+            f"--model_config it was trained with, or start over {elsewhere(path, out)}"
         )
 
 
@@ -263,7 +273,13 @@ def batch_record(block_size: int, processes: int, per_device: int, accumulation:
 
 
 def check_batch(
-    path: Path, block_size: int, processes: int, per_device: int, accumulation: int, streaming: bool
+    path: Path,
+    block_size: int,
+    processes: int,
+    per_device: int,
+    accumulation: int,
+    streaming: bool,
+    out: str | Path | None = None,
 ) -> None:
     """A resume keeps the run's --block_size and its rows per optimizer step (processes x
     --per_device_train_batch_size x --gradient_accumulation_steps): the schedule's steps, the token count and the
@@ -273,10 +289,11 @@ def check_batch(
     saved = read_checkpoint_info(path).get(BATCH)
     if not saved:
         return  # saved before the record was kept
+    where = elsewhere(path, out)
     if saved["block_size"] != block_size:
         raise UsageError(
             f"--resume_from_checkpoint {path}: this run trained with --block_size {saved['block_size']}, not with "
-            f"--block_size {block_size}: resume with --block_size {saved['block_size']}, or start a new --output_dir"
+            f"--block_size {block_size}: resume with --block_size {saved['block_size']}, or start over {where}"
         )
     if streaming and saved["processes"] != processes:
         raise _stream_processes_differ(path, saved["processes"], processes)
@@ -287,7 +304,7 @@ def check_batch(
         raise UsageError(
             f"--resume_from_checkpoint {path}: resumed with {processes} processes instead of {saved['processes']}: "
             f"its {was} rows per step do not divide among them: resume with {saved['processes']} processes, or start "
-            "a new --output_dir"
+            f"over {where}"
         )
     if processes != saved["processes"]:
         what = f"resumed with {processes} process{'es' if processes > 1 else ''} instead of {saved['processes']}"
@@ -302,8 +319,7 @@ def check_batch(
     if micro != per_device:
         flags = f"--per_device_train_batch_size {micro} {flags}"
     raise UsageError(
-        f"--resume_from_checkpoint {path}: {what}: pass {flags} to keep {was} rows per step, or start a new "
-        "--output_dir"
+        f"--resume_from_checkpoint {path}: {what}: pass {flags} to keep {was} rows per step, or start over {where}"
     )
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from shuangyu.data.loader import DataChanged
 from shuangyu.data.prepared import PreparedData
-from shuangyu.data.streaming import StreamedData, StreamFailed
+from shuangyu.data.streaming import StreamChanged, StreamedData, StreamFailed
 from shuangyu.errors import RunDiverged, UsageError, print_error, print_interrupted
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
 from shuangyu.progress import bars_only_on_a_terminal
@@ -141,7 +141,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     check_lora_launch(accelerator, config.lora)
     t = config.train
     if resume_dir:  # before the data is prepared: a refusal after it wasted that work (minutes on a corpus)
-        ckpt.check_model_shape(resume_dir, model_config)
+        ckpt.check_model_shape(resume_dir, model_config, out)
         ckpt.check_batch(
             resume_dir,
             config.data.block_size,
@@ -149,6 +149,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
             t.per_device_train_batch_size,
             t.gradient_accumulation_steps,
             config.data.streaming,
+            out,
         )
     data = open_training_data(
         config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator, config.sft
@@ -205,7 +206,8 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         except UsageError as err:  # the data position's checks: every checkpoint of the run has the same one
             rebuilt = isinstance(err, DataChanged) and data.rebuilt_because
             why = f" ({data.path} was prepared again: {data.rebuilt_because})" if rebuilt else ""
-            raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}{why}") from None
+            instead = f", or start over {ckpt.elsewhere(resume_dir, out)}" if isinstance(err, DataChanged) else ""
+            raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}{instead}{why}") from None
         except Exception as err:  # torch, safetensors and pickle each raise their own types for a bad file
             raise UsageError(
                 f"--resume_from_checkpoint {resume_dir}: could not load it ({type(err).__name__}: {err}); "
@@ -222,6 +224,10 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
             position = ckpt.read_stream_position(resume_dir, accelerator.process_index, accelerator.num_processes)
             try:
                 loader.load_state_dict(position)
+            except StreamChanged as err:
+                raise UsageError(
+                    f"--resume_from_checkpoint {resume_dir}: {err}, or start over {ckpt.elsewhere(resume_dir, out)}"
+                ) from None
             except UsageError as err:
                 raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}") from None
         accelerator.print(f"resumed from {resume_dir} at step {state.step}")

@@ -236,6 +236,7 @@ def made_checkpoint(out: Path, record: dict | None = None, adapter_r: int = 0, s
     """A complete checkpoint's files as far as the resume checks read them: checkpoint.json (with `record` of the
     run's flags, or none, as saved before it was kept), its model/ folder, and a stream position."""
     from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import resume_checks
 
     path = ckpt.checkpoint_dir(out, 4)
     (path / "model").mkdir(parents=True)
@@ -243,7 +244,7 @@ def made_checkpoint(out: Path, record: dict | None = None, adapter_r: int = 0, s
     (path / "model" / model_file[0]).write_text(json.dumps(model_file[1]))
     if streaming:
         (path / ckpt.STREAM_POSITIONS).write_text(json.dumps({"processes": [{}]}))
-    info = {"step": 4, "files": {}} | ({ckpt.TRAINED_WITH: record} if record else {})
+    info = {"step": 4, "files": {}} | ({resume_checks.TRAINED_WITH: record} if record else {})
     (path / ckpt.MARKER).write_text(json.dumps(info))
     return path
 
@@ -271,13 +272,13 @@ def test_a_resume_refuses_a_flag_its_optimizer_state_would_override(tmp_path, ru
     --learning_rate or --weight_decay (the run went on with the old ones while run_args.json and the card said the
     new), and failed to load another --optimizer or --embedding_learning_rate with torch's "different number of
     parameter groups" and "pass an earlier checkpoint": one line with the run's value, before anything is done."""
-    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import resume_checks
     from shuangyu.training.arguments import parse_args
     from shuangyu.training.checks import check_run
 
     out = tmp_path / "run"
     base = [*RESUME_BASE, "--output_dir", str(out)]
-    path = made_checkpoint(out, ckpt.trained_with(parse_args([*base, *run_flags])))
+    path = made_checkpoint(out, resume_checks.trained_with(parse_args([*base, *run_flags])))
     assert check_run(parse_args([*base, *run_flags]))[1] == path
     with pytest.raises(UsageError) as refused:
         check_run(parse_args([*base, *changed]))
@@ -299,27 +300,27 @@ def test_a_resume_refuses_a_flag_its_optimizer_state_would_override(tmp_path, ru
     ],
 )
 def test_a_resume_takes_the_flags_that_still_apply(tmp_path, changed):
-    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import resume_checks
     from shuangyu.training.arguments import parse_args
     from shuangyu.training.checks import check_run
 
     out = tmp_path / "run"
     base = [*RESUME_BASE, "--output_dir", str(out)]
-    path = made_checkpoint(out, ckpt.trained_with(parse_args(base)))
+    path = made_checkpoint(out, resume_checks.trained_with(parse_args(base)))
     assert check_run(parse_args([*base, *changed]))[1] == path
 
 
 def test_a_resume_names_the_lora_rank_the_run_trained_with(tmp_path):
     """A LoRA run resumed without --lora_r or with another rank said "could not load it (RuntimeError: Error(s)
     in loading state_dict ...); pass an earlier checkpoint", and no earlier one could load either."""
-    from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import resume_checks
     from shuangyu.training.arguments import parse_args
     from shuangyu.training.checks import check_run
 
     out = tmp_path / "run"
     base = [*RESUME_BASE, "--output_dir", str(out)]
     lora = ["--lora_r", "4", "--optimizer", "muon"]  # the adapter trains with AdamW whatever --optimizer says
-    path = made_checkpoint(out, ckpt.trained_with(parse_args([*base, *lora])))
+    path = made_checkpoint(out, resume_checks.trained_with(parse_args([*base, *lora])))
     assert check_run(parse_args([*base, "--lora_r", "4"]))[1] == path
     for changed, said in (
         ([], "with --lora_r 4, not the whole model (no --lora_r): resume with --lora_r 4"),
@@ -332,7 +333,7 @@ def test_a_resume_names_the_lora_rank_the_run_trained_with(tmp_path):
     # a run of the whole model resumed with an adapter
     whole = tmp_path / "whole"
     base = [*RESUME_BASE, "--output_dir", str(whole)]
-    made_checkpoint(whole, ckpt.trained_with(parse_args(base)))
+    made_checkpoint(whole, resume_checks.trained_with(parse_args(base)))
     with pytest.raises(UsageError, match=r"trained the whole model, not a LoRA adapter \(--lora_r 4\): resume wi"):
         check_run(parse_args([*base, "--lora_r", "4"]))
 
@@ -394,12 +395,12 @@ def test_a_resume_with_another_block_size_or_model_is_refused_before_the_data_is
     """Another --block_size prepared the whole corpus again (over the run's own data/) and only then was refused
     ("the training data changed"); another --model_config after the data was prepared too: minutes on a corpus."""
     from shuangyu.training import checkpoint as ckpt
-    from shuangyu.training import cli
+    from shuangyu.training import cli, resume_checks
 
     out = tmp_path / "run"
     path = made_checkpoint(out)
     (path / "model" / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
-    info = ckpt.read_checkpoint_info(path) | {ckpt.BATCH: ckpt.batch_record(32, 1, 4, 1)}
+    info = ckpt.read_checkpoint_info(path) | {resume_checks.BATCH: resume_checks.batch_record(32, 1, 4, 1)}
     (path / ckpt.MARKER).write_text(json.dumps(info))
     status = cli.main([*flags, *changed, "--max_steps", "8", "--output_dir", str(out), "--resume_from_checkpoint",
                        "latest"])  # fmt: skip
@@ -426,11 +427,11 @@ def test_a_refused_resume_of_another_runs_checkpoint_says_to_train_without_it_no
     refusal said "or start a new --output_dir", which the command already had; the way out there is the run's value
     or not resuming it."""
     from shuangyu.training import checkpoint as ckpt
-    from shuangyu.training import cli
+    from shuangyu.training import cli, resume_checks
 
-    path = made_checkpoint(tmp_path / "run", ckpt.trained_with(cli.parse_args([*flags, "--output_dir", "x"])))
+    path = made_checkpoint(tmp_path / "run", resume_checks.trained_with(cli.parse_args([*flags, "--output_dir", "x"])))
     (path / "model" / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
-    info = ckpt.read_checkpoint_info(path) | {ckpt.BATCH: ckpt.batch_record(32, 1, 4, 1)}
+    info = ckpt.read_checkpoint_info(path) | {resume_checks.BATCH: resume_checks.batch_record(32, 1, 4, 1)}
     (path / ckpt.MARKER).write_text(json.dumps(info))
     if "--streaming" in changed:  # it reads no --data_dir
         at = flags.index("--data_dir")
@@ -446,11 +447,12 @@ def test_a_refused_resume_of_another_runs_checkpoint_says_to_train_without_it_no
 
 def test_a_resume_names_the_split_that_keeps_the_rows_per_step(tmp_path):
     from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import resume_checks
 
     def said(processes, per_device, accumulation, saved=(2, 4, 1), streaming=False):
-        (tmp_path / ckpt.MARKER).write_text(json.dumps({ckpt.BATCH: ckpt.batch_record(32, *saved)}))
+        (tmp_path / ckpt.MARKER).write_text(json.dumps({resume_checks.BATCH: resume_checks.batch_record(32, *saved)}))
         try:
-            ckpt.check_batch(tmp_path, 32, processes, per_device, accumulation, streaming)
+            resume_checks.check_batch(tmp_path, 32, processes, per_device, accumulation, streaming)
         except UsageError as err:
             return str(err).split(": ", 1)[1]
         return None
@@ -472,12 +474,12 @@ def test_a_resumed_run_keeps_its_optimizer_and_takes_a_new_schedule(flags, tmp_p
     """Through the command, in process: the checkpoint records the flags, a changed --learning_rate is refused with
     the run left as it was, and a changed schedule is what the resumed steps follow."""
     from shuangyu.training import checkpoint as ckpt
-    from shuangyu.training import cli
+    from shuangyu.training import cli, resume_checks
 
     out = tmp_path / "run"
     args = [*flags, "--output_dir", str(out), "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3"]
     assert cli.main([*args, "--max_steps", "4"]) == 0
-    record = ckpt.read_checkpoint_info(ckpt.checkpoint_dir(out, 4))[ckpt.TRAINED_WITH]
+    record = ckpt.read_checkpoint_info(ckpt.checkpoint_dir(out, 4))[resume_checks.TRAINED_WITH]
     assert record["learning_rate"] == 1e-3 and record["optimizer"] == "adamw" and record["lora_r"] == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()

@@ -125,17 +125,18 @@ def test_a_missing_text_column_stops_both_processes_in_one_line(common, tmp_path
 def test_a_checkpoint_resumes_only_in_the_mode_it_was_saved_in(tmp_path):
     from shuangyu.errors import UsageError
     from shuangyu.training import checkpoint as ckpt
+    from shuangyu.training import resume_checks
 
     streamed, prepared = tmp_path / "streamed", tmp_path / "prepared"
     streamed.mkdir()
     prepared.mkdir()
     (streamed / ckpt.STREAM_POSITIONS).write_text(json.dumps({"processes": [{"p": 0}, {"p": 1}]}))
-    ckpt.check_data_kind(streamed, streaming=True)
-    ckpt.check_data_kind(prepared, streaming=False)
+    resume_checks.check_data_kind(streamed, streaming=True)
+    resume_checks.check_data_kind(prepared, streaming=False)
     with pytest.raises(UsageError, match="saved by a --streaming run: resume it with --streaming"):
-        ckpt.check_data_kind(streamed, streaming=False)
+        resume_checks.check_data_kind(streamed, streaming=False)
     with pytest.raises(UsageError, match="saved by a run on prepared blocks"):
-        ckpt.check_data_kind(prepared, streaming=True)
+        resume_checks.check_data_kind(prepared, streaming=True)
     assert ckpt.read_stream_position(streamed, 1, 2) == {"p": 1}
     with pytest.raises(UsageError, match="for 2 processes, not 3: .* resume with 2 processes"):
         ckpt.read_stream_position(streamed, 0, 3)

@@ -19,7 +19,8 @@ IGNORE_INDEX = -100
 
 
 class DataChanged(UsageError):
-    """A checkpoint's data position is for other blocks than the loader's: no checkpoint of the run can help."""
+    """A checkpoint's data position is for other blocks (or another stream) than the loader's: no checkpoint of the
+    run can help."""
 
 
 class PackedBlocks(torch.utils.data.Dataset):

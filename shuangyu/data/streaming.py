@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from shuangyu.data.documents import document_ids
-from shuangyu.data.loader import BlockCollator, ValidationShard, process_rank
+from shuangyu.data.loader import BlockCollator, DataChanged, ValidationShard, process_rank
 from shuangyu.data.packing import BlockPacker
 from shuangyu.data.stream_sources import (
     SourceReader,
@@ -195,16 +195,12 @@ class StreamLoader:
                     f"{self.key['world_size']}: each process streams its own shards, so resume with "
                     f"{theirs.get('world_size')} processes"
                 )
-            raise StreamChanged(
+            raise DataChanged(
                 f"the checkpoint's stream position is for another stream ({'; '.join(differ)} changed): resume "
                 "with the flags the run started with"
             )
         self.blocks.load_state_dict(state["stream"])
         self._position = None
-
-
-class StreamChanged(UsageError):
-    """A checkpoint's stream position for other sources or flags; the caller says what to do besides resuming."""
 
 
 class StreamFailed(UsageError):

@@ -13,6 +13,7 @@ from shuangyu.errors import UsageError
 from shuangyu.files import check_writable_folder, holds
 from shuangyu.text.sources import local_paths, parse_file_source, resolve_files
 from shuangyu.training import checkpoint as ckpt
+from shuangyu.training import resume_checks
 from shuangyu.training.arguments import TrainConfig
 
 
@@ -42,8 +43,8 @@ def check_run(config: TrainConfig) -> tuple[Path, Path | None]:
     warn = print if is_first_process() else (lambda message: None)
     resume_dir = ckpt.resolve_resume(out, config.checkpoint.resume_from_checkpoint, warn)
     if resume_dir:  # before any work: preparing a corpus, then refusing the checkpoint, would waste it
-        ckpt.check_data_kind(resume_dir, config.data.streaming, out)
-        ckpt.check_resume_flags(resume_dir, config)
+        resume_checks.check_data_kind(resume_dir, config.data.streaming, out)
+        resume_checks.check_resume_flags(resume_dir, config)
     if config.checkpoint.overwrite_output_dir and resume_dir is None:
         check_fresh_start_keeps_inputs(config, out)
     return out, resume_dir

@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from shuangyu.data.loader import DataChanged
 from shuangyu.data.prepared import PreparedData
-from shuangyu.data.streaming import StreamChanged, StreamedData, StreamFailed
+from shuangyu.data.streaming import StreamedData, StreamFailed
 from shuangyu.errors import RunDiverged, UsageError, print_error, print_interrupted
 from shuangyu.evaluation.bits_per_byte import token_byte_lengths
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.tokenizer.chat_template import chat_token_ids
 from shuangyu.tokenizer.loading import load_tokenizer
 from shuangyu.training import checkpoint as ckpt
+from shuangyu.training import resume_checks
 from shuangyu.training.accelerator import (
     build_accelerator,
     check_distributed,
@@ -140,17 +141,8 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     check_finetune(config, tokenizer, model_config)
     check_lora_launch(accelerator, config.lora)
     t = config.train
-    if resume_dir:  # before the data is prepared: a refusal after it wasted that work (minutes on a corpus)
-        ckpt.check_model_shape(resume_dir, model_config, out)
-        ckpt.check_batch(
-            resume_dir,
-            config.data.block_size,
-            accelerator.num_processes,
-            t.per_device_train_batch_size,
-            t.gradient_accumulation_steps,
-            config.data.streaming,
-            out,
-        )
+    if resume_dir:
+        resume_checks.check_before_data(resume_dir, config, model_config, accelerator.num_processes, out)
     data = open_training_data(
         config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator, config.sft
     )
@@ -206,7 +198,9 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
         except UsageError as err:  # the data position's checks: every checkpoint of the run has the same one
             rebuilt = isinstance(err, DataChanged) and data.rebuilt_because
             why = f" ({data.path} was prepared again: {data.rebuilt_because})" if rebuilt else ""
-            instead = f", or start over {ckpt.elsewhere(resume_dir, out)}" if isinstance(err, DataChanged) else ""
+            instead = (
+                f", or start over {resume_checks.elsewhere(resume_dir, out)}" if isinstance(err, DataChanged) else ""
+            )
             raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}{instead}{why}") from None
         except Exception as err:  # torch, safetensors and pickle each raise their own types for a bad file
             raise UsageError(
@@ -224,9 +218,9 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
             position = ckpt.read_stream_position(resume_dir, accelerator.process_index, accelerator.num_processes)
             try:
                 loader.load_state_dict(position)
-            except StreamChanged as err:
+            except DataChanged as err:
                 raise UsageError(
-                    f"--resume_from_checkpoint {resume_dir}: {err}, or start over {ckpt.elsewhere(resume_dir, out)}"
+                    f"--resume_from_checkpoint {resume_dir}: {err}, or start over {resume_checks.elsewhere(resume_dir, out)}"
                 ) from None
             except UsageError as err:
                 raise UsageError(f"--resume_from_checkpoint {resume_dir}: {err}") from None
@@ -421,13 +415,7 @@ def save(run: Run) -> None:
             "tokens": state.tokens,
             "max_steps": run.max_steps,
             "bad_in_a_row": state.bad_in_a_row,
-            ckpt.TRAINED_WITH: ckpt.trained_with(run.config),  # run_args.json is rewritten by every resume
-            ckpt.BATCH: ckpt.batch_record(
-                run.data.block_size,
-                accelerator.num_processes,
-                run.config.train.per_device_train_batch_size,
-                run.config.train.gradient_accumulation_steps,
-            ),
+            **resume_checks.resume_record(run.config, run.data.block_size, accelerator.num_processes),
         },
         keep_last=run.config.checkpoint.save_total_limit,
         stream_positions=positions,

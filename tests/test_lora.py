@@ -1,7 +1,9 @@
 """LoRA: the adapter on the model's projections, its optimizer, targets that do not exist, and merging into a plain
 folder with the same logits (in-process, no training loop: the end-to-end run is in test_sft_train.py)."""
 
+import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from shuangyu.errors import UsageError
 from shuangyu.training.arguments import LoraArguments, OptimizerArguments
 from shuangyu.training.finetune import adapter_optimizer, apply_lora, as_chat_model
 from shuangyu.training.merge_lora import main as merge_main
+from shuangyu.training.model_folder import save_model_folder
 
 
 @pytest.fixture
@@ -76,6 +79,7 @@ def untied_copy(folder, out):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, tmp_path, capsys):
+    from accelerate import Accelerator
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,9 +96,18 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     tok = AutoTokenizer.from_pretrained(folder)
     as_chat_model(model, tok)
     adapter = tmp_path / "adapter"
-    model.save_pretrained(adapter)
-    tok.save_pretrained(adapter)
+    save_model_folder(Accelerator(cpu=True), model, tok, adapter)  # as a run writes its final/
     assert (adapter / "adapter_model.safetensors").is_file()
+    # transformers loads an adapter folder itself too (so does pipeline("text-generation", model=ADAPTER)): on a
+    # tied head it printed a LOAD REPORT of the head's token rows as MISSING, for weights that loaded right
+    heard = io.StringIO()  # its logger does not propagate, and its handler holds whichever stderr it first met
+    handler = logging.StreamHandler(heard)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert "MISSING" not in heard.getvalue() and "LOAD REPORT" not in heard.getvalue()
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         assert merge_main([str(adapter), str(tmp_path / "merged")]) == 0
@@ -106,6 +119,7 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(chat_model(ids).logits, reloaded(ids).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(loaded(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-4)
         plain = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
         assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-3)  # the adapter is in it
         for layer in ("input", "output"):  # an untied head learns the chat tokens' rows too

@@ -48,6 +48,30 @@ def own_class(model):
         model.__class__ = sharded  # training goes on sharded
 
 
+def add_tied_head_token_rows(model, state_dict: dict, path: Path) -> None:
+    """A LoRA adapter's trainable token rows (an SFT run's chat tokens) on a tied head are the embedding's: PEFT
+    saves them once, under the embedding, and leaves the head's name to the loader. PEFT's loaders tie it again;
+    transformers' (`AutoModelForCausalLM.from_pretrained(ADAPTER)`, `pipeline`) looks for the head's name in the
+    file and, not finding it, printed a LOAD REPORT of the head's rows as MISSING, for weights that loaded right.
+    So the adapter file holds them under the head's name too (the state dict's name, the one transformers loads);
+    PEFT's loaders pass over it."""
+    heads = [  # PEFT's wrapper on a tied head: its token adapter follows the embedding's (`tied_adapter`)
+        f"{name}.token_adapter.trainable_tokens_delta."
+        for name, module in model.named_modules()
+        if getattr(getattr(module, "token_adapter", None), "tied_adapter", None) is not None
+    ]
+    rows = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items() if k.startswith(tuple(heads))}
+    file = path / "adapter_model.safetensors"
+    if not rows or not file.is_file():
+        return
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(file, "pt") as f:
+        metadata = f.metadata()
+    save_file({**load_file(file), **rows}, file, metadata=metadata)
+
+
 def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | None = None) -> None:
     """An HF folder anyone can load: weights (safetensors), config with auto_map and code, tokenizer, and
     the model card (README.md; `card` holds write_card's name, load_path and training). Collective: gathering
@@ -65,5 +89,6 @@ def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | No
             state_dict = {k: v for k, v in state_dict.items() if k not in tied}
         with own_class(unwrapped):
             unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        add_tied_head_token_rows(unwrapped, state_dict, path)
         save_tokenizer(tokenizer, path)
         write_card(path, **(card or {}))

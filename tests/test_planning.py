@@ -230,6 +230,20 @@ def test_written_configs_parse_with_train_clms_arguments(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_a_plan_written_from_another_folder_trains_from_the_repository(tmp_path, capsys, monkeypatch):
+    """The YAML named its models/ file, and the printed command its --config, relative to where the planner ran,
+    while train_clm runs from the repository's root (its corpus paths and accelerate_configs/ are relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", "d3", "--gpu", "cpu", "--flops", "2e15", "--seq_len", "128", "--output", "plans/d3.yaml"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"--config {tmp_path / 'plans' / 'd3.yaml'} " in printed, printed
+    monkeypatch.chdir(REPO)
+    config = parse_config(tmp_path / "plans" / "d3.yaml")
+    assert config.model.model_config == str(tmp_path / "plans" / "models" / "d3.json")
+    assert f"--config {tmp_path / 'plans' / 'd3.yaml'} " in (tmp_path / "plans" / "d3.yaml").read_text()
+
+
 @pytest.mark.parametrize("name", list(shapes.NAMED_SHAPES))
 def test_the_shipped_configs_are_the_planners_output(name, tmp_path):
     """configs/760m.yaml and configs/1b.yaml: the command in their first line writes them again (no drift)."""
@@ -258,6 +272,10 @@ def test_the_shipped_configs_are_the_planners_output(name, tmp_path):
         (["--gpu", "B300", "--hours", "3"], "not a GPU the planner knows (H100, "),
         (["--model", "1b", "--gpu", "T4", "--hours", "10"], "does not fit on 1 x T4 (16 GiB"),
         (["--model", "124m", "--tokens", "1B", "--hours", "3"], "three times over"),
+        (["--gpu", "H100", "--memory_gib", "1", "--hours", "1"], "--memory_gib 1: nothing is left once the CUDA"),
+        # the only option left is not "or ..."; a CPU process's need and share differ where GiB would round alike
+        (["--model", "124m", "--hours", "1", "--vocab_size", "10000000"], "options: a smaller --model or --seq_len"),
+        (["--gpu", "cpu", "--gpus", "64", "--flops", "1e16", "--memory_gib", "23.5"], "needs 309 MiB per process"),
         (["--hours", "8", "--flops", "1e19"], "give the budget once"),
         (["--model", "nope", "--hours", "1"], "--model 'nope': not a preset"),
         (["--hours", "-1"], "--hours -1.0: must be a finite number above 0"),
@@ -436,3 +454,11 @@ def test_more_bad_input_is_one_line(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_a_token_count_rounded_to_whole_steps_says_so(capsys, tmp_path):
+    assert main(["--model", "tiny", "--tokens", "100", "--gpu", "H100"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --tokens 100 rounded to 1 whole step of 1,024: 1,024 tokens" in out, out
+    assert main(["--model", "d3", "--hours", "1", "--output", str(tmp_path)]) == 2  # a folder: said before "exists"
+    assert "is a folder: give a file name" in capsys.readouterr().err

@@ -96,6 +96,11 @@ def request_from_args(args: argparse.Namespace) -> Request:
     if args.hours and args.flops:
         raise UsageError("give the budget once: --hours or --flops")
     gpu = hardware.resolve(args.gpu, args.peak_tflops, args.memory_gib)
+    if not gpu.is_cpu and memory.usable_bytes(gpu.memory_gib) <= 0:
+        raise UsageError(
+            f"--memory_gib {gpu.memory_gib:g}: nothing is left once the CUDA context ({memory.CUDA_RESERVED_GIB:g} "
+            "GiB) is taken: give the GPU's whole memory in GiB (e.g. 24)"
+        )
     return Request(
         gpu=gpu,
         gpus=args.gpus,
@@ -172,7 +177,7 @@ def report(plan: Plan) -> list[str]:
         f"{memory.size(plan.usable_bytes)} usable{shared_host(r)} ({plan.memory.describe()}){gc}: fits",
         f"               {alternatives_line(plan)}",
         f"  checkpoints  every {plan.save_steps:,} steps"
-        + (f" (about {plan.save_steps / plan.steps * plan.hours * 60:.0f} min)" if plan.hours else "")
+        + (f" ({minutes(plan.save_steps / plan.steps * plan.hours)})" if plan.hours else "")
         + "; validation as often",
     ]
     lines += [f"  note: {note}" for note in plan.notes]
@@ -224,6 +229,20 @@ def alternatives_line(plan: Plan | Estimate) -> str:
         f"{memory.size(est(r.optimizer, False).activations)}, "
         f"{memory.size(est(r.optimizer, True).activations)} with gradient checkpointing"
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def from_the_repo(path: str | Path) -> str:
+    """A path as train_clm finds it when run from the repository's root, as the printed command is: relative to the
+    root inside it, absolute outside (the planner may have run elsewhere)."""
+    full = Path(path).resolve()
+    return str(full.relative_to(REPO)) if full.is_relative_to(REPO) else str(full)
+
+
+def minutes(hours: float) -> str:
+    return f"about {hours * 60:.0f} min" if hours * 60 >= 1 else "under a minute"
 
 
 def launch_command(plan: Plan, config_path: str) -> str:
@@ -317,14 +336,14 @@ def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list
     """The YAML and, for a shape train_clm does not know by name, its config.json under models/ beside it."""
     output = Path(args.output)
     check_writable_folder(output.parent, "--output")  # and models/ beside it
-    if output.exists() and not args.overwrite:
-        raise UsageError(f"--output {output} exists: pass --overwrite to replace it")
     if output.is_dir():
         raise UsageError(f"--output {output} is a folder: give a file name such as {output / 'plan.yaml'}")
+    if output.exists() and not args.overwrite:
+        raise UsageError(f"--output {output} exists: pass --overwrite to replace it")
     shape, seq = plan.shape, plan.request.seq_len
     files = {}  # path -> text, written together below
     if seq <= (shape.max_positions or seq) and (shape.source or shape.preset):
-        model_config = shape.source or shape.name
+        model_config = from_the_repo(shape.source) if shape.source else shape.name
     else:
         # a shape train_clm does not know by name, or one whose context is shorter than --seq_len (train_clm
         # refuses a --block_size above max_position_embeddings): its config.json, with the context the plan needs
@@ -332,11 +351,11 @@ def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list
         text = json_text(longer_copy(shape.source, seq) if shape.source else shape.config(seq))
         if model_path.exists() and model_path.read_text(encoding="utf-8") != text and not args.overwrite:
             raise UsageError(f"{model_path} exists with another shape: pass --overwrite to replace it")
-        model_config, files[model_path] = str(model_path), text
+        model_config, files[model_path] = from_the_repo(model_path), text
     values = training_config(plan, model_config, args)
     header = [f"# Planned by: {PROG} {shlex.join(argv)}", "#"]
     header += ["# " + line for line in report(plan)]
-    header += ["#", "# Train (one process per GPU):", "#   " + launch_command(plan, str(output))]
+    header += ["#", "# Train (one process per GPU):", "#   " + launch_command(plan, from_the_repo(output))]
     body = yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=200)
     files[output] = "\n".join(header) + "\n" + body
     write_together(files)
@@ -400,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in written:
         print(f"wrote {path}")
     if written:
-        print("train with:\n  " + launch_command(plan, written[-1]))
+        print("train with:\n  " + launch_command(plan, from_the_repo(written[-1])))
     return 0
 
 

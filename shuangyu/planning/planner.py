@@ -205,10 +205,12 @@ def split_batch(request: Request, shape: Shape, batch_tokens: float) -> tuple[in
 def does_not_fit(request: Request, shape: Shape) -> str:
     gpu, est = request.gpu, least_memory(request, shape)
     usable = usable_per_process(request)
-    need = est.total / memory.GIB
-    where = f"{gpu.memory_gib:g} GiB, {memory.size(usable)} usable"
+    need, usable_text = memory.size(est.total), memory.size(usable)
+    if need == usable_text:  # "needs 0.3 GiB ... 0.3 GiB usable" read as if it fitted: the difference in MiB
+        need, usable_text = (f"{n / 2**20:,.0f} MiB" for n in (est.total, usable))
+    where = f"{gpu.memory_gib:.3g} GiB, {usable_text} usable"
     if gpu.is_cpu and request.gpus > 1:
-        where = f"{gpu.memory_gib:g} GiB shared by {request.gpus} processes, {memory.size(usable)} usable by each"
+        where = f"{gpu.memory_gib:.3g} GiB shared by {request.gpus} processes, {usable_text} usable by each"
     advice = []
     if not gpu.is_cpu:
         # FSDP2 shards weights, gradients and optimizer state over the processes (no DDP buckets); the planner
@@ -231,11 +233,12 @@ def does_not_fit(request: Request, shape: Shape) -> str:
             advice.append("a GPU with more memory (" + ", ".join(g.name for g in smallest) + ")")
     elif request.gpus > 1:
         advice.append("fewer processes (--gpus): on a CPU they share the host's memory")
-    advice.append("or a smaller --model or --seq_len")
+    advice.append("a smaller --model or --seq_len")
+    options = ", ".join(advice[:-1]) + f", or {advice[-1]}" if len(advice) > 1 else advice[0]
     return (
-        f"{shape.name} ({shape.parameters / 1e6:,.0f}M parameters) needs {need:.1f} GiB per {'process' if gpu.is_cpu else 'GPU'} even at micro-batch 1 "
+        f"{shape.name} ({shape.parameters / 1e6:,.0f}M parameters) needs {need} per {'process' if gpu.is_cpu else 'GPU'} even at micro-batch 1 "
         f"with gradient checkpointing ({est.describe()}): does not fit on {request.gpus} x {gpu.name} ({where}) "
-        "without sharding; options: " + ", ".join(advice)
+        f"without sharding; options: {options}"
     )
 
 
@@ -288,6 +291,10 @@ def make_plan(request: Request) -> Plan:
     batch_law = laws.optimal_batch_tokens(compute)
     train_flops = tokens * shape.train_flops_per_token(seq) * (GRADIENT_CHECKPOINTING_COST if checkpointing else 1)
 
+    if request.tokens and abs(tokens - request.tokens) > 0.01 * request.tokens:  # whole steps of whole batches
+        notes.append(
+            f"--tokens {request.tokens:,} rounded to {steps:,} whole step{'s' if steps != 1 else ''} of {batch:,}: {tokens:,} tokens"
+        )
     if batch > 1.5 * batch_law:
         notes.append(f"one micro-step ({batch:,} tokens) is above the law's batch ({batch_law:,.0f})")
     if not laws.in_fitted_range(compute):

@@ -190,6 +190,42 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)
 
 
+def test_dpo_launched_with_fsdp2_on_cpu_processes_trains_once_and_saves_our_model(tiny_chat_model_dir, sft_data_dir, tmp_path):  # fmt: skip
+    """accelerate_configs/fsdp2.yaml on 2 CPU processes: accelerate shards on GPUs only, so the processes must join
+    as data parallel (as train_clm.py's do). Each trained alone as the first process; both wrote final/ and one
+    died in a traceback. The folder loads as our model, from our code, and resumes."""
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 8, tmp_path / "p.jsonl")
+    out = tmp_path / "dpo"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    launch += [str(REPO / "accelerate_configs/fsdp2.yaml"), "--num_processes", "2", "-m", "shuangyu.training.dpo"]
+    args = ["--model_name_or_path", str(tiny_chat_model_dir), "--train_files", str(pairs), "--output_dir", str(out)]
+    args += ["--per_device_train_batch_size", "2", "--max_length", "64", "--logging_steps", "1", "--save_steps", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def run(steps: int, *more: str) -> subprocess.CompletedProcess:
+        cmd = [*launch, *args, "--max_steps", str(steps), *more]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+    proc = run(1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: DPO") == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr[-3000:]
+    assert "note: FSDP needs GPUs; these CPU processes run plain data parallel (DDP) instead" in proc.stderr
+    state = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())
+    logged = [e for e in state["log_history"] if "loss" in e]
+    assert len(logged) == 1 and 0 < logged[0]["loss"] < 5, logged
+    assert sorted(p.name for p in (out / "checkpoint-1").glob("rng_state_*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    proc = run(2, "--resume_from_checkpoint", "latest")
+    assert proc.returncode == 0 and proc.stdout.count("done: DPO") == 1, proc.stderr[-3000:]
+    final = out / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_shuangyu.ShuangyuForCausalLM"
+    assert sorted(p.name for p in final.glob("*.py")) == ["configuration_shuangyu.py", "modeling_shuangyu.py"]
+    assert json.loads((final / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)).__name__ == "ShuangyuForCausalLM"
+
+
 @pytest.mark.slow
 def test_a_dpo_adapter_merges_into_a_dpo_model(tiny_chat_model_dir, sft_data_dir, tmp_path):
     """--lora_r: the adapter's card and the merged model's say DPO on the pairs they list, not SFT."""

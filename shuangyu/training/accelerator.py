@@ -79,6 +79,10 @@ def end_processes(accelerator: Accelerator | None) -> None:
         torch.distributed.destroy_process_group()
 
 
+# accelerate shards with FSDP on GPUs only: its fsdp2.yaml on CPU processes is plain data parallel
+FSDP_NEEDS_GPUS = "note: FSDP needs GPUs; these CPU processes run plain data parallel (DDP) instead"
+
+
 def cpu_processes() -> bool:
     """Several processes on a machine without GPUs. Accelerate's multi-process launcher does not tell the
     processes to use the CPU, and without `cpu=True` each would train alone as if it were the only one."""
@@ -108,7 +112,7 @@ def check_distributed(accelerator: Accelerator, train_args: TrainArguments, opti
             "train alone; on a machine without GPUs use accelerate_configs/cpu.yaml"
         )
     if os.environ.get("ACCELERATE_USE_FSDP") == "true" and accelerator.distributed_type != DistributedType.FSDP:
-        accelerator.print("note: FSDP needs GPUs; these CPU processes run plain data parallel (DDP) instead")
+        accelerator.print(FSDP_NEEDS_GPUS)
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return
     if optim_args.optimizer == "muon":

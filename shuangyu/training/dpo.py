@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import shutil
 import sys
@@ -45,6 +46,7 @@ from shuangyu.training.arguments import LoraArguments
 from shuangyu.training.checks import check_output_dir, check_trackers, is_first_process
 from shuangyu.training.config_file import load_yaml_config
 from shuangyu.training.finetune import lora_config
+from shuangyu.training.model_folder import save_model_folder
 
 PROG = "python -m shuangyu.training.dpo"
 
@@ -109,6 +111,8 @@ def parse_args(argv: list[str] | None):
     from transformers import HfArgumentParser
     from trl import DPOConfig
 
+    from shuangyu.training.accelerator import cpu_processes
+
     classes = (DPOArguments, LoraArguments, DPOConfig)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -130,6 +134,9 @@ def parse_args(argv: list[str] | None):
         disable_tqdm=not sys.stderr.isatty(),
         report_to="none",
         max_length=None,  # the model's context, once it is loaded (train_dpo): TRL's 1024 is no model's
+        # several processes without GPUs (accelerate launch with any config but cpu.yaml): as train_clm.py, they
+        # join over gloo; else each trained alone as the first process and they raced to write final/
+        use_cpu=cpu_processes(),
     )
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, classes, PROG))
@@ -278,6 +285,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
+    from shuangyu.training.accelerator import FSDP_NEEDS_GPUS
+
     folder = Path(args.model_name_or_path)
     if "adapter" in check_model_folder(folder):
         raise UsageError(
@@ -322,6 +331,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     check_fits(fits, config.max_length, context, trainer.is_world_process_zero())
     out = Path(config.output_dir)
     main = trainer.is_world_process_zero()
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and not trainer.is_fsdp_enabled and main:
+        print(f"{PROG}: {FSDP_NEEDS_GPUS}", file=sys.stderr, flush=True)
     if args.overwrite_output_dir and resume_dir is None and main:
         start_fresh(out)
     # TRL reads the old checkpointing name at every step; the Trainer sorts its checkpoints at every save
@@ -331,7 +342,12 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     tmp = out / ".final.tmp"  # one name every process knows: saving a sharded model is collective
     # written whole: an interruption or an error leaves the earlier final/ (or none), never half of one
     with atomic_folder(final, tmp) if main else nullcontext(tmp):
-        trainer.save_model(str(tmp))
+        if trainer.is_fsdp_enabled:
+            # the Trainer writes no weights for FSDP's sharded state dict (fsdp2.yaml), and under FSDP2 its
+            # save_pretrained named torch's FSDP class; train_clm.py's save gathers them and saves as our class
+            save_model_folder(trainer.accelerator, trainer.model, tokenizer, tmp)
+        else:
+            trainer.save_model(str(tmp))
         if main:
             finish_folder(tmp, final, trainer.model, tokenizer, args, lora, config, fits)
     return final, fits["train"]
@@ -418,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         left = interrupted_state(out, created) if out and first else "nothing was written"
         return print_interrupted(PROG, left, show=first)
-    print(f"done: DPO on {fit['used']:,} of {fit['pairs']:,} preference pairs; model in {final}")
+    if first:  # once for the launch, as train_clm.py says it
+        print(f"done: DPO on {fit['used']:,} of {fit['pairs']:,} preference pairs; model in {final}")
     return 0
 
 

@@ -137,6 +137,9 @@ def parse_args(argv: list[str] | None):
         # several processes without GPUs (accelerate launch with any config but cpu.yaml): as train_clm.py, they
         # join over gloo; else each trained alone as the first process and they raced to write final/
         use_cpu=cpu_processes(),
+        # every weight takes part in each forward pass (LoRA's too); the Trainer's default, True without gradient
+        # checkpointing, costs a second pass over the graph per step and a torch warning on every process
+        ddp_find_unused_parameters=False,
     )
     if known.config:
         parser.set_defaults(**load_yaml_config(known.config, classes, PROG))

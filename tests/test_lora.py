@@ -139,6 +139,42 @@ def test_merged_folder_has_the_adapter_models_logits(tied, tiny_base_model_dir, 
     assert merge_main([str(tmp_path), str(tmp_path / "x")]) == 2  # not an adapter folder
 
 
+def test_an_sft_adapter_folder_stops_at_im_end_in_transformers(base, tiny_base_model_dir, tmp_path):
+    """The QA repro: a LoRA SFT run's final/ had no generation_config.json (a full SFT folder has one), so nothing
+    outside `python -m shuangyu.chat` could stop its replies at <|im_end|>: transformers and PEFT load the base
+    model's, which stops at <|endoftext|> only. The folder holds the adapter's, and the card's line loads it."""
+    from accelerate import Accelerator
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    as_chat_model(base, tok)  # as train_clm.py --sft --lora_r does: the chat generation config, then the adapter
+    model = apply_lora(base, LoraArguments(lora_r=4), say=lambda _: None, token_ids=(2, 3))
+    adapter = tmp_path / "adapter"
+    save_model_folder(Accelerator(cpu=True), model, tok, adapter)  # as a run writes its final/ and checkpoints
+    generation = GenerationConfig.from_pretrained(adapter)
+    assert generation.eos_token_id == [0, 3] and generation.do_sample is True  # 3: <|im_end|>
+    card = (adapter / "README.md").read_text()
+    assert f'model.generation_config = GenerationConfig.from_pretrained("{adapter}")' in card
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt"
+    )
+    prompt = getattr(prompt, "input_ids", prompt)
+    # a model whose next token is <|im_end|> (an untrained one would rarely say it): the reply is that token alone
+    ends = {"sequence_bias": {(3,): 30.0}, "max_new_tokens": 8}
+    for loaded in (
+        AutoModelForCausalLM.from_pretrained(adapter, trust_remote_code=True),
+        AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True),
+    ):
+        loaded.generation_config = GenerationConfig.from_pretrained(adapter)  # the card's line
+        out = loaded.eval().generate(prompt, **ends)
+        assert out[0, prompt.shape[1] :].tolist() == [3], out
+    chat = pipeline("text-generation", model=str(adapter), trust_remote_code=True)
+    generation = GenerationConfig.from_pretrained(adapter, **ends)
+    ids = chat([{"role": "user", "content": "hi"}], generation_config=generation, return_tensors=True)[0]
+    assert ids["generated_token_ids"][-2:] == [prompt[0, -1].item(), 3], ids  # the prompt, then one <|im_end|>, not 8
+
+
 RECORDS = {  # what each kind of run records for its card (the sources' shape tells the table apart)
     "sft": [{"name": "zh", "files": ["zh.jsonl"], "conversations": 60, "truncated": 0, "skipped": 0,
              "trained_tokens": 900}],

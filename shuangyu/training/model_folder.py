@@ -90,5 +90,11 @@ def save_model_folder(accelerator, model, tokenizer, path: Path, card: dict | No
         with own_class(unwrapped):
             unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
         add_tied_head_token_rows(unwrapped, state_dict, path)
+        if (path / "adapter_config.json").is_file():
+            # PEFT saves no generation config beside an adapter, and transformers and PEFT load one from the base
+            # model's folder: a pretrained base stops at <|endoftext|> only, greedily. The adapter's own (an SFT
+            # run's: stop at <|im_end|>, sample) travels in its folder, as a full model's does, for
+            # GenerationConfig.from_pretrained(ADAPTER), as its card says
+            unwrapped.generation_config.save_pretrained(path)
         save_tokenizer(tokenizer, path)
         write_card(path, **(card or {}))

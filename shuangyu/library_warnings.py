@@ -59,6 +59,10 @@ def checkpoints_saved_within_a_second():
 def lm_eval_truncating_requests():
     """Around lm-eval's simple_evaluate: its Hugging Face model warns once per request longer than the model's
     context ("Combined length of context ... Truncating N tokens from the left"), so a task with long prompts filled
-    the log. Yields the filter: its `count` is said once by the caller."""
-    with _dropping("lm_eval.models.huggingface", "Combined length of context") as drop:
+    the log; and the tokenizer, encoding such a request whole before lm-eval cuts it, warned of "indexing errors"
+    that cannot happen. Yields lm-eval's filter: its `count` is said once by the caller."""
+    with (
+        _dropping("lm_eval.models.huggingface", "Combined length of context") as drop,
+        _dropping("transformers.tokenization_utils_base", "Token indices sequence length is longer"),
+    ):
         yield drop

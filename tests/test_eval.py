@@ -77,6 +77,7 @@ def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
         "arc_challenge_local": ("arc_challenge_local.yaml", "arc/arc_challenge.yaml"),
         "winogrande_local": ("winogrande_local.yaml", "winogrande/default.yaml"),
         "xcopa_zh_local": ("xcopa_zh_local.yaml", "xcopa/default_zh.yaml"),
+        "boolq_local": ("boolq_local.yaml", "super_glue/boolq/default.yaml"),
         "cmmlu_local_agronomy": ("cmmlu/cmmlu_local_agronomy.yaml", "cmmlu/cmmlu_agronomy.yaml"),
         "ceval_valid_local_accountant": (
             "ceval/ceval_valid_local_accountant.yaml",
@@ -88,9 +89,9 @@ def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
         # lm-eval's own loader (datasets' json builder): no callable custom_dataset, so no --metadata warning
         assert local["task"] == name and local["dataset_path"] == "json" and "custom_dataset" not in local
         for key in ("doc_to_text", "doc_to_target", "doc_to_choice", "metric_list", "output_type", "description"):
-            if (name, key) != ("xcopa_zh_local", "metric_list"):
+            if key != "metric_list" or name not in ("xcopa_zh_local", "boolq_local"):
                 assert repr(local.get(key)) == repr(stock.get(key)), (name, key)
-        # XCOPA's stock metric gets the aggregation lm-eval would fill in (and print two lines about)
+        # XCOPA's and BoolQ's stock metric gets the aggregation lm-eval would fill in (and print two lines about)
         stock_metrics = [m["metric"] for m in stock["metric_list"]]
         assert [m["metric"] for m in local["metric_list"]] == stock_metrics, name
         assert all("aggregation" in m and "higher_is_better" in m for m in local["metric_list"]), name
@@ -221,9 +222,13 @@ def test_requests_longer_than_the_context_are_one_note_not_a_warning_each(tiny_c
     shutil.copytree(tiny_checkpoint, short)
     config = json.loads((short / "config.json").read_text())
     (short / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 40}))
+    tokenizer_config = json.loads((short / "tokenizer_config.json").read_text())  # as our folders save it
+    (short / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"model_max_length": 40}))
     proc = run_eval(short, "--tasks", "arc_easy_local", "--limit", 3, "--langs", "", "--output", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Combined length of context" not in proc.stderr, proc.stderr[-3000:]
+    # nor the tokenizer's warning of "indexing errors" when lm-eval encodes a request it then cuts
+    assert "Token indices sequence length" not in proc.stderr, proc.stderr[-3000:]
     notes = [line for line in proc.stderr.splitlines() if "longer than the model's context" in line]
     assert len(notes) == 1 and notes[0].startswith("eval/run.py: note: "), proc.stderr[-3000:]
     assert "(40 tokens) and were cut from the left" in notes[0], notes[0]

@@ -1348,6 +1348,10 @@ def test_every_command_answers_a_bad_flag_in_one_line(capsys):
 
     with pytest.raises(UsageError, match=r"^--tokenizer_name \./no/such: no such folder \(train one with"):
         load_tokenizer("./no/such")  # not a Hub id: not sent to the Hub as one
+    # OWNER/NAME is sent to the Hub (offline here): the line still says no folder has that name (the planner's
+    # printed command names outputs/tokenizer, which a fresh clone has not trained yet)
+    with pytest.raises(UsageError, match=r"^--tokenizer_name outputs/no-tokenizer: no such folder here, and not "):
+        load_tokenizer("outputs/no-tokenizer")
     for main, argv, needle in cases:
         assert main(argv) == 2, argv
         lines = capsys.readouterr().err.strip().splitlines()

@@ -412,10 +412,12 @@ def test_push_bad_input_one_line(case, hub, checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "license, extra, needle",
     [
-        ("Apache 2.0", [], "--license Apache 2.0: not a Hub license id (lowercase, no spaces: apache-2.0, mit"),
-        ("MIT", [], "--license MIT: not a Hub license id"),
+        ("Apache 2.0", [], "--license 'Apache 2.0': not a Hub license id (lowercase, no spaces: apache-2.0, mit"),
+        ("MIT", [], "--license 'MIT': not a Hub license id"),
         ("other", [], "--license other: say which license with --license_name NAME and --license_link URL"),
         ("mit", ["--license_name", "mine"], "--license_name and --license_link name a license the Hub does not list"),
+        ("other", ["--license_name", "My License", "--license_link", "https://x.org/l"], "--license_name 'My License'"),
+        ("other", ["--license_name", "mine", "--license_link", "LICENSE"], "--license_link 'LICENSE': neither a URL"),
     ],
 )
 def test_push_refuses_a_license_the_hub_would_refuse_before_anything_is_sent(license, extra, needle, tmp_path, capsys):
@@ -428,9 +430,11 @@ def test_push_refuses_a_license_the_hub_would_refuse_before_anything_is_sent(lic
     assert push.main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"push.py: error: {needle}"), lines
+    (folder / "LICENSE").write_text("The license's text.\n")
     for fine in (
         ["--license", "cc-by-nc-sa-4.0"],
-        ["--license", "other", "--license_name", "x", "--license_link", "u"],
+        ["--license", "other", "--license_name", "x", "--license_link", "https://example.org/license"],
+        ["--license", "other", "--license_name", "x", "--license_link", "LICENSE"],  # a file pushed with the model
     ):
         assert push.parse_args([str(folder), "--hub_model_id", "alice/tiny", *fine])
 

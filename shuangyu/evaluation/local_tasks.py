@@ -89,9 +89,9 @@ def _task_yaml(name: str, stock: str, local_files: dict[str, str], include_templ
     }
     if name == "hellaswag_local":
         cfg["metadata"] = {"version": 1.0, "comparable_with_published": False, "note": HELLASWAG_NOTE}
-    if name == "xcopa_zh_local":
-        # the stock XCOPA YAML names its metric only, and lm-eval prints two lines per run filling in these
-        # defaults (mean, higher is better): the same scores, said here instead
+    if name in ("xcopa_zh_local", "boolq_local"):
+        # the stock XCOPA and BoolQ YAMLs name their metric only, and lm-eval prints two lines per run filling in
+        # these defaults (mean, higher is better): the same scores, said here instead
         cfg["metric_list"] = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
     return cfg
 

@@ -355,7 +355,8 @@ def write_outputs(plan: Plan, args: argparse.Namespace, argv: list[str]) -> list
     values = training_config(plan, model_config, args)
     header = [f"# Planned by: {PROG} {shlex.join(argv)}", "#"]
     header += ["# " + line for line in report(plan)]
-    header += ["#", "# Train (one process per GPU):", "#   " + launch_command(plan, from_the_repo(output))]
+    each = "CPU processes sharing the host" if plan.request.gpu.is_cpu else "one process per GPU"
+    header += ["#", f"# Train ({each}):", "#   " + launch_command(plan, from_the_repo(output))]
     body = yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=200)
     files[output] = "\n".join(header) + "\n" + body
     write_together(files)

@@ -197,22 +197,33 @@ def parse_args(argv):
     p.add_argument("--license_name", default=None, help="with --license other: the license's short name")
     p.add_argument("--license_link", default=None, help="with --license other: a link to its text (URL or file)")
     args = p.parse_args(argv)
-    check_license(args.license, args.license_name, args.license_link)
+    check_license(args.license, args.license_name, args.license_link, Path(args.checkpoint))
     return args
 
 
-def check_license(license: str | None, name: str | None, link: str | None) -> None:
-    """Refused before anything is sent: the Hub would refuse the card at the push."""
+def check_license(license: str | None, name: str | None, link: str | None, folder: Path) -> None:
+    """Refused before anything is sent: the Hub would refuse the card at the push. For `other`, the Hub asks for
+    an id as its name and for its text as a URL or a file pushed with the model."""
     if license is not None and not LICENSE_ID.fullmatch(license):
         raise UsageError(
-            f"--license {license}: not a Hub license id (lowercase, no spaces: apache-2.0, mit, cc-by-4.0; the list is "
-            "at https://huggingface.co/docs/hub/repositories-licenses); for another license pass --license other "
+            f"--license {license!r}: not a Hub license id (lowercase, no spaces: apache-2.0, mit, cc-by-4.0; the list "
+            "is at https://huggingface.co/docs/hub/repositories-licenses); for another license pass --license other "
             "--license_name NAME --license_link URL"
         )
-    if license == "other" and not (name and link):
-        raise UsageError("--license other: say which license with --license_name NAME and --license_link URL")
     if (name or link) and license != "other":
-        raise UsageError("--license_name and --license_link name a license the Hub does not list: add --license other")
+        raise UsageError(
+            "--license_name and --license_link name a license the Hub does not list: add --license other, or drop them"
+        )
+    if license != "other":
+        return
+    if not (name and link):
+        raise UsageError("--license other: say which license with --license_name NAME and --license_link URL")
+    if not LICENSE_ID.fullmatch(name):
+        raise UsageError(f"--license_name {name!r}: an id, lowercase without spaces (e.g. my-license-1.0)")
+    if not link.startswith(("https://", "http://")) and not (folder / link).is_file():
+        raise UsageError(
+            f"--license_link {link!r}: neither a URL nor a file in {folder} (e.g. LICENSE, pushed with the model)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

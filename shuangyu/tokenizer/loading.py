@@ -52,6 +52,11 @@ def load_tokenizer(name: str):
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=carries_own_code(name))
     except Exception as err:  # OSError, ValueError, ... depending on what is wrong with the folder or name
         first_line = (str(err).strip().splitlines() or [""])[0]
+        if not Path(name).exists():  # OWNER/NAME: a Hub id or a folder not made yet (outputs/tokenizer)
+            raise UsageError(
+                f"--tokenizer_name {name}: no such folder here, and not loaded from the Hub ({type(err).__name__}: "
+                f"{first_line}); train one with tokenizer/train_bpe.py --output_dir {name}, or name a Hub tokenizer"
+            ) from None
         raise UsageError(f"--tokenizer_name {name!r}: could not load it ({type(err).__name__}: {first_line})") from None
     if getattr(tok, "backend_tokenizer", None) is None:
         raise UsageError(f"--tokenizer_name {name!r}: not a fast tokenizer; use the folder train_bpe.py writes")

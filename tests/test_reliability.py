@@ -570,6 +570,45 @@ def test_a_run_resumes_over_sources_copied_anew_and_says_when_they_really_change
     assert sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run" / "checkpoints").rglob("*")) == before
 
 
+def test_a_resume_with_other_sources_is_refused_before_the_data_is_prepared(own_corpus_run, tmp_path, capsys):
+    """A resume named other --train_files (or weights): the run's own data/ was prepared again, over the right
+    blocks, and only then refused ("the training data changed"); another run's checkpoint resumed into a new
+    --output_dir left that folder with data/ in it. What the command names is compared before anything is read."""
+    from shuangyu.training import cli
+
+    args, corpus = own_corpus_run
+    run = tmp_path / "run"
+    assert cli.main([*args, "--max_steps", "2"]) == 0
+    data = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "data").iterdir()}
+    capsys.readouterr()
+    at = args.index("--train_files") + 1  # its two sources follow
+
+    def sources(*given):
+        return [*args[:at], *given, *args[at + 2 :]]
+
+    zh_only = [*sources(f"zh={corpus['zh_train']}"), "--max_steps", "4"]
+    assert cli.main([*zh_only, "--resume_from_checkpoint", "latest"]) == 2
+    said = capsys.readouterr()
+    lines = said.err.strip().splitlines()
+    assert len(lines) == 1 and not said.out.strip(), said  # nothing prepared, nothing said before the line
+    assert "this run trained on other data (the sources (zh, en -> zh) changed since it started)" in lines[0]
+    assert lines[0].endswith("or start over in a new --output_dir"), lines[0]
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "data").iterdir()} == data
+
+    weighted = sources(f"zh={corpus['zh_train']}:0.7", f"en={corpus['en_train']}:0.3")
+    branch = tmp_path / "branch"
+    checkpoint = str(run / "checkpoints" / "step-00000002")
+    resume = ["--max_steps", "4", "--output_dir", str(branch), "--resume_from_checkpoint", checkpoint]
+    assert cli.main([*weighted, *resume]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the weights (zh -, en - -> zh 0.7, en 0.3) changed" in lines[0], lines[0]
+    assert lines[0].endswith("or start over without --resume_from_checkpoint"), lines[0]
+    assert not branch.exists()  # the folder this command made is gone: no data/, no lock
+
+    assert cli.main([*args, "--max_steps", "4", "--resume_from_checkpoint", "latest"]) == 0  # the right sources
+    assert "at step 2" in capsys.readouterr().out
+
+
 def test_overwrite_output_dir_checks_everything_before_it_deletes_the_run(
     own_corpus_run, data_other_tokenizer_dir, tiny_tokenizer_dir, tmp_path, capsys
 ):

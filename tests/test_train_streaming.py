@@ -122,6 +122,37 @@ def test_a_missing_text_column_stops_both_processes_in_one_line(common, tmp_path
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_stream_resumed_with_other_sources_is_refused_before_it_is_opened(common, tmp_path, capsys):
+    """A streamed run resumed with other weights or --train_files printed the source table, tokenised the validation
+    documents and noted the warmup before its refusal, which named no source ("--train_files/--dataset_name (the
+    sources, their weights or their files) changed"). Now: one line naming the change, before anything is read;
+    another run's checkpoint named in a new --output_dir leaves no folder."""
+    from shuangyu.training import cli
+
+    def given(flags, flag, *values):  # `flags` with `flag`'s values replaced
+        at = flags.index(flag) + 1
+        end = next((i for i in range(at, len(flags)) if flags[i].startswith("--")), len(flags))
+        return [*flags[:at], *values, *flags[end:]]
+
+    run = tmp_path / "run"
+    first = given(given(common, "--save_steps", "2"), "--eval_steps", "100")
+    assert cli.main([*first, "--max_steps", "2", "--output_dir", str(run)]) == 0
+    at = common.index("--train_files")
+    zh, en = (value.rsplit(":", 1)[0] for value in common[at + 1 : at + 3])  # without their weights
+    capsys.readouterr()
+    for sources, change, out, checkpoint in [
+        ([f"{zh}:0.7", f"{en}:0.3"], "the weights (zh 0.5, en 0.5 -> zh 0.7, en 0.3)", run, "latest"),
+        ([zh], "the sources (zh, en -> zh)", tmp_path / "branch", run / "checkpoints" / "step-00000002"),
+    ]:
+        resume = ["--resume_from_checkpoint", str(checkpoint), "--max_steps", "4", "--output_dir", str(out)]
+        assert cli.main([*given(first, "--train_files", *sources), *resume]) == 2
+        said = capsys.readouterr()
+        lines = said.err.strip().splitlines()
+        assert len(lines) == 1 and not said.out.strip(), said  # no source table, validation or warmup note
+        assert f"this run trained on other data ({change} changed since it started)" in lines[0], lines[0]
+    assert not (tmp_path / "branch").exists()
+
+
 def test_a_checkpoint_resumes_only_in_the_mode_it_was_saved_in(tmp_path):
     from shuangyu.errors import UsageError
     from shuangyu.training import checkpoint as ckpt

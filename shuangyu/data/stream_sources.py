@@ -50,14 +50,14 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "t
 ENCODE_CHUNK = 256  # documents tokenised at a time (the tokenizer's threads share a batch)
 
 
-def files_digest(files, earlier: bool = False) -> str:
+def files_digest(files, earlier: bool = False, sizes: bool = True) -> str:
     """sha256 of the files' paths below the folder they share, and their sizes (checkpoints carry it for every
     process; a corpus may have thousands of shards). Relative paths, because a corpus that moves is the same
     stream: jobs on a cluster often copy it to node-local disk, at another path each time. `earlier`: real paths,
-    as checkpoints made before 2026-12-03 carry them."""
+    as checkpoints made before 2026-12-03 carry them. `sizes` False: the paths alone."""
     real = [os.path.realpath(f) for f in files]
     root = os.path.commonpath([os.path.dirname(f) for f in real]) if real and not earlier else ""
-    listing = [[os.path.relpath(f, root) if root else f, os.path.getsize(f)] for f in real]
+    listing = [[os.path.relpath(f, root) if root else f, *([os.path.getsize(f)] if sizes else [])] for f in real]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 

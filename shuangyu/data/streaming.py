@@ -61,6 +61,64 @@ KEY_FLAGS = {
 }
 
 
+def stream_key(
+    sources: list[StreamSource], tokenizer, block_size: int, *, split: str, text_column: str, window: int,
+    validation: dict, seed: int, world_size: int, earlier: bool = False,
+) -> dict:  # fmt: skip
+    """What a stream's positions depend on (StreamedData.key), from the sources as resolved, without opening them:
+    so a resume can compare it before anything is read (resume_checks.check_data). `validation`:
+    {"first_docs": N}, or {"files": [(name, paths), ...]}."""
+    weights = [s.spec.weight or 1.0 for s in sources]
+    shares = [w / sum(weights) for w in weights]
+    if "files" in validation:
+        validation = {"files": [[name, files_digest(paths, earlier)] for name, paths in validation["files"]]}
+    return {
+        "sources": [s.fingerprint(split, share, earlier) for s, share in zip(sources, shares, strict=True)],
+        "split": split,
+        "text_column": text_column,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "block_size": block_size,
+        "window": window,
+        "validation": validation,
+        "seed": seed,
+        "world_size": world_size,
+    }
+
+
+def describe_key_change(before: dict, now: dict) -> str:
+    """What differs between two stream keys (or resume_checks' record of a prepared run's sources), as the flags
+    that change it: which sources, weights or source's files, then the other flags."""
+    names = [*KEY_FLAGS, *sorted((before.keys() | now.keys()) - KEY_FLAGS.keys())]
+    said = [
+        sources_change(before["sources"], now["sources"]) if name == "sources" else KEY_FLAGS.get(name, f"--{name}")
+        for name in names
+        if before.get(name) != now.get(name)
+    ]
+    return "; ".join(said)
+
+
+def sources_change(before: list[dict], now: list[dict]) -> str:
+    """Which sources, weights or files differ, in words like prepare's ("the sources (zh, en -> zh)")."""
+    names_before, names_now = [s["name"] for s in before], [s["name"] for s in now]
+    if names_before != names_now:
+        return f"the sources ({', '.join(names_before)} -> {', '.join(names_now)})"
+    shares = [[s.get("share", s.get("weight")) for s in entries] for entries in (before, now)]
+    if shares[0] != shares[1]:
+        mix = [
+            ", ".join(f"{n} {'-' if w is None else f'{w:g}'}" for n, w in zip(names_now, ws, strict=True))
+            for ws in shares
+        ]
+        return f"the weights ({mix[0]} -> {mix[1]})"
+    for old, new in zip(before, now, strict=True):
+        if old == new:
+            continue
+        if "dataset" in old or "dataset" in new:
+            return f"the dataset of source {new['name']} (--dataset_name, --dataset_split)"
+        count = f" ({old.get('files')} -> {new.get('files')})" if old.get("files") != new.get("files") else ""
+        return f"the files of source {new['name']}{count}"
+    return KEY_FLAGS["sources"]
+
+
 class StreamingBlocks:
     """One process's training blocks, endless: documents from its SourceReaders mixed in tokens by weight and
     packed end to end. `state_dict()` between two blocks resumes exactly."""
@@ -187,17 +245,19 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict) -> None:
         theirs = state["key"]
-        differ = [KEY_FLAGS.get(k, k) for k in self.key if theirs.get(k) != self.key[k]]
-        if differ and theirs != self.earlier_key:
+        if theirs != self.key and theirs != self.earlier_key:
             if theirs.get("world_size") != self.key["world_size"]:
                 raise UsageError(
                     f"the checkpoint's stream positions are for {theirs.get('world_size')} processes, not "
                     f"{self.key['world_size']}: each process streams its own shards, so resume with "
                     f"{theirs.get('world_size')} processes"
                 )
+            # a checkpoint keyed as before 2026-12-03 (raw weights) is told apart from the key of its own kind
+            earlier = self.earlier_key and any("weight" in e for e in theirs.get("sources", []))
+            mine = self.earlier_key if earlier else self.key
             raise DataChanged(
-                f"the checkpoint's stream position is for another stream ({'; '.join(differ)} changed): resume "
-                "with the flags the run started with"
+                f"the checkpoint's stream position is for another stream ({describe_key_change(theirs, mine)} "
+                "changed): resume with the flags the run started with"
             )
         self.blocks.load_state_dict(state["stream"])
         self._position = None
@@ -337,23 +397,11 @@ class StreamedData:
     def key(self, seed: int, world_size: int, *, earlier: bool = False) -> dict:
         """What the stream's positions depend on; a checkpoint made with another is refused on resume.
         `earlier`: the key as checkpoints made before 2026-12-03 carry it."""
-        weights, validation = self.weights(), self.validation_rule
-        shares = [w / sum(weights) for w in weights]
-        if "files" in validation:
-            validation = {"files": [[name, files_digest(paths, earlier)] for name, paths in self.validation_files]}
-        return {
-            "sources": [
-                s.fingerprint(self.split, share, earlier) for s, share in zip(self.sources, shares, strict=True)
-            ],
-            "split": self.split,
-            "text_column": self.text_column,
-            "tokenizer": tokenizer_fingerprint(self.tokenizer),
-            "block_size": self.block_size,
-            "window": self.window,
-            "validation": validation,
-            "seed": seed,
-            "world_size": world_size,
-        }
+        validation = {"files": self.validation_files} if "files" in self.validation_rule else self.validation_rule
+        return stream_key(
+            self.sources, self.tokenizer, self.block_size, split=self.split, text_column=self.text_column,
+            window=self.window, validation=validation, seed=seed, world_size=world_size, earlier=earlier,
+        )  # fmt: skip
 
     def train_loader(
         self,

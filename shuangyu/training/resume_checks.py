@@ -1,6 +1,6 @@
 """What a resume must keep, checked before anything is loaded: the data mode, the flags that shape the optimizer
-state or adapter, the model's shape, the block size and the rows per optimizer step (all recorded in each
-checkpoint's checkpoint.json). A refusal is one line that names the run's value and where to train instead."""
+state or adapter, the model's shape, the block size, the rows per optimizer step and the sources (all recorded in
+each checkpoint's checkpoint.json). A refusal is one line that names the run's value and where to train instead."""
 
 from __future__ import annotations
 
@@ -226,18 +226,97 @@ def check_batch(
     )
 
 
-def check_before_data(path: Path, config, model_config, processes: int, out: str | Path) -> None:
-    """What can be checked before the data is prepared: a refusal after it wasted that work (minutes on a corpus)."""
+DATA = "data"  # checkpoint.json's record of the sources and data flags the run was given (`data_given`)
+
+
+def data_given(config, tokenizer, processes: int) -> dict | None:
+    """The run's data as its command names it, read from the flags and the file names their globs match, not from
+    the text: a --streaming run's stream key (streaming.stream_key); for prepared blocks, each source's name, share
+    of the mix and files (paths below their shared folder: a corpus copied elsewhere, or anew, is the same) or
+    dataset, the tokenizer, --text_column and --seed. Text that changed under the same names is found when the data
+    is prepared again (its blocks differ). None without sources (a prepared --data_dir), or for sources that do
+    not resolve (their own checks say why, in their words)."""
+    from shuangyu.data.inputs import normalised_weights
+    from shuangyu.data.stream_sources import files_digest, stream_sources
+    from shuangyu.data.streaming import stream_key
+    from shuangyu.text.sources import (
+        check_weights,
+        parse_dataset_source,
+        parse_file_source,
+        resolve_files,
+        resolve_validation_sources,
+    )
+    from shuangyu.tokenizer.loading import tokenizer_fingerprint
+
+    d = config.data
+    if not (d.train_files or d.dataset_name):
+        return None
+    try:
+        if d.streaming:
+            specs, paths = resolve_validation_sources(d.validation_files)
+            validation = {"files": [(s.name, p) for s, p in zip(specs, paths, strict=True)]}
+            return stream_key(
+                stream_sources(d.train_files, d.dataset_name, d.exclude), tokenizer, d.block_size,
+                split=d.dataset_split, text_column=d.text_column, window=d.shuffle_window,
+                validation=validation if d.validation_files else {"first_docs": d.validation_docs},
+                seed=config.train.seed, world_size=processes,
+            )  # fmt: skip
+        specs = [parse_file_source(s, "--train_files") for s in d.train_files]
+        specs += [parse_dataset_source(s, "--dataset_name") for s in d.dataset_name]
+        check_weights(specs)
+        sources = []
+        for spec, share in zip(specs, normalised_weights(specs) or [None] * len(specs), strict=True):
+            entry = {"name": spec.name, "share": share}
+            if spec.is_dataset:
+                entry |= {"dataset": spec.dataset, "config": spec.config, "split": d.dataset_split}
+            else:
+                files = resolve_files(spec, d.exclude, "--train_files")
+                entry |= {"files": len(files), "paths_sha256": files_digest(files, sizes=False)}
+            sources.append(entry)
+    except UsageError:
+        return None
+    return {
+        "sources": sources,
+        "text_column": d.text_column,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "seed": config.train.seed,
+    }
+
+
+def check_data(path: Path, given: dict | None, out: str | Path | None = None) -> None:
+    """A resume reads the data its run started with: other sources, weights, files or data flags are refused
+    before anything is prepared or streamed (then the run's own data/ would be prepared over with the wrong blocks
+    first). A checkpoint saved before the record was kept is checked by the data position alone, later."""
+    saved = read_checkpoint_info(path).get(DATA)
+    if not saved or not given or saved == given:
+        return
+    from shuangyu.data.streaming import describe_key_change
+
+    raise UsageError(
+        f"--resume_from_checkpoint {path}: this run trained on other data ({describe_key_change(saved, given)} "
+        f"changed since it started): resume with the sources and data flags it started with, or start over "
+        f"{elsewhere(path, out)}"
+    )
+
+
+def check_before_data(
+    path: Path, config, model_config, processes: int, out: str | Path, data: dict | None = None
+) -> None:
+    """What can be checked before the data is prepared: a refusal after it wasted that work (minutes on a corpus).
+    `data`: the run's `data_given`."""
     t = config.train
     check_model_shape(path, model_config, out)
     per_device, accumulation = t.per_device_train_batch_size, t.gradient_accumulation_steps
     check_batch(path, config.data.block_size, processes, per_device, accumulation, config.data.streaming, out)
+    check_data(path, data, out)
 
 
-def resume_record(config, block_size: int, processes: int) -> dict:
-    """checkpoint.json's record of what a resume must keep (run_args.json is rewritten by every resume)."""
+def resume_record(config, block_size: int, processes: int, data: dict | None = None) -> dict:
+    """checkpoint.json's record of what a resume must keep (run_args.json is rewritten by every resume); `data`:
+    the run's `data_given`, as it started."""
     t = config.train
     return {
         TRAINED_WITH: trained_with(config),
         BATCH: batch_record(block_size, processes, t.per_device_train_batch_size, t.gradient_accumulation_steps),
+        **({DATA: data} if data else {}),
     }

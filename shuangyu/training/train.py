@@ -109,6 +109,7 @@ class Run:
     lock: RunLock | None  # held by the main process while it trains
     byte_lengths: torch.Tensor  # UTF-8 bytes per token id, for bits per byte (on the device, computed once)
     validation: dict = field(default_factory=dict)  # the last held-out scores, for the model card
+    data_given: dict | None = None  # the sources and data flags the run started with (resume_checks.data_given)
 
 
 def set_up(config: TrainConfig, out: Path, resume_dir: Path | None) -> Run:
@@ -141,8 +142,9 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     check_finetune(config, tokenizer, model_config)
     check_lora_launch(accelerator, config.lora)
     t = config.train
+    data_given = resume_checks.data_given(config, tokenizer, accelerator.num_processes)  # kept in every checkpoint
     if resume_dir:
-        resume_checks.check_before_data(resume_dir, config, model_config, accelerator.num_processes, out)
+        resume_checks.check_before_data(resume_dir, config, model_config, accelerator.num_processes, out, data_given)
     data = open_training_data(
         config.data, config.model.tokenizer_name, tokenizer, config.train.seed, str(out), accelerator, config.sft
     )
@@ -240,7 +242,7 @@ def build_run(config: TrainConfig, out: Path, resume_dir: Path | None, accelerat
     log = RunLog(accelerator, out)
     return Run(config, out, accelerator, tokenizer, data, model, optimizer, scheduler, loader, val_shards,
                state, max_steps, tokens_per_step, meter, log, lock,
-               token_byte_lengths(tokenizer).to(accelerator.device))  # fmt: skip
+               token_byte_lengths(tokenizer).to(accelerator.device), data_given=data_given)  # fmt: skip
 
 
 def train_loop(run: Run) -> str | None:
@@ -415,7 +417,7 @@ def save(run: Run) -> None:
             "tokens": state.tokens,
             "max_steps": run.max_steps,
             "bad_in_a_row": state.bad_in_a_row,
-            **resume_checks.resume_record(run.config, run.data.block_size, accelerator.num_processes),
+            **resume_checks.resume_record(run.config, run.data.block_size, accelerator.num_processes, run.data_given),
         },
         keep_last=run.config.checkpoint.save_total_limit,
         stream_positions=positions,

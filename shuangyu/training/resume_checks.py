@@ -231,14 +231,14 @@ DATA = "data"  # checkpoint.json's record of the sources and data flags the run 
 
 def data_given(config, tokenizer, processes: int) -> dict | None:
     """The run's data as its command names it, read from the flags and the file names their globs match, not from
-    the text: a --streaming run's stream key (streaming.stream_key); for prepared blocks, each source's name, share
+    the text: a --streaming run's stream key (data.stream_key); for prepared blocks, each source's name, share
     of the mix and files (paths below their shared folder: a corpus copied elsewhere, or anew, is the same) or
     dataset, the tokenizer, --text_column and --seed. Text that changed under the same names is found when the data
     is prepared again (its blocks differ). None without sources (a prepared --data_dir), or for sources that do
     not resolve (their own checks say why, in their words)."""
     from shuangyu.data.inputs import normalised_weights
+    from shuangyu.data.stream_key import stream_key
     from shuangyu.data.stream_sources import files_digest, stream_sources
-    from shuangyu.data.streaming import stream_key
     from shuangyu.text.sources import (
         check_weights,
         parse_dataset_source,
@@ -290,7 +290,7 @@ def check_data(path: Path, given: dict | None, out: str | Path | None = None) ->
     saved = read_checkpoint_info(path).get(DATA)
     if not saved or not given or saved == given:
         return
-    from shuangyu.data.streaming import describe_key_change
+    from shuangyu.data.stream_key import describe_key_change
 
     raise UsageError(
         f"--resume_from_checkpoint {path}: this run trained on other data ({describe_key_change(saved, given)} "

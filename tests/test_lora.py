@@ -4,6 +4,7 @@ folder with the same logits (in-process, no training loop: the end-to-end run is
 import io
 import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -259,6 +260,31 @@ def test_a_base_model_that_is_not_there_is_named_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "merged").exists()
 
 
+def test_merge_overwrite_never_replaces_the_base_model_or_a_run(tiny_base_model_dir, tmp_path, capsys):
+    """`merge_lora ADAPTER BASE --overwrite` replaced the adapter's own base model with the merged one, and
+    `merge_lora ADAPTER BASE_RUN --overwrite` deleted the whole pretraining run (checkpoints, data, log)."""
+    run = tmp_path / "base-run"
+    shutil.copytree(tiny_base_model_dir, run / "final")
+    (run / "checkpoints").mkdir()
+    (run / "train_log.jsonl").write_text("{}\n")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(run / "final")}))
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for out in (run / "final", run):
+        assert merge_main([str(adapter), str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and f"is or holds the base model {run / 'final'}" in err[0], err
+    other = tmp_path / "notes"  # a folder of other files is not an earlier merged output
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    assert merge_main([str(adapter), str(other), "--overwrite"]) == 2
+    assert "holds other files (todo.txt) and no config.json" in capsys.readouterr().err
+    assert (
+        sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.parent != other and p != other) == before
+    )
+
+
 def test_an_adapter_records_its_local_base_by_an_absolute_path(tiny_base_model_dir, tmp_path, monkeypatch, capsys):
     """The QA repro: an adapter trained with --model_name_or_path outputs/tiny-cpu/final recorded that relative path,
     and chat and merge_lora from any other folder sent it to the Hub as a repo id."""
@@ -279,3 +305,15 @@ def test_an_adapter_records_its_local_base_by_an_absolute_path(tiny_base_model_d
         f"{adapter / 'adapter_config.json'}: the base model outputs/tiny-cpu/final is not there (relative to "
         f"{Path.cwd()}); pass --base_model"
     )
+
+
+def test_training_on_an_adapter_folder_says_to_merge_it_first(tmp_path):
+    """--model_name_or_path ADAPTER was transformers' "Unrecognized model ... should have a model_type key"."""
+    from shuangyu.training.arguments import ModelArguments
+    from shuangyu.training.model import build_config
+
+    adapter = tmp_path / "final"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/x/final"}))
+    with pytest.raises(UsageError, match=rf"^--model_name_or_path {adapter} is a LoRA adapter: merge it first"):
+        build_config(ModelArguments(model_name_or_path=str(adapter)), tokenizer=None, block_size=None)

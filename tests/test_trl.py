@@ -222,6 +222,7 @@ def test_dpo_launched_with_fsdp2_on_cpu_processes_trains_once_and_saves_our_mode
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_shuangyu.ShuangyuForCausalLM"
     assert sorted(p.name for p in final.glob("*.py")) == ["configuration_shuangyu.py", "modeling_shuangyu.py"]
     assert json.loads((final / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    assert not (final / "training_args.bin").exists() and not (out / "README.md").exists()  # TRL's, of None
     from transformers import AutoModelForCausalLM
 
     assert type(AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True)).__name__ == "ShuangyuForCausalLM"
@@ -240,6 +241,9 @@ def test_a_dpo_adapter_merges_into_a_dpo_model(tiny_chat_model_dir, sft_data_dir
         "--lora_r", "8",
     ])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the card's GenerationConfig.from_pretrained(ADAPTER) finds the chat stop; no Trainer pickle or TRL card
+    assert json.loads((adapter / "generation_config.json").read_text())["eos_token_id"] == [0, 3]
+    assert not (adapter / "training_args.bin").exists() and not (tmp_path / "dpo" / "README.md").exists()
     merged = tmp_path / "merged"
     proc = run_dpo([str(adapter), str(merged)], module="shuangyu.training.merge_lora")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -314,9 +314,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
         print(f"{PROG}: note: --max_length {config.max_length} -> {context} (the model's context)", file=sys.stderr)
     # every pair the model can see whole by default; a lower --max_length saves memory and is told what it costs
     config.max_length = min(config.max_length or context, context)
-    # TRL tokenizes whole pairs and then cuts them to max_length itself (check_fits says how many were cut); the
-    # tokenizer's own limit (the model's context, from the folder) only made it warn that a longer pair "will
-    # result in indexing errors", which the cut prevents
+    # TRL tokenizes whole pairs, then cuts them to max_length (check_fits says how many): the tokenizer's own limit
+    # (the model's context) only made it warn that a longer pair "will result in indexing errors"
     tokenizer.model_max_length = int(1e30)
     peft_config = lora_config(model, lora) if lora.lora_r else None
     with reading_the_old_checkpointing_name():  # PEFT reads it when it wraps the model for LoRA
@@ -353,6 +352,9 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
             trainer.save_model(str(tmp))
         if main:
             finish_folder(tmp, final, trainer.model, tokenizer, args, lora, config, fits)
+    trl_card = out / "README.md"  # TRL's card of the run folder, written at every save ("a fine-tuned [None]")
+    if main and trl_card.is_file() and "generated_from_trainer" in trl_card.read_text(encoding="utf-8"):
+        trl_card.unlink()
     return final, fits["train"]
 
 
@@ -391,10 +393,10 @@ def finish_folder(folder: Path, final: Path, model, tokenizer, args: DPOArgument
     """The model saved in `folder` (renamed to `final` next) as a Shuangyu chat folder: tokenizer with the template,
     stop at <|im_end|>, our card."""
     save_tokenizer(tokenizer, folder)  # over the one trainer.save_model wrote, which says how it was loaded
-    if not lora.lora_r:
-        chat_generation(model.generation_config, tokenizer)
-        model.generation_config.save_pretrained(folder)
+    chat_generation(model.generation_config, tokenizer)
+    model.generation_config.save_pretrained(folder)  # an adapter's too: its card loads it (PEFT loads the base's)
     (folder / "README.md").unlink(missing_ok=True)  # the Trainer's card; ours says what the model is
+    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle of the Trainer's arguments, not the model's
     files = [Path(f).name for f in args.train_files]
     sources = [{"name": "preference", "files": files, "dataset": args.dataset_name, **fits["train"]}]
     if "validation" in fits:

@@ -24,6 +24,12 @@ def build_config(model_args: ModelArguments, tokenizer, block_size: int | None):
     from shuangyu.modeling.config_json import read_model_config
 
     if model_args.model_name_or_path:
+        folder = Path(model_args.model_name_or_path)
+        if (folder / "adapter_config.json").is_file():  # it has no config.json: AutoConfig asked for a model_type
+            raise UsageError(
+                f"--model_name_or_path {folder} is a LoRA adapter: merge it first (python -m "
+                f"shuangyu.training.merge_lora {folder} MERGED) and train on MERGED"
+            )
         try:
             config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
         except (OSError, ValueError) as err:

@@ -165,3 +165,14 @@ def test_an_ignored_system_prompt_says_why(mode, why, tiny_base_model_dir, monke
     assert cli.main([str(tiny_base_model_dir), "--mode", mode, "--system", "你是助手", "--prompt", "你好"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "--system" in line]
     assert notes == [f"python -m shuangyu.chat: note: --system is ignored{why.format(model=tiny_base_model_dir)}"]
+
+
+def test_an_empty_prompt_to_a_chat_model_is_refused(tiny_base_model_dir, monkeypatch, capsys):
+    """A chat model answered an empty user turn with a page of noise; a continuation starts a document instead."""
+    monkeypatch.setattr(cli, "reply", fake_reply(""))
+    assert cli.main([str(tiny_base_model_dir), "--mode", "chat", "--prompt", " "]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        'python -m shuangyu.chat: error: --prompt "": a chat model answers a message: give one (or --mode continue)'
+    ]
+    assert cli.main([str(tiny_base_model_dir), "--mode", "continue", "--prompt", ""]) == 0

@@ -314,6 +314,8 @@ def talk(argv: list[str] | None) -> int:
         chat = args.mode == "chat" or (args.mode == "auto" and guess)
         if chat and not chat_token_ids(tokenizer):
             raise UsageError(f"--mode chat: {args.checkpoint}'s tokenizer has no <|im_start|>/<|im_end|> tokens")
+        if chat and args.prompt is not None and not args.prompt.strip():  # it answered an empty turn with noise
+            raise UsageError('--prompt "": a chat model answers a message: give one (or --mode continue)')
         context = getattr(model.config, "max_position_embeddings", 2048)
         reserve = min(args.max_new_tokens, context // 2)  # a longer reply runs into the room the prompt left
         conversation = Conversation(tokenizer, args.system if chat else None, context, reserve)

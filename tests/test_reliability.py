@@ -1198,8 +1198,8 @@ def test_a_two_process_run_resumed_by_one_keeps_its_rows_per_step(flags, tmp_pat
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"train_clm.py: error: --resume_from_checkpoint {out / 'checkpoints' / 'step-00000004'}: resumed with 1 "
-        "process instead of 2: pass --gradient_accumulation_steps 2 to keep 8 rows per step, or start a new "
-        "--output_dir"
+        "process instead of 2: pass --gradient_accumulation_steps 2 to keep 8 rows per step, or start over in a "
+        "new --output_dir"
     )
     assert sorted(p.relative_to(out) for p in out.rglob("*") if "runs" not in p.parts) == before
     proc = train([*args, "--max_steps", "8", "--output_dir", str(out), "--gradient_accumulation_steps", "2"])

@@ -267,9 +267,13 @@ def test_merge_overwrite_never_replaces_the_base_model_or_a_run(tiny_base_model_
     shutil.copytree(tiny_base_model_dir, run / "final")
     (run / "checkpoints").mkdir()
     (run / "train_log.jsonl").write_text("{}\n")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
     adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(run / "final")}))
+    model = AutoModelForCausalLM.from_pretrained(run / "final", trust_remote_code=True)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(run / "final")
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     for out in (run / "final", run):
         assert merge_main([str(adapter), str(out), "--overwrite"]) == 2

@@ -18,7 +18,7 @@ from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, refuse_
 from shuangyu.files import atomic_folder, check_holds_no_input, check_replaceable, check_writable_folder
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import card_stage, copy_section, write_card
-from shuangyu.sharing.folder import adapter_base, load_adapter_model
+from shuangyu.sharing.folder import load_adapter_model
 from shuangyu.tokenizer.chat_template import chat_generation, chat_token_ids, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code, save_tokenizer
 
@@ -29,14 +29,12 @@ def merge(adapter_dir: Path, out: Path, base_model: str | None = None, overwrite
     from transformers import AutoTokenizer
 
     check_writable_folder(out, "OUTPUT")  # before the model is loaded and merged
-    base_dir = adapter_base(adapter_dir, base_model)
-    inputs = [("the adapter", adapter_dir)]
-    if Path(base_dir).exists():  # replacing it would delete the model the adapter needs (and, above it, a run)
-        inputs.append(("the base model", base_dir))
-    check_holds_no_input(out, inputs)
+    check_holds_no_input(out, [("the adapter", adapter_dir)])
+    model, base = load_adapter_model(adapter_dir, base_model)  # names the base; nothing is written before the checks
+    if Path(base).exists():  # replacing it would delete the model the adapter needs (and, above it, a run)
+        check_holds_no_input(out, [("the base model", base)])
     # config.json: --overwrite replaces an earlier merged folder, not a folder of other files (a run's folder)
     check_replaceable(out, adapter_dir, "the adapter", overwrite, marker="config.json")
-    model, base = load_adapter_model(adapter_dir, base_model)
     merged = model.merge_and_unload()
     tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else Path(base)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=carries_own_code(tokenizer_dir))

@@ -239,13 +239,7 @@ def data_given(config, tokenizer, processes: int) -> dict | None:
     from shuangyu.data.inputs import normalised_weights
     from shuangyu.data.stream_key import stream_key
     from shuangyu.data.stream_sources import files_digest, stream_sources
-    from shuangyu.text.sources import (
-        check_weights,
-        parse_dataset_source,
-        parse_file_source,
-        resolve_files,
-        resolve_validation_sources,
-    )
+    from shuangyu.text.sources import SourceArguments, resolve_validation_sources
     from shuangyu.tokenizer.loading import tokenizer_fingerprint
 
     d = config.data
@@ -261,16 +255,16 @@ def data_given(config, tokenizer, processes: int) -> dict | None:
                 validation=validation if d.validation_files else {"first_docs": d.validation_docs},
                 seed=config.train.seed, world_size=processes,
             )  # fmt: skip
-        specs = [parse_file_source(s, "--train_files") for s in d.train_files]
-        specs += [parse_dataset_source(s, "--dataset_name") for s in d.dataset_name]
-        check_weights(specs)
+        # resolved as prepare resolves them (its errors come later, in prepare's words)
+        given = SourceArguments(files=d.train_files, dataset=d.dataset_name, exclude=d.exclude)
+        specs, resolved = given.resolve_sources()
         sources = []
-        for spec, share in zip(specs, normalised_weights(specs) or [None] * len(specs), strict=True):
+        shares = normalised_weights(specs) or [None] * len(specs)
+        for spec, files, share in zip(specs, resolved, shares, strict=True):
             entry = {"name": spec.name, "share": share}
             if spec.is_dataset:
                 entry |= {"dataset": spec.dataset, "config": spec.config, "split": d.dataset_split}
             else:
-                files = resolve_files(spec, d.exclude, "--train_files")
                 entry |= {"files": len(files), "paths_sha256": files_digest(files, sizes=False)}
             sources.append(entry)
     except UsageError:

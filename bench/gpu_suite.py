@@ -16,7 +16,9 @@ Phases (each process with a time limit; a failing one is recorded and the suite 
              - loop: bench/optim.py loop, train_clm's step through an Accelerator (clip_and_step), AdamW and Muon
              While the group compiles, bench/configs.py checks single_gpu, fsdp2 and deepspeed_zero2 with one
              process each (train, checkpoint, resume with equal losses, load and generate); the group's timing
-             waits for them, so nothing else runs on the GPU while a row is timed.
+             waits for them, so nothing else runs on the GPU while a row is timed. With --dpo_model and
+             --dpo_pairs, each config also runs DPO (TRL's Trainer) the same way.
+  configs    (only when named, without group) the config checks alone, one after another
   muon       bench/optim.py overhead, compiled: Muon's optimizer step against AdamW's, per micro-batch and per
              step of the preset's recipe (4 micro-batches)
   trainloop  train_clm.py itself (accelerate launch, single_gpu.yaml, compiled, the preset's recipe: Muon, 16 x 4
@@ -29,8 +31,9 @@ Writes OUT/suite.json and OUT/suite.md after every phase (rows for bench/RESULTS
 date), and each process's output under OUT/logs.
 
 The GPU image lacks this project's pins: carry wheels (see the device README's recipe: transformers, tokenizers,
-datasets and its needs, and DeepSpeed built here with DS_BUILD_OPS=0 plus hjson and pydantic's) and a prepared
-data slice with its tokenizer (python -m shuangyu.data.prepare here, then carry both folders).
+datasets and its needs, and DeepSpeed built here with DS_BUILD_OPS=0 plus hjson and pydantic's; peft and trl for
+the DPO checks) and a prepared data slice with its tokenizer (python -m shuangyu.data.prepare here, then carry both
+folders), and for the DPO checks a small chat folder (an SFT run's final/, e.g. the demo's) with a few hundred pairs.
 """
 
 from __future__ import annotations
@@ -170,6 +173,8 @@ def config_checks(args, preset: str, seq: int) -> list[tuple[str, list[str]]]:
                "--block_size", str(seq), "--batch_size", "2" if args.tiny else "16",
                "--max_steps", "4" if args.tiny else "20", "--main_process_port", str(29611 + i),
                "--work_dir", f"/tmp/shuangyu-configs-{config}", "--results", str(args.out / "configs.md")]  # fmt: skip
+        if args.dpo_model:
+            cmd += ["--dpo_model", args.dpo_model, "--dpo_pairs", args.dpo_pairs]
         checks.append((f"configs-{config}", cmd))
     return checks
 
@@ -313,7 +318,11 @@ def main() -> int:
     p.add_argument("--adamw_lrs", default="3e-4,6e-4,1.2e-3", help="the race phase: AdamW's learning rates")
     p.add_argument("--muon_lrs", default="1e-3,2e-3,4e-3", help="the race phase: Muon's learning rates")
     p.add_argument("--memory_budget_gib", type=float, default=118.0, help="device memory the group may plan on")
+    p.add_argument("--dpo_model", default=None, help="a small chat folder: the config checks run DPO under each too")
+    p.add_argument("--dpo_pairs", default=None, help="preference pairs (.jsonl) for the DPO checks")
     args = p.parse_args()
+    if bool(args.dpo_model) != bool(args.dpo_pairs):
+        p.error("--dpo_model and --dpo_pairs go together")
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
@@ -357,6 +366,12 @@ def run_phases(args, phases, results, device, preset, seq, dtype, logs, save) ->
         save()
         if args.interrupted:
             raise KeyboardInterrupt
+    if "configs" in phases and "group" not in phases:  # the config checks alone (the group runs them beside it)
+        for name, cmd in config_checks(args, preset, data_block_size(args)):
+            results["steps"].append(run_step(name, cmd, args.check_timeout, logs))
+        if (args.out / "configs.md").is_file():
+            results["configs_md"] = (args.out / "configs.md").read_text()
+        save()
     if "muon" in phases:
         cmd = [sys.executable, str(REPO / "bench" / "optim.py"), "overhead", "--device", device, "--preset", preset,
                "--batch_size", "2" if args.tiny else "16", "--seq_len", str(seq), "--vocab_size",

@@ -231,6 +231,10 @@ def test_resume_continues_step_for_step(common, reference, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout + proc.stderr
     assert losses(out) == losses(reference)  # steps 9..16 retrained: bit for bit the same losses
+    # the log's time is the run's: the resumed session goes on from the checkpoint's (it restarted at 0, so a
+    # report of the run counted only the last session when its first row came later than the first session's last)
+    times = [json.loads(line)["time_s"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert times == sorted(times) and times[8] > times[7], times
 
 
 def test_sigterm_saves_and_resumes(common, reference, tmp_path):

@@ -131,7 +131,8 @@ def adapter_line(folder: Path) -> str | None:
 
 
 def training_time(rows: list[dict]) -> float:
-    """Seconds of training over every session of the run: time_s restarts at 0 when a run resumes."""
+    """Seconds of training over every session of the run. A resumed run's time_s goes on from its checkpoint's;
+    in logs written before it did, time_s restarts at 0 on a resume, and each session is added up."""
     total, last = 0.0, 0.0
     for row in rows:
         t = row.get("time_s")

@@ -1,5 +1,8 @@
 """What a checkpoint carries besides model, optimizer, scheduler and data position: the step, the tokens seen,
-and the count of non-finite steps in a row that stops a diverging run.
+the training time so far and the count of non-finite steps in a row that stops a diverging run.
+
+The training time is counted over the sessions of a run (a resumed run goes on from its checkpoint's), so the log's
+`time_s` and the report's training time are the run's, not the last session's.
 
 The step and the tokens are host integers. Whether a step was good is known on the device only, and reading it
 every step would make the host wait for the device (a sync per step), so the bad steps are counted there and
@@ -9,6 +12,8 @@ reached at; a checkpoint is saved only after `check`, so it never records bad st
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -20,16 +25,27 @@ NEVER = 2**62  # "the limit was not reached": above any step
 class TrainState:
     def __init__(self):
         self.step, self.tokens, self.bad_in_a_row = 0, 0, 0
+        self.seconds_before = 0.0  # training time of the sessions before this one, up to the checkpoint resumed
+        self._session_start = time.perf_counter()
         self._counters: dict[str, torch.Tensor] | None = None  # on the device, made by the first `advance`
         self._read_at = 0  # the step of the last `check`
 
     def state_dict(self) -> dict:
         self._read()  # saving waits for the device anyway
-        return {"step": self.step, "tokens": self.tokens, "bad_in_a_row": self.bad_in_a_row}
+        return {"step": self.step, "tokens": self.tokens, "bad_in_a_row": self.bad_in_a_row, "seconds": self.seconds()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.tokens, self.bad_in_a_row = state["step"], state["tokens"], state.get("bad_in_a_row", 0)
+        self.seconds_before = state.get("seconds", 0.0)  # checkpoints saved before it was kept: 0, a new session
         self._counters, self._read_at = None, self.step
+
+    def start_clock(self) -> None:
+        """This session's training begins (after loading, preparing and compiling's set-up)."""
+        self._session_start = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Seconds of training in this run so far, earlier sessions (to the checkpoint resumed) included."""
+        return self.seconds_before + time.perf_counter() - self._session_start
 
     def advance(self, tokens: int, good: torch.Tensor, max_bad: int) -> None:
         """Count an optimizer step; `good` (a 0-dim bool on the device) is counted there, read by `check`."""

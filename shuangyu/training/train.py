@@ -11,7 +11,6 @@ tested there; this file only puts them together.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,7 +258,7 @@ def train_loop(run: Run) -> str | None:
     )
     loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
     max_bad = cfg.train.max_bad_steps
-    started = time.perf_counter()
+    state.start_clock()
     model.train()
     try:
         while state.step < run.max_steps and not stopping:
@@ -295,7 +294,7 @@ def train_loop(run: Run) -> str | None:
                 if eval_now:
                     logs |= validate(run)
                 if logs:
-                    run.log(state.step, logs | {"time_s": time.perf_counter() - started})
+                    run.log(state.step, logs | {"time_s": state.seconds()})
                 stopping = should_stop(stop, accelerator, state.step, cfg.logging.logging_steps)
                 if state.step % cfg.checkpoint.save_steps == 0 or last or stopping:
                     state.check(max_bad, accelerator.print)  # a checkpoint records the bad steps in a row

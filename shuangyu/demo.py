@@ -5,7 +5,8 @@ instruction tuning -> report (`make demo` runs it).
 
 Each step is the command a user would type (printed before it runs), so the demo also shows the flow. Every
 step is cached or resumable: run the same command again after an interruption (Ctrl-C, a closed laptop) and
-it skips what is done and resumes training from the latest checkpoint. With a GPU it picks the GPU recipe by
+it skips what is done and resumes training from the latest checkpoint (OUTPUT_DIR/demo.json records the recipe
+and --fast, and a run with others into the folder is refused). With a GPU it picks the GPU recipe by
 itself (and says so); --device forces either. On a CPU with AMX it trains in bf16, compiled, and so gets
 further in the same time (--amx off: fp32).
 """
@@ -13,6 +14,7 @@ further in the same time (--amx off: fp32).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -22,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, print_interrupted, refuse_in_one_line
+from shuangyu.files import atomic_write_text
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 from shuangyu.training.arguments import ARGUMENT_CLASSES
@@ -39,6 +42,7 @@ class Recipe:
     """What the demo trains; chosen by the measured sweep in bench/RESULTS.md ("The demo's recipe")."""
 
     name: str
+    minutes: str  # how long it takes, as the README says (--fast says its own)
     tokenizer_vocab: int
     tokenizer_text: str  # how much text the tokenizer trains on
     pretrain_config: str
@@ -49,7 +53,8 @@ class Recipe:
 
 
 CPU = Recipe(
-    name="CPU (2 cores, fp32; 8-25 minutes by CPU and load)",
+    name="CPU (2 cores, fp32)",
+    minutes="8-25 minutes by CPU and load",
     tokenizer_vocab=8192,
     tokenizer_text="20MB",
     pretrain_config="configs/demo-cpu.yaml",
@@ -63,11 +68,13 @@ RECIPES = {
     # the same model in the same time: AMX's bf16 matmuls and a compiled model train 1.25x the tokens in it
     "cpu-amx": replace(
         CPU,
-        name="CPU with AMX (2 cores, bf16 matmuls, compiled; about 7 minutes)",
+        name="CPU with AMX (2 cores, bf16 matmuls, compiled)",
+        minutes="7-25 minutes by CPU and load",
         pretrain_config="configs/demo-cpu-amx.yaml",
     ),
     "gpu": Recipe(
         name="one GPU",
+        minutes="",  # not measured end to end yet
         tokenizer_vocab=32000,
         tokenizer_text="200MB",
         pretrain_config="configs/demo-gpu.yaml",
@@ -77,7 +84,8 @@ RECIPES = {
         eval_limit=500,
     ),
 }
-# --fast: the same flow in about a minute (the end-to-end test runs it); the model learns little
+# --fast: the same flow in a few minutes (the end-to-end test runs it); the model learns little
+FAST_MINUTES = "--fast: a few minutes (2 on 2 idle cores), a model that learns little"
 # fmt: off
 FAST_OVERRIDES = {
     "tokenizer": ["--max_bytes", "2MB", "--validation_max_bytes", "200KB"],
@@ -177,11 +185,55 @@ def tokenizer_command(recipe: Recipe, output: Path, corpus: Path) -> list[str]:
             "--output_dir", str(output)]  # fmt: skip
 
 
+def with_flags(cmd: list[str], flags: list[str]) -> list[str]:
+    """cmd with each --flag of `flags` set to its values there: replaced where cmd has it, else appended, so the
+    printed command carries each flag once, with the value used."""
+    cmd = list(cmd)
+    starts = [i for i, part in enumerate(flags) if part.startswith("--")]
+    for start, end in zip(starts, [*starts[1:], len(flags)], strict=False):
+        flag, values = flags[start], flags[start + 1 : end]
+        if flag not in cmd:
+            cmd += [flag, *values]
+            continue
+        at = cmd.index(flag) + 1
+        stop = next((i for i in range(at, len(cmd)) if cmd[i].startswith("--")), len(cmd))
+        cmd[at:stop] = values
+    return cmd
+
+
+# how a recipe is asked for again, for the line that refuses a folder of another one
+RECIPE_FLAGS = {"cpu": "--device cpu --amx off", "cpu-amx": "--device cpu --amx on", "gpu": "--device gpu"}
+RECORD = "demo.json"
+
+
+def claim_folder(out: Path, recipe_key: str, fast: bool) -> None:
+    """Records in OUT what the demo runs; refuses a folder that holds a demo run with other settings, whose
+    finished steps would otherwise be skipped and reported as this one's. A folder with none of the steps'
+    folders yet (or from before this record) is taken as it is."""
+    record, flags = out / RECORD, RECIPE_FLAGS[recipe_key] + (" --fast" if fast else "")
+    started = any((out / step).exists() for step in ("tokenizer", "pretrain", "sft"))
+    if started and record.is_file():
+        try:
+            was = json.loads(record.read_text(encoding="utf-8"))
+            old = RECIPE_FLAGS[was["recipe"]] + (" --fast" if was["fast"] else "")
+        except (ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"{record}: not a demo's record ({err!r}); give another --output_dir") from None
+        if old != flags:
+            raise UsageError(
+                f"--output_dir {out} holds a demo run with {old}, not {flags}: run it with {old} to resume it, "
+                "or give another --output_dir"
+            )
+    atomic_write_text(record, json.dumps({"recipe": recipe_key, "fast": fast}) + "\n")
+
+
 def run_demo(recipe_key: str, out: Path, fast: bool, why: str = "") -> Path:
     recipe = RECIPES[recipe_key]
+    claim_folder(out, recipe_key, fast)
     fast_args = FAST_OVERRIDES if fast else {k: [] for k in FAST_OVERRIDES}
     other = "cpu" if recipe_key == "gpu" else "gpu"
-    print(f"recipe: {recipe.name} ({recipe.pretrain_config}); --device {other} picks the other")
+    took = FAST_MINUTES if fast else recipe.minutes
+    took = f"; {took}" if took else ""
+    print(f"recipe: {recipe.name} ({recipe.pretrain_config}){took}; --device {other} picks the other")
     if why:
         print(f"        {why}")
     tokenizer, pretrain, sft, corpus = out / "tokenizer", out / "pretrain", out / "sft", CORPUS
@@ -193,7 +245,7 @@ def run_demo(recipe_key: str, out: Path, fast: bool, why: str = "") -> Path:
     else:
         steps.run(
             "tokenizer: byte-level BPE on Chinese + English",
-            tokenizer_command(recipe, tokenizer, corpus) + fast_args["tokenizer"],
+            with_flags(tokenizer_command(recipe, tokenizer, corpus), fast_args["tokenizer"]),
         )
 
     def train(title: str, config: str, output: Path, *args: str) -> None:
@@ -225,8 +277,8 @@ def run_demo(recipe_key: str, out: Path, fast: bool, why: str = "") -> Path:
     else:
         steps.run(
             "evaluation: held-out bits per byte and lm-eval tasks",
-            [py, "eval/run.py", str(base), "--tasks", recipe.eval_tasks, "--limit", str(recipe.eval_limit),
-             "--corpus", str(corpus), *fast_args["eval"]],
+            with_flags([py, "eval/run.py", str(base), "--tasks", recipe.eval_tasks, "--limit", str(recipe.eval_limit),
+                        "--corpus", str(corpus)], fast_args["eval"]),
         )  # fmt: skip
 
     train("instruction tuning (SFT) on zh + en conversations", recipe.sft_config, sft,

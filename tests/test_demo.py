@@ -108,6 +108,66 @@ def test_the_cpu_recipe_trains_in_bf16_compiled_only_with_amx_and_a_compiler(mon
     assert amx.data == plain.data and amx.model == plain.model and amx.optim == plain.optim
 
 
+@pytest.fixture
+def dry_demo(monkeypatch, tmp_path):
+    """demo.main with its steps recorded, not run (the end-to-end test runs them): returns the call and the list
+    of the commands it would have run."""
+    from shuangyu import demo
+
+    ran: list[list[str]] = []
+    report = tmp_path / "report.md"
+    report.write_text("# Report\n")
+    monkeypatch.chdir(REPO)  # main() goes there; put back after the test
+    monkeypatch.setattr(demo.Steps, "run", lambda self, title, cmd, *args, **kwargs: ran.append(cmd))
+    monkeypatch.setattr(demo, "build_report", lambda *args, **kwargs: report)
+    monkeypatch.setattr(demo, "bars_only_on_a_terminal", lambda: False)
+    return lambda *args: demo.main(list(args)), ran
+
+
+def value(cmd: list[str], flag: str) -> str:
+    return cmd[cmd.index(flag) + 1]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_each_printed_command_has_each_flag_once_and_the_time_fits_the_run(dry_demo, fast, tmp_path, capsys):
+    main, ran = dry_demo
+    assert main(*(["--fast"] if fast else []), "--device", "cpu", "--amx", "off", "--output_dir", str(tmp_path)) == 0
+    tokenizer, pretrain, evaluation, sft = ran
+    for cmd in ran:
+        flags = [part for part in cmd if part.startswith("--")]
+        assert len(flags) == len(set(flags)), cmd
+    assert (value(tokenizer, "--max_bytes"), value(evaluation, "--limit")) == (
+        ("2MB", "5") if fast else ("20MB", "100")
+    )
+    assert ("--max_steps" in pretrain and "--max_steps" in sft) == fast
+    first = capsys.readouterr().out.splitlines()[0]
+    assert ("--fast: a few minutes" in first, "8-25 minutes" in first) == (fast, not fast), first
+
+
+def test_a_folder_of_a_demo_run_with_other_settings_is_refused(dry_demo, monkeypatch, tmp_path, capsys):
+    from shuangyu import demo
+
+    main, ran = dry_demo
+    out = tmp_path / "demo"
+    assert main("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out)) == 0
+    assert json.loads((out / "demo.json").read_text()) == {"recipe": "cpu", "fast": True}
+    (out / "tokenizer").mkdir()  # a step done (the stubbed steps leave nothing)
+    capsys.readouterr()
+    monkeypatch.setattr(demo, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(demo, "cpp_compiler", lambda: "/usr/bin/g++")
+    for flags, asked in (([], "--device cpu --amx off"), (["--fast", "--amx", "on"], "--device cpu --amx on --fast")):
+        assert main("--device", "cpu", "--amx", "off", *flags, "--output_dir", str(out)) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"python -m shuangyu.demo: error: --output_dir {out} holds a demo run with --device cpu --amx off --fast, "
+            f"not {asked}: run it with --device cpu --amx off --fast to resume it, or give another --output_dir"
+        ]
+    assert len(ran) == 4  # the refused runs ran nothing
+    assert sorted(path.name for path in out.iterdir()) == ["demo.json", "tokenizer"]  # nothing half written
+    # the same flags go on (here: the stubbed steps again)
+    assert main("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out)) == 0
+    assert len(ran) == 8
+
+
 @pytest.mark.slow(minutes=6)
 def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     # fp32 on every machine (--amx off): the AMX recipe's training is train_clm.py's compiled bf16 test
@@ -151,6 +211,9 @@ def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     again = run_demo("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already") == 4
+    # other settings: refused in one line, not reported as this run
+    other = run_demo("--device", "cpu", "--amx", "off", "--output_dir", str(out))
+    assert other.returncode == 2 and "holds a demo run with --device cpu --amx off --fast" in other.stderr
 
     # a step that did not finish (here: its final model gone) resumes from its latest checkpoint
     shutil.rmtree(out / "sft" / "final")

@@ -262,9 +262,26 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_the_last_report(run_copy, monkey
 def test_a_short_run_says_seconds_not_minutes():
     rows = [{"step": 40, "train/tokens": 20_480, "time_s": 2.0}]
     assert summary_line(rows, 2.0) == "Trained 40 steps, 20,480 tokens in 2.0 s."
-    assert training_time_line(rows, 2.0) == "Training time: 2.0 s over 1 logged steps."
-    assert training_time_line(rows, 42.4) == "Training time: 42 s over 1 logged steps."
-    assert training_time_line(rows, 150.0) == "Training time: 2.5 min (150 s) over 1 logged steps."
+    assert training_time_line(rows, 2.0) == "Training time: 2.0 s over 1 logged step."
+    assert training_time_line(rows, 42.4) == "Training time: 42 s over 1 logged step."
+    assert training_time_line(rows * 2, 150.0) == "Training time: 2.5 min (150 s) over 2 logged steps."
+    assert summary_line([{"step": 1, "time_s": 0.5}], 0.5) == "Trained 1 step in 0.5 s."
+
+
+def test_a_model_folder_is_refused_with_its_run_folder_named(tmp_path, capsys):
+    # the demo prints final/'s path; a checkpoint's model/ is a model folder too
+    run = tmp_path / "run"
+    for model in (run / "final", run / "checkpoints" / "step-00000010" / "model"):
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+        assert main([str(model), "--no_samples"]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"python -m shuangyu.report: error: {model}: a model folder, not a run folder: give its run folder, {run}"
+        ]
+    elsewhere = tmp_path / "downloaded"  # a model folder outside any run: no parent to name
+    shutil.copytree(run / "final", elsewhere)
+    assert main([str(elsewhere)]) == 2
+    assert capsys.readouterr().err.strip().endswith("a model folder, not a run folder: give the run's --output_dir")
 
 
 def test_a_run_without_final_says_it_stopped_early_and_leaves_its_checkpoint_intact(run_copy):

@@ -70,6 +70,11 @@ def model_folder(run_dir: Path, flag: str = "") -> Path:
     done = complete_checkpoints(run_dir)
     if done and is_model(done[-1][1] / "model"):
         return done[-1][1] / "model"
+    if is_model(run_dir):  # a run's final/ or a checkpoint's model/ (the demo prints the former's path)
+        model = run_dir.resolve()
+        run = model.parents[2] if model.parent.parent.name == "checkpoints" else model.parent
+        where = f"its run folder, {run}" if model.name == "final" or run != model.parent else "the run's --output_dir"
+        raise UsageError(f"{named}: a model folder, not a run folder: give {where}")
     raise UsageError(f"{named}: no final model and no complete checkpoint: is it a train_clm.py --output_dir?")
 
 
@@ -260,6 +265,10 @@ def talk_section(folder: Path, chat_folder: Path | None) -> str:
     return "\n".join(lines)
 
 
+def step_count(count: int, kind: str = "") -> str:
+    return f"{count} {kind}step{'' if count == 1 else 's'}"
+
+
 def summary_line(rows: list[dict] | None, seconds: float) -> str:
     if rows is None:
         return (
@@ -271,7 +280,7 @@ def summary_line(rows: list[dict] | None, seconds: float) -> str:
         return "No training step logged yet."
     last = next((row for row in reversed(rows) if any(k.endswith("/bits_per_byte") for k in row)), None)
     tokens = rows[-1].get("train/tokens")
-    text = f"Trained {rows[-1]['step']} steps"
+    text = f"Trained {step_count(rows[-1]['step'])}"
     text += f", {tokens:,} tokens" if tokens else ""
     text += f" in {duration(seconds)}"
     if last:
@@ -284,7 +293,7 @@ def training_time_line(rows: list[dict] | None, seconds: float) -> str:
     if rows is None:
         return "Training time: not known (no train_log.jsonl)."
     exact = f" ({seconds:.0f} s)" if seconds >= 60 else ""
-    return f"Training time: {duration(seconds)}{exact} over {len(rows)} logged steps."
+    return f"Training time: {duration(seconds)}{exact} over {step_count(len(rows), 'logged ')}."
 
 
 def curves_missing(rows: list[dict] | None) -> str:

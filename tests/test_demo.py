@@ -218,7 +218,7 @@ def test_the_launchers_report_is_dropped_and_a_training_processs_traceback_kept(
     assert b"".join(shown).decode() == bar  # a progress bar shows at once, not at the end of its line
 
 
-def start_demo(out: Path) -> subprocess.Popen:
+def start_demo(out: Path, log: Path) -> subprocess.Popen:
     """The demo in its own process group, as a terminal runs a command, with its output in files."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out.mkdir(parents=True, exist_ok=True)
@@ -226,8 +226,8 @@ def start_demo(out: Path) -> subprocess.Popen:
         [sys.executable, "-m", "shuangyu.demo", "--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out)],
         cwd=REPO,
         env=env,
-        stdout=open(out.parent / "stdout", "wb"),
-        stderr=open(out.parent / "stderr", "wb"),
+        stdout=open(log.with_suffix(".out"), "wb"),
+        stderr=open(log.with_suffix(".err"), "wb"),
         start_new_session=True,
     )
 
@@ -235,7 +235,7 @@ def start_demo(out: Path) -> subprocess.Popen:
 def wait_for(path: Path, process: subprocess.Popen, timeout: int = 600) -> None:
     deadline = time.time() + timeout
     while not path.exists():
-        assert process.poll() is None, (path.parent.parent.parent / "stderr").read_text()[-3000:]
+        assert process.poll() is None, f"the demo ended before {path} was written"
         assert time.time() < deadline, f"no {path}"
         time.sleep(0.2)
 
@@ -246,23 +246,23 @@ def test_ctrl_c_and_sigterm_stop_a_training_step_with_one_line_and_leave_nothing
 
     out = tmp_path / "demo"
     # Ctrl-C at the terminal: SIGINT to the whole process group
-    demo = start_demo(out)
+    demo = start_demo(out, tmp_path / "ctrl-c")
     wait_for(out / "pretrain" / "run_args.json", demo)
     time.sleep(3)
     os.killpg(demo.pid, signal.SIGINT)
     assert demo.wait(timeout=300) == 130
-    stderr = (tmp_path / "stderr").read_text()
+    stderr = (tmp_path / "ctrl-c.err").read_text()
     lines = stderr.strip().splitlines()
     assert lines[-1] == f"{DEMO}: interrupted; run it again to resume where it stopped", lines
     assert "Traceback" not in stderr and "torch/distributed" not in stderr and "FAILED" not in stderr, stderr
 
     # SIGTERM to the demo alone (kill PID, a job scheduler): passed on to the step, which stops before the demo does
-    demo = start_demo(out)
+    demo = start_demo(out, tmp_path / "sigterm")
     wait_for(out / "sft" / "run_args.json", demo)
     time.sleep(3)
     demo.send_signal(signal.SIGTERM)
     assert demo.wait(timeout=300) == 143
-    stderr = (tmp_path / "stderr").read_text()
+    stderr = (tmp_path / "sigterm.err").read_text()
     lines = stderr.strip().splitlines()
     assert lines[-1] == f"{DEMO}: stopped by SIGTERM; run it again to resume where it stopped", lines
     assert "Traceback" not in stderr and "torch/distributed" not in stderr, stderr
@@ -271,4 +271,4 @@ def test_ctrl_c_and_sigterm_stop_a_training_step_with_one_line_and_leave_nothing
     ]
     assert not left, "the step's processes outlived the demo"
     # the step said how it ended (stopped and saved, or done if the signal came at its last step) before the demo did
-    assert "stopped by SIGTERM" in (tmp_path / "stdout").read_text() + stderr or (out / "sft" / "final").is_dir()
+    assert "stopped by SIGTERM" in (tmp_path / "sigterm.out").read_text() + stderr or (out / "sft" / "final").is_dir()

@@ -168,7 +168,7 @@ class Steps:
         # an `accelerate launch` step: its launcher's own report of a failure repeats the line the demo gives
         launcher = "accelerate.commands.launch" in cmd
         read_end, write_end = open_stderr_for_a_step() if launcher else (None, None)
-        stopped_by, started = [], []
+        stopped_by, started, copying = [], [], None
 
         def pass_on(signum, frame):
             """Ctrl-C or SIGTERM: the step finishes its training step, saves a checkpoint and exits; the demo waits.
@@ -198,7 +198,6 @@ class Steps:
             started.append(process)
             if stopped_by:  # a signal while it was being started
                 tell(process, signal.SIGINT if stopped_by[0] == signal.SIGINT else signal.SIGTERM)
-            copying = None
             if launcher:
                 os.close(write_end)
                 copying = copy_without_the_launchers_report(read_end)

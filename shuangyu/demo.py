@@ -17,14 +17,18 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_write_text
+from shuangyu.launcher_report import copy_without_the_launchers_report, open_stderr_for_a_step
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 from shuangyu.training.arguments import ARGUMENT_CLASSES
@@ -132,6 +136,23 @@ def pick_recipe(device: str, amx: str) -> tuple[str, str]:
     return "cpu-amx", "--amx off trains in fp32 (configs/demo-cpu.yaml)"
 
 
+# what stops the demo cleanly: Ctrl-C, a `kill` or a job scheduler's SIGTERM, a closed terminal
+PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StoppedBySignal(Exception):
+    """The demo was asked to stop; a step that was running has saved what it could."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_on_signal(signum, frame):
+    """Between steps (or before the first) SIGTERM or SIGHUP stops the demo as Ctrl-C does: with one line."""
+    raise StoppedBySignal(signum)
+
+
 class Steps:
     """Runs each step as its own command, printed first; stops the demo at the first that fails."""
 
@@ -152,13 +173,51 @@ class Steps:
         with a checkpoint, not a model)."""
         self.header(title)
         print("$ " + shlex.join(["python" if part == sys.executable else part for part in cmd]), flush=True)
-        process = subprocess.Popen(cmd)
+        # an `accelerate launch` step: its launcher's own report of a failure repeats the line the demo gives
+        launcher = "accelerate.commands.launch" in cmd
+        read_end, write_end = open_stderr_for_a_step() if launcher else (None, None)
+        stopped_by, started, copying = [], [], None
+
+        def pass_on(signum, frame):
+            """Ctrl-C or SIGTERM: the step finishes its training step, saves a checkpoint and exits; the demo waits.
+            Under a launcher only its training processes are told: a launcher that sees a signal reports it as a
+            failure, one that sees its processes exit does not."""
+            stopped_by.append(signal.Signals(signum))
+            if started:
+                tell(started[0], signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)  # SIGHUP: save, stop
+
+        def tell(process: subprocess.Popen, sent: int) -> None:
+            try:
+                if not launcher:
+                    os.killpg(process.pid, sent)  # the step and its workers, as a terminal would
+                    return
+                workers = psutil.Process(process.pid).children()
+                for worker in workers:
+                    worker.send_signal(sent)
+                if not workers:  # a launcher still starting: SIGTERM ends it quietly
+                    process.send_signal(signal.SIGTERM)
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass  # it has exited already
+
+        previous = {sig: signal.signal(sig, pass_on) for sig in PASSED_ON}
         try:
+            # its own session, so a Ctrl-C at the terminal reaches the demo alone, which passes it on (pass_on)
+            process = subprocess.Popen(cmd, stderr=write_end, start_new_session=True)
+            started.append(process)
+            if stopped_by:  # a signal while it was being started
+                tell(process, signal.SIGINT if stopped_by[0] == signal.SIGINT else signal.SIGTERM)
+            if launcher:
+                os.close(write_end)
+                copying = copy_without_the_launchers_report(read_end)
             code = process.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the step too (one process group): let it save its checkpoint before we stop
-            process.wait()
-            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if copying is not None:
+            copying.join(timeout=30)  # a process the step left behind may hold its stderr open: not for ever
+        if stopped_by:
+            # the step has said where it stopped; the demo says how to go on
+            raise StoppedBySignal(stopped_by[0])
         if code == 0 and makes is not None and not makes.exists():
             raise UsageError(f"step {self.done} ({title}) stopped before the end; run the demo again to resume it")
         if code:
@@ -310,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fast", action="store_true", help="a run of the same flow in a few minutes (the model learns little)"
     )
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         args = p.parse_args(argv)
         bars_only_on_a_terminal()  # for the report built here, and (TQDM_DISABLE) every step's process
@@ -323,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         return print_error(PROG, err)
     except KeyboardInterrupt:
         return print_interrupted(PROG, "run it again to resume where it stopped")
+    except StoppedBySignal as stop:
+        if stop.signum == signal.SIGINT:
+            return print_interrupted(PROG, "run it again to resume where it stopped")
+        print(f"{PROG}: stopped by {stop}; run it again to resume where it stopped", file=sys.stderr, flush=True)
+        return 128 + stop.signum  # what a shell reports for a command ended by that signal
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -4,8 +4,10 @@ checked; a second run skips what is done."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +224,114 @@ def test_the_demo_runs_every_step_and_leaves_every_artifact(tmp_path):
     assert resumed.stdout.count("done already") == 3
     assert f"resumed from {out / 'sft' / 'checkpoints' / 'step-00000010'}" in resumed.stdout
     assert (out / "sft" / "final" / "config.json").is_file()
+
+
+DEMO = "python -m shuangyu.demo"
+
+
+def test_a_failing_training_step_is_its_own_line_and_the_demos(tmp_path):
+    """No launcher report (torch's E1204 line, a ChildFailedError traceback, a `train_clm.py FAILED` block) after
+    the step's one-line error: the demo's line says the rest."""
+    out = tmp_path / "demo"
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "tokenizer.json").write_text("junk")  # counts as done: the pretraining step fails on it
+    done = run_demo("--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out), timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("train_clm.py: error: --tokenizer_name"), lines
+    assert lines[1] == f"{DEMO}: error: step 2 (data + pretraining (resumes from the latest checkpoint if interrupted))" \
+        " failed with exit 1; fix it and run the demo again"  # fmt: skip
+
+
+def test_the_launchers_report_is_dropped_and_a_training_processs_traceback_kept():
+    from shuangyu.launcher_report import LauncherReportFilter
+
+    worker = (
+        "Traceback (most recent call last):\n"
+        '  File "/repo/train_clm.py", line 9, in <module>\n'
+        "    main()\n"
+        "ZeroDivisionError: division by zero\n"
+    )
+    launcher = (
+        "W1204 17:00:07.720000 6357 site-packages/torch/distributed/elastic/multiprocessing/api.py:1028] Sending "
+        "process 6401 closing signal SIGTERM\n"
+        "E1204 17:00:07.736000 6357 site-packages/torch/distributed/elastic/multiprocessing/api.py:1002] failed "
+        "(exitcode: 1) local_rank: 0 (pid: 6400) of binary: /usr/bin/python\n"
+        "Traceback (most recent call last):\n"
+        '  File "/site-packages/accelerate/commands/launch.py", line 1029, in multi_gpu_launcher\n'
+        "    distrib_run.run(args)\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+        "============================================================\n"
+        "train_clm.py FAILED\n"
+        "------------------------------------------------------------\n"
+        "  exitcode  : 1 (pid: 6400) \n"
+        "============================================================\n"
+    )
+    bar = "\rtraining:  50%|#####     | 5/10"
+    written = []
+    report = LauncherReportFilter(written.append)
+    data = (bar + "\n" + worker + launcher + "done\n").encode()
+    for start in range(0, len(data), 5):  # as a pipe hands it over: in pieces
+        report.feed(data[start : start + 5])
+    report.close()
+    assert b"".join(written).decode() == bar + "\n" + worker + "done\n"
+    shown = []
+    LauncherReportFilter(shown.append).feed(bar.encode())
+    assert b"".join(shown).decode() == bar  # a progress bar shows at once, not at the end of its line
+
+
+def start_demo(out: Path, log: Path) -> subprocess.Popen:
+    """The demo in its own process group, as a terminal runs a command, with its output in files."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "shuangyu.demo", "--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=open(log.with_suffix(".out"), "wb"),
+        stderr=open(log.with_suffix(".err"), "wb"),
+        start_new_session=True,
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: int = 600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the demo ended before {path} was written"
+        assert time.time() < deadline, f"no {path}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow(minutes=5)
+def test_ctrl_c_and_sigterm_stop_a_training_step_with_one_line_and_leave_nothing_running(tmp_path):
+    import psutil
+
+    out = tmp_path / "demo"
+    # Ctrl-C at the terminal: SIGINT to the whole process group
+    demo = start_demo(out, tmp_path / "ctrl-c")
+    wait_for(out / "pretrain" / "run_args.json", demo)
+    time.sleep(3)
+    os.killpg(demo.pid, signal.SIGINT)
+    assert demo.wait(timeout=300) == 130
+    stderr = (tmp_path / "ctrl-c.err").read_text()
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == f"{DEMO}: interrupted; run it again to resume where it stopped", lines
+    assert "Traceback" not in stderr and "torch/distributed" not in stderr and "FAILED" not in stderr, stderr
+
+    # SIGTERM to the demo alone (kill PID, a job scheduler): passed on to the step, which stops before the demo does
+    demo = start_demo(out, tmp_path / "sigterm")
+    wait_for(out / "sft" / "run_args.json", demo)
+    time.sleep(3)
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=300) == 143
+    stderr = (tmp_path / "sigterm.err").read_text()
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == f"{DEMO}: stopped by SIGTERM; run it again to resume where it stopped", lines
+    assert "Traceback" not in stderr and "torch/distributed" not in stderr, stderr
+    left = [
+        p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not left, "the step's processes outlived the demo"
+    # the step said how it ended (stopped and saved, or done if the signal came at its last step) before the demo did
+    assert "stopped by SIGTERM" in (tmp_path / "sigterm.out").read_text() + stderr or (out / "sft" / "final").is_dir()

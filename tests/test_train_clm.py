@@ -196,7 +196,7 @@ def test_the_log_reports_the_lr_each_step_trained_with_and_validation_attends_as
         schedule.step()
     logged = {e["step"]: e["train/lr"] for e in log if "train/lr" in e}
     assert logged == {step: pytest.approx(used[step - 1]) for step in range(1, steps + 1)}
-    assert logged[1] == 0  # transformers' warmup starts at 0
+    assert logged[1] == pytest.approx(0.5e-2) and logged[steps] == pytest.approx(1e-3)  # peak/2 first, the floor last
 
     model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True).eval()
     data = PreparedData.load(common[common.index("--data_dir") + 1])

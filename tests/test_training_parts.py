@@ -183,6 +183,27 @@ def test_bits_per_byte_and_throughput():
     assert out["tokens_per_s"] > 0 and out["mfu"] == pytest.approx(out["tokens_per_s"] * 1e9 / 2e12)
 
 
+def test_throughput_leaves_paused_time_out_and_restart_drops_what_came_before(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("shuangyu.training.metrics.time.perf_counter", lambda: now[0])
+    meter = Throughput(flops_per_token=1e9, peak_flops=None)
+    now[0] = 1.0
+    meter.restart()  # the set-up, 0 to 1, left out
+    meter.add(100)
+    now[0] = 2.0
+    with meter.paused():  # a validation, 2 to 6
+        meter.add(100)
+        now[0] = 6.0
+    now[0] = 10.0
+    assert meter.measure() == {"tokens_per_s": pytest.approx(200 / 5)}  # 9 seconds, 4 of them paused
+    meter.add(50)
+    now[0] = 14.0
+    meter.restart()  # tokens and time dropped
+    meter.add(10)
+    now[0] = 15.0
+    assert meter.measure() == {"tokens_per_s": pytest.approx(10.0)}
+
+
 def test_checkpoints_are_atomic_pruned_and_resumable(tmp_path, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 

@@ -196,7 +196,7 @@ def test_the_log_reports_the_lr_each_step_trained_with_and_validation_attends_as
         schedule.step()
     logged = {e["step"]: e["train/lr"] for e in log if "train/lr" in e}
     assert logged == {step: pytest.approx(used[step - 1]) for step in range(1, steps + 1)}
-    assert logged[1] == 0  # transformers' warmup starts at 0
+    assert logged[1] == pytest.approx(0.5e-2) and logged[steps] == pytest.approx(1e-3)  # peak/2 first, the floor last
 
     model = AutoModelForCausalLM.from_pretrained(out / "final", trust_remote_code=True).eval()
     data = PreparedData.load(common[common.index("--data_dir") + 1])
@@ -208,6 +208,30 @@ def test_the_log_reports_the_lr_each_step_trained_with_and_validation_attends_as
             causal = model(ids, labels=ids).loss
         assert abs(per_document.item() - causal.item()) > 5e-5  # the two differ on this data (by 1e-4 to 3e-4)
         assert evaluated[f"eval/{name}/loss"] == pytest.approx(per_document.item(), abs=5e-6), causal.item()
+
+
+def test_throughput_leaves_out_validation_and_the_first_step(common, tmp_path, monkeypatch):
+    """A step after a validation that was not a save step counted the validation's time (step 4 of --eval_steps 3
+    --save_steps 2: a quarter of the others' tokens/s), and step 1's interval the run's set-up."""
+    from shuangyu.training import cli, train
+
+    validate, setup = train.validate, train.ckpt.start_fresh
+
+    def slow_validation(run):
+        time.sleep(1.5)
+        return validate(run)
+
+    monkeypatch.setattr(train, "validate", slow_validation)
+    monkeypatch.setattr(train.ckpt, "start_fresh", lambda out: (time.sleep(1.5), setup(out)))  # slow set-up
+    out = tmp_path / "run"
+    flags = ["--optimizer", "adamw", "--max_steps", "8", "--eval_steps", "3", "--save_steps", "2"]
+    assert cli.main([*common, *flags, "--overwrite_output_dir", "--output_dir", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    rate = {e["step"]: e["train/tokens_per_s"] for e in log if "train/tokens_per_s" in e}
+    assert sorted(rate) == list(range(1, 9))
+    typical = sorted(rate.values())[4]
+    # 4 rows of 64 tokens a step: 1.5 s in an interval is under 171 tokens/s, against thousands
+    assert min(rate.values()) > typical / 4, rate
 
 
 def test_resume_continues_step_for_step(common, reference, tmp_path):

@@ -29,6 +29,7 @@ from shuangyu.training.stopping import StopRequest
 
 
 def lrs(name, steps=100, warmup=10, **kw):
+    """The rate each step trained at, as the loop steps them: lrs(...)[k - 1] is step k's."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = build_scheduler(opt, ScheduleArguments(lr_scheduler_type=name, warmup_steps=warmup, **kw), steps)
     out = []
@@ -39,34 +40,77 @@ def lrs(name, steps=100, warmup=10, **kw):
     return out
 
 
+@pytest.mark.parametrize(
+    "name, rates",
+    [
+        ("cosine", [0.5, 1.0, 0.2 + 0.8 * (2 + 2**0.5) / 4, 0.6, 0.2 + 0.8 * (2 - 2**0.5) / 4, 0.2]),
+        ("linear", [0.5, 1.0, 0.8, 0.6, 0.4, 0.2]),
+        ("warmup_stable_decay", [0.5, 1.0, 1.0, 0.8, 0.4, 0.2]),
+        ("constant_with_warmup", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_every_schedule_warms_up_from_its_first_step_and_ends_at_the_floor_on_its_last(name, rates):
+    """Step k of a 2-step warmup trains at k/2 of the peak and the last step at --min_lr_ratio: cosine trained step 1
+    at 0, linear and warmup_stable_decay started the warmup at the floor (0.2) and linear ended a step early (0.4)."""
+    floor = {} if name == "constant_with_warmup" else {"min_lr_ratio": 0.2}
+    assert lrs(name, steps=6, warmup=2, decay_fraction=0.5, **floor) == [pytest.approx(r) for r in rates]
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear", "warmup_stable_decay", "constant_with_warmup"])
+def test_a_warmup_as_long_as_the_run_trains_no_step_at_zero(name):
+    """--max_steps 1 --warmup_steps 1 trained its one step at 0 (cosine) or at the floor (linear, wsd)."""
+    assert lrs(name, steps=1, warmup=1) == [1.0]
+    assert lrs(name, steps=3, warmup=3) == [pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0]
+    assert lrs(name, steps=2, warmup=4) == [0.25, 0.5]
+
+
+def test_a_floor_of_zero_is_reached_only_at_the_last_step():
+    for name in ("cosine", "linear", "warmup_stable_decay"):
+        lr = lrs(name, steps=5, warmup=0, min_lr_ratio=0.0)
+        assert lr[-1] == pytest.approx(0, abs=1e-12) and min(lr[:-1]) > 0.05, (name, lr)
+
+
 def test_cosine_warms_up_then_decays_to_the_floor():
     lr = lrs("cosine", min_lr_ratio=0.1)
-    assert lr[0] == 0 and lr[5] == pytest.approx(0.5) and lr[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
-    assert lr[55] == pytest.approx(0.1 + 0.9 * 0.5, abs=0.02) and lr[-1] == pytest.approx(0.1, abs=0.01)
+    assert lr[0] == pytest.approx(0.1) and lr[4] == pytest.approx(0.5) and lr[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lr[9:], lr[10:], strict=False))
+    assert lr[54] == pytest.approx(0.1 + 0.9 * 0.5) and lr[-1] == pytest.approx(0.1)
 
 
 def test_warmup_stable_decay_holds_then_decays_over_the_last_fifth():
     lr = lrs("warmup_stable_decay", decay_fraction=0.2, min_lr_ratio=0.0)
-    assert lr[10:80] == [pytest.approx(1.0)] * 70
-    assert lr[90] < 0.6 and lr[-1] < 0.01
+    assert lr[9:80] == [pytest.approx(1.0)] * 71  # steps 10 to 80
+    assert lr[89] == pytest.approx(0.5) and lr[-1] == 0
+
+
+def test_warmup_stable_decay_decays_after_a_long_warmup_at_most():
+    """A decay_fraction longer than what follows the warmup decays from the peak over the steps left."""
+    assert lrs("warmup_stable_decay", steps=8, warmup=6, decay_fraction=0.5, min_lr_ratio=0.0) == [
+        *[pytest.approx(k / 6) for k in range(1, 7)],
+        pytest.approx(0.5),
+        0,
+    ]
 
 
 def test_linear_decays_to_the_floor():
     lr = lrs("linear", min_lr_ratio=0.2)
-    assert lr[10] == pytest.approx(1.0) and lr[55] == pytest.approx(0.2 + 0.8 * 0.5, abs=0.01)
-    assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
-    assert lr[-1] == pytest.approx(0.2, abs=0.01)
+    assert lr[9] == pytest.approx(1.0) and lr[54] == pytest.approx(0.2 + 0.8 * 0.5)
+    assert all(a >= b for a, b in zip(lr[9:], lr[10:], strict=False))
+    assert lr[-1] == pytest.approx(0.2)
 
 
 def test_a_warmup_as_long_as_the_run_is_noted():
     """A short trial of a long run's config: 8 steps of a 20-step warmup never reach the peak, and say so."""
     lr = lrs("cosine", steps=8, warmup=20)
-    assert max(lr) < 0.4
+    assert max(lr) == pytest.approx(0.4)
     note = warmup_note(ScheduleArguments(warmup_steps=20), 8, 1e-2)
     assert note == (
         "note: --warmup_steps 20 is not below the run's 8 steps: the learning rate never reaches its peak (0.01) "
         "nor decays; give a smaller --warmup_steps for a short run"
+    )
+    assert warmup_note(ScheduleArguments(warmup_steps=8), 8, 1e-2) == (
+        "note: --warmup_steps 8 is not below the run's 8 steps: the learning rate reaches its peak (0.01) only at "
+        "the last step and never decays; give a smaller --warmup_steps for a short run"
     )
     assert warmup_note(ScheduleArguments(warmup_steps=7), 8, 1e-2) is None
 
@@ -137,6 +181,27 @@ def test_bits_per_byte_and_throughput():
     meter.add(1000)
     out = meter.measure()
     assert out["tokens_per_s"] > 0 and out["mfu"] == pytest.approx(out["tokens_per_s"] * 1e9 / 2e12)
+
+
+def test_throughput_leaves_paused_time_out_and_restart_drops_what_came_before(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("shuangyu.training.metrics.time.perf_counter", lambda: now[0])
+    meter = Throughput(flops_per_token=1e9, peak_flops=None)
+    now[0] = 1.0
+    meter.restart()  # the set-up, 0 to 1, left out
+    meter.add(100)
+    now[0] = 2.0
+    with meter.paused():  # a validation, 2 to 6
+        meter.add(100)
+        now[0] = 6.0
+    now[0] = 10.0
+    assert meter.measure() == {"tokens_per_s": pytest.approx(200 / 5)}  # 9 seconds, 4 of them paused
+    meter.add(50)
+    now[0] = 14.0
+    meter.restart()  # tokens and time dropped
+    meter.add(10)
+    now[0] = 15.0
+    assert meter.measure() == {"tokens_per_s": pytest.approx(10.0)}
 
 
 def test_checkpoints_are_atomic_pruned_and_resumable(tmp_path, tiny_tokenizer_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -68,11 +69,27 @@ class Throughput:
     def add(self, tokens: int) -> None:
         self._tokens += tokens
 
+    def restart(self, device: torch.device | None = None) -> None:
+        """Begin a new interval, dropping the tokens counted so far (a session's first step: its set-up); given the
+        device, once its queued work is done (one sync: a GPU runs the steps behind the host)."""
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self._tokens, self._start = 0, time.perf_counter()
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside (validation, a checkpoint) is left out of the interval; its tokens stay counted."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._start += time.perf_counter() - start
+
     def measure(self) -> dict:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
         tokens_per_s = self._tokens / elapsed
         out = {"tokens_per_s": tokens_per_s}
         if self.peak_flops:
             out["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * self.world_size)
-        self._tokens, self._start = 0, time.perf_counter()
+        self.restart()
         return out

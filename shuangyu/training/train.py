@@ -259,6 +259,8 @@ def train_loop(run: Run) -> str | None:
     loss_sum, micro_steps = torch.zeros((), device=accelerator.device), 0
     max_bad = cfg.train.max_bad_steps
     state.start_clock()
+    first_step = state.step + 1
+    run.meter.restart()  # set-up (prepare, a resume's load) is not training
     model.train()
     try:
         while state.step < run.max_steps and not stopping:
@@ -292,14 +294,17 @@ def train_loop(run: Run) -> str | None:
                     logs = training_logs(run, step_loss, grad_norm, lr)
                     show_progress(run, bar, logs)
                 if eval_now:
-                    logs |= validate(run)
+                    with run.meter.paused():  # validation is not training throughput
+                        logs |= validate(run)
                 if logs:
                     run.log(state.step, logs | {"time_s": state.seconds()})
                 stopping = should_stop(stop, accelerator, state.step, cfg.logging.logging_steps)
                 if state.step % cfg.checkpoint.save_steps == 0 or last or stopping:
                     state.check(max_bad, accelerator.print)  # a checkpoint records the bad steps in a row
-                    save(run)
-                    run.meter.measure()  # evaluation and saving are not training throughput
+                    with run.meter.paused():
+                        save(run)
+                if state.step == first_step:  # its interval held the loader's start and --compile's compiling
+                    run.meter.restart(accelerator.device)
                 if last or stopping:
                     break
     except StreamFailed as err:  # every process stops here, at the same step

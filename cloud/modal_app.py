@@ -20,8 +20,9 @@ stops itself 20 minutes before Modal's 24-hour limit, saving a checkpoint, and f
 start the next attempt; each attempt resumes from the latest checkpoint.
 
 Only this file imports `modal`: the rest of Shuangyu never does, and the plain functions below (GPU specs, the
-commands each entry runs) work without it (tests/test_modal_app.py). `python -m shuangyu.chat` is not part of
-Shuangyu yet: `chat` builds its command and will work once that module exists.
+commands each entry runs) work without it (tests/test_modal_app.py). `chat` runs `python -m shuangyu.chat` on the
+run's final model with one `--prompt` (and `--max_new_tokens`), printing the reply. Run this file with `modal run`;
+`python cloud/modal_app.py` only says so.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path, PurePosixPath
 
@@ -159,7 +161,7 @@ def evaluate_command(run: str, tasks: str, limit: int = 0) -> list[str]:
 
 
 def chat_command(run: str, prompt: str, max_new_tokens: int = 200) -> list[str]:
-    """For `python -m shuangyu.chat`, which this branch does not have yet (the command is ready for it)."""
+    """`python -m shuangyu.chat` on the run's final model: one reply to `prompt`, then exit."""
     cmd = ["python", "-m", "shuangyu.chat", f"{output_dir(run)}/final", "--prompt", prompt]
     return cmd + ["--max_new_tokens", str(max_new_tokens)]
 
@@ -321,3 +323,18 @@ if modal is not None:
         print(f"{name}: {outcome['reason']} (exit status {outcome['returncode']}); outputs in {RUNS_VOLUME}:/{name}")
         if not outcome["done"]:
             raise SystemExit(outcome["returncode"])
+
+
+if __name__ == "__main__":
+    # Modal's CLI imports this file and calls the app; run by python it would define the app and do nothing
+    if modal is None:
+        print(
+            f"{PROG}: error: modal is not installed: pip install -r requirements-cloud.txt && modal setup",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"{PROG}: error: run it with Modal's CLI: modal run cloud/modal_app.py --config CONFIG --gpu A10G",
+            file=sys.stderr,
+        )
+    raise SystemExit(2)

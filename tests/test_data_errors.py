@@ -371,3 +371,25 @@ def test_a_string_left_open_is_called_unterminated(tmp_path, name):
     )
     with pytest.raises(UsageError, match=r":2: not valid JSON \(Unterminated string starting at column 10\)"):
         list(read)
+
+
+def test_a_process_on_another_machine_without_the_prepared_folder_says_it_must_be_shared(tmp_path, data_tokenizer_dir):
+    """Only the global main process prepares OUTPUT_DIR/data; a process on a machine whose disk does not hold it
+    said "not a prepared data folder ... run prepare first". Simulated: a process that is not the main one."""
+    from types import SimpleNamespace
+
+    from shuangyu.training.arguments import DataArguments
+    from shuangyu.training.training_data import open_training_data
+
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in good_docs()), encoding="utf-8")
+    other = SimpleNamespace(is_main_process=False, process_index=1, num_processes=1)
+    out = tmp_path / "out"
+    with pytest.raises(UsageError) as err:
+        open_training_data(DataArguments(block_size=16, train_files=[str(src)]), str(data_tokenizer_dir), None, 0,
+                           str(out), other)  # fmt: skip
+    assert str(err.value) == (
+        f"process 1 does not find {out / 'data'}, which the main process prepared or found: on several machines "
+        "--output_dir (or --data_dir) must be on a disk every machine sees"
+    )
+    assert not out.exists()

@@ -103,10 +103,24 @@ def test_evaluate_chat_and_push_commands():
     cmd = app.push_command("124m", "user/shuangyu-124m", private=True)
     parsed = push_args(cmd[2:])
     assert parsed.hub_model_id == "user/shuangyu-124m" and parsed.private
-    # python -m shuangyu.chat is not in this branch yet: the command is built for it
-    assert app.chat_command("124m", "今天天气", 50) == [
-        "python", "-m", "shuangyu.chat", "/runs/124m/final", "--prompt", "今天天气", "--max_new_tokens", "50",
-    ]  # fmt: skip
+    from shuangyu.chat.cli import parse_args as chat_args
+
+    cmd = app.chat_command("124m", "今天天气", 50)
+    assert cmd[:3] == ["python", "-m", "shuangyu.chat"]
+    parsed = chat_args(cmd[3:])
+    assert str(parsed.checkpoint) == "/runs/124m/final" and parsed.prompt == "今天天气" and parsed.max_new_tokens == 50
+
+
+def test_running_it_with_python_says_how_to_run_it():
+    """`python cloud/modal_app.py` (and --help) printed nothing and exited 0, with or without modal installed."""
+    for argv in ([], ["--help"]):
+        proc = subprocess.run([sys.executable, str(REPO / "cloud/modal_app.py"), *argv], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        if app.modal is None:
+            assert "modal is not installed: pip install -r requirements-cloud.txt" in proc.stderr
+        else:
+            assert "modal run cloud/modal_app.py" in proc.stderr
 
 
 def test_run_names_and_configs_outside_the_checkout_are_refused(tmp_path):

@@ -53,8 +53,13 @@ def open_training_data(
         failure = share_from_main(accelerator, failure)
         if failure:
             raise UsageError(failure)
-    elif not (Path(folder) / MANIFEST).is_file():
-        raise UsageError("no training data: give --train_files (or --dataset_name), or a prepared --data_dir")
+    # every process opens the folder that the (global) main process prepared or found: on a machine that does not
+    # see it, all processes stop with the same line, or the others would wait for the missing one forever
+    failure = first_failure(
+        accelerator, None if (Path(folder) / MANIFEST).is_file() else not_found(folder, accelerator)
+    )
+    if failure:
+        raise UsageError(failure)
     data = PreparedData.load(folder, tokenizer)
     data.rebuilt_because = rebuilt_because  # the main process's, which says what went wrong on a resume
     if data.is_conversations != sft:
@@ -68,6 +73,15 @@ def open_training_data(
             f"pass --block_size {data.block_size}, or --train_files to prepare the data again"
         )
     return data
+
+
+def not_found(folder: str, accelerator) -> str:
+    if accelerator.is_main_process:
+        return "no training data: give --train_files (or --dataset_name), or a prepared --data_dir"
+    return (
+        f"process {accelerator.process_index} does not find {folder}, which the main process prepared or found: on "
+        "several machines --output_dir (or --data_dir) must be on a disk every machine sees"
+    )
 
 
 # prepare's flags under train_clm.py's names; "" for one it does not have

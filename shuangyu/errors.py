@@ -103,15 +103,21 @@ def stop_if_ctrl_c_was_seen() -> None:
 
 def closest_flag(parser, unknown: list[str]) -> str:
     """ "; did you mean --files?" for the first unknown flag that is near one the parser knows, else ""."""
-    import difflib
-
     known = [option for option in parser._option_string_actions if option.startswith("--")]
     for word in unknown:
         if word.startswith("--"):
-            near = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.8)
+            near = closest_name(word.split("=", 1)[0], known)
             if near:
-                return f"; did you mean {near[0]}?"
+                return f"; did you mean {near}?"
     return ""
+
+
+def closest_name(word: str, known) -> str | None:
+    """The name in `known` that `word` is a near miss of (a typo, - for _), else None."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(known), n=1, cutoff=0.8)
+    return near[0] if near else None
 
 
 def refuse_repeated_flags(parser, words: list[str]) -> None:
@@ -120,14 +126,8 @@ def refuse_repeated_flags(parser, words: list[str]) -> None:
     overrides a script's base flags, and tests and scripts do that); an append flag adds. Words after `--` are no
     flags."""
     first: dict[argparse.Action, str] = {}  # the flag as first typed
-    for word in words:
-        if word == "--":
-            break
-        found = parser._parse_optional(word)  # argparse's own reading: abbreviations, --flag=value, -5 (a value)
-        if isinstance(found, list):  # Python 3.12.7+ returns a list of candidates
-            found = found[0] if found else None
-        action = found[0] if found else None
-        if action is None or isinstance(action, argparse._AppendAction):  # append and extend: meant to repeat
+    for action, word in typed_flags(parser, words):
+        if isinstance(action, argparse._AppendAction):  # append and extend: meant to repeat
             continue
         if not (action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)):
             continue
@@ -135,6 +135,19 @@ def refuse_repeated_flags(parser, words: list[str]) -> None:
             raise UsageError(f"{first[action]} given twice: list all values after one {first[action]}")
         typed = word.split("=", 1)[0]
         first[action] = typed if typed in action.option_strings else action.option_strings[0]  # --fil: --files
+
+
+def typed_flags(parser, words: list[str]):
+    """(action, word) for each flag among command-line `words`, as argparse reads them (abbreviations,
+    --flag=value, --flag-name for --flag_name; -5 is a value); words after `--` are no flags."""
+    for word in words:
+        if word == "--":
+            break
+        found = parser._parse_optional(word)
+        if isinstance(found, list):  # Python 3.12.7+ returns a list of candidates
+            found = found[0] if found else None
+        if found and found[0] is not None:
+            yield found[0], word
 
 
 def refuse_in_one_line(parser):

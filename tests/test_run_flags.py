@@ -19,7 +19,10 @@ REFUSED = {
     "unknown_tracker": (["--report_to", "foo"], {}, "--report_to foo: unknown tracker 'foo'"),
     "unknown_in_list": (["--report_to", "tensorboard,foo"], {}, "unknown tracker 'foo'"),
     "no_cxx": (["--compile"], {"CXX": "/nonexistent/g++"},
-               "--compile needs a C++ compiler (torch inductor): install g++ or leave out --compile"),
+               "--compile needs a C++ compiler (torch inductor): $CXX (/nonexistent/g++) is not one found on PATH"),
+    # Accelerate enables fp16 on GPUs only: the run trained in fp32 and recorded fp16
+    "fp16_on_cpu": (["--mixed_precision", "fp16"], {}, "--mixed_precision fp16 does not train on the CPU (it would "
+                    "run in fp32): use bf16"),
 }  # fmt: skip
 
 
@@ -63,6 +66,16 @@ def test_what_a_machine_can_run_passes(tmp_path, monkeypatch):
         checks.check_machine(config)
     if shutil.which("g++"):
         checks.check_machine(parse_args(["--compile"]))
+    for precision in ("auto", "no", "bf16"):
+        checks.check_machine(parse_args(["--mixed_precision", precision]))
+
+
+def test_without_cxx_the_refusal_names_g_plus_plus(gpt2_tokenizer_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(checks, "cpp_compiler", lambda: None)  # a machine without g++
+    assert cli.main(flags(gpt2_tokenizer_dir, tmp_path, "--compile")) == 2
+    assert capsys.readouterr().err.strip().endswith("install g++ or leave out --compile")
 
 
 def test_the_cpp_compiler_is_the_one_inductor_uses(monkeypatch):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 16
@@ -568,6 +569,72 @@ def test_a_config_that_is_not_yaml_is_named_with_its_line_in_one_line(tmp_path, 
     message = str(caught.value)
     assert message.startswith(f"--config {cfg}:") and "\n" not in message and "unicode string" not in message
     assert re.search(said, message), message
+
+
+@pytest.mark.parametrize(
+    "case, said",
+    [
+        ("folder", r": a folder; give a YAML file of flag values$"),
+        ("binary", r": not UTF-8 text \(byte 0\); give a YAML file saved as UTF-8$"),
+        ("twice", r":3:1: not valid YAML \(max_steps given twice, first on line 1\)$"),
+        ("dashed", r": unknown keys learning-rate; did you mean learning_rate\? \(see train_clm.py --help\)$"),
+        ("typo", r": unknown keys max_step; did you mean max_steps\? \(see train_clm.py --help\)$"),
+    ],
+)
+def test_a_config_that_cannot_be_read_or_repeats_a_key_is_one_line(tmp_path, capsys, case, said):
+    # a folder or a binary file was a traceback (twice under a 2-process launch), a repeated key kept the last
+    from shuangyu.training import cli
+
+    cfg = tmp_path / "cfg.yaml"
+    if case == "folder":
+        cfg.mkdir()
+    else:
+        cfg.write_bytes(
+            {
+                "binary": b"\xff\xfe\x00max_steps: 2\n",
+                "twice": b"max_steps: 2\nlearning_rate: 0.1\nmax_steps: 3\n",
+                "dashed": b"learning-rate: 0.1\n",
+                "typo": b"max_step: 3\n",
+            }[case]
+        )
+    assert cli.main(["--config", str(cfg), "--output_dir", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"train_clm.py: error: --config {cfg}"), lines
+    assert re.search(said, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_repeated_key_in_a_nested_mapping_or_through_a_merge(tmp_path):
+    from shuangyu.training.config_file import UniqueKeyLoader
+
+    assert yaml.load("a: {x: 1}\nb: {x: 1}\n", Loader=UniqueKeyLoader) == {"a": {"x": 1}, "b": {"x": 1}}
+    merged = yaml.load("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n", Loader=UniqueKeyLoader)
+    assert merged["other"] == {"x": 3, "y": 2}  # a merge's keys may be overridden: YAML's own meaning
+    with pytest.raises(yaml.YAMLError, match="x given twice, first on line 2"):
+        yaml.load("a:\n  x: 1\n  x: 2\n", Loader=UniqueKeyLoader)
+
+
+def test_a_bad_value_is_named_with_where_it_came_from(tmp_path):
+    # it said "(from --config X or the command line)" whichever it was
+    from shuangyu.errors import UsageError
+    from shuangyu.training.arguments import parse_args
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("max_steps: 0\nmin_lr_ratio: 0.5\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("max_steps: 5\n")
+    for argv, said in (
+        (["--config", str(cfg)], f"--max_steps 0 (from --config {cfg}): must be at least 1"),
+        (["--config", str(good), "--max_steps", "0"], "--max_steps 0: must be at least 1"),
+        (["--config", str(cfg), "--max-steps=0"], "--max_steps 0: must be at least 1"),  # typed, over the config's
+        (
+            ["--config", str(cfg), "--max_steps", "1", "--lr_scheduler_type", "constant_with_warmup"],
+            f"--min_lr_ratio 0.5 (from --config {cfg}): --lr_scheduler_type constant_with_warmup never decays",
+        ),
+    ):
+        with pytest.raises(UsageError) as caught:
+            parse_args(argv)
+        assert str(caught.value).startswith(said), str(caught.value)
 
 
 def test_a_yaml_value_of_the_wrong_type_names_the_config_file(tmp_path):

@@ -14,7 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-from shuangyu.errors import UsageError, refuse_in_one_line
+from shuangyu.errors import UsageError, refuse_in_one_line, typed_flags
 from shuangyu.files import parse_count
 from shuangyu.training.config_file import load_yaml_config, refuse_renamed
 
@@ -362,7 +362,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "train_clm.py") -> Tra
         except UsageError as err:  # argparse converts a YAML string as if typed: say where it came from
             raise UsageError(f"{str(err).removesuffix(' (see --help)')} (from --config {known.config})") from None
         config = TrainConfig(*groups)
-    check_values(config, known.config)
+    # a bad value is named with where it came from: the config, unless the command line typed it
+    typed_names = {action.dest for action, _ in typed_flags(parser, sys.argv[1:] if argv is None else argv)}
+    check_values(config, known.config, typed_names)
     if config.model.tokenizer_name is None and config.model.model_name_or_path:
         config.model.tokenizer_name = config.model.model_name_or_path  # a model folder carries its tokenizer
     return config
@@ -410,14 +412,18 @@ RANGES = {
 }
 
 
-def check_values(config: TrainConfig, config_file: str | None = None) -> None:
+def check_values(config: TrainConfig, config_file: str | None = None, typed: set[str] = frozenset()) -> None:
     """Types and ranges of every value, before any work. The command line's values are converted by argparse,
-    but a YAML file's arrive as YAML typed them (`max_steps: 12.5`, a string where a list belongs)."""
-    where = f" (from --config {config_file} or the command line)" if config_file else ""
+    but a YAML file's arrive as YAML typed them (`max_steps: 12.5`, a string where a list belongs). `typed`: the
+    flags the command line gave; the others' values came from `config_file` (or are defaults, which pass)."""
+
+    def source(name: str) -> str:
+        return f" (from --config {config_file})" if config_file and name not in typed else ""
+
     for group in vars(config).values():
         hints = typing.get_type_hints(type(group))
         for f in fields(group):
-            value = getattr(group, f.name)
+            value, where = getattr(group, f.name), source(f.name)
             expected = _describe_mismatch(value, hints[f.name])
             if expected:
                 raise UsageError(f"--{f.name} {value!r}{where}: expected {expected}")
@@ -432,14 +438,14 @@ def check_values(config: TrainConfig, config_file: str | None = None) -> None:
         try:
             parse_count(config.train.max_train_tokens, "--max_train_tokens")
         except UsageError as err:
-            raise UsageError(str(err).replace(": ", f"{where}: ", 1)) from None
+            raise UsageError(str(err).replace(": ", f"{source('max_train_tokens')}: ", 1)) from None
     if config.sft.sft and config.data.validation_fraction is not None:
         raise UsageError("--validation_fraction with --sft: conversations are held out by --validation_files only")
     check_streaming(config)
     schedule = config.schedule
     if schedule.lr_scheduler_type == "constant_with_warmup" and schedule.min_lr_ratio != MIN_LR_RATIO:
         raise UsageError(
-            f"--min_lr_ratio {schedule.min_lr_ratio}{where}: --lr_scheduler_type constant_with_warmup never decays; "
+            f"--min_lr_ratio {schedule.min_lr_ratio}{source('min_lr_ratio')}: --lr_scheduler_type constant_with_warmup never decays; "
             "use linear or cosine, or leave --min_lr_ratio out"
         )
     attention = config.model.attn_implementation

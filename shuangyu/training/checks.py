@@ -73,13 +73,25 @@ def check_trackers(report_to: str) -> None:
 def check_machine(config: TrainConfig) -> None:
     """The flags this machine cannot train with, refused before any work: torch would raise at the first step."""
     attention, compiling = config.model.attn_implementation, config.train.compile
-    if not (compiling or attention.startswith(("flex", "flash"))):
+    fp16 = config.train.mixed_precision == "fp16"
+    if not (compiling or fp16 or attention.startswith(("flex", "flash"))):
         return  # nothing to ask of the machine (and no torch import for it)
     device = training_device()
     if device == "cpu" and attention.startswith(("flex", "flash")):
         # FlexAttention runs forward on the CPU but has no backward there; flash-attn kernels are CUDA only
         raise UsageError(f"--attn_implementation {attention} does not train on the CPU: use sdpa (the default)")
+    if device == "cpu" and fp16:
+        # Accelerate enables fp16 on GPUs only: on the CPU the run trained in fp32 and recorded fp16
+        raise UsageError(
+            "--mixed_precision fp16 does not train on the CPU (it would run in fp32): use bf16 (fast on CPUs with "
+            "AMX) or leave the flag out; fp16 with loss scaling is for GPUs without bf16"
+        )
     if compiling and device == "cpu" and cpp_compiler() is None:
+        if "CXX" in os.environ:  # inductor tries $CXX alone: installing g++ would not help
+            raise UsageError(
+                f"--compile needs a C++ compiler (torch inductor): $CXX ({os.environ['CXX'] or 'empty'}) is not "
+                "one found on PATH; set $CXX to an installed compiler or unset it (g++), or leave out --compile"
+            )
         raise UsageError("--compile needs a C++ compiler (torch inductor): install g++ or leave out --compile")
     if compiling and device == "cuda" and c_compiler() is None:
         # triton builds each kernel's launcher with the system's C compiler on first use

@@ -1,14 +1,16 @@
 """A command's `--config FILE.yaml`: flag values read from a YAML mapping (train_clm.py's, and the DPO command's),
-keys that no flag has refused (a renamed one named with its new name), and a YAML mistake said in one line."""
+keys that no flag has (a renamed one named with its new name, a misspelt one with the nearest) or that are given
+twice refused, and a YAML mistake or an unreadable file said in one line."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
-from shuangyu.errors import UsageError
+from shuangyu.errors import UsageError, closest_name
 
 # flags that changed name: a command or config written for the old one is told what to write instead
 RENAMED = {
@@ -35,19 +37,50 @@ def refuse_renamed(names: list[str], where: str | None = None) -> None:
 def load_yaml_config(path: str, classes, prog: str = "train_clm.py") -> dict:
     """Flag values from a YAML mapping; keys that are no field of `classes` (dataclasses) are refused."""
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--config {path}: a folder; give a YAML file of flag values") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"--config {path}: not UTF-8 text (byte {err.start}); give a YAML file saved as UTF-8"
+        ) from None
+    except OSError as err:  # no permission, and the like
+        raise UsageError(f"--config {path}: cannot be read ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         raise UsageError(f"--config {yaml_error_line(path, err)}") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path}: expected a mapping of flag names to values")
     known = {f.name for cls in classes for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=str)
     refuse_renamed(unknown, f"--config {path}")
     if unknown:
-        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)} (see {prog} --help)")
+        # the command line takes --learning-rate too, a config key only learning_rate: the hint covers both
+        near = next((f"; did you mean {n}?" for key in unknown if (n := closest_name(str(key), known))), "")
+        raise UsageError(f"--config {path}: unknown keys {', '.join(map(str, unknown))}{near} (see {prog} --help)")
     return values
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice in a mapping is an error: SafeLoader keeps the last
+    silently, so `max_steps: 2` below `max_steps: 3` trained 2 steps with no word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader's own error says it
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key} given twice, first on line {first}", key_node.start_mark
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
 
 
 def yaml_error_line(path: str, err: yaml.YAMLError) -> str:

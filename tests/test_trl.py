@@ -357,6 +357,8 @@ def test_dpo_refuses_an_output_dir_holding_its_inputs_before_any_work(tiny_chat_
     [
         (["--max_steps", "0"], "--max_steps 0: must be at least 1"),
         (["--max_steps", "-2"], "--max_steps -2: must be at least 1"),
+        # the Trainer's Accelerator enables fp16 on GPUs only: on a CPU the run trained in fp32 without a word
+        (["--fp16"], "--fp16: fp16 trains on a GPU only (on this CPU it would run in fp32); leave it off"),
         (
             ["--resume_from_checkpoint", "nowhere/checkpoint-4"],
             "--resume_from_checkpoint nowhere/checkpoint-4 does not "

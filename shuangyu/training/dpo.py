@@ -154,6 +154,8 @@ def parse_args(argv: list[str] | None):
         if "bf16" in message:
             message = "--bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
         raise UsageError(message) from None
+    if groups[-1].fp16 and not torch.cuda.is_available():  # the Accelerator enables fp16 on GPUs only
+        raise UsageError("--fp16: fp16 trains on a GPU only (on this CPU it would run in fp32); leave it off")
     if groups[-1].truncation_mode != "keep_start":  # the counts, the note and the card are keep_start's
         raise UsageError(
             f"--truncation_mode {groups[-1].truncation_mode} is deprecated in TRL and cuts the start of the chat (its "
@@ -250,13 +252,9 @@ def check_run(args: DPOArguments, config) -> Path | None:
             "--output_dir"
         )
     check_output_dir(out, args.overwrite_output_dir, resume_dir, holds_run, RUN_ENTRIES)
-    # once the flags hold (a refusal is one line)
-    if config.eval_strategy == "no" and args.validation_files and is_first_process():
-        print(
-            f"{PROG}: note: --validation_files are not scored with --eval_strategy no (give --eval_strategy steps "
-            "and --eval_steps N to score them)",
-            file=sys.stderr,
-        )
+    if config.eval_strategy == "no" and args.validation_files and is_first_process():  # once the flags hold
+        note = "are not scored with --eval_strategy no (give --eval_strategy steps and --eval_steps N to score them)"
+        print(f"{PROG}: note: --validation_files {note}", file=sys.stderr)
     return resume_dir
 
 

@@ -148,15 +148,20 @@ def dpo_check(config: str, args, work: Path) -> dict:
     rc2, _, log2 = dpo(config, resumed, args, ["--resume_from_checkpoint", "latest"])
     row["log"] += "\n--- resumed ---\n" + log2
     after = dpo_losses(resumed, args.dpo_steps) if rc2 == 0 else {}
+    return {**row, **outcome(full, after, half, seconds, failure(log2, rc2) if rc2 else None, out / "final")}
+
+
+def outcome(full: dict, after: dict, half: int, seconds: float, resume_error: str | None, final: Path) -> dict:
+    """A check's row: the losses of the whole run, how far the resumed run's differ after the checkpoint at `half`,
+    and what the final folder generates."""
     shared = [s for s in after if s > half and s in full]
     return {
-        **row,
         "seconds": seconds,
         "first_loss": full[min(full)],
         "last_loss": full[max(full)],
         "resume_max_diff": max((abs(after[s] - full[s]) for s in shared), default=float("nan")),
-        "resume_error": None if rc2 == 0 else failure(log2, rc2),
-        "generates": loads_and_generates(out / "final"),
+        "resume_error": resume_error,
+        "generates": loads_and_generates(final),
     }
 
 
@@ -173,18 +178,8 @@ def check(config: str, args, work: Path) -> dict:
     shutil.copytree(out / "checkpoints" / f"step-{half:08d}", resumed / "checkpoints" / f"step-{half:08d}")
     rc2, _, log2 = train(config, resumed, args, ["--resume_from_checkpoint", "latest"])
     after = losses(resumed) if rc2 == 0 else {}
-    shared = [s for s in after if s > half and s in full]
-    return {
-        "config": config,
-        "optimizer": optimizer_of(config),
-        "seconds": seconds,
-        "first_loss": full[min(full)],
-        "last_loss": full[max(full)],
-        "resume_max_diff": max((abs(after[s] - full[s]) for s in shared), default=float("nan")),
-        "resume_error": None if rc2 == 0 else failure(log2, rc2),
-        "generates": loads_and_generates(out / "final"),
-        "log": log,
-    }
+    row = outcome(full, after, half, seconds, failure(log2, rc2) if rc2 else None, out / "final")
+    return {"config": config, "optimizer": optimizer_of(config), **row, "log": log}
 
 
 def main() -> int:

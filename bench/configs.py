@@ -155,6 +155,8 @@ def outcome(full: dict, after: dict, half: int, seconds: float, resume_error: st
     """A check's row: the losses of the whole run, how far the resumed run's differ after the checkpoint at `half`,
     and what the final folder generates."""
     shared = [s for s in after if s > half and s in full]
+    if resume_error is None and not shared:  # nothing to compare is no evidence that the resume is exact
+        resume_error = f"the resumed run logged no step after {half} that the whole run logged"
     return {
         "seconds": seconds,
         "first_loss": full[min(full)],

@@ -179,6 +179,11 @@ def config_checks(args, preset: str, seq: int) -> list[tuple[str, list[str]]]:
     return checks
 
 
+def check_timeout(args) -> int:
+    """A config check's time limit: the DPO check (two short runs and a generate) doubles it."""
+    return args.check_timeout * (2 if args.dpo_model else 1)
+
+
 def run_group(members: list[Member], checks: list[tuple[str, list[str]]], args, logs: Path) -> list[dict]:
     """Start members as device memory allows (and the config checks at once), mark each one's exit for the
     others (bench/turns.py), and hold the timing lock until the checks are done."""
@@ -226,7 +231,7 @@ def watch(pending, running, running_checks, steps, folder, env, lock, started, a
             in_use += m.warm_gib
         now = time.monotonic()
         for name, proc, t0 in list(running_checks):
-            if proc.poll() is None and now - t0 > args.check_timeout:
+            if proc.poll() is None and now - t0 > check_timeout(args):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             if proc.poll() is not None:
@@ -323,6 +328,8 @@ def main() -> int:
     args = p.parse_args()
     if bool(args.dpo_model) != bool(args.dpo_pairs):
         p.error("--dpo_model and --dpo_pairs go together")
+    if "configs" in args.phases.split(",") and not (args.data_dir and args.tokenizer_name):
+        p.error("--phases configs needs --data_dir and --tokenizer_name (the prepared data the checks train on)")
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
@@ -368,7 +375,7 @@ def run_phases(args, phases, results, device, preset, seq, dtype, logs, save) ->
             raise KeyboardInterrupt
     if "configs" in phases and "group" not in phases:  # the config checks alone (the group runs them beside it)
         for name, cmd in config_checks(args, preset, data_block_size(args)):
-            results["steps"].append(run_step(name, cmd, args.check_timeout, logs))
+            results["steps"].append(run_step(name, cmd, check_timeout(args), logs))
         if (args.out / "configs.md").is_file():
             results["configs_md"] = (args.out / "configs.md").read_text()
         save()

@@ -136,8 +136,9 @@ def adapter_line(folder: Path) -> str | None:
 
 
 def training_time(rows: list[dict]) -> float:
-    """Seconds of training over every session of the run. A resumed run's time_s goes on from its checkpoint's;
-    in logs written before it did, time_s restarts at 0 on a resume, and each session is added up."""
+    """Seconds of training over every session of the run. A resumed run's time_s goes on from its checkpoint's.
+    A checkpoint saved before it did restarts time_s at 0: a new session is seen where time_s goes down, and one
+    whose first row comes later than the last session's last is missed (its time counted from its own start)."""
     total, last = 0.0, 0.0
     for row in rows:
         t = row.get("time_s")

@@ -111,6 +111,7 @@ def parse_args(argv: list[str] | None):
     from transformers import HfArgumentParser
     from trl import DPOConfig
 
+    from shuangyu.devices import training_device
     from shuangyu.training.accelerator import cpu_processes
 
     classes = (DPOArguments, LoraArguments, DPOConfig)
@@ -154,7 +155,7 @@ def parse_args(argv: list[str] | None):
         if "bf16" in message:
             message = "--bf16: this machine has no GPU with bf16; leave it off (fp32 on a CPU)"
         raise UsageError(message) from None
-    if groups[-1].fp16 and not torch.cuda.is_available():  # the Accelerator enables fp16 on GPUs only
+    if groups[-1].fp16 and (groups[-1].use_cpu or training_device() == "cpu"):  # Accelerate: fp16 off the CPU only
         raise UsageError("--fp16: fp16 trains on a GPU only (on this CPU it would run in fp32); leave it off")
     if groups[-1].truncation_mode != "keep_start":  # the counts, the note and the card are keep_start's
         raise UsageError(

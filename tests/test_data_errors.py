@@ -1,6 +1,7 @@
 """Bad input to `python -m shuangyu.data.prepare`: a one-line error naming the file or flag, exit 2, no cache."""
 
 import json
+import time
 
 import pytest
 
@@ -393,3 +394,53 @@ def test_a_process_on_another_machine_without_the_prepared_folder_says_it_must_b
         "--output_dir (or --data_dir) must be on a disk every machine sees"
     )
     assert not out.exists()
+
+
+def test_a_process_on_another_machine_looks_again_for_the_prepared_folder(tmp_path, data_tokenizer_dir, monkeypatch):
+    """NFS may answer "no such file" from its cache for up to a minute after another machine wrote the folder: a
+    process that is not the main one failed at its first look. It looks again (each look a second, here none) where
+    the main process sees the folder, for up to SHARED_FOLDER_WAIT_S; the main process never waits."""
+    from types import SimpleNamespace
+
+    import shuangyu.training.training_data as training_data
+    from shuangyu.training.arguments import DataArguments
+    from shuangyu.training.training_data import open_training_data
+
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in good_docs()), encoding="utf-8")
+    out, args = tmp_path / "out", DataArguments(block_size=16, train_files=[str(src)])
+    main = SimpleNamespace(is_main_process=True, is_local_main_process=False, process_index=0, num_processes=1)
+    other = SimpleNamespace(is_main_process=False, process_index=1, num_processes=1)
+    open_training_data(args, str(data_tokenizer_dir), None, 0, str(out), main)
+    manifest, hidden = out / "data" / MANIFEST, tmp_path / "hidden"
+    manifest.rename(hidden)  # what the other machine's cache answers at first
+
+    looks, real_sleep = [], time.sleep
+
+    def look_again(seconds):
+        looks.append(seconds)
+        if len(looks) == 2:
+            hidden.rename(manifest)
+
+    monkeypatch.setattr(training_data.time, "sleep", look_again)
+    monkeypatch.setattr(training_data, "share_from_main", lambda accelerator, value: True)  # the main one sees it
+    data = open_training_data(DataArguments(block_size=16), str(data_tokenizer_dir), None, 0, str(out), other)
+    assert looks == [1.0, 1.0] and data.block_size == 16
+
+    # never there: the message after the wait (shortened here), not at once
+    manifest.rename(hidden)
+    looks.clear()
+    monkeypatch.setattr(training_data, "SHARED_FOLDER_WAIT_S", 0.2)
+    monkeypatch.setattr(training_data, "SHARED_FOLDER_POLL_S", 0.05)
+    monkeypatch.setattr(training_data.time, "sleep", lambda s: looks.append(s) or real_sleep(s))
+    with pytest.raises(UsageError, match=r"^process 1 does not find .* must be on a disk every machine sees$"):
+        open_training_data(DataArguments(block_size=16), str(data_tokenizer_dir), None, 0, str(out), other)
+    assert len(looks) >= 3
+
+    # the main process, or a process whose main one does not see the folder either, fails at once
+    looks.clear()
+    monkeypatch.setattr(training_data, "share_from_main", lambda accelerator, value: value)
+    for process in (main, other):
+        with pytest.raises(UsageError):
+            open_training_data(DataArguments(block_size=16), str(data_tokenizer_dir), None, 0, str(out), process)
+    assert looks == []

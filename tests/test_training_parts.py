@@ -64,6 +64,24 @@ def test_a_warmup_as_long_as_the_run_trains_no_step_at_zero(name):
     assert lrs(name, steps=2, warmup=4) == [0.25, 0.5]
 
 
+@pytest.mark.parametrize(
+    "name, rates",
+    [
+        ("cosine", [1.0, *(0.2 + 0.4 * (1 + math.cos(math.pi * k / 5)) for k in range(1, 6))]),
+        ("linear", [1.0, 0.84, 0.68, 0.52, 0.36, 0.2]),
+        ("warmup_stable_decay", [1.0, 1.0, 1.0, 0.8, 0.4, 0.2]),
+        ("constant_with_warmup", [1.0] * 6),
+    ],
+)
+def test_no_warmup_trains_step_1_at_the_peak_and_the_last_at_the_floor(name, rates):
+    """--warmup_steps 0 trained step 1 one step into the decay (cosine 0.946, linear 0.867, never the peak) and a
+    1-step run only at the floor (0.2): warmup 0 is now warmup 1."""
+    floor = {} if name == "constant_with_warmup" else {"min_lr_ratio": 0.2}
+    assert lrs(name, steps=6, warmup=0, decay_fraction=0.5, **floor) == [pytest.approx(r) for r in rates]
+    assert lrs(name, steps=6, warmup=0, decay_fraction=0.5, **floor) == lrs(name, 6, 1, decay_fraction=0.5, **floor)
+    assert lrs(name, steps=1, warmup=0, **floor) == [1.0]
+
+
 def test_a_floor_of_zero_is_reached_only_at_the_last_step():
     for name in ("cosine", "linear", "warmup_stable_decay"):
         lr = lrs(name, steps=5, warmup=0, min_lr_ratio=0.0)

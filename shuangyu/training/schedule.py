@@ -3,6 +3,9 @@
 Step k (1 to max_steps, the k-th optimizer update) trains at peak * k / warmup_steps while k < warmup_steps (step 1
 at peak/warmup_steps, never 0), at the peak at step warmup_steps, and then follows the schedule's decay, which
 reaches peak * min_lr_ratio at the last step (the rate is 0 only there, and only with --min_lr_ratio 0).
+--warmup_steps 0 is read as 1: step 1 trains at the peak and the decay takes the steps after it, as before the
+warmup's rule gave step k its k-th share (read as 0, step 1 would already be one step into the decay, and a
+1-step run would train only at the floor).
 A warmup as long as the run reaches the peak at its last step; a longer one never does (warmup_note says so)."""
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def build_scheduler(optimizer, args: ScheduleArguments, max_steps: int) -> Lambd
     `warmup_stable_decay`: warmup, a constant stretch, then a cosine decay over the last `decay_fraction`
     of the steps, or over all the steps after the warmup if fewer (so a run can be extended from any point of the
     stable stretch)."""
-    name, warmup, floor = args.lr_scheduler_type, args.warmup_steps, args.min_lr_ratio
+    # warmup 0 is warmup 1 (module doc): step 1 at the peak, not one step into the decay
+    name, warmup, floor = args.lr_scheduler_type, max(1, args.warmup_steps), args.min_lr_ratio
     after_warmup = max(1, max_steps - warmup)  # one when the warmup fills the run: its last step is the peak
     if name == "cosine":
         curve = get_scheduler("cosine_with_min_lr", optimizer, warmup, warmup + after_warmup, {"min_lr_rate": floor})

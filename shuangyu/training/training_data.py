@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from shuangyu.data.inputs import PrepareArguments
@@ -54,10 +55,13 @@ def open_training_data(
         if failure:
             raise UsageError(failure)
     # every process opens the folder that the (global) main process prepared or found: on a machine that does not
-    # see it, all processes stop with the same line, or the others would wait for the missing one forever
-    failure = first_failure(
-        accelerator, None if (Path(folder) / MANIFEST).is_file() else not_found(folder, accelerator)
+    # see it, all processes stop with the same line, or the others would wait for the missing one forever; they look
+    # again for a while where the main process sees it (manifest_seen: why), never where it does not (a quick error)
+    main_sees = share_from_main(
+        accelerator, (Path(folder) / MANIFEST).is_file() if accelerator.is_main_process else None
     )
+    seen = manifest_seen(folder, wait=bool(main_sees))
+    failure = first_failure(accelerator, None if seen else not_found(folder, accelerator))
     if failure:
         raise UsageError(failure)
     data = PreparedData.load(folder, tokenizer)
@@ -73,6 +77,24 @@ def open_training_data(
             f"pass --block_size {data.block_size}, or --train_files to prepare the data again"
         )
     return data
+
+
+# how long a process looks again for the folder that the main process just wrote or found: NFS may go on answering
+# "no such file" from its cache for up to acdirmax (60 s by default) on another machine
+SHARED_FOLDER_WAIT_S = 60.0
+SHARED_FOLDER_POLL_S = 1.0
+
+
+def manifest_seen(folder: str, wait: bool) -> bool:
+    """The folder's manifest is there: at once on the main process's machine (no wait); `wait`: looked for again for
+    up to SHARED_FOLDER_WAIT_S, then not there."""
+    manifest = Path(folder) / MANIFEST
+    deadline = time.monotonic() + (SHARED_FOLDER_WAIT_S if wait else 0)
+    while not manifest.is_file():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(SHARED_FOLDER_POLL_S)
+    return True
 
 
 def not_found(folder: str, accelerator) -> str:

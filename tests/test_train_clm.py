@@ -219,20 +219,20 @@ def test_throughput_leaves_out_validation_and_the_first_step(common, tmp_path, m
     validate, setup = train.validate, train.ckpt.start_fresh
 
     def slow_validation(run):
-        time.sleep(1.5)
+        time.sleep(3)
         return validate(run)
 
     monkeypatch.setattr(train, "validate", slow_validation)
-    monkeypatch.setattr(train.ckpt, "start_fresh", lambda out: (time.sleep(1.5), setup(out)))  # slow set-up
+    monkeypatch.setattr(train.ckpt, "start_fresh", lambda out: (time.sleep(3), setup(out)))  # slow set-up
     out = tmp_path / "run"
     flags = ["--optimizer", "adamw", "--max_steps", "8", "--eval_steps", "3", "--save_steps", "2"]
     assert cli.main([*common, *flags, "--overwrite_output_dir", "--output_dir", str(out)]) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     rate = {e["step"]: e["train/tokens_per_s"] for e in log if "train/tokens_per_s" in e}
     assert sorted(rate) == list(range(1, 9))
-    typical = sorted(rate.values())[4]
-    # 4 rows of 64 tokens a step: 1.5 s in an interval is under 171 tokens/s, against thousands
-    assert min(rate.values()) > typical / 4, rate
+    # 4 rows of 64 tokens a step: 3 s in an interval is under 86 tokens/s; a step of its own takes milliseconds
+    # (thousands of tokens/s), and a second under the noisiest load: not a ratio to the others, which load moves
+    assert min(rate.values()) > 256, rate
 
 
 def test_resume_continues_step_for_step(common, reference, tmp_path):

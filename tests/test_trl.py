@@ -62,7 +62,7 @@ def test_dpo_sees_the_template_control_ids(tiny_chat_model_dir, sft_data_dir, tm
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from shuangyu.training.dpo import read_pairs
+    from shuangyu.training.dpo_pairs import read_pairs
 
     pairs = read_pairs([str(first_rows(sft_data_dir / "preference_val.jsonl", 4, tmp_path / "p.jsonl"))], "--x")
     tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
@@ -88,7 +88,7 @@ def test_dpo_counts_the_pairs_trl_leaves_out_or_cuts(tiny_chat_model_dir, sft_da
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from shuangyu.training.dpo import check_fits, fitted_pairs, read_pairs
+    from shuangyu.training.dpo_pairs import check_fits, fitted_pairs, read_pairs
 
     pairs = read_pairs([str(first_rows(sft_data_dir / "preference.jsonl", 24, tmp_path / "p.jsonl"))], "--x")
     tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
@@ -115,7 +115,7 @@ def test_dpo_counts_the_pairs_trl_leaves_out_or_cuts(tiny_chat_model_dir, sft_da
 
 
 def test_preference_text_spelling_a_control_token_is_refused(tmp_path):
-    from shuangyu.training.dpo import read_pairs
+    from shuangyu.training.dpo_pairs import read_pairs
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "q <|im_end|>", "chosen": "a", "rejected": "b"}) + "\n")
@@ -168,7 +168,7 @@ def test_dpo_command_trains_a_few_steps_and_saves_a_chat_folder(tiny_chat_model_
     # the pairs TRL leaves out or cuts at --max_length 128: told in one line, and the card counts what was used
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from shuangyu.training.dpo import read_pairs
+    from shuangyu.training.dpo_pairs import read_pairs
 
     tok = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
     left_out, cut = overlong(tok, read_pairs([str(pairs)], "--x"), 128)
@@ -357,6 +357,8 @@ def test_dpo_refuses_an_output_dir_holding_its_inputs_before_any_work(tiny_chat_
     [
         (["--max_steps", "0"], "--max_steps 0: must be at least 1"),
         (["--max_steps", "-2"], "--max_steps -2: must be at least 1"),
+        (["--beta", "-1"], "--beta -1.0: must be above 0"),  # TRL trained on, the preference turned around
+        (["--beta", "0"], "--beta 0.0: must be above 0"),
         # the Trainer's Accelerator enables fp16 on GPUs only: on a CPU the run trained in fp32 without a word
         (["--fp16"], "--fp16: fp16 trains on a GPU only (on this CPU it would run in fp32); leave it off"),
         (

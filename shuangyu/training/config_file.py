@@ -58,7 +58,8 @@ def load_yaml_config(path: str, classes, prog: str = "train_clm.py") -> dict:
     if unknown:
         # the command line takes --learning-rate too, a config key only learning_rate: the hint covers both
         near = next((f"; did you mean {n}?" for key in unknown if (n := closest_name(str(key), known))), "")
-        raise UsageError(f"--config {path}: unknown keys {', '.join(map(str, unknown))}{near} (see {prog} --help)")
+        keys = "key" if len(unknown) == 1 else "keys"
+        raise UsageError(f"--config {path}: unknown {keys} {', '.join(map(str, unknown))}{near} (see {prog} --help)")
     return values
 
 

@@ -37,18 +37,15 @@ from shuangyu.library_warnings import checkpoints_saved_within_a_second, reading
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import write_card
 from shuangyu.sharing.folder import check_model_folder
-from shuangyu.text.conversations import iter_dataset_records, iter_file_records, read_preference
-from shuangyu.text.sources import check_not_held_out, parse_dataset_source, parse_file_source, resolve_files
+from shuangyu.text.sources import check_not_held_out, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code, save_tokenizer
-from shuangyu.tokenizer.special_tokens import SPECIAL_TOKENS
 from shuangyu.training.arguments import LoraArguments
 from shuangyu.training.checks import check_output_dir, check_trackers, is_first_process
 from shuangyu.training.config_file import load_yaml_config
+from shuangyu.training.dpo_pairs import PROG, check_fits, fitted_pairs, load_pairs
 from shuangyu.training.finetune import lora_config
 from shuangyu.training.model_folder import save_model_folder
-
-PROG = "python -m shuangyu.training.dpo"
 
 
 @dataclass
@@ -63,47 +60,6 @@ class DPOArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Start over in an --output_dir that holds a run (its checkpoints go)."}
     )
-
-
-def read_pairs(specs: list[str], flag: str) -> list[dict]:
-    """The checked preference pairs of the files; text that spells a special token is refused (TRL tokenizes the
-    rendered template as one string, where it would become the token itself)."""
-    pairs = []
-    for spec in specs:
-        read = [
-            check_no_control_text(read_preference(r, where), where)
-            for path in resolve_files(parse_file_source(spec, flag), flag=flag)
-            for where, r in iter_file_records(path)
-        ]
-        if not read:  # an empty file: said here, by name, not as TRL's traceback or an unnamed "no data"
-            raise UsageError(f"{flag} {spec}: no preference pairs (empty file?); give it pairs, or leave it out")
-        pairs += read
-    return pairs
-
-
-def check_no_control_text(pair: dict, where: str) -> dict:
-    for key in ("prompt", "chosen", "rejected"):
-        for message in pair[key]:
-            found = [t for t in SPECIAL_TOKENS if t in message["content"]]
-            if found:
-                raise UsageError(f"{where}: {key} contains the special token text {found[0]}; remove it from the data")
-    return pair
-
-
-def load_pairs(args: DPOArguments) -> tuple[list[dict], list[dict]]:
-    if args.dataset_name:
-        spec = parse_dataset_source(args.dataset_name, "--dataset_name")
-        train = [
-            check_no_control_text(read_preference(r, where), where)
-            for where, r in iter_dataset_records(spec, args.dataset_split)
-        ]
-        if not train:
-            raise UsageError(f"--dataset_name {args.dataset_name}: no preference pairs in split {args.dataset_split}")
-    elif args.train_files:
-        train = read_pairs(args.train_files, "--train_files")
-    else:
-        raise UsageError("no preference pairs: give --train_files (or --dataset_name)")
-    return train, read_pairs(args.validation_files, "--validation_files")
 
 
 def parse_args(argv: list[str] | None):
@@ -221,6 +177,10 @@ def check_run(args: DPOArguments, config) -> Path | None:
         raise UsageError("give --output_dir")
     if config.max_steps < 1 and config.max_steps != -1:  # -1, the Trainer's default: --num_train_epochs decides
         raise UsageError(f"--max_steps {config.max_steps}: must be at least 1")
+    if not config.beta > 0:  # TRL takes any: at 0 nothing is learned, below it the preference is turned around
+        raise UsageError(
+            f"--beta {config.beta}: must be above 0 (0.1 is usual; lower keeps the model nearer its start)"
+        )
     if args.dataset_name and args.train_files:  # load_pairs would read the dataset and drop the files in silence
         raise UsageError("--dataset_name and --train_files both name the training pairs: give one of them")
     # the Trainer evaluates on the held-out pairs only: without them it fails in a traceback once the model is loaded
@@ -355,37 +315,6 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     if main and trl_card.is_file() and "generated_from_trainer" in trl_card.read_text(encoding="utf-8"):
         trl_card.unlink()
     return final, fits["train"]
-
-
-def fitted_pairs(given: int, prepared, max_length: int) -> dict:
-    """How TRL's DPOTrainer (1.16) fits `given` pairs into max_length, counted on its prepared dataset (prompt_ids,
-    chosen_ids, rejected_ids): a pair whose prompt alone fills max_length is dropped there (no reply token would
-    be left), and prompt + reply longer than max_length is cut when batched, losing the end of the reply."""
-    rows = prepared.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
-    cut = sum(len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) > max_length for r in rows)
-    return {"pairs": given, "left_out": given - len(rows), "cut": cut, "used": len(rows)}
-
-
-def check_fits(fits: dict, max_length: int, context: int, tell: bool) -> None:
-    """Refuse data of which nothing is left; else tell in one line what TRL leaves out or cuts (its own notice is a
-    progress bar, hidden off a terminal)."""
-    fix = (
-        f"raise --max_length (the model's context is {context})"
-        if max_length < context
-        else "that is the model's context: shorten those pairs to train on them whole"
-    )
-    for split, flag in (("train", "--train_files"), ("validation", "--validation_files")):
-        if split in fits and not fits[split]["used"]:
-            raise UsageError(f"{flag}: every pair's prompt is --max_length {max_length} tokens or longer; {fix}")
-    named = [(fits[s], name) for s, name in (("train", "training"), ("validation", "held-out")) if s in fits]
-
-    def counted(key: str) -> str:
-        return " and ".join(f"{f[key]:,} of {f['pairs']:,} {name} pairs" for f, name in named if f[key])
-
-    parts = [f"{counted('left_out')} are left out (the prompt alone is that long)"] if counted("left_out") else []
-    parts += [f"{counted('cut')} are cut to that length (the end of a reply is lost)"] if counted("cut") else []
-    if parts and tell:
-        print(f"{PROG}: note: --max_length {max_length}: {'; '.join(parts)}; {fix}", file=sys.stderr, flush=True)
 
 
 def finish_folder(folder: Path, final: Path, model, tokenizer, args: DPOArguments, lora, config, fits: dict) -> None:

@@ -353,7 +353,10 @@ def assert_the_step_saved(output: str, run: Path, stopped_by: str) -> None:
     elif re.search(r"^done: \d+ steps", output, re.M):
         assert (run / "final" / "config.json").is_file(), output
     else:
-        set_up = rf"^train_clm.py: (stopped by {stopped_by} before training|interrupted); no step was saved"
+        # Ctrl-C in the set-up is a KeyboardInterrupt ("interrupted"); a SIGTERM says so (an "interrupted" after a
+        # SIGTERM is a second signal that stopped it at once)
+        said = "interrupted" if stopped_by == "SIGINT" else f"stopped by {stopped_by} before training"
+        set_up = rf"^train_clm.py: {said}; no step was saved"
         assert re.search(set_up, output, re.M) and not list(run.glob("checkpoints/step-*/checkpoint.json")), output
 
 

@@ -24,13 +24,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import psutil
-
 from shuangyu.errors import UsageError, ctrl_c_is_one_line, print_error, print_interrupted, refuse_in_one_line
 from shuangyu.files import atomic_write_text
 from shuangyu.launcher_report import copy_without_the_launchers_report, open_stderr_for_a_step
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
+from shuangyu.step_signals import end_with_the_demo, tell_the_step, to_the_whole_step
 from shuangyu.training.arguments import ARGUMENT_CLASSES
 from shuangyu.training.checks import cpp_compiler  # the one train_clm.py's --compile is checked with
 from shuangyu.training.config_file import load_yaml_config
@@ -175,37 +174,47 @@ class Steps:
         print("$ " + shlex.join(["python" if part == sys.executable else part for part in cmd]), flush=True)
         # an `accelerate launch` step: its launcher's own report of a failure repeats the line the demo gives
         launcher = "accelerate.commands.launch" in cmd
-        read_end, write_end = open_stderr_for_a_step() if launcher else (None, None)
-        stopped_by, started, copying = [], [], None
+        stopped_by, started, told, copying = [], [], [], None
 
         def pass_on(signum, frame):
             """Ctrl-C or SIGTERM: the step finishes its training step, saves a checkpoint and exits; the demo waits.
-            Under a launcher only its training processes are told: a launcher that sees a signal reports it as a
-            failure, one that sees its processes exit does not."""
+            Only the first is passed on, and a second Ctrl-C (the user's "stop now"): the step takes any second
+            signal as that, and a second SIGTERM or SIGHUP is the same stop again (a closed terminal's second
+            hang-up; a scheduler that signals every process of the job, the step's included)."""
+            first = not stopped_by
             stopped_by.append(signal.Signals(signum))
+            if started and (first or signum == signal.SIGINT):
+                told.append(signum)
+                tell_the_step(started[0], signum, launcher)
+
+        def pause(signum, frame):
+            """Ctrl-Z: the step is in a session of its own, so the terminal stops the demo alone; stop both."""
             if started:
-                tell(started[0], signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)  # SIGHUP: save, stop
+                to_the_whole_step(started[0], signal.SIGSTOP)
+            os.kill(os.getpid(), signal.SIGSTOP)  # here until `fg` or `bg` continues the demo (then `resume`)
 
-        def tell(process: subprocess.Popen, sent: int) -> None:
-            try:
-                if not launcher:
-                    os.killpg(process.pid, sent)  # the step and its workers, as a terminal would
-                    return
-                workers = psutil.Process(process.pid).children()
-                for worker in workers:
-                    worker.send_signal(sent)
-                if not workers:  # a launcher still starting: SIGTERM ends it quietly
-                    process.send_signal(signal.SIGTERM)
-            except (psutil.NoSuchProcess, ProcessLookupError):
-                pass  # it has exited already
+        def resume(signum, frame):
+            if started:
+                to_the_whole_step(started[0], signal.SIGCONT)
 
-        previous = {sig: signal.signal(sig, pass_on) for sig in PASSED_ON}
+        handlers = {**dict.fromkeys(PASSED_ON, pass_on), signal.SIGTSTP: pause, signal.SIGCONT: resume}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
-            # its own session, so a Ctrl-C at the terminal reaches the demo alone, which passes it on (pass_on)
-            process = subprocess.Popen(cmd, stderr=write_end, start_new_session=True)
-            started.append(process)
-            if stopped_by:  # a signal while it was being started
-                tell(process, signal.SIGINT if stopped_by[0] == signal.SIGINT else signal.SIGTERM)
+            read_end, write_end = open_stderr_for_a_step() if launcher else (None, None)
+            try:
+                # its own session, so a Ctrl-C at the terminal reaches the demo alone, which passes it on (pass_on)
+                process = subprocess.Popen(cmd, stderr=write_end, start_new_session=True, preexec_fn=end_with_the_demo)
+            except OSError as err:
+                for end in (read_end, write_end) if launcher else ():
+                    os.close(end)
+                why = f"{err.strerror or err}: {err.filename or cmd[0]}"
+                raise UsageError(
+                    f"step {self.done} ({title}) could not be started ({why}); fix it and run the demo again"
+                ) from None
+            started.append(process)  # from here pass_on tells it
+            if stopped_by and not told:  # a signal while it was being started
+                told.append(stopped_by[0])
+                tell_the_step(process, stopped_by[0], launcher)
             if launcher:
                 os.close(write_end)
                 copying = copy_without_the_launchers_report(read_end)

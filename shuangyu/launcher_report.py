@@ -85,12 +85,20 @@ def open_stderr_for_a_step() -> tuple[int, int]:
     import pty
     import termios
 
-    read_end, write_end = pty.openpty()
-    attributes = termios.tcgetattr(write_end)
-    attributes[1] &= ~termios.OPOST  # bytes as written: no "\n" -> "\r\n"
-    termios.tcsetattr(write_end, termios.TCSANOW, attributes)
-    size = fcntl.ioctl(sys.stderr.fileno(), termios.TIOCGWINSZ, b"\0" * 8)
-    fcntl.ioctl(write_end, termios.TIOCSWINSZ, size)  # bars as wide as the real terminal
+    try:
+        read_end, write_end = pty.openpty()
+    except OSError:  # no free pseudo-terminal (a container may allow none): plain lines, as in a log file
+        return os.pipe()
+    try:
+        attributes = termios.tcgetattr(write_end)
+        attributes[1] &= ~termios.OPOST  # bytes as written: no "\n" -> "\r\n"
+        termios.tcsetattr(write_end, termios.TCSANOW, attributes)
+        size = fcntl.ioctl(sys.stderr.fileno(), termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(write_end, termios.TIOCSWINSZ, size)  # bars as wide as the real terminal
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return os.pipe()
     return read_end, write_end
 
 

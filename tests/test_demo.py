@@ -1,6 +1,7 @@
 """The one-command demo (python -m shuangyu.demo): the whole flow end to end, shortened (--fast), every artifact
 checked; a second run skips what is done."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -319,10 +320,15 @@ def test_ctrl_c_and_sigterm_stop_a_training_step_with_one_line_and_leave_nothing
     assert lines[-1] == f"{DEMO}: interrupted; run it again to resume where it stopped", lines
     assert "Traceback" not in stderr and "torch/distributed" not in stderr and "FAILED" not in stderr, stderr
 
-    # SIGTERM to the demo alone (kill PID, a job scheduler): passed on to the step, which stops before the demo does
+    assert_the_step_saved(stderr + (tmp_path / "ctrl-c.out").read_text(), out / "pretrain", "SIGINT")
+
+    # SIGTERM to the demo alone (kill PID, a job scheduler), twice as a scheduler's may reach it: passed on to the
+    # step once, which saves and stops before the demo does
     demo = start_demo(out, tmp_path / "sigterm")
     wait_for(out / "sft" / "run_args.json", demo)
     time.sleep(3)
+    demo.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
     demo.send_signal(signal.SIGTERM)
     assert demo.wait(timeout=300) == 143
     stderr = (tmp_path / "sigterm.err").read_text()
@@ -333,5 +339,175 @@ def test_ctrl_c_and_sigterm_stop_a_training_step_with_one_line_and_leave_nothing
         p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])
     ]
     assert not left, "the step's processes outlived the demo"
-    # the step said how it ended (stopped and saved, or done if the signal came at its last step) before the demo did
-    assert "stopped by SIGTERM" in (tmp_path / "sigterm.out").read_text() + stderr or (out / "sft" / "final").is_dir()
+    assert_the_step_saved(stderr + (tmp_path / "sigterm.out").read_text(), out / "sft", "SIGTERM")
+
+
+def assert_the_step_saved(output: str, run: Path, stopped_by: str) -> None:
+    """The step's own word on how it stopped, and its folder agrees: a checkpoint at the step it names, its final
+    model (the signal came at its last step), or nothing to save (the signal came while it was being set up)."""
+    import re
+
+    stopped = re.search(rf"^stopped by {stopped_by} at step (\d+);", output, re.M)
+    if stopped:
+        assert (run / "checkpoints" / f"step-{int(stopped[1]):08d}" / "checkpoint.json").is_file(), output
+    elif re.search(r"^done: \d+ steps", output, re.M):
+        assert (run / "final" / "config.json").is_file(), output
+    else:
+        # Ctrl-C in the set-up is a KeyboardInterrupt ("interrupted"); a SIGTERM says so (an "interrupted" after a
+        # SIGTERM is a second signal that stopped it at once)
+        said = "interrupted" if stopped_by == "SIGINT" else f"stopped by {stopped_by} before training"
+        set_up = rf"^train_clm.py: {said}; no step was saved"
+        assert re.search(set_up, output, re.M) and not list(run.glob("checkpoints/step-*/checkpoint.json")), output
+
+
+# a stand-in for a training step under `accelerate launch`: a launcher process and one worker that stops as
+# train_clm.py does (training/stopping.py), saying whether it saved; the demo's Steps.run runs it
+STAND_IN_WORKER = """
+import os, sys, time
+from shuangyu.training.stopping import StopRequest, stop_with_the_launcher
+stop = StopRequest()
+stop_with_the_launcher()  # as under accelerate launch (ACCELERATE_MIXED_PRECISION is set)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+try:
+    for _ in range(1200):
+        time.sleep(0.05)
+        if stop.requested:
+            time.sleep(2)  # saving a checkpoint
+            print("worker: stopped by", stop.requested, "and saved", flush=True)
+            sys.exit(0)
+except KeyboardInterrupt:
+    print("worker: stopped at once, nothing saved", flush=True)
+    sys.exit(130)
+"""
+STAND_IN_DEMO = """
+import sys
+from shuangyu.demo import Steps, StoppedBySignal
+launcher = [sys.executable, "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"]
+try:
+    Steps(1).run("training", [*launcher, sys.executable, *sys.argv[1:], "accelerate.commands.launch"])
+except StoppedBySignal as stop:
+    print("demo: stopped by", stop, flush=True)
+"""
+
+
+@pytest.fixture
+def stand_in_demo(tmp_path: Path):
+    """(the stand-in demo, its worker's pid); both are ended after the test, whatever it left behind."""
+    (tmp_path / "worker.py").write_text(STAND_IN_WORKER)
+    (tmp_path / "demo.py").write_text(STAND_IN_DEMO)
+    pid_file = tmp_path / "worker.pid"
+    demo = subprocess.Popen(
+        [sys.executable, str(tmp_path / "demo.py"), str(tmp_path / "worker.py"), str(pid_file)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_MIXED_PRECISION": "no"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(pid_file, demo, timeout=120)
+        yield demo, int(pid_file.read_text())
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)  # the demo (stopped by Ctrl-Z, perhaps), not its step's session
+            demo.communicate()
+        if pid_file.exists():
+            import psutil
+
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker = psutil.Process(int(pid_file.read_text()))
+                if str(tmp_path / "worker.py") in worker.cmdline():  # still ours, not a new process with its pid
+                    worker.kill()
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        # a closed terminal can send SIGHUP twice: one stop, passed on once
+        ("two SIGHUPs", ["worker: stopped by SIGTERM and saved", "demo: stopped by SIGHUP"]),
+        # Slurm's scancel or time limit: SIGTERM to every process of the job, the worker's included
+        ("a scheduler's SIGTERM", ["worker: stopped by SIGTERM and saved", "demo: stopped by SIGTERM"]),
+        # the user's "stop now" is passed on
+        ("two Ctrl-Cs", ["worker: stopped at once, nothing saved", "demo: stopped by SIGINT"]),
+    ],
+)
+def test_a_stop_that_reaches_the_demo_twice_still_saves_but_a_second_ctrl_c_stops_at_once(stand_in_demo, how, said):
+    demo, worker = stand_in_demo
+    if how == "two SIGHUPs":
+        demo.send_signal(signal.SIGHUP)
+        time.sleep(0.01)
+        demo.send_signal(signal.SIGHUP)
+    elif how == "a scheduler's SIGTERM":
+        os.kill(worker, signal.SIGTERM)
+        demo.send_signal(signal.SIGTERM)
+    else:
+        demo.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # the first has reached the worker
+        demo.send_signal(signal.SIGINT)
+    output, _ = demo.communicate(timeout=60)
+    assert [line for line in output.splitlines() if line.startswith(("worker:", "demo:"))] == said, output
+
+
+def test_ctrl_z_stops_the_step_with_the_demo_and_fg_continues_both(stand_in_demo):
+    import psutil
+
+    demo, worker = stand_in_demo
+
+    def settles(pid: int, stopped: bool) -> bool:
+        deadline = time.time() + 10
+        while (psutil.Process(pid).status() == psutil.STATUS_STOPPED) != stopped and time.time() < deadline:
+            time.sleep(0.05)
+        return (psutil.Process(pid).status() == psutil.STATUS_STOPPED) == stopped
+
+    demo.send_signal(signal.SIGTSTP)
+    assert settles(demo.pid, stopped=True) and settles(worker, stopped=True)
+    demo.send_signal(signal.SIGCONT)  # what `fg` sends
+    assert settles(demo.pid, stopped=False) and settles(worker, stopped=False)
+    demo.send_signal(signal.SIGTERM)
+    output, _ = demo.communicate(timeout=60)
+    assert "worker: stopped by SIGTERM and saved" in output, output
+
+
+def test_a_demo_killed_outright_has_its_step_stop_and_save(stand_in_demo):
+    """kill -9 or the out-of-memory killer: the demo cannot pass a signal on; Linux sends its launcher SIGTERM."""
+    demo, worker = stand_in_demo
+    demo.kill()
+    output, _ = demo.communicate(timeout=60)  # its stdout closes when the step's last process has exited
+    assert "worker: stopped by SIGTERM and saved" in output, output
+
+
+def test_a_step_that_cannot_be_started_is_one_line_and_leaves_no_file_open(tmp_path):
+    from shuangyu import demo
+    from shuangyu.errors import UsageError
+
+    open_before = len(os.listdir("/proc/self/fd"))
+    missing = str(tmp_path / "no-python")
+    with pytest.raises(UsageError, match=r"^step 1 \(training\) could not be started \(No such file or directory: "):
+        demo.Steps(1).run("training", [missing, "-m", "accelerate.commands.launch", "train_clm.py"])
+    assert len(os.listdir("/proc/self/fd")) == open_before
+
+
+def test_a_terminal_without_a_free_pseudo_terminal_gets_a_pipe(monkeypatch):
+    import pty
+    import stat
+
+    from shuangyu import launcher_report
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    def no_free_pty():
+        raise OSError(5, "out of pseudo-terminals")
+
+    monkeypatch.setattr(launcher_report.sys, "stderr", Terminal())
+    monkeypatch.setattr(pty, "openpty", no_free_pty)
+    read_end, write_end = launcher_report.open_stderr_for_a_step()
+    try:
+        assert stat.S_ISFIFO(os.fstat(read_end).st_mode) and stat.S_ISFIFO(os.fstat(write_end).st_mode)
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -305,6 +305,23 @@ def test_stop_request_turns_signals_into_a_flag():
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_a_sigterm_right_after_the_first_is_the_same_stop_a_later_one_stops_at_once(monkeypatch):
+    """A scheduler that signals every process of a job reaches a training process directly and through its parent
+    (the demo, torch's launcher), milliseconds apart: one stop, which saves. A `kill` seconds later means "now"."""
+    from shuangyu.training import stopping
+
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == "SIGTERM"
+        monkeypatch.setattr(stopping, "SAME_STOP_SECONDS", 0.0)  # as if seconds had passed
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        stop.restore()
+
+
 def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():
     """The figure training logs and eval/run.py reports, against a direct computation from the logits."""
     from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM

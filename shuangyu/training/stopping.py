@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import torch
 
@@ -36,23 +37,38 @@ def echo_of_the_launchers_death(signum: int) -> bool:
     return signum == signal.SIGTERM and _launcher_pid is not None and os.getppid() != _launcher_pid
 
 
+# a SIGTERM this soon after the first stop request is that request again, not a second one: a scheduler that signals
+# every process of a job (Slurm's scancel and time limit) reaches a process directly and through the parent that
+# passes it on (the demo, torch's launcher), milliseconds apart. A user's second `kill` comes later, or is Ctrl-C
+SAME_STOP_SECONDS = 2.0
+
+
+def same_stop_again(signum: int, first_at: float | None) -> bool:
+    """Whether a SIGTERM is the stop already requested (at `first_at`) reaching this process another way."""
+    if signum != signal.SIGTERM or first_at is None:
+        return False
+    return echo_of_the_launchers_death(signum) or time.monotonic() - first_at < SAME_STOP_SECONDS
+
+
 class StopRequest:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so a preempted or interrupted run
-    finishes its step, saves a checkpoint and exits cleanly. A second signal stops at once."""
+    finishes its step, saves a checkpoint and exits cleanly. A second signal stops at once (but a SIGTERM right after
+    the first: same_stop_again)."""
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self.requested: str | None = None
+        self._requested_at: float | None = None
         self._previous = {}
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if self.requested and echo_of_the_launchers_death(signum):
+        if same_stop_again(signum, self._requested_at):
             return
         if self.requested:  # asked twice: the user means it
             self.restore()
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self.requested, self._requested_at = signal.Signals(signum).name, time.monotonic()
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -82,6 +98,7 @@ class StopAtOnce:
 
     def __init__(self):
         self.requested: str | None = None
+        self._requested_at: float | None = None
         self._pid = os.getpid()
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -90,9 +107,9 @@ class StopAtOnce:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        if self.requested and echo_of_the_launchers_death(signum):
+        if same_stop_again(signum, self._requested_at):
             return  # the set-up is stopping already: let it remove what it was writing
-        self.requested = signal.Signals(signum).name
+        self.requested, self._requested_at = signal.Signals(signum).name, time.monotonic()
         raise KeyboardInterrupt
 
     def restore(self) -> None:

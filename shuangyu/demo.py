@@ -167,10 +167,10 @@ class Steps:
         self.header(title)
         print(f"   done already ({why}): skipped", flush=True)
 
-    def run(self, title: str, cmd: list[str], makes: Path | None = None) -> None:
+    def run(self, title: str, cmd: list[str], makes: Path | None = None, note: str = "") -> None:
         """Run the step; `makes`: the file it must leave behind (a training run stopped by a signal exits 0
-        with a checkpoint, not a model)."""
-        self.header(title)
+        with a checkpoint, not a model); `note`: said after the title in the step's header only."""
+        self.header(f"{title} {note}" if note else title)
         print("$ " + shlex.join(["python" if part == sys.executable else part for part in cmd]), flush=True)
         # an `accelerate launch` step: its launcher's own report of a failure repeats the line the demo gives
         launcher = "accelerate.commands.launch" in cmd
@@ -284,8 +284,8 @@ def claim_folder(out: Path, recipe_key: str, fast: bool) -> None:
         try:
             was = json.loads(record.read_text(encoding="utf-8"))
             old = RECIPE_FLAGS[was["recipe"]] + (" --fast" if was["fast"] else "")
-        except (ValueError, KeyError, TypeError) as err:
-            raise UsageError(f"{record}: not a demo's record ({err!r}); give another --output_dir") from None
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{record}: not a demo's record (not its JSON); give another --output_dir") from None
         if old != flags:
             raise UsageError(
                 f"--output_dir {out} holds a demo run with {old}, not {flags}: run it with {old} to resume it, "
@@ -322,11 +322,12 @@ def run_demo(recipe_key: str, out: Path, fast: bool, why: str = "") -> Path:
             steps.skip(title, str(output / "final"))
             return
         steps.run(
-            f"{title} (resumes from the latest checkpoint if interrupted)",
+            title,
             launch(
                 recipe, "--config", config, *args, "--output_dir", str(output), "--resume_from_checkpoint", "latest"
             ),
             makes=output / "final" / "config.json",
+            note="(resumes from the latest checkpoint if interrupted)",
         )
 
     # data preparation happens inside train_clm.py (cached in OUTPUT_DIR/data, keyed by its inputs)

@@ -241,8 +241,7 @@ def test_a_failing_training_step_is_its_own_line_and_the_demos(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("train_clm.py: error: --tokenizer_name"), lines
-    assert lines[1] == f"{DEMO}: error: step 2 (data + pretraining (resumes from the latest checkpoint if interrupted))" \
-        " failed with exit 1; fix it and run the demo again"  # fmt: skip
+    assert lines[1] == f"{DEMO}: error: step 2 (data + pretraining) failed with exit 1; fix it and run the demo again"
 
 
 def test_the_launchers_report_is_dropped_and_a_training_processs_traceback_kept():

@@ -42,7 +42,9 @@ def test_members_time_one_at_a_time_after_all_are_warm_and_the_checks_are_done(t
 
     members = [member("a", 0.2), member("b", 1.5), member("fails", 0.1, "fail"), member("c", 0.5)]
     check = [sys.executable, "-c", "import time; time.sleep(2.5); print('checked', time.time())"]
-    args = Namespace(out=tmp_path, tiny=False, memory_budget_gib=35, check_timeout=60, group_wait=60, step_timeout=60)
+    args = Namespace(
+        out=tmp_path, tiny=False, memory_budget_gib=35, check_timeout=60, group_wait=60, step_timeout=60, dpo_model=None
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
     steps = run_group(members, [("check", check)], args, logs)
@@ -69,7 +71,9 @@ def test_a_member_still_compiling_after_the_group_wait_is_stopped_and_the_rest_t
         Member("quick", [sys.executable, "-c", MEMBER, str(BENCH), "0.1", "ok"], 0, 0),
         Member("slow", [sys.executable, "-c", MEMBER, str(BENCH), "60", "ok"], 0, 0),
     ]
-    args = Namespace(out=tmp_path, tiny=True, memory_budget_gib=1, check_timeout=60, group_wait=3, step_timeout=60)
+    args = Namespace(
+        out=tmp_path, tiny=True, memory_budget_gib=1, check_timeout=60, group_wait=3, step_timeout=60, dpo_model=None
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
     started = time.time()

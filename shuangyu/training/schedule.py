@@ -3,9 +3,8 @@
 Step k (1 to max_steps, the k-th optimizer update) trains at peak * k / warmup_steps while k < warmup_steps (step 1
 at peak/warmup_steps, never 0), at the peak at step warmup_steps, and then follows the schedule's decay, which
 reaches peak * min_lr_ratio at the last step (the rate is 0 only there, and only with --min_lr_ratio 0).
---warmup_steps 0 is read as 1: step 1 trains at the peak and the decay takes the steps after it, as before the
-warmup's rule gave step k its k-th share (read as 0, step 1 would already be one step into the decay, and a
-1-step run would train only at the floor).
+--warmup_steps 0 is read as 1: step 1 trains at the peak and the decay takes the steps after it (read as 0, step 1
+would already be one step into the decay, and a 1-step run would train only at the floor).
 A warmup as long as the run reaches the peak at its last step; a longer one never does (warmup_note says so)."""
 
 from __future__ import annotations

@@ -22,10 +22,61 @@ SHARED_CORPUS = SHARED / "data" / "corpus"
 def signal_handlers_restored():
     """train_clm's run keeps its stop handlers after a complete run (the process exits then); a test that runs it
     in-process must not leave them to the tests after it."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+class TerminalWindow:
+    """A command run as a terminal window runs it: a pseudo-terminal is its controlling terminal, stdin, stdout and
+    stderr. What it shows is read as it comes (a terminal nobody reads blocks the command); `close()` closes the
+    window: the command gets SIGHUP, and its writes to the terminal fail from then on."""
+
+    def __init__(self, cmd: list[str], **popen):
+        import fcntl
+        import subprocess
+        import termios
+        import threading
+
+        self._terminal, window = os.openpty()
+        self.process = subprocess.Popen(
+            cmd, stdin=window, stdout=window, stderr=window, start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0), **popen,
+        )  # fmt: skip
+        os.close(window)
+        self._shown: list[bytes] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        try:
+            while data := os.read(self._terminal, 65536):
+                self._shown.append(data)
+        except OSError:  # EIO: the command's side is closed, or the window is
+            pass
+
+    def shown(self) -> str:
+        return b"".join(self._shown).decode(errors="replace")
+
+    def close(self):
+        os.close(self._terminal)
+
+
+@pytest.fixture
+def terminal_window():
+    """Starts commands in terminal windows (TerminalWindow); kills what is left of them after the test."""
+    windows = []
+
+    def start(cmd: list[str], **popen) -> TerminalWindow:
+        windows.append(TerminalWindow(cmd, **popen))
+        return windows[-1]
+
+    yield start
+    for window in windows:
+        if window.process.poll() is None:
+            os.killpg(window.process.pid, signal.SIGKILL)
+            window.process.wait()
 
 
 def pytest_collection_modifyitems(config, items):

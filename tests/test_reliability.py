@@ -1060,22 +1060,23 @@ def signals_fail_the_test():
     def unhandled(signum, frame):
         pytest.fail(f"{signal.Signals(signum).name} was not handled: the default would have killed the run")
 
-    previous = {sig: signal.signal(sig, unhandled) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, unhandled) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     yield
     for sig, handler in previous.items():
         signal.signal(sig, handler)
 
 
+@pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_while_the_data_is_prepared_is_one_line_and_leaves_nothing(
-    flags, tmp_path, monkeypatch, capsys, signals_fail_the_test
+    flags, tmp_path, monkeypatch, capsys, signals_fail_the_test, sent
 ):
-    """A preemption before the loop killed the process with no word and left OUTPUT/.data.tmp-PID, a whole partial
-    copy of the data that no later run removed."""
+    """A preemption (or a closed terminal) before the loop killed the process with no word and left
+    OUTPUT/.data.tmp-PID, a whole partial copy of the data that no later run removed."""
     from shuangyu.data import prepare
     from shuangyu.training import cli
 
     def preempted(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sent)
         return real(*args, **kwargs)
 
     real = prepare.pack_training
@@ -1086,7 +1087,7 @@ def test_sigterm_while_the_data_is_prepared_is_one_line_and_leaves_nothing(
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert (
         lines[-1]
-        == "train_clm.py: stopped by SIGTERM before training; no step was saved: rerun the same command to start again"
+        == f"train_clm.py: stopped by {sent.name} before training; no step was saved: rerun the same command to start again"
     ), lines
     assert status == 0  # as a SIGTERM in the loop: a preemption, not a failure
     assert not out.exists()  # the half-prepared data went, and the folder the run made

@@ -742,3 +742,30 @@ def test_block_size_defaults_to_the_models_context(data_tokenizer_dir, data_corp
     # one step against the default 100 warmup steps: said, as it never reaches its peak learning rate
     assert "note: --warmup_steps 100 is not below the run's 1 step: the learning rate never reaches" in said.out
     assert json.loads((out / "data" / "manifest.json").read_text())["block_size"] == 256
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["python", "accelerate_launch_2"])
+def test_a_closed_terminal_saves_a_checkpoint_at_the_step_it_stops(common, tmp_path, processes, terminal_window):
+    """Closing the terminal window (SIGHUP, and every later write to it fails) stopped the run with no checkpoint
+    since the last --save_steps; now it saves at its step as for SIGTERM, and the next run resumes there."""
+    out = tmp_path / "run"
+    args = [*common, "--optimizer", "muon", "--max_steps", "200", "--save_steps", "100", "--output_dir", str(out)]
+    if processes == 1:
+        cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
+    else:
+        launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml")]
+        cmd = [sys.executable, *launch, "--num_processes", "2", str(REPO / "train_clm.py"), *args]
+    window = terminal_window(cmd, env=env(), cwd=REPO)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 3) and time.time() < deadline:
+        assert window.process.poll() is None, window.shown()[-3000:]
+        time.sleep(0.05)
+    window.close()
+    window.process.wait(timeout=300)
+    checkpoints = sorted(out.glob("checkpoints/step-*/checkpoint.json"))
+    assert checkpoints, f"no checkpoint: exit {window.process.returncode}; {window.shown()[-2000:]}"
+    saved = int(checkpoints[-1].parent.name.split("-")[1])
+    assert 3 <= saved < 200 and max(losses(out)) <= saved, (saved, max(losses(out)))
+    resumed = run([*args, "--max_steps", str(saved + 2), "--resume_from_checkpoint", "latest"], processes)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]

@@ -322,6 +322,57 @@ def test_a_sigterm_right_after_the_first_is_the_same_stop_a_later_one_stops_at_o
         stop.restore()
 
 
+def test_a_closed_terminal_stops_the_run_unless_nohup_ignores_it():
+    """SIGHUP (a closed terminal window) killed a run with no checkpoint; it is a stop like SIGTERM now, and a second
+    hang-up at once (the terminal's and the launcher's) the same stop. Under nohup (SIGHUP ignored) the run goes on."""
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.requested == "SIGHUP"
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        stop = StopRequest()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.requested is None and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        stop.restore()
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+CLOSED_TERMINAL = """
+import os, sys
+from shuangyu.terminal import leave_a_closed_terminal, outlive_a_closed_terminal
+terminal, window = os.openpty()
+os.dup2(window, 1)
+os.dup2(window, 2)
+outlive_a_closed_terminal()
+print("shown", flush=True)
+os.read(terminal, 100)
+assert not leave_a_closed_terminal()  # a live terminal stays
+os.close(terminal)  # the window closes
+print("said to a closed terminal", flush=True)
+sys.stderr.write("and a bar's redraw\\r")
+sys.stderr.flush()
+os.write(int(sys.argv[1]), b"outlived it")
+"""
+
+
+def test_writes_to_a_closed_terminal_go_nowhere_and_a_pipe_is_left_alone():
+    """A print or a progress bar's redraw after the terminal was closed raised EIO, and the run ended before it saved."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.run(
+        [sys.executable, "-c", CLOSED_TERMINAL, str(write_end)], pass_fds=(write_end,), capture_output=True, timeout=60
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as told:
+        assert told.read() == b"outlived it", proc.stderr.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
 def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():
     """The figure training logs and eval/run.py reports, against a direct computation from the logits."""
     from shuangyu.modeling import ShuangyuConfig, ShuangyuForCausalLM

@@ -14,6 +14,7 @@ import sys
 import time
 
 from shuangyu.errors import UsageError, print_error, print_interrupted
+from shuangyu.terminal import outlive_a_closed_terminal
 from shuangyu.training.arguments import parse_args
 from shuangyu.training.checks import check_run, is_first_process
 
@@ -22,6 +23,7 @@ SAY_IT_FIRST_S = 10
 
 
 def main(argv: list[str] | None = None) -> int:
+    outlive_a_closed_terminal()  # a closed terminal stops the run (SIGHUP): its checkpoint must not fail on a print
     try:
         config = parse_args(argv, PROG)
         out, resume_dir = check_run(config)

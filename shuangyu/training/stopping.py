@@ -1,4 +1,4 @@
-"""Clean stops: SIGTERM or Ctrl-C finishes the step, saves a checkpoint and exits 0. Before the loop there is no
+"""Clean stops: SIGTERM, Ctrl-C or a closed terminal (SIGHUP) finishes the step, saves a checkpoint and exits 0. Before the loop there is no
 step to finish (SIGTERM stops at once, as Ctrl-C does); after a complete run there is nothing left to stop."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import sys
 import time
 
 import torch
+
+from shuangyu.terminal import leave_a_closed_terminal, stop_signals
 
 _launcher_pid: int | None = None  # the process that started this one, when stop_with_the_launcher watches it
 
@@ -37,32 +39,34 @@ def echo_of_the_launchers_death(signum: int) -> bool:
     return signum == signal.SIGTERM and _launcher_pid is not None and os.getppid() != _launcher_pid
 
 
-# a SIGTERM this soon after the first stop request is that request again, not a second one: a scheduler that signals
-# every process of a job (Slurm's scancel and time limit) reaches a process directly and through the parent that
-# passes it on (the demo, torch's launcher), milliseconds apart. A user's second `kill` comes later, or is Ctrl-C
+# a SIGTERM or SIGHUP this soon after the first stop request is that request again, not a second one: a scheduler
+# that signals every process of a job (Slurm's scancel and time limit), or a closed terminal, reaches a process
+# directly and through the parent that passes it on (the demo, torch's launcher), milliseconds apart. A user's second
+# `kill` comes later, or is Ctrl-C
 SAME_STOP_SECONDS = 2.0
 
 
 def same_stop_again(signum: int, first_at: float | None) -> bool:
-    """Whether a SIGTERM is the stop already requested (at `first_at`) reaching this process another way."""
-    if signum != signal.SIGTERM or first_at is None:
+    """Whether a SIGTERM or SIGHUP is the stop already requested (at `first_at`) reaching this process another way."""
+    if signum == signal.SIGINT or first_at is None:
         return False
     return echo_of_the_launchers_death(signum) or time.monotonic() - first_at < SAME_STOP_SECONDS
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so a preempted or interrupted run
-    finishes its step, saves a checkpoint and exits cleanly. A second signal stops at once (but a SIGTERM right after
-    the first: same_stop_again)."""
+    """Turns SIGTERM/SIGINT/SIGHUP into a flag the loop checks between steps, so a preempted or interrupted run
+    finishes its step, saves a checkpoint and exits cleanly. A second signal stops at once (but a SIGTERM or SIGHUP
+    right after the first: same_stop_again). After a closed terminal, what the run says goes to /dev/null."""
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, signals=None):
         self.requested: str | None = None
         self._requested_at: float | None = None
         self._previous = {}
-        for sig in signals:
+        for sig in signals or stop_signals():
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        leave_a_closed_terminal()  # SIGHUP, or a stop passed on by a demo whose terminal was closed
         if same_stop_again(signum, self._requested_at):
             return
         if self.requested:  # asked twice: the user means it
@@ -91,8 +95,8 @@ def should_stop(stop: StopRequest, accelerator, step: int, every: int) -> bool:
 
 
 class StopAtOnce:
-    """Until the loop: SIGTERM (a preemption while the data is prepared or the model built) stops at once as Ctrl-C
-    does, a KeyboardInterrupt, so that what the set-up was writing is removed and the run says so in one line;
+    """Until the loop: SIGTERM or SIGHUP (a preemption or a closed terminal while the data is prepared or the model
+    built) stops at once as Ctrl-C does, a KeyboardInterrupt, so that what the set-up was writing is removed and the run says so in one line;
     `requested` tells the two apart. The default would kill the process with no word and leave a half-written
     `.data.tmp-PID` folder."""
 
@@ -100,19 +104,20 @@ class StopAtOnce:
         self.requested: str | None = None
         self._requested_at: float | None = None
         self._pid = os.getpid()
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in stop_signals() if sig != signal.SIGINT}
 
     def _handle(self, signum, frame):
         if os.getpid() != self._pid:  # a forked worker (datasets' pool), which its pool's terminate() ends so
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        leave_a_closed_terminal()
         if same_stop_again(signum, self._requested_at):
             return  # the set-up is stopping already: let it remove what it was writing
         self.requested, self._requested_at = signal.Signals(signum).name, time.monotonic()
         raise KeyboardInterrupt
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

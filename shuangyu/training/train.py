@@ -57,7 +57,7 @@ PROG = "train_clm.py"
 def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
     """A run whose flags and output folder cli.check_run passed: set up, train, finish; the exit status."""
     run = None
-    at_once = StopAtOnce()  # SIGTERM during the set-up stops it as Ctrl-C does
+    at_once = StopAtOnce()  # SIGTERM or SIGHUP during the set-up stops it as Ctrl-C does
     try:
         run = set_up(config, out, resume_dir)
         at_once.restore()  # the loop's StopRequest takes over
@@ -69,8 +69,8 @@ def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
         # every process of a launch meets the same error: one of them says it
         status = print_error(PROG, err, show=is_first_process())
     except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM during the set-up (the loop turns the first one into a clean stop), or a second one in
-        # the loop. SIGTERM is a preemption, not a failure: exit 0 as when the loop stops for it, nothing to save yet
+        # Ctrl-C, SIGTERM or SIGHUP during the set-up (the loop turns the first one into a clean stop), or a second
+        # one in the loop. SIGTERM is a preemption, not a failure: exit 0 as when the loop stops for it, nothing to save yet
         if at_once.requested:
             if is_first_process():
                 print(f"{PROG}: stopped by {at_once.requested} before training; {interrupted_state(out)}",

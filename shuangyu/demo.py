@@ -30,6 +30,7 @@ from shuangyu.launcher_report import copy_without_the_launchers_report, open_std
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.report.build import build_report
 from shuangyu.step_signals import end_with_the_demo, tell_the_step, to_the_whole_step
+from shuangyu.terminal import leave_a_closed_terminal, outlive_a_closed_terminal, stop_signals
 from shuangyu.training.arguments import ARGUMENT_CLASSES
 from shuangyu.training.checks import cpp_compiler  # the one train_clm.py's --compile is checked with
 from shuangyu.training.config_file import load_yaml_config
@@ -135,10 +136,6 @@ def pick_recipe(device: str, amx: str) -> tuple[str, str]:
     return "cpu-amx", "--amx off trains in fp32 (configs/demo-cpu.yaml)"
 
 
-# what stops the demo cleanly: Ctrl-C, a `kill` or a job scheduler's SIGTERM, a closed terminal
-PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 class StoppedBySignal(Exception):
     """The demo was asked to stop; a step that was running has saved what it could."""
 
@@ -181,6 +178,7 @@ class Steps:
             Only the first is passed on, and a second Ctrl-C (the user's "stop now"): the step takes any second
             signal as that, and a second SIGTERM or SIGHUP is the same stop again (a closed terminal's second
             hang-up; a scheduler that signals every process of the job, the step's included)."""
+            leave_a_closed_terminal()  # a closed terminal: the step's stderr, copied here, goes nowhere from now
             first = not stopped_by
             stopped_by.append(signal.Signals(signum))
             if started and (first or signum == signal.SIGINT):
@@ -197,7 +195,8 @@ class Steps:
             if started:
                 to_the_whole_step(started[0], signal.SIGCONT)
 
-        handlers = {**dict.fromkeys(PASSED_ON, pass_on), signal.SIGTSTP: pause, signal.SIGCONT: resume}
+        # what stops the demo cleanly: Ctrl-C, a `kill` or a job scheduler's SIGTERM, a closed terminal (not under nohup)
+        handlers = {**dict.fromkeys(stop_signals(), pass_on), signal.SIGTSTP: pause, signal.SIGCONT: resume}
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
             read_end, write_end = open_stderr_for_a_step() if launcher else (None, None)
@@ -379,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fast", action="store_true", help="a run of the same flow in a few minutes (the model learns little)"
     )
-    previous = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    outlive_a_closed_terminal()  # a closed terminal stops the demo: saying so must not fail
+    previous = {sig: signal.signal(sig, stop_on_signal) for sig in stop_signals() if sig != signal.SIGINT}
     try:
         args = p.parse_args(argv)
         bars_only_on_a_terminal()  # for the report built here, and (TQDM_DISABLE) every step's process

@@ -14,6 +14,8 @@ import re
 import sys
 import threading
 
+from shuangyu.terminal import leave_a_closed_terminal
+
 AGENT_LOG = re.compile(rb"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S*torch/distributed/")  # glog-style, from torch
 LAUNCHER_FRAME = b"accelerate/commands/launch.py"
 LAUNCHER_ERRORS = (b"ChildFailedError", b"SignalException", b"CalledProcessError")
@@ -108,8 +110,11 @@ def copy_without_the_launchers_report(read_end: int) -> threading.Thread:
     out = sys.stderr.buffer
 
     def write(data: bytes) -> None:
-        out.write(data)
-        out.flush()
+        try:
+            out.write(data)
+            out.flush()
+        except OSError:  # a closed terminal: go on reading, or the step blocks on a full pipe before it saves
+            leave_a_closed_terminal()
 
     def copy() -> None:
         report = LauncherReportFilter(write)

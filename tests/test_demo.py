@@ -341,6 +341,27 @@ def test_ctrl_c_and_sigterm_stop_a_training_step_with_one_line_and_leave_nothing
     assert_the_step_saved(stderr + (tmp_path / "sigterm.out").read_text(), out / "sft", "SIGTERM")
 
 
+@pytest.mark.slow(minutes=3)
+def test_a_closed_terminal_stops_the_training_step_after_it_saves(tmp_path, terminal_window):
+    """Closing the demo's terminal window passed the stop on, but the step's writes to the closed terminal then failed
+    and it could end before it saved (the README said to expect the steps since the last checkpoint lost)."""
+    import psutil
+
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "shuangyu.demo", "--fast", "--device", "cpu", "--amx", "off", "--output_dir", str(out)]
+    window = terminal_window(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    wait_for(out / "pretrain" / "checkpoints" / "step-00000010" / "checkpoint.json", window.process)
+    window.close()
+    window.process.wait(timeout=300)
+    # the step's processes agree on a stop at their next vote, step 20 of --fast's 20: it finishes and saves its model
+    assert (out / "pretrain" / "final" / "config.json").is_file(), window.shown()[-3000:]
+    assert not (out / "pretrain" / "final" / "eval_results.json").exists()  # and the demo stopped there
+    left = [
+        p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not left, "the step's processes outlived the demo"
+
+
 def assert_the_step_saved(output: str, run: Path, stopped_by: str) -> None:
     """The step's own word on how it stopped, and its folder agrees: a checkpoint at the step it names, its final
     model (the signal came at its last step), or nothing to save (the signal came while it was being set up)."""
@@ -392,11 +413,13 @@ except StoppedBySignal as stop:
 
 
 @pytest.fixture
-def stand_in_demo(tmp_path: Path):
-    """(the stand-in demo, its worker's pid); both are ended after the test, whatever it left behind."""
+def stand_in_demo(tmp_path: Path, request):
+    """(the stand-in demo, its worker's pid); both are ended after the test, whatever it left behind. With the
+    parameter "nohup" it starts with SIGHUP ignored, as `nohup` starts a command."""
     (tmp_path / "worker.py").write_text(STAND_IN_WORKER)
     (tmp_path / "demo.py").write_text(STAND_IN_DEMO)
     pid_file = tmp_path / "worker.pid"
+    nohup = getattr(request, "param", None) == "nohup"
     demo = subprocess.Popen(
         [sys.executable, str(tmp_path / "demo.py"), str(tmp_path / "worker.py"), str(pid_file)],
         cwd=REPO,
@@ -405,6 +428,7 @@ def stand_in_demo(tmp_path: Path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None,
     )
     try:
         wait_for(pid_file, demo, timeout=120)
@@ -448,6 +472,22 @@ def test_a_stop_that_reaches_the_demo_twice_still_saves_but_a_second_ctrl_c_stop
         demo.send_signal(signal.SIGINT)
     output, _ = demo.communicate(timeout=60)
     assert [line for line in output.splitlines() if line.startswith(("worker:", "demo:"))] == said, output
+
+
+@pytest.mark.parametrize("stand_in_demo", ["nohup"], indirect=True)
+def test_under_nohup_a_closed_terminal_leaves_the_demo_and_its_step_running(stand_in_demo):
+    """`nohup make demo &` (the README's advice for a long run): the terminal's SIGHUP stopped the step all the same,
+    since the demo's own handler replaced nohup's "ignore"."""
+    demo, worker = stand_in_demo
+    demo.send_signal(signal.SIGHUP)  # what the shell sends its jobs when its terminal is closed
+    time.sleep(3)
+    assert demo.poll() is None
+    demo.send_signal(signal.SIGTERM)
+    output, _ = demo.communicate(timeout=60)
+    assert [line for line in output.splitlines() if line.startswith(("worker:", "demo:"))] == [
+        "worker: stopped by SIGTERM and saved",
+        "demo: stopped by SIGTERM",
+    ], output
 
 
 def test_ctrl_z_stops_the_step_with_the_demo_and_fg_continues_both(stand_in_demo):

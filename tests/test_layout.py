@@ -11,10 +11,10 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "shuangyu"
 
 # Each step may import only the steps below it (modules at the top of the package, errors, files, devices,
-# progress and library_warnings, are below everything).
+# progress, terminal and library_warnings, are below everything).
 LAYERS = [
-    "errors", "files", "devices", "progress", "library_warnings", "environment", "text", "tokenizer", "data",
-    "modeling", "evaluation", "sharing", "training", "chat", "planning", "report", "demo",
+    "errors", "files", "devices", "progress", "terminal", "library_warnings", "environment", "text", "tokenizer",
+    "data", "modeling", "evaluation", "sharing", "training", "chat", "planning", "report", "launcher_report", "demo",
 ]  # fmt: skip
 # fmt: off
 ALLOWED = {
@@ -22,6 +22,7 @@ ALLOWED = {
     "files": {"errors"},
     "devices": {"errors"},  # a command's --device against what this machine's torch sees
     "progress": set(),  # progress bars on a terminal, plain lines in a log file: other libraries' switches
+    "terminal": set(),  # a closed terminal: writes to it go nowhere instead of raising
     "library_warnings": set(),  # other libraries' warnings a user cannot act on, dropped around one call
     "environment": set(),  # hardware, versions, commit: reads the machine, imports nothing of ours
     "text": {"errors", "files"},
@@ -34,7 +35,7 @@ ALLOWED = {
     "evaluation": {"errors", "files", "devices", "progress", "library_warnings", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files", "library_warnings"},  # loads an adapter on its base model (PEFT warns)
     "training": {
-        "errors", "files", "devices", "progress", "library_warnings", "environment", "text", "tokenizer", "data",
+        "errors", "files", "devices", "progress", "terminal", "library_warnings", "environment", "text", "tokenizer", "data",
         "modeling", "evaluation", "sharing",
     },
     # talks to a saved folder: needs nothing of training
@@ -47,7 +48,9 @@ ALLOWED = {
     },
     # runs every step as its own command; reads the pretraining config as train_clm.py does (its tokenizer
     # learns from the same files); builds the report at the end
-    "demo": {"errors", "files", "progress", "report", "training"},
+    # the demo's view of an `accelerate launch` step's stderr, which a closed terminal must not stop
+    "launcher_report": {"terminal"},
+    "demo": {"errors", "files", "progress", "terminal", "report", "training", "launcher_report"},
 }
 # fmt: on
 

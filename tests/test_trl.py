@@ -494,14 +494,20 @@ def test_dpo_ctrl_c_before_the_first_save_removes_the_folder_it_made(tiny_chat_m
     assert "Traceback" not in err and not out.exists()
 
 
-def dpo_until_signalled(flags: list[str], sig: int, log: Path) -> tuple[int, str]:
+def dpo_until_signalled(flags: list[str], sig: int, log: Path, processes: int = 1) -> tuple[int, str]:
     """`python -m shuangyu.training.dpo FLAGS`, sent `sig` from outside once the first step is logged (mid-run, as a
-    scheduler's preemption, a closed terminal or Ctrl-C comes); (exit status, what it printed)."""
+    scheduler's preemption, a closed terminal or Ctrl-C comes); (exit status, what it printed). With several
+    processes (accelerate launch), the last one alone gets it: the others learn of it at their next logging step."""
     import signal
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "shuangyu.training.dpo", *flags]
+    if processes > 1:
+        cmd[1:2] = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml"),
+                    "--num_processes", str(processes), "-m"]  # fmt: skip
     with open(log, "w") as fh:
         # SIGHUP as a terminal's command gets it, even where the tests run under nohup (which ignores it)
         hang_up_heard = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731
@@ -511,7 +517,8 @@ def dpo_until_signalled(flags: list[str], sig: int, log: Path) -> tuple[int, str
         deadline = time.time() + 300
         while "'loss'" not in log.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        proc.send_signal(sig)
+        target = psutil.Process(proc.pid).children()[-1] if processes > 1 else proc
+        target.send_signal(sig)
         proc.wait(timeout=300)
     return proc.returncode, log.read_text()
 
@@ -543,6 +550,49 @@ def test_a_signal_mid_run_saves_the_step_and_resumes_to_the_end(tiny_chat_model_
     assert "done: DPO" in proc.stdout and (out / "final" / "model.safetensors").is_file()
     state = json.loads((out / "checkpoint-300" / "trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 301))
+
+
+def test_a_closed_terminal_window_saves_the_step(tiny_chat_model_dir, sft_data_dir, tmp_path, terminal_window):
+    """The window a run's progress bars are drawn in is closed: SIGHUP, and every later write fails. The run saves
+    the step and exits 0 (it died at once, with nothing saved)."""
+    import signal
+    import time
+
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 32, tmp_path / "pairs.jsonl")
+    out = tmp_path / "dpo"
+    flags = dpo_flags(tiny_chat_model_dir, out, pairs, "--max_steps", "3000", "--save_steps", "10000")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shuangyu.training.dpo", *flags, "--logging_steps", "1"]
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's command has it, even where the tests run under nohup
+    window = terminal_window(cmd, env=env, cwd=REPO)
+    deadline = time.time() + 300
+    while "'loss'" not in window.shown() and window.process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    window.close()
+    assert window.process.wait(timeout=300) == 0, window.shown()[-3000:]
+    (saved,) = os.listdir(out)  # the step's checkpoint, no final/
+    assert (out / saved / "trainer_state.json").is_file() and saved.startswith("checkpoint-")
+
+
+@pytest.mark.slow(minutes=1)
+def test_two_processes_stop_together_when_one_is_signalled(tiny_chat_model_dir, sft_data_dir, tmp_path):
+    """The other process learns of the signal at the next logging step and both save that step (else the next
+    collective hangs, or one rank's checkpoint is missing)."""
+    import signal
+
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 32, tmp_path / "pairs.jsonl")
+    out = tmp_path / "dpo"
+    flags = dpo_flags(tiny_chat_model_dir, out, pairs, "--max_steps", "3000", "--save_steps", "10000")
+    status, output = dpo_until_signalled([*flags, "--logging_steps", "5"], signal.SIGTERM, tmp_path / "log", 2)
+    assert status == 0, output[-3000:]
+    stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and stopped[0].startswith("stopped by another process's signal at step "), output[-3000:]
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    assert step % 5 == 0 and sorted(os.listdir(out)) == [f"checkpoint-{step}"]
+    assert sorted(p.name for p in (out / f"checkpoint-{step}").glob("rng_state_*")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
 
 
 def test_sigterm_before_training_stops_at_once_in_one_line(tiny_chat_model_dir, few_pairs, tmp_path, capsys,

@@ -494,6 +494,138 @@ def test_dpo_ctrl_c_before_the_first_save_removes_the_folder_it_made(tiny_chat_m
     assert "Traceback" not in err and not out.exists()
 
 
+def dpo_until_signalled(flags: list[str], sig: int, log: Path, processes: int = 1) -> tuple[int, str]:
+    """`python -m shuangyu.training.dpo FLAGS`, sent `sig` from outside once the first step is logged (mid-run, as a
+    scheduler's preemption, a closed terminal or Ctrl-C comes); (exit status, what it printed). With several
+    processes (accelerate launch), the last one alone gets it: the others learn of it at their next logging step."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "shuangyu.training.dpo", *flags]
+    if processes > 1:
+        cmd[1:2] = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml"),
+                    "--num_processes", str(processes), "-m"]  # fmt: skip
+    with open(log, "w") as fh:
+        # SIGHUP as a terminal's command gets it, even where the tests run under nohup (which ignores it)
+        hang_up_heard = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO, preexec_fn=hang_up_heard
+        )
+        deadline = time.time() + 300
+        while "'loss'" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        target = psutil.Process(proc.pid).children()[-1] if processes > 1 else proc
+        target.send_signal(sig)
+        proc.wait(timeout=300)
+    return proc.returncode, log.read_text()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_mid_run_saves_the_step_and_resumes_to_the_end(tiny_chat_model_dir, sft_data_dir, tmp_path, sig):
+    """As train_clm.py: a preemption (SIGTERM), Ctrl-C or a closed terminal finishes the step, saves the Trainer's
+    checkpoint-N, writes no final/, says the step in one line and exits 0; `latest` trains on to the end. (The
+    process died with no checkpoint (143, 129), or Ctrl-C was "interrupted" and saved nothing.)"""
+    import signal
+
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 32, tmp_path / "pairs.jsonl")
+    out = tmp_path / "dpo"
+    flags = dpo_flags(tiny_chat_model_dir, out, pairs, "--max_steps", "300", "--save_steps", "1000")
+    flags += ["--logging_steps", "1"]
+    status, output = dpo_until_signalled(flags, getattr(signal, sig), tmp_path / "log")
+    assert status == 0, output[-3000:]
+    stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and stopped[0].startswith(f"stopped by {sig} at step "), output[-3000:]
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    assert stopped[0] == f"stopped by {sig} at step {step}; resume with --resume_from_checkpoint latest"
+    assert 1 <= step < 300 and "Traceback" not in output
+    assert sorted(os.listdir(out)) == [f"checkpoint-{step}"]  # no final/, no TRL card
+    assert json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
+    if sig != "SIGTERM":
+        return  # the resume is the same for each
+    proc = run_dpo([*flags, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: DPO" in proc.stdout and (out / "final" / "model.safetensors").is_file()
+    state = json.loads((out / "checkpoint-300" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 301))
+
+
+def test_a_closed_terminal_window_saves_the_step(tiny_chat_model_dir, sft_data_dir, tmp_path, terminal_window):
+    """The window a run's progress bars are drawn in is closed: SIGHUP, and every later write fails. The run saves
+    the step and exits 0 (it died at once, with nothing saved)."""
+    import signal
+    import time
+
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 32, tmp_path / "pairs.jsonl")
+    out = tmp_path / "dpo"
+    flags = dpo_flags(tiny_chat_model_dir, out, pairs, "--max_steps", "3000", "--save_steps", "10000")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "shuangyu.training.dpo", *flags, "--logging_steps", "1"]
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's command has it, even where the tests run under nohup
+    window = terminal_window(cmd, env=env, cwd=REPO)
+    deadline = time.time() + 300
+    while "'loss'" not in window.shown() and window.process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    window.close()
+    assert window.process.wait(timeout=300) == 0, window.shown()[-3000:]
+    (saved,) = os.listdir(out)  # the step's checkpoint, no final/
+    assert (out / saved / "trainer_state.json").is_file() and saved.startswith("checkpoint-")
+
+
+@pytest.mark.slow(minutes=1)
+def test_two_processes_stop_together_when_one_is_signalled(tiny_chat_model_dir, sft_data_dir, tmp_path):
+    """The other process learns of the signal at the next logging step and both save that step (else the next
+    collective hangs, or one rank's checkpoint is missing)."""
+    import signal
+
+    pairs = first_rows(sft_data_dir / "preference_val.jsonl", 32, tmp_path / "pairs.jsonl")
+    out = tmp_path / "dpo"
+    flags = dpo_flags(tiny_chat_model_dir, out, pairs, "--max_steps", "3000", "--save_steps", "10000")
+    status, output = dpo_until_signalled([*flags, "--logging_steps", "5"], signal.SIGTERM, tmp_path / "log", 2)
+    assert status == 0, output[-3000:]
+    stopped = [line for line in output.splitlines() if line.startswith("stopped by")]
+    assert len(stopped) == 1 and stopped[0].startswith("stopped by another process's signal at step "), output[-3000:]
+    step = int(stopped[0].split(" at step ")[1].split(";")[0])
+    assert step % 5 == 0 and sorted(os.listdir(out)) == [f"checkpoint-{step}"]
+    assert sorted(p.name for p in (out / f"checkpoint-{step}").glob("rng_state_*")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
+
+
+def test_sigterm_before_training_stops_at_once_in_one_line(tiny_chat_model_dir, few_pairs, tmp_path, capsys,
+                                                           monkeypatch):  # fmt: skip
+    """While the model loads or TRL tokenizes, a SIGTERM stops at once, exit 0 as a preemption, and the folder the
+    run made goes (the process died with no word, leaving it)."""
+    import signal
+
+    import shuangyu.training.dpo as dpo
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args):  # what the default handler would do to this test's process: here, a test failure
+        raise Killed
+
+    real = dpo.load_pairs
+
+    def preempted(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(dpo, "load_pairs", preempted)
+    signal.signal(signal.SIGTERM, killed)
+    out = tmp_path / "dpo"
+    assert dpo.main(dpo_flags(tiny_chat_model_dir, out, few_pairs, "--max_steps", "2")) == 0
+    err = capsys.readouterr().err
+    assert err.endswith(f"{dpo.PROG}: stopped by SIGTERM before training; no step was saved: rerun the same command "
+                        "to start again\n")  # fmt: skip
+    assert "Traceback" not in err and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is killed  # restored
+
+
 def test_dpo_overwrite_output_dir_deletes_the_earlier_runs_checkpoints(tmp_path):
     """Else `latest` would later resume the earlier run's checkpoint-40 past this run's checkpoint-4."""
     from shuangyu.training.dpo import start_fresh

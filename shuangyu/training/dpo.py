@@ -14,8 +14,10 @@ model's context, and the pairs TRL leaves out or cuts for it are counted and tol
 adapter instead of the whole model (the reference is then the model without it). The optimizer is the Trainer's
 AdamW: Muon is train_clm.py's. OUTPUT_DIR/checkpoint-N are the Trainer's checkpoints (resume with
 `--resume_from_checkpoint latest`, the newest, or `OUTPUT_DIR/checkpoint-N`); OUTPUT_DIR/final is the model to
-share, written whole at the end. As train_clm.py, an OUTPUT_DIR that holds a run is trained over only when resumed
-or with `--overwrite_output_dir`, and never when it holds the model or pairs being read.
+share, written whole at the end. As train_clm.py, SIGTERM, Ctrl-C or a closed terminal finishes the step, saves a
+checkpoint and exits 0 without final/ (trainer_stopping.py), and before training SIGTERM stops at once; an
+OUTPUT_DIR that holds a run is trained over only when resumed or with `--overwrite_output_dir`, and never when it
+holds the model or pairs being read.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from shuangyu.library_warnings import checkpoints_saved_within_a_second, reading
 from shuangyu.progress import bars_only_on_a_terminal
 from shuangyu.sharing.card import write_card
 from shuangyu.sharing.folder import check_model_folder
+from shuangyu.terminal import outlive_a_closed_terminal
 from shuangyu.text.sources import check_not_held_out, parse_file_source, resolve_files
 from shuangyu.tokenizer.chat_template import chat_generation, check_chat_tokenizer, for_chat_model
 from shuangyu.tokenizer.loading import carries_own_code, save_tokenizer
@@ -46,6 +49,7 @@ from shuangyu.training.config_file import load_yaml_config
 from shuangyu.training.dpo_pairs import PROG, check_fits, fitted_pairs, load_pairs
 from shuangyu.training.finetune import lora_config
 from shuangyu.training.model_folder import save_model_folder
+from shuangyu.training.stopping import StopAtOnce, stop_with_the_launcher
 
 
 @dataclass
@@ -241,13 +245,16 @@ def interrupted_state(out: Path, created: bool) -> str:
     return "no step was saved: rerun the same command to start again"
 
 
-def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path | None = None) -> tuple[Path, dict]:
-    """Train from the checked flags (check_run) and write OUTPUT_DIR/final; (final, the training pairs' counts)."""
+def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path | None = None, at_once=None):
+    """Train from the checked flags (check_run) and write OUTPUT_DIR/final; (final, the training pairs' counts, None),
+    or, stopped by a signal (at_once: the set-up's StopAtOnce, which training takes over from), (None, the counts,
+    "SIGNAL at step N") with the step's checkpoint saved and no final/."""
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
 
     from shuangyu.training.accelerator import FSDP_NEEDS_GPUS
+    from shuangyu.training.trainer_stopping import StopBetweenSteps
 
     folder = Path(args.model_name_or_path)
     if "adapter" in check_model_folder(folder):
@@ -286,6 +293,8 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+    stopping = StopBetweenSteps(trainer.accelerator, at_once)
+    trainer.add_callback(stopping)
     fits = {"train": fitted_pairs(len(train), trainer.train_dataset, config.max_length)}
     if validation:
         fits["validation"] = fitted_pairs(len(validation), trainer.eval_dataset, config.max_length)
@@ -299,6 +308,11 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
     # TRL reads the old checkpointing name at every step; the Trainer sorts its checkpoints at every save
     with reading_the_old_checkpointing_name(), checkpoints_saved_within_a_second():
         trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+    trl_card = out / "README.md"  # TRL's card of the run folder, written at every save ("a fine-tuned [None]")
+    if main and trl_card.is_file() and "generated_from_trainer" in trl_card.read_text(encoding="utf-8"):
+        trl_card.unlink()
+    if stopping.stopped_by:  # the step's checkpoint is saved: final/ is the finished run's only
+        return None, fits["train"], f"{stopping.stopped_by} at step {trainer.state.global_step}"
     final = out / "final"
     tmp = out / ".final.tmp"  # one name every process knows: saving a sharded model is collective
     # written whole: an interruption or an error leaves the earlier final/ (or none), never half of one
@@ -311,10 +325,7 @@ def train_dpo(args: DPOArguments, lora: LoraArguments, config, resume_dir: Path 
             trainer.save_model(str(tmp))
         if main:
             finish_folder(tmp, final, trainer.model, tokenizer, args, lora, config, fits)
-    trl_card = out / "README.md"  # TRL's card of the run folder, written at every save ("a fine-tuned [None]")
-    if main and trl_card.is_file() and "generated_from_trainer" in trl_card.read_text(encoding="utf-8"):
-        trl_card.unlink()
-    return final, fits["train"]
+    return final, fits["train"], None
 
 
 def finish_folder(folder: Path, final: Path, model, tokenizer, args: DPOArguments, lora, config, fits: dict) -> None:
@@ -351,22 +362,36 @@ def finish_folder(folder: Path, final: Path, model, tokenizer, args: DPOArgument
 
 
 def main(argv: list[str] | None = None) -> int:
+    outlive_a_closed_terminal()  # a closed terminal stops the run (SIGHUP): its checkpoint must not fail on a print
     bars_only_on_a_terminal()
-    out, created = None, False
+    out, created, at_once = None, False, None
     first = is_first_process()  # of a launch: the one that speaks and tidies
     try:
         args, lora, config = parse_args(argv)
         resume_dir = check_run(args, config)
         out = Path(config.output_dir)
         created = not out.exists()  # the Trainer makes it as it starts
-        final, fit = train_dpo(args, lora, config, resume_dir)
+        at_once = StopAtOnce()  # SIGTERM or SIGHUP while the model loads and TRL tokenizes stops it as Ctrl-C does
+        stop_with_the_launcher()
+        final, fit, stopped = train_dpo(args, lora, config, resume_dir, at_once)
     except UsageError as err:
         if created and first and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # refused after the Trainer made it (the pairs did not fit): not left behind empty
         return print_error(PROG, err, show=first)
     except KeyboardInterrupt:
         left = interrupted_state(out, created) if out and first else "nothing was written"
+        if at_once and at_once.requested:  # a preemption, not a failure: exit 0 as train_clm.py does
+            if first:
+                print(f"{PROG}: stopped by {at_once.requested} before training; {left}", file=sys.stderr, flush=True)
+            return 0
         return print_interrupted(PROG, left, show=first)
+    finally:
+        if at_once:
+            at_once.restore()  # training took over already, unless it stopped or failed before
+    if stopped:
+        if first:  # train_clm.py's line
+            print(f"stopped by {stopped}; resume with --resume_from_checkpoint latest", flush=True)
+        return 0
     if first:  # once for the launch, as train_clm.py says it
         print(f"done: DPO on {fit['used']:,} of {fit['pairs']:,} preference pairs; model in {final}")
     return 0

@@ -769,3 +769,45 @@ def test_a_closed_terminal_saves_a_checkpoint_at_the_step_it_stops(common, tmp_p
     assert 3 <= saved < 200 and max(losses(out)) <= saved, (saved, max(losses(out)))
     resumed = run([*args, "--max_steps", str(saved + 2), "--resume_from_checkpoint", "latest"], processes)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["python", "accelerate_launch_2"])
+def test_a_closed_terminal_with_the_output_through_tee_saves_a_checkpoint(common, tmp_path, processes):
+    """`... | tee log` in a terminal window that is closed: tee dies of the same SIGHUP, and the run's next print to
+    its pipe raised BrokenPipeError before the save (2 processes: the other then failed in gloo); the checkpoint was
+    lost. Now output to a pipe nobody reads goes to /dev/null too."""
+    import threading
+
+    out = tmp_path / "run"
+    args = [*common, "--optimizer", "muon", "--max_steps", "200", "--save_steps", "100", "--output_dir", str(out)]
+    if processes == 1:
+        cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
+    else:
+        launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml")]
+        cmd = [sys.executable, *launch, "--num_processes", "2", str(REPO / "train_clm.py"), *args]
+    proc = subprocess.Popen(
+        cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    shown, reading = [], threading.Event()
+    reading.set()
+
+    def tee():
+        while reading.is_set() and (line := proc.stdout.readline()):
+            shown.append(line)
+
+    reader = threading.Thread(target=tee, daemon=True)
+    reader.start()
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 300
+    while not (log.is_file() and log.read_text().count("\n") >= 3) and time.time() < deadline:
+        assert proc.poll() is None, b"".join(shown).decode(errors="replace")[-3000:]
+        time.sleep(0.05)
+    reading.clear()  # the window closes: tee is gone, then the command gets its SIGHUP
+    reader.join(timeout=10)
+    proc.stdout.close()
+    os.killpg(proc.pid, signal.SIGHUP)
+    proc.wait(timeout=300)
+    checkpoints = sorted(out.glob("checkpoints/step-*/checkpoint.json"))
+    assert checkpoints, f"no checkpoint: exit {proc.returncode}"
+    saved = int(checkpoints[-1].parent.name.split("-")[1])
+    assert 3 <= saved < 200 and max(losses(out)) <= saved, (saved, max(losses(out)))

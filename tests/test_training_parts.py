@@ -361,6 +361,32 @@ os.write(int(sys.argv[1]), b"outlived it")
 """
 
 
+GONE_READER = """
+import os, sys
+from shuangyu.terminal import outlive_a_closed_terminal
+read_end, write_end = os.pipe()
+os.dup2(write_end, 1)
+outlive_a_closed_terminal()
+print("read", flush=True)
+assert os.read(read_end, 100) == b"read\\n"
+os.close(read_end)  # `| tee`'s tee is gone
+print("said to no one", flush=True)
+os.write(int(sys.argv[1]), b"outlived it")
+"""
+
+
+def test_writes_to_a_pipe_whose_reader_has_gone_go_nowhere():
+    """`train_clm.py ... | tee log` with tee ended: the next print raised BrokenPipeError, and the run ended unsaved."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.run(
+        [sys.executable, "-c", GONE_READER, str(write_end)], pass_fds=(write_end,), capture_output=True, timeout=60
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as told:
+        assert told.read() == b"outlived it", proc.stderr.decode()
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
 def test_writes_to_a_closed_terminal_go_nowhere_and_a_pipe_is_left_alone():
     """A print or a progress bar's redraw after the terminal was closed raised EIO, and the run ended before it saved."""
     read_end, write_end = os.pipe()

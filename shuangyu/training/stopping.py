@@ -1,5 +1,6 @@
-"""Clean stops: SIGTERM, Ctrl-C or a closed terminal (SIGHUP) finishes the step, saves a checkpoint and exits 0. Before the loop there is no
-step to finish (SIGTERM stops at once, as Ctrl-C does); after a complete run there is nothing left to stop."""
+"""Clean stops: SIGTERM, Ctrl-C or a closed terminal (SIGHUP) finishes the step, saves a checkpoint and exits 0.
+Before the loop there is no step to finish (SIGTERM stops at once, as Ctrl-C does); after a complete run there is
+nothing left to stop."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import os
 import signal
 import sys
 import time
-
-import torch
 
 from shuangyu.terminal import leave_a_closed_terminal, stop_signals
 
@@ -87,6 +86,8 @@ def should_stop(stop: StopRequest, accelerator, step: int, every: int) -> bool:
         return bool(stop.requested)
     if step % every:
         return False
+    import torch  # here: the commands that import this module answer --help and Ctrl-C before torch loads
+
     flag = torch.tensor(float(bool(stop.requested)), device=accelerator.device)
     if accelerator.reduce(flag, "max").item():
         stop.requested = stop.requested or "another process's signal"

@@ -34,20 +34,26 @@ class TerminalWindow:
     window: the command gets SIGHUP, and its writes to the terminal fail from then on."""
 
     def __init__(self, cmd: list[str], **popen):
-        import fcntl
         import subprocess
-        import termios
         import threading
 
         self._terminal, window = os.openpty()
         self.process = subprocess.Popen(
             cmd, stdin=window, stdout=window, stderr=window, start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0), **popen,
+            preexec_fn=self._as_a_terminal_starts_it, **popen,
         )  # fmt: skip
         os.close(window)
         self._shown: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    @staticmethod
+    def _as_a_terminal_starts_it():
+        import fcntl
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # the window's terminal is the command's
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)  # heard, even where the tests run under nohup (which ignores it)
 
     def _read(self):
         try:

@@ -437,7 +437,8 @@ def stand_in_demo(tmp_path: Path, request):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None,
+        # under nohup SIGHUP is ignored; else heard, even where the tests run under nohup
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL),
     )
     try:
         wait_for(pid_file, demo, timeout=120)

@@ -786,8 +786,9 @@ def test_a_closed_terminal_with_the_output_through_tee_saves_a_checkpoint(common
         launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml")]
         cmd = [sys.executable, *launch, "--num_processes", "2", str(REPO / "train_clm.py"), *args]
     proc = subprocess.Popen(
-        cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
+        cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # heard, even where the tests run under nohup
+    )  # fmt: skip
     shown, reading = [], threading.Event()
     reading.set()
 

@@ -325,6 +325,7 @@ def test_a_sigterm_right_after_the_first_is_the_same_stop_a_later_one_stops_at_o
 def test_a_closed_terminal_stops_the_run_unless_nohup_ignores_it():
     """SIGHUP (a closed terminal window) killed a run with no checkpoint; it is a stop like SIGTERM now, and a second
     hang-up at once (the terminal's and the launcher's) the same stop. Under nohup (SIGHUP ignored) the run goes on."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's command has it, even where the tests run under nohup
     stop = StopRequest()
     try:
         os.kill(os.getpid(), signal.SIGHUP)

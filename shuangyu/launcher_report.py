@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 
-from shuangyu.terminal import leave_a_closed_terminal
+from shuangyu.terminal import write_unless_nobody_reads
 
 AGENT_LOG = re.compile(rb"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S*torch/distributed/")  # glog-style, from torch
 LAUNCHER_FRAME = b"accelerate/commands/launch.py"
@@ -110,11 +110,13 @@ def copy_without_the_launchers_report(read_end: int) -> threading.Thread:
     out = sys.stderr.buffer
 
     def write(data: bytes) -> None:
+        # the copy goes on reading whatever becomes of our stderr (closed with the terminal, `| tee` ended with it, a
+        # full disk), or the step blocks on a full pipe before it saves
         try:
-            out.write(data)
-            out.flush()
-        except OSError:  # a closed terminal: go on reading, or the step blocks on a full pipe before it saves
-            leave_a_closed_terminal()
+            write_unless_nobody_reads(out, out.write, data)
+            write_unless_nobody_reads(out, out.flush)
+        except OSError:
+            pass
 
     def copy() -> None:
         report = LauncherReportFilter(write)

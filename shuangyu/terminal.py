@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import sys
 
 
@@ -22,14 +23,22 @@ def stop_signals() -> tuple[int, ...]:
     return (signal.SIGTERM, signal.SIGINT, *hang_up)
 
 
-# a write's errors that say no one will read it: a closed terminal, a pipe whose reader has gone
-GONE = (errno.EIO, errno.EPIPE)
-
-
 def to_dev_null(fd: int) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, fd)
     os.close(null)
+
+
+def nobody_reads(err: OSError, fd: int) -> bool:
+    """Whether a write to `fd` failed because no one will read it: EIO from a terminal (a character device: a closed
+    one), EPIPE from a pipe or socket whose reader has gone. EIO from a file is a failing disk: not this."""
+    try:
+        mode = os.fstat(fd).st_mode  # works on a hung-up terminal
+    except OSError:
+        return False
+    if err.errno == errno.EIO:
+        return stat.S_ISCHR(mode)
+    return err.errno == errno.EPIPE and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode))
 
 
 def leave_a_closed_terminal() -> bool:
@@ -40,37 +49,48 @@ def leave_a_closed_terminal() -> bool:
         try:
             os.write(fd, b"")  # a hung-up terminal refuses even an empty write; anything else takes it
         except OSError as err:
-            if err.errno == errno.EIO:
+            if err.errno == errno.EIO and nobody_reads(err, fd):
                 to_dev_null(fd)
                 closed = True
     return closed
 
 
+def write_unless_nobody_reads(stream, write, *args):
+    """`write(*args)` on `stream` (a text or binary stream with a descriptor); if no one will read it any more (a
+    closed terminal, a pipe whose reader has gone), the descriptor goes to /dev/null and the write is dropped."""
+    try:
+        return write(*args)
+    except OSError as err:
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # no descriptor (a test's capture): not a terminal or a pipe
+            fd = -1
+        if not nobody_reads(err, fd):
+            raise
+        to_dev_null(fd)  # C code writing to it stops failing too
+        leave_a_closed_terminal()  # the other stream, when it is the same closed terminal
+    try:  # once more, to /dev/null: the stream's buffer still holds what failed
+        return write(*args)
+    except OSError:
+        return None
+
+
 class _OutlivesItsReader:
     """sys.stdout or sys.stderr, whose writes to a closed terminal or a pipe nobody reads are dropped instead of
-    raising (the stream's descriptor goes to /dev/null: C code writing to it stops failing too)."""
+    raising. Its `.buffer` is the stream's own: write_unless_nobody_reads guards a write to it."""
 
     def __init__(self, stream):
         self._stream = stream
 
-    def _call(self, name: str, *args):
-        try:
-            return getattr(self._stream, name)(*args)
-        except OSError as err:
-            if err.errno not in GONE:
-                raise
-            to_dev_null(self._stream.fileno())  # a stream with a descriptor: only those fail so
-            leave_a_closed_terminal()  # the other stream, when it is the same closed terminal
-        try:  # once more, to /dev/null: the stream's buffer still holds what failed
-            return getattr(self._stream, name)(*args)
-        except OSError:
-            return len(args[0]) if args else None
-
     def write(self, text):
-        return self._call("write", text)
+        written = write_unless_nobody_reads(self._stream, self._stream.write, text)
+        return len(text) if written is None else written
+
+    def writelines(self, lines):
+        return write_unless_nobody_reads(self._stream, self._stream.writelines, lines)
 
     def flush(self):
-        return self._call("flush")
+        return write_unless_nobody_reads(self._stream, self._stream.flush)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -79,7 +99,8 @@ class _OutlivesItsReader:
 def outlive_a_closed_terminal() -> None:
     """From here, a write of this process's to sys.stdout or sys.stderr after its terminal was closed, or its pipe's
     reader has gone, goes nowhere instead of raising. Call it before progress bars or loggers are made: they keep
-    the stream they were given."""
+    the stream they were given (a logger made before writes to the raw one; logging swallows its errors, and the
+    first guarded write sends the descriptor to /dev/null)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _OutlivesItsReader):

@@ -388,7 +388,26 @@ def test_writes_to_a_pipe_whose_reader_has_gone_go_nowhere():
     assert proc.returncode == 0, proc.stderr.decode()
 
 
-def test_writes_to_a_closed_terminal_go_nowhere_and_a_pipe_is_left_alone():
+def test_only_a_closed_terminal_or_a_pipe_nobody_reads_counts_as_no_reader(tmp_path):
+    """EIO from a file is a failing disk, not a closed window: its output must not silently go to /dev/null."""
+    import errno
+
+    from shuangyu.terminal import nobody_reads
+
+    eio, epipe = OSError(errno.EIO, "Input/output error"), OSError(errno.EPIPE, "Broken pipe")
+    terminal, window = os.openpty()
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "log", "w") as log:
+        try:
+            assert nobody_reads(eio, window) and nobody_reads(epipe, write_end)
+            assert not nobody_reads(eio, log.fileno()) and not nobody_reads(epipe, log.fileno())
+            assert not nobody_reads(eio, write_end) and not nobody_reads(OSError(errno.ENOSPC, "full"), window)
+        finally:
+            for fd in (terminal, window, read_end, write_end):
+                os.close(fd)
+
+
+def test_writes_to_a_closed_terminal_go_nowhere():
     """A print or a progress bar's redraw after the terminal was closed raised EIO, and the run ended before it saved."""
     read_end, write_end = os.pipe()
     proc = subprocess.run(

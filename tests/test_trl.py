@@ -517,7 +517,11 @@ def dpo_until_signalled(flags: list[str], sig: int, log: Path, processes: int = 
         deadline = time.time() + 300
         while "'loss'" not in log.read_text() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        target = psutil.Process(proc.pid).children()[-1] if processes > 1 else proc
+        assert "'loss'" in log.read_text(), log.read_text()[-3000:]
+        if processes > 1:  # rank 1: rank 0 speaks for the launch, and must learn of it at the vote
+            (target,) = [p for p in psutil.Process(proc.pid).children() if p.environ().get("RANK") == "1"]
+        else:
+            target = proc
         target.send_signal(sig)
         proc.wait(timeout=300)
     return proc.returncode, log.read_text()
@@ -555,7 +559,6 @@ def test_a_signal_mid_run_saves_the_step_and_resumes_to_the_end(tiny_chat_model_
 def test_a_closed_terminal_window_saves_the_step(tiny_chat_model_dir, sft_data_dir, tmp_path, terminal_window):
     """The window a run's progress bars are drawn in is closed: SIGHUP, and every later write fails. The run saves
     the step and exits 0 (it died at once, with nothing saved)."""
-    import signal
     import time
 
     pairs = first_rows(sft_data_dir / "preference_val.jsonl", 32, tmp_path / "pairs.jsonl")
@@ -563,7 +566,6 @@ def test_a_closed_terminal_window_saves_the_step(tiny_chat_model_dir, sft_data_d
     flags = dpo_flags(tiny_chat_model_dir, out, pairs, "--max_steps", "3000", "--save_steps", "10000")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "shuangyu.training.dpo", *flags, "--logging_steps", "1"]
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's command has it, even where the tests run under nohup
     window = terminal_window(cmd, env=env, cwd=REPO)
     deadline = time.time() + 300
     while "'loss'" not in window.shown() and window.process.poll() is None and time.time() < deadline:
@@ -697,3 +699,38 @@ def test_checkpoints_saved_within_a_second_rotate_without_transformers_filesyste
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "['checkpoint-2', 'checkpoint-3']"
     assert "mtime" not in proc.stderr, proc.stderr
+
+
+def test_a_stop_saves_its_step_once_without_an_evaluation_even_at_an_epoch_end(tmp_path):
+    """The Trainer ends the epoch after a stop: under --save_strategy epoch it saved the stop's checkpoint again (a
+    kill then left it half rewritten, marked complete), and --eval_strategy epoch evaluated first; a stop step that
+    was an evaluation step evaluated before saving (under --save_strategy best, the save then hung on the metric)."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    from shuangyu.training.trainer_stopping import StopBetweenSteps
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), save_strategy="epoch", eval_strategy="steps", eval_steps=3, logging_steps=1,
+        report_to="none", use_cpu=True,
+    )  # fmt: skip
+    state, control = TrainerState(max_steps=10, logging_steps=1), TrainerControl()
+    flow, stopping = DefaultFlowCallback(), StopBetweenSteps(SimpleNamespace(num_processes=1))
+    stopping.on_train_begin(args, state, control)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        state.global_step = 3  # an evaluation step
+        for callback in (flow, stopping):  # the Trainer's order: its own flow first, ours after
+            callback.on_step_end(args, state, control)
+        assert control.should_save and not control.should_evaluate and control.should_training_stop
+        control.should_save = False  # the Trainer saved the step (checkpoint-3)
+        for callback in (flow, stopping):
+            callback.on_epoch_end(args, state, control)
+        assert not control.should_save and not control.should_evaluate
+        assert stopping.stopped_by == "SIGTERM"
+    finally:
+        stopping.stop.restore()

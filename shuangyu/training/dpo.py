@@ -15,7 +15,7 @@ adapter instead of the whole model (the reference is then the model without it).
 AdamW: Muon is train_clm.py's. OUTPUT_DIR/checkpoint-N are the Trainer's checkpoints (resume with
 `--resume_from_checkpoint latest`, the newest, or `OUTPUT_DIR/checkpoint-N`); OUTPUT_DIR/final is the model to
 share, written whole at the end. As train_clm.py, SIGTERM, Ctrl-C or a closed terminal finishes the step, saves a
-checkpoint and exits 0 without final/ (trainer_stopping.py), and before training SIGTERM stops at once; an
+checkpoint and exits 0 without final/ (trainer_stopping.py), and before training SIGTERM or SIGHUP stops at once; an
 OUTPUT_DIR that holds a run is trained over only when resumed or with `--overwrite_output_dir`, and never when it
 holds the model or pairs being read.
 """

@@ -31,8 +31,15 @@ class StopBetweenSteps(TrainerCallback):
             return
         control.should_training_stop = True
         if state.global_step < state.max_steps:  # a signal during the last step: the run is complete all the same
-            control.should_save = True
+            # save at once: an evaluation first would delay the stop, and under --save_strategy best decide the save
+            control.should_save, control.should_evaluate = True, False
             self.stopped_by = self.stop.requested
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # the Trainer ends the epoch after a stop too: an epoch's evaluation and save would rewrite the stop's
+        # checkpoint (a kill during that rewrite leaves it half written, its old state still marking it complete)
+        if self.stopped_by:
+            control.should_save = control.should_evaluate = False
 
     def on_train_end(self, args, state, control, **kwargs):
         # a run stopped early restores the handlers (a second signal while it exits stops at once); a complete

@@ -744,17 +744,22 @@ def test_block_size_defaults_to_the_models_context(data_tokenizer_dir, data_corp
     assert json.loads((out / "data" / "manifest.json").read_text())["block_size"] == 256
 
 
+def a_long_run(common: list[str], out: Path, processes: int) -> tuple[list[str], list[str]]:
+    """(train_clm's flags, the command) for a run of 200 steps that saves at 100, started as the README does: `python
+    train_clm.py` for one process, `accelerate launch` for several."""
+    args = [*common, "--optimizer", "muon", "--max_steps", "200", "--save_steps", "100", "--output_dir", str(out)]
+    if processes == 1:
+        return args, [sys.executable, str(REPO / "train_clm.py"), *args]
+    launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml")]
+    return args, [sys.executable, *launch, "--num_processes", str(processes), str(REPO / "train_clm.py"), *args]
+
+
 @pytest.mark.parametrize("processes", [1, 2], ids=["python", "accelerate_launch_2"])
 def test_a_closed_terminal_saves_a_checkpoint_at_the_step_it_stops(common, tmp_path, processes, terminal_window):
     """Closing the terminal window (SIGHUP, and every later write to it fails) stopped the run with no checkpoint
     since the last --save_steps; now it saves at its step as for SIGTERM, and the next run resumes there."""
     out = tmp_path / "run"
-    args = [*common, "--optimizer", "muon", "--max_steps", "200", "--save_steps", "100", "--output_dir", str(out)]
-    if processes == 1:
-        cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
-    else:
-        launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml")]
-        cmd = [sys.executable, *launch, "--num_processes", "2", str(REPO / "train_clm.py"), *args]
+    args, cmd = a_long_run(common, out, processes)
     window = terminal_window(cmd, env=env(), cwd=REPO)
     log = out / "train_log.jsonl"
     deadline = time.time() + 300
@@ -779,12 +784,7 @@ def test_a_closed_terminal_with_the_output_through_tee_saves_a_checkpoint(common
     import threading
 
     out = tmp_path / "run"
-    args = [*common, "--optimizer", "muon", "--max_steps", "200", "--save_steps", "100", "--output_dir", str(out)]
-    if processes == 1:
-        cmd = [sys.executable, str(REPO / "train_clm.py"), *args]
-    else:
-        launch = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu.yaml")]
-        cmd = [sys.executable, *launch, "--num_processes", "2", str(REPO / "train_clm.py"), *args]
+    args, cmd = a_long_run(common, out, processes)
     proc = subprocess.Popen(
         cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # heard, even where the tests run under nohup

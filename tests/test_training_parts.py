@@ -376,16 +376,21 @@ os.write(int(sys.argv[1]), b"outlived it")
 """
 
 
-def test_writes_to_a_pipe_whose_reader_has_gone_go_nowhere():
-    """`train_clm.py ... | tee log` with tee ended: the next print raised BrokenPipeError, and the run ended unsaved."""
+def assert_it_outlives_its_reader(script: str) -> None:
+    """Runs `script`, which ends by writing "outlived it" to the descriptor it is given: it got there, and exit 0."""
     read_end, write_end = os.pipe()
     proc = subprocess.run(
-        [sys.executable, "-c", GONE_READER, str(write_end)], pass_fds=(write_end,), capture_output=True, timeout=60
+        [sys.executable, "-c", script, str(write_end)], pass_fds=(write_end,), capture_output=True, timeout=60
     )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as told:
         assert told.read() == b"outlived it", proc.stderr.decode()
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_writes_to_a_pipe_whose_reader_has_gone_go_nowhere():
+    """`train_clm.py ... | tee log` with tee ended: the next print raised BrokenPipeError, and the run ended unsaved."""
+    assert_it_outlives_its_reader(GONE_READER)
 
 
 def test_only_a_closed_terminal_or_a_pipe_nobody_reads_counts_as_no_reader(tmp_path):
@@ -409,14 +414,7 @@ def test_only_a_closed_terminal_or_a_pipe_nobody_reads_counts_as_no_reader(tmp_p
 
 def test_writes_to_a_closed_terminal_go_nowhere():
     """A print or a progress bar's redraw after the terminal was closed raised EIO, and the run ended before it saved."""
-    read_end, write_end = os.pipe()
-    proc = subprocess.run(
-        [sys.executable, "-c", CLOSED_TERMINAL, str(write_end)], pass_fds=(write_end,), capture_output=True, timeout=60
-    )
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as told:
-        assert told.read() == b"outlived it", proc.stderr.decode()
-    assert proc.returncode == 0, proc.stderr.decode()
+    assert_it_outlives_its_reader(CLOSED_TERMINAL)
 
 
 def test_held_out_loss_is_the_mean_token_loss_and_bits_per_byte_of_the_text():

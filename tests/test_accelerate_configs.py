@@ -32,3 +32,33 @@ def test_deepspeed_is_pinned_and_named_where_the_readme_offers_it():
     row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| DeepSpeed |"))
     assert "pip install -r requirements-deepspeed.txt" in row
     assert "pip install -r requirements-deepspeed.txt" in (CONFIGS / "deepspeed_zero2.yaml").read_text()
+
+
+def test_one_machine_configs_take_a_free_port_and_say_nothing_of_a_busy_one(tmp_path):
+    """With 29500 taken (another run, or the tests side by side) every launch printed accelerate's "Port 29500 is
+    already in use" warning, which passed through the demo's output too: port 0 picks a free one quietly."""
+    import os
+    import subprocess
+    import sys
+
+    for name in ("cpu", "multi_gpu", "fsdp2", "deepspeed_zero2"):
+        config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+        assert config["num_machines"] == 1 and config["main_process_port"] == 0, name
+    script = tmp_path / "ranks.py"
+    script.write_text("import os; print(os.environ['RANK'], os.environ['MASTER_PORT'])")
+    busy = socket.socket()
+    try:
+        busy.bind(("127.0.0.1", 29500))
+        busy.listen()
+    except OSError:
+        pass  # taken already: as good
+    try:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "cpu.yaml")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([*launch, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        busy.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = dict(line.split() for line in proc.stdout.splitlines())
+    assert sorted(ranks) == ["0", "1"] and ranks["0"] == ranks["1"] != "29500", proc.stdout
+    assert "already in use" not in proc.stderr, proc.stderr

@@ -195,7 +195,7 @@ class Steps:
             if started:
                 to_the_whole_step(started[0], signal.SIGCONT)
 
-        # what stops the demo cleanly: Ctrl-C, a `kill` or a job scheduler's SIGTERM, a closed terminal (not under nohup)
+        # what stops the demo cleanly: Ctrl-C, a `kill` or a job scheduler's SIGTERM, a closed terminal (not with nohup)
         handlers = {**dict.fromkeys(stop_signals(), pass_on), signal.SIGTSTP: pause, signal.SIGCONT: resume}
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:

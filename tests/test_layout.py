@@ -35,8 +35,8 @@ ALLOWED = {
     "evaluation": {"errors", "files", "devices", "progress", "library_warnings", "text", "tokenizer", "sharing"},
     "sharing": {"errors", "files", "library_warnings"},  # loads an adapter on its base model (PEFT warns)
     "training": {
-        "errors", "files", "devices", "progress", "terminal", "library_warnings", "environment", "text", "tokenizer", "data",
-        "modeling", "evaluation", "sharing",
+        "errors", "files", "devices", "progress", "terminal", "library_warnings", "environment", "text", "tokenizer",
+        "data", "modeling", "evaluation", "sharing",
     },
     # talks to a saved folder: needs nothing of training
     "chat": {"errors", "files", "devices", "library_warnings", "tokenizer", "sharing"},

@@ -445,8 +445,8 @@ def check_values(config: TrainConfig, config_file: str | None = None, typed: set
     schedule = config.schedule
     if schedule.lr_scheduler_type == "constant_with_warmup" and schedule.min_lr_ratio != MIN_LR_RATIO:
         raise UsageError(
-            f"--min_lr_ratio {schedule.min_lr_ratio}{source('min_lr_ratio')}: --lr_scheduler_type constant_with_warmup never decays; "
-            "use linear or cosine, or leave --min_lr_ratio out"
+            f"--min_lr_ratio {schedule.min_lr_ratio}{source('min_lr_ratio')}: --lr_scheduler_type "
+            "constant_with_warmup never decays; use linear or cosine, or leave --min_lr_ratio out"
         )
     attention = config.model.attn_implementation
     if attention not in ATTENTION and "/" not in attention:  # "/": a kernel from the Hub, as transformers allows

@@ -97,9 +97,9 @@ def should_stop(stop: StopRequest, accelerator, step: int, every: int) -> bool:
 
 class StopAtOnce:
     """Until the loop: SIGTERM or SIGHUP (a preemption or a closed terminal while the data is prepared or the model
-    built) stops at once as Ctrl-C does, a KeyboardInterrupt, so that what the set-up was writing is removed and the run says so in one line;
-    `requested` tells the two apart. The default would kill the process with no word and leave a half-written
-    `.data.tmp-PID` folder."""
+    built) stops at once as Ctrl-C does, a KeyboardInterrupt, so that what the set-up was writing is removed and the
+    run says so in one line; `requested` tells the two apart. The default would kill the process with no word and
+    leave a half-written `.data.tmp-PID` folder."""
 
     def __init__(self):
         self.requested: str | None = None

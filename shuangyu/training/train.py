@@ -70,7 +70,8 @@ def train(config: TrainConfig, out: Path, resume_dir: Path | None) -> int:
         status = print_error(PROG, err, show=is_first_process())
     except KeyboardInterrupt:
         # Ctrl-C, SIGTERM or SIGHUP during the set-up (the loop turns the first one into a clean stop), or a second
-        # one in the loop. SIGTERM is a preemption, not a failure: exit 0 as when the loop stops for it, nothing to save yet
+        # one in the loop. SIGTERM is a preemption, not a failure: exit 0 as when the loop stops for it, nothing to
+        # save yet
         if at_once.requested:
             if is_first_process():
                 print(f"{PROG}: stopped by {at_once.requested} before training; {interrupted_state(out)}",

@@ -105,6 +105,25 @@ def test_generated_tasks_include_the_stock_yaml_and_only_override_the_data():
     assert "not comparable" in load_yaml(tasks_dir / "hellaswag_local.yaml")["metadata"]["note"]
 
 
+def test_writing_the_tasks_again_leaves_equal_files_alone_and_replaces_others_whole(tmp_path):
+    """Every eval/run.py rewrote each YAML in place (truncated, then written): an lm_eval reading the tasks at that
+    moment (the CLI, another eval/run.py) read an empty task file and failed."""
+    shutil.copy(make_tasks.TASKS_DIR / make_tasks.TEMPLATE, tmp_path / make_tasks.TEMPLATE)
+    make_tasks.write_task_yamls(tmp_path)
+    files = sorted(tmp_path.rglob("*.yaml"))
+    before = {path: path.stat() for path in files}
+    stale = tmp_path / "arc_easy_local.yaml"
+    stale.write_text("task: stale\n")
+    stale_inode = stale.stat().st_ino
+    make_tasks.write_task_yamls(tmp_path)
+    assert sorted(tmp_path.rglob("*.yaml")) == files and not list(tmp_path.rglob(".*.tmp-*"))
+    for path in files:
+        if path != stale:  # the same text: not written again
+            assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before[path].st_ino, before[path].st_mtime_ns)
+    assert stale.stat().st_ino != stale_inode  # a new file put in its place, not the old one emptied and refilled
+    assert "task: arc_easy_local" in stale.read_text()
+
+
 def test_local_tasks_help_writes_nothing(monkeypatch, capsys):
     """--help used to be ignored: the command rewrote the task YAMLs."""
 
@@ -467,6 +486,20 @@ def test_a_results_file_that_cannot_be_kept_is_refused_before_the_model_loads(tm
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"eval/run.py: error: {tmp_path / 'r.json'}: not a results file of eval/run.py"), line
     assert (tmp_path / "r.json").read_text() == '{"table": [{"task": "arc"}]}'
+
+
+def test_local_tasks_load_without_indexing_lm_evals_own_and_stock_names_still_resolve():
+    """Every eval/run.py built lm-eval's index of its thousands of stock task YAMLs (4-5 s on 2 cores) even when
+    only the local copies were asked for."""
+    from shuangyu.evaluation.run import task_manager_for
+
+    local = task_manager_for(["arc_easy_local", "cmmlu_local"])
+    assert {"arc_easy_local", "cmmlu_local"} <= set(local.all_tasks)
+    assert "arc_easy" not in local.all_tasks and "hellaswag" not in local.all_tasks
+    mixed = task_manager_for(["arc_easy_local", "hellaswag"])  # a stock name: lm-eval's own tasks are indexed
+    assert {"arc_easy_local", "hellaswag"} <= set(mixed.all_tasks)
+    with pytest.raises(UsageError, match=r"unknown task\(s\) no_such_task; local tasks: arc_challenge_local, "):
+        task_manager_for(["arc_easy_local", "no_such_task"])
 
 
 def test_a_stock_task_offline_is_one_line_naming_the_local_copy(tiny_checkpoint, tmp_path, capsys, monkeypatch):

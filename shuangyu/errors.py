@@ -101,6 +101,31 @@ def stop_if_ctrl_c_was_seen() -> None:
         raise KeyboardInterrupt
 
 
+_forks_leave_ctrl_c_to_the_parent = False
+
+
+def _ignore_ctrl_c_if_asked() -> None:
+    if _forks_leave_ctrl_c_to_the_parent:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+os.register_at_fork(after_in_child=_ignore_ctrl_c_if_asked)
+
+
+@contextmanager
+def forks_leave_ctrl_c_to_this_process():
+    """Processes forked within it (datasets' pool for `map(num_proc=N)` and the manager process it talks to) ignore
+    SIGINT from birth. The terminal sends Ctrl-C to every process of the group: a pool process then printed its own
+    KeyboardInterrupt traceback, and a manager stopped by it left the pool's processes unable to reach it and the
+    command hung. This process stops the pool (datasets terminates it on the way out)."""
+    global _forks_leave_ctrl_c_to_the_parent
+    before, _forks_leave_ctrl_c_to_the_parent = _forks_leave_ctrl_c_to_the_parent, True
+    try:
+        yield
+    finally:
+        _forks_leave_ctrl_c_to_the_parent = before
+
+
 def closest_flag(parser, unknown: list[str]) -> str:
     """ "; did you mean --files?" for the first unknown flag that is near one the parser knows, else ""."""
     known = [option for option in parser._option_string_actions if option.startswith("--")]

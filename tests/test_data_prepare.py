@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -378,9 +380,13 @@ def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_token
     )
     deadline, children = time.monotonic() + 120, set()
     while time.monotonic() < deadline and proc.poll() is None:
-        children |= {int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent_pid(p) == proc.pid}
-        if any("tokens" in f.name for f in tmp_path.glob(".out.tmp-*/arrow/**/*.arrow")) and len(children) >= 3:
-            break  # the pool's processes (and datasets' manager) are tokenising
+        alive = {int(p.name) for p in Path("/proc").glob("[0-9]*") if _parent_pid(p) == proc.pid}
+        children |= alive
+        # the pool's 2 processes and datasets' manager process are up, so tokenising (the text is read: its Arrow
+        # file is whole). Not "a tokens file is written": that comes as the pool ends, and on a busy machine this
+        # loop saw it only once prepare had finished (exit 0)
+        if len(alive) >= 3 and list(tmp_path.glob(".out.tmp-*/arrow/**/generator-train.arrow")):
+            break
         time.sleep(0.05)
     else:
         pytest.fail(f"tokenising never started ({proc.poll()=})")
@@ -392,6 +398,31 @@ def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_token
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl", "out", "small.jsonl"]
     time.sleep(1)
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "worker processes left running"
+
+
+def _report_ctrl_c_handler(queue):
+    import signal
+
+    queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    time.sleep(60)  # as a pool or manager process that nothing tells to stop
+
+
+def test_processes_forked_for_the_tokenising_pool_leave_ctrl_c_to_prepare_and_end_with_it():
+    """Ctrl-C while datasets set its pool up: a pool process printed its own KeyboardInterrupt traceback, and one
+    started just after the Ctrl-C was left running, which multiprocess waits for at exit: prepare hung."""
+    import multiprocess
+
+    from shuangyu.data.prepare import datasets_pool_left_to_this_process
+
+    queue = multiprocess.get_context("fork").Queue()
+    with pytest.raises(KeyboardInterrupt), datasets_pool_left_to_this_process():
+        process = multiprocess.get_context("fork").Process(target=_report_ctrl_c_handler, args=(queue,))
+        process.start()
+        assert queue.get(timeout=30) is True  # it ignores SIGINT from birth
+        raise KeyboardInterrupt
+    process.join(timeout=10)
+    assert not process.is_alive() and process.exitcode == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # this process still hears Ctrl-C
 
 
 def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, monkeypatch, capsys):

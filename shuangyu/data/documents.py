@@ -138,7 +138,8 @@ def document_ids(tokenizer, texts: list[str], eos_token_id: int) -> list[np.ndar
 
 def ignore_ctrl_c_in_workers(parent_pid: int) -> None:
     """In a `datasets.map` worker process, leave Ctrl-C to the parent: the terminal sends SIGINT to every process, and
-    a worker stopped by it prints its own traceback; the parent stops the pool (datasets terminates it)."""
+    a worker stopped by it prints its own traceback; the parent stops the pool (datasets terminates it). Forked
+    workers ignore it from birth (errors.forks_leave_ctrl_c_to_this_process); this is for spawned ones (macOS)."""
     if os.getpid() != parent_pid:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -58,6 +59,7 @@ from shuangyu.errors import (
     ctrl_c_is_one_line,
     ctrl_c_remembered,
     exception_chain,
+    forks_leave_ctrl_c_to_this_process,
     left_whole,
     print_error,
     print_interrupted,
@@ -200,31 +202,50 @@ def tokenize_texts(args, texts, tok, key: str, dtype: np.dtype, fraction: float,
     import datasets
 
     workers = min(args.num_proc, len(texts))  # datasets warns, then does the same, given more than rows
-    return texts.with_format("arrow").map(
-        tokenize_documents,
-        batched=True,
-        batch_size=1000,
-        num_proc=workers if workers > 1 else None,
-        remove_columns=["text"],
-        fn_kwargs={
-            "tokenizer": tok,
-            "eos_token_id": tok.convert_tokens_to_ids(EOS_TOKEN),
-            "seed": args.seed,
-            "fraction": fraction,
-            "first_validation": first_validation,
-            "dtype": dtype.name,
-            "parent_pid": os.getpid(),
-        },
-        features=datasets.Features(
-            {
-                "source": datasets.Value("int16"),
-                "input_ids": datasets.List(datasets.Value(dtype.name)),
-                "held_out": datasets.Value("bool"),
-            }
-        ),
-        new_fingerprint=f"{key[:32]}-tokens",
-        desc="tokenizing",
-    )
+    with datasets_pool_left_to_this_process():
+        return texts.with_format("arrow").map(
+            tokenize_documents,
+            batched=True,
+            batch_size=1000,
+            num_proc=workers if workers > 1 else None,
+            remove_columns=["text"],
+            fn_kwargs={
+                "tokenizer": tok,
+                "eos_token_id": tok.convert_tokens_to_ids(EOS_TOKEN),
+                "seed": args.seed,
+                "fraction": fraction,
+                "first_validation": first_validation,
+                "dtype": dtype.name,
+                "parent_pid": os.getpid(),
+            },
+            features=datasets.Features(
+                {
+                    "source": datasets.Value("int16"),
+                    "input_ids": datasets.List(datasets.Value(dtype.name)),
+                    "held_out": datasets.Value("bool"),
+                }
+            ),
+            new_fingerprint=f"{key[:32]}-tokens",
+            desc="tokenizing",
+        )
+
+
+@contextmanager
+def datasets_pool_left_to_this_process():
+    """For `datasets.map(num_proc=N)`: the processes it forks (the pool's and the manager process they talk to)
+    ignore Ctrl-C, which this process handles (datasets takes the pool down on the way out), and any of them still
+    running when this process stops are ended. A Ctrl-C while datasets was still setting the pool up left one
+    running that nothing would stop, and multiprocess waits for its processes at exit: the command hung."""
+    import multiprocess
+
+    before = set(multiprocess.active_children())
+    try:
+        with forks_leave_ctrl_c_to_this_process():
+            yield
+    except BaseException:
+        for process in set(multiprocess.active_children()) - before:
+            process.terminate()
+        raise
 
 
 def validation_fraction(args: PrepareArguments, inputs: Inputs) -> float:

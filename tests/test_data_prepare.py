@@ -414,7 +414,7 @@ def test_processes_forked_for_the_tokenising_pool_leave_ctrl_c_to_prepare_and_en
 
     from shuangyu.data.prepare import datasets_pool_left_to_this_process
 
-    queue = multiprocess.get_context("fork").Queue()
+    queue, heard = multiprocess.get_context("fork").Queue(), signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), datasets_pool_left_to_this_process():
         process = multiprocess.get_context("fork").Process(target=_report_ctrl_c_handler, args=(queue,))
         process.start()
@@ -422,7 +422,7 @@ def test_processes_forked_for_the_tokenising_pool_leave_ctrl_c_to_prepare_and_en
         raise KeyboardInterrupt
     process.join(timeout=10)
     assert not process.is_alive() and process.exitcode == -signal.SIGTERM
-    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # this process still hears Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is heard  # this process's own handling of Ctrl-C is as it was
 
 
 def test_ctrl_c_while_main_imports_and_builds_its_parser_is_one_line(tmp_path, monkeypatch, capsys):

@@ -414,6 +414,7 @@ def test_processes_forked_for_the_tokenising_pool_leave_ctrl_c_to_prepare_and_en
 
     from shuangyu.data.prepare import datasets_pool_left_to_this_process
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # heard, as in a command (xdist's workers ignore it)
     queue, heard = multiprocess.get_context("fork").Queue(), signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt), datasets_pool_left_to_this_process():
         process = multiprocess.get_context("fork").Process(target=_report_ctrl_c_handler, args=(queue,))

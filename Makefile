@@ -8,7 +8,7 @@ CORPUS ?= $(SHARED)/data/corpus
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: install install-llama-cpp install-transformers4 demo tokenizer train-tiny sft-tiny sft-tiny-lora dpo-tiny test test-slow lint format bench-tokenizer
+.PHONY: install install-llama-cpp llama-cpp-wheel install-transformers4 demo tokenizer train-tiny sft-tiny sft-tiny-lora dpo-tiny test test-slow lint format bench-tokenizer
 
 install: .make-installed
 
@@ -67,10 +67,19 @@ test: install
 # compiles llama.cpp's CPU library (cmake and a C++ compiler) without its tools and multimodal library, and
 # unoptimised (-O0): the tests run tiny models, and it builds in 1.6 minutes on 2 cores instead of 3.3 (-O1: 2.2).
 # Not for real use: install llama.cpp itself for that.
+# `make llama-cpp-wheel` only compiles, into .llama-cpp-wheels/, which install-llama-cpp then takes: CI compiles at
+# the lowest priority while the fast suite runs, filling the cores while its tests wait on their subprocesses.
+LLAMA_CPP_BUILD = CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_C_FLAGS_RELEASE=-O0 -DCMAKE_CXX_FLAGS_RELEASE=-O0" \
+  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc)
+LLAMA_CPP_WHEELS = .llama-cpp-wheels
+
 install-llama-cpp: install
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
-	  -DLLAMA_BUILD_SERVER=OFF -DCMAKE_C_FLAGS_RELEASE=-O0 -DCMAKE_CXX_FLAGS_RELEASE=-O0" \
-	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PYTHON) -m pip install -r requirements-llama-cpp.txt
+	$(LLAMA_CPP_BUILD) $(PYTHON) -m pip install $(if $(wildcard $(LLAMA_CPP_WHEELS)),--find-links $(LLAMA_CPP_WHEELS)) \
+	  -r requirements-llama-cpp.txt
+
+llama-cpp-wheel:
+	$(LLAMA_CPP_BUILD) $(PYTHON) -m pip wheel --no-deps -w $(LLAMA_CPP_WHEELS) -r requirements-llama-cpp.txt
 
 # transformers 4.x in its own environment (.transformers4/), for the exported LlamaForCausalLM folder
 # (tests/test_model_sharing.py); about 30 s

@@ -401,8 +401,6 @@ def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_token
 
 
 def _report_ctrl_c_handler(queue):
-    import signal
-
     queue.put(signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
     time.sleep(60)  # as a pool or manager process that nothing tells to stop
 

@@ -359,10 +359,8 @@ def test_a_long_document_is_tokenised_in_pieces_into_the_same_ids(tmp_path, data
 def test_ctrl_c_while_tokenising_on_2_processes_is_one_line(tmp_path, data_tokenizer_dir):
     """Ctrl-C reaches datasets' pool of tokenising processes too (the terminal signals the whole group): one line,
     exit 130, the folder as it was, no temporary folder and no process left."""
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     old = prepare(
